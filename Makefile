@@ -1,0 +1,42 @@
+# The two commands of the README: `make demo` and `make test`. Both set everything up first.
+SHELL := /bin/bash
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test lint typecheck imports unit proto perf clean
+
+setup:
+	@scripts/setup.sh
+
+demo: setup
+	@$(BIN)/python -m meshctl.demo
+
+test: setup lint typecheck imports unit
+
+lint:
+	@echo "== ruff"
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+
+typecheck:
+	@echo "== mypy --strict"
+	@$(BIN)/mypy
+
+imports:
+	@echo "== import-linter"
+	@$(BIN)/lint-imports --no-cache
+
+unit:
+	@echo "== pytest"
+	@$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+# Regenerates mesh/api/**/*_pb2*.py from the .proto sources (the generated code is committed).
+proto: setup
+	@PY=$(BIN)/python scripts/gen-proto.sh
+
+perf: setup
+	@$(BIN)/python -m perf.run_all
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info

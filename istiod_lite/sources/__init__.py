@@ -1,0 +1,1 @@
+"""istiod_lite.sources."""
