@@ -1,0 +1,119 @@
+"""Planning the in-pod capture rules (pure): what Istio's istio-cni installs, as data.
+
+The rules follow istio-ambient-facts.md section 3b (Istio's ``default.golden``): outbound TCP is
+redirected to ztunnel's 15001, inbound TCP except 15008 to 15006, everything ztunnel itself sends
+carries the socket mark 0x539 and is skipped, and connections ztunnel opened with a spoofed source
+are connmarked 0x111 so replies route back locally through table 100. Node-local probes arrive
+from 169.254.7.127 and are not captured.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "CONNMARK",
+    "PROBE_SOURCE",
+    "ROUTE_TABLE",
+    "RULE_PRIORITY",
+    "ZTUNNEL_MARK",
+    "CapturePlan",
+    "IpRule",
+    "plan_capture",
+    "plan_release",
+    "plan_probe_snat",
+]
+
+ZTUNNEL_MARK = "0x539/0xfff"
+CONNMARK = "0x111/0xfff"
+ROUTE_TABLE = 100
+RULE_PRIORITY = 32764
+PROBE_SOURCE = "169.254.7.127"
+OUTBOUND_PORT = 15001
+INBOUND_PLAINTEXT_PORT = 15006
+INBOUND_HBONE_PORT = 15008
+
+_CHAINS = {"mangle": ("ISTIO_PRERT", "ISTIO_OUTPUT"), "nat": ("ISTIO_PRERT", "ISTIO_OUTPUT")}
+_HOOKS = {"ISTIO_PRERT": "PREROUTING", "ISTIO_OUTPUT": "OUTPUT"}
+
+
+@dataclass(frozen=True, slots=True)
+class IpRule:
+    """An ``ip rule`` plus the route that makes marked replies local."""
+
+    fwmark: str
+    table: int
+    priority: int
+    route: str
+
+
+@dataclass(frozen=True, slots=True)
+class CapturePlan:
+    """Everything to install in a pod's network namespace."""
+
+    iptables_restore: str
+    """Input for ``iptables-restore --noflush`` (one atomic transaction)."""
+    ip_rule: IpRule
+
+
+def plan_capture(*, bypass_inbound: bool = False) -> CapturePlan:
+    """The rules that enrol a pod (``bypass_inbound`` captures outbound only)."""
+    mangle = [
+        f"-A ISTIO_PRERT -m mark --mark {ZTUNNEL_MARK} -j CONNMARK --set-xmark {CONNMARK}",
+        f"-A ISTIO_OUTPUT -m connmark --mark {CONNMARK} "
+        "-j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff",
+    ]
+    nat = []
+    if not bypass_inbound:
+        nat += [
+            f"-A ISTIO_PRERT -s {PROBE_SOURCE}/32 -p tcp -m tcp -j ACCEPT",
+            f"-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport {INBOUND_HBONE_PORT} "
+            f"-m mark ! --mark {ZTUNNEL_MARK} -j REDIRECT --to-ports {INBOUND_PLAINTEXT_PORT}",
+        ]
+    nat += [
+        f"-A ISTIO_OUTPUT -d {PROBE_SOURCE}/32 -p tcp -m tcp -j ACCEPT",
+        f"-A ISTIO_OUTPUT -p tcp -m mark --mark {CONNMARK} -j ACCEPT",
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT",
+        f"-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark {ZTUNNEL_MARK} "
+        f"-j REDIRECT --to-ports {OUTBOUND_PORT}",
+    ]
+    text = _table("mangle", _declare("mangle") + _jumps("mangle", "-A") + mangle)
+    text += _table("nat", _declare("nat") + _jumps("nat", "-A") + nat)
+    route = "local 0.0.0.0/0 dev lo"
+    return CapturePlan(text, IpRule(CONNMARK, ROUTE_TABLE, RULE_PRIORITY, route))
+
+
+def plan_release() -> str:
+    """``iptables-restore --noflush`` input that removes exactly what ``plan_capture`` added."""
+    text = ""
+    for table in ("mangle", "nat"):
+        lines = _jumps(table, "-D")
+        lines += [f"-F {chain}" for chain in _CHAINS[table]]
+        lines += [f"-X {chain}" for chain in _CHAINS[table]]
+        text += _table(table, lines)
+    return text
+
+
+def plan_probe_snat(pod_ips: list[str]) -> str:
+    """Node-side rules (``iptables-restore --noflush`` input) that SNAT node-local traffic to
+    enrolled pods to 169.254.7.127, so kubelet probes bypass ztunnel (Istio's ``hostprobe``).
+
+    The chain is rebuilt whole from the current pod list on every change."""
+    lines = [":ISTIO_POSTRT - [0:0]", "-F ISTIO_POSTRT"]
+    lines += [
+        f"-A ISTIO_POSTRT -m owner --socket-exists -p tcp -d {ip}/32 -j SNAT --to-source {PROBE_SOURCE}"
+        for ip in sorted(pod_ips)
+    ]
+    return _table("nat", lines)
+
+
+def _declare(table: str) -> list[str]:
+    return [f":{chain} - [0:0]" for chain in _CHAINS[table]]
+
+
+def _jumps(table: str, verb: str) -> list[str]:
+    return [f"{verb} {_HOOKS[chain]} -j {chain}" for chain in _CHAINS[table]]
+
+
+def _table(name: str, lines: list[str]) -> str:
+    return f"*{name}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
