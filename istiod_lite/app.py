@@ -1,0 +1,319 @@
+"""istiod_lite's composition root: builds the gRPC server (CA now, config plane later) and readiness.
+
+Programmatic use (tests, the demo)::
+
+    authority = load_authority(state_dir=path, cacerts=None, trust_domain="cluster.local", now=clock.now())
+    istiod = build_server(IstiodSettings(listen="127.0.0.1:0", readiness_listen="127.0.0.1:0"),
+                          authority=authority, authenticator=auth, pods=pods, clock=clock, log=log)
+    await istiod.start()        # istiod.ca_port, istiod.readiness_port, istiod.root_bundle_pem
+    ...
+    await istiod.stop()
+
+CLI: ``istiod-lite --state-dir DIR --lab-tokens FILE [--listen 0.0.0.0:15012] ...`` (see ``--help``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+import structlog
+from prometheus_client import CollectorRegistry
+
+from istiod_lite.ca.auth import Authenticator, LabTokenAuthenticator
+from istiod_lite.ca.authority import SigningAuthority
+from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, NodeAccount, parse_node_accounts
+from istiod_lite.ca.metrics import CaMetrics
+from istiod_lite.ca.pods import LabStatePodIndex, PodIndex
+from istiod_lite.ca.server import DEFAULT_MAX_MESSAGE_BYTES, ServingCertificates, ca_rpc_handler
+from istiod_lite.ca.service import CaPolicy, CertificateService
+from istiod_lite.ca.signing import DEFAULT_MAX_TTL
+from istiod_lite.ca.store import load_cacerts, load_or_create_root
+from mesh.clock import Clock
+from mesh.errors import MeshError
+from mesh.rt.clock import SystemClock
+from mesh.rt.drain import Drain
+from mesh.rt.logs import configure_logging, get_logger
+from mesh.rt.loop import run
+from mesh.rt.metrics import build_registry
+
+__all__ = ["Istiod", "IstiodSettings", "build_server", "load_authority", "main", "parse_args"]
+
+_READY_PATH = b"/healthz/ready"
+_MAX_HTTP_HEAD = 8192
+_DEFAULT_LAB_STATE = "/var/lib/mesh-lab/state"
+
+
+@dataclass(frozen=True, slots=True)
+class IstiodSettings:
+    """Listening addresses and CA policy knobs."""
+
+    listen: str = "0.0.0.0:15012"
+    readiness_listen: str = "0.0.0.0:15021"
+    trust_domain: str = "cluster.local"
+    max_ttl: dt.timedelta = DEFAULT_MAX_TTL
+    node_accounts: tuple[NodeAccount, ...] = DEFAULT_TRUSTED_NODE_ACCOUNTS
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_rpcs: int = 1024
+    serving_dns_names: tuple[str, ...] = field(default=("istiod.istio-system.svc",))
+
+
+def load_authority(
+    *, state_dir: Path | None, cacerts: Path | None, trust_domain: str, now: float
+) -> SigningAuthority:
+    """The root of trust: a plugged-in ``cacerts`` directory if given, else the persisted self-signed root."""
+    if cacerts is not None:
+        return load_cacerts(cacerts, now=now)
+    if state_dir is None:
+        raise MeshError("no root of trust configured", hint="pass --state-dir DIR or --cacerts DIR")
+    return load_or_create_root(state_dir, trust_domain=trust_domain, now=now)
+
+
+class Istiod:
+    """A built istiod_lite: one TLS gRPC server (15012) and the readiness endpoint (15021)."""
+
+    def __init__(
+        self,
+        *,
+        settings: IstiodSettings,
+        authority: SigningAuthority,
+        grpc_server: grpc.aio.Server,
+        serving: ServingCertificates,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        self.settings = settings
+        self.authority = authority
+        self.grpc_server = grpc_server
+        self.serving = serving
+        self._log = log
+        self._readiness: asyncio.Server | None = None
+        self._ready = False
+        self.ca_port = 0
+        self.readiness_port = 0
+
+    @property
+    def root_bundle_pem(self) -> str:
+        """The trust bundle clients verify the server (and the issued leaves) against."""
+        return self.authority.root_bundle_pem
+
+    @property
+    def ready(self) -> bool:
+        """True between a successful start and the beginning of stop."""
+        return self._ready
+
+    async def start(self) -> None:
+        """Binds both listeners and starts serving; ports are known afterwards."""
+        self.ca_port = self.grpc_server.add_secure_port(self.settings.listen, self.serving.credentials())
+        if self.ca_port == 0:
+            raise MeshError(f"cannot listen on {self.settings.listen}", hint="is the port already in use?")
+        await self.grpc_server.start()
+        host, port = _split_host_port(self.settings.readiness_listen)
+        self._readiness = await asyncio.start_server(self._answer_readiness, host, port)
+        self.readiness_port = self._readiness.sockets[0].getsockname()[1]
+        self._ready = True
+        self._log.info("istiod.started", **{"ca.port": self.ca_port, "readiness.port": self.readiness_port})
+
+    async def stop(self, grace: float = 1.0) -> None:
+        """Stops taking calls, lets in-flight ones finish within ``grace`` seconds, closes listeners."""
+        self._ready = False
+        if self._readiness is not None:
+            self._readiness.close()
+            await self._readiness.wait_closed()
+            self._readiness = None
+        await self.grpc_server.stop(grace)
+        self._log.info("istiod.stopped")
+
+    async def _answer_readiness(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
+            parts = head[:_MAX_HTTP_HEAD].split(b" ", 2)
+            path = parts[1] if len(parts) > 1 else b""
+            if path != _READY_PATH:
+                status, body = b"404 Not Found", b"not found\n"
+            elif self._ready:
+                status, body = b"200 OK", b"ready\n"
+            else:
+                status, body = b"503 Service Unavailable", b"not ready\n"
+            writer.write(
+                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
+                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
+            )  # fmt: skip
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+
+def build_server(
+    settings: IstiodSettings,
+    *,
+    authority: SigningAuthority,
+    authenticator: Authenticator,
+    pods: PodIndex,
+    clock: Clock,
+    log: structlog.typing.FilteringBoundLogger,
+    registry: CollectorRegistry | None = None,
+    extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
+) -> Istiod:
+    """Wires the CA (and any ``extra_handlers``, e.g. the config plane) into one TLS gRPC server."""
+    metrics = CaMetrics(registry) if registry is not None else None
+    if metrics is not None:
+        metrics.root_cert_expiry_timestamp.set(authority.not_after.timestamp())
+    policy = CaPolicy(
+        trust_domain=settings.trust_domain, max_ttl=settings.max_ttl, node_accounts=settings.node_accounts
+    )
+    service = CertificateService(
+        lambda: authority,
+        authenticator=authenticator,
+        pods=pods,
+        clock=clock,
+        policy=policy,
+        log=log,
+        metrics=metrics,
+    )
+    serving = ServingCertificates(
+        lambda: authority,
+        trust_domain=settings.trust_domain,
+        clock=clock,
+        dns_names=settings.serving_dns_names,
+    )
+    server = grpc.aio.server(
+        handlers=[ca_rpc_handler(service), *extra_handlers],
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
+    )
+    return Istiod(settings=settings, authority=authority, grpc_server=server, serving=serving, log=log)
+
+
+def _split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MeshError(f"address {address!r} is not host:port", hint="e.g. 0.0.0.0:15021")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command-line flags of ``istiod-lite``."""
+    parser = argparse.ArgumentParser(
+        prog="istiod-lite", description="istiod_lite: the mesh's CA and controller"
+    )
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path("/var/lib/istiod-lite"),
+        help="where the self-signed root is created and kept (default %(default)s)",
+    )
+    parser.add_argument(
+        "--cacerts",
+        type=Path,
+        default=None,
+        help="plugged-in CA in Istio's cacerts layout (overrides the self-signed root)",
+    )
+    parser.add_argument(
+        "--listen", default="0.0.0.0:15012", help="gRPC over TLS address (default %(default)s)"
+    )
+    parser.add_argument("--readiness-listen", default="0.0.0.0:15021", help="readiness HTTP address")
+    parser.add_argument(
+        "--trust-domain", default="cluster.local", help="SPIFFE trust domain (default %(default)s)"
+    )
+    parser.add_argument(
+        "--max-ttl",
+        type=float,
+        default=DEFAULT_MAX_TTL.total_seconds(),
+        help="longest certificate lifetime issued, in seconds (default %(default)s)",
+    )
+    parser.add_argument(
+        "--trusted-node-accounts",
+        default="istio-system/ztunnel",
+        help="comma-separated ns/sa allowed to impersonate pods on their node",
+    )
+    parser.add_argument("--auth", choices=("lab", "kubernetes"), default="lab", help="caller authentication")
+    parser.add_argument(
+        "--lab-tokens", type=Path, default=None, help="lab token file (YAML/JSON), for --auth lab"
+    )
+    parser.add_argument(
+        "--lab-state",
+        type=Path,
+        default=Path(os.environ.get("MESH_LAB_STATE", _DEFAULT_LAB_STATE)),
+        help="lab state directory the pod index reads (default $MESH_LAB_STATE or %(default)s)",
+    )
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)  # fmt: skip
+
+
+def _authenticator(args: argparse.Namespace, *, clock: Clock) -> Authenticator:
+    if args.auth == "lab":
+        if args.lab_tokens is None:
+            raise MeshError(
+                "--auth lab needs --lab-tokens FILE", hint="write a token -> {node, identity} file"
+            )
+        return LabTokenAuthenticator.from_file(args.lab_tokens, trust_domain=args.trust_domain, clock=clock)
+    from kubernetes import client, config  # noqa: PLC0415 - only the kubernetes mode pays for this import
+
+    from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
+
+    loader: Any = config
+    try:
+        loader.load_incluster_config()
+    except config.ConfigException:
+        loader.load_kube_config()
+    api: Any = client.ApiClient()
+    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock)
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    clock = SystemClock()
+    log = get_logger("istiod")
+    settings = IstiodSettings(
+        listen=args.listen,
+        readiness_listen=args.readiness_listen,
+        trust_domain=args.trust_domain,
+        max_ttl=dt.timedelta(seconds=args.max_ttl),
+        node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
+    )
+    authority = load_authority(
+        state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
+    )
+    istiod = build_server(
+        settings,
+        authority=authority,
+        authenticator=_authenticator(args, clock=clock),
+        pods=LabStatePodIndex(args.lab_state),
+        clock=clock,
+        log=log,
+        registry=build_registry(component="istiod"),
+    )
+    drain = Drain()
+    drain.install_signal_handlers(asyncio.get_running_loop())
+    await istiod.start()
+    await drain.wait_triggered()
+    await istiod.stop(grace=drain.deadline)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``istiod-lite`` console script."""
+    args = parse_args(argv)
+    configure_logging(fmt=args.log_format, level=args.log_level)
+    try:
+        return run(_serve(args))
+    except (MeshError, ValueError) as err:
+        print(f"istiod-lite: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
