@@ -1,0 +1,98 @@
+"""In-pod sockets: listeners made inside a pod netns catch redirected traffic with its original
+destination, and marked sockets bypass the capture rules."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+from collections.abc import Iterator
+from ipaddress import ip_address
+
+import pytest
+
+from ztunnel.cni.rules import plan_capture
+from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of
+
+pytestmark = pytest.mark.netns
+
+
+def _ip(*argv: str, ns: str | None = None, stdin: str | None = None) -> None:
+    prefix = ["ip", "netns", "exec", ns] if ns else []
+    subprocess.run([*prefix, *argv], input=stdin, text=True, check=True, capture_output=True, timeout=20)
+
+
+@pytest.fixture
+def pod_netns() -> Iterator[tuple[str, int]]:
+    """A pod-like netns with an address, a default route and the capture rules installed."""
+    name = f"mtest-pod-{os.getpid()}"
+    _ip("ip", "netns", "add", name)
+    try:
+        _ip("ip", "link", "set", "lo", "up", ns=name)
+        _ip("ip", "link", "add", "eth0", "type", "veth", "peer", "name", "peer0", ns=name)
+        _ip("ip", "link", "set", "peer0", "up", ns=name)
+        _ip("ip", "addr", "add", "10.244.9.2/24", "dev", "eth0", ns=name)
+        _ip("ip", "link", "set", "eth0", "up", ns=name)
+        _ip("ip", "route", "add", "default", "dev", "eth0", ns=name)
+        _ip("iptables-restore", "--noflush", ns=name, stdin=plan_capture().iptables_restore)
+        fd = os.open(f"/var/run/netns/{name}", os.O_RDONLY)
+        try:
+            yield name, fd
+        finally:
+            os.close(fd)
+    finally:
+        subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+async def test_redirected_connection_reveals_original_destination(pod_netns: tuple[str, int]) -> None:
+    name, fd = pod_netns
+    listener = listen_in_netns(fd, 15001)
+    loop = asyncio.get_running_loop()
+    client = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", name, "python3", "-c",
+        "import socket; s=socket.create_connection(('10.96.0.10', 80), 5); s.sendall(b'hi'); s.recv(1)",
+    )  # fmt: skip
+    try:
+        async with asyncio.timeout(10):
+            conn, _ = await loop.sock_accept(listener)
+        with conn:
+            assert original_destination(conn) == (ip_address("10.96.0.10"), 80)
+            assert peer_of(conn)[0] == "10.244.9.2"
+            assert await loop.sock_recv(conn, 2) == b"hi"
+            await loop.sock_sendall(conn, b"!")
+    finally:
+        listener.close()
+        await asyncio.wait_for(client.wait(), 10)
+
+
+async def test_marked_socket_bypasses_capture(pod_netns: tuple[str, int]) -> None:
+    """A socket ztunnel makes (mark 0x539) reaches the app port directly, not 15006/15001."""
+    _, fd = pod_netns
+    app = listen_in_netns(fd, 8080)
+    inbound_capture = listen_in_netns(fd, 15006)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await InPodSocketFactory(fd).connect(("10.244.9.2", 8080))
+        with sock:
+            async with asyncio.timeout(5):
+                conn, _ = await loop.sock_accept(app)
+            conn.close()
+        with pytest.raises(BlockingIOError):
+            inbound_capture.accept()
+    finally:
+        app.close()
+        inbound_capture.close()
+
+
+def test_listeners_share_the_port_with_reuseport(pod_netns: tuple[str, int]) -> None:
+    """A second ztunnel can bind next to the first one (upgrade handover)."""
+    _, fd = pod_netns
+    first = listen_in_netns(fd, 15008)
+    second = listen_in_netns(fd, 15008)
+    try:
+        assert first.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x539
+        assert second.getsockname()[1] == 15008
+    finally:
+        first.close()
+        second.close()

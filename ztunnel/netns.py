@@ -1,0 +1,144 @@
+"""Sockets inside a pod's network namespace: ztunnel's in-pod mode.
+
+A socket belongs to the namespace it was created in, so ztunnel switches its thread into the pod's
+namespace (setns with the fd the node agent passed), creates the socket and switches back at once.
+Every socket carries SO_MARK 0x539 so the pod's capture rules let it through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import ipaddress
+import os
+import socket
+import struct
+from collections.abc import Iterator
+
+from mesh.errors import MeshError
+from mesh.model import IpAddress
+from mesh.rt.hbone.sockets import MESH_MARK, ConnectFailed
+
+__all__ = [
+    "InPodSocketFactory",
+    "NetnsError",
+    "in_netns",
+    "listen_in_netns",
+    "local_of",
+    "original_destination",
+    "peer_of",
+]
+
+_CLONE_NEWNET = 0x40000000
+_SO_ORIGINAL_DST = 80
+_IP_TRANSPARENT = 19
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+class NetnsError(MeshError):
+    """Entering a network namespace or making a socket in it failed."""
+
+
+def _setns(fd: int) -> None:
+    if _libc.setns(fd, _CLONE_NEWNET) != 0:
+        err = ctypes.get_errno()
+        raise NetnsError(
+            f"setns into netns fd {fd} failed: {os.strerror(err)}", hint="ztunnel needs CAP_SYS_ADMIN"
+        )
+
+
+@contextlib.contextmanager
+def in_netns(netns_fd: int) -> Iterator[None]:
+    """Runs the body with this thread inside the namespace ``netns_fd``, then returns."""
+    with open("/proc/thread-self/ns/net", "rb") as home:
+        _setns(netns_fd)
+        try:
+            yield
+        finally:
+            _setns(home.fileno())
+
+
+def listen_in_netns(
+    netns_fd: int, port: int, *, transparent: bool = False, backlog: int = 1024
+) -> socket.socket:
+    """A listening TCP socket on ``[::]:port`` (dual stack) inside the pod, with SO_REUSEPORT and the mark."""
+    with in_netns(netns_fd):
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
+        sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        if transparent:
+            sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
+        sock.bind(("::", port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError as exc:
+        sock.close()
+        raise NetnsError(f"cannot listen on port {port} in the pod: {exc}") from None
+    return sock
+
+
+def original_destination(sock: socket.socket) -> tuple[IpAddress, int]:
+    """The address a REDIRECTed connection was sent to (SO_ORIGINAL_DST)."""
+    raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
+    port = struct.unpack_from("!H", raw, 2)[0]
+    return ipaddress.IPv4Address(raw[4:8]), port
+
+
+def _unmapped(host: str) -> str:
+    address = ipaddress.ip_address(host.split("%", 1)[0])
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    return str(address)
+
+
+class InPodSocketFactory:
+    """Outbound sockets created inside a pod's namespace, marked 0x539.
+
+    With ``spoof_source`` the socket is transparent and binds the given source IP (the original
+    client's address on the inbound side), which the pod's connmark rules route back to ztunnel.
+    """
+
+    def __init__(self, netns_fd: int, *, spoof_source: bool = False, connect_timeout: float = 10.0) -> None:
+        self._netns_fd = netns_fd
+        self._spoof = spoof_source
+        self._timeout = connect_timeout
+
+    async def connect(self, address: tuple[str, int], *, source_ip: str | None = None) -> socket.socket:
+        """A connected non-blocking socket to ``address`` from inside the pod."""
+        host, port = address
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        with in_netns(self._netns_fd):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
+            if self._spoof and source_ip is not None:
+                sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
+                sock.bind((source_ip, 0))
+            async with asyncio.timeout(self._timeout):
+                await asyncio.get_running_loop().sock_connect(sock, (host, port))
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConnectFailed(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+
+def peer_of(sock: socket.socket) -> tuple[str, int]:
+    """The peer address of an accepted dual-stack socket, IPv4-mapped addresses unmapped."""
+    host, port = sock.getpeername()[:2]
+    return _unmapped(host), port
+
+
+def local_of(sock: socket.socket) -> tuple[str, int]:
+    """The local address of an accepted dual-stack socket, IPv4-mapped addresses unmapped."""
+    host, port = sock.getsockname()[:2]
+    return _unmapped(host), port
