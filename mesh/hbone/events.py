@@ -9,6 +9,7 @@ __all__ = [
     "ConnectionTerminated",
     "DataReceived",
     "Event",
+    "InvalidRequest",
     "PingAcked",
     "Response",
     "SettingsAcknowledged",
@@ -26,6 +27,18 @@ class ConnectRequest:
     authority: str
     headers: tuple[tuple[str, str], ...]
     """Regular (non-pseudo) headers in arrival order, names lowercase."""
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidRequest:
+    """Server side: a well-formed request that is not a CONNECT we can serve (another method, or no
+    ``:authority``). The stream is open; answer it, e.g. with
+    ``send_response(stream_id, 400, end_stream=True)``."""
+
+    stream_id: int
+    method: str
+    reason: str
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +110,7 @@ class ConnectionTerminated:
 
 Event = (
     ConnectRequest
+    | InvalidRequest
     | Response
     | DataReceived
     | StreamEnded
