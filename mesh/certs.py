@@ -1,4 +1,4 @@
-"""Certificate renewal decisions: when to refresh, how long to back off, what state a certificate is in.
+"""Workload certificates: the issued value, parsing the CA's answer, and the renewal decisions.
 
 Pure: the caller passes ``now`` (Unix seconds) and a seeded ``random.Random``. The asyncio driver in
 ``mesh.rt.certs`` feeds each identity's state machine with fetch results and sleeps until the time
@@ -13,7 +13,14 @@ from __future__ import annotations
 
 import enum
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from mesh.identity import WorkloadIdentity
 
 __all__ = [
     "BACKOFF_CAP",
@@ -22,13 +29,16 @@ __all__ = [
     "BACKOFF_JITTER",
     "MIN_REFRESH_DELAY",
     "CertPhase",
+    "IssuedCertificate",
     "RenewalState",
     "Validity",
     "fetch_failed",
     "fetch_started",
     "fetch_succeeded",
     "is_usable",
+    "load_pem_chain",
     "next_backoff",
+    "parse_cert_chain",
     "phase",
     "refresh_at",
     "start",
@@ -44,6 +54,95 @@ BACKOFF_JITTER = 0.2
 """Relative jitter: a delay d becomes uniform in [d * 0.8, d * 1.2] (then capped)."""
 MIN_REFRESH_DELAY = 1.0
 """A fresh certificate is never refreshed sooner than this, whatever its lifetime (no busy loop)."""
+
+
+_PEM = serialization.Encoding.PEM
+
+
+@dataclass(frozen=True, slots=True)
+class IssuedCertificate:
+    """A workload certificate with its private key, as issued by the CA and verified by the client.
+
+    ``intermediates`` sit between ``leaf`` and a root; ``roots`` is the trust bundle the CA sent (one or
+    more roots), which peers' chains are checked against. Times are Unix seconds.
+    """
+
+    identity: WorkloadIdentity
+    key: ec.EllipticCurvePrivateKey
+    leaf: x509.Certificate
+    intermediates: tuple[x509.Certificate, ...]
+    roots: tuple[x509.Certificate, ...]
+    not_before: float
+    not_after: float
+
+    @property
+    def serial(self) -> int:
+        """The leaf's serial number."""
+        return self.leaf.serial_number
+
+    @property
+    def validity(self) -> Validity:
+        """The leaf's validity window."""
+        return Validity(self.not_before, self.not_after)
+
+    def key_pem(self) -> bytes:
+        """The private key as unencrypted PKCS#8 PEM (for ``SSLContext.load_cert_chain``)."""
+        return self.key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    def chain_pem(self) -> bytes:
+        """The leaf then the intermediates, as PEM: what a TLS endpoint presents."""
+        return b"".join(c.public_bytes(_PEM) for c in (self.leaf, *self.intermediates))
+
+    def roots_pem(self) -> bytes:
+        """The trust bundle as PEM (for ``SSLContext.load_verify_locations(cadata=...)``)."""
+        return b"".join(c.public_bytes(_PEM) for c in self.roots)
+
+
+def load_pem_chain(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
+    """Every certificate in a PEM bundle; raises ValueError naming ``what`` when it is not PEM."""
+    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
+    if b"-----BEGIN" not in data:
+        return ()
+    try:
+        return tuple(x509.load_pem_x509_certificates(data))
+    except ValueError as err:
+        raise ValueError(f"{what} is not valid PEM ({err})") from err
+
+
+def parse_cert_chain(
+    chain: Sequence[str], *, identity: WorkloadIdentity, key: ec.EllipticCurvePrivateKey
+) -> IssuedCertificate:
+    """Splits a CreateCertificate answer: leaf first, intermediates, the last element the root bundle.
+
+    Checks only the shape and that the leaf certifies ``key``; the caller verifies the chain and identity.
+    Raises ValueError saying what is wrong.
+    """
+    if len(chain) < 2:
+        raise ValueError(
+            f"the answer holds {len(chain)} PEM elements; expected the leaf, then the root bundle"
+        )
+    leaves = load_pem_chain(chain[0], what="the leaf (element 0)")
+    if len(leaves) != 1:
+        raise ValueError(f"element 0 holds {len(leaves)} certificates; expected exactly the leaf")
+    intermediates = tuple(
+        c for i, pem in enumerate(chain[1:-1], 1) for c in load_pem_chain(pem, what=f"element {i}")
+    )
+    roots = load_pem_chain(chain[-1], what="the root bundle (last element)")
+    if not roots:
+        raise ValueError("the root bundle (last element) holds no certificate")
+    leaf = leaves[0]
+    spki = serialization.PublicFormat.SubjectPublicKeyInfo
+    if leaf.public_key().public_bytes(_PEM, spki) != key.public_key().public_bytes(_PEM, spki):
+        raise ValueError("the leaf certifies another public key than the one in the CSR")
+    return IssuedCertificate(
+        identity=identity,
+        key=key,
+        leaf=leaf,
+        intermediates=intermediates,
+        roots=roots,
+        not_before=leaf.not_valid_before_utc.timestamp(),
+        not_after=leaf.not_valid_after_utc.timestamp(),
+    )
 
 
 @dataclass(frozen=True, slots=True)

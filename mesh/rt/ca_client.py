@@ -1,0 +1,216 @@
+"""The client of Istio's certificate API: a fresh P-256 key and CSR per call, the chain verified on arrival.
+
+``CaClient.fetch`` calls ``istio.v1.auth.IstioCertificateService/CreateCertificate`` over TLS (the server is
+checked against the configured root bundle and server name) with ``authorization: Bearer <token>`` and
+``clusterid`` metadata, and ``ImpersonatedIdentity`` in the request metadata when a node agent asks for a
+pod's identity. The answer is accepted only when its chain verifies against the returned roots *and* the
+configured roots, and names exactly the requested identity: anything else fails closed.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from google.protobuf import struct_pb2
+
+from mesh.api.istio.v1.auth import ca_pb2
+from mesh.certs import IssuedCertificate, load_pem_chain, parse_cert_chain
+from mesh.clock import Clock
+from mesh.errors import ConfigError, MeshError
+from mesh.identity import IdentityError, WorkloadIdentity, verify_workload_chain
+from mesh.rt.clock import SystemClock
+
+__all__ = [
+    "DEFAULT_CA_SERVER_NAME",
+    "DEFAULT_CLUSTER_ID",
+    "CaClient",
+    "CaError",
+    "CaRejected",
+    "CaResponseInvalid",
+    "CaUnavailable",
+    "IssuedCertificate",
+    "build_csr",
+    "token_from_file",
+]
+
+DEFAULT_CA_SERVER_NAME = "istiod.istio-system.svc"
+DEFAULT_CLUSTER_ID = "Kubernetes"
+_METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
+_TRANSIENT = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.INTERNAL,
+    }
+)
+
+
+class CaError(MeshError):
+    """Root of the CA client's errors; the certificate manager backs off and retries on each."""
+
+
+class CaUnavailable(CaError):  # noqa: N818 (names of the API)
+    """The CA could not be reached or did not answer in time (transient: retried with backoff)."""
+
+
+class CaRejected(CaError):  # noqa: N818 (names of the API)
+    """The CA answered with an error status; ``code`` and ``details`` are what it said."""
+
+    def __init__(self, message: str, *, code: grpc.StatusCode, details: str, hint: str = "") -> None:
+        self.code = code
+        self.details = details
+        super().__init__(message, hint=hint)
+
+
+class CaResponseInvalid(CaError):  # noqa: N818 (names of the API)
+    """The CA answered, but its chain does not verify or names another identity: the answer is refused."""
+
+
+def build_csr(identity: WorkloadIdentity) -> tuple[ec.EllipticCurvePrivateKey, str]:
+    """A fresh ECDSA P-256 key and a PEM CSR whose only SAN is ``identity``'s SPIFFE URI (SHA-256)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    csr = (
+        x509.CertificateSigningRequestBuilder()
+        .subject_name(x509.Name([]))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return key, csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
+
+
+def token_from_file(path: Path) -> Callable[[], str]:
+    """A token source reading ``path`` on every call (projected tokens rotate on disk)."""
+
+    def read() -> str:
+        try:
+            token = path.read_text(encoding="utf-8").strip()
+        except OSError as err:
+            raise ConfigError(
+                f"cannot read the CA token file {path}: {err.strerror}",
+                hint="check the path and that this process may read it (lab: the node's token file)",
+            ) from err
+        if not token:
+            raise ConfigError(
+                f"the CA token file {path} is empty", hint="write the node's bootstrap token into it"
+            )
+        return token
+
+    return read
+
+
+class CaClient:
+    """Asks the CA for workload certificates over one long-lived TLS gRPC channel."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        roots_pem: bytes,
+        token: Callable[[], str],
+        cluster_id: str = DEFAULT_CLUSTER_ID,
+        server_name: str = DEFAULT_CA_SERVER_NAME,
+        timeout: float = 10.0,
+        clock: Clock | None = None,
+    ) -> None:
+        self._roots = load_pem_chain(roots_pem, what="the configured CA root bundle")
+        if not self._roots:
+            raise ConfigError(
+                "the configured CA root bundle holds no certificate",
+                hint="pass the CA's root-cert.pem (the istio-ca-root-cert ConfigMap in Kubernetes)",
+            )
+        self._token = token
+        self._cluster_id = cluster_id
+        self._timeout = timeout
+        self._clock = clock or SystemClock()
+        credentials = grpc.ssl_channel_credentials(root_certificates=roots_pem)
+        options = [("grpc.ssl_target_name_override", server_name), ("grpc.default_authority", server_name)]
+        self._channel = grpc.aio.secure_channel(address, credentials, options=options)
+        self._call = self._channel.unary_unary(
+            _METHOD,
+            request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
+            response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
+        )
+        self.address = address
+
+    async def fetch(
+        self, identity: WorkloadIdentity, *, impersonate: bool, ttl_seconds: int
+    ) -> IssuedCertificate:
+        """A new certificate for ``identity``, verified; raises a :class:`CaError` subclass otherwise."""
+        key, csr_pem = build_csr(identity)
+        request = ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds)
+        if impersonate:
+            request.metadata.CopyFrom(_struct({"ImpersonatedIdentity": identity.uri}))
+        metadata = (("authorization", f"Bearer {self._token()}"), ("clusterid", self._cluster_id))
+        try:
+            response = await self._call(request, metadata=metadata, timeout=self._timeout)
+        except grpc.aio.AioRpcError as err:
+            raise self._status_error(err, identity) from err
+        return self._accept(identity, key, list(response.cert_chain))
+
+    async def close(self) -> None:
+        """Closes the channel (idempotent)."""
+        await self._channel.close(grace=None)
+
+    def _accept(
+        self, identity: WorkloadIdentity, key: ec.EllipticCurvePrivateKey, chain: list[str]
+    ) -> IssuedCertificate:
+        try:
+            issued = parse_cert_chain(chain, identity=identity, key=key)
+            now = dt.datetime.fromtimestamp(self._clock.now(), tz=dt.UTC)
+            got = verify_workload_chain(
+                (issued.leaf, *issued.intermediates),
+                roots=self._roots,
+                now=now,
+                trust_domain=identity.trust_domain,
+            )
+        except (IdentityError, ValueError) as err:
+            raise CaResponseInvalid(
+                f"the CA at {self.address} sent a certificate for {identity.uri} that does not verify: {err}",
+                hint="check that the configured roots are this CA's root-cert.pem and that the clocks agree",
+            ) from err
+        if got != identity:
+            raise CaResponseInvalid(
+                f"the CA at {self.address} returned a certificate for {got.uri}, "
+                f"not the requested {identity.uri}",
+                hint="the certificate was refused; check the CA's impersonation rules and its version",
+            )
+        return issued
+
+    def _status_error(self, err: grpc.aio.AioRpcError, identity: WorkloadIdentity) -> CaError:
+        code, details = err.code(), err.details() or ""
+        if code in _TRANSIENT:
+            return CaUnavailable(
+                f"the CA at {self.address} is unavailable for {identity.uri}: {code.name}: {details}",
+                hint="check that istiod-lite runs and is reachable; the request is retried with backoff",
+            )
+        return CaRejected(
+            f"the CA at {self.address} refused a certificate for {identity.uri}: {code.name}: {details}",
+            code=code,
+            details=details,
+            hint=_REJECT_HINTS.get(code, "read the CA's audit log for this request"),
+        )
+
+
+_REJECT_HINTS = {
+    grpc.StatusCode.UNAUTHENTICATED: "check the bearer token (lab: the node's token file) and the cluster id",
+    grpc.StatusCode.PERMISSION_DENIED: "a node agent may only get identities of pods scheduled on its node",
+    grpc.StatusCode.INVALID_ARGUMENT: "the request was malformed; check the TTL and the trust domain",
+}
+
+
+def _struct(values: dict[str, str]) -> struct_pb2.Struct:
+    result = struct_pb2.Struct()
+    result.update(values)
+    return result
