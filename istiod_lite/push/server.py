@@ -1,0 +1,205 @@
+"""The Delta ADS servicer (grpc.aio): a thin shell around the pure ``StreamState``.
+
+Registered with ``add_to_server(server)`` on the server that also carries the CA (15012, TLS).
+Callers are authenticated like the CA's (``authorization: Bearer <token>`` through an
+``istiod_lite.ca.auth.Authenticator``); like istiod's ``checkConnectionIdentity``, the caller's
+namespace must be the proxy's namespace, and a caller bound to a node may only speak for it.
+
+Per stream, one lock serializes "compute responses + write them", so responses leave in the
+order their deltas were computed; the stream's coalescing slot feeds snapshots to it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+import structlog
+from envoy.service.discovery.v3 import discovery_pb2
+
+from istiod_lite.ca.auth import Authenticator, Caller, bearer_token
+from istiod_lite.ca.errors import CaError
+from istiod_lite.push.errors import SubscriberRejectedError
+from istiod_lite.push.hub import Connection, Hub
+from istiod_lite.push.metrics import PushMetrics, short_type
+from istiod_lite.push.projection import Subscriber, parse_node_id
+from istiod_lite.push.stream import DeltaRequest, Response
+from mesh.clock import Clock
+
+__all__ = ["DELTA_ADS_METHOD", "DeltaAdsServer", "request_from_proto"]
+
+_SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
+DELTA_ADS_METHOD = f"/{_SERVICE}/DeltaAggregatedResources"
+
+_Context = grpc.aio.ServicerContext[Any, bytes]
+
+
+def request_from_proto(message: discovery_pb2.DeltaDiscoveryRequest) -> DeltaRequest:
+    """The fields of a DeltaDiscoveryRequest the protocol state acts on."""
+    error = (message.error_detail.message or "rejected") if message.HasField("error_detail") else None
+    return DeltaRequest(
+        type_url=message.type_url,
+        subscribe=tuple(message.resource_names_subscribe),
+        unsubscribe=tuple(message.resource_names_unsubscribe),
+        initial_versions=dict(message.initial_resource_versions),
+        response_nonce=message.response_nonce,
+        error=error,
+    )
+
+
+def _serialize(response: bytes) -> bytes:
+    return response  # responses are encoded by Response.encode from cached resource bytes
+
+
+class DeltaAdsServer:
+    """Serves DeltaAggregatedResources from the hub's snapshots."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        *,
+        clock: Clock,
+        metrics: PushMetrics,
+        authenticator: Authenticator | None = None,
+    ) -> None:
+        self._hub = hub
+        self._clock = clock
+        self._metrics = metrics
+        self._authenticator = authenticator
+        self._log = structlog.get_logger().bind(component="istiod_lite.xds")
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers the ADS service (Delta only; SotW answers UNIMPLEMENTED) on ``server``."""
+        handler = grpc.stream_stream_rpc_method_handler(
+            self._stream,
+            request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
+            response_serializer=_serialize,
+        )
+        generic = grpc.method_handlers_generic_handler(_SERVICE, {"DeltaAggregatedResources": handler})
+        server.add_generic_rpc_handlers((generic,))
+
+    async def _stream(
+        self,
+        requests: AsyncIterator[discovery_pb2.DeltaDiscoveryRequest],
+        context: _Context,
+    ) -> None:
+        caller = await self._authenticate(context)
+        first = await anext(requests, None)
+        if first is None:
+            return
+        subscriber = await self._subscriber(first, caller, context)
+        connection = self._hub.connect(subscriber)
+        log = self._log.bind(**{"xds.conn": connection.id, "xds.node": subscriber.node_name})
+        log.info("xds.connected")
+        lock = asyncio.Lock()
+        pusher = asyncio.create_task(self._push_loop(connection, lock, context))
+        try:
+            await self._on_request(connection, first, lock, context, log)
+            async for message in requests:
+                await self._on_request(connection, message, lock, context, log)
+        finally:
+            pusher.cancel()
+            self._hub.disconnect(connection)
+            log.info("xds.disconnected")
+
+    async def _authenticate(self, context: _Context) -> Caller | None:
+        if self._authenticator is None:
+            return None
+        try:
+            return await self._authenticator.authenticate(bearer_token(context.invocation_metadata() or ()))
+        except CaError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_status), str(exc))
+            raise  # abort() raises; this line is for the type checker
+
+    async def _subscriber(
+        self,
+        first: discovery_pb2.DeltaDiscoveryRequest,
+        caller: Caller | None,
+        context: _Context,
+    ) -> Subscriber:
+        metadata = {
+            k: v.string_value for k, v in first.node.metadata.fields.items() if v.HasField("string_value")
+        }
+        try:
+            subscriber = parse_node_id(
+                first.node.id, metadata=metadata, identity=caller.identity.uri if caller else ""
+            )
+            _check_identity(subscriber, caller)
+        except SubscriberRejectedError as exc:
+            code = grpc.StatusCode.PERMISSION_DENIED if caller else grpc.StatusCode.INVALID_ARGUMENT
+            await context.abort(code, str(exc))
+            raise
+        return subscriber
+
+    async def _on_request(
+        self,
+        connection: Connection,
+        message: discovery_pb2.DeltaDiscoveryRequest,
+        lock: asyncio.Lock,
+        context: _Context,
+        log: structlog.typing.FilteringBoundLogger,
+    ) -> None:
+        if not message.type_url:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "a DeltaDiscoveryRequest needs a type_url")
+        request = request_from_proto(message)
+        async with lock:
+            responses = connection.state.on_request(request, self._hub.current, now=self._clock.now())
+            if request.error is not None:
+                self._on_nack(connection, request, log)
+            await self._write(responses, context, changed_at=None)
+
+    def _on_nack(
+        self, connection: Connection, request: DeltaRequest, log: structlog.typing.FilteringBoundLogger
+    ) -> None:
+        self._metrics.rejects.labels(short_type(request.type_url)).inc()
+        nack = connection.state.last_nack(request.type_url)
+        log.warning(
+            "xds.nack",
+            **{"xds.type": request.type_url, "xds.nonce": request.response_nonce},
+            version=nack.version if nack else "",
+            error=request.error,
+        )
+
+    async def _push_loop(self, connection: Connection, lock: asyncio.Lock, context: _Context) -> None:
+        while True:
+            publication = await connection.slot.get()
+            async with lock:
+                responses = connection.state.on_snapshot(publication.snapshot, now=self._clock.now())
+                await self._write(responses, context, changed_at=publication.changed_at)
+            self._metrics.skipped.inc(connection.slot.replaced)
+            connection.slot.replaced = 0
+
+    async def _write(
+        self,
+        responses: tuple[Response, ...],
+        context: _Context,
+        *,
+        changed_at: float | None,
+    ) -> None:
+        for response in responses:
+            started = self._clock.monotonic()
+            await context.write(response.encode())
+            done = self._clock.monotonic()
+            label = short_type(response.type_url)
+            self._metrics.pushes.labels(label).inc()
+            self._metrics.push_time.labels(label).observe(done - started)
+            if changed_at is not None:
+                self._metrics.convergence.observe(done - changed_at)
+
+
+def _check_identity(subscriber: Subscriber, caller: Caller | None) -> None:
+    if caller is None:
+        return
+    if caller.identity.namespace != subscriber.namespace:
+        raise SubscriberRejectedError(
+            f"caller {caller.identity.uri} may not connect as {subscriber.node_id}: "
+            f"namespace {caller.identity.namespace!r} is not the proxy's namespace {subscriber.namespace!r}",
+            hint="connect with the credential of the proxy's own service account",
+        )
+    if caller.node and subscriber.node_name and caller.node != subscriber.node_name:
+        raise SubscriberRejectedError(
+            f"caller bound to node {caller.node!r} may not connect for node {subscriber.node_name!r}",
+            hint="set NODE_NAME in the node metadata to the agent's own node",
+        )

@@ -1,0 +1,127 @@
+"""Immutable, versioned config snapshots.
+
+A snapshot holds, per type URL, every resource by name with a content version: the first
+16 hex digits of the SHA-256 of the resource's deterministic serialization. Equal content
+gives an equal version across snapshots and restarts, which is what lets a reconnecting agent
+(``initial_resource_versions``) skip what it already has. The snapshot version is a counter
+plus the build time, like istiod's push versions.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+from google.protobuf.message import Message
+
+from istiod_lite.push._wire import encode_resource_entry
+from istiod_lite.push.errors import PushError
+
+__all__ = [
+    "ResourceSet",
+    "Snapshot",
+    "VersionedResource",
+    "build_snapshot",
+    "empty_snapshot",
+    "resource_version",
+    "version_resources",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class VersionedResource:
+    """One resource ready to send: its name, content version and serialized message bytes."""
+
+    name: str
+    version: str
+    type_url: str
+    payload: bytes
+    wire: bytes  # the encoded ``resources`` entry of a DeltaDiscoveryResponse, built once
+
+
+ResourceSet = Mapping[str, VersionedResource]
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """Everything the controller would send, per type URL, at one point in time."""
+
+    counter: int
+    created_at: float
+    resources: Mapping[str, ResourceSet]
+
+    @property
+    def version(self) -> str:
+        """``<UTC time>/<counter>``, e.g. ``2027-01-15T08:00:00Z/7`` (istiod's style)."""
+        stamp = datetime.datetime.fromtimestamp(self.created_at, tz=datetime.UTC)
+        return f"{stamp.strftime('%Y-%m-%dT%H:%M:%SZ')}/{self.counter}"
+
+    def of_type(self, type_url: str) -> ResourceSet:
+        """The resources of ``type_url`` (empty when the snapshot has none)."""
+        return self.resources.get(type_url, _EMPTY)
+
+
+_EMPTY: ResourceSet = MappingProxyType({})
+
+
+def resource_version(payload: bytes) -> str:
+    """The content version of a serialized resource."""
+    return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _versioned(name: str, type_url: str, payload: bytes) -> VersionedResource:
+    version = resource_version(payload)
+    wire = encode_resource_entry(name=name, version=version, type_url=type_url, payload=payload)
+    return VersionedResource(name=name, version=version, type_url=type_url, payload=payload, wire=wire)
+
+
+def version_resources(
+    type_url: str,
+    messages: Mapping[str, Message],
+    *,
+    previous: ResourceSet = _EMPTY,
+) -> ResourceSet:
+    """Serializes and versions ``messages``; unchanged entries of ``previous`` are reused as they are."""
+    expected = type_url.rpartition("/")[2]
+    out: dict[str, VersionedResource] = {}
+    for name, message in messages.items():
+        if not name:
+            raise PushError(f"a {type_url} resource has an empty name", hint="give every resource a name")
+        full_name = message.DESCRIPTOR.full_name
+        if full_name != expected:
+            raise PushError(
+                f"resource {name!r} is a {full_name}, not the {expected} its type URL {type_url} says",
+                hint="put each message under its own type URL",
+            )
+        payload = message.SerializeToString(deterministic=True)
+        old = previous.get(name)
+        if old is not None and old.payload == payload:
+            out[name] = old
+        else:
+            out[name] = _versioned(name, type_url, payload)
+    return MappingProxyType(out)
+
+
+def build_snapshot(
+    messages: Mapping[str, Mapping[str, Message]],
+    *,
+    counter: int,
+    now: float,
+    previous: Snapshot | None = None,
+) -> Snapshot:
+    """A new snapshot from ``type URL -> name -> message``, reusing unchanged entries of ``previous``."""
+    resources = {
+        type_url: version_resources(
+            type_url, by_name, previous=previous.of_type(type_url) if previous else _EMPTY
+        )
+        for type_url, by_name in messages.items()
+    }
+    return Snapshot(counter=counter, created_at=now, resources=MappingProxyType(resources))
+
+
+def empty_snapshot(*, now: float) -> Snapshot:
+    """The snapshot before the first build (counter 0, no resources)."""
+    return Snapshot(counter=0, created_at=now, resources=MappingProxyType({}))
