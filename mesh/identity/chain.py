@@ -122,7 +122,13 @@ def _link_path(
                 position,
                 "the certificate was altered or signed by a different key; re-issue it",
             )
-    last, position = path[-1], len(path) - 1
+    return _anchor(path[-1], len(path) - 1, roots, now)
+
+
+def _anchor(
+    last: x509.Certificate, position: int, roots: Sequence[x509.Certificate], now: dt.datetime
+) -> x509.Certificate:
+    """The trusted root that signed ``last`` (several roots may share a name during a rotation)."""
     candidates = sorted(
         (r for r in roots if r.subject == last.issuer), key=lambda r: not _valid_at(r, now)
     )  # time-valid roots first
