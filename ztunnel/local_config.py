@@ -131,7 +131,9 @@ def _port(value: Any, where: _Where) -> int:
 def _ports(value: Any, where: _Where) -> tuple[PortMapping, ...]:
     if not isinstance(value, dict):
         raise where.error("must map service ports to target ports, e.g. {80: 8080}")
-    return tuple(PortMapping(_port(k, where), _port(v, where.at(str(k)))) for k, v in sorted(value.items()))
+    # Keys may be quoted ("80"), as JSON requires.
+    pairs = [(int(k) if isinstance(k, str) and k.isdigit() else k, v) for k, v in value.items()]
+    return tuple(PortMapping(_port(k, where), _port(v, where.at(str(k)))) for k, v in sorted(pairs))
 
 
 def _workload(raw: Any, where: _Where) -> Workload:
