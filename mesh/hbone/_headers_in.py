@@ -92,6 +92,8 @@ class HeaderFrames(ControlFrames):
             return
         if reason == CLOSED_REMOTE_RESET:
             raise H2StreamError(sid, "HEADERS after RST_STREAM", error_code=ErrorCode.STREAM_CLOSED)
+        if reason is None:
+            raise H2ConnectionError(f"HEADERS on stream {sid}, lower than a stream already opened")
         raise H2ConnectionError(f"HEADERS on closed stream {sid}", error_code=ErrorCode.STREAM_CLOSED)
 
     def _open_peer_stream(self, sid: int, fields: Fields, end_stream: bool) -> None:

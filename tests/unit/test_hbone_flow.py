@@ -1,0 +1,160 @@
+"""Flow control and the DATA hot path: stalls and resumes, batching, frame sizes, padding, zero-copy."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import h2.events
+import h2.exceptions
+import h2.settings
+import pytest
+
+from mesh.hbone import DataReceived, H2Config, H2Connection, H2UsageError, WindowUpdated
+from mesh.hbone import frames as fr
+from tests.unit.test_hbone_link import Link, frame_list, h2_peer, open_tunnel, ours, payload_by_stream
+
+KiB, MiB = 1024, 2**20
+
+
+def _pair(server_config: H2Config | None = None) -> tuple[Link, H2Connection, H2Connection, int]:
+    client, server = ours(client_side=True), ours(client_side=False, config=server_config)
+    link = Link(client, server)
+    sid = open_tunnel(link, "10.0.0.1:80")
+    link.take("client"), link.take("server")
+    return link, client, server, sid
+
+
+def _deliver(src: H2Connection, dst: H2Connection) -> list[Any]:
+    """One hop without acknowledging anything (the consumer is slow)."""
+    return dst.receive_data(src.data_to_send())
+
+
+def test_send_data_stalls_at_the_stream_window_and_resumes_on_window_update() -> None:
+    _, client, server, sid = _pair(H2Config(initial_window_size=100_000))
+    assert client.send_window(sid) == 100_000
+    assert client.send_data(sid, b"a" * 300_000) == 100_000
+    assert client.send_window(sid) == 0
+    assert client.send_data(sid, b"a" * 200_000) == 0
+    got = _deliver(client, server)
+    assert sum(e.flow_controlled_length for e in got if isinstance(e, DataReceived)) == 100_000
+    server.acknowledge_received_data(sid, 10_000)  # below a quarter of the window: batched
+    assert client.receive_data(server.data_to_send()) == []
+    server.acknowledge_received_data(sid, 20_000)
+    events = client.receive_data(server.data_to_send())
+    assert WindowUpdated(sid, 30_000) in events
+    assert client.send_data(sid, b"a" * 200_000) == 30_000
+
+
+def test_connection_window_is_shared_by_streams() -> None:
+    cfg = H2Config(initial_window_size=65_535, connection_window_size=65_535)
+    link, client, server, sid1 = _pair(cfg)
+    sid2 = open_tunnel(link, "10.0.0.2:80")
+    assert client.send_data(sid1, b"x" * 65_535) == 65_535
+    assert client.send_window(sid2) == 0
+    assert client.send_data(sid2, b"y" * 10) == 0
+    got = _deliver(client, server)
+    server.acknowledge_received_data(sid1, sum(len(e.data) for e in got if isinstance(e, DataReceived)))
+    events = client.receive_data(server.data_to_send())
+    assert any(isinstance(e, WindowUpdated) and e.stream_id == 0 for e in events)
+    assert client.send_data(sid2, b"y" * 10) == 10
+
+
+def test_a_consumer_that_never_acknowledges_bounds_what_the_peer_can_send() -> None:
+    _, client, server, sid = _pair()
+    sent = 0
+    for _ in range(10):
+        sent += client.send_data(sid, b"z" * MiB)
+        _deliver(client, server)
+        client.receive_data(server.data_to_send())
+    assert sent == H2Config().initial_window_size == 4 * MiB
+
+
+def test_acknowledging_more_than_was_delivered_is_a_usage_error() -> None:
+    _, client, server, sid = _pair()
+    client.send_data(sid, b"q" * 100)
+    _deliver(client, server)
+    with pytest.raises(H2UsageError, match="unacknowledged"):
+        server.acknowledge_received_data(sid, 101)
+    server.acknowledge_received_data(sid, 100)
+
+
+def test_our_frames_are_as_large_as_the_peer_allows() -> None:
+    _, client, _, sid = _pair()
+    assert client.send_data(sid, b"b" * (3 * MiB + 5)) == 3 * MiB + 5
+    assert [n for t, _, s, n in frame_list(client.data_to_send()) if t == fr.DATA] == [MiB, MiB, MiB, 5]
+
+
+def test_frames_are_split_at_the_h2_peer_default_max_frame_size() -> None:
+    link = Link(ours(client_side=True), h2_peer(client_side=False, max_frame=16_384))
+    sid = open_tunnel(link, "10.0.0.1:80")
+    client = link.client
+    assert isinstance(client, H2Connection)
+    assert client.send_data(sid, b"c" * 40_000) == 40_000
+    assert [n for t, _, _, n in frame_list(client.data_to_send()) if t == fr.DATA] == [16_384, 16_384, 7_232]
+
+
+def test_peer_settings_change_the_send_window_of_open_streams() -> None:
+    link = Link(ours(client_side=True), h2_peer(client_side=False, window=65_535))
+    sid = open_tunnel(link, "10.0.0.1:80")
+    client, server = link.client, link.server
+    assert isinstance(client, H2Connection)
+    assert client.send_window(sid) == 65_535
+    server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1_000_000})  # type: ignore[attr-defined]
+    link.pump()
+    assert WindowUpdated(sid, 1_000_000 - 65_535) in link.take("client")
+    assert client.send_window(sid) == 1_000_000
+    server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 10})  # type: ignore[attr-defined]
+    link.pump()
+    assert client.send_window(sid) == 10
+    assert client.send_data(sid, b"d" * 100) == 10
+
+
+def test_padded_data_from_h2_is_delivered_without_padding_and_credit_comes_back() -> None:
+    link = Link(h2_peer(client_side=True), ours(client_side=False))
+    sid = open_tunnel(link, "10.0.0.1:80")
+    client: Any = link.client
+    window = client.local_flow_control_window(sid)
+    for i in range(40):
+        client.send_data(sid, bytes([i]) * 1000, pad_length=200)
+    link.pump()
+    got = link.take("server")
+    assert payload_by_stream(got) == {sid: b"".join(bytes([i]) * 1000 for i in range(40))}
+    assert sum(e.flow_controlled_length for e in got if isinstance(e, DataReceived)) == 40_000
+    threshold = H2Config().initial_window_size // 4
+    assert client.local_flow_control_window(sid) > window - threshold
+
+
+def test_data_payloads_are_views_of_the_received_buffer() -> None:
+    _, client, server, sid = _pair()
+    client.send_data(sid, b"v" * 500_000)
+    wire = client.data_to_send()
+    events = server.receive_data(wire)
+    data = [e for e in events if isinstance(e, DataReceived)]
+    assert len(data) == 1 and isinstance(data[0].data, memoryview) and data[0].data.obj is wire
+    client.send_data(sid, b"w" * 500_000)
+    wire = client.data_to_send()
+    pieces = [wire[i : i + 65_536] for i in range(0, len(wire), 65_536)]
+    views = [e.data for p in pieces for e in server.receive_data(p) if isinstance(e, DataReceived)]
+    assert [v.obj for v in views if isinstance(v, memoryview)] == pieces
+    assert b"".join(bytes(v) for v in views) == b"w" * 500_000
+
+
+def test_peer_data_frames_arriving_in_one_byte_pieces_are_reassembled() -> None:
+    _, client, server, sid = _pair()
+    client.send_data(sid, bytes(range(256)) * 8, end_stream=True)
+    wire = client.data_to_send()
+    events = [e for i in range(len(wire)) for e in server.receive_data(wire[i : i + 1])]
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == bytes(range(256)) * 8
+    assert server.open_streams == 1  # half-closed (remote): our side is still open
+
+
+def test_h2_client_data_respects_our_advertised_windows() -> None:
+    link = Link(
+        h2_peer(client_side=True), ours(client_side=False, config=H2Config(initial_window_size=70_000))
+    )
+    sid = open_tunnel(link, "10.0.0.1:80")
+    client: Any = link.client
+    assert client.local_flow_control_window(sid) == 70_000
+    client.send_data(sid, b"e" * 70_000)
+    with pytest.raises(h2.exceptions.FlowControlError):
+        client.send_data(sid, b"e")
