@@ -1,0 +1,417 @@
+"""One HBONE HTTP/2 connection over TLS: the engine driven by an ``asyncio.Protocol``.
+
+Shared by both roles: feeding bytes to the engine and events to streams, one write per callback,
+window acknowledgements batched per read, the read cap, TLS write backpressure, keepalive PINGs,
+GOAWAY handling and graceful drain. :mod:`~mesh.rt.hbone.client` and :mod:`~mesh.rt.hbone.server`
+add the role-specific parts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from typing import Any, ClassVar, cast
+
+from mesh.errors import MeshError
+from mesh.hbone.connection import H2Connection
+from mesh.hbone.errors import ErrorCode, H2ProtocolError
+from mesh.hbone.events import (
+    ConnectionTerminated,
+    ConnectRequest,
+    DataReceived,
+    Event,
+    InvalidRequest,
+    PingAcked,
+    Response,
+    StreamEnded,
+    StreamReset,
+    WindowUpdated,
+)
+from mesh.identity.spiffe import WorkloadIdentity
+from mesh.rt.hbone._log import EventLog, default_log
+from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.hbone.stream import HboneStream
+from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
+from mesh.rt.tls import PeerRejectedError
+
+__all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]
+
+
+class ConnectionClosedError(MeshError):
+    """The HBONE connection ended (or was going away) before the operation could complete."""
+
+
+class KeepaliveTimeoutError(ConnectionClosedError):
+    """The peer did not answer a PING within the keepalive timeout: it is presumed dead."""
+
+
+class HboneConnection(asyncio.Protocol):
+    """Drives an engine over a TLS transport; subclasses verify the peer and handle their role's events."""
+
+    client_side: ClassVar[bool]
+
+    def __init__(
+        self,
+        *,
+        config: HboneConfig | None = None,
+        scheduler: Scheduler | None = None,
+        log: EventLog | None = None,
+    ) -> None:
+        self.config = config or HboneConfig()
+        self._scheduler = scheduler or LoopScheduler()
+        self.log = log or default_log()
+        self.h2 = H2Connection(client_side=self.client_side, config=self.config.h2)
+        self.transport: asyncio.Transport | None = None
+        self.peer_identity: WorkloadIdentity | None = None
+        self.streams: dict[int, HboneStream] = {}
+        self.buffered_bytes = 0
+        self.write_blocked = False
+        self._acks: dict[int, int] = {}
+        self._blocked: dict[int, HboneStream] = {}
+        self._in_batch = False
+        self._read_paused = False
+        self._closed = False
+        self._close_reason: BaseException | None = None
+        self.going_away = False
+        self._goaway_received = False
+        self._timer: TimerHandle | None = None
+        self._ping_seq = 0
+        self._ping_outstanding: bytes | None = None
+        self._idle_waiters: list[asyncio.Future[None]] = []
+        loop = asyncio.get_running_loop()
+        self.ready: asyncio.Future[None] = loop.create_future()
+        self.closed: asyncio.Future[None] = loop.create_future()
+
+    # -- role hooks -----------------------------------------------------------------------------------
+
+    def verify_peer(self, ssl_object: ssl.SSLObject) -> WorkloadIdentity:
+        """Checks the TLS peer; raises :class:`~mesh.rt.tls.PeerRejectedError` to refuse it."""
+        raise NotImplementedError
+
+    def on_connect_request(self, event: ConnectRequest) -> None:
+        """Server role: a new CONNECT stream."""
+        self.reset_stream(event.stream_id, ErrorCode.REFUSED_STREAM)
+
+    def on_response(self, event: Response) -> None:
+        """Client role: response headers for one of our streams."""
+
+    def on_stream_finished(self, stream: HboneStream) -> None:
+        """A stream ended (both ways, or reset)."""
+
+    # -- asyncio.Protocol -----------------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """TLS is up: check the peer, then start HTTP/2 and keepalive."""
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.transport = transport
+        ssl_object = transport.get_extra_info("ssl_object")
+        try:
+            if ssl_object is None:
+                raise PeerRejectedError("the connection is not TLS", reason="plaintext")
+            self.peer_identity = self.verify_peer(ssl_object)
+        except PeerRejectedError as exc:
+            self.log.warning("hbone.peer_rejected", reason=exc.reason, error=str(exc), **self._where())
+            self._close_reason = exc
+            self._closed = True
+            transport.abort()
+            return
+        transport.set_write_buffer_limits(high=self.config.tls_write_high_water)
+        self.h2.initiate_connection()
+        self.flush()
+        self._schedule_ping()
+        if not self.ready.done():
+            self.ready.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        """Feeds the engine; dispatches events; writes once."""
+        if self._closed:
+            return
+        self._in_batch = True
+        try:
+            events = self.h2.receive_data(data)
+            streams = self.streams
+            for event in events:
+                if type(event) is DataReceived:
+                    stream = streams.get(event.stream_id)
+                    if stream is None:
+                        self.ack(event.stream_id, event.flow_controlled_length)
+                    else:
+                        stream.on_data(event.data, event.flow_controlled_length)
+                else:
+                    self._on_event(event)
+        finally:
+            self._in_batch = False
+        self.flush()
+
+    def eof_received(self) -> bool | None:
+        """The peer closed TLS: the connection ends (HTTP/2 has no half-closed connection)."""
+        return None
+
+    def pause_writing(self) -> None:
+        """The TLS write buffer is full: streams stop handing bytes to the engine."""
+        self.write_blocked = True
+
+    def resume_writing(self) -> None:
+        """The TLS write buffer drained: streams waiting for it send again."""
+        self.write_blocked = False
+        self._pump()
+        self.flush()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Every stream on the connection ends with it."""
+        self._closed = True
+        self._cancel_timer()
+        reason = self._close_reason or exc
+        if not self.ready.done():
+            self.ready.set_exception(reason or ConnectionClosedError("the connection closed during set-up"))
+        for stream in list(self.streams.values()):
+            stream.on_connection_lost(reason)
+        self.streams.clear()
+        self._blocked.clear()
+        self._wake_idle_waiters()
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+    # -- used by streams ------------------------------------------------------------------------------
+
+    def ack(self, stream_id: int, length: int) -> None:
+        """Queues a window acknowledgement; :meth:`flush` sends it."""
+        self._acks[stream_id] = self._acks.get(stream_id, 0) + length
+
+    def flush(self) -> None:
+        """Hands queued acknowledgements to the engine and writes its output (not inside a read batch)."""
+        if self._in_batch or self._closed:
+            return
+        if self._acks:
+            for stream_id, length in self._acks.items():
+                try:
+                    self.h2.acknowledge_received_data(stream_id, length)
+                except H2ProtocolError:
+                    continue
+            self._acks.clear()
+        data = self.h2.data_to_send()
+        if data and self.transport is not None:
+            self.transport.write(data)
+        self._control_reading()
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        """Resets one stream (the caller flushes)."""
+        try:
+            self.h2.reset_stream(stream_id, error_code)
+        except H2ProtocolError:
+            return
+
+    def stream_blocked(self, stream: HboneStream) -> None:
+        """``stream`` has bytes waiting for send window."""
+        self._blocked[stream.stream_id] = stream
+
+    def stream_finished(self, stream: HboneStream) -> None:
+        """``stream`` is over; forget it."""
+        self.streams.pop(stream.stream_id, None)
+        self._blocked.pop(stream.stream_id, None)
+        self.on_stream_finished(stream)
+        if not self.streams:
+            self._wake_idle_waiters()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    @property
+    def is_closed(self) -> bool:
+        """True once the transport is gone or going."""
+        return self._closed
+
+    def abort(self, reason: BaseException | None = None) -> None:
+        """Drops the connection at once; streams end with ``reason``."""
+        if self._close_reason is None:
+            self._close_reason = reason
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.abort()
+
+    def close(self, error_code: int = ErrorCode.NO_ERROR) -> None:
+        """GOAWAY, then closes TLS (close_notify and FIN) once the output is written."""
+        if self._closed:
+            return
+        self.going_away = True
+        with contextlib.suppress(H2ProtocolError):
+            self.h2.close(error_code)
+        self.flush()
+        self._closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    async def drain(self, *, deadline: float) -> int:
+        """Graceful drain: GOAWAY, let open streams finish for up to ``deadline`` seconds, then close.
+
+        Returns how many streams were still open at the deadline (they end with the connection).
+        """
+        if self._closed:
+            return 0
+        if not self.going_away:
+            self.going_away = True
+            with contextlib.suppress(H2ProtocolError):
+                self.h2.close(ErrorCode.NO_ERROR)
+            self.flush()
+        if self.streams:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._idle_waiters.append(waiter)
+            timer = self._scheduler.call_later(deadline, lambda: _settle(waiter))
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+        left = len(self.streams)
+        self.close()
+        return left
+
+    # -- internals ------------------------------------------------------------------------------------
+
+    def _on_event(self, event: Event) -> None:
+        if type(event) is StreamEnded:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_end()
+        elif type(event) is WindowUpdated:
+            if event.stream_id == 0:
+                self._pump()
+            else:
+                blocked = self._blocked.get(event.stream_id)
+                if blocked is not None and blocked.on_window():
+                    self._blocked.pop(event.stream_id, None)
+        elif type(event) is ConnectRequest:
+            self.on_connect_request(event)
+        elif type(event) is Response:
+            self.on_response(event)
+        elif type(event) is StreamReset:
+            stream = self.streams.get(event.stream_id)
+            if stream is not None:
+                stream.on_reset(event.error_code, remote=event.remote)
+        elif type(event) is PingAcked:
+            self._on_ping_acked(event.opaque)
+        elif type(event) is ConnectionTerminated:
+            self._on_terminated(event)
+        elif type(event) is InvalidRequest:
+            self._refuse_invalid(event)
+
+    def _refuse_invalid(self, event: InvalidRequest) -> None:
+        self.log.info("hbone.invalid_request", method=event.method, reason=event.reason, **self._where())
+        with contextlib.suppress(H2ProtocolError):
+            self.h2.send_response(event.stream_id, 400, end_stream=True)
+        self.reset_stream(event.stream_id, ErrorCode.NO_ERROR)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        self.going_away = True
+        graceful = event.remote and event.error_code == ErrorCode.NO_ERROR
+        self.log.info(
+            "hbone.goaway",
+            remote=event.remote,
+            error_code=event.error_code,
+            last_stream_id=event.last_stream_id,
+            **self._where(),
+        )
+        if graceful:
+            self._goaway_received = True
+            if not self.streams:
+                self._schedule_close()
+            return
+        self._close_reason = ConnectionClosedError(
+            f"HTTP/2 connection terminated with error code {event.error_code:#x}"
+            f" ({'by the peer' if event.remote else 'by this side'})",
+            hint="open a new connection",
+        )
+        self._schedule_close()
+
+    def _schedule_close(self) -> None:
+        asyncio.get_running_loop().call_soon(self._close_after_batch)
+
+    def _close_after_batch(self) -> None:
+        if self._closed:
+            return
+        self.flush()
+        self._closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    def _pump(self) -> None:
+        if not self._blocked:
+            return
+        for stream_id, stream in list(self._blocked.items()):
+            if self.write_blocked:
+                break
+            if stream.on_window():
+                self._blocked.pop(stream_id, None)
+            else:  # round robin: it goes to the back
+                self._blocked[stream_id] = self._blocked.pop(stream_id)
+
+    def _control_reading(self) -> None:
+        transport = self.transport
+        if transport is None:
+            return
+        cap = self.config.read_buffer_cap
+        if not self._read_paused and self.buffered_bytes > cap:
+            self._read_paused = True
+            transport.pause_reading()
+        elif self._read_paused and self.buffered_bytes <= cap // 2:
+            self._read_paused = False
+            transport.resume_reading()
+
+    def _wake_idle_waiters(self) -> None:
+        for waiter in self._idle_waiters:
+            _settle(waiter)
+        self._idle_waiters.clear()
+        if self._goaway_received and not self.streams and not self._closed:
+            self._schedule_close()
+
+    def _schedule_ping(self) -> None:
+        self._cancel_timer()
+        self._timer = self._scheduler.call_later(self.config.keepalive_interval, self._send_ping)
+
+    def _send_ping(self) -> None:
+        if self._closed:
+            return
+        self._ping_seq += 1
+        opaque = self._ping_seq.to_bytes(8, "big")
+        self._ping_outstanding = opaque
+        self.h2.ping(opaque)
+        self.flush()
+        self._timer = self._scheduler.call_later(self.config.keepalive_timeout, self._ping_timed_out)
+
+    def _on_ping_acked(self, opaque: bytes) -> None:
+        if opaque == self._ping_outstanding:
+            self._ping_outstanding = None
+            self._schedule_ping()
+
+    def _ping_timed_out(self) -> None:
+        self._timer = None
+        if self._closed:
+            return
+        self.log.warning("hbone.keepalive_timeout", timeout=self.config.keepalive_timeout, **self._where())
+        self.abort(
+            KeepaliveTimeoutError(
+                f"no PING answer within {self.config.keepalive_timeout} s",
+                hint="the peer is unreachable or stuck; a new connection will be opened",
+            )
+        )
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _where(self) -> dict[str, Any]:
+        transport = self.transport
+        if transport is None:
+            return {}
+        peer = transport.get_extra_info("peername")
+        return {"peer.addr": f"{peer[0]}:{peer[1]}" if peer else "", "hbone.role": self._role}
+
+    @property
+    def _role(self) -> str:
+        return "client" if self.client_side else "server"
+
+
+def _settle(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

@@ -1,0 +1,154 @@
+"""Byte relays between two transports (a TCP socket and an HBONE stream, or two TCP sockets).
+
+Each side gets a :class:`RelayEnd` protocol; :func:`link` joins two of them. There is no task and no
+copy in between: ``data_received`` on one side is a ``write`` on the other, and backpressure is the
+transports' own: when one side's write buffer passes its high-water mark (``pause_writing``), the other
+side stops reading until it drains (``resume_writing``). For an HBONE stream "stop reading" means "stop
+giving the peer HTTP/2 window back", so the bound holds end to end.
+
+Bytes that arrive before the other side exists (calibration trap 9: uvloop may deliver data even after
+``pause_reading`` in ``connection_made``) wait in a small backlog; :func:`link` flushes it before
+anything else can be written, in one synchronous step, so bytes never overtake each other (trap 10).
+
+Half-close: EOF on one side is ``write_eof`` on the other (END_STREAM for a stream). When both
+directions ended, both transports close. A reset travels as a reset: a TCP RST becomes RST_STREAM
+CONNECT_ERROR (RFC 9113 section 8.5) and a stream reset becomes a TCP RST.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from typing import cast
+
+from mesh.hbone.errors import ErrorCode
+from mesh.rt.hbone.stream import HboneStream
+
+__all__ = ["RelayEnd", "link", "reset_transport", "splice"]
+
+_LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class RelayEnd(asyncio.Protocol):
+    """One side of a relay; forwards what its transport receives to the linked peer's transport."""
+
+    accepts_memoryview = True
+    """An HBONE stream may hand this protocol views of the TLS read buffer instead of copies."""
+
+    def __init__(self, *, backlog_cap: int = 256 * 1024) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: RelayEnd | None = None
+        self.bytes_in = 0
+        self._backlog: list[bytes] = []
+        self._backlog_bytes = 0
+        self._backlog_cap = backlog_cap
+        self._eof = False
+        self._write_paused = False
+        self._lost = False
+        self._lost_exc: BaseException | None = None
+        self.closed: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Remembers the transport."""
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Forwards to the peer, or keeps the bytes until :func:`link`."""
+        self.bytes_in += len(data)
+        peer = self.peer
+        if peer is not None:
+            assert peer.transport is not None
+            peer.transport.write(data)
+            return
+        self._backlog.append(bytes(data))
+        self._backlog_bytes += len(data)
+        if self._backlog_bytes >= self._backlog_cap and self.transport is not None:
+            self.transport.pause_reading()
+
+    def eof_received(self) -> bool:
+        """Half-close: the peer's transport writes EOF; stays open for the other direction."""
+        self._eof = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer._lost:
+            peer.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        """Our transport is full: the peer stops reading."""
+        self._write_paused = True
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer._lost:
+            peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        """Our transport drained: the peer reads again."""
+        self._write_paused = False
+        peer = self.peer
+        if peer is not None and peer.transport is not None and not peer._lost:
+            peer.transport.resume_reading()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        """Ends the peer the same way: closed after a clean end, reset after an error."""
+        if self._lost:
+            return
+        self._lost = True
+        self._lost_exc = exc
+        self._backlog.clear()
+        peer = self.peer
+        if peer is not None:
+            _end_peer(peer, exc)
+        if not self.closed.done():
+            self.closed.set_result(exc)
+
+
+def _end_peer(peer: RelayEnd, exc: BaseException | None) -> None:
+    if peer._lost or peer.transport is None:
+        return
+    if exc is None:
+        peer.transport.close()  # after what it still has to write
+    else:
+        reset_transport(peer.transport)
+
+
+def link(a: RelayEnd, b: RelayEnd) -> None:
+    """Joins two ends whose transports exist, flushing what either received before, in order."""
+    assert a.transport is not None and b.transport is not None, "link ends after connection_made"
+    a.peer, b.peer = b, a
+    for src, dst in ((a, b), (b, a)):
+        if src._lost:
+            _end_peer(dst, src._lost_exc)
+            continue
+        assert dst.transport is not None
+        if src._backlog:
+            backlog, src._backlog, src._backlog_bytes = src._backlog, [], 0
+            for chunk in backlog:
+                dst.transport.write(chunk)
+            src.transport.resume_reading()  # type: ignore[union-attr]
+        if src._eof:
+            dst.transport.write_eof()
+        if src._write_paused:
+            dst.transport.pause_reading()
+
+
+def splice(end: RelayEnd, stream: HboneStream) -> RelayEnd:
+    """Relays the transport behind ``end`` (e.g. an accepted TCP connection) through ``stream``."""
+    stream_end = RelayEnd()
+    stream.attach(stream_end)
+    link(end, stream_end)
+    return stream_end
+
+
+def reset_transport(transport: asyncio.BaseTransport) -> None:
+    """Ends ``transport`` abruptly: RST_STREAM CONNECT_ERROR for a stream, a TCP RST for a socket."""
+    if isinstance(transport, HboneStream):
+        transport.reset(ErrorCode.CONNECT_ERROR)
+        return
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RST)
+    transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+    transport.abort()

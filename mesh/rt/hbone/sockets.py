@@ -1,0 +1,81 @@
+"""Where HBONE's outbound TCP sockets come from.
+
+ztunnel creates its sockets inside a pod's network namespace and marks them (SO_MARK 0x539) so the
+capture rules let them through; that is a :class:`SocketFactory` the pool is given. The default
+:class:`PlainSocketFactory` opens an ordinary socket in the current namespace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import socket
+from typing import Protocol
+
+from mesh.errors import MeshError
+
+__all__ = ["MESH_MARK", "ConnectError", "PlainSocketFactory", "SocketFactory"]
+
+MESH_MARK = 0x539
+"""The mark every mesh-originated socket carries so the in-pod capture rules skip it."""
+_IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+
+
+class ConnectError(MeshError):
+    """A TCP connection to an HBONE peer could not be made."""
+
+
+class SocketFactory(Protocol):
+    """Opens connected, non-blocking TCP sockets for the transport."""
+
+    async def connect(self, address: tuple[str, int], *, source_ip: str | None = None) -> socket.socket:
+        """A non-blocking socket connected to ``address``, optionally bound to ``source_ip``."""
+        ...
+
+
+class PlainSocketFactory:
+    """Sockets in the current network namespace, with TCP_NODELAY and optionally SO_MARK.
+
+    ``mark`` needs CAP_NET_ADMIN; ``bind_source`` binds to the key's source IP before connecting
+    (with IP_BIND_ADDRESS_NO_PORT, so the port is only picked at connect time).
+    """
+
+    def __init__(
+        self, *, mark: int | None = None, bind_source: bool = False, connect_timeout: float = 10.0
+    ) -> None:
+        self._mark = mark
+        self._bind_source = bind_source
+        self._timeout = connect_timeout
+
+    async def connect(self, address: tuple[str, int], *, source_ip: str | None = None) -> socket.socket:
+        """Connects within the timeout or raises :class:`ConnectError`."""
+        host, port = address
+        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            self._prepare(sock, source_ip)
+            loop = asyncio.get_running_loop()
+            async with asyncio.timeout(self._timeout):
+                await loop.sock_connect(sock, (host, port))
+        except (OSError, TimeoutError) as exc:
+            sock.close()
+            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+            raise ConnectError(
+                f"TCP connect to {host}:{port} failed: {what}",
+                hint="check that the peer listens on this port and is reachable",
+            ) from exc
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def _prepare(self, sock: socket.socket, source_ip: str | None) -> None:
+        sock.setblocking(False)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self._mark is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._mark)
+        if self._bind_source and source_ip is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+            sock.bind((source_ip, 0))

@@ -1,0 +1,278 @@
+"""TLS for HBONE: ``ssl.SSLContext`` factories and the SPIFFE peer checks that ``ssl`` cannot do.
+
+What the contexts enforce (istio-ambient-facts section 2):
+
+- TLS 1.3 only; suites ``TLS_AES_256_GCM_SHA384`` and ``TLS_AES_128_GCM_SHA256`` only (no ChaCha20);
+- ALPN ``h2``; the client sends no SNI (callers pass ``server_hostname=""`` to the loop);
+- no session tickets and no resumption (``OP_NO_TICKET``, ``num_tickets = 0``), so a trust change is
+  never bypassed by an old session; contexts are rebuilt when certificates or roots change
+  (:class:`ContextCache`);
+- certificates required in both directions, trust = the root bundle only.
+
+``ssl`` cannot match URI SANs (calibration trap 12), so after the handshake the caller runs
+:func:`verify_server_peer` (client side: the SPIFFE ID must be one of the expected identities) or
+:func:`verify_client_peer` (server side: same trust domain as ours) on the verified peer certificate.
+There is no plaintext fallback anywhere.
+
+Python 3.11 has no ``SSLContext.set_ciphersuites``; the TLS 1.3 suites are restricted with OpenSSL's
+``SSL_CTX_set_ciphersuites`` through ctypes on the context's own ``SSL_CTX`` pointer, checked first by
+reading the options back, and the result is verified with ``get_ciphers()``. Where that is not possible
+(another Python or libssl), :func:`restrict_tls13_suites` raises rather than run with other suites.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import os
+import ssl
+import tempfile
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from mesh.errors import MeshError
+from mesh.identity.errors import IdentityError
+from mesh.identity.spiffe import WorkloadIdentity
+
+__all__ = [
+    "ALPN_H2",
+    "TLS13_SUITES",
+    "ContextCache",
+    "PeerRejectedError",
+    "TlsMaterial",
+    "TlsSetupError",
+    "client_context",
+    "peer_identity",
+    "restrict_tls13_suites",
+    "server_context",
+    "verify_client_peer",
+    "verify_server_peer",
+]
+
+ALPN_H2 = "h2"
+TLS13_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
+
+
+class TlsSetupError(MeshError):
+    """A TLS context could not be built as HBONE requires."""
+
+
+class PeerRejectedError(MeshError):
+    """The TLS peer is not acceptable: no verified certificate, a bad SPIFFE ID, or the wrong identity."""
+
+    def __init__(self, message: str, *, reason: str, hint: str = "") -> None:
+        super().__init__(message, hint=hint)
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class TlsMaterial:
+    """A workload's credentials as PEM: its private key, its chain (leaf first) and the trust roots."""
+
+    identity: WorkloadIdentity
+    key_pem: bytes
+    chain_pem: bytes
+    roots_pem: bytes
+
+    def __repr__(self) -> str:  # never print key material
+        return f"TlsMaterial(identity={self.identity.uri!s})"
+
+
+def server_context(material: TlsMaterial) -> ssl.SSLContext:
+    """A server context presenting ``material``'s chain and requiring a client certificate."""
+    ctx = _base_context(ssl.PROTOCOL_TLS_SERVER, material)
+    ctx.num_tickets = 0
+    return ctx
+
+
+def client_context(material: TlsMaterial) -> ssl.SSLContext:
+    """A client context presenting ``material``'s chain (the source workload's, ztunnel impersonates it)."""
+    return _base_context(ssl.PROTOCOL_TLS_CLIENT, material)
+
+
+def _base_context(protocol: ssl._SSLMethod, material: TlsMaterial) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(protocol)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    ctx.maximum_version = ssl.TLSVersion.TLSv1_3
+    ctx.options |= ssl.OP_NO_TICKET | ssl.OP_NO_COMPRESSION | ssl.OP_NO_RENEGOTIATION
+    ctx.check_hostname = False  # identities are SPIFFE URI SANs, checked after the handshake
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    ctx.set_alpn_protocols([ALPN_H2])
+    try:
+        ctx.load_verify_locations(cadata=material.roots_pem.decode("ascii"))
+    except (ssl.SSLError, ValueError, UnicodeDecodeError) as exc:
+        raise TlsSetupError(
+            f"the trust roots for {material.identity} are not valid PEM: {exc}",
+            hint="pass the CA's root certificates as PEM",
+        ) from exc
+    _load_chain(ctx, material)
+    restrict_tls13_suites(ctx)
+    return ctx
+
+
+def _load_chain(ctx: ssl.SSLContext, material: TlsMaterial) -> None:
+    with _private_pem_file(material.key_pem + b"\n" + material.chain_pem) as path:
+        try:
+            ctx.load_cert_chain(path)
+        except ssl.SSLError as exc:
+            raise TlsSetupError(
+                f"the certificate chain or key for {material.identity} is not usable: {exc}",
+                hint="the key must be PEM and match the leaf, which comes first in the chain",
+            ) from exc
+
+
+@contextlib.contextmanager
+def _private_pem_file(data: bytes) -> Iterator[str]:
+    """A path OpenSSL can read ``data`` from that no other user can: a memfd, else a 0600 temp file."""
+    memfd = getattr(os, "memfd_create", None)
+    if memfd is not None:
+        fd = memfd("hbone-pem", os.MFD_CLOEXEC)
+        try:
+            os.write(fd, data)
+            yield f"/proc/self/fd/{fd}"
+        finally:
+            os.close(fd)
+        return
+    fd, path = tempfile.mkstemp(prefix="hbone-", suffix=".pem")  # mode 0600
+    try:
+        os.write(fd, data)
+        os.close(fd)
+        yield path
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+
+
+def restrict_tls13_suites(ctx: ssl.SSLContext) -> None:
+    """Limits ``ctx`` to :data:`TLS13_SUITES`; raises :class:`TlsSetupError` if that cannot be done."""
+    setter = getattr(ctx, "set_ciphersuites", None)
+    if setter is not None:  # a future Python
+        setter(":".join(TLS13_SUITES))
+    else:
+        _set_ciphersuites_ctypes(ctx)
+    tls13 = {c["name"] for c in ctx.get_ciphers() if c.get("protocol") == "TLSv1.3"}
+    if tls13 != set(TLS13_SUITES):
+        raise TlsSetupError(
+            f"the TLS 1.3 suites are {sorted(tls13)}, not only AES-GCM",
+            hint="run on CPython with OpenSSL 3 (or a Python that has SSLContext.set_ciphersuites)",
+        )
+
+
+def _set_ciphersuites_ctypes(ctx: ssl.SSLContext) -> None:
+    lib = _libssl()
+    # PySSLContext starts with PyObject_HEAD followed by the SSL_CTX pointer.
+    ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
+    if not ptr or lib.SSL_CTX_get_options(ptr) != ctx.options:
+        raise TlsSetupError(
+            "cannot reach the SSL_CTX behind this ssl.SSLContext",
+            hint="this Python's ssl module has an unexpected layout; use CPython 3.11+ with OpenSSL 3",
+        )
+    if lib.SSL_CTX_set_ciphersuites(ptr, ":".join(TLS13_SUITES).encode()) != 1:
+        raise TlsSetupError("OpenSSL refused the AES-GCM TLS 1.3 suites", hint="check the OpenSSL build")
+
+
+_LIBSSL: ctypes.CDLL | None = None
+
+
+def _libssl() -> ctypes.CDLL:
+    global _LIBSSL  # noqa: PLW0603 - one handle per process, resolved once
+    if _LIBSSL is None:
+        import _ssl  # noqa: PLC0415 - the extension module links the same libssl
+
+        lib = ctypes.CDLL(_ssl.__file__)
+        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
+        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
+        lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
+        lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
+        _LIBSSL = lib
+    return _LIBSSL
+
+
+def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> WorkloadIdentity:
+    """The SPIFFE identity of a verified peer certificate, checked per X509-SVID section 2.
+
+    ``getpeercert()`` is only filled for a certificate that OpenSSL verified against our roots, so an
+    empty answer means "not verified". Exactly one URI SAN, a workload SPIFFE ID, and no SPIFFE ID
+    hiding in a DNS SAN.
+    """
+    if ssl_object.version() != "TLSv1.3" or ssl_object.selected_alpn_protocol() != ALPN_H2:
+        raise PeerRejectedError(
+            f"peer negotiated {ssl_object.version()} with ALPN {ssl_object.selected_alpn_protocol()!r}",
+            reason="protocol",
+            hint="HBONE needs TLS 1.3 and ALPN h2",
+        )
+    cert = ssl_object.getpeercert()
+    if not cert:
+        raise PeerRejectedError("the peer presented no verified certificate", reason="no_certificate")
+    sans: tuple[tuple[str, str], ...] = cert.get("subjectAltName", ())  # type: ignore[assignment]
+    uris = [value for kind, value in sans if kind == "URI"]
+    if any(kind == "DNS" and value.lower().startswith("spiffe:") for kind, value in sans):
+        raise PeerRejectedError("the peer hides a SPIFFE ID in a DNS SAN", reason="spiffe_id_in_dns_san")
+    if len(uris) != 1:
+        raise PeerRejectedError(
+            f"the peer certificate has {len(uris)} URI SANs, a workload certificate has exactly one",
+            reason="uri_san_count",
+        )
+    try:
+        return WorkloadIdentity.parse(uris[0])
+    except IdentityError as exc:
+        raise PeerRejectedError(f"the peer's SPIFFE ID is invalid: {exc}", reason=str(exc.reason)) from exc
+
+
+def verify_server_peer(
+    ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: frozenset[WorkloadIdentity]
+) -> WorkloadIdentity:
+    """Client side: the server's identity, which must be one of ``expected``."""
+    identity = peer_identity(ssl_object)
+    if identity not in expected:
+        wanted = ", ".join(sorted(i.uri for i in expected)) or "(none)"
+        raise PeerRejectedError(
+            f"the server is {identity.uri}, expected one of {wanted}",
+            reason="identity_mismatch",
+            hint="the destination's certificate does not match its workload or service identities",
+        )
+    return identity
+
+
+def verify_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, *, trust_domain: str) -> WorkloadIdentity:
+    """Server side: the client's identity, which must be in our trust domain."""
+    identity = peer_identity(ssl_object)
+    if identity.trust_domain != trust_domain:
+        raise PeerRejectedError(
+            f"the client is in trust domain {identity.trust_domain!r}, not {trust_domain!r}",
+            reason="trust_domain_mismatch",
+        )
+    return identity
+
+
+class ContextCache:
+    """Builds contexts once per distinct :class:`TlsMaterial` and forgets old ones.
+
+    A new certificate or a new root bundle is a new material and so a new context: nothing from an
+    old trust configuration (sessions included) carries over.
+    """
+
+    def __init__(self, *, capacity: int = 64) -> None:
+        self._capacity = capacity
+        self._contexts: OrderedDict[tuple[bool, TlsMaterial], ssl.SSLContext] = OrderedDict()
+
+    def server(self, material: TlsMaterial) -> ssl.SSLContext:
+        """The server context for ``material``."""
+        return self._get(True, material)
+
+    def client(self, material: TlsMaterial) -> ssl.SSLContext:
+        """The client context for ``material``."""
+        return self._get(False, material)
+
+    def _get(self, server_side: bool, material: TlsMaterial) -> ssl.SSLContext:
+        key = (server_side, material)
+        ctx = self._contexts.get(key)
+        if ctx is None:
+            ctx = server_context(material) if server_side else client_context(material)
+            self._contexts[key] = ctx
+            while len(self._contexts) > self._capacity:
+                self._contexts.popitem(last=False)
+        else:
+            self._contexts.move_to_end(key)
+        return ctx

@@ -1,0 +1,218 @@
+"""Test kit for the HBONE transport: a fake-time scheduler, credentials from the test PKI, an echo
+server and simple inbound handlers. Production code never imports it."""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import cast
+
+from mesh.identity.spiffe import WorkloadIdentity
+from mesh.rt.hbone.server import InboundDecision, InboundRequest
+from mesh.rt.hbone.sockets import PlainSocketFactory
+from mesh.rt.tls import TlsMaterial
+from mesh.testing.clock import FakeClock
+from mesh.testing.pki import IssuedCert, TestPki, chain_pem
+
+__all__ = [
+    "Collector",
+    "EchoProtocol",
+    "FakeScheduler",
+    "ForwardingHandler",
+    "StaticCertificates",
+    "material_for",
+    "start_echo_server",
+]
+
+
+class _FakeTimer:
+    __slots__ = ("callback", "cancelled", "when")
+
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.callback = callback
+        self.cancelled = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+class FakeScheduler:
+    """A :class:`~mesh.rt.hbone.timers.Scheduler` on a :class:`FakeClock`: timers fire in ``advance``."""
+
+    def __init__(self, clock: FakeClock) -> None:
+        self.clock = clock
+        self._heap: list[tuple[float, int, _FakeTimer]] = []
+        self._seq = itertools.count()
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> _FakeTimer:
+        """Schedules ``callback`` at ``clock.monotonic() + delay``."""
+        timer = _FakeTimer(self.clock.monotonic() + max(0.0, delay), callback)
+        heapq.heappush(self._heap, (timer.when, next(self._seq), timer))
+        return timer
+
+    def advance(self, seconds: float) -> int:
+        """Moves the clock forward, running each due timer at its time, in order; returns how many ran."""
+        target = self.clock.monotonic() + seconds
+        ran = 0
+        while self._heap and self._heap[0][0] <= target:
+            when, _, timer = heapq.heappop(self._heap)
+            if timer.cancelled:
+                continue
+            self.clock.advance(max(0.0, when - self.clock.monotonic()))
+            timer.callback()
+            ran += 1
+        self.clock.advance(target - self.clock.monotonic())
+        return ran
+
+    @property
+    def pending(self) -> int:
+        """Timers scheduled and not cancelled."""
+        return sum(1 for _, _, t in self._heap if not t.cancelled)
+
+
+def material_for(
+    pki: TestPki,
+    namespace: str = "default",
+    service_account: str = "default",
+    *,
+    leaf: IssuedCert | None = None,
+    roots_pem: bytes | None = None,
+) -> TlsMaterial:
+    """TLS material for ``spiffe://<td>/ns/<namespace>/sa/<service_account>`` issued by ``pki``.
+
+    ``leaf`` overrides the certificate (e.g. a wrong SAN); ``roots_pem`` overrides the trust bundle.
+    """
+    uri = pki.workload_uri(namespace, service_account)
+    issued = leaf or pki.issue_leaf(uri)
+    return TlsMaterial(
+        identity=WorkloadIdentity.parse(uri),
+        key_pem=issued.key_pem,
+        chain_pem=chain_pem([issued.cert]),
+        roots_pem=roots_pem if roots_pem is not None else pki.root_pem,
+    )
+
+
+@dataclass
+class StaticCertificates:
+    """A :class:`~mesh.rt.hbone.pool.CertificateSource` over a fixed map; counts fetches."""
+
+    by_identity: dict[WorkloadIdentity, TlsMaterial]
+    fetches: int = 0
+
+    async def client_material(self, identity: WorkloadIdentity) -> TlsMaterial:
+        """The material for ``identity`` (KeyError if the test did not provide it)."""
+        self.fetches += 1
+        return self.by_identity[identity]
+
+
+class EchoProtocol(asyncio.Protocol):
+    """Echoes bytes back with backpressure; echoes a half-close (EOF) as a half-close."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.received = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.received += len(data)
+        self.transport.write(data)
+
+    def eof_received(self) -> bool:
+        assert self.transport is not None
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        return True
+
+    def pause_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        assert self.transport is not None
+        self.transport.resume_reading()
+
+
+async def start_echo_server(host: str = "127.0.0.1") -> tuple[asyncio.Server, tuple[str, int]]:
+    """A plain TCP echo server on an ephemeral port."""
+    server = await asyncio.get_running_loop().create_server(EchoProtocol, host, 0)
+    address = server.sockets[0].getsockname()
+    return server, (address[0], address[1])
+
+
+@dataclass
+class ForwardingHandler:
+    """An inbound handler that connects to the CONNECT authority (``ip:port``) and answers 200.
+
+    ``deny`` maps client identities to a status to answer instead; every request is recorded.
+    """
+
+    deny: dict[WorkloadIdentity, int] = field(default_factory=dict)
+    delay: float = 0.0
+    requests: list[InboundRequest] = field(default_factory=list)
+    sockets: PlainSocketFactory = field(default_factory=PlainSocketFactory)
+    upstream_connects: int = 0
+
+    async def __call__(self, request: InboundRequest) -> InboundDecision:
+        """Decides one request."""
+        self.requests.append(request)
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        status = self.deny.get(request.peer_identity)
+        if status is not None:
+            return InboundDecision(status=status)
+        host, _, port = request.authority.rpartition(":")
+        self.upstream_connects += 1
+        sock: socket.socket = await self.sockets.connect((host.strip("[]"), int(port)))
+        return InboundDecision(status=200, upstream=sock)
+
+
+class Collector(asyncio.Protocol):
+    """Collects what a transport (e.g. an HBONE stream) delivers; futures for EOF and the end."""
+
+    accepts_memoryview = True
+
+    def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.transport: asyncio.Transport | None = None
+        self.data = bytearray()
+        self.eof: asyncio.Future[None] = loop.create_future()
+        self.lost: asyncio.Future[BaseException | None] = loop.create_future()
+        self.paused = 0
+        self._want: tuple[int, asyncio.Future[None]] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)  # uvloop transports are not subclasses
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.data += data
+        if self._want is not None and len(self.data) >= self._want[0] and not self._want[1].done():
+            self._want[1].set_result(None)
+
+    def eof_received(self) -> bool:
+        if not self.eof.done():
+            self.eof.set_result(None)
+        return True
+
+    def pause_writing(self) -> None:
+        self.paused += 1
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if not self.lost.done():
+            self.lost.set_result(exc)
+
+    async def wait_bytes(self, n: int) -> bytes:
+        """Waits until at least ``n`` bytes arrived (wrap it in ``asyncio.timeout``)."""
+        if len(self.data) < n:
+            self._want = (n, asyncio.get_running_loop().create_future())
+            await self._want[1]
+        return bytes(self.data)
