@@ -1,1 +1,29 @@
-"""istiod_lite.push."""
+"""istiod_lite.push: debounce, versioned snapshots, per-subscriber projection and coalescing, Delta ADS.
+
+Entry points: ``PushPlane`` (assembled), ``DebugServer`` (15014), ``ztunnel_projection``.
+"""
+
+from __future__ import annotations
+
+from istiod_lite.push.debounce import DebounceSettings
+from istiod_lite.push.debug import DebugServer
+from istiod_lite.push.hub import BuildFn, ConfigPusher, Hub
+from istiod_lite.push.plane import PushPlane
+from istiod_lite.push.projection import Projection, Subscriber, select_projection, ztunnel_projection
+from istiod_lite.push.server import DeltaAdsServer
+from istiod_lite.push.snapshot import Snapshot
+
+__all__ = [
+    "BuildFn",
+    "ConfigPusher",
+    "DebounceSettings",
+    "DebugServer",
+    "DeltaAdsServer",
+    "Hub",
+    "Projection",
+    "PushPlane",
+    "Snapshot",
+    "Subscriber",
+    "select_projection",
+    "ztunnel_projection",
+]

@@ -27,11 +27,11 @@ from mesh.testing.xds import FakeAgent
 
 pytestmark = pytest.mark.timeout(30)
 
+POD = "Kubernetes//Pod/default/"
+
 
 def workload(name: str, ip: str, *, sa: str = "default") -> workload_pb2.Address:
-    w = workload_pb2.Workload(
-        uid=f"Kubernetes//Pod/default/{name}", name=name, namespace="default", service_account=sa
-    )
+    w = workload_pb2.Workload(uid=f"{POD}{name}", name=name, namespace="default", service_account=sa)
     w.addresses.append(ipaddress.ip_address(ip).packed)
     return workload_pb2.Address(workload=w)
 
@@ -45,9 +45,7 @@ class Source:
 
     def __init__(self) -> None:
         self.resources: dict[str, dict[str, Message]] = {
-            ADDR: {
-                f"Kubernetes//Pod/default/w{i}": workload(f"w{i}", f"10.244.1.{i + 10}") for i in range(5)
-            },
+            ADDR: {f"{POD}w{i}": workload(f"w{i}", f"10.244.1.{i + 10}") for i in range(5)},
             AUTHZ: {"default/allow-all": policy("allow-all")},
         }
         self.on_change: list[ConfigPusher] = []
@@ -132,7 +130,7 @@ async def test_agent_receives_the_full_state_and_is_synced(plane: Plane, agent: 
     await asyncio.wait_for(agent.client.wait_synced(), 5)
     assert address_names(agent) == set(plane.source.resources[ADDR])
     assert set(agent.resources(AUTHZ)) == {"default/allow-all"}
-    got = agent.resources(ADDR)["Kubernetes//Pod/default/w3"]
+    got = agent.resources(ADDR)[f"{POD}w3"]
     assert ipaddress.ip_address(got.workload.addresses[0]) == ipaddress.ip_address("10.244.1.13")
     await agent.wait_for(lambda a: _all_acked(plane))
     (conn,) = syncz(plane.hub)["subscribers"]
@@ -153,28 +151,26 @@ async def test_a_change_reaches_the_agent_within_a_second(plane: Plane, agent: F
     await asyncio.wait_for(agent.client.wait_synced(), 5)
     loop = asyncio.get_running_loop()
     started = loop.time()
-    plane.source.put(ADDR, "Kubernetes//Pod/default/new", workload("new", "10.244.2.9"))
-    await agent.wait_for(lambda a: "Kubernetes//Pod/default/new" in address_names(a), within=1.0)
+    plane.source.put(ADDR, f"{POD}new", workload("new", "10.244.2.9"))
+    await agent.wait_for(lambda a: f"{POD}new" in address_names(a), within=1.0)
     assert loop.time() - started < 1.0
-    assert agent.events[-1].received == ("Kubernetes//Pod/default/new",)  # only the change was sent
+    assert agent.events[-1].received == (f"{POD}new",)  # only the change was sent
 
 
 async def test_removals_are_delivered(plane: Plane, agent: FakeAgent) -> None:
     await asyncio.wait_for(agent.client.wait_synced(), 5)
-    plane.source.delete(ADDR, "Kubernetes//Pod/default/w0")
+    plane.source.delete(ADDR, f"{POD}w0")
     plane.source.delete(AUTHZ, "default/allow-all")
-    await agent.wait_for(
-        lambda a: "Kubernetes//Pod/default/w0" not in address_names(a) and not a.resources(AUTHZ)
-    )
+    await agent.wait_for(lambda a: f"{POD}w0" not in address_names(a) and not a.resources(AUTHZ))
     removed = {name for e in agent.events for name in e.removed}
-    assert removed == {"Kubernetes//Pod/default/w0", "default/allow-all"}
+    assert removed == {f"{POD}w0", "default/allow-all"}
 
 
 async def test_nack_keeps_the_last_good_value_applies_the_rest_and_is_not_resent(
     plane: Plane, agent: FakeAgent
 ) -> None:
     await asyncio.wait_for(agent.client.wait_synced(), 5)
-    bad, good = "Kubernetes//Pod/default/w1", "Kubernetes//Pod/default/w2"
+    bad, good = f"{POD}w1", f"{POD}w2"
     agent.reject({bad})
     plane.source.put(ADDR, bad, workload("w1", "10.244.1.11", sa="evil"))
     plane.source.put(ADDR, good, workload("w2", "10.244.1.12", sa="changed"))
@@ -204,16 +200,16 @@ async def test_reconnect_resumes_without_a_full_resend() -> None:
         await asyncio.wait_for(agent.client.wait_synced(), 5)
         full = len(agent.events)
         await first.stop()  # controller restart; meanwhile one workload changes and one goes away
-        source.resources[ADDR]["Kubernetes//Pod/default/w4"] = workload("w4", "10.244.1.99")
-        del source.resources[ADDR]["Kubernetes//Pod/default/w0"]
+        source.resources[ADDR][f"{POD}w4"] = workload("w4", "10.244.1.99")
+        del source.resources[ADDR][f"{POD}w0"]
         second = await start_plane(source, port=port)
         try:
             await agent.wait_for(lambda a: a.client.connects == 2 and len(a.events) >= full + 2, within=10)
             resumed = agent.events[full:]
             received = {name for e in resumed for name in e.received}
             removed = {name for e in resumed for name in e.removed}
-            assert received == {"Kubernetes//Pod/default/w4"}
-            assert removed == {"Kubernetes//Pod/default/w0"}
+            assert received == {f"{POD}w4"}
+            assert removed == {f"{POD}w0"}
             assert address_names(agent) == set(source.resources[ADDR])
         finally:
             await second.stop()

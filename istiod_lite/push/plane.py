@@ -1,0 +1,65 @@
+"""The push side assembled: one object for app.py to register, run, and expose on 15014."""
+
+from __future__ import annotations
+
+import asyncio
+
+import grpc
+from prometheus_client import CollectorRegistry
+
+from istiod_lite.ca.auth import Authenticator
+from istiod_lite.push.debounce import DebounceSettings, Sleep
+from istiod_lite.push.debug import Route, debug_routes
+from istiod_lite.push.hub import BuildFn, ConfigPusher, Hub
+from istiod_lite.push.metrics import PushMetrics
+from istiod_lite.push.server import DeltaAdsServer
+from mesh.clock import Clock
+
+__all__ = ["PushPlane"]
+
+
+class PushPlane:
+    """Hub, pusher and Delta ADS servicer sharing one clock and one metrics registry.
+
+    Typical wiring::
+
+        plane = PushPlane(build, clock=clock, registry=registry, authenticator=auth)
+        plane.add_to_server(grpc_server)          # the 15012 server that also carries the CA
+        informer.on_change(plane.mark_dirty)
+        drain.track(asyncio.create_task(plane.run()))
+        DebugServer(plane.debug_routes()).start(port=15014)
+    """
+
+    def __init__(
+        self,
+        build: BuildFn,
+        *,
+        clock: Clock,
+        registry: CollectorRegistry,
+        authenticator: Authenticator | None = None,
+        settings: DebounceSettings | None = None,
+        sleep: Sleep = asyncio.sleep,
+    ) -> None:
+        self.registry = registry
+        self.hub = Hub(clock=clock)
+        self.metrics = PushMetrics(registry, connected=lambda: len(self.hub.connections()))
+        self.pusher = ConfigPusher(
+            build, self.hub, clock=clock, metrics=self.metrics, settings=settings, sleep=sleep
+        )
+        self.ads = DeltaAdsServer(self.hub, clock=clock, metrics=self.metrics, authenticator=authenticator)
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers DeltaAggregatedResources on ``server``."""
+        self.ads.add_to_server(server)
+
+    def mark_dirty(self) -> None:
+        """The informers' change callback: schedules a debounced rebuild."""
+        self.pusher.mark_dirty()
+
+    async def run(self) -> None:
+        """Builds the first snapshot, then rebuilds on changes until cancelled."""
+        await self.pusher.run()
+
+    def debug_routes(self) -> dict[str, Route]:
+        """``/debug/syncz`` and ``/metrics`` for the 15014 DebugServer."""
+        return debug_routes(self.hub, self.registry)
