@@ -124,12 +124,7 @@ class CaClient:
         timeout: float = 10.0,
         clock: Clock | None = None,
     ) -> None:
-        self._roots = load_pem_chain(roots_pem, what="the configured CA root bundle")
-        if not self._roots:
-            raise ConfigError(
-                "the configured CA root bundle holds no certificate",
-                hint="pass the CA's root-cert.pem (the istio-ca-root-cert ConfigMap in Kubernetes)",
-            )
+        self._roots = _configured_roots(roots_pem)
         self._token = token
         self._cluster_id = cluster_id
         self._timeout = timeout
@@ -147,7 +142,11 @@ class CaClient:
     async def fetch(
         self, identity: WorkloadIdentity, *, impersonate: bool, ttl_seconds: int
     ) -> IssuedCertificate:
-        """A new certificate for ``identity``, verified; raises a :class:`CaError` subclass otherwise."""
+        """A new certificate for ``identity``, verified against the configured roots.
+
+        Raises a :class:`CaError` subclass when the CA is unreachable, refuses, or answers with a chain that
+        does not verify or names another identity; ConfigError when the token cannot be read.
+        """
         key, csr_pem = build_csr(identity)
         request = ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds)
         if impersonate:
@@ -208,6 +207,17 @@ _REJECT_HINTS = {
     grpc.StatusCode.PERMISSION_DENIED: "a node agent may only get identities of pods scheduled on its node",
     grpc.StatusCode.INVALID_ARGUMENT: "the request was malformed; check the TTL and the trust domain",
 }
+
+
+def _configured_roots(roots_pem: bytes) -> tuple[x509.Certificate, ...]:
+    hint = "pass the CA's root-cert.pem (the istio-ca-root-cert ConfigMap in Kubernetes)"
+    try:
+        roots = load_pem_chain(roots_pem, what="the configured CA root bundle")
+    except ValueError as err:
+        raise ConfigError(str(err), hint=hint) from err
+    if not roots:
+        raise ConfigError("the configured CA root bundle holds no certificate", hint=hint)
+    return roots
 
 
 def _struct(values: dict[str, str]) -> struct_pb2.Struct:

@@ -11,8 +11,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.certs import IssuedCertificate, load_pem_chain, parse_cert_chain
+from mesh.errors import ConfigError
 from mesh.identity import WorkloadIdentity
-from mesh.rt.ca_client import build_csr
+from mesh.rt.ca_client import CaClient, build_csr, token_from_file
 from mesh.testing.pki import TestPki, cert_pem, chain_pem
 
 _BROKEN_PEM = "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
@@ -106,3 +107,39 @@ def test_issued_certificate_is_frozen() -> None:
     issued: IssuedCertificate = parse_cert_chain(_answer(pki, key)[0], identity=_ID, key=key)
     with pytest.raises(AttributeError):
         issued.not_after = 0.0  # type: ignore[misc]
+
+
+def test_token_file_is_read_on_every_call(tmp_path: Path) -> None:
+    path = tmp_path / "istio-token"
+    path.write_text("first\n", encoding="utf-8")
+    read = token_from_file(path)
+    assert read() == "first"
+    path.write_text("rotated", encoding="utf-8")
+    assert read() == "rotated"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [(None, "cannot read the CA token file"), ("  \n", "is empty")],
+)
+def test_token_file_errors_say_what_to_do(tmp_path: Path, content: str | None, message: str) -> None:
+    path = tmp_path / "istio-token"
+    if content is not None:
+        path.write_text(content, encoding="utf-8")
+    with pytest.raises(ConfigError, match=message) as caught:
+        token_from_file(path)()
+    assert caught.value.hint
+
+
+@pytest.mark.parametrize(
+    ("roots", "message"),
+    [
+        (b"", "holds no certificate"),
+        (b"not pem", "holds no certificate"),
+        (_BROKEN_PEM.encode(), "not valid PEM"),
+    ],
+)
+def test_client_refuses_an_unusable_root_bundle(roots: bytes, message: str) -> None:
+    with pytest.raises(ConfigError, match=message) as caught:
+        CaClient("127.0.0.1:1", roots_pem=roots, token=lambda: "t")
+    assert "root-cert.pem" in caught.value.hint
