@@ -135,6 +135,20 @@ class CertificateManager:
         assert entry.inflight is not None
         return await self._wait(entry, entry.inflight)
 
+    def current(self, identity: WorkloadIdentity) -> IssuedCertificate:
+        """The usable certificate of ``identity`` right now, without waiting (for TLS servers that
+        pick credentials per handshake). Raises :class:`NoValidCertificate` when there is none yet."""
+        entry = self._entries.get(identity)
+        now = self._clock.now()
+        if entry is not None and entry.cert is not None and is_usable(entry.state, now=now):
+            return entry.cert
+        if entry is None and not self._closed:
+            self.prefetch([identity])
+        raise NoValidCertificate(
+            f"no valid certificate for {identity.uri} yet",
+            hint="it is being fetched from the CA; check the CA address and this node's token if it persists",
+        )
+
     def prefetch(self, identities: Iterable[WorkloadIdentity]) -> None:
         """Starts fetching certificates for identities not tracked yet (e.g. this node's pods)."""
         for identity in identities:

@@ -248,3 +248,14 @@ async def test_fetches_are_limited_in_concurrency() -> None:
     assert len(ca.calls) == 10
     assert all(r.state is CertPhase.VALID for r in manager.snapshot())
     await manager.close()
+
+
+async def test_current_never_waits_and_starts_a_fetch() -> None:
+    clock, vt, _, manager = _setup(ttl=120.0)
+    with pytest.raises(NoValidCertificate):
+        manager.current(_SERVER)
+    await vt.settle()
+    assert manager.current(_SERVER).identity == _SERVER
+    await vt.advance(200.0)
+    assert manager.current(_SERVER).not_after > clock.now()
+    await manager.close()
