@@ -186,7 +186,8 @@ def open_tunnel(link: Link, authority: str, headers: list[tuple[str, str]] | Non
         server: Any = link.server
         request: Any = requests[0]
         assert isinstance(request, h2.events.RequestReceived)
-        assert dict(request.headers)[":authority"] == authority
+        request_headers: dict[Any, Any] = dict(request.headers)
+        assert request_headers[":authority"] == authority
         server.send_headers(sid, [(":status", "200")])
     link.pump()
     responses = [e for e in link.client_events if getattr(e, "stream_id", None) == sid]
