@@ -73,6 +73,8 @@ def _node_index_key(pod: KubeObject) -> tuple[str, str, str] | None:
     node = pod.spec.get("nodeName")
     if not isinstance(node, str) or not node or pod.status.get("phase") in _TERMINAL_PHASES:
         return None
+    if pod.deletion_timestamp:
+        return None
     sa = pod.spec.get("serviceAccountName") or "default"
     return (pod.namespace, str(sa), node)
 
@@ -224,6 +226,12 @@ class Informers:
     def service_account_on_node(self, namespace: str, service_account: str, node: str) -> bool:
         """Like ``ClusterView.service_account_on_node``, on the live caches."""
         return self._node_index[(namespace, service_account, node)] > 0
+
+    def nodes_for_service_account(self, namespace: str, service_account: str) -> frozenset[str]:
+        """The nodes with a live pod of ``namespace/service_account`` (for messages that help)."""
+        return frozenset(
+            node for ns, sa, node in self._node_index if (ns, sa) == (namespace, service_account)
+        )
 
     def view(self) -> ClusterView:
         """An immutable snapshot of every cache (the same object while nothing changed)."""
