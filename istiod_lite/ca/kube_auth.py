@@ -130,9 +130,14 @@ class KubernetesAuthenticator:
                 f"{what} failed: HTTP {err.status} {err.reason}",
                 hint="check the API server and istiod's RBAC",
             ) from err
-        except (urllib3.exceptions.HTTPError, OSError, ValueError) as err:
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise AuthenticatorUnavailableError(
                 f"{what} failed: {err}", hint="check that the API server is reachable"
+            ) from err
+        except ValueError as err:
+            raise AuthenticatorUnavailableError(
+                f"{what} failed: the API server's answer is malformed ({err})",
+                hint="check the API server version and any proxy in between",
             ) from err
 
 
