@@ -53,5 +53,11 @@ class PushMetrics:
             "Snapshots a subscriber skipped because a newer one replaced them in its queue.",
             registry=registry,
         )
+        self.refused = Counter(
+            "istiod_lite_xds_refused",
+            "xDS streams refused before any config was sent, by gRPC status code.",
+            ["code"],
+            registry=registry,
+        )
         gauge = Gauge("pilot_xds", "Connected xDS subscribers.", registry=registry)
         gauge.set_function(lambda: float(connected()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry
@@ -51,6 +52,10 @@ class PushPlane:
     def add_to_server(self, server: grpc.aio.Server) -> None:
         """Registers DeltaAggregatedResources on ``server``."""
         self.ads.add_to_server(server)
+
+    def rpc_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The DeltaAggregatedResources handler, e.g. for ``build_server(extra_handlers=...)``."""
+        return self.ads.rpc_handler()
 
     def mark_dirty(self) -> None:
         """The informers' change callback: schedules a debounced rebuild."""

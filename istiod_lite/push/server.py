@@ -70,15 +70,18 @@ class DeltaAdsServer:
         self._authenticator = authenticator
         self._log = structlog.get_logger().bind(component="istiod_lite.xds")
 
-    def add_to_server(self, server: grpc.aio.Server) -> None:
-        """Registers the ADS service (Delta only; SotW answers UNIMPLEMENTED) on ``server``."""
+    def rpc_handler(self) -> grpc.GenericRpcHandler[Any, Any]:
+        """The ADS service (Delta only; SotW answers UNIMPLEMENTED) as a generic handler."""
         handler = grpc.stream_stream_rpc_method_handler(
             self._stream,
             request_deserializer=discovery_pb2.DeltaDiscoveryRequest.FromString,
             response_serializer=_serialize,
         )
-        generic = grpc.method_handlers_generic_handler(_SERVICE, {"DeltaAggregatedResources": handler})
-        server.add_generic_rpc_handlers((generic,))
+        return grpc.method_handlers_generic_handler(_SERVICE, {"DeltaAggregatedResources": handler})
+
+    def add_to_server(self, server: grpc.aio.Server) -> None:
+        """Registers ``rpc_handler()`` on ``server`` (or pass it to ``grpc.aio.server(handlers=...)``)."""
+        server.add_generic_rpc_handlers((self.rpc_handler(),))
 
     async def _stream(
         self,
@@ -110,6 +113,8 @@ class DeltaAdsServer:
         try:
             return await self._authenticator.authenticate(bearer_token(context.invocation_metadata() or ()))
         except CaError as exc:
+            self._metrics.refused.labels(exc.grpc_status).inc()
+            self._log.warning("xds.refused", code=exc.grpc_status, error=str(exc))
             await context.abort(getattr(grpc.StatusCode, exc.grpc_status), str(exc))
             raise  # abort() raises; this line is for the type checker
 
@@ -129,6 +134,8 @@ class DeltaAdsServer:
             _check_identity(subscriber, caller)
         except SubscriberRejectedError as exc:
             code = grpc.StatusCode.PERMISSION_DENIED if caller else grpc.StatusCode.INVALID_ARGUMENT
+            self._metrics.refused.labels(code.name).inc()
+            self._log.warning("xds.refused", code=code.name, error=str(exc))
             await context.abort(code, str(exc))
             raise
         return subscriber

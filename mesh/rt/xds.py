@@ -181,7 +181,12 @@ class _StreamEndedError(MeshError):
 
 
 class XdsClient:
-    """Keeps a Delta ADS stream open and the converted state up to date."""
+    """Keeps a Delta ADS stream open and the converted state up to date.
+
+    ``credentials`` None means plaintext (tests); ``call_metadata`` carries the bearer token;
+    ``channel_options`` e.g. ``grpc.ssl_target_name_override`` to verify istiod by its DNS name.
+    ``last_error`` says why the last stream ended; ``connects`` counts streams opened.
+    """
 
     def __init__(
         self,
@@ -193,6 +198,7 @@ class XdsClient:
         rng: random.Random,
         credentials: grpc.ChannelCredentials | None = None,
         call_metadata: tuple[tuple[str, str], ...] = (),
+        channel_options: tuple[tuple[str, str | int], ...] = (),
         backoff: XdsBackoff = XdsBackoff(),
         on_response: EventCallback | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -205,6 +211,8 @@ class XdsClient:
         self._rng = rng
         self._credentials = credentials
         self._metadata = call_metadata
+        self._channel_options = channel_options
+        self.last_error = ""
         self._backoff = backoff
         self._sleep = sleep
         self._state = XdsState()
@@ -235,7 +243,8 @@ class XdsClient:
             try:
                 await self._session()
             except (grpc.aio.AioRpcError, _StreamEndedError) as exc:
-                self._log.warning("xds.disconnected", error=_describe(exc))
+                self.last_error = _describe(exc)
+                self._log.warning("xds.disconnected", error=self.last_error)
             if self._got_response:
                 attempt = 0
             delay = self._backoff.delay(attempt, self._rng)
@@ -246,6 +255,7 @@ class XdsClient:
         options = [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            *self._channel_options,
         ]
         if self._credentials is None:
             return grpc.aio.insecure_channel(self._target, options=options)
@@ -261,14 +271,20 @@ class XdsClient:
             )
             call = method(metadata=self._metadata)
             self.connects += 1
-            for request in self._initial_requests():
-                await call.write(request)
-            while True:
-                response = await call.read()
-                if response is _EOF:
-                    raise _StreamEndedError("the controller closed the xDS stream")
-                self._got_response = True
-                await call.write(await self._handle(response))
+            try:
+                await self._converse(call)
+            except grpc.aio.AioRpcError as exc:
+                raise _StreamEndedError(await _final_status(call, exc)) from exc
+
+    async def _converse(self, call: Any) -> None:
+        for request in self._initial_requests():
+            await call.write(request)
+        while True:
+            response = await call.read()
+            if response is _EOF:
+                raise _StreamEndedError(await _final_status(call, None))
+            self._got_response = True
+            await call.write(await self._handle(response))
 
     def _initial_requests(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
         requests = []
@@ -306,6 +322,16 @@ def _nack_unknown_type(response: discovery_pb2.DeltaDiscoveryResponse) -> discov
     request.error_detail.code = _INVALID_ARGUMENT
     request.error_detail.message = message
     return request
+
+
+async def _final_status(call: Any, error: grpc.aio.AioRpcError | None) -> str:
+    """The stream's real status: a failed write reports a generic error before the status arrives."""
+    try:
+        code = await asyncio.wait_for(call.code(), 1.0)
+        details = await asyncio.wait_for(call.details(), 1.0)
+    except TimeoutError:
+        return _describe(error) if error is not None else "the controller closed the xDS stream"
+    return f"{code.name}: {details}"
 
 
 def _describe(exc: Exception) -> str:

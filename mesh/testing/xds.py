@@ -56,6 +56,7 @@ class FakeAgent:
         type_urls: Iterable[str] = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL),
         credentials: grpc.ChannelCredentials | None = None,
         call_metadata: tuple[tuple[str, str], ...] = (),
+        channel_options: tuple[tuple[str, str | int], ...] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.events: list[ResponseEvent] = []
@@ -72,6 +73,7 @@ class FakeAgent:
             rng=rng or random.Random(7),
             credentials=credentials,
             call_metadata=call_metadata,
+            channel_options=channel_options,
         )
 
     def reject(self, names: Iterable[str]) -> None:
