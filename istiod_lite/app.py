@@ -284,13 +284,14 @@ async def _serve(args: argparse.Namespace) -> int:
         max_ttl=dt.timedelta(seconds=args.max_ttl),
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
+    authenticator = _authenticator(args, clock=clock)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
     istiod = build_server(
         settings,
         authority=authority,
-        authenticator=_authenticator(args, clock=clock),
+        authenticator=authenticator,
         pods=LabStatePodIndex(args.lab_state),
         clock=clock,
         log=log,
