@@ -18,7 +18,7 @@ from collections.abc import Iterator
 
 from mesh.errors import MeshError
 from mesh.model import IpAddress
-from mesh.rt.hbone.sockets import MESH_MARK, ConnectFailed
+from mesh.rt.hbone.sockets import MESH_MARK, ConnectError
 
 __all__ = [
     "InPodSocketFactory",
@@ -28,6 +28,7 @@ __all__ = [
     "local_of",
     "original_destination",
     "peer_of",
+    "unmap",
 ]
 
 _CLONE_NEWNET = 0x40000000
@@ -88,7 +89,8 @@ def original_destination(sock: socket.socket) -> tuple[IpAddress, int]:
     return ipaddress.IPv4Address(raw[4:8]), port
 
 
-def _unmapped(host: str) -> str:
+def unmap(host: str) -> str:
+    """An address as text, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) turned back into IPv4."""
     address = ipaddress.ip_address(host.split("%", 1)[0])
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         return str(address.ipv4_mapped)
@@ -125,7 +127,7 @@ class InPodSocketFactory:
         except (OSError, TimeoutError) as exc:
             sock.close()
             what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise ConnectFailed(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
+            raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
         except BaseException:
             sock.close()
             raise
@@ -135,10 +137,10 @@ class InPodSocketFactory:
 def peer_of(sock: socket.socket) -> tuple[str, int]:
     """The peer address of an accepted dual-stack socket, IPv4-mapped addresses unmapped."""
     host, port = sock.getpeername()[:2]
-    return _unmapped(host), port
+    return unmap(host), port
 
 
 def local_of(sock: socket.socket) -> tuple[str, int]:
     """The local address of an accepted dual-stack socket, IPv4-mapped addresses unmapped."""
     host, port = sock.getsockname()[:2]
-    return _unmapped(host), port
+    return unmap(host), port

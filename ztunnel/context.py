@@ -1,0 +1,94 @@
+"""What every pod proxy on a node shares: the config state, certificates, telemetry, randomness."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import structlog
+
+from mesh.certs import IssuedCertificate
+from mesh.clock import Clock
+from mesh.identity import WorkloadIdentity
+from mesh.rt.certs import CertificateManager
+from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.tls import TlsMaterial
+from ztunnel.connections import ConnectionRegistry
+from ztunnel.state import ProxyState
+from ztunnel.telemetry import ConnectionRecord, TcpMetrics, access_log_fields
+
+__all__ = ["NodeContext"]
+
+
+@dataclass(slots=True)
+class NodeContext:
+    """Shared by all pod proxies of one ztunnel. ``state`` is swapped whole on every config update."""
+
+    node: str
+    trust_domain: str
+    certs: CertificateManager
+    metrics: TcpMetrics
+    clock: Clock
+    rng: random.Random
+    access_log: structlog.typing.FilteringBoundLogger
+    log: structlog.typing.FilteringBoundLogger
+    hbone: HboneConfig = field(default_factory=HboneConfig)
+    state: ProxyState = field(default_factory=ProxyState.build)
+    registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
+    on_state: list[Callable[[ProxyState], None]] = field(default_factory=list)
+
+    def apply_state(self, state: ProxyState) -> int:
+        """Swaps in a new state, prefetches this node's certificates and closes connections that the
+        new policies deny; returns how many were closed."""
+        self.state = state
+        local = {
+            WorkloadIdentity(w.trust_domain, w.namespace, w.service_account)
+            for w in state.workloads_on_node(self.node)
+        }
+        self.certs.prefetch(local)
+        for callback in self.on_state:
+            callback(state)
+        closed = self.registry.recheck(state)
+        if closed:
+            self.log.info("policy.connections_closed", count=closed)
+        return closed
+
+    def server_material(self, identity: WorkloadIdentity) -> TlsMaterial:
+        """Credentials for a TLS handshake right now; raises when there is no valid certificate."""
+        return _material(self.certs.current(identity))
+
+    async def client_material(self, identity: WorkloadIdentity) -> TlsMaterial:
+        """Credentials for a new outbound connection (the pool's certificate source)."""
+        return _material(await self.certs.get(identity))
+
+    def connection_done(
+        self,
+        record: ConnectionRecord,
+        *,
+        bytes_from_client: int,
+        bytes_to_client: int,
+        started: float,
+        flags: str = "-",
+        error: str = "",
+    ) -> None:
+        """Counts a finished connection and writes its access-log line."""
+        self.metrics.connection_closed(
+            record, bytes_from_client=bytes_from_client, bytes_to_client=bytes_to_client, response_flags=flags
+        )
+        duration_ms = (self.clock.monotonic() - started) * 1000
+        outbound = record.reporter == "source"
+        fields = access_log_fields(
+            record,
+            bytes_sent=bytes_from_client if outbound else bytes_to_client,
+            bytes_recv=bytes_to_client if outbound else bytes_from_client,
+            duration_ms=duration_ms,
+            error=error,
+        )
+        self.access_log.info("connection complete", **fields)
+
+
+def _material(cert: IssuedCertificate) -> TlsMaterial:
+    return TlsMaterial(
+        identity=cert.identity, key_pem=cert.key_pem(), chain_pem=cert.chain_pem(), roots_pem=cert.roots_pem()
+    )

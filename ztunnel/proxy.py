@@ -1,0 +1,455 @@
+"""One pod's proxy: listeners 15001, 15006 and 15008 inside its network namespace.
+
+Outbound (15001): the original destination, ``plan_outbound``, then an HBONE stream from the pool
+(presenting the pod's certificate) or plain TCP to a destination outside the mesh. Inbound HBONE
+(15008): ``plan_inbound_hbone`` on the verified peer, then a connection to the app from inside the
+pod with the client's address. Inbound plaintext (15006): allowed unless policy (STRICT) denies.
+Each connection writes one access-log line and the ``istio_tcp_*`` metrics when it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from mesh.identity import WorkloadIdentity
+from mesh.model import Workload
+from mesh.policy import ConnectionAttributes
+from mesh.rt.certs import NoValidCertificate
+from mesh.rt.hbone.pool import HbonePool, PoolKey
+from mesh.rt.hbone.relay import RelayEnd, link, reset_transport, splice
+from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
+from mesh.rt.hbone.sockets import ConnectError
+from ztunnel.context import NodeContext
+from ztunnel.headers import baggage_for, forwarded_for, traceparent
+from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
+from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of, unmap
+from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
+from ztunnel.telemetry import ConnectionRecord
+
+__all__ = ["PodInfo", "PodProxy"]
+
+OUTBOUND_PORT = 15001
+INBOUND_PLAINTEXT_PORT = 15006
+INBOUND_HBONE_PORT = 15008
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """What the node agent told us about the pod (ZDS ``workload_info``)."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+
+
+class PodProxy:
+    """The in-pod listeners and the per-pod connection pool."""
+
+    def __init__(self, info: PodInfo, netns_fd: int, ctx: NodeContext) -> None:
+        self.info = info
+        self.ctx = ctx
+        self.identity = WorkloadIdentity(ctx.trust_domain, info.namespace, info.service_account or "default")
+        self._netns_fd = netns_fd
+        self._outbound_sockets = InPodSocketFactory(netns_fd)
+        self._app_sockets = InPodSocketFactory(netns_fd, spoof_source=True)
+        self._pool = HbonePool(sockets=self._outbound_sockets, certs=ctx, clock=ctx.clock, log=ctx.log)
+        self._server = HboneServer(
+            self._on_connect,
+            credentials=lambda: ctx.server_material(self.identity),
+            config=ctx.hbone,
+            log=ctx.log,
+        )
+        self._listeners: list[socket.socket] = []
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.active = 0
+
+    async def start(self) -> None:
+        """Binds the three listeners inside the pod and starts serving."""
+        self.ctx.certs.prefetch([self.identity])
+        try:
+            outbound = listen_in_netns(self._netns_fd, OUTBOUND_PORT)
+            self._listeners.append(outbound)
+            plaintext = listen_in_netns(self._netns_fd, INBOUND_PLAINTEXT_PORT)
+            self._listeners.append(plaintext)
+            hbone = listen_in_netns(self._netns_fd, INBOUND_HBONE_PORT)
+            self._listeners.append(hbone)
+        except BaseException:
+            self._close_listeners()
+            raise
+        self._server.start(hbone)
+        self._spawn(self._accept_loop(outbound, self._outbound))
+        self._spawn(self._accept_loop(plaintext, self._inbound_plaintext))
+
+    async def stop(self, *, deadline: float = 5.0) -> None:
+        """Stops accepting, lets connections finish until ``deadline``, then closes everything."""
+        self._close_listeners()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._server.drain(deadline=deadline), deadline + 1)
+        await self._server.close()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=deadline)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+        await self._pool.close()
+        with contextlib.suppress(OSError):
+            os.close(self._netns_fd)
+
+    def _close_listeners(self) -> None:
+        for listener in self._listeners:
+            listener.close()
+        self._listeners.clear()
+
+    def _spawn(self, coro: Awaitable[None]) -> None:
+        task: asyncio.Task[None] = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _accept_loop(
+        self, listener: socket.socket, handle: Callable[[socket.socket], Awaitable[None]]
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                sock, _ = await loop.sock_accept(listener)
+            except OSError:
+                if listener.fileno() < 0:
+                    return
+                await asyncio.sleep(0.05)
+                continue
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self._spawn(self._guard(handle, sock))
+
+    async def _guard(self, handle: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
+        self.active += 1
+        try:
+            await handle(sock)
+        except Exception as exc:  # one connection's failure never takes the proxy down
+            self.ctx.log.warning("connection.failed", error=repr(exc), pod=self.info.name)
+            _rst(sock)
+        finally:
+            self.active -= 1
+
+    # -- outbound ---------------------------------------------------------------------------------
+
+    async def _outbound(self, sock: socket.socket) -> None:
+        ctx = self.ctx
+        started = ctx.clock.monotonic()
+        dst_ip, dst_port = original_destination(sock)
+        src_host, src_port = peer_of(sock)
+        src_ip = ipaddress.ip_address(src_host)
+        state = ctx.state
+        source = state.workload_at(src_ip) or self._self_workload(src_ip)
+        plan = plan_outbound(state, source=source, destination=dst_ip, port=dst_port, rng=ctx.rng)
+        record = ConnectionRecord(
+            reporter="source",
+            source=source,
+            source_principal=self.identity.uri,
+            destination=None if isinstance(plan, Refuse) else plan.workload,
+            destination_principal=(plan.identities[0] if isinstance(plan, HboneTunnel) else ""),
+            service=None if isinstance(plan, Refuse) else plan.service,
+            mtls=isinstance(plan, HboneTunnel),
+            source_addr=f"{src_host}:{src_port}",
+            destination_addr=f"{dst_ip}:{dst_port}",
+            hbone_addr=f"{plan.address}:{plan.port}" if isinstance(plan, HboneTunnel) else "",
+        )
+        if isinstance(plan, Refuse):
+            _rst(sock)
+            ctx.connection_done(
+                record,
+                bytes_from_client=0,
+                bytes_to_client=0,
+                started=started,
+                flags="CONNECT",
+                error=plan.reason,
+            )
+            return
+        ctx.metrics.connection_opened(record)
+        if isinstance(plan, DirectTcp):
+            await self._relay_direct(sock, plan, record, started)
+        else:
+            await self._relay_hbone(sock, plan, record, started, src_host=src_host, src_port=src_port)
+
+    async def _relay_direct(
+        self, sock: socket.socket, plan: DirectTcp, record: ConnectionRecord, started: float
+    ) -> None:
+        try:
+            upstream = await self._outbound_sockets.connect((str(plan.address), plan.port))
+        except ConnectError as exc:
+            _rst(sock)
+            self.ctx.connection_done(
+                record,
+                bytes_from_client=0,
+                bytes_to_client=0,
+                started=started,
+                flags="CONNECT",
+                error=exc.message,
+            )
+            return
+        client_end, upstream_end = await _wrap(sock), await _wrap(upstream)
+        link(client_end, upstream_end)
+        await _finished(record, self.ctx, started, client_end, upstream_end)
+
+    async def _relay_hbone(
+        self,
+        sock: socket.socket,
+        plan: HboneTunnel,
+        record: ConnectionRecord,
+        started: float,
+        *,
+        src_host: str,
+        src_port: int,
+    ) -> None:
+        ctx = self.ctx
+        key = PoolKey(
+            source=self.identity,
+            source_ip=src_host,
+            destination=(str(plan.address), plan.port),
+            expected=frozenset(WorkloadIdentity.parse(uri) for uri in plan.identities),
+        )
+        source = record.source
+        headers = [
+            (
+                "forwarded",
+                forwarded_for(
+                    ipaddress.ip_address(src_host),
+                    src_port,
+                    service_host=plan.service.hostname if plan.service else "",
+                ),
+            ),
+            ("traceparent", traceparent(ctx.rng)),
+        ]
+        if source is not None:
+            headers.insert(0, ("baggage", baggage_for(source)))
+        try:
+            status, stream = await self._pool.open_stream(key, plan.authority, tuple(headers))
+        except NoValidCertificate as exc:
+            return self._failed(sock, record, started, "IDENTITY_ERROR", exc.message)
+        except ConnectError as exc:
+            return self._failed(sock, record, started, "CONNECT", exc.message)
+        except Exception as exc:  # TLS or HTTP/2 failure: never fall back to plaintext
+            return self._failed(sock, record, started, "TLS_FAILURE", str(exc))
+        if status != 200:
+            flag = "DENY" if status == 401 else "CONNECT"
+            return self._failed(sock, record, started, flag, f"peer answered {status}")
+        client_end = await _wrap(sock)
+        stream_end = splice(client_end, stream)
+        await _finished(record, ctx, started, client_end, stream_end)
+        return None
+
+    def _failed(
+        self, sock: socket.socket, record: ConnectionRecord, started: float, flag: str, error: str
+    ) -> None:
+        _rst(sock)
+        self.ctx.connection_done(
+            record, bytes_from_client=0, bytes_to_client=0, started=started, flags=flag, error=error
+        )
+
+    def _self_workload(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Workload:
+        """The pod as ZDS described it, while xDS does not know it yet."""
+        info = self.info
+        return Workload(
+            uid=info.uid,
+            name=info.name,
+            namespace=info.namespace,
+            addresses=(ip,),
+            service_account=self.identity.service_account,
+            trust_domain=self.identity.trust_domain,
+            node=self.ctx.node,
+        )
+
+    # -- inbound ----------------------------------------------------------------------------------
+
+    async def _on_connect(self, request: InboundRequest) -> InboundDecision:
+        ctx = self.ctx
+        started = ctx.clock.monotonic()
+        local_ip = ipaddress.ip_address(unmap(request.local_address[0]))
+        peer_host = unmap(request.peer_address[0])
+        peer_ip = ipaddress.ip_address(peer_host)
+        state = ctx.state
+        decision = plan_inbound_hbone(
+            state,
+            authority=request.authority,
+            arrived_on=local_ip,
+            source_ip=peer_ip,
+            peer=request.peer_identity,
+        )
+        record = ConnectionRecord(
+            reporter="destination",
+            source=state.workload_at(peer_ip),
+            source_principal=request.peer_identity.uri,
+            destination=decision.workload,
+            destination_principal=self.identity.uri,
+            service=None,
+            mtls=True,
+            source_addr=f"{peer_host}:{request.peer_address[1]}",
+            destination_addr=request.authority,
+            hbone_addr=f"{local_ip}:{INBOUND_HBONE_PORT}",
+        )
+        if not isinstance(decision, Admit):
+            ctx.connection_done(
+                record,
+                bytes_from_client=0,
+                bytes_to_client=0,
+                started=started,
+                flags=decision.flag,
+                error=decision.reason,
+            )
+            return InboundDecision(status=decision.status)
+        try:
+            upstream = await self._app_sockets.connect(
+                (str(decision.address), decision.port), source_ip=peer_host
+            )
+        except ConnectError as exc:
+            ctx.connection_done(
+                record,
+                bytes_from_client=0,
+                bytes_to_client=0,
+                started=started,
+                flags="CONNECT",
+                error=exc.message,
+            )
+            return InboundDecision(status=503)
+        ctx.metrics.connection_opened(record)
+        upstream_end = await _wrap(upstream)
+        stream_end = _LinkOnAttach(upstream_end)
+        attributes = ConnectionAttributes(
+            source_ip=peer_ip,
+            destination_ip=decision.address,
+            destination_port=decision.port,
+            source_trust_domain=request.peer_identity.trust_domain,
+            source_namespace=request.peer_identity.namespace,
+            source_service_account=request.peer_identity.service_account,
+        )
+        self._spawn(
+            self._track_inbound(
+                record,
+                started=started,
+                upstream_end=upstream_end,
+                client_end=stream_end,
+                attributes=attributes,
+                workload=decision.workload,
+            )
+        )
+        return InboundDecision(status=200, protocol=stream_end)
+
+    async def _inbound_plaintext(self, sock: socket.socket) -> None:
+        ctx = self.ctx
+        started = ctx.clock.monotonic()
+        dst_ip, dst_port = original_destination(sock)
+        peer_host, peer_port = peer_of(sock)
+        peer_ip = ipaddress.ip_address(peer_host)
+        state = ctx.state
+        decision = plan_inbound_plaintext(state, destination=dst_ip, port=dst_port, source_ip=peer_ip)
+        record = ConnectionRecord(
+            reporter="destination",
+            source=state.workload_at(peer_ip),
+            source_principal="",
+            destination=decision.workload,
+            destination_principal=self.identity.uri,
+            service=None,
+            mtls=False,
+            source_addr=f"{peer_host}:{peer_port}",
+            destination_addr=f"{dst_ip}:{dst_port}",
+        )
+        if not isinstance(decision, Admit):
+            _rst(sock)
+            ctx.connection_done(
+                record,
+                bytes_from_client=0,
+                bytes_to_client=0,
+                started=started,
+                flags=decision.flag,
+                error=decision.reason,
+            )
+            return
+        try:
+            upstream = await self._app_sockets.connect((str(dst_ip), dst_port), source_ip=peer_host)
+        except ConnectError as exc:
+            return self._failed(sock, record, started, "CONNECT", exc.message)
+        ctx.metrics.connection_opened(record)
+        client_end, upstream_end = await _wrap(sock), await _wrap(upstream)
+        link(client_end, upstream_end)
+        attributes = ConnectionAttributes(source_ip=peer_ip, destination_ip=dst_ip, destination_port=dst_port)
+        await self._track_inbound(
+            record,
+            started=started,
+            upstream_end=upstream_end,
+            client_end=client_end,
+            attributes=attributes,
+            workload=decision.workload,
+        )
+        return None
+
+    async def _track_inbound(
+        self,
+        record: ConnectionRecord,
+        *,
+        started: float,
+        upstream_end: RelayEnd,
+        client_end: RelayEnd,
+        attributes: ConnectionAttributes,
+        workload: Workload,
+    ) -> None:
+        def close(reason: str) -> None:
+            self.ctx.log.info(
+                "connection.closed_by_policy", reason=reason, **{"src.addr": record.source_addr}
+            )
+            if upstream_end.transport is not None:
+                reset_transport(upstream_end.transport)
+
+        conn_id = self.ctx.registry.add(workload_uid=workload.uid, attributes=attributes, close=close)
+        try:
+            await _finished(record, self.ctx, started, client_end, upstream_end)
+        finally:
+            self.ctx.registry.remove(conn_id)
+
+
+class _LinkOnAttach(RelayEnd):
+    """The stream side of an inbound relay: links to the upstream once the stream attaches it."""
+
+    def __init__(self, upstream: RelayEnd) -> None:
+        super().__init__()
+        self._upstream = upstream
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        link(self._upstream, self)
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.peer is None and self._upstream.transport is not None:
+            reset_transport(self._upstream.transport)  # the stream died before it was linked
+        super().connection_lost(exc)
+
+
+async def _wrap(sock: socket.socket) -> RelayEnd:
+    _, end = await asyncio.get_running_loop().create_connection(RelayEnd, sock=sock)
+    return end
+
+
+async def _finished(
+    record: ConnectionRecord, ctx: NodeContext, started: float, client_end: RelayEnd, server_end: RelayEnd
+) -> None:
+    results = await asyncio.gather(client_end.closed, server_end.closed, return_exceptions=True)
+    failed = next((r for r in results if isinstance(r, BaseException)), None)
+    ctx.connection_done(
+        record,
+        bytes_from_client=client_end.bytes_in,
+        bytes_to_client=server_end.bytes_in,
+        started=started,
+        error=str(failed) if failed else "",
+    )
+
+
+def _rst(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+    sock.close()
