@@ -4,17 +4,23 @@ server and simple inbound handlers. Production code never imports it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import socket
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone.server import InboundDecision, InboundRequest
+from mesh.rt.hbone.client import HboneClientConnection, connect
+from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.hbone.relay import RelayEnd, reset_transport, splice
+from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
 from mesh.rt.hbone.sockets import PlainSocketFactory
-from mesh.rt.tls import TlsMaterial
+from mesh.rt.hbone.stream import HboneStream
+from mesh.rt.hbone.timers import Scheduler
+from mesh.rt.tls import TlsMaterial, client_context
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import IssuedCert, TestPki, chain_pem
 
@@ -23,6 +29,10 @@ __all__ = [
     "EchoProtocol",
     "FakeScheduler",
     "ForwardingHandler",
+    "HboneRig",
+    "TcpTunnelEntry",
+    "eventually",
+    "hbone_rig",
     "StaticCertificates",
     "material_for",
     "start_echo_server",
@@ -216,3 +226,119 @@ class Collector(asyncio.Protocol):
             self._want = (n, asyncio.get_running_loop().create_future())
             await self._want[1]
         return bytes(self.data)
+
+
+class _EntryEnd(RelayEnd):
+    def __init__(self, entry: TcpTunnelEntry) -> None:
+        super().__init__()
+        self._entry = entry
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._entry.start(self)
+
+
+class TcpTunnelEntry:
+    """Plain TCP in, one HBONE stream per accepted connection (the outbound half of a relay pair).
+
+    ``open_stream`` returns ``(status, stream)`` (e.g. a pool's or a connection's ``open_stream``
+    bound to a key and authority); anything but 200 resets the accepted connection.
+    """
+
+    def __init__(self, open_stream: Callable[[], Awaitable[tuple[int, HboneStream]]]) -> None:
+        self._open = open_stream
+        self._server: asyncio.Server | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.statuses: list[int] = []
+
+    async def listen(self, host: str = "127.0.0.1") -> tuple[str, int]:
+        """Starts listening on an ephemeral port."""
+        self._server = await asyncio.get_running_loop().create_server(lambda: _EntryEnd(self), host, 0)
+        address = self._server.sockets[0].getsockname()
+        return address[0], address[1]
+
+    def start(self, end: RelayEnd) -> None:
+        """Opens the stream for one accepted connection."""
+        task = asyncio.get_running_loop().create_task(self._tunnel(end))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _tunnel(self, end: RelayEnd) -> None:
+        try:
+            status, stream = await self._open()
+        except Exception:
+            status, stream = 503, None
+        self.statuses.append(status)
+        if stream is None or status != 200:
+            if end.transport is not None:
+                reset_transport(end.transport)
+            return
+        splice(end, stream)
+
+    async def close(self) -> None:
+        """Stops listening and cancels streams still being opened."""
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._tasks):
+            task.cancel()
+
+
+@dataclass
+class HboneRig:
+    """A server workload (HBONE server on loopback) and a client workload, from one test PKI."""
+
+    pki: TestPki
+    server_material: TlsMaterial
+    client_material: TlsMaterial
+    handler: ForwardingHandler
+    server: HboneServer
+    address: tuple[str, int]
+    echo_address: tuple[str, int]
+
+    @property
+    def echo_authority(self) -> str:
+        """``ip:port`` of the echo server, the CONNECT target."""
+        return f"{self.echo_address[0]}:{self.echo_address[1]}"
+
+    async def client(
+        self,
+        *,
+        material: TlsMaterial | None = None,
+        expected: frozenset[WorkloadIdentity] | None = None,
+        config: HboneConfig | None = None,
+        scheduler: Scheduler | None = None,
+    ) -> HboneClientConnection:
+        """A client connection to the rig's server (raises what ``connect`` raises)."""
+        sock = await PlainSocketFactory().connect(self.address)
+        return await connect(
+            sock,
+            context=client_context(material or self.client_material),
+            expected=expected if expected is not None else frozenset({self.server_material.identity}),
+            config=config,
+            scheduler=scheduler,
+        )
+
+
+@contextlib.asynccontextmanager
+async def hbone_rig(
+    *, config: HboneConfig | None = None, scheduler: Scheduler | None = None
+) -> AsyncIterator[HboneRig]:
+    """Starts an echo server and an HBONE server forwarding to CONNECT authorities; stops both after."""
+    pki = TestPki.create()
+    server_material = material_for(pki, "server-ns", "server")
+    client_material = material_for(pki, "client-ns", "client")
+    echo, echo_address = await start_echo_server()
+    handler = ForwardingHandler()
+    server = HboneServer(handler, credentials=lambda: server_material, config=config, scheduler=scheduler)
+    address = await server.listen("127.0.0.1")
+    try:
+        yield HboneRig(pki, server_material, client_material, handler, server, address, echo_address)
+    finally:
+        await server.close()
+        echo.close()
+
+
+async def eventually(predicate: Callable[[], object], *, interval: float = 0.01) -> None:
+    """Polls ``predicate`` until it is true; wrap the call in ``asyncio.timeout`` for the deadline."""
+    while not predicate():  # noqa: ASYNC110 - polling state that has no event of its own
+        await asyncio.sleep(interval)

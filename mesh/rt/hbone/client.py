@@ -31,6 +31,7 @@ class HboneClientConnection(HboneConnection):
     """Client role: accepts the server only if its SPIFFE ID is one of ``expected``."""
 
     client_side = True
+    ready_on_settings_ack = True
 
     def __init__(
         self,
@@ -155,12 +156,16 @@ async def connect(
             hint="check that the peer speaks HBONE (TLS 1.3, ALPN h2) and trusts our CA",
         ) from exc
     try:
-        await conn.ready
+        async with asyncio.timeout(config.handshake_timeout):
+            await conn.ready
     except PeerRejectedError:
         raise
-    except (ConnectionClosedError, H2ProtocolError, OSError) as exc:
+    except (ConnectionClosedError, H2ProtocolError, OSError, TimeoutError) as exc:
         conn.abort()
-        raise HandshakeError(f"HBONE connection set-up failed: {exc}", hint="retry") from exc
+        raise HandshakeError(
+            f"HBONE connection set-up failed: {exc or 'no SETTINGS acknowledgement in time'}",
+            hint="the server refused our certificate or does not speak HTTP/2; check its logs",
+        ) from exc
     return conn
 
 

@@ -24,6 +24,7 @@ from mesh.hbone.events import (
     InvalidRequest,
     PingAcked,
     Response,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
     WindowUpdated,
@@ -50,6 +51,10 @@ class HboneConnection(asyncio.Protocol):
     """Drives an engine over a TLS transport; subclasses verify the peer and handle their role's events."""
 
     client_side: ClassVar[bool]
+    ready_on_settings_ack: ClassVar[bool] = False
+    """Whether ``ready`` waits for the peer to acknowledge our SETTINGS: in TLS 1.3 a server refuses a
+    client certificate only after the client's handshake finished, so a client knows it was accepted
+    once the server speaks HTTP/2 to it."""
 
     def __init__(
         self,
@@ -120,7 +125,7 @@ class HboneConnection(asyncio.Protocol):
         self.h2.initiate_connection()
         self.flush()
         self._schedule_ping()
-        if not self.ready.done():
+        if not self.ready_on_settings_ack and not self.ready.done():
             self.ready.set_result(None)
 
     def data_received(self, data: bytes) -> None:
@@ -289,6 +294,9 @@ class HboneConnection(asyncio.Protocol):
                 stream.on_reset(event.error_code, remote=event.remote)
         elif type(event) is PingAcked:
             self._on_ping_acked(event.opaque)
+        elif type(event) is SettingsAcknowledged:
+            if not self.ready.done():
+                self.ready.set_result(None)
         elif type(event) is ConnectionTerminated:
             self._on_terminated(event)
         elif type(event) is InvalidRequest:

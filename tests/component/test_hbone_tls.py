@@ -1,0 +1,198 @@
+"""HBONE's TLS: what the contexts allow, who is accepted, handshake timeouts, credential rotation."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from mesh.identity.spiffe import WorkloadIdentity
+from mesh.rt.hbone import HandshakeError, HboneConfig
+from mesh.rt.tls import (
+    TLS13_SUITES,
+    PeerRejectedError,
+    client_context,
+    server_context,
+)
+from mesh.testing.hbone import eventually, hbone_rig, material_for
+from mesh.testing.pki import TestPki
+
+
+async def _until(predicate: Callable[[], object]) -> None:
+    async with asyncio.timeout(5):
+        await eventually(predicate)
+
+
+@pytest.mark.parametrize("factory", [server_context, client_context])
+def test_contexts_allow_only_tls13_aes_gcm_h2_without_tickets(factory: object) -> None:
+    pki = TestPki.create()
+    ctx: ssl.SSLContext = factory(material_for(pki))  # type: ignore[operator]
+    assert ctx.minimum_version == ssl.TLSVersion.TLSv1_3
+    assert ctx.maximum_version == ssl.TLSVersion.TLSv1_3
+    tls13 = sorted(c["name"] for c in ctx.get_ciphers() if c["protocol"] == "TLSv1.3")
+    assert tls13 == sorted(TLS13_SUITES)
+    assert ctx.options & ssl.OP_NO_TICKET
+    assert ctx.verify_mode == ssl.CERT_REQUIRED
+    assert ctx.check_hostname is False
+
+
+async def test_handshake_is_tls13_aes_gcm_h2_without_sni() -> None:
+    async with hbone_rig() as rig:
+        seen: list[str | None] = []
+        contexts = rig.server._contexts
+        ctx = contexts.server(rig.server_material)
+
+        def record_sni(_obj: ssl.SSLObject, name: str | None, _ctx: ssl.SSLContext) -> None:
+            seen.append(name)
+
+        ctx.sni_callback = record_sni
+        conn = await rig.client()
+        assert conn.transport is not None
+        ssl_object = conn.transport.get_extra_info("ssl_object")
+        assert ssl_object.version() == "TLSv1.3"
+        assert ssl_object.cipher()[0] in TLS13_SUITES
+        assert ssl_object.selected_alpn_protocol() == "h2"
+        assert seen == [None]  # the client sent no SNI
+        assert conn.peer_identity == rig.server_material.identity
+        (server_conn,) = rig.server.connections
+        assert server_conn.peer_identity == rig.client_material.identity
+        conn.close()
+
+
+async def test_client_refuses_a_server_with_an_unexpected_identity() -> None:
+    async with hbone_rig() as rig:
+        other = WorkloadIdentity.parse(rig.pki.workload_uri("server-ns", "someone-else"))
+        with pytest.raises(PeerRejectedError) as caught:
+            await rig.client(expected=frozenset({other}))
+        assert caught.value.reason == "identity_mismatch"
+        assert rig.handler.requests == []
+
+
+async def test_client_accepts_any_of_the_expected_identities() -> None:
+    async with hbone_rig() as rig:
+        other = WorkloadIdentity.parse(rig.pki.workload_uri("server-ns", "svc-san"))
+        conn = await rig.client(expected=frozenset({other, rig.server_material.identity}))
+        assert conn.peer_identity == rig.server_material.identity
+        conn.close()
+
+
+async def test_server_refuses_a_client_from_another_ca() -> None:
+    async with hbone_rig() as rig:
+        stranger = material_for(TestPki.create(), "client-ns", "client", roots_pem=rig.pki.root_pem)
+        with pytest.raises(HandshakeError):
+            await rig.client(material=stranger)
+        await _until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
+        assert rig.handler.requests == []
+
+
+async def test_server_refuses_a_client_in_another_trust_domain() -> None:
+    async with hbone_rig() as rig:
+        foreign = TestPki(trust_domain="other.local", root=rig.pki.root, now=rig.pki.now)
+        same_ca_other_domain = material_for(foreign, "client-ns", "client")
+        with pytest.raises(HandshakeError):
+            await rig.client(material=same_ca_other_domain)
+        await _until(lambda: rig.server.peer_rejections >= 1)
+        assert rig.handler.requests == []
+
+
+async def test_client_refuses_a_server_from_another_ca() -> None:
+    async with hbone_rig() as rig:
+        other_roots = material_for(TestPki.create(), "client-ns", "client")
+        client = material_for(rig.pki, "client-ns", "client", roots_pem=other_roots.roots_pem)
+        with pytest.raises(HandshakeError):
+            await rig.client(material=client)
+
+
+async def test_server_refuses_a_certificate_with_two_uri_sans() -> None:
+    async with hbone_rig() as rig:
+        two = rig.pki.issue_leaf(
+            uri_sans=[rig.pki.workload_uri("client-ns", "client"), rig.pki.workload_uri("x", "y")]
+        )
+        with pytest.raises(HandshakeError):
+            await rig.client(material=material_for(rig.pki, "client-ns", "client", leaf=two))
+        await _until(lambda: rig.server.peer_rejections >= 1)
+
+
+def _raw_client_context(*, alpn: list[str], tls12: bool) -> ssl.SSLContext:
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    if tls12:
+        ctx.maximum_version = ssl.TLSVersion.TLSv1_2
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
+    return ctx
+
+
+@pytest.mark.parametrize(("alpn", "tls12"), [(["h2"], True), (["http/1.1"], False), ([], False)])
+async def test_server_refuses_tls12_and_missing_h2(alpn: list[str], tls12: bool, tmp_path: Path) -> None:
+    async with hbone_rig() as rig:
+        ctx = _raw_client_context(alpn=alpn, tls12=tls12)
+        pem = tmp_path / "client.pem"  # the raw client presents the valid workload certificate
+        pem.write_bytes(rig.client_material.key_pem + b"\n" + rig.client_material.chain_pem)
+        ctx.load_cert_chain(pem)
+        try:
+            reader, writer = await asyncio.open_connection(*rig.address, ssl=ctx, server_hostname="")
+        except (ssl.SSLError, ConnectionError):
+            pass  # refused during the handshake
+        else:
+            async with asyncio.timeout(5):
+                assert await reader.read() == b""  # closed right after it
+            writer.close()
+        assert rig.handler.requests == []
+        await _until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
+
+
+@pytest.mark.parametrize("trickle", [False, True])
+async def test_handshake_timeout_closes_silent_and_trickling_clients(trickle: bool) -> None:
+    async with hbone_rig(config=HboneConfig(handshake_timeout=0.4)) as rig:
+        loop = asyncio.get_running_loop()
+        sock = socket.create_connection(rig.address)
+        sock.setblocking(False)
+        started = time.monotonic()
+        hello = b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64
+        data = b"?"
+        async with asyncio.timeout(5):
+            try:
+                for byte in hello if trickle else b"":  # slowloris: one byte every 50 ms
+                    await loop.sock_sendall(sock, bytes([byte]))
+                    await asyncio.sleep(0.05)
+                data = await loop.sock_recv(sock, 100)
+            except (BrokenPipeError, ConnectionResetError):
+                data = b""
+        elapsed = time.monotonic() - started
+        sock.close()
+        assert data == b""
+        assert 0.3 <= elapsed <= 2.0
+        await _until(lambda: rig.server.handshake_failures == 1)
+
+
+async def test_rotated_server_credentials_apply_to_new_connections() -> None:
+    async with hbone_rig() as rig:
+        first = await rig.client()
+        renewed = material_for(rig.pki, "server-ns", "server")  # a new leaf, same identity
+        rig.server._credentials = lambda: renewed
+        second = await rig.client()
+        assert first.transport is not None and second.transport is not None
+        der_first = first.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        der_second = second.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
+        assert der_first != der_second
+        assert second.transport.get_extra_info("ssl_object").session_reused is False
+        first.close()
+        second.close()
+
+
+async def test_removed_root_is_not_trusted_by_new_connections() -> None:
+    async with hbone_rig() as rig:
+        conn = await rig.client()
+        conn.close()
+        new_pki = TestPki.create()
+        server_now = material_for(new_pki, "server-ns", "server")  # trusts only the new root
+        rig.server._credentials = lambda: server_now
+        with pytest.raises(HandshakeError):
+            await rig.client(expected=frozenset({server_now.identity}), material=rig.client_material)
