@@ -1,0 +1,150 @@
+"""The workload manager: ztunnel's side of ZDS. It starts a pod proxy for each pod the node agent
+hands over (with its netns fd), stops it on ``del``, and after a snapshot drops the proxies the
+agent no longer names. Each request gets exactly one ack; an add is acked only once the pod's
+listeners are bound, so the agent marks a pod enrolled only when ztunnel really serves it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import random
+from collections.abc import Callable
+
+import structlog
+
+from mesh.api.istio.workload.zds import zds_pb2
+from ztunnel.context import NodeContext
+from ztunnel.proxy import PodInfo, PodProxy
+from ztunnel.zds import ZdsChannel, ZdsError, connect, decode_request
+
+__all__ = ["WorkloadManager"]
+
+_BACKOFF_START = 0.005
+_BACKOFF_CAP = 15.0
+
+
+class WorkloadManager:
+    """Keeps one PodProxy per enrolled pod of this node, driven by the node agent."""
+
+    def __init__(
+        self,
+        ctx: NodeContext,
+        *,
+        socket_path: str,
+        rng: random.Random,
+        proxy_factory: Callable[[PodInfo, int, NodeContext], PodProxy] = PodProxy,
+        drain_deadline: float = 5.0,
+    ) -> None:
+        self.ctx = ctx
+        self.socket_path = socket_path
+        self.proxies: dict[str, PodProxy] = {}
+        self.connected = False
+        self.snapshot_received = False
+        self.proxies_started = 0
+        self.proxies_stopped = 0
+        self._rng = rng
+        self._factory = proxy_factory
+        self._drain_deadline = drain_deadline
+        self._log: structlog.typing.FilteringBoundLogger = ctx.log.bind(component="workload_manager")
+
+    @property
+    def ready(self) -> bool:
+        """Connected to the node agent and its snapshot applied."""
+        return self.connected and self.snapshot_received
+
+    async def run(self) -> None:
+        """Connects (with backoff 5 ms doubling to 15 s) and serves the agent until cancelled."""
+        delay = _BACKOFF_START
+        while True:
+            try:
+                channel = await connect(self.socket_path)
+            except ZdsError as exc:
+                self._log.debug("zds.connect_failed", error=exc.message, retry_in=round(delay, 3))
+                await asyncio.sleep(delay * self._rng.uniform(0.8, 1.2))
+                delay = min(delay * 2, _BACKOFF_CAP)
+                continue
+            delay = _BACKOFF_START
+            try:
+                await self._serve(channel)
+            except ZdsError as exc:
+                self._log.warning("zds.disconnected", error=exc.message)
+            finally:
+                self.connected = False
+                channel.close()
+
+    async def _serve(self, channel: ZdsChannel) -> None:
+        hello = zds_pb2.ZdsHello(version=zds_pb2.V1)
+        await channel.send(hello.SerializeToString())
+        self.connected = True
+        self._log.info("zds.connected", socket=self.socket_path)
+        seen: set[str] = set()
+        while True:
+            data, fd = await channel.recv()
+            try:
+                request = decode_request(data)
+            except ZdsError as exc:
+                if fd is not None:
+                    os.close(fd)
+                error = exc.message
+            else:
+                error = await self._handle(request, fd, seen)  # takes ownership of fd
+            ack = zds_pb2.WorkloadResponse(ack=zds_pb2.Ack(error=error))
+            await channel.send(ack.SerializeToString())
+
+    async def _handle(self, request: zds_pb2.WorkloadRequest, fd: int | None, seen: set[str]) -> str:
+        kind = request.WhichOneof("payload")
+        if kind == "add":
+            seen.add(request.add.uid)
+            return await self._add(request.add, fd)
+        if fd is not None:
+            os.close(fd)
+        if kind == "keep":
+            seen.add(request.keep.uid)
+            return "" if request.keep.uid in self.proxies else f"no proxy for {request.keep.uid} to keep"
+        if kind == "del":
+            await self._remove(getattr(request, "del").uid)  # "del" is a Python keyword
+            return ""
+        if kind == "snapshot_sent":
+            for uid in [u for u in self.proxies if u not in seen]:
+                await self._remove(uid)
+            seen.clear()
+            self.snapshot_received = True
+            self._log.info("zds.snapshot_applied", proxies=len(self.proxies))
+            return ""
+        return f"unknown request {kind}"
+
+    async def _add(self, add: zds_pb2.AddWorkload, fd: int | None) -> str:
+        if fd is None:
+            return f"add {add.uid} came without a netns file descriptor"
+        info = add.workload_info
+        pod = PodInfo(add.uid, info.name, info.namespace, info.service_account or "default")
+        existing = self.proxies.pop(add.uid, None)
+        if existing is not None:  # a replay after an agent restart: rebind with the fresh fd
+            await existing.stop(deadline=0.1)
+        proxy = self._factory(pod, fd, self.ctx)
+        try:
+            await proxy.start()
+        except Exception as exc:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+            self._log.warning("proxy.start_failed", uid=add.uid, error=str(exc))
+            return f"cannot start the proxy for {add.uid}: {exc}"
+        self.proxies[add.uid] = proxy
+        self.proxies_started += 1
+        self._log.info("proxy.started", uid=add.uid, pod=f"{info.namespace}/{info.name}")
+        return ""
+
+    async def _remove(self, uid: str) -> None:
+        proxy = self.proxies.pop(uid, None)
+        if proxy is None:
+            return
+        await proxy.stop(deadline=0.0)  # a deleted or released pod is drained immediately
+        self.proxies_stopped += 1
+        self._log.info("proxy.stopped", uid=uid)
+
+    async def stop_all(self, *, deadline: float) -> None:
+        """Drains every pod proxy (SIGTERM)."""
+        proxies, self.proxies = list(self.proxies.values()), {}
+        await asyncio.gather(*(p.stop(deadline=deadline) for p in proxies), return_exceptions=True)
