@@ -68,6 +68,9 @@ class Core:
         self._hb_size = 0
         self._hb_count = 0
         self._hb_end_stream = False
+        # when batched WINDOW_UPDATEs go out: a quarter of a window owed
+        self._conn_update_at = config.connection_window_size // 4
+        self._stream_update_at = max(1, config.initial_window_size // 4)
         # budgets
         self._bad = 0
         self._window_streams = 0
@@ -196,7 +199,7 @@ class Core:
 
     def _owe_connection(self, n: int) -> None:
         self._conn_owed += n
-        if self._conn_owed >= self.config.connection_window_size // 4 and not self._dead:
+        if self._conn_owed >= self._conn_update_at and not self._dead:
             owed, self._conn_owed = self._conn_owed, 0
             self._recv_conn_window += owed
             self._queue(fr.window_update_frame(0, owed))
@@ -205,7 +208,7 @@ class Core:
         if not stream.remote_open:
             return
         stream.recv_owed += n
-        if stream.recv_owed >= max(1, self.config.initial_window_size // 4) and not self._dead:
+        if stream.recv_owed >= self._stream_update_at and not self._dead:
             owed, stream.recv_owed = stream.recv_owed, 0
             stream.recv_window += owed
             self._queue(fr.window_update_frame(stream.stream_id, owed))

@@ -76,12 +76,52 @@ class Inbound(HeaderFrames):
                 self._tail += view[pos:end]
                 return
             else:
-                hi, lo, ftype, flags, _ = _unpack_header(view, pos)
+                head = _unpack_header(view, pos)
+                hi, lo, ftype, flags, _ = head
+                if ftype == fr.DATA and not flags & fr.PADDED:
+                    fast = self._data_fast(view, pos, end, head)
+                    if fast >= 0:
+                        pos = fast
+                        continue
                 need = self._frame_need(hi << 8 | lo, ftype, flags)
                 if end - pos < need:
                     self._tail += view[pos:end]
                     return
                 pos = self._frame(view, pos)
+
+    def _data_fast(self, view: memoryview, pos: int, end: int, head: tuple[int, ...]) -> int:
+        """The hot path: an unpadded DATA frame for an open stream within all limits. Returns the new
+        position, or -1 when the frame needs the general path (errors, first frame, empty, ...)."""
+        hi, lo, _, flags, sid = head
+        length = hi << 8 | lo
+        sid &= 0x7FFFFFFF
+        stream = self._streams.get(sid)
+        if (
+            stream is None
+            or not length
+            or length > stream.recv_window
+            or length > self._recv_conn_window
+            or length > self.config.max_frame_size
+            or self._expect_settings
+            or self._hb_sid
+            or not stream.remote_open
+            or not stream.headers_received
+        ):
+            return -1
+        self._recv_conn_window -= length
+        stream.recv_window -= length
+        self._empty_data = 0
+        pos += _HEADER_LEN
+        if end - pos < length:
+            self._in_data, self._data_left, self._pad_left = True, length, 0
+            self._data_sid, self._data_end, self._data_stream = sid, bool(flags & fr.END_STREAM), stream
+            return pos
+        self._events.append(DataReceived(sid, view[pos : pos + length], length))
+        stream.recv_unacked += length
+        self._conn_unacked += length
+        if flags & fr.END_STREAM:
+            self._end_remote(stream)
+        return pos + length
 
     def _eat_preface(self, view: memoryview, end: int) -> int:
         done = len(fr.CONNECTION_PREFACE) - self._preface_left

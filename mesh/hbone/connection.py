@@ -235,10 +235,16 @@ class H2Connection(Inbound):
         self._conn_unacked -= n
         stream = self._streams.get(stream_id)
         if stream is not None:
-            k = min(n, stream.recv_unacked)
+            k = n if n <= stream.recv_unacked else stream.recv_unacked
             stream.recv_unacked -= k
-            self._owe_stream(stream, k)
-        self._owe_connection(n)
+            if stream.recv_owed + k >= self._stream_update_at:
+                self._owe_stream(stream, k)
+            else:
+                stream.recv_owed += k
+        if self._conn_owed + n >= self._conn_update_at:
+            self._owe_connection(n)
+        else:
+            self._conn_owed += n
 
     def send_window(self, stream_id: int) -> int:
         """How many bytes ``send_data`` would take now (0 for a closed stream)."""

@@ -105,7 +105,7 @@ def test_corpus_seed_replays_cleanly(path: Path) -> None:
     data = path.read_bytes()
     outcomes = []
     for seed in range(3):
-        conn, events = run(role, [data] if seed == 0 else split(data, random.Random(seed)))
+        _, events = run(role, [data] if seed == 0 else split(data, random.Random(seed)))
         ours = [e for e in events if isinstance(e, ConnectionTerminated) and not e.remote]
         outcomes.append(ours[0].error_code if ours else None)
     assert len(set(outcomes)) == 1, f"chunking changed the outcome: {outcomes}"
@@ -140,8 +140,14 @@ def test_arbitrary_bytes_never_break_the_engine(role: str, data: bytes, seed: in
 
 
 @FUZZ
-@given(role=st.sampled_from(["server", "client"]), frames=st.lists(frame_strategy, max_size=30), seed=st.integers())
-def test_arbitrary_frames_after_a_valid_preface_never_break_the_engine(role: str, frames: list[bytes], seed: int) -> None:
+@given(
+    role=st.sampled_from(["server", "client"]),
+    frames=st.lists(frame_strategy, max_size=30),
+    seed=st.integers(),
+)
+def test_arbitrary_frames_after_a_valid_preface_never_break_the_engine(
+    role: str, frames: list[bytes], seed: int
+) -> None:
     prefix = CLIENT_PREFIX if role == "server" else SERVER_PREFIX
     run(role, split(prefix + b"".join(frames), random.Random(seed)))
 
@@ -169,7 +175,9 @@ def test_mutated_seeds_never_break_the_engine(data: st.DataObject) -> None:
 # --- the seed corpus ---------------------------------------------------------------------------------
 
 
-def _hdrs(enc: Encoder, sid: int, fields: list[tuple[bytes, bytes]] | None = None, flags: int = fr.END_HEADERS) -> bytes:
+def _hdrs(
+    enc: Encoder, sid: int, fields: list[tuple[bytes, bytes]] | None = None, flags: int = fr.END_HEADERS
+) -> bytes:
     return fr.frame(fr.HEADERS, flags, sid, enc.encode(CONNECT if fields is None else fields))
 
 
@@ -229,9 +237,11 @@ def build_seed_corpus() -> dict[str, bytes]:
         "server_empty-headers_calm.bin": CLIENT_PREFIX
         + fr.frame(fr.HEADERS, fr.END_HEADERS, 1, enc().encode(CONNECT) + b"\x00\x00\x00" * 10_000),
         "server_ping-flood_calm.bin": CLIENT_PREFIX + fr.ping_frame(b"flooding") * 10_500,
-        "server_stream-limit_ok.bin": CLIENT_PREFIX + b"".join(_hdrs(e := enc(), s) for s in range(1, 601, 2)),
+        "server_stream-limit_ok.bin": CLIENT_PREFIX
+        + b"".join(_hdrs(e := enc(), s) for s in range(1, 601, 2)),
         "server_bad-preface_error.bin": b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
-        "server_push-promise_error.bin": CLIENT_PREFIX + fr.frame(fr.PUSH_PROMISE, fr.END_HEADERS, 1, b"\x00\x00\x00\x02"),
+        "server_push-promise_error.bin": CLIENT_PREFIX
+        + fr.frame(fr.PUSH_PROMISE, fr.END_HEADERS, 1, b"\x00\x00\x00\x02"),
         "client_window-overflow_error.bin": SERVER_PREFIX + fr.window_update_frame(0, 2**31 - 1),
         "client_goaway-then-data_any.bin": SERVER_PREFIX
         + fr.frame(fr.HEADERS, fr.END_HEADERS, 1, enc().encode([(b":status", b"200")]))
