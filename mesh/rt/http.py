@@ -1,0 +1,109 @@
+"""A small HTTP/1.1 server for admin, metrics and readiness ports; one request per connection.
+
+Routes map a path to a handler called on the event loop with the method and the query, so it
+reads live state without locks. Requests are bounded (8 KiB of head, 5 s to send it); anything
+malformed gets 400 and the server carries on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import urllib.parse
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["Handler", "HttpReply", "HttpServer", "json_reply", "text_reply"]
+
+_MAX_HEAD = 8 * 1024
+_READ_TIMEOUT = 5.0
+_REASONS = {
+    200: "OK",
+    400: "Bad Request",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    """A status, a content type and a body."""
+
+    status: int
+    content_type: str
+    body: bytes
+
+
+Handler = Callable[[str, Mapping[str, str]], HttpReply]
+"""(method, query parameters) -> reply."""
+
+
+def text_reply(text: str, *, status: int = 200) -> HttpReply:
+    """A plain-text reply."""
+    return HttpReply(status, "text/plain; charset=utf-8", text.encode())
+
+
+def json_reply(value: Any, *, status: int = 200) -> HttpReply:
+    """A JSON reply (indented, for people reading it with curl)."""
+    return HttpReply(status, "application/json", json.dumps(value, indent=1, default=str).encode() + b"\n")
+
+
+class HttpServer:
+    """Serves ``routes`` on one TCP port."""
+
+    def __init__(self, routes: Mapping[str, Handler]) -> None:
+        self._routes = dict(routes)
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Starts listening; returns the bound port (useful with ``port=0``)."""
+        self._server = await asyncio.start_server(
+            self._handle, host, port, limit=_MAX_HEAD, reuse_address=True
+        )
+        bound: int = self._server.sockets[0].getsockname()[1]
+        return bound
+
+    async def close(self) -> None:
+        """Stops listening."""
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+            self._server = None
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            reply, head_only = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+            reply, head_only = text_reply("bad request\n", status=400), False
+        head = (
+            f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
+            f"Content-Type: {reply.content_type}\r\nContent-Length: {len(reply.body)}\r\n"
+            "Connection: close\r\n\r\n"
+        )
+        with contextlib.suppress(ConnectionError):
+            writer.write(head.encode() + (b"" if head_only else reply.body))
+            await writer.drain()
+        writer.close()
+        with contextlib.suppress(ConnectionError):
+            await writer.wait_closed()
+
+    async def _answer(self, reader: asyncio.StreamReader) -> tuple[HttpReply, bool]:
+        head = await reader.readuntil(b"\r\n\r\n")
+        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
+        target = rest.partition(" ")[0]
+        path, _, query = target.partition("?")
+        handler = self._routes.get(path)
+        if handler is None:
+            known = "\n".join(sorted(self._routes))
+            return text_reply(f"no such page; try one of:\n{known}\n", status=404), False
+        params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
+        try:
+            reply = handler("GET" if method == "HEAD" else method, params)
+        except Exception as exc:  # a broken page must not take the port down
+            reply = text_reply(f"internal error: {exc}\n", status=500)
+        return reply, method == "HEAD"
