@@ -147,6 +147,7 @@ async def connect(
             ssl=context,
             server_hostname="",  # no SNI
             ssl_handshake_timeout=config.handshake_timeout,
+            ssl_shutdown_timeout=config.close_timeout,
         )
     except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
         where = _peer(sock)

@@ -24,13 +24,15 @@ class HboneConfig:
     """A PING unanswered this long means the peer is dead: the connection is closed."""
     handshake_timeout: float = 10.0
     """A TLS handshake (plus identity check) that takes longer is aborted (slowloris)."""
+    close_timeout: float = 2.0
+    """After a close (TLS close_notify sent), how long to wait for the peer's before dropping the socket."""
     read_buffer_cap: int = 16 * MiB
     """Bytes held for streams that are paused; above it the TLS connection stops reading."""
     tls_write_high_water: int = 512 * 1024
     """The TLS transport's write buffer bound: streams stop sending above it."""
 
     def __post_init__(self) -> None:
-        for name in ("keepalive_interval", "keepalive_timeout", "handshake_timeout"):
+        for name in ("keepalive_interval", "keepalive_timeout", "handshake_timeout", "close_timeout"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"HboneConfig.{name} must be positive", hint="use a number of seconds > 0")
         if self.read_buffer_cap < self.h2.max_frame_size:

@@ -268,6 +268,10 @@ class HboneConnection(asyncio.Protocol):
                 timer.cancel()
         left = len(self.streams)
         self.close()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.config.close_timeout + 1.0):
+                await asyncio.shield(self.closed)
+        self.abort()
         return left
 
     # -- internals ------------------------------------------------------------------------------------

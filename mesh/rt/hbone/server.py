@@ -263,6 +263,7 @@ class HboneServer:
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.config.handshake_timeout,
+                ssl_shutdown_timeout=self.config.close_timeout,
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             sock.close()
