@@ -1,0 +1,1 @@
+"""Sample applications for the lab: an HTTP echo server (``httpecho``) and a TCP echo (``tcpecho``)."""

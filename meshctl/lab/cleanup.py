@@ -1,0 +1,147 @@
+"""Removing everything a lab created, whether its daemon is alive, hung or long dead.
+
+Order: ask the daemon to stop (it stops pods with CNI DEL and removes its namespaces); then kill
+by PID whatever is still recorded in pid files (checked against the start time, so a reused PID
+is never hit) and whatever still runs inside one of the lab's namespaces; then delete the
+namespaces with the lab's prefix, its ``/etc/netns`` entries and the runtime part of the state
+directory. Every step tolerates things already gone, so this is idempotent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from meshctl.lab.netops import NETNS_DIR, delete_netns_sync, list_netns
+from meshctl.lab.pods import ETC_NETNS
+from meshctl.lab.store import StateDir
+from meshctl.lab.supervisor import kill_group, process_start_time, read_pid_file
+
+__all__ = ["CleanupReport", "cleanup_lab", "processes_in_netns", "reset_state"]
+
+_DAEMON_TIMEOUT = 20.0
+_KILL_GRACE = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class CleanupReport:
+    """What a cleanup found and removed."""
+
+    daemon_stopped: bool
+    processes_killed: int
+    namespaces_removed: int
+    etc_entries_removed: int
+
+    @property
+    def found_anything(self) -> bool:
+        """True when there was something to clean."""
+        return bool(
+            self.daemon_stopped
+            or self.processes_killed
+            or self.namespaces_removed
+            or self.etc_entries_removed
+        )
+
+
+def _wait_gone(pid: int, start: int | None, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process_start_time(pid) != start:
+            return True
+        time.sleep(0.02)
+    return process_start_time(pid) != start
+
+
+def _stop_daemon(paths: StateDir, timeout: float) -> bool:
+    pid = read_pid_file(paths.daemon_pid)
+    if pid is None:
+        return False
+    start = process_start_time(pid)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    if not _wait_gone(pid, start, timeout):
+        kill_group(pid, signal.SIGKILL)
+        _wait_gone(pid, start, 2.0)
+    return True
+
+
+def processes_in_netns(names: Iterable[str]) -> list[int]:
+    """PIDs of processes whose network namespace is one of the named namespaces."""
+    inodes = set()
+    for name in names:
+        with contextlib.suppress(FileNotFoundError):
+            inodes.add(os.stat(os.path.join(NETNS_DIR, name)).st_ino)
+    if not inodes:
+        return []
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == os.getpid():
+            continue
+        with contextlib.suppress(OSError):
+            if os.stat(f"/proc/{entry}/ns/net").st_ino in inodes:
+                found.append(int(entry))
+    return sorted(found)
+
+
+def _kill_pids(pids: list[int]) -> int:
+    starts = {pid: process_start_time(pid) for pid in pids}
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    killed = 0
+    for pid in pids:
+        if not _wait_gone(pid, starts[pid], _KILL_GRACE):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed += 1
+    return killed
+
+
+def cleanup_lab(
+    paths: StateDir,
+    lab_id: str,
+    *,
+    progress: Callable[[str], None] = lambda _: None,
+    daemon_timeout: float = _DAEMON_TIMEOUT,
+) -> CleanupReport:
+    """Removes every process, namespace and /etc/netns entry of lab ``lab_id`` (idempotent)."""
+    prefix = f"{lab_id}-"
+    stopped = _stop_daemon(paths, daemon_timeout)
+    if stopped:
+        progress("stopped the lab daemon")
+    recorded = [
+        pid for pid in (read_pid_file(p) for p in sorted(paths.pids.glob("*.pid"))) if pid is not None
+    ]
+    for pid in recorded:
+        kill_group(pid, signal.SIGTERM)
+    names = list_netns(prefix)
+    stragglers = sorted(set(recorded) | set(processes_in_netns(names)))
+    killed = _kill_pids(stragglers) if stragglers else 0
+    if killed:
+        progress(f"killed {killed} leftover processes")
+    delete_netns_sync(names)
+    if names:
+        progress(f"removed {len(names)} network namespaces")
+    entries = list(ETC_NETNS.glob(f"{prefix}*"))
+    for entry in entries:
+        shutil.rmtree(entry, ignore_errors=True)
+    reset_state(paths, keep_logs=True)
+    return CleanupReport(stopped, killed, len(names), len(entries))
+
+
+def reset_state(paths: StateDir, *, keep_logs: bool) -> None:
+    """Removes objects, runtime files and lab.yaml (and logs unless ``keep_logs``); keeps cni/."""
+    targets: list[Path] = [paths.objects, paths.run]
+    if not keep_logs:
+        targets.append(paths.logs)
+    for target in targets:
+        shutil.rmtree(target, ignore_errors=True)
+    for file in (paths.settings_file, paths.counter_file):
+        with contextlib.suppress(FileNotFoundError):
+            file.unlink()

@@ -1,0 +1,160 @@
+"""``meshctl lab ...``: up, apply, delete, status, exec, logs, down."""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import time
+from typing import Any
+
+from meshctl.lab.api import Lab, load_objects
+from meshctl.lab.settings import build_settings, default_state_dir
+
+__all__ = ["register"]
+
+_FOLLOW_POLL = 0.2
+
+
+def _progress(message: str) -> None:
+    print(f"  {message}", file=sys.stderr, flush=True)
+
+
+def _lab(args: argparse.Namespace) -> Lab:
+    return Lab(args.state, lab_id=getattr(args, "lab_id", None), progress=_progress)
+
+
+def _load_all(files: list[str], node_names: tuple[str, ...]) -> list[dict[str, Any]]:
+    objects: list[dict[str, Any]] = []
+    for path in files:
+        objects.extend(load_objects(path, node_names=node_names))
+    return objects
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    nodes = build_settings(node_count=args.nodes).node_names()
+    objects = _load_all(args.filename, nodes)
+    started = time.monotonic()
+    lab.up(objects, nodes=args.nodes, timeout=args.timeout, wait=not args.no_wait)
+    print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
+    print(lab.status_text())
+    return 0
+
+
+def _cmd_apply(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    for message in lab.apply(_load_all(args.filename, lab.settings.node_names())):
+        print(message)
+    if args.wait:
+        lab.wait_ready(timeout=args.timeout)
+    return 0
+
+
+def _cmd_delete(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    for message in lab.delete(_load_all(args.filename, lab.settings.node_names())):
+        print(message)
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    print(_lab(args).status_text(), end="")
+    return 0
+
+
+def _cmd_exec(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        print(
+            "meshctl lab exec: give a command after the pod, e.g. 'meshctl lab exec demo/client -- curl -s http://server/'",
+            file=sys.stderr,
+        )
+        return 2
+    return subprocess.run(lab.exec_argv(args.pod, command), env=lab.exec_env(), check=False).returncode
+
+
+def _cmd_logs(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    pod = lab.find_pod(args.pod)
+    path = lab.paths.pod_log(pod["metadata"]["namespace"], pod["metadata"]["name"])
+    text = lab.logs(args.pod)
+    sys.stdout.write(text)
+    if not args.follow:
+        return 0
+    offset = len(text.encode())
+    try:
+        while True:
+            with open(path, "rb") as f:
+                f.seek(offset)
+                chunk = f.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+                offset += len(chunk)
+            time.sleep(_FOLLOW_POLL)
+    except (KeyboardInterrupt, FileNotFoundError):
+        return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    lab = _lab(args)
+    lab_id = lab.lab_id
+    report = lab.down()
+    print(f"lab {lab_id} is down" + ("" if report.found_anything else " (nothing was running)"))
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``lab`` and its subcommands to the ``meshctl`` parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--state",
+        default=default_state_dir(),
+        help="state directory (default $MESH_LAB_STATE or %(default)s)",
+    )
+    lab = subparsers.add_parser(
+        "lab", help="a whole cluster on this machine: nodes and pods as network namespaces",
+        description="Run a Kubernetes-shaped cluster on this machine (needs root).",
+    )  # fmt: skip
+    sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+
+    up = sub.add_parser("up", parents=[common], help="build the cluster (cleans what a crashed run left)")
+    up.add_argument("-f", "--filename", action="append", default=[], help="YAML with objects (repeatable)")
+    up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
+    up.add_argument("--lab-id", default=None, help="prefix of everything the lab creates (default mlab)")
+    up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for pods to be ready")
+    up.add_argument("--no-wait", action="store_true", help="return once the daemon is started")
+    up.set_defaults(func=_cmd_up)
+
+    apply = sub.add_parser("apply", parents=[common], help="create or update objects in the running lab")
+    apply.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML with objects (repeatable)"
+    )
+    apply.add_argument("--wait", action="store_true", help="wait until every pod is ready")
+    apply.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
+    apply.set_defaults(func=_cmd_apply)
+
+    delete = sub.add_parser("delete", parents=[common], help="delete objects from the running lab")
+    delete.add_argument(
+        "-f", "--filename", action="append", required=True, help="YAML with objects (repeatable)"
+    )
+    delete.set_defaults(func=_cmd_delete)
+
+    status = sub.add_parser("status", parents=[common], help="nodes, pods and services")
+    status.set_defaults(func=_cmd_status)
+
+    exec_ = sub.add_parser("exec", parents=[common], help="run a command in a pod: exec POD -- CMD...")
+    exec_.add_argument("pod", help="NAMESPACE/NAME or a unique name prefix (e.g. demo/client)")
+    exec_.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
+    exec_.set_defaults(func=_cmd_exec)
+
+    logs = sub.add_parser("logs", parents=[common], help="a pod's output")
+    logs.add_argument("pod", help="NAMESPACE/NAME or a unique name prefix")
+    logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
+    logs.set_defaults(func=_cmd_logs)
+
+    down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")
+    down.add_argument("--lab-id", default=None, help="lab id when the state directory is gone (default mlab)")
+    down.set_defaults(func=_cmd_down)

@@ -1,0 +1,196 @@
+"""The lab's controllers as pure planning functions: objects in, actions out.
+
+Deployment -> ReplicaSet (one per pod template, named ``<deploy>-<pod-template-hash>``) -> Pods
+(``<replicaset>-<5 random>``), owned as on Kubernetes; orphans are garbage collected; pods are
+placed with :func:`meshctl.lab.ipam.place_pod`. Endpoint slices and statuses are in
+:mod:`meshctl.lab.endpoints`.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from meshctl.lab._meta import (
+    controller_uid,
+    hash_suffix,
+    is_terminating,
+    new_uid,
+    owner_ref,
+    pod_ready,
+    random_suffix,
+    rfc3339,
+)
+from meshctl.lab.actions import Action, MarkDeleted, Put, Remove, Schedule, apply_local
+from meshctl.lab.endpoints import plan_endpoint_slices, plan_workload_status
+from meshctl.lab.ipam import place_pod
+from meshctl.lab.objects import ObjKey
+
+__all__ = ["TEMPLATE_HASH_LABEL", "plan"]
+
+TEMPLATE_HASH_LABEL = "pod-template-hash"
+Objects = dict[ObjKey, dict[str, Any]]
+
+
+def plan(objects: Objects, *, nodes: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+    """Every action needed to bring the store to the desired state, in order.
+
+    Each phase sees the effects of the phases before it, so one call creates a Deployment's
+    ReplicaSet and its Pods together.
+    """
+    work = dict(objects)
+    actions: list[Action] = []
+    phases: tuple[Callable[[], list[Action]], ...] = (
+        lambda: _plan_replicasets(work, rng=rng, now=now),
+        lambda: _plan_pods(work, nodes=nodes, rng=rng, now=now),
+        lambda: _collect_garbage(work, now=now),
+        lambda: plan_endpoint_slices(work, rng=rng, now=now),
+        lambda: plan_workload_status(work),
+    )
+    for phase in phases:
+        for action in phase():
+            apply_local(work, action)
+            actions.append(action)
+    return actions
+
+
+def _of_kind(objects: Objects, kind: str) -> list[dict[str, Any]]:
+    return [obj for (k, _, _), obj in sorted(objects.items()) if k == kind]
+
+
+def _plan_replicasets(objects: Objects, *, rng: random.Random, now: float) -> list[Action]:
+    actions: list[Action] = []
+    replicasets = _of_kind(objects, "ReplicaSet")
+    for deploy in _of_kind(objects, "Deployment"):
+        meta, spec = deploy["metadata"], deploy["spec"]
+        template_hash = hash_suffix(spec["template"])
+        name = f"{meta['name']}-{template_hash}"
+        owned = [rs for rs in replicasets if controller_uid(rs) == meta["uid"]]
+        for old in owned:
+            if old["metadata"]["name"] != name:
+                actions.append(Remove(("ReplicaSet", meta["namespace"], old["metadata"]["name"])))
+        current = next((rs for rs in owned if rs["metadata"]["name"] == name), None)
+        replicas = spec.get("replicas", 1)
+        if current is None:
+            actions.append(Put(_new_replicaset(deploy, name, template_hash, rng=rng, now=now)))
+        elif current["spec"]["replicas"] != replicas:
+            updated = copy.deepcopy(current)
+            updated["spec"]["replicas"] = replicas
+            actions.append(Put(updated))
+    return actions
+
+
+def _new_replicaset(
+    deploy: dict[str, Any], name: str, template_hash: str, *, rng: random.Random, now: float
+) -> dict[str, Any]:
+    spec = deploy["spec"]
+    template = copy.deepcopy(spec["template"])
+    labels = dict(template["metadata"].get("labels") or {})
+    labels[TEMPLATE_HASH_LABEL] = template_hash
+    template["metadata"]["labels"] = labels
+    selector = dict(spec["selector"]["matchLabels"])
+    selector[TEMPLATE_HASH_LABEL] = template_hash
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "ReplicaSet",
+        "metadata": {
+            "name": name,
+            "namespace": deploy["metadata"]["namespace"],
+            "uid": new_uid(rng),
+            "creationTimestamp": rfc3339(now),
+            "labels": labels,
+            "ownerReferences": [owner_ref(deploy)],
+        },
+        "spec": {
+            "replicas": spec.get("replicas", 1),
+            "selector": {"matchLabels": selector},
+            "template": template,
+        },
+        "status": {"replicas": 0, "readyReplicas": 0, "availableReplicas": 0},
+    }
+
+
+def _node_counts(pods: list[dict[str, Any]]) -> Counter[str]:
+    return Counter(p["spec"].get("nodeName", "") for p in pods if not is_terminating(p))
+
+
+def _plan_pods(objects: Objects, *, nodes: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+    actions: list[Action] = []
+    pods = _of_kind(objects, "Pod")
+    totals = _node_counts(pods)
+    for rs in _of_kind(objects, "ReplicaSet"):
+        owned = [p for p in pods if controller_uid(p) == rs["metadata"]["uid"] and not is_terminating(p)]
+        missing = rs["spec"]["replicas"] - len(owned)
+        owner_counts = _node_counts(owned)
+        for _ in range(max(missing, 0)):
+            node = rs["spec"]["template"]["spec"].get("nodeName") or place_pod(
+                nodes, owner_counts=owner_counts, total_counts=totals
+            )
+            owner_counts[node] += 1
+            totals[node] += 1
+            actions.append(Put(_new_pod(rs, node, rng=rng, now=now)))
+        for extra in _scale_down_order(owned)[: max(-missing, 0)]:
+            meta = extra["metadata"]
+            actions.append(MarkDeleted(("Pod", meta["namespace"], meta["name"]), rfc3339(now)))
+    for pod in pods:
+        if not pod["spec"].get("nodeName") and not is_terminating(pod) and controller_uid(pod) is None:
+            node = place_pod(nodes, owner_counts={}, total_counts=totals)
+            totals[node] += 1
+            actions.append(Schedule(("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"]), node))
+    return actions
+
+
+def _scale_down_order(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Not-ready pods first, then the newest, as the ReplicaSet controller prefers."""
+    by_age = sorted(pods, key=lambda p: (p["metadata"].get("creationTimestamp", ""), p["metadata"]["name"]))
+    return sorted(reversed(by_age), key=pod_ready)
+
+
+def _new_pod(rs: dict[str, Any], node: str, *, rng: random.Random, now: float) -> dict[str, Any]:
+    template = copy.deepcopy(rs["spec"]["template"])
+    rs_meta = rs["metadata"]
+    spec = template["spec"]
+    spec["nodeName"] = node
+    spec.setdefault("serviceAccountName", "default")
+    spec.setdefault("restartPolicy", "Always")
+    metadata: dict[str, Any] = {
+        "name": f"{rs_meta['name']}-{random_suffix(rng)}",
+        "generateName": f"{rs_meta['name']}-",
+        "namespace": rs_meta["namespace"],
+        "uid": new_uid(rng),
+        "creationTimestamp": rfc3339(now),
+        "labels": template["metadata"].get("labels") or {},
+        "ownerReferences": [owner_ref(rs)],
+    }
+    if template["metadata"].get("annotations"):
+        metadata["annotations"] = template["metadata"]["annotations"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": metadata,
+        "spec": spec,
+        "status": {"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}]},
+    }
+
+
+def _collect_garbage(objects: Objects, *, now: float) -> list[Action]:
+    """Removes ReplicaSets whose Deployment is gone and deletes Pods whose owner or namespace is gone."""
+    actions: list[Action] = []
+    deployments = {d["metadata"]["uid"] for d in _of_kind(objects, "Deployment")}
+    live_rs = set()
+    for rs in _of_kind(objects, "ReplicaSet"):
+        if controller_uid(rs) in deployments:
+            live_rs.add(rs["metadata"]["uid"])
+        else:
+            actions.append(Remove(("ReplicaSet", rs["metadata"]["namespace"], rs["metadata"]["name"])))
+    namespaces = {name for (kind, _, name) in objects if kind == "Namespace"}
+    for pod in _of_kind(objects, "Pod"):
+        meta = pod["metadata"]
+        owner = controller_uid(pod)
+        orphan = owner is not None and owner not in live_rs
+        if (orphan or meta["namespace"] not in namespaces) and not is_terminating(pod):
+            actions.append(MarkDeleted(("Pod", meta["namespace"], meta["name"]), rfc3339(now)))
+    return actions

@@ -1,0 +1,284 @@
+"""One pod in the runtime: its sandbox (namespace, veth, names, CNI chain) and its containers.
+
+The sandbox is created as kubelet + a container runtime do it: the runtime makes the namespace and
+the primary network, then runs the CNI chain; a failure tears the sandbox down and retries with
+backoff (phase Pending, reason ``FailedCreatePodSandBox``). Then each container runs as a
+supervised process inside the pod namespace; readiness is its TCP ports listening there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mesh.clock import Clock
+from meshctl.lab._meta import rfc3339
+from meshctl.lab.cni import CniRequest, CniRunner, primary_result
+from meshctl.lab.errors import LabError
+from meshctl.lab.kubeproxy import render_resolv_conf
+from meshctl.lab.netops import NETNS_DIR, ip_batch, run_cmd
+from meshctl.lab.podspec import (
+    ContainerState,
+    container_argv,
+    container_env,
+    listening_tcp_ports,
+    readiness_ports,
+    render_pod_status,
+)
+from meshctl.lab.settings import LabSettings, NodeSettings
+from meshctl.lab.store import StateDir
+from meshctl.lab.supervisor import Backoff, ProcessEvent, ProcessSpec, SupervisedProcess, next_backoff
+from meshctl.lab.topology import pod_lines, pod_node_lines
+
+__all__ = ["ETC_NETNS", "PodRunner", "RuntimeContext"]
+
+ETC_NETNS = Path("/etc/netns")
+_READY_POLL = 0.05
+_DEFAULT_GRACE = 2.0
+_SANDBOX_BACKOFF = Backoff()
+
+
+@dataclass(frozen=True, slots=True)
+class RuntimeContext:
+    """What every pod runner shares."""
+
+    settings: LabSettings
+    paths: StateDir
+    clock: Clock
+    cni: CniRunner
+    allocate_ip: Callable[[str], str]
+    release_ip: Callable[[str, str], None]
+    hosts_for: Callable[[dict[str, Any], str], str]
+    write_status: Callable[[dict[str, Any], dict[str, Any]], None]
+    bin_dirs: tuple[str, ...]
+    backoff: Backoff = _SANDBOX_BACKOFF
+
+
+def _netns_exists(name: str) -> bool:
+    return os.path.exists(os.path.join(NETNS_DIR, name))
+
+
+def _listening(pid: int) -> set[int]:
+    ports: set[int] = set()
+    for name in ("tcp", "tcp6"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
+            ports |= listening_tcp_ports(f.read())
+    return ports
+
+
+class PodRunner:
+    """Creates, runs and removes one pod. ``run`` is the pod's task; ``teardown`` follows its cancel."""
+
+    def __init__(self, pod: dict[str, Any], *, ctx: RuntimeContext) -> None:
+        self.pod = pod
+        self.ctx = ctx
+        meta = pod["metadata"]
+        self.uid: str = meta["uid"]
+        self.node: NodeSettings = ctx.settings.node(pod["spec"]["nodeName"])
+        self.netns = ctx.settings.pod_netns(self.uid)
+        self.ip: str | None = None
+        self.hosts_text = ""
+        self.task: asyncio.Task[None] | None = None
+        self._phase, self._reason, self._message = "Pending", "", ""
+        self._start_time = ""
+        self._cni_result: dict[str, Any] | None = None
+        self._containers = [ContainerState(c["name"]) for c in pod["spec"]["containers"]]
+        self._last_status: dict[str, Any] | None = None
+
+    @property
+    def label(self) -> str:
+        """``namespace/name``."""
+        return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
+
+    @property
+    def hosts_path(self) -> Path:
+        """The hosts file ``ip netns exec`` mounts over /etc/hosts for this pod."""
+        return ETC_NETNS / self.netns / "hosts"
+
+    def start(self) -> None:
+        """Starts the pod's task."""
+        self.task = asyncio.get_running_loop().create_task(self.run(), name=f"pod {self.label}")
+
+    async def run(self) -> None:
+        """Creates the sandbox (retrying), then supervises the containers."""
+        self._publish()
+        streak = 0
+        while not await self._try_sandbox():
+            delay, streak = next_backoff(
+                self.ctx.backoff, policy="Always", exit_code=1, ran_for=0.0, streak=streak
+            )
+            await asyncio.sleep(delay or self.ctx.backoff.initial)
+        self._phase = "Running"
+        self._start_time = rfc3339(self.ctx.clock.now())
+        results = await asyncio.gather(
+            *(self._supervise(i, c) for i, c in enumerate(self.pod["spec"]["containers"]))
+        )
+        self._phase = "Succeeded" if all(code == 0 for code in results) else "Failed"
+        self._publish()
+
+    async def stop(self) -> None:
+        """Stops the containers, runs CNI DEL and removes the sandbox (idempotent)."""
+        if self.task is not None:
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+        await self._teardown_sandbox()
+
+    def rewrite_hosts(self, text: str) -> None:
+        """Rewrites the hosts file in place (same inode, so running containers see the change)."""
+        if not self.hosts_text or text == self.hosts_text:
+            return
+        with contextlib.suppress(FileNotFoundError):
+            self.hosts_path.write_text(text)
+            self.hosts_text = text
+
+    async def _try_sandbox(self) -> bool:
+        try:
+            await self._create_sandbox()
+        except (LabError, OSError) as exc:
+            message = exc.message if isinstance(exc, LabError) else str(exc)
+            self._reason, self._message = "FailedCreatePodSandBox", message
+            await self._teardown_sandbox()
+            self._publish()
+            return False
+        self._reason = self._message = ""
+        return True
+
+    async def _create_sandbox(self) -> None:
+        node = self.node
+        self.ip = self.ctx.allocate_ip(node.name)
+        link = self.ctx.settings.pod_link(self.uid)
+        await run_cmd(["ip", "netns", "add", self.netns])
+        await ip_batch(
+            pod_node_lines(node, link=link, pod_netns=self.netns, pod_ip=self.ip), netns=node.netns
+        )
+        await ip_batch(pod_lines(node, pod_ip=self.ip), netns=self.netns)
+        self._write_name_files()
+        domain = self.ctx.settings.cluster_domain
+        namespace = self.pod["metadata"]["namespace"]
+        search = [f"{namespace}.svc.{domain}", f"svc.{domain}", domain]
+        netns_path = f"{NETNS_DIR}/{self.netns}"
+        primary = primary_result(
+            pod_ip=self.ip, gateway=node.gateway, netns_path=netns_path, host_link=link, search=search
+        )
+        self._cni_result = await self.ctx.cni.add(self._cni_request(), primary)
+        cache = self.ctx.paths.cni_cache / f"{self.uid}.json"
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        cache.write_text(json.dumps(self._cni_result))
+
+    def _write_name_files(self) -> None:
+        directory = ETC_NETNS / self.netns
+        directory.mkdir(parents=True, exist_ok=True)
+        namespace = self.pod["metadata"]["namespace"]
+        (directory / "resolv.conf").write_text(
+            render_resolv_conf(namespace, domain=self.ctx.settings.cluster_domain)
+        )
+        self.hosts_text = self.ctx.hosts_for(self.pod, self.ip or "")
+        self.hosts_path.write_text(self.hosts_text)
+
+    def _cni_request(self) -> CniRequest:
+        meta = self.pod["metadata"]
+        return CniRequest(
+            container_id=self.uid,
+            netns_path=f"{NETNS_DIR}/{self.netns}",
+            namespace=meta["namespace"],
+            pod_name=meta["name"],
+            pod_uid=self.uid,
+            node_netns=self.node.netns,
+        )
+
+    async def _teardown_sandbox(self) -> None:
+        self.hosts_text = ""
+        if self._cni_result is not None:
+            await self.ctx.cni.delete(self._cni_request(), self._cni_result)
+            self._cni_result = None
+        with contextlib.suppress(FileNotFoundError):
+            (self.ctx.paths.cni_cache / f"{self.uid}.json").unlink()
+        if _netns_exists(self.netns):
+            await run_cmd(["ip", "netns", "del", self.netns])
+        shutil.rmtree(ETC_NETNS / self.netns, ignore_errors=True)
+        if self.ip is not None:
+            self.ctx.release_ip(self.node.name, self.ip)
+            self.ip = None
+
+    async def _supervise(self, index: int, container: dict[str, Any]) -> int:
+        meta = self.pod["metadata"]
+        state = self._containers[index]
+        env = container_env(
+            self.pod, container, pod_ip=self.ip or "", host_ip=self.node.address, bin_dirs=self.ctx.bin_dirs
+        )
+        spec = ProcessSpec(
+            name=f"{meta['namespace']}/{meta['name']}/{container['name']}",
+            argv=container_argv(container, env),
+            env=env,
+            log_path=self.ctx.paths.pod_log(meta["namespace"], meta["name"]),
+            pid_path=self.ctx.paths.pids / f"{meta['namespace']}_{meta['name']}_{container['name']}.pid",
+            netns=self.netns,
+            cwd=container.get("workingDir", "/"),
+        )
+        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", _DEFAULT_GRACE))
+        ports = readiness_ports(container)
+        ready_task: asyncio.Task[None] | None = None
+
+        def on_event(event: ProcessEvent) -> None:
+            nonlocal ready_task
+            self._on_process_event(state, event)
+            if ready_task is not None:
+                ready_task.cancel()
+                ready_task = None
+            if event.kind == "started":
+                ready_task = asyncio.get_running_loop().create_task(
+                    self._watch_ready(state, event.pid, ports)
+                )
+
+        process = SupervisedProcess(
+            spec, clock=self.ctx.clock, on_event=on_event, backoff=self.ctx.backoff, grace=grace,
+            policy=self.pod["spec"].get("restartPolicy", "Always"),
+        )  # fmt: skip
+        try:
+            return await process.run()
+        finally:
+            if ready_task is not None:
+                ready_task.cancel()
+
+    def _on_process_event(self, state: ContainerState, event: ProcessEvent) -> None:
+        stamp = rfc3339(event.at)
+        state.restart_count = event.restarts
+        if event.kind == "started":
+            state.state, state.started_at, state.pid, state.ready = "running", stamp, event.pid, False
+        elif event.kind == "exited":
+            state.state, state.ready, state.pid = "terminated", False, 0
+            state.exit_code = state.last_exit_code = event.exit_code
+            state.last_finished_at = stamp
+        else:
+            state.state, state.reason = "waiting", "CrashLoopBackOff"
+        self._publish()
+
+    async def _watch_ready(self, state: ContainerState, pid: int, ports: frozenset[int]) -> None:
+        while ports:
+            if ports <= _listening(pid):
+                break
+            await asyncio.sleep(_READY_POLL)
+        state.ready = True
+        self._publish()
+
+    def _publish(self) -> None:
+        status = render_pod_status(
+            phase=self._phase,
+            containers=self._containers,
+            pod_ip=self.ip,
+            host_ip=self.node.address,
+            start_time=self._start_time,
+            reason=self._reason,
+            message=self._message,
+        )
+        if status != self._last_status:
+            self._last_status = status
+            self.ctx.write_status(self.pod, status)

@@ -1,0 +1,181 @@
+"""From a Pod object to what the runtime runs, and from what runs back to the Pod's status (pure)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "ContainerState",
+    "container_argv",
+    "container_env",
+    "listening_tcp_ports",
+    "readiness_ports",
+    "render_pod_status",
+]
+
+_BASE_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+_VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)")
+_LABEL_REF = re.compile(r"^metadata\.(labels|annotations)\['([^']+)'\]$")
+_TCP_LISTEN = "0A"
+
+
+def _field_value(pod: Mapping[str, Any], path: str, *, pod_ip: str, host_ip: str) -> str:
+    meta, spec = pod["metadata"], pod["spec"]
+    simple = {
+        "metadata.name": meta["name"],
+        "metadata.namespace": meta["namespace"],
+        "metadata.uid": meta.get("uid", ""),
+        "spec.nodeName": spec.get("nodeName", ""),
+        "spec.serviceAccountName": spec.get("serviceAccountName", "default"),
+        "status.podIP": pod_ip,
+        "status.hostIP": host_ip,
+    }
+    if path in simple:
+        return str(simple[path])
+    match = _LABEL_REF.match(path)
+    if match:
+        return str((meta.get(match.group(1)) or {}).get(match.group(2), ""))
+    return ""
+
+
+def container_env(
+    pod: Mapping[str, Any],
+    container: Mapping[str, Any],
+    *,
+    pod_ip: str,
+    host_ip: str,
+    bin_dirs: Sequence[str],
+) -> dict[str, str]:
+    """The container's environment: PATH (with the lab's Python first), HOSTNAME, and ``env``.
+
+    ``valueFrom.fieldRef`` works as the downward API does for name, namespace, uid, labels,
+    annotations, nodeName, serviceAccountName, podIP and hostIP; ``$(VAR)`` refers to earlier vars.
+    """
+    env = {
+        "PATH": ":".join([*bin_dirs, _BASE_PATH]),
+        "HOME": "/root",
+        "HOSTNAME": pod["metadata"]["name"],
+    }
+    for var in container.get("env") or ():
+        if "valueFrom" in var:
+            path = var["valueFrom"]["fieldRef"]["fieldPath"]
+            env[var["name"]] = _field_value(pod, path, pod_ip=pod_ip, host_ip=host_ip)
+        else:
+            env[var["name"]] = _expand(str(var.get("value", "")), env)
+    return env
+
+
+def _expand(text: str, env: Mapping[str, str]) -> str:
+    return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), text)
+
+
+def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
+    """``command`` + ``args`` with ``$(VAR)`` references expanded, as the kubelet does."""
+    parts = [*(container.get("command") or ()), *(container.get("args") or ())]
+    return tuple(_expand(p, env) for p in parts)
+
+
+def readiness_ports(container: Mapping[str, Any]) -> frozenset[int]:
+    """TCP ports that must be listening for the container to be ready.
+
+    A ``readinessProbe`` with ``tcpSocket`` or ``httpGet`` names the port; otherwise every TCP
+    ``containerPort``. No ports: ready once started.
+    """
+    probe = container.get("readinessProbe") or {}
+    for kind in ("tcpSocket", "httpGet"):
+        port = (probe.get(kind) or {}).get("port")
+        if isinstance(port, int):
+            return frozenset({port})
+        if isinstance(port, str):
+            named = [p["containerPort"] for p in container.get("ports") or () if p.get("name") == port]
+            return frozenset(named)
+    return frozenset(
+        int(p["containerPort"]) for p in container.get("ports") or () if p.get("protocol", "TCP") == "TCP"
+    )
+
+
+def listening_tcp_ports(proc_net_tcp: str) -> set[int]:
+    """Local ports in LISTEN state in the text of ``/proc/PID/net/tcp`` or ``tcp6``."""
+    ports = set()
+    for line in proc_net_tcp.splitlines()[1:]:
+        fields = line.split()
+        if len(fields) > 3 and fields[3] == _TCP_LISTEN:
+            ports.add(int(fields[1].rsplit(":", 1)[1], 16))
+    return ports
+
+
+@dataclass(slots=True)
+class ContainerState:
+    """What the runtime knows about one container (mutable, owned by the pod's runner)."""
+
+    name: str
+    state: str = "waiting"
+    reason: str = "ContainerCreating"
+    started_at: str = ""
+    ready: bool = False
+    restart_count: int = 0
+    last_exit_code: int | None = None
+    last_finished_at: str = ""
+    exit_code: int | None = None
+    pid: int = 0
+
+    def render(self) -> dict[str, Any]:
+        """The ``containerStatuses`` entry."""
+        if self.state == "running":
+            state: dict[str, Any] = {"running": {"startedAt": self.started_at}}
+        elif self.state == "terminated":
+            state = {"terminated": {"exitCode": self.exit_code, "finishedAt": self.last_finished_at}}
+        else:
+            state = {"waiting": {"reason": self.reason}}
+        out: dict[str, Any] = {
+            "name": self.name,
+            "ready": self.ready,
+            "started": self.state == "running",
+            "restartCount": self.restart_count,
+            "state": state,
+        }
+        if self.last_exit_code is not None:
+            out["lastState"] = {
+                "terminated": {"exitCode": self.last_exit_code, "finishedAt": self.last_finished_at}
+            }
+        return out
+
+
+def render_pod_status(
+    *,
+    phase: str,
+    containers: Sequence[ContainerState],
+    pod_ip: str | None,
+    host_ip: str,
+    start_time: str,
+    reason: str = "",
+    message: str = "",
+) -> dict[str, Any]:
+    """A Pod ``status`` as the kubelet reports it."""
+    ready = phase == "Running" and all(c.ready for c in containers)
+    flag = "True" if ready else "False"
+    status: dict[str, Any] = {
+        "phase": phase,
+        "conditions": [
+            {"type": "PodScheduled", "status": "True"},
+            {"type": "Initialized", "status": "True"},
+            {"type": "ContainersReady", "status": flag},
+            {"type": "Ready", "status": flag},
+        ],
+        "hostIP": host_ip,
+        "hostIPs": [{"ip": host_ip}],
+        "containerStatuses": [c.render() for c in containers],
+    }
+    if pod_ip:
+        status["podIP"] = pod_ip
+        status["podIPs"] = [{"ip": pod_ip}]
+    if start_time:
+        status["startTime"] = start_time
+    if reason:
+        status["reason"] = reason
+    if message:
+        status["message"] = message
+    return status
