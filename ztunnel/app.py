@@ -1,0 +1,229 @@
+"""ztunnel's composition root: ``ztunnel --node NAME ...``.
+
+Config comes from istiod_lite over Delta xDS (``--xds-address``) or from a local file
+(``--local-config``); certificates from the CA by impersonation; pods from the node agent over ZDS.
+SIGTERM (or POST /quitquitquit) drains: listeners close, connections get ``--drain-deadline``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+from pathlib import Path
+
+import grpc
+import structlog
+
+from mesh.api.istio.security import authorization_pb2
+from mesh.api.istio.workload import workload_pb2
+from mesh.certs import IssuedCertificate
+from mesh.convert import address_from_proto, authorization_from_proto
+from mesh.errors import MeshError
+from mesh.identity import WorkloadIdentity
+from mesh.model import Authorization, Service, Workload
+from mesh.rt.ca_client import CaClient, token_from_file
+from mesh.rt.certs import CertificateManager, NoValidCertificate
+from mesh.rt.clock import SystemClock
+from mesh.rt.drain import Drain
+from mesh.rt.http import Handler, HttpServer
+from mesh.rt.logs import configure_logging, get_logger
+from mesh.rt.loop import run
+from mesh.rt.metrics import build_registry
+from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
+from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
+from ztunnel.context import NodeContext
+from ztunnel.local_config import load_local_config
+from ztunnel.manager import WorkloadManager
+from ztunnel.state import ProxyState
+from ztunnel.telemetry import TcpMetrics
+
+__all__ = ["main", "state_from_xds"]
+
+
+def state_from_xds(xds: XdsState) -> ProxyState:
+    """The proxy state from the converted xDS resources."""
+    addresses = xds.of_type(ADDRESS_TYPE_URL).values()
+    return ProxyState.build(
+        workloads=[a for a in addresses if isinstance(a, Workload)],
+        services=[a for a in addresses if isinstance(a, Service)],
+        policies=[p for p in xds.of_type(AUTHORIZATION_TYPE_URL).values() if isinstance(p, Authorization)],
+    )
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="ztunnel", description="The mesh's per-node L4 proxy (in-pod mode).")
+    p.add_argument("--node", required=True, help="this node's name (pods with spec.nodeName equal to it)")
+    p.add_argument("--node-ip", default="", help="this ztunnel's IP, for its xDS node id")
+    p.add_argument("--trust-domain", default="cluster.local")
+    p.add_argument("--cluster-id", default="Kubernetes")
+    p.add_argument(
+        "--zds-socket", default="/var/run/ztunnel/ztunnel.sock", help="the node agent's ZDS socket"
+    )
+    p.add_argument("--xds-address", help="istiod_lite host:port (Delta xDS over TLS)")
+    p.add_argument(
+        "--local-config", type=Path, help="local config file instead of xDS (ztunnel's YAML format)"
+    )
+    p.add_argument("--ca-address", help="CA host:port (defaults to --xds-address)")
+    p.add_argument(
+        "--root-cert", type=Path, required=True, help="PEM roots that istiod_lite's certificate chains to"
+    )
+    p.add_argument("--token-file", type=Path, required=True, help="this node's bearer token for istiod_lite")
+    p.add_argument(
+        "--istiod-name", default="istiod.istio-system.svc", help="the DNS name istiod_lite's cert carries"
+    )
+    p.add_argument(
+        "--cert-ttl", type=int, default=24 * 3600, help="requested workload certificate TTL, seconds"
+    )
+    p.add_argument("--admin", default="127.0.0.1:15000")
+    p.add_argument("--metrics", default="0.0.0.0:15020")
+    p.add_argument("--readiness", default="0.0.0.0:15021")
+    p.add_argument("--drain-deadline", type=float, default=5.0)
+    p.add_argument("--log-format", choices=["json", "console"], default="json")
+    p.add_argument("--log-level", default="info")
+    return p
+
+
+def _host_port(value: str, flag: str) -> tuple[str, int]:
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit():
+        raise MeshError(f"{flag} {value!r} is not host:port", hint=f"e.g. {flag} 127.0.0.1:15000")
+    return host, int(port)
+
+
+class Ztunnel:
+    """The running process: context, config source, workload manager and HTTP ports."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        if bool(args.xds_address) == bool(args.local_config):
+            raise MeshError("give exactly one of --xds-address and --local-config", hint="see ztunnel --help")
+        self.args = args
+        clock = SystemClock()
+        rng = random.Random()
+        roots = args.root_cert.read_bytes()
+        self.registry = build_registry(component="ztunnel")
+        self.ca = CaClient(
+            args.ca_address or args.xds_address,
+            roots_pem=roots,
+            token=token_from_file(args.token_file),
+            cluster_id=args.cluster_id,
+            server_name=args.istiod_name,
+        )
+        ttl = args.cert_ttl
+
+        async def fetch(identity: WorkloadIdentity) -> IssuedCertificate:
+            return await self.ca.fetch(identity, impersonate=True, ttl_seconds=ttl)
+
+        certs = CertificateManager(fetcher=fetch, clock=clock, rng=rng)
+        self.ctx = NodeContext(
+            node=args.node,
+            trust_domain=args.trust_domain,
+            certs=certs,
+            metrics=TcpMetrics(self.registry),
+            clock=clock,
+            rng=rng,
+            access_log=structlog.get_logger("access"),
+            log=get_logger("ztunnel").bind(node=args.node),
+        )
+        self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
+        self.xds: XdsClient | None = None
+        if args.xds_address:
+            self.xds = self._xds_client(roots, rng)
+        self.drain = Drain(deadline=args.drain_deadline)
+        self._servers: list[HttpServer] = []
+
+    def _xds_client(self, roots: bytes, rng: random.Random) -> XdsClient:
+        args = self.args
+        node = XdsNode(
+            id=f"ztunnel~{args.node_ip}~ztunnel-{args.node}.istio-system~istio-system.svc.cluster.local",
+            metadata={"NODE_NAME": args.node, "NAME": f"ztunnel-{args.node}", "NAMESPACE": "istio-system"},
+        )
+        token = args.token_file.read_text().strip()
+        return XdsClient(
+            args.xds_address,
+            node=node,
+            converters={
+                ADDRESS_TYPE_URL: unpacking(workload_pb2.Address, address_from_proto),
+                AUTHORIZATION_TYPE_URL: unpacking(authorization_pb2.Authorization, authorization_from_proto),
+            },
+            on_state=self._on_xds_state,
+            rng=rng,
+            credentials=grpc.ssl_channel_credentials(root_certificates=roots),
+            call_metadata=(("authorization", f"Bearer {token}"), ("clusterid", args.cluster_id)),
+            channel_options=(("grpc.ssl_target_name_override", args.istiod_name),),
+        )
+
+    def _on_xds_state(self, xds: XdsState) -> None:
+        self.ctx.apply_state(state_from_xds(xds))
+
+    def missing(self) -> list[str]:
+        """What readiness still waits for (empty when ready)."""
+        missing = []
+        if self.xds is not None and not self.xds.synced:
+            missing.append("config not received from istiod yet")
+        if not self.manager.ready:
+            missing.append("not connected to the node agent")
+        for proxy in self.manager.proxies.values():
+            try:
+                self.ctx.certs.current(proxy.identity)
+            except NoValidCertificate:
+                missing.append(f"no certificate for {proxy.identity.uri}")
+        return missing
+
+    async def serve(self) -> int:
+        """Runs until drained; returns the exit code."""
+        loop = asyncio.get_running_loop()
+        self.drain.install_signal_handlers(loop)
+        if self.args.local_config:
+            self.ctx.apply_state(load_local_config(self.args.local_config))
+        await self._start_http()
+        tasks = [loop.create_task(self.manager.run())]
+        if self.xds is not None:
+            tasks.append(loop.create_task(self.xds.run()))
+        self.ctx.log.info("ztunnel.started", zds=self.args.zds_socket, xds=self.args.xds_address)
+        await self.drain.wait_triggered()
+        self.ctx.log.info("ztunnel.draining", deadline=self.args.drain_deadline)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        await self.manager.stop_all(deadline=self.args.drain_deadline)
+        for server in self._servers:
+            await server.close()
+        await self.ctx.certs.close()
+        await self.ca.close()
+        self.ctx.log.info("ztunnel.stopped")
+        return 0
+
+    async def _start_http(self) -> None:
+        plan: list[tuple[str, str, dict[str, Handler]]] = [
+            ("--admin", self.args.admin, admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)),
+            ("--metrics", self.args.metrics, metrics_routes(self.registry)),
+            ("--readiness", self.args.readiness, readiness_routes(self.missing)),
+        ]
+        for flag, address, routes in plan:
+            host, port = _host_port(address, flag)
+            server = HttpServer(routes)
+            await server.start(host, port)
+            self._servers.append(server)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console entry point."""
+    args = _parser().parse_args(argv)
+    configure_logging(fmt=args.log_format, level=args.log_level)
+    try:
+        ztunnel = Ztunnel(args)
+        return run(ztunnel.serve())
+    except MeshError as exc:
+        print(f"ztunnel: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"ztunnel: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        sys.exit(main())
