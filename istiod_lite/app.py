@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import os
 import sys
@@ -37,6 +38,7 @@ from istiod_lite.ca.server import DEFAULT_MAX_MESSAGE_BYTES, ServingCertificates
 from istiod_lite.ca.service import CaPolicy, CertificateService
 from istiod_lite.ca.signing import DEFAULT_MAX_TTL
 from istiod_lite.ca.store import load_cacerts, load_or_create_root
+from istiod_lite.sources import Source
 from mesh.clock import Clock
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
@@ -254,24 +256,29 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)  # fmt: skip
 
 
-def _authenticator(args: argparse.Namespace, *, clock: Clock) -> Authenticator:
+def _plugins(
+    args: argparse.Namespace, *, clock: Clock, log: structlog.typing.FilteringBoundLogger
+) -> tuple[Authenticator, PodIndex, Source | None]:
+    """Caller authentication, the pod index, and the source that feeds it (None: read on demand)."""
     if args.auth == "lab":
         if args.lab_tokens is None:
             raise MeshError(
                 "--auth lab needs --lab-tokens FILE", hint="write a token -> {node, identity} file"
             )
-        return LabTokenAuthenticator.from_file(args.lab_tokens, trust_domain=args.trust_domain, clock=clock)
-    from kubernetes import client, config  # noqa: PLC0415 - only the kubernetes mode pays for this import
-
+        authenticator = LabTokenAuthenticator.from_file(
+            args.lab_tokens, trust_domain=args.trust_domain, clock=clock
+        )
+        return authenticator, LabStatePodIndex(args.lab_state), None
+    # Only the kubernetes mode pays for importing the kubernetes client.
     from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
+    from istiod_lite.ca.pod_sink import PodIndexSink  # noqa: PLC0415
+    from istiod_lite.sources.kube import RESOURCES, KubeSource, make_api_client  # noqa: PLC0415
 
-    loader: Any = config
-    try:
-        loader.load_incluster_config()
-    except config.ConfigException:
-        loader.load_kube_config()
-    api: Any = client.ApiClient()
-    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock)
+    api = make_api_client()
+    sink = PodIndexSink()
+    pods_only = [r for r in RESOURCES if r.kind == "Pod"]
+    source = KubeSource(api, sink, resources=pods_only, logger=log)
+    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock), sink, source
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -284,7 +291,7 @@ async def _serve(args: argparse.Namespace) -> int:
         max_ttl=dt.timedelta(seconds=args.max_ttl),
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
-    authenticator = _authenticator(args, clock=clock)
+    authenticator, pods, source = _plugins(args, clock=clock, log=log)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
@@ -292,16 +299,21 @@ async def _serve(args: argparse.Namespace) -> int:
         settings,
         authority=authority,
         authenticator=authenticator,
-        pods=LabStatePodIndex(args.lab_state),
+        pods=pods,
         clock=clock,
         log=log,
         registry=build_registry(component="istiod"),
     )
     drain = Drain()
     drain.install_signal_handlers(asyncio.get_running_loop())
+    feeder = asyncio.create_task(source.run()) if source is not None else None
     await istiod.start()
     await drain.wait_triggered()
     await istiod.stop(grace=drain.deadline)
+    if feeder is not None:
+        feeder.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await feeder
     return 0
 
 

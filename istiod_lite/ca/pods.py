@@ -9,14 +9,21 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
 import yaml
 
-__all__ = ["InMemoryPodIndex", "LabStatePodIndex", "PodIndex", "PodLocator", "PodPlacement"]
+__all__ = [
+    "InMemoryPodIndex",
+    "LabStatePodIndex",
+    "PodIndex",
+    "PodLocator",
+    "PodPlacement",
+    "placement_of",
+]
 
 _TERMINAL_PHASES = frozenset({"Succeeded", "Failed"})
 _MAX_POD_FILE_BYTES = 1024 * 1024
@@ -132,11 +139,23 @@ def _parse_pod(path: Path) -> PodPlacement | None:
     if not isinstance(obj, dict):
         return None
     metadata, spec, status = (obj.get(k) or {} for k in ("metadata", "spec", "status"))
-    if not all(isinstance(part, dict) for part in (metadata, spec, status)):
+    if not all(isinstance(part, Mapping) for part in (metadata, spec, status)):
         return None
-    namespace, node = metadata.get("namespace"), spec.get("nodeName")
-    service_account = spec.get("serviceAccountName") or "default"
-    if status.get("phase") in _TERMINAL_PHASES or metadata.get("deletionTimestamp"):
+    return placement_of(
+        metadata.get("namespace"), spec, status, deleting=bool(metadata.get("deletionTimestamp"))
+    )
+
+
+def placement_of(
+    namespace: object, spec: Mapping[str, object], status: Mapping[str, object], *, deleting: bool
+) -> PodPlacement | None:
+    """Where a pod runs and as whom, from its namespace, spec and status; None unless live and scheduled.
+
+    A pod without ``serviceAccountName`` runs as ``default``; finished (Succeeded/Failed) and
+    deleting pods count as gone; anything of the wrong type counts as no pod.
+    """
+    node, service_account = spec.get("nodeName"), spec.get("serviceAccountName") or "default"
+    if status.get("phase") in _TERMINAL_PHASES or deleting:
         return None
     if not (isinstance(namespace, str) and isinstance(node, str) and isinstance(service_account, str)):
         return None

@@ -1,0 +1,71 @@
+"""The CA's pod index fed by a pods-only Kubernetes watch (what ``istiod-lite --auth kubernetes`` runs).
+
+The API server is ``kmock``'s KubernetesEmulator: a test double of the Kubernetes API server
+(in-process, with list/watch semantics over objects held in memory), not a real cluster.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import kmock
+import structlog
+from kubernetes import client
+
+from istiod_lite.ca.auth import Caller
+from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, authorize
+from istiod_lite.ca.pod_sink import PodIndexSink
+from istiod_lite.sources.kube import RESOURCES, KubeSource, WatchSettings
+from mesh.identity import WorkloadIdentity
+
+TD = "cluster.local"
+PODS = kmock.resource("", "v1", "pods")
+ZTUNNEL_N1 = Caller(WorkloadIdentity(TD, "istio-system", "ztunnel"), node="n1")
+SLEEP = WorkloadIdentity(TD, "default", "sleep")
+
+
+def _pod(name: str, node: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "uid": f"uid-{name}", "resourceVersion": "1"},
+        "spec": {"nodeName": node, "serviceAccountName": "sleep"},
+        "status": {"phase": "Running"},
+    }
+
+
+async def _until(condition: Callable[[], bool], *, seconds: float = 10.0) -> None:
+    """Polls ``condition`` until it holds; fails after ``seconds``."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while not condition():
+        assert asyncio.get_running_loop().time() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.02)
+
+
+async def test_impersonation_follows_pods_from_the_api_server(kmock: kmock.KubernetesEmulator) -> None:
+    kmock.objects[PODS, "default", "sleep-1"] = _pod("sleep-1", "n2")
+    sink = PodIndexSink()
+    settings = WatchSettings(watch_timeout=5, connect_timeout=2.0, read_timeout=6.0)
+    with client.ApiClient(client.Configuration(host=str(kmock.url).rstrip("/"))) as api:
+        pods_only = [r for r in RESOURCES if r.kind == "Pod"]
+        source = KubeSource(api, sink, resources=pods_only, settings=settings, logger=structlog.get_logger())
+        feeder = asyncio.create_task(source.run())
+        try:
+            await _until(lambda: sink.synced)
+
+            def allowed() -> bool:
+                decision = authorize(
+                    ZTUNNEL_N1, SLEEP, trust_domain=TD, node_accounts=DEFAULT_TRUSTED_NODE_ACCOUNTS, pods=sink
+                )
+                return decision.allowed
+
+            assert not allowed(), "sleep runs only on n2"
+            await kmock.post("/api/v1/namespaces/default/pods", json=_pod("sleep-2", "n1"))
+            await _until(allowed)
+        finally:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
