@@ -76,6 +76,11 @@ def _closed_normally(s: H2Connection, enc: Encoder) -> bytes:
     return data(1)
 
 
+def _headers_after_close(s: H2Connection, enc: Encoder) -> bytes:
+    _closed_normally(s, enc)
+    return hdrs(enc, 1, [], flags=fr.END_HEADERS | fr.END_STREAM)
+
+
 def _after_peer_reset(s: H2Connection, enc: Encoder) -> bytes:
     s.receive_data(hdrs(enc, 1) + fr.rst_stream_frame(1, E.CANCEL))
     return hdrs(enc, 1, [], flags=fr.END_HEADERS | fr.END_STREAM)
@@ -115,6 +120,11 @@ SERVER_CASES: dict[str, Case] = {
         E.STREAM_CLOSED,
         1,
     ),
+    "HEADERS on a stream closed normally": Case(_headers_after_close, E.STREAM_CLOSED, None),
+    "padded HEADERS without a pad length": Case(
+        lambda s, e: fr.frame(fr.HEADERS, fr.END_HEADERS | fr.PADDED, 1, b""), E.FRAME_SIZE_ERROR, None
+    ),
+    "GET without :path": malformed([(b":scheme", b"https")], [(b":method", b"GET"), (b":authority", b"a")]),
     "HEADERS after the peer reset the stream": Case(_after_peer_reset, E.STREAM_CLOSED, 1, reset_event=False),
     "HEADERS padding longer than the frame": Case(
         lambda s, e: fr.frame(fr.HEADERS, fr.END_HEADERS | fr.PADDED, 1, b"\xff" + e.encode(CONNECT)),

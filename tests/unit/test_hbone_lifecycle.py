@@ -235,3 +235,29 @@ def test_input_may_be_any_byte_buffer(kind: Any) -> None:
     client.send_data(sid, kind(b"buffer types"), end_stream=True)
     events = server.receive_data(kind(client.data_to_send()))
     assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == b"buffer types"
+
+
+def test_late_headers_on_a_stream_we_reset_are_ignored() -> None:
+    server, enc = raw_server(), Encoder()
+    server.receive_data(hdrs(enc, 1))
+    server.reset_stream(1)
+    server.data_to_send()
+    trailers = hdrs(enc, 1, [(b"x", b"1")], flags=fr.END_HEADERS | fr.END_STREAM)
+    assert server.receive_data(trailers + fr.frame(fr.DATA, 0, 1, b"late")) == []
+    assert server.data_to_send() == b"" and not server.terminated
+
+
+def test_receive_data_before_initiate_connection_sends_our_preface_first() -> None:
+    client = ours(client_side=True)
+    server = H2Connection(client_side=False)
+    events = server.receive_data(client.data_to_send())
+    assert not server.terminated and events
+    assert frame_list(server.data_to_send())[0][0] == fr.SETTINGS
+
+
+def test_padded_data_arriving_byte_by_byte_is_unpadded() -> None:
+    server, enc = raw_server(), Encoder()
+    wire = hdrs(enc, 1) + fr.frame(fr.DATA, fr.PADDED | fr.END_STREAM, 1, b"\x05" + b"payload" + b"\x00" * 5)
+    events = [e for i in range(len(wire)) for e in server.receive_data(wire[i : i + 1])]
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == b"payload"
+    assert events[-1] == StreamEnded(1)
