@@ -1,10 +1,11 @@
-"""istiod_lite's composition root: builds the gRPC server (CA now, config plane later) and readiness.
+"""istiod_lite's composition root: the gRPC server (CA now, config plane later), metrics and readiness.
 
 Programmatic use (tests, the demo)::
 
     authority = load_authority(state_dir=path, cacerts=None, trust_domain="cluster.local", now=clock.now())
     istiod = build_server(IstiodSettings(listen="127.0.0.1:0", readiness_listen="127.0.0.1:0"),
-                          authority=authority, authenticator=auth, pods=pods, clock=clock, log=log)
+                          authority=authority, authenticator=auth, pods=pods, clock=clock, log=log,
+                          registry=None)  # a registry also serves /metrics on settings.monitoring_listen
     await istiod.start()        # istiod.ca_port, istiod.readiness_port, istiod.root_bundle_pem
     ...
     await istiod.stop()
@@ -20,7 +21,7 @@ import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -43,14 +44,13 @@ from mesh.clock import Clock
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
+from mesh.rt.http import HttpReply, HttpServer, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
-from mesh.rt.metrics import build_registry
+from mesh.rt.metrics import build_registry, render
 
 __all__ = ["Istiod", "IstiodSettings", "build_server", "load_authority", "main", "parse_args"]
 
-_READY_PATH = b"/healthz/ready"
-_MAX_HTTP_HEAD = 8192
 _DEFAULT_LAB_STATE = "/var/lib/mesh-lab/state"
 
 
@@ -60,6 +60,7 @@ class IstiodSettings:
 
     listen: str = "0.0.0.0:15012"
     readiness_listen: str = "0.0.0.0:15021"
+    monitoring_listen: str = "0.0.0.0:15014"
     trust_domain: str = "cluster.local"
     max_ttl: dt.timedelta = DEFAULT_MAX_TTL
     node_accounts: tuple[NodeAccount, ...] = DEFAULT_TRUSTED_NODE_ACCOUNTS
@@ -80,7 +81,7 @@ def load_authority(
 
 
 class Istiod:
-    """A built istiod_lite: one TLS gRPC server (15012) and the readiness endpoint (15021)."""
+    """A built istiod_lite: the TLS gRPC server (15012), monitoring (15014) and readiness (15021)."""
 
     def __init__(
         self,
@@ -90,16 +91,20 @@ class Istiod:
         grpc_server: grpc.aio.Server,
         serving: ServingCertificates,
         log: structlog.typing.FilteringBoundLogger,
+        registry: CollectorRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.authority = authority
         self.grpc_server = grpc_server
         self.serving = serving
+        self.registry = registry
         self._log = log
-        self._readiness: asyncio.Server | None = None
         self._ready = False
+        self._readiness = HttpServer({"/healthz/ready": self._readiness_page})
+        self._monitoring = HttpServer({"/metrics": self._metrics_page}) if registry is not None else None
         self.ca_port = 0
         self.readiness_port = 0
+        self.monitoring_port = 0
 
     @property
     def root_bundle_pem(self) -> str:
@@ -112,47 +117,41 @@ class Istiod:
         return self._ready
 
     async def start(self) -> None:
-        """Binds both listeners and starts serving; ports are known afterwards."""
+        """Binds every listener and starts serving; ports are known afterwards."""
         self.ca_port = self.grpc_server.add_secure_port(self.settings.listen, self.serving.credentials())
         if self.ca_port == 0:
             raise MeshError(f"cannot listen on {self.settings.listen}", hint="is the port already in use?")
         await self.grpc_server.start()
-        host, port = _split_host_port(self.settings.readiness_listen)
-        self._readiness = await asyncio.start_server(self._answer_readiness, host, port)
-        self.readiness_port = self._readiness.sockets[0].getsockname()[1]
+        self.readiness_port = await self._readiness.start(*_split_host_port(self.settings.readiness_listen))
+        if self._monitoring is not None:
+            self.monitoring_port = await self._monitoring.start(
+                *_split_host_port(self.settings.monitoring_listen)
+            )
         self._ready = True
-        self._log.info("istiod.started", **{"ca.port": self.ca_port, "readiness.port": self.readiness_port})
+        self._log.info(
+            "istiod.started",
+            **{
+                "ca.port": self.ca_port,
+                "readiness.port": self.readiness_port,
+                "monitoring.port": self.monitoring_port,
+            },
+        )
 
     async def stop(self, grace: float = 1.0) -> None:
-        """Stops taking calls, lets in-flight ones finish within ``grace`` seconds, closes listeners."""
+        """Turns not-ready, lets in-flight calls finish within ``grace`` seconds, closes the listeners."""
         self._ready = False
-        if self._readiness is not None:
-            self._readiness.close()
-            await self._readiness.wait_closed()
-            self._readiness = None
         await self.grpc_server.stop(grace)
+        await self._readiness.close()
+        if self._monitoring is not None:
+            await self._monitoring.close()
         self._log.info("istiod.stopped")
 
-    async def _answer_readiness(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=5.0)
-            parts = head[:_MAX_HTTP_HEAD].split(b" ", 2)
-            path = parts[1] if len(parts) > 1 else b""
-            if path != _READY_PATH:
-                status, body = b"404 Not Found", b"not found\n"
-            elif self._ready:
-                status, body = b"200 OK", b"ready\n"
-            else:
-                status, body = b"503 Service Unavailable", b"not ready\n"
-            writer.write(
-                b"HTTP/1.1 " + status + b"\r\nContent-Type: text/plain\r\nContent-Length: "
-                + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n" + body
-            )  # fmt: skip
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError):
-            pass
-        finally:
-            writer.close()
+    def _readiness_page(self, method: str, query: Mapping[str, str]) -> HttpReply:
+        return text_reply("ready\n") if self._ready else text_reply("not ready\n", status=503)
+
+    def _metrics_page(self, method: str, query: Mapping[str, str]) -> HttpReply:
+        assert self.registry is not None
+        return HttpReply(200, "text/plain; version=0.0.4; charset=utf-8", render(self.registry))
 
 
 def build_server(
@@ -196,7 +195,14 @@ def build_server(
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
-    return Istiod(settings=settings, authority=authority, grpc_server=server, serving=serving, log=log)
+    return Istiod(
+        settings=settings,
+        authority=authority,
+        grpc_server=server,
+        serving=serving,
+        log=log,
+        registry=registry,
+    )
 
 
 def _split_host_port(address: str) -> tuple[str, int]:
@@ -204,6 +210,11 @@ def _split_host_port(address: str) -> tuple[str, int]:
     if not sep or not port.isdigit():
         raise MeshError(f"address {address!r} is not host:port", hint="e.g. 0.0.0.0:15021")
     return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def _default_monitoring(readiness_listen: str) -> str:
+    host, port = _split_host_port(readiness_listen)
+    return f"{host}:0" if port == 0 else "0.0.0.0:15014"
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
@@ -227,6 +238,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--listen", default="0.0.0.0:15012", help="gRPC over TLS address (default %(default)s)"
     )
     parser.add_argument("--readiness-listen", default="0.0.0.0:15021", help="readiness HTTP address")
+    parser.add_argument(
+        "--monitoring-listen",
+        default=None,
+        help="metrics HTTP address, /metrics (default 0.0.0.0:15014; an ephemeral port on the readiness "
+        "host when --readiness-listen uses port 0)",
+    )
     parser.add_argument(
         "--trust-domain", default="cluster.local", help="SPIFFE trust domain (default %(default)s)"
     )
@@ -253,7 +270,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
-    return parser.parse_args(argv)  # fmt: skip
+    return parser.parse_args(argv)
 
 
 def _plugins(
@@ -287,6 +304,7 @@ async def _serve(args: argparse.Namespace) -> int:
     settings = IstiodSettings(
         listen=args.listen,
         readiness_listen=args.readiness_listen,
+        monitoring_listen=args.monitoring_listen or _default_monitoring(args.readiness_listen),
         trust_domain=args.trust_domain,
         max_ttl=dt.timedelta(seconds=args.max_ttl),
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),

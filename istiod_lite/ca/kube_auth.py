@@ -45,6 +45,8 @@ class KubernetesAuthenticator:
         timeout: float = 5.0,
         cache_ttl: float = 30.0,
         cache_size: int = 1024,
+        max_concurrent_reviews: int = 8,
+        queue_timeout: float = 2.0,
     ) -> None:
         self._auth_api = k8s.AuthenticationV1Api(api_client)
         self._core_api = k8s.CoreV1Api(api_client)
@@ -55,6 +57,8 @@ class KubernetesAuthenticator:
         self._cache_ttl = cache_ttl
         self._cache_size = cache_size
         self._cache: OrderedDict[bytes, tuple[float, Caller]] = OrderedDict()
+        self._in_flight = asyncio.Semaphore(max_concurrent_reviews)
+        self._queue_timeout = queue_timeout
 
     async def authenticate(self, token: str) -> Caller:
         """The service account (and node) holding ``token``."""
@@ -62,7 +66,18 @@ class KubernetesAuthenticator:
         hit = self._cache.get(key)
         if hit is not None and hit[0] > self._clock.monotonic():
             return hit[1]
-        caller = await asyncio.to_thread(self._review, token)
+        try:
+            # Bounded: a flood of distinct tokens queues here (and times out), not in the thread pool.
+            async with asyncio.timeout(self._queue_timeout):
+                await self._in_flight.acquire()
+        except TimeoutError:
+            raise AuthenticatorUnavailableError(
+                "too many token reviews in flight", hint="retry with backoff"
+            ) from None
+        try:
+            caller = await asyncio.to_thread(self._review, token)
+        finally:
+            self._in_flight.release()
         self._cache[key] = (self._clock.monotonic() + self._cache_ttl, caller)
         self._cache.move_to_end(key)
         while len(self._cache) > self._cache_size:

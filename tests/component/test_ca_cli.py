@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 from typing import IO
 
@@ -74,6 +75,14 @@ def test_cli_serves_and_stops_on_sigterm(tmp_path: Path) -> None:
             message = request(TestPki.create().new_csr(SLEEP).csr_pem, impersonate=SLEEP)
             response = stub.CreateCertificate(message, metadata=tuple(bearer("tok-n1")), timeout=10)
         assert response.cert_chain[-1].encode() == root_pem
+        ready = urllib.request.urlopen(
+            f"http://127.0.0.1:{started['readiness.port']}/healthz/ready", timeout=5
+        )
+        assert ready.status == 200
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{started['monitoring.port']}/metrics", timeout=5)
+        text = metrics.read().decode()
+        assert "citadel_server_success_cert_issuance_total 1.0" in text
+        assert 'istio_build{component="istiod"' in text
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     finally:

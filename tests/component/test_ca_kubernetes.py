@@ -7,6 +7,7 @@ answers are scripted per test, as the real API server gives them for projected S
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 from collections.abc import Iterator
 from pathlib import Path
@@ -189,3 +190,26 @@ async def test_successful_reviews_are_cached_briefly(
     clock.advance(31)
     await auth.authenticate("t")
     assert len(kmock["post"]) == 2
+
+
+async def test_token_reviews_in_flight_are_bounded(kmock: kmock.KubernetesScaffold, api_client: Any) -> None:
+    async def slow(req: Any) -> dict[str, Any]:
+        await asyncio.sleep(1.0)
+        return _echo(ZTUNNEL_ON_N1)(req)  # type: ignore[no-any-return]
+
+    kmock[TOKEN_REVIEWS] << slow
+    auth = KubernetesAuthenticator(
+        api_client,
+        trust_domain=TD,
+        clock=FakeClock(),
+        timeout=0.6,
+        max_concurrent_reviews=1,
+        queue_timeout=0.1,
+    )
+    first, second = await asyncio.gather(
+        auth.authenticate("a"), auth.authenticate("b"), return_exceptions=True
+    )
+    assert isinstance(first, AuthenticatorUnavailableError), "the slow API server times the first review out"
+    assert isinstance(second, AuthenticatorUnavailableError)
+    assert "too many token reviews in flight" in str(second)
+    assert len(kmock["post"]) == 1, "the second token never reached the API server"
