@@ -198,7 +198,7 @@ class _Watcher:
             response.drain_conn()
             raise _ExpiredError()
         if response.status != 200:
-            body = response.read(2048).decode("utf-8", "replace")
+            body = response.read(512).decode("utf-8", "replace")
             raise WatchError(f"GET {self.resource.path} answered {response.status}: {body}")
         return response
 
