@@ -4,14 +4,21 @@ metrics and access logs say so; policy denials are 401 and STRICT refuses plaint
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import os
-from collections.abc import Iterator
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
+from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
+from mesh.rt.hbone.pool import HbonePool, PoolKey
 from tests.netns.ztunnel_support import (
     Pod,
     build_pods,
@@ -21,6 +28,8 @@ from tests.netns.ztunnel_support import (
     run_in,
     running_mesh,
 )
+from ztunnel.netns import InPodSocketFactory
+from ztunnel.state import ProxyState
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
 
@@ -76,3 +85,210 @@ async def test_deny_policy_gives_401_and_deny_flag(pods: list[Pod], tmp_path: Pa
         assert _sample(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
     errors = [e for e in logs if e.get("event") == "connection complete" and e.get("error")]
     assert any("DENY" in str(e.get("error")) or "denied" in str(e.get("error")) for e in errors), errors
+
+
+_SEND_AND_ECHO = """
+import socket, sys
+n = int(sys.argv[3])
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+s.sendall(b"x" * n)
+s.shutdown(socket.SHUT_WR)
+got = 0
+while True:
+    chunk = s.recv(65536)
+    if not chunk:
+        break
+    got += len(chunk)
+print(got)
+"""
+
+_SINK = """
+import socket, sys
+srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("0.0.0.0", 9000)); srv.listen(8)
+total = 0
+while True:
+    c, _ = srv.accept()
+    while True:
+        data = c.recv(65536)
+        if not data:
+            break
+        total += len(data)
+        open(sys.argv[1], "w").write(str(total))
+    c.close()
+"""
+
+
+async def test_byte_counts_in_metrics_equal_what_was_sent(pods: list[Pod], tmp_path: Path) -> None:
+    client, server = pods
+    async with running_mesh(pods, tmp_path) as mesh:
+        echo = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
+            "--port", "9000", start_new_session=True,
+        )  # fmt: skip
+        try:
+            await _wait_port(server, 9000)
+            code, out, err = await run_in(
+                client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "100000"
+            )
+            assert code == 0, err
+            assert int(out) == 100_000
+            await _eventually(
+                lambda: (
+                    _sample(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
+                )
+            )
+            for reporter in ("source", "destination"):
+                received = _sample(mesh.registry, "istio_tcp_received_bytes_total", reporter=reporter)
+                sent = _sample(mesh.registry, "istio_tcp_sent_bytes_total", reporter=reporter)
+                assert (received, sent) == (100_000, 100_000), reporter
+        finally:
+            echo.terminate()
+            await echo.wait()
+
+
+async def test_tunnel_on_the_wire_is_tls_only(pods: list[Pod], tmp_path: Path) -> None:
+    client, server = pods
+    pcap = tmp_path / "wire.pcap"
+    async with running_mesh(pods, tmp_path), http_server(server):
+        tshark = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", server.netns, "tshark", "-q", "-i", "eth0", "-w", str(pcap), "-f", "tcp",
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )  # fmt: skip
+        assert tshark.stderr is not None
+        while b"Capturing on" not in await asyncio.wait_for(tshark.stderr.readline(), 10):
+            pass
+        code, out, _ = await run_in(
+            client, "curl", "-sS", "-m", "10", f"http://{server.ip}:8080/?secret-path"
+        )
+        assert code == 0 and "Directory listing" in out
+        await asyncio.sleep(0.5)
+        tshark.send_signal(signal.SIGINT)  # tshark flushes the capture on SIGINT
+        await asyncio.wait_for(tshark.wait(), 10)
+    await asyncio.to_thread(_assert_tls_only, pcap)
+
+
+def _assert_tls_only(pcap: Path) -> None:
+    wire = pcap.read_bytes()
+    assert len(wire) > 1000
+    assert b"secret-path" not in wire and b"Directory listing" not in wire
+    summary = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "tls", "-T", "fields", "-e", "tcp.dstport"],
+        capture_output=True, text=True, timeout=30, check=True,
+    ).stdout.split()  # fmt: skip
+    assert "15008" in summary
+    plain = subprocess.run(
+        ["tshark", "-r", str(pcap), "-Y", "tcp.port == 8080"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    assert plain.strip() == ""
+
+
+async def test_strict_workload_gets_zero_bytes_from_an_unenrolled_client(tmp_path: Path) -> None:
+    pods = build_pods(f"s{os.getpid() % 10000}", capture={"client": False})
+    client, server = pods
+    try:
+        async with running_mesh(pods, tmp_path, enrolled=[server]) as mesh:
+            strict = Authorization(
+                "istio_converted_static_strict", "istio-system", Scope.WORKLOAD_SELECTOR, Action.DENY,
+                (((Match(not_principals=(StringMatch("presence"),)),),),),
+            )  # fmt: skip
+            base = local_state(pods)
+            workloads = [
+                dataclasses.replace(w, authorization_policies=(strict.key,)) if w.name == "server" else w
+                for w in base.workloads.values()
+            ]
+            mesh.ctx.apply_state(ProxyState.build(workloads=workloads, policies=[strict]))
+            count = tmp_path / "received"
+            sink = await asyncio.create_subprocess_exec(
+                "ip", "netns", "exec", server.netns, sys.executable, "-c", _SINK, str(count),
+                start_new_session=True,
+            )  # fmt: skip
+            try:
+                await _wait_port(server, 9000)
+                await run_in(client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "5000")
+                await asyncio.sleep(0.3)
+                assert not count.exists(), f"the STRICT app received {count.read_text()} bytes"
+                assert (
+                    _sample(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
+                )
+            finally:
+                sink.terminate()
+                await sink.wait()
+    finally:
+        remove_pods(pods)
+
+
+async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:
+    client, server = pods
+    async with running_mesh(pods, tmp_path) as mesh:
+        fd = os.open(f"/var/run/netns/{client.netns}", os.O_RDONLY)
+        pool = HbonePool(sockets=InPodSocketFactory(fd), certs=mesh.ctx, clock=mesh.ctx.clock)
+        key = PoolKey(
+            source=WorkloadIdentity("cluster.local", "demo", "client"),
+            source_ip=client.ip,
+            destination=(server.ip, 15008),
+            expected=frozenset({WorkloadIdentity("cluster.local", "demo", "server")}),
+        )
+        try:
+            status, _ = await pool.open_stream(key, "10.244.9.99:8080")
+            assert status == 400
+            status, _ = await pool.open_stream(key, f"{server.ip}:15006")
+            assert status == 400
+        finally:
+            await pool.close()
+            os.close(fd)
+
+
+async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: Path) -> None:
+    client, server = pods
+    hold = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], 9000), 5); s.sendall(b'hi\\n'); s.recv(16)\n"
+        "t = time.time(); s.settimeout(10)\n"
+        "try:\n    data = s.recv(16)\nexcept (ConnectionError, TimeoutError) as e:\n    data = b''\n"
+        "print(round(time.time() - t, 2), len(data))\n"
+    )
+    async with running_mesh(pods, tmp_path) as mesh:
+        echo = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
+            "--port", "9000", start_new_session=True,
+        )  # fmt: skip
+        try:
+            await _wait_port(server, 9000)
+            holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", hold, server.ip))
+            await _eventually(lambda: len(mesh.ctx.registry) == 1)
+            deny = Authorization(
+                "deny-all", "demo", Scope.NAMESPACE, Action.DENY, (((Match(destination_ports=(9000,)),),),)
+            )
+            state = local_state(pods)
+            closed = mesh.ctx.apply_state(
+                ProxyState.build(workloads=state.workloads.values(), policies=[deny])
+            )
+            assert closed == 1
+            _, out, err = await holder
+            waited, received = out.split()
+            assert float(waited) < 2.0 and received == "0", (out, err)
+        finally:
+            echo.terminate()
+            await echo.wait()
+
+
+async def _wait_port(pod: Pod, port: int) -> None:
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+    for _ in range(100):
+        if (await run_in(pod, sys.executable, "-c", probe))[0] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on {pod.name}:{port}")
+
+
+async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
+    deadline = asyncio.get_running_loop().time() + within
+    while not check():
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError("condition not met in time")
+        await asyncio.sleep(0.02)
