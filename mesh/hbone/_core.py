@@ -41,12 +41,7 @@ class Core:
         self._peer_max_frame = MIN_FRAME_SIZE
         self._peer_max_streams = _NO_LIMIT
         self._send_conn_window = DEFAULT_WINDOW
-        # receive credit
-        self._recv_initial_window = DEFAULT_WINDOW
-        self._recv_conn_window = DEFAULT_WINDOW
-        self._conn_unacked = 0
-        self._conn_owed = 0
-        self._settings_unacked = 0
+        self._init_receive_state()
         # lifecycle
         self._initiated = False
         self._preface_left = 0 if client_side else len(fr.CONNECTION_PREFACE)
@@ -54,6 +49,20 @@ class Core:
         self._dead = False
         self._goaway_sent_last: int | None = None
         self._goaway_received = False
+        # budgets
+        self._bad = 0
+        self._window_streams = 0
+        self._empty_data = 0
+
+    def _init_receive_state(self) -> None:
+        # receive credit; batched WINDOW_UPDATEs go out once a quarter of a window is owed
+        self._recv_initial_window = DEFAULT_WINDOW
+        self._recv_conn_window = DEFAULT_WINDOW
+        self._conn_unacked = 0
+        self._conn_owed = 0
+        self._settings_unacked = 0
+        self._conn_update_at = self.config.connection_window_size // 4
+        self._stream_update_at = max(1, self.config.initial_window_size // 4)
         # receive parser: a partial frame carried between calls, a DATA frame being streamed,
         # a header block being assembled from HEADERS + CONTINUATION
         self._tail = bytearray()
@@ -68,13 +77,6 @@ class Core:
         self._hb_size = 0
         self._hb_count = 0
         self._hb_end_stream = False
-        # when batched WINDOW_UPDATEs go out: a quarter of a window owed
-        self._conn_update_at = config.connection_window_size // 4
-        self._stream_update_at = max(1, config.initial_window_size // 4)
-        # budgets
-        self._bad = 0
-        self._window_streams = 0
-        self._empty_data = 0
 
     # --- outbound queue -------------------------------------------------------------------------
 
