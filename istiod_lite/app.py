@@ -325,13 +325,15 @@ async def _serve(args: argparse.Namespace) -> int:
     drain = Drain()
     drain.install_signal_handlers(asyncio.get_running_loop())
     feeder = asyncio.create_task(source.run()) if source is not None else None
-    await istiod.start()
-    await drain.wait_triggered()
-    await istiod.stop(grace=drain.deadline)
-    if feeder is not None:
-        feeder.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await feeder
+    try:
+        await istiod.start()
+        await drain.wait_triggered()
+        await istiod.stop(grace=drain.deadline)
+    finally:
+        if feeder is not None:
+            feeder.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeder
     return 0
 
 

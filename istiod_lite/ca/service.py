@@ -24,6 +24,7 @@ from istiod_lite.ca.pods import PodIndex
 from istiod_lite.ca.signing import DEFAULT_MAX_TTL, cap_ttl, issue_workload_certificate
 from mesh.api.istio.v1.auth import ca_pb2
 from mesh.clock import Clock
+from mesh.errors import ConfigError
 from mesh.identity import IdentityError, WorkloadIdentity
 
 __all__ = ["IMPERSONATED_IDENTITY", "CaPolicy", "CertificateService"]
@@ -38,6 +39,12 @@ class CaPolicy:
     trust_domain: str = "cluster.local"
     max_ttl: dt.timedelta = DEFAULT_MAX_TTL
     node_accounts: tuple[NodeAccount, ...] = DEFAULT_TRUSTED_NODE_ACCOUNTS
+
+    def __post_init__(self) -> None:
+        if self.max_ttl <= dt.timedelta(0):
+            raise ConfigError(
+                f"the maximum certificate lifetime is {self.max_ttl}", hint="use a positive --max-ttl"
+            )
 
 
 @dataclass(slots=True)

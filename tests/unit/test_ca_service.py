@@ -25,6 +25,7 @@ from istiod_lite.ca.pods import InMemoryPodIndex, PodPlacement
 from istiod_lite.ca.server import ServingCertificates
 from istiod_lite.ca.service import CaPolicy, CertificateService
 from mesh.api.istio.v1.auth import ca_pb2
+from mesh.errors import ConfigError
 from mesh.identity import WorkloadIdentity
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import TestPki
@@ -159,3 +160,9 @@ def test_serving_certificate_is_reissued_at_half_life(root: SigningAuthority) ->
     assert serving._fetch() is not None
     assert serving.current.not_before > first.not_before
     assert serving._fetch() is None
+
+
+@pytest.mark.parametrize("seconds", [0, -60])
+def test_policy_refuses_a_non_positive_max_ttl(seconds: int) -> None:
+    with pytest.raises(ConfigError, match="use a positive --max-ttl"):
+        CaPolicy(max_ttl=dt.timedelta(seconds=seconds))
