@@ -42,7 +42,7 @@ class Inbound(HeaderFrames):
     def _start(self) -> None:
         """Queues our preface; overridden by the connection class."""
 
-    def receive_data(self, data: bytes | memoryview) -> list[Event]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Event]:
         """Feeds bytes from the peer and returns the events they produce, in order.
 
         Never raises on bad input: a connection error queues GOAWAY and ends the list with
@@ -60,7 +60,7 @@ class Inbound(HeaderFrames):
             self._fail(err)
         return events
 
-    def _feed(self, data: bytes | memoryview) -> None:
+    def _feed(self, data: bytes | bytearray | memoryview) -> None:
         view = data if isinstance(data, memoryview) else memoryview(data)
         if view.format != "B" or view.ndim != 1:
             view = view.cast("B")

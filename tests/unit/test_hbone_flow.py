@@ -158,3 +158,23 @@ def test_h2_client_data_respects_our_advertised_windows() -> None:
     client.send_data(sid, b"e" * 70_000)
     with pytest.raises(h2.exceptions.FlowControlError):
         client.send_data(sid, b"e")
+
+
+def test_outbound_pieces_reference_the_payload_without_copying() -> None:
+    _, client, server, sid = _pair()
+    payload = b"p" * 200_000
+    client.send_data(sid, payload)
+    pieces = client.data_to_send_pieces()
+    assert any(isinstance(p, memoryview) and p.obj is payload for p in pieces)
+    assert client.bytes_to_send_pending() == 0 and client.data_to_send() == b""
+    events = server.receive_data(b"".join(pieces))
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == payload
+
+
+def test_mutable_payloads_are_copied_when_queued() -> None:
+    _, client, server, sid = _pair()
+    buffer = bytearray(b"before")
+    client.send_data(sid, buffer)
+    buffer[:] = b"after!"
+    events = server.receive_data(client.data_to_send())
+    assert [bytes(e.data) for e in events if isinstance(e, DataReceived)] == [b"before"]
