@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from istiod_lite.push.snapshot import ResourceSet, VersionedResource
@@ -42,10 +42,18 @@ class Subscription:
 
 @dataclass(frozen=True, slots=True)
 class Delta:
-    """What to send: resources to add or update, and names to remove."""
+    """What to send: resources to add or update, and names to remove.
+
+    ``upserts_wire`` is the encoded ``resources`` entries, joined once: a delta shared by many
+    subscribers (see ``DiffCache``) is encoded once, not once per subscriber.
+    """
 
     upserts: tuple[VersionedResource, ...]
     removed: tuple[str, ...]
+    upserts_wire: bytes = field(default=b"", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "upserts_wire", b"".join(r.wire for r in self.upserts))
 
     @property
     def empty(self) -> bool:

@@ -121,9 +121,9 @@ class ConfigPusher:
             snapshot = build_snapshot(
                 messages, counter=next(self._counter), now=self._clock.now(), previous=self._hub.current
             )
-        except MeshError as exc:  # a bad input must not stop pushes; the old snapshot stays
+        except Exception as exc:  # any failure of the injected build: keep serving the old snapshot
             self._metrics.builds.labels("error").inc()
-            self._log.error("push.build_failed", error=str(exc))
+            self._log.error("push.build_failed", error=str(exc), exc_info=not isinstance(exc, MeshError))
             return None
         self._metrics.builds.labels("ok").inc()
         self._metrics.build_time.observe(self._clock.monotonic() - started)
@@ -131,9 +131,10 @@ class ConfigPusher:
         self._log.info("push.snapshot", version=snapshot.version, subscribers=len(self._hub.connections()))
         return snapshot
 
-    async def run(self) -> None:
-        """Builds the first snapshot at once, then one per debounced burst of changes, forever."""
-        self.rebuild()
+    async def run(self, *, build_first: bool = True) -> None:
+        """Builds the first snapshot at once (unless told not to), then one per debounced burst, forever."""
+        if build_first:
+            self.rebuild()
         while True:
             batch = await self._debouncer.next_batch()
             self.rebuild(changed_at=batch.first)

@@ -61,9 +61,9 @@ class PushPlane:
         """The informers' change callback: schedules a debounced rebuild."""
         self.pusher.mark_dirty()
 
-    async def run(self) -> None:
+    async def run(self, *, build_first: bool = True) -> None:
         """Builds the first snapshot, then rebuilds on changes until cancelled."""
-        await self.pusher.run()
+        await self.pusher.run(build_first=build_first)
 
     def debug_routes(self) -> dict[str, Route]:
         """``/debug/syncz`` and ``/metrics`` for the 15014 DebugServer."""

@@ -49,7 +49,7 @@ class Response:
         """The serialized DeltaDiscoveryResponse."""
         return encode_response(
             system_version_info=self.version,
-            resource_entries=(r.wire for r in self.delta.upserts),
+            resource_entries=(self.delta.upserts_wire,),
             type_url=self.type_url,
             nonce=self.nonce,
             removed_resources=self.delta.removed,
@@ -177,7 +177,9 @@ class StreamState:
         if snapshot.counter == 0:
             return ()  # nothing built yet: the first snapshot answers the initial request
         target = self._target(type_url, state, snapshot)
-        if state.holds is None:
+        if state.holds is None and not state.initial_versions and state.subscription.wildcard:
+            delta = self._diffs.diff(_EMPTY, target)  # a new agent: the full state, shared
+        elif state.holds is None:
             delta = delta_from_versions(state.initial_versions, target)
         elif state.subscription.wildcard:
             delta = self._diffs.diff(state.holds, target)

@@ -11,6 +11,7 @@ from typing import Any
 
 import grpc
 import pytest
+import structlog
 import yaml
 
 from istiod_lite.push.debounce import DebounceSettings
@@ -182,9 +183,25 @@ async def test_lab_changes_reach_the_agent_within_a_second(lab: Lab) -> None:
     await lab.agent.wait_for(lambda a: "default/allow-sleep" not in a.resources(AUTHZ), within=2)
 
 
-async def test_an_invalid_object_is_skipped_and_the_rest_still_applies(lab: Lab) -> None:
+async def test_invalid_objects_fail_closed_or_are_skipped_and_the_rest_still_applies(lab: Lab) -> None:
     lab.state.put(policy("bad-cidr", {"ipBlocks": ["10.0.0.0/99"]}))
-    lab.state.put(pod("web-3", "10.244.1.12"))
-    await lab.agent.wait_for(lambda a: "Kubernetes//Pod/default/web-3" in a.resources(ADDR), within=2)
-    assert "default/bad-cidr" not in lab.agent.resources(AUTHZ)
-    assert "default/allow-sleep" in lab.agent.resources(AUTHZ)
+    broken = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "broken", "namespace": "default"},
+        "spec": {"clusterIP": "10.96.0.11", "ports": [{"port": 70000, "targetPort": 8080}]},
+    }
+    with structlog.testing.capture_logs() as logs:
+        lab.state.put(broken)
+        lab.state.put(pod("web-3", "10.244.1.12"))
+
+        def settled(agent: FakeAgent) -> bool:
+            warned = any(e.get("object") == "Service default/broken" for e in logs)
+            have_pod = "Kubernetes//Pod/default/web-3" in agent.resources(ADDR)
+            return warned and have_pod and "default/bad-cidr" in agent.resources(AUTHZ)
+
+        await lab.agent.wait_for(settled, within=2)
+    bad = lab.agent.resources(AUTHZ)["default/bad-cidr"]
+    assert (bad.action, len(bad.rules)) == (0, 0)  # an ALLOW without rules: fails closed, never open
+    assert "default/broken.default.svc.cluster.local" not in lab.agent.resources(ADDR)  # skipped
+    assert len(lab.agent.resources(AUTHZ)["default/allow-sleep"].rules) == 1
