@@ -19,6 +19,8 @@ from structlog.testing import capture_logs
 from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
 from mesh.rt.hbone.pool import HbonePool, PoolKey
+from mesh.rt.http import HttpServer
+from meshctl.ztunnel_config import fetch_admin, render_table
 from tests.netns.ztunnel_support import (
     Pod,
     build_pods,
@@ -28,6 +30,7 @@ from tests.netns.ztunnel_support import (
     run_in,
     running_mesh,
 )
+from ztunnel.admin import admin_routes
 from ztunnel.netns import InPodSocketFactory
 from ztunnel.state import ProxyState
 
@@ -292,3 +295,32 @@ async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None
         if asyncio.get_running_loop().time() > deadline:
             raise AssertionError("condition not met in time")
         await asyncio.sleep(0.02)
+
+
+async def test_admin_config_dump_and_ztunnel_config_views(pods: list[Pod], tmp_path: Path) -> None:
+    server = pods[1]
+    async with running_mesh(pods, tmp_path) as mesh:
+        admin = HttpServer(admin_routes(mesh.ctx, mesh.manager, quit_=lambda: None))
+        port = await admin.start("127.0.0.1", 0)
+        try:
+            dump = await asyncio.to_thread(fetch_admin, f"127.0.0.1:{port}", "/config_dump")
+            workloads = render_table("workloads", dump["workloads"])
+            certificates = render_table("certificates", dump["certificates"])
+        finally:
+            await admin.close()
+    assert workloads.splitlines()[0].split() == [
+        "NAMESPACE",
+        "POD",
+        "NAME",
+        "ADDRESS",
+        "NODE",
+        "WAYPOINT",
+        "PROTOCOL",
+    ]
+    assert any(
+        line.split()[:3] == ["demo", "server", server.ip] and line.endswith("HBONE")
+        for line in workloads.splitlines()
+    )
+    assert "spiffe://cluster.local/ns/demo/sa/client" in certificates
+    assert {p["pod"] for p in dump["proxies"]} == {"demo/client", "demo/server"}
+    assert all(c["state"] == "valid" for c in dump["certificates"]), dump["certificates"]

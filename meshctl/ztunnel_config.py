@@ -1,0 +1,157 @@
+"""``meshctl ztunnel-config``: what a ztunnel knows, read from its admin endpoint (like istioctl zc).
+
+meshctl ztunnel-config workloads --node node1          # in the lab: enters the node's namespace
+meshctl ztunnel-config policies --admin 127.0.0.1:15000 -o json
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from mesh.errors import MeshError
+from meshctl.lab.api import Lab
+from meshctl.lab.settings import default_state_dir
+from ztunnel.netns import in_netns
+
+__all__ = ["fetch_admin", "register", "render_table"]
+
+_VIEWS = ("workloads", "services", "policies", "certificates", "connections", "all")
+
+
+def register(subparsers: Any) -> None:
+    """Adds ``ztunnel-config`` (alias ``zc``) to the meshctl parser."""
+    parser = subparsers.add_parser(
+        "ztunnel-config", aliases=["zc"], help="show a ztunnel's workloads, services, policies, certificates"
+    )
+    parser.add_argument("view", choices=_VIEWS)
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument("--node", help="lab node whose ztunnel to ask (enters that node's network namespace)")
+    where.add_argument("--admin", default="127.0.0.1:15000", help="admin address (default %(default)s)")
+    parser.add_argument("--state", default=default_state_dir(), help="lab state directory (with --node)")
+    parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
+    parser.add_argument("--workload-namespace", help="only workloads in this namespace")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the chosen view."""
+    netns = Lab(args.state).settings.node(args.node).netns if args.node else None
+    path = "/connections" if args.view == "connections" else "/config_dump"
+    data = fetch_admin(args.admin if not args.node else "127.0.0.1:15000", path, netns=netns)
+    if args.view == "connections":
+        rows: list[dict[str, Any]] = data["connections"]
+    elif args.view == "all":
+        print(json.dumps(data, indent=1))
+        return 0
+    else:
+        rows = data[args.view]
+    if args.workload_namespace and args.view == "workloads":
+        rows = [r for r in rows if r.get("namespace") == args.workload_namespace]
+    if args.output == "json":
+        print(json.dumps(rows, indent=1))
+    else:
+        sys.stdout.write(render_table(args.view, rows))
+    return 0
+
+
+def fetch_admin(address: str, path: str, *, netns: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    """GETs ``path`` from a ztunnel admin port (inside ``netns`` when given) and decodes the JSON."""
+    host, _, port = address.rpartition(":")
+    with _socket_in(netns) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect((host, int(port)))
+            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+            raw = b"".join(iter(lambda: sock.recv(65536), b""))
+        except OSError as exc:
+            where = f" in network namespace {netns}" if netns else ""
+            raise MeshError(
+                f"cannot reach the ztunnel admin endpoint {address}{where}: {exc}",
+                hint="is ztunnel running there? in the lab, check 'meshctl lab status'",
+            ) from None
+    head, _, body = raw.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200"):
+        status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
+        raise MeshError(f"ztunnel admin answered {status_line}", hint="check the ztunnel's logs")
+    decoded: dict[str, Any] = json.loads(body)
+    return decoded
+
+
+@contextlib.contextmanager
+def _socket_in(netns: str | None) -> Iterator[socket.socket]:
+    if netns is None:
+        with socket.socket() as sock:
+            yield sock
+        return
+    try:
+        fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
+    except OSError as exc:
+        raise MeshError(f"no network namespace {netns}: {exc.strerror}", hint="is the lab up?") from None
+    try:
+        with in_netns(fd):
+            sock = socket.socket()
+    finally:
+        os.close(fd)
+    with sock:
+        yield sock
+
+
+def _expiry(row: dict[str, Any]) -> str:
+    return str(row.get("not_after") or "-")
+
+
+_COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str]]]] = {
+    "workloads": [
+        ("NAMESPACE", lambda r: r["namespace"]),
+        ("POD NAME", lambda r: r["name"]),
+        ("ADDRESS", lambda r: ",".join(r["workloadIps"])),
+        ("NODE", lambda r: r["node"] or "-"),
+        ("WAYPOINT", lambda r: (r["waypoint"] or {}).get("destination", "None")),
+        ("PROTOCOL", lambda r: r["protocol"]),
+    ],
+    "services": [
+        ("NAMESPACE", lambda r: r["namespace"]),
+        ("SERVICE NAME", lambda r: r["name"]),
+        ("SERVICE VIP", lambda r: ",".join(v.lstrip("/") for v in r["vips"])),
+        ("WAYPOINT", lambda r: (r["waypoint"] or {}).get("destination", "None")),
+        ("PORTS", lambda r: ",".join(f"{p}->{t}" for p, t in r["ports"].items())),
+    ],
+    "policies": [
+        ("NAMESPACE", lambda r: r["namespace"]),
+        ("POLICY NAME", lambda r: r["name"]),
+        ("ACTION", lambda r: r["action"]),
+        ("SCOPE", lambda r: r["scope"]),
+        ("RULES", lambda r: str(len(r["rules"]))),
+    ],
+    "certificates": [
+        ("CERTIFICATE NAME", lambda r: str(r.get("identity", "-"))),
+        ("STATE", lambda r: str(r.get("state", "-"))),
+        ("SERIAL NUMBER", lambda r: str(r.get("serial") or "-")),
+        ("EXPIRES", _expiry),
+    ],
+    "connections": [
+        ("DIRECTION", lambda r: r["direction"]),
+        ("SOURCE", lambda r: r["src"]),
+        ("DESTINATION", lambda r: r["dst"]),
+        ("SOURCE IDENTITY", lambda r: r["srcIdentity"] or "-"),
+        ("WORKLOAD", lambda r: r["workload"]),
+    ],
+}
+
+
+def render_table(view: str, rows: list[dict[str, Any]]) -> str:
+    """An aligned text table of ``rows`` for ``view``."""
+    columns = _COLUMNS[view]
+    cells = [[title for title, _ in columns]] + [[str(get(row)) for _, get in columns] for row in rows]
+    widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+    return "".join(
+        "  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)).rstrip() + "\n"
+        for line in cells
+    )
