@@ -184,7 +184,7 @@ class Lab:
             if time.monotonic() > deadline:
                 raise LabError(
                     f"the lab is not ready after {timeout:.0f} s: "
-                    + ("; ".join(pending) or "daemon has not synced"),
+                    + ("; ".join(pending) or f"the daemon has not caught up; see {self.paths.daemon_log}"),
                     hint="see 'meshctl lab status' and 'meshctl lab logs POD'",
                 )
             time.sleep(_POLL)

@@ -146,7 +146,8 @@ def render_nat(
             rules.append(f"-A {sep_chain} -s {ip}/32 -j KUBE-MARK-MASQ")
             rules.append(f"-A {sep_chain} -p {proto} -m {proto} -j DNAT --to-destination {ip}:{port}")
     stale = sorted(set(previous_chains) - chains)
-    text = "\n".join(["*nat", *decls, *rules, *(f"-X {c}" for c in stale), "COMMIT", ""])
+    flush_stale = [f":{c} - [0:0]" for c in stale]  # flushed first, so no stale chain still refers to another
+    text = "\n".join(["*nat", *decls, *flush_stale, *rules, *(f"-X {c}" for c in stale), "COMMIT", ""])
     return text, frozenset(chains)
 
 
