@@ -187,14 +187,7 @@ def build_server(
         clock=clock,
         dns_names=settings.serving_dns_names,
     )
-    server = grpc.aio.server(
-        handlers=[ca_rpc_handler(service), *extra_handlers],
-        options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", 4 * 1024 * 1024),
-        ],
-        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
-    )
+    server = _grpc_server(settings, [ca_rpc_handler(service), *extra_handlers])
     return Istiod(
         settings=settings,
         authority=authority,
@@ -202,6 +195,20 @@ def build_server(
         serving=serving,
         log=log,
         registry=registry,
+    )
+
+
+def _grpc_server(
+    settings: IstiodSettings, handlers: list[grpc.GenericRpcHandler[Any, Any]]
+) -> grpc.aio.Server:
+    """The gRPC server with its limits: oversized messages get RESOURCE_EXHAUSTED before any parsing."""
+    return grpc.aio.server(
+        handlers=handlers,
+        options=[
+            ("grpc.max_receive_message_length", settings.max_message_bytes),
+            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+        ],
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
 
 
