@@ -1,0 +1,129 @@
+"""``ztunnel-node-agent``: the node agent process (CNI role), one per node. Composition root.
+
+    ztunnel-node-agent --node n1 --state-dir /var/lib/mesh-lab/state --run-dir /var/run/ztunnel
+
+Listens on ``<run-dir>/pluginevent.sock`` (``--plugin-socket``; ``@name`` = abstract) for the CNI
+plugin and on ``<run-dir>/ztunnel.sock`` (``--zds-socket``, SEQPACKET) for ztunnel; remembers
+sandboxes in ``<run-dir>/pods/``. Pods come from the lab state directory. On start it rebuilds its
+enrolled set (pod annotations + sandbox cache + existing namespaces) before listening, so a
+reconnecting ztunnel gets the full snapshot. SIGTERM/SIGINT stop it; rules and enrollments stay.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from mesh.errors import MeshError
+from mesh.rt.clock import SystemClock
+from mesh.rt.labstate import LabState
+from mesh.rt.logs import configure_logging, get_logger
+from mesh.rt.loop import run as run_loop
+from ztunnel.cni.apply import NetnsRules
+from ztunnel.cni.node_agent import NodeAgent
+from ztunnel.cni.plugin_server import PluginServer
+from ztunnel.cni.pods import LabPodSource
+from ztunnel.cni.sandboxes import SandboxCache
+from ztunnel.cni.zds_server import ZdsServer, ZdsWorkload
+
+__all__ = ["main", "parse_args", "serve"]
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="ztunnel-node-agent", description=__doc__.splitlines()[0])
+    parser.add_argument("--node", required=True, help="this node's name (pods with spec.nodeName == NODE)")
+    parser.add_argument("--state-dir", required=True, type=Path, help="the lab state directory")
+    parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
+    parser.add_argument("--plugin-socket", help="default <run-dir>/pluginevent.sock; @name = abstract")
+    parser.add_argument("--zds-socket", help="default <run-dir>/ztunnel.sock")
+    parser.add_argument(
+        "--cluster-id", help="cluster of ZDS uids (default: lab.yaml clusterId or Kubernetes)"
+    )
+    parser.add_argument("--poll-interval", type=float, default=0.2, help="state directory poll, seconds")
+    parser.add_argument("--zds-timeout", type=float, default=5.0, help="seconds to wait for a ztunnel ack")
+    parser.add_argument("--log-format", choices=("json", "console"), default="json")
+    parser.add_argument("--log-level", default="info")
+    return parser.parse_args(argv)
+
+
+async def serve(args: argparse.Namespace, *, stop: asyncio.Event) -> None:
+    """Runs the agent until ``stop`` is set."""
+    log = get_logger("ztunnel-node-agent").bind(node=args.node)
+    run_dir: Path = args.run_dir
+    cluster = args.cluster_id or str(
+        LabState(args.state_dir).read_settings().get("clusterId") or "Kubernetes"
+    )
+    source = LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
+    await source.refresh(force=True)
+    agent: NodeAgent  # the ZDS server and the agent refer to each other; bound below
+
+    def snapshot() -> list[ZdsWorkload]:
+        return agent.snapshot()
+
+    def ready() -> None:
+        agent.zds_ready()
+
+    zds = ZdsServer(
+        str(args.zds_socket or run_dir / "ztunnel.sock"),
+        snapshot=snapshot,
+        on_ready=ready,
+        ack_timeout=args.zds_timeout,
+        log=log,
+    )
+    agent = NodeAgent(
+        source=source,
+        rules=NetnsRules(),
+        zds=zds,
+        sandboxes=SandboxCache(run_dir / "pods"),
+        clock=SystemClock(),
+        log=log,
+        cluster=cluster,
+    )
+    await agent.recover()
+    plugin = PluginServer(str(args.plugin_socket or run_dir / "pluginevent.sock"), agent.handle, log=log)
+    await zds.start()
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        await plugin.start()
+        loop = asyncio.get_running_loop()
+        tasks = [loop.create_task(source.run()), loop.create_task(agent.run())]
+        log.info("agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": cluster})
+        await stop.wait()
+    finally:
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await plugin.close()
+        await zds.close()
+        log.info("agent.stopped")
+
+
+async def _main(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await serve(args, stop=stop)
+    except MeshError as exc:
+        get_logger("ztunnel-node-agent").error("agent.failed", error=str(exc))
+        return 1
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point of ``ztunnel-node-agent``."""
+    args = parse_args(argv)
+    try:
+        configure_logging(fmt=args.log_format, level=args.log_level)
+    except ValueError as exc:
+        sys.exit(f"ztunnel-node-agent: {exc}")
+    sys.exit(run_loop(_main(args)))

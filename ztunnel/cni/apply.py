@@ -1,0 +1,125 @@
+"""Applying a capture plan inside a pod's network namespace (``nsenter --net=<path>``).
+
+One ``iptables-save`` reads what is there, then (only when something differs) one
+``iptables-restore --noflush`` makes the ISTIO chains match the plan (see ``ruleset``); the policy
+rule ``fwmark 0x111/0xfff lookup 100`` (priority 32764) is added when missing and the route
+``local 0.0.0.0/0 dev lo table 100`` is replaced (both idempotent). Release removes all of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+
+from mesh.errors import MeshError
+from ztunnel.cni.rules import CapturePlan, IpRule, plan_capture
+from ztunnel.cni.ruleset import capture_input, ip_rule_present, release_input
+
+__all__ = ["CommandRunner", "NetnsRules", "RuleChange", "RulesError", "run_command"]
+
+CommandRunner = Callable[[Sequence[str], str | None], Awaitable[str]]
+"""Runs argv with optional stdin, returns stdout; raises RulesError on failure."""
+
+_TIMEOUT = 15.0
+_GONE = ("No such file or directory", "No such process", "Cannot find", "does not exist")
+
+
+class RulesError(MeshError):
+    """Installing or removing rules in a pod's network namespace failed."""
+
+
+@dataclass(frozen=True, slots=True)
+class RuleChange:
+    """What an apply or release did (False fields: already as wanted, nothing touched)."""
+
+    iptables: bool
+    ip_rule: bool
+
+
+async def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
+    """Runs ``argv`` and returns its stdout; a non-zero exit raises RulesError with stderr."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
+    except OSError as exc:
+        raise RulesError(
+            f"cannot run {argv[0]}: {exc}", hint="install iptables, iproute2 and util-linux"
+        ) from None
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), _TIMEOUT)
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        raise RulesError(f"{' '.join(argv)} did not finish within {_TIMEOUT:g} s") from None
+    if proc.returncode != 0:
+        text = err.decode(errors="replace").strip() or out.decode(errors="replace").strip()
+        raise RulesError(f"{' '.join(argv)} failed (exit {proc.returncode}): {text[-400:]}")
+    return out.decode(errors="replace")
+
+
+class NetnsRules:
+    """Installs and removes the capture in the namespace at a path (e.g. ``/var/run/netns/x``)."""
+
+    def __init__(self, *, run: CommandRunner = run_command, nsenter: str = "nsenter") -> None:
+        self._run = run
+        self._nsenter = nsenter
+
+    async def _in(self, netns: str, argv: Sequence[str], stdin: str | None = None) -> str:
+        return await self._run([self._nsenter, f"--net={netns}", *argv], stdin)
+
+    async def _saved(self, netns: str) -> str:
+        mangle = await self._in(netns, ["iptables-save", "-t", "mangle"])
+        return mangle + await self._in(netns, ["iptables-save", "-t", "nat"])
+
+    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange:
+        """Makes the namespace's capture match ``plan``; touches nothing that already does."""
+        plan = plan or plan_capture()
+        saved = await self._saved(netns)
+        restore = capture_input(plan.iptables_restore, saved)
+        if restore is not None:
+            await self._in(netns, ["iptables-restore", "--noflush"], restore)
+        rule = plan.ip_rule
+        shown = await self._in(netns, ["ip", "rule", "show", "pref", str(rule.priority)])
+        added = not ip_rule_present(shown, fwmark=rule.fwmark, table=rule.table, priority=rule.priority)
+        if added:
+            await self._in(netns, _rule_argv("add", rule))
+        await self._in(netns, ["ip", "route", "replace", *rule.route.split(), "table", str(rule.table)])
+        return RuleChange(iptables=restore is not None, ip_rule=added)
+
+    async def has_capture(self, netns: str, plan: CapturePlan | None = None) -> bool:
+        """Whether the namespace holds exactly the plan's chains and jumps."""
+        plan = plan or plan_capture()
+        saved = await self._saved(netns)
+        return capture_input(plan.iptables_restore, saved) is None
+
+    async def release(self, netns: str) -> RuleChange:
+        """Removes the ISTIO chains, the jumps into them, the policy rule and the table-100 route."""
+        plan = plan_capture()
+        saved = await self._saved(netns)
+        restore = release_input(plan.iptables_restore, saved)
+        if restore is not None:
+            await self._in(netns, ["iptables-restore", "--noflush"], restore)
+        rule = plan.ip_rule
+        removed = False
+        for _ in range(8):  # bounded: duplicates are removed one by one
+            shown = await self._in(netns, ["ip", "rule", "show", "pref", str(rule.priority)])
+            if not ip_rule_present(shown, fwmark=rule.fwmark, table=rule.table, priority=rule.priority):
+                break
+            await self._in(netns, _rule_argv("del", rule))
+            removed = True
+        try:
+            await self._in(netns, ["ip", "route", "del", *rule.route.split(), "table", str(rule.table)])
+        except RulesError as exc:
+            if not any(marker in exc.message for marker in _GONE):
+                raise
+        return RuleChange(iptables=restore is not None, ip_rule=removed)
+
+
+def _rule_argv(verb: str, rule: IpRule) -> list[str]:
+    return ["ip", "rule", verb, "fwmark", rule.fwmark, "pref", str(rule.priority), "lookup", str(rule.table)]

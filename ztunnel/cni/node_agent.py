@@ -1,0 +1,305 @@
+"""The node agent's behaviour: CNI events, label changes and restarts, acted out per pod.
+
+Enrolling a pod (istio-ambient-facts.md 3a): capture rules in its network namespace, annotation
+``ambient.istio.io/redirection: pending``, the netns fd to ztunnel over ZDS, and only after the
+ack ``enabled``. Any failure leaves the rules and ``pending`` (the pod is captured but not served:
+fail closed); a CNI ADD then fails so the runtime retries, a running pod is retried with backoff.
+Releasing: rules removed, annotation removed, ZDS del. Every action on one pod holds that pod's
+lock, so a CNI call and the reconciler never interleave on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+from collections.abc import Mapping
+from typing import Protocol
+
+import structlog
+
+from mesh.clock import Clock
+from mesh.errors import MeshError
+from ztunnel.cni.apply import RuleChange
+from ztunnel.cni.enroll import should_enroll
+from ztunnel.cni.plugin_server import CniEvent, CniVerdict
+from ztunnel.cni.pods import PodInfo, PodSource
+from ztunnel.cni.rules import CapturePlan, plan_capture
+from ztunnel.cni.sandboxes import Sandbox, SandboxCache
+from ztunnel.cni.state import (
+    Action,
+    PodRecord,
+    RetryPolicy,
+    decide,
+    enrolled,
+    failed,
+    recovered_phase,
+    released,
+    retry_now,
+    zds_uid,
+)
+from ztunnel.cni.zds_server import ZdsWorkload
+
+__all__ = ["NodeAgent", "Rules", "Zds"]
+
+TRY_AGAIN_LATER = 11
+BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
+Logger = structlog.typing.FilteringBoundLogger
+
+
+class Rules(Protocol):
+    """Installs and removes the capture in a namespace (``apply.NetnsRules``)."""
+
+    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange: ...
+
+    async def release(self, netns: str) -> RuleChange: ...
+
+
+class Zds(Protocol):
+    """The ZDS server (``zds_server.ZdsServer``)."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    async def add(self, workload: ZdsWorkload) -> None: ...
+
+    async def delete(self, uid: str) -> int: ...
+
+
+class NodeAgent:
+    """Enrolls and releases the pods of one node."""
+
+    def __init__(
+        self,
+        *,
+        source: PodSource,
+        rules: Rules,
+        zds: Zds,
+        sandboxes: SandboxCache,
+        clock: Clock,
+        log: Logger,
+        cluster: str = "Kubernetes",
+        retry: RetryPolicy | None = None,
+        tick: float = 1.0,
+    ) -> None:
+        self.records: dict[str, PodRecord] = {}
+        self._source = source
+        self._rules = rules
+        self._zds = zds
+        self._sandboxes = sandboxes
+        self._clock = clock
+        self._log = log
+        self._cluster = cluster
+        self._retry = retry or RetryPolicy()
+        self._tick = tick
+        self._locks: dict[str, asyncio.Lock] = {}
+        self._wake = asyncio.Event()
+
+    def _lock(self, uid: str) -> asyncio.Lock:
+        return self._locks.setdefault(uid, asyncio.Lock())
+
+    def _pod_log(self, rec: PodRecord) -> Logger:
+        return self._log.bind(**{"pod.namespace": rec.namespace, "pod.name": rec.name, "pod.uid": rec.uid})
+
+    def workload(self, rec: PodRecord) -> ZdsWorkload:
+        """What ztunnel is told about ``rec``."""
+        uid = zds_uid(rec.namespace, rec.name, cluster=self._cluster)
+        return ZdsWorkload(uid, rec.name, rec.namespace, rec.service_account, rec.netns)
+
+    def snapshot(self) -> list[ZdsWorkload]:
+        """The enrolled set replayed to a (re)connecting ztunnel."""
+        return [self.workload(rec) for rec in self.records.values() if rec.phase == "enabled"]
+
+    def zds_ready(self) -> None:
+        """A ztunnel connected and took the snapshot: retry pending pods now."""
+        self.records = retry_now(self.records)
+        self._wake.set()
+
+    async def recover(self) -> None:
+        """Rebuilds the known pods from the sandbox cache, the pod annotations and the existing
+        namespaces (after a restart), touching no rule that is already in place."""
+        pods = self._source.pods()
+        cached = self._sandboxes.load()
+        for uid, pod in pods.items():
+            netns = cached[uid].netns if uid in cached else self._source.netns_hint(uid)
+            if netns and _netns_exists(netns):
+                self.records[uid] = PodRecord(
+                    uid, pod.namespace, pod.name, pod.service_account, netns, phase=recovered_phase(pod)
+                )
+        for uid in cached.keys() - self.records.keys():
+            self._sandboxes.forget(uid)
+        for rec in [r for r in self.records.values() if r.phase == "enabled"]:
+            try:
+                change = await self._rules.ensure_capture(rec.netns, _plan_for(pods[rec.uid]))
+            except MeshError as exc:
+                self._pod_log(rec).error("agent.recover_rules_failed", error=str(exc))
+                continue
+            if change.iptables or change.ip_rule:
+                self._pod_log(rec).warning("agent.recover_rules_repaired", netns=rec.netns)
+        phases = [r.phase for r in self.records.values()]
+        self._log.info(
+            "agent.recovered", **{f"pods.{p}": phases.count(p) for p in ("enabled", "pending", "unenrolled")}
+        )
+
+    async def handle(self, event: CniEvent) -> CniVerdict:
+        """Answers one CNI call from the plugin."""
+        if event.command == "DEL":
+            return await self._cni_del(event)
+        if not (event.namespace and event.name):
+            return CniVerdict(ok=True, msg="not a Kubernetes pod (no K8S_POD_NAME); nothing to do")
+        try:
+            pod = await self._source.fetch(event.namespace, event.name)
+        except MeshError as exc:
+            return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"cannot read pod state: {exc}")
+        if pod is None or (event.pod_uid and event.pod_uid != pod.uid):
+            msg = (
+                f"pod {event.namespace}/{event.name} (uid {event.pod_uid or '?'}) is not in the cluster state"
+            )
+            return CniVerdict(
+                ok=False, code=TRY_AGAIN_LATER, msg=msg, details="retry when the pod object exists"
+            )
+        if event.command == "CHECK":
+            return self._cni_check(pod)
+        return await self._cni_add(event, pod)
+
+    async def _cni_add(self, event: CniEvent, pod: PodInfo) -> CniVerdict:
+        async with self._lock(pod.uid):
+            old = self.records.get(pod.uid)
+            rec = PodRecord(pod.uid, pod.namespace, pod.name, pod.service_account, event.netns)
+            if old is not None and old.netns == event.netns:
+                rec = dataclasses.replace(rec, phase=old.phase)
+            try:
+                self._sandboxes.remember(
+                    Sandbox(pod.uid, pod.namespace, pod.name, event.netns, event.container_id)
+                )
+            except OSError as exc:
+                return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"cannot record the sandbox: {exc}")
+            self.records[pod.uid] = rec
+            wanted, reason = should_enroll(pod.facts)
+            log = self._pod_log(rec).bind(netns=rec.netns, reason=reason)
+            if not wanted:
+                if rec.phase != "unenrolled":
+                    await self._release(rec, pod)
+                log.info("cni.add_not_enrolled")
+                return CniVerdict(ok=True, msg=f"not enrolled: {reason}")
+            try:
+                await self._enroll(rec, pod)
+            except MeshError as exc:
+                log.warning("cni.add_failed", error=str(exc))
+                return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"pod not enrolled: {exc}")
+            log.info("cni.add_enrolled")
+            return CniVerdict(ok=True, msg="enrolled")
+
+    def _cni_check(self, pod: PodInfo) -> CniVerdict:
+        rec = self.records.get(pod.uid)
+        wanted, reason = should_enroll(pod.facts)
+        if not wanted:
+            return CniVerdict(ok=True, msg=f"not enrolled: {reason}")
+        if rec is None or rec.phase != "enabled":
+            phase = rec.phase if rec else "unknown to the node agent"
+            return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"pod should be enrolled but is {phase}")
+        return CniVerdict(ok=True, msg="enrolled")
+
+    async def _cni_del(self, event: CniEvent) -> CniVerdict:
+        uid = event.pod_uid or next(
+            (r.uid for r in self.records.values() if (r.namespace, r.name) == (event.namespace, event.name)),
+            "",
+        )
+        if not uid:
+            return CniVerdict(ok=True, msg="unknown pod; nothing to do")
+        async with self._lock(uid):
+            rec = self.records.get(uid)
+            if rec is None:
+                self._sandboxes.forget(uid)
+                return CniVerdict(ok=True, msg="unknown pod; nothing to do")
+            await self._forget(rec)
+        self._pod_log(rec).info("cni.del")
+        return CniVerdict(ok=True, msg="forgotten")
+
+    async def _enroll(self, rec: PodRecord, pod: PodInfo) -> None:
+        """Rules, pending, ZDS add + ack, enabled; the record ends pending on any failure."""
+        now = self._clock.monotonic()
+        try:
+            await self._rules.ensure_capture(rec.netns, _plan_for(pod))
+            if pod.redirection != "pending":
+                await self._source.set_redirection(pod, "pending")
+            self.records[rec.uid] = failed(rec, now=now, policy=self._retry)  # until the ack
+            await self._zds.add(self.workload(rec))
+            await self._source.set_redirection(pod, "enabled")
+        except MeshError:
+            self.records[rec.uid] = failed(rec, now=now, policy=self._retry)
+            raise
+        self.records[rec.uid] = enrolled(rec)
+
+    async def _release(self, rec: PodRecord, pod: PodInfo) -> None:
+        """Rules out, annotation removed, ZDS del to every ztunnel."""
+        if _netns_exists(rec.netns):
+            await self._rules.release(rec.netns)
+        await self._source.set_redirection(pod, None)
+        await self._zds.delete(self.workload(rec).uid)
+        self.records[rec.uid] = released(rec)
+
+    async def _forget(self, rec: PodRecord) -> None:
+        if rec.phase != "unenrolled":
+            await self._zds.delete(self.workload(rec).uid)
+        self.records.pop(rec.uid, None)
+        self._locks.pop(rec.uid, None)
+        self._sandboxes.forget(rec.uid)
+
+    async def reconcile(self) -> None:
+        """One pass over the known pods: enroll, release or forget as the source now says."""
+        pods: Mapping[str, PodInfo] = self._source.pods()
+        for uid in sorted(self.records):
+            async with self._lock(uid):
+                rec = self.records.get(uid)
+                pod = pods.get(uid)
+                action = decide(rec, pod, now=self._clock.monotonic())
+                if rec is None or action is Action.NONE:
+                    continue
+                await self._act(action, rec, pod)
+
+    async def _act(self, action: Action, rec: PodRecord, pod: PodInfo | None) -> None:
+        log = self._pod_log(rec).bind(action=action.value)
+        try:
+            if action is Action.FORGET:
+                await self._forget(rec)
+            elif action is Action.ENROLL and pod is not None:
+                await self._enroll(rec, pod)
+            elif action is Action.RELEASE and pod is not None:
+                await self._release(rec, pod)
+        except MeshError as exc:
+            log.warning("agent.action_failed", error=str(exc), phase=self.records.get(rec.uid, rec).phase)
+            return
+        log.info(
+            "agent.action_done", phase=self.records[rec.uid].phase if rec.uid in self.records else "forgotten"
+        )
+
+    async def run(self) -> None:
+        """Reconciles on every source change, ztunnel connect, and each tick; runs until cancelled."""
+        forward = asyncio.get_running_loop().create_task(self._forward_changes())
+        try:
+            while True:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(self._tick):
+                        await self._wake.wait()
+                self._wake.clear()
+                await self.reconcile()
+        finally:
+            forward.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await forward
+
+    async def _forward_changes(self) -> None:
+        while True:
+            await self._source.wait_changed()
+            self._wake.set()
+
+
+def _plan_for(pod: PodInfo) -> CapturePlan:
+    return plan_capture(bypass_inbound=pod.facts.annotations.get(BYPASS_INBOUND) == "true")
+
+
+def _netns_exists(path: str) -> bool:
+    """One stat of a /var/run/netns entry (tmpfs/nsfs: never blocks in practice)."""
+    return os.path.exists(path)

@@ -1,0 +1,188 @@
+"""Where the node agent learns about pods: the pods of its node, their namespace labels, and where
+it writes their enrollment status (the ``ambient.istio.io/redirection`` annotation).
+
+``PodSource`` is the interface; ``LabPodSource`` reads the lab's state directory
+(docs/lab-state.md), polling the resourceVersion counter (default every 200 ms, plus a full
+re-read every few seconds) and patching annotations with the lab's writers' protocol. A Kubernetes
+source (list/watch pods by ``spec.nodeName``, patch ``pods/status``) plugs in behind the same
+interface.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from mesh.rt.labstate import LabState, LabStateError, patch_pod_annotations
+from ztunnel.cni.enroll import REDIRECTION, PodFacts
+
+__all__ = ["LabPodSource", "PodInfo", "PodSource", "pod_info", "pods_on_node"]
+
+_FULL_EVERY = 25
+
+
+@dataclass(frozen=True, slots=True)
+class PodInfo:
+    """One pod as the node agent sees it."""
+
+    uid: str
+    namespace: str
+    name: str
+    node: str
+    service_account: str
+    facts: PodFacts
+
+    @property
+    def redirection(self) -> str:
+        """The pod's ``ambient.istio.io/redirection`` annotation ("" when absent)."""
+        return str(self.facts.annotations.get(REDIRECTION, ""))
+
+
+def _str_map(value: Any) -> dict[str, str]:
+    return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
+
+
+def pod_info(obj: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> PodInfo | None:
+    """A PodInfo from a Kubernetes-shaped Pod object (None when it lacks a name or uid)."""
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    if not meta.get("name") or not meta.get("uid"):
+        return None
+    facts = PodFacts(
+        namespace_labels=dict(namespace_labels),
+        labels=_str_map(meta.get("labels")),
+        annotations=_str_map(meta.get("annotations")),
+        host_network=bool(spec.get("hostNetwork", False)),
+        deleted=bool(meta.get("deletionTimestamp")),
+    )
+    return PodInfo(
+        uid=str(meta["uid"]),
+        namespace=str(meta.get("namespace") or "default"),
+        name=str(meta["name"]),
+        node=str(spec.get("nodeName") or ""),
+        service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
+        facts=facts,
+    )
+
+
+def pods_on_node(
+    pods: list[dict[str, Any]], namespaces: list[dict[str, Any]], *, node: str
+) -> dict[str, PodInfo]:
+    """The node's pods by uid, each with its namespace's labels."""
+    labels = {
+        str((ns.get("metadata") or {}).get("name")): _str_map((ns.get("metadata") or {}).get("labels"))
+        for ns in namespaces
+    }
+    result: dict[str, PodInfo] = {}
+    for obj in pods:
+        namespace = str((obj.get("metadata") or {}).get("namespace") or "default")
+        info = pod_info(obj, labels.get(namespace, {}))
+        if info is not None and info.node == node:
+            result[info.uid] = info
+    return result
+
+
+class PodSource(Protocol):
+    """The node agent's view of its node's pods."""
+
+    def pods(self) -> Mapping[str, PodInfo]:
+        """The node's pods by uid, as of the last refresh."""
+        ...
+
+    async def wait_changed(self) -> None:
+        """Returns when the view changed since the last call (bound it with ``asyncio.timeout``)."""
+        ...
+
+    async def fetch(self, namespace: str, name: str) -> PodInfo | None:
+        """Reads one pod and its namespace now, bypassing the cached view."""
+        ...
+
+    async def set_redirection(self, pod: PodInfo, value: str | None) -> None:
+        """Sets (or with None removes) the pod's redirection annotation."""
+        ...
+
+    def netns_hint(self, uid: str) -> str | None:
+        """Where the pod's network namespace is, when the source knows (None otherwise)."""
+        ...
+
+
+class LabPodSource:
+    """Pods of one node from the lab's state directory."""
+
+    def __init__(self, root: Path | str, *, node: str, poll_interval: float = 0.2) -> None:
+        self.state = LabState(root)
+        self._node = node
+        self._interval = poll_interval
+        self._pods: dict[str, PodInfo] = {}
+        self._rv = -1
+        self._polls = 0
+        self._changed = asyncio.Event()
+
+    def pods(self) -> Mapping[str, PodInfo]:
+        """The node's pods by uid, as of the last refresh."""
+        return self._pods
+
+    def _read(self) -> dict[str, PodInfo]:
+        return pods_on_node(self.state.list("Pod"), self.state.list("Namespace"), node=self._node)
+
+    async def refresh(self, *, force: bool = False) -> bool:
+        """Re-reads the pods when the counter moved (or ``force``); True when the view changed."""
+        rv = await asyncio.to_thread(self.state.current_rv)
+        if rv == self._rv and not force:
+            return False
+        pods = await asyncio.to_thread(self._read)
+        self._rv = rv
+        if pods == self._pods:
+            return False
+        self._pods = pods
+        self._changed.set()
+        return True
+
+    async def run(self) -> None:
+        """Polls until cancelled; a malformed state file is skipped until the next change."""
+        while True:
+            self._polls += 1
+            try:
+                await self.refresh(force=self._polls % _FULL_EVERY == 0)
+            except LabStateError:
+                self._rv = -1
+            await asyncio.sleep(self._interval)
+
+    async def wait_changed(self) -> None:
+        """Returns when the view changed since the last call (bound it with ``asyncio.timeout``)."""
+        await self._changed.wait()
+        self._changed.clear()
+
+    async def fetch(self, namespace: str, name: str) -> PodInfo | None:
+        """Reads one pod and its namespace now."""
+
+        def read() -> PodInfo | None:
+            obj = self.state.read(("Pod", namespace, name))
+            if obj is None:
+                return None
+            ns = self.state.read(("Namespace", "", namespace)) or {}
+            return pod_info(obj, _str_map((ns.get("metadata") or {}).get("labels")))
+
+        return await asyncio.to_thread(read)
+
+    async def set_redirection(self, pod: PodInfo, value: str | None) -> None:
+        """Patches the annotation on this incarnation (uid) of the pod."""
+        await asyncio.to_thread(
+            patch_pod_annotations, self.state, pod.namespace, pod.name, {REDIRECTION: value}, uid=pod.uid
+        )
+
+    def netns_hint(self, uid: str) -> str | None:
+        """The sandbox path from the lab runtime's CNI result cache (``run/cni/<uid>.json``)."""
+        try:
+            result = json.loads((self.state.root / "run" / "cni" / f"{uid}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        interfaces = result.get("interfaces") if isinstance(result, dict) else None
+        for interface in interfaces if isinstance(interfaces, list) else []:
+            if isinstance(interface, dict) and isinstance(interface.get("sandbox"), str):
+                return str(interface["sandbox"])
+        return None
