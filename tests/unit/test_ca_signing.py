@@ -158,3 +158,11 @@ def test_serving_certificate_names_istiod(root: SigningAuthority, clock: FakeClo
     ]
     cert.verify_directly_issued_by(root.cert)
     assert serving.not_after - serving.not_before == dt.timedelta(days=30) + CLOCK_SKEW
+
+
+def test_short_lived_leaves_are_backdated_by_a_tenth_of_their_ttl() -> None:
+    """A 120 s certificate is renewed near 60 s (half life), not 30 s (catalogue test 24)."""
+    clock = FakeClock()
+    root = create_root(trust_domain=TD, now=clock.now() - 3600)
+    leaf = _issue(root, now=clock.now(), ttl=dt.timedelta(seconds=120))
+    assert leaf.not_valid_before_utc == utc(clock.now()) - dt.timedelta(seconds=12)
