@@ -69,12 +69,14 @@ class ObjectError(ConfigError):
 
 def freeze(value: object) -> Json:
     """Deep-freezes JSON-like data: dicts become read-only mappings, lists become tuples."""
+    if value is None or isinstance(value, (str, int, float)):
+        return value
+    if isinstance(value, dict):
+        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
+    if isinstance(value, (list, tuple)):
+        return tuple([freeze(v) for v in value])
     if isinstance(value, Mapping):
         return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
     return str(value)  # e.g. a datetime that a YAML loader produced
 
 
@@ -134,7 +136,9 @@ class KubeObject:
 
 
 def _mapping(value: Json) -> JsonMap:
-    return value if isinstance(value, Mapping) else _EMPTY
+    if type(value) is MappingProxyType or isinstance(value, Mapping):
+        return value
+    return _EMPTY
 
 
 def _str_map(meta: JsonMap, field: str, where: str) -> Mapping[str, str]:

@@ -10,14 +10,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from types import MappingProxyType
 
-from istiod_lite.translate._fields import FieldError, selector_matches
-from istiod_lite.translate.authz import CompiledPolicy, compile_authorization_policy
+from istiod_lite.translate._fields import FieldError
+from istiod_lite.translate.authz import CompiledPolicy, SelectorIndex, compile_authorization_policy
 from istiod_lite.translate.model import TranslatedResources, TranslateOptions, TranslationWarning, Warnings
 from istiod_lite.translate.peerauth import PeerAuthIndex, PeerAuthn, parse_peer_authentication
 from istiod_lite.translate.services import ServiceInfo, parse_service, ready_endpoints, service_address
 from istiod_lite.translate.workloads import WorkloadContext, pod_workload
 from istiod_lite.view import ClusterView, ObjectKey
-from mesh.api.istio.security import authorization_pb2
 from mesh.api.istio.workload import workload_pb2
 
 __all__ = [
@@ -53,14 +52,10 @@ def build_resources(
     addresses: dict[str, workload_pb2.Address] = {
         s.key: service_address(s, options) for s in services.values()
     }
-    selectors = _selector_index(compiled)
+    selectors = SelectorIndex(compiled, root_namespace=root_namespace)
 
     def policy_keys(namespace: str, labels: Mapping[str, str]) -> list[str]:
-        candidates = selectors.get(namespace, [])
-        if namespace != root_namespace:
-            candidates = candidates + selectors.get(root_namespace, [])
-        keys = sorted(p.key for p in candidates if selector_matches(p.selector or {}, labels))
-        return keys + peer.keys_for(namespace, labels)
+        return selectors.keys_for(namespace, labels) + peer.keys_for(namespace, labels)
 
     ctx = WorkloadContext(view, options, ready_endpoints(view, services, warnings), policy_keys)
     for pod in view.pods.values():
@@ -112,11 +107,3 @@ def _services(
         if info is not None:
             out[obj.key] = info
     return out
-
-
-def _selector_index(policies: list[CompiledPolicy]) -> dict[str, list[CompiledPolicy]]:
-    index: dict[str, list[CompiledPolicy]] = {}
-    for policy in policies:
-        if policy.authorization.scope == authorization_pb2.WORKLOAD_SELECTOR:
-            index.setdefault(policy.authorization.namespace, []).append(policy)
-    return index

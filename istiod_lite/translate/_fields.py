@@ -40,6 +40,8 @@ class FieldError(ConfigError):
 
 def mapping(value: Json, field: str) -> JsonMap:
     """A mapping; None reads as empty."""
+    if type(value) is MappingProxyType:
+        return value
     if value is None:
         return _EMPTY
     if not isinstance(value, Mapping):

@@ -34,7 +34,7 @@ and is skipped with a warning.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from google.protobuf import empty_pb2
@@ -46,6 +46,7 @@ from istiod_lite.translate._fields import (
     mapping,
     match_labels,
     port,
+    selector_matches,
     sequence,
     string,
     strings,
@@ -54,7 +55,13 @@ from istiod_lite.translate.model import Warnings
 from istiod_lite.view import Json, JsonMap, KubeObject
 from mesh.api.istio.security import authorization_pb2 as pb
 
-__all__ = ["L4_WHEN_KEYS", "CompiledPolicy", "compile_authorization_policy", "string_match"]
+__all__ = [
+    "L4_WHEN_KEYS",
+    "CompiledPolicy",
+    "SelectorIndex",
+    "compile_authorization_policy",
+    "string_match",
+]
 
 L4_WHEN_KEYS = frozenset(
     {"source.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
@@ -314,3 +321,36 @@ def compile_authorization_policy(
         dry_run=obj.annotations.get(_DRY_RUN_ANNOTATION) == "true",
     )
     return CompiledPolicy(f"{obj.namespace}/{obj.name}", authorization, selector)
+
+
+class SelectorIndex:
+    """Finds the WORKLOAD_SELECTOR policies that select a workload, without scanning them all.
+
+    A policy applies to workloads of its own namespace and, from the root namespace, to all.
+    Each policy is filed under one of its labels; a workload looks up only its own labels.
+    """
+
+    def __init__(self, policies: Iterable[CompiledPolicy], *, root_namespace: str) -> None:
+        self._root = root_namespace
+        self._all: dict[str, list[CompiledPolicy]] = {}
+        self._by_label: dict[tuple[str, str, str], list[CompiledPolicy]] = {}
+        for policy in policies:
+            if policy.selector is None:
+                continue
+            namespace = policy.authorization.namespace
+            if not policy.selector:
+                self._all.setdefault(namespace, []).append(policy)
+            else:
+                key, value = min(policy.selector.items())
+                self._by_label.setdefault((namespace, key, value), []).append(policy)
+
+    def keys_for(self, namespace: str, labels: Mapping[str, str]) -> list[str]:
+        """The sorted keys of the selector policies that apply to a workload."""
+        found: set[str] = set()
+        for space in {namespace, self._root}:
+            found.update(p.key for p in self._all.get(space, ()))
+            for key, value in labels.items():
+                for policy in self._by_label.get((space, key, value), ()):
+                    if selector_matches(policy.selector or {}, labels):
+                        found.add(policy.key)
+        return sorted(found)
