@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from mesh.rt.loop import run as run_loop
 from meshctl.apps.http1 import HttpParseError, Request, RequestParser, render_response
 
-__all__ = ["Identity", "Reply", "handle", "main"]
+__all__ = ["Identity", "Reply", "handle", "main", "serve", "start_server"]
 
 _MAX_DELAY = 10.0
 
@@ -167,12 +167,17 @@ def identity_from_env(*, name: str | None, version: str | None) -> Identity:
     )
 
 
-async def serve(host: str, port: int, identity: Identity) -> None:
-    """Serves until the process is stopped."""
+async def start_server(host: str, port: int, identity: Identity) -> asyncio.Server:
+    """Listens on ``host:port`` (0: any free port) and serves in the background."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
+    return await loop.create_server(
         lambda: _EchoProtocol(identity), host, port, reuse_address=True, backlog=1024
     )
+
+
+async def serve(host: str, port: int, identity: Identity) -> None:
+    """Serves until the process is stopped."""
+    server = await start_server(host, port, identity)
     print(
         f"httpecho: listening on {host}:{port} as pod {identity.pod!r} version {identity.version!r}",
         flush=True,

@@ -253,6 +253,7 @@ class Lab:
 
     def find_pod(self, ref: str) -> dict[str, Any]:
         """A pod by ``ns/name``, ``ns/prefix`` or a name prefix that matches exactly one pod."""
+        self.store.read_settings()  # a clear error when there is no lab at all
         namespace, _, name = ref.rpartition("/")
         pods = self.pods(namespace or None)
         exact = [p for p in pods if p["metadata"]["name"] == name]

@@ -1,0 +1,65 @@
+"""The meshctl command line without a running lab: parsing, help, and readable errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from meshctl.cli import build_parser, main
+
+BAD = """apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: demo}
+spec:
+  selector: {matchLabels: {app: web}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      containers: [{name: c, command: [sleep, 10]}]
+"""
+
+
+def test_every_lab_subcommand_is_registered() -> None:
+    parser = build_parser()
+    commands = [
+        ["up", "-f", "x.yaml", "--nodes", "3"],
+        ["apply", "-f", "x"],
+        ["delete", "-f", "x"],
+        ["status"],
+        ["exec", "demo/client", "--", "curl", "-s", "http://server/"],
+        ["logs", "-f", "p"],
+        ["down"],
+    ]
+    for argv in commands:
+        args = parser.parse_args(["lab", *argv, "--state", "/tmp/s"] if argv[0] != "exec" else ["lab", *argv])
+        assert callable(args.func)
+    args = parser.parse_args(["lab", "exec", "demo/client", "--", "curl", "-s"])
+    assert args.command[-2:] == ["curl", "-s"]
+
+
+def test_bad_yaml_is_reported_with_file_object_and_field(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(BAD)
+    assert main(["lab", "up", "--state", str(tmp_path / "state"), "-f", str(path)]) == 1
+    err = capsys.readouterr().err
+    assert f"{path}: Deployment demo/web (document 1): field spec.template.spec.containers[0].command" in err
+    assert not (tmp_path / "state").exists()  # nothing was started
+
+
+@pytest.mark.parametrize("command", [["status"], ["apply", "-f", "x.yaml"], ["logs", "p"]])
+def test_commands_need_a_running_lab(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: list[str]
+) -> None:
+    (tmp_path / "x.yaml").write_text("")
+    argv = [
+        "lab",
+        command[0],
+        "--state",
+        str(tmp_path),
+        *[str(tmp_path / c) if c.endswith(".yaml") else c for c in command[1:]],
+    ]
+    assert main(argv) == 1
+    assert "no lab is running" in capsys.readouterr().err
