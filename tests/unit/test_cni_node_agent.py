@@ -1,0 +1,267 @@
+"""The node agent's behaviour with fake rules, a fake ZDS peer and a fake pod source: the order of
+enrollment steps, fail closed, label changes, deletes and restart recovery, as scripts."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+import structlog
+
+from mesh.testing.clock import FakeClock
+from ztunnel.cni.apply import RuleChange
+from ztunnel.cni.enroll import PodFacts
+from ztunnel.cni.node_agent import NodeAgent
+from ztunnel.cni.plugin_server import CniEvent
+from ztunnel.cni.pods import PodInfo
+from ztunnel.cni.rules import CapturePlan
+from ztunnel.cni.sandboxes import Sandbox, SandboxCache
+from ztunnel.cni.zds_server import ZdsRejectedError, ZdsUnavailableError, ZdsWorkload
+
+AMBIENT = {"istio.io/dataplane-mode": "ambient"}
+REDIRECTION = "ambient.istio.io/redirection"
+UID = "Kubernetes//Pod/demo/web-0"
+
+
+class Journal(list[str]):
+    """Every side effect, in order."""
+
+
+class FakeSource:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.view: dict[str, PodInfo] = {}
+
+    def pods(self) -> Mapping[str, PodInfo]:
+        return self.view
+
+    async def wait_changed(self) -> None:
+        raise AssertionError("not used by these tests")
+
+    async def fetch(self, namespace: str, name: str) -> PodInfo | None:
+        return next((p for p in self.view.values() if (p.namespace, p.name) == (namespace, name)), None)
+
+    async def set_redirection(self, pod: PodInfo, value: str | None) -> None:
+        self.journal.append(f"annotate {value}")
+        current = self.view.get(pod.uid)
+        if current is not None:
+            annotations = {k: v for k, v in current.facts.annotations.items() if k != REDIRECTION}
+            annotations |= {REDIRECTION: value} if value else {}
+            facts = dataclasses.replace(current.facts, annotations=annotations)
+            self.view[pod.uid] = dataclasses.replace(current, facts=facts)
+
+    def netns_hint(self, uid: str) -> str | None:
+        return None
+
+    def set_namespace_labels(self, labels: dict[str, str]) -> None:
+        for uid, pod in self.view.items():
+            self.view[uid] = dataclasses.replace(
+                pod, facts=dataclasses.replace(pod.facts, namespace_labels=labels)
+            )
+
+
+class FakeRules:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.captured: set[str] = set()
+
+    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange:
+        changed = netns not in self.captured
+        self.captured.add(netns)
+        self.journal.append("rules" if changed else "rules-unchanged")
+        return RuleChange(iptables=changed, ip_rule=changed)
+
+    async def release(self, netns: str) -> RuleChange:
+        self.journal.append("release-rules")
+        self.captured.discard(netns)
+        return RuleChange(iptables=True, ip_rule=True)
+
+
+class FakeZds:
+    def __init__(self, journal: Journal) -> None:
+        self.journal = journal
+        self.connected = True
+        self.nack = ""
+
+    async def add(self, workload: ZdsWorkload) -> None:
+        if not self.connected:
+            raise ZdsUnavailableError("no ztunnel is connected")
+        self.journal.append(f"zds add {workload.uid} sa={workload.service_account}")
+        if self.nack:
+            raise ZdsRejectedError(self.nack)
+
+    async def delete(self, uid: str) -> int:
+        self.journal.append(f"zds del {uid}")
+        return 1 if self.connected else 0
+
+
+@dataclasses.dataclass
+class World:
+    agent: NodeAgent
+    source: FakeSource
+    rules: FakeRules
+    zds: FakeZds
+    journal: Journal
+    clock: FakeClock
+    netns: str
+    cache: SandboxCache
+
+
+def _world(tmp_path: Path) -> World:
+    journal = Journal()
+    source, rules, zds, clock = FakeSource(journal), FakeRules(journal), FakeZds(journal), FakeClock()
+    cache = SandboxCache(tmp_path / "pods")
+    netns = tmp_path / "netns-p1"
+    netns.write_text("")
+    agent = NodeAgent(
+        source=source, rules=rules, zds=zds, sandboxes=cache, clock=clock, log=structlog.get_logger()
+    )
+    pod = PodInfo("u1", "demo", "web-0", "n1", "web", PodFacts(AMBIENT, {}, {}))
+    source.view["u1"] = pod
+    return World(agent, source, rules, zds, journal, clock, str(netns), cache)
+
+
+def _add(world: World, command: str = "ADD") -> CniEvent:
+    return CniEvent(command, "c1", world.netns, "demo", "web-0", pod_uid="u1")
+
+
+async def test_add_enrolls_in_order_and_marks_enabled_only_after_the_ack(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    verdict = await w.agent.handle(_add(w))
+    assert verdict.ok, verdict
+    assert w.journal == ["rules", "annotate pending", f"zds add {UID} sa=web", "annotate enabled"]
+    assert w.agent.records["u1"].phase == "enabled"
+    assert w.agent.snapshot() == [ZdsWorkload(UID, "web-0", "demo", "web", w.netns)]
+    assert w.cache.load()["u1"] == Sandbox("u1", "demo", "web-0", w.netns, "c1")
+
+
+@pytest.mark.parametrize("failure", ["disconnected", "nack"])
+async def test_add_fails_closed_leaving_rules_and_pending(tmp_path: Path, failure: str) -> None:
+    w = _world(tmp_path)
+    w.zds.connected = failure != "disconnected"
+    w.zds.nack = "cannot create proxy" if failure == "nack" else ""
+    verdict = await w.agent.handle(_add(w))
+    assert not verdict.ok and verdict.code == 11 and "not enrolled" in verdict.msg
+    assert w.journal[-1] != "annotate enabled"
+    assert w.source.view["u1"].redirection == "pending"
+    assert w.rules.captured == {w.netns}
+    assert w.agent.snapshot() == []  # a pending pod is not replayed as enrolled
+
+
+async def test_add_of_a_pod_outside_the_mesh_does_nothing(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    w.source.set_namespace_labels({})
+    verdict = await w.agent.handle(_add(w))
+    assert verdict.ok and "not enrolled" in verdict.msg
+    assert w.journal == []
+    assert w.agent.records["u1"].phase == "unenrolled"  # but its namespace is remembered
+
+
+async def test_add_for_an_unknown_pod_fails(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    verdict = await w.agent.handle(dataclasses.replace(_add(w), name="ghost"))
+    assert not verdict.ok and verdict.code == 11 and "not in the cluster state" in verdict.msg
+    verdict = await w.agent.handle(dataclasses.replace(_add(w), pod_uid="other-uid"))
+    assert not verdict.ok
+
+
+async def test_pending_pod_is_retried_with_backoff_and_at_once_when_ztunnel_connects(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    w.zds.connected = False
+    await w.agent.handle(_add(w))
+    w.journal.clear()
+    await w.agent.reconcile()
+    assert w.journal == []  # backing off
+    w.clock.advance(1.0)
+    await w.agent.reconcile()
+    assert w.journal == ["rules-unchanged"]  # retried, ztunnel still away
+    w.journal.clear()
+    w.zds.connected = True
+    w.agent.zds_ready()
+    await w.agent.reconcile()
+    assert w.journal == ["rules-unchanged", f"zds add {UID} sa=web", "annotate enabled"]
+    assert w.agent.records["u1"].phase == "enabled"
+
+
+async def test_namespace_relabel_enrolls_then_releases_a_running_pod(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    w.source.set_namespace_labels({})
+    await w.agent.handle(_add(w))
+    w.source.set_namespace_labels(AMBIENT)
+    await w.agent.reconcile()
+    assert w.journal == ["rules", "annotate pending", f"zds add {UID} sa=web", "annotate enabled"]
+    w.journal.clear()
+    w.source.set_namespace_labels({})
+    await w.agent.reconcile()
+    assert w.journal == ["release-rules", "annotate None", f"zds del {UID}"]
+    assert w.agent.records["u1"].phase == "unenrolled" and not w.rules.captured
+    w.journal.clear()
+    await w.agent.reconcile()
+    assert w.journal == []
+
+
+async def test_deleted_pod_is_removed_from_ztunnel_and_forgotten(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    await w.agent.handle(_add(w))
+    w.journal.clear()
+    del w.source.view["u1"]
+    await w.agent.reconcile()
+    assert w.journal == [f"zds del {UID}"]
+    assert w.agent.records == {} and w.cache.load() == {}
+
+
+async def test_cni_del_forgets_the_pod(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    await w.agent.handle(_add(w))
+    w.journal.clear()
+    verdict = await w.agent.handle(_add(w, "DEL"))
+    assert verdict.ok and w.journal == [f"zds del {UID}"]
+    assert w.agent.records == {} and w.cache.load() == {}
+    assert (await w.agent.handle(_add(w, "DEL"))).ok  # DEL twice is fine
+
+
+async def test_check_says_whether_an_ambient_pod_is_enrolled(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    assert not (await w.agent.handle(_add(w, "CHECK"))).ok
+    await w.agent.handle(_add(w))
+    assert (await w.agent.handle(_add(w, "CHECK"))).ok
+
+
+async def test_restart_recovers_from_annotations_and_cache_without_touching_rules(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    await w.agent.handle(_add(w))
+    restarted = NodeAgent(
+        source=w.source,
+        rules=w.rules,
+        zds=w.zds,
+        sandboxes=w.cache,
+        clock=w.clock,
+        log=structlog.get_logger(),
+    )
+    w.journal.clear()
+    await restarted.recover()
+    await restarted.reconcile()
+    assert w.journal == ["rules-unchanged"]  # checked, not rewritten; no annotation flaps
+    assert restarted.snapshot() == w.agent.snapshot()
+
+
+async def test_restart_forgets_sandboxes_whose_namespace_is_gone(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    await w.agent.handle(_add(w))
+    _remove(w.netns)
+    restarted = NodeAgent(
+        source=w.source,
+        rules=w.rules,
+        zds=w.zds,
+        sandboxes=w.cache,
+        clock=w.clock,
+        log=structlog.get_logger(),
+    )
+    await restarted.recover()
+    assert restarted.records == {} and w.cache.load() == {}
+
+
+def _remove(path: str) -> None:
+    Path(path).unlink()

@@ -1,0 +1,104 @@
+"""What the agent feeds iptables-restore given what iptables-save shows: nothing when the capture
+is in place, a rebuild without duplicate jumps when it is not, plan_release for a clean removal."""
+
+from __future__ import annotations
+
+import pytest
+
+from ztunnel.cni.rules import plan_capture, plan_release
+from ztunnel.cni.ruleset import capture_input, ip_rule_present, parse_save, release_input
+
+PLAN = plan_capture().iptables_restore
+EMPTY = (
+    "*mangle\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*nat\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n"
+)
+
+
+def _saved_after(restore: str) -> str:
+    """What iptables-save shows after applying ``restore`` to an empty namespace (no duplicates)."""
+    builtin = {"mangle": ("PREROUTING", "OUTPUT"), "nat": ("PREROUTING", "OUTPUT")}
+    out = ""
+    for table, block in (chunk.split("\n", 1) for chunk in restore.split("*")[1:]):
+        chains = [line.split()[0][1:] for line in block.splitlines() if line.startswith(":")]
+        rules = [line for line in block.splitlines() if line.startswith("-A")]
+        out += f"*{table}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in builtin[table])
+        out += "".join(f":{c} - [0:0]\n" for c in chains) + "".join(f"{r}\n" for r in rules) + "COMMIT\n"
+    return out
+
+
+FULL = _saved_after(PLAN)
+
+
+def test_empty_namespace_gets_the_whole_plan() -> None:
+    assert capture_input(PLAN, EMPTY) == PLAN
+
+
+def test_complete_capture_is_left_alone() -> None:
+    assert capture_input(PLAN, FULL) is None
+
+
+def test_duplicated_jump_is_removed_and_chains_rebuilt() -> None:
+    doubled = FULL.replace("-A PREROUTING -j ISTIO_PRERT\n", "-A PREROUTING -j ISTIO_PRERT\n" * 2, 1)
+    restore = capture_input(PLAN, doubled)
+    assert restore is not None
+    mangle = restore.split("*nat")[0]
+    assert "-D PREROUTING -j ISTIO_PRERT" in mangle
+    assert "-A PREROUTING -j ISTIO_PRERT" not in mangle
+    assert "*nat" not in restore  # the nat table was already right
+
+
+def test_changed_chain_is_rebuilt_without_adding_jumps_again() -> None:
+    tampered = FULL.replace("--to-ports 15001", "--to-ports 15999")
+    restore = capture_input(PLAN, tampered)
+    assert restore is not None and "*mangle" not in restore
+    nat = parse_save(restore)
+    assert ":ISTIO_OUTPUT - [0:0]" in restore  # declaring flushes the chain: rebuilt whole
+    assert not [r for r in nat.table_rules("nat") if r.split()[1] in ("PREROUTING", "OUTPUT")]
+    assert any(r.endswith("--to-ports 15001") for r in nat.table_rules("nat"))
+
+
+def test_missing_jump_is_added() -> None:
+    restore = capture_input(PLAN, FULL.replace("-A OUTPUT -j ISTIO_OUTPUT\n", "", 1))
+    assert restore is not None
+    assert "-A OUTPUT -j ISTIO_OUTPUT" in restore.split("*nat")[0]
+
+
+def test_bypass_plan_differs_from_full_capture() -> None:
+    assert capture_input(plan_capture(bypass_inbound=True).iptables_restore, FULL) is not None
+
+
+def test_release_of_a_complete_capture_is_plan_release() -> None:
+    assert release_input(PLAN, FULL) == plan_release()
+
+
+def test_release_of_nothing_is_nothing() -> None:
+    assert release_input(PLAN, EMPTY) is None
+
+
+def test_release_of_a_damaged_capture_removes_what_is_there() -> None:
+    damaged = FULL.replace("-A OUTPUT -j ISTIO_OUTPUT\n", "", 1)
+    damaged = damaged.replace("-A PREROUTING -j ISTIO_PRERT\n", "-A PREROUTING -j ISTIO_PRERT\n" * 2)
+    restore = release_input(PLAN, damaged)
+    assert restore is not None
+    mangle = restore.split("*nat")[0]
+    assert mangle.count("-D PREROUTING -j ISTIO_PRERT") == 2
+    assert "-D OUTPUT" not in mangle
+    assert "-X ISTIO_OUTPUT" in mangle and "-X ISTIO_PRERT" in mangle
+
+
+@pytest.mark.parametrize(
+    ("shown", "present"),
+    [
+        ("32764:\tfrom all fwmark 0x111/0xfff lookup 100 \n", True),
+        (
+            "32764:\tfrom all fwmark 0x111/0xfff lookup 100\n" * 2,
+            True,
+        ),
+        ("", False),
+        ("32764:\tfrom all fwmark 0x111/0xfff lookup 101\n", False),
+        ("32765:\tfrom all fwmark 0x111/0xfff lookup 100\n", False),
+        ("32764:\tfrom all fwmark 0x539/0xfff lookup 100\n", False),
+    ],
+)
+def test_ip_rule_present(shown: str, present: bool) -> None:
+    assert ip_rule_present(shown, fwmark="0x111/0xfff", table=100, priority=32764) is present
