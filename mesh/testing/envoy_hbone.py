@@ -20,6 +20,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 import zlib
 from collections.abc import AsyncIterator
@@ -39,6 +40,7 @@ __all__ = [
     "hbone_server_config",
     "proc_stats",
     "running_envoy",
+    "start_envoy",
 ]
 
 STREAM_WINDOW = 4 * 1024 * 1024
@@ -330,3 +332,21 @@ def proc_stats(pid: int) -> tuple[float, float]:
         if line.startswith("VmHWM:"):
             hwm = int(line.split()[1]) / 1024
     return cpu, hwm
+
+
+def start_envoy(
+    config: dict[str, Any], workdir: Path, *, name: str = "envoy", timeout: float = 30.0
+) -> EnvoyProcess:
+    """Blocking variant of :func:`running_envoy` for synchronous tools; call ``stop()`` when done."""
+    launch = _launch(config, workdir, name)
+    deadline = time.monotonic() + timeout
+    try:
+        while (ready := _poll_ready(launch)) is None:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"envoy {name} was not ready within {timeout} s")
+            time.sleep(0.05)
+    except BaseException:
+        launch.process.kill()
+        launch.process.wait(timeout=5)
+        raise
+    return EnvoyProcess(launch.process, ready[0], ready[1], launch.log_path)

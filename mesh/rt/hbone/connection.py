@@ -38,6 +38,9 @@ from mesh.rt.tls import PeerRejectedError
 
 __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]
 
+_READ_BUFFER = 256 * 1024 + 256
+"""uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
+
 
 class ConnectionClosedError(MeshError):
     """The HBONE connection ended (or was going away) before the operation could complete."""
@@ -47,7 +50,7 @@ class KeepaliveTimeoutError(ConnectionClosedError):
     """The peer did not answer a PING within the keepalive timeout: it is presumed dead."""
 
 
-class HboneConnection(asyncio.Protocol):
+class HboneConnection(asyncio.BufferedProtocol):
     """Drives an engine over a TLS transport; subclasses verify the peer and handle their role's events."""
 
     client_side: ClassVar[bool]
@@ -73,6 +76,7 @@ class HboneConnection(asyncio.Protocol):
         self.buffered_bytes = 0
         self.write_blocked = False
         self._acks: dict[int, int] = {}
+        self._read_buffer = bytearray(_READ_BUFFER)
         self._blocked: dict[int, HboneStream] = {}
         self._in_batch = False
         self._read_paused = False
@@ -128,7 +132,26 @@ class HboneConnection(asyncio.Protocol):
         if not self.ready_on_settings_ack and not self.ready.done():
             self.ready.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
+    def get_buffer(self, sizehint: int) -> bytearray:
+        """The buffer TLS decrypts into, reused while nothing still refers to the previous read.
+
+        The engine hands out DATA as views of this buffer. A view that outlives its read (held by a
+        transport's write queue, or a paused stream) keeps the buffer exported; a bytearray with
+        exports cannot be resized, which is how we notice and switch to a fresh buffer instead.
+        """
+        buf = self._read_buffer
+        try:
+            buf.append(0)
+            del buf[-1]
+        except BufferError:
+            buf = self._read_buffer = bytearray(_READ_BUFFER)
+        return buf
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were decrypted into the read buffer."""
+        self.data_received(memoryview(self._read_buffer)[:nbytes])
+
+    def data_received(self, data: bytes | memoryview) -> None:
         """Feeds the engine; dispatches events; writes once."""
         if self._closed:
             return
@@ -145,6 +168,7 @@ class HboneConnection(asyncio.Protocol):
                         stream.on_data(event.data, event.flow_controlled_length)
                 else:
                     self._on_event(event)
+            events.clear()  # the engine keeps the list: drop the views into the read buffer now
         finally:
             self._in_batch = False
         self.flush()
