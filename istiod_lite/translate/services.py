@@ -15,7 +15,7 @@ Kubernetes keep readiness per Service.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from istiod_lite.translate._fields import (
@@ -31,7 +31,14 @@ from istiod_lite.translate.model import TranslateOptions, Warnings
 from istiod_lite.view import ClusterView, Json, JsonMap, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2 as pb
 
-__all__ = ["ServiceInfo", "ServicePort", "parse_service", "ready_endpoints", "service_address"]
+__all__ = [
+    "ServiceInfo",
+    "ServicePort",
+    "parse_service",
+    "ready_endpoints",
+    "service_address",
+    "slice_endpoints",
+]
 
 _SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 _APP_PROTOCOLS = {"http": pb.HTTP11, "http2": pb.HTTP2, "kubernetes.io/h2c": pb.HTTP2, "grpc": pb.GRPC}
@@ -128,7 +135,7 @@ def service_address(info: ServiceInfo, options: TranslateOptions) -> pb.Address:
     return pb.Address(service=service)
 
 
-def _slice_endpoints(es: KubeObject) -> list[tuple[ObjectKey, str]]:
+def slice_endpoints(es: KubeObject) -> list[tuple[ObjectKey, str]]:
     """(pod key, pod uid or "") of the ready, pod-backed endpoints of one EndpointSlice."""
     body = es.body
     if string(body.get("addressType"), "addressType") == "FQDN":
@@ -149,16 +156,23 @@ def _slice_endpoints(es: KubeObject) -> list[tuple[ObjectKey, str]]:
 
 
 def ready_endpoints(
-    view: ClusterView, services: Mapping[ObjectKey, ServiceInfo], warnings: Warnings
+    view: ClusterView,
+    services: Mapping[ObjectKey, ServiceInfo],
+    warnings: Warnings,
+    *,
+    parse: Callable[[KubeObject], list[tuple[ObjectKey, str]]] = slice_endpoints,
 ) -> dict[ObjectKey, list[tuple[ServiceInfo, str]]]:
-    """For each pod key: the Services it is a ready endpoint of, with the targetRef uid seen."""
+    """For each pod key: the Services it is a ready endpoint of, with the targetRef uid seen.
+
+    ``parse`` reads one EndpointSlice (``slice_endpoints``, or a memoized form of it).
+    """
     index: dict[ObjectKey, list[tuple[ServiceInfo, str]]] = {}
     for es in view.endpoint_slices.values():
         service = services.get((es.namespace, es.labels.get(_SERVICE_NAME_LABEL, "")))
         if service is None:
             continue
         try:
-            endpoints = _slice_endpoints(es)
+            endpoints = parse(es)
         except FieldError as exc:
             warnings.add(es, exc.field, f"{exc.problem}; the EndpointSlice is skipped")
             continue

@@ -218,3 +218,20 @@ def test_selector_policies_listed_sorted_root_namespace_ones_included() -> None:
     ]
     w = one(pod("p", labels={"app": "web"}), *policies)
     assert list(w.authorization_policies) == ["demo/a-web", "demo/z-web", "istio-system/mesh-web"]
+
+
+@pytest.mark.parametrize(
+    ("labels", "expected"),
+    [
+        ({"app": "web", "tier": "front"}, ["demo/every-pod", "demo/front-web"]),
+        ({"app": "web"}, ["demo/every-pod"]),
+        ({"tier": "front"}, ["demo/every-pod"]),
+        ({}, ["demo/every-pod"]),
+    ],
+)
+def test_every_selector_label_must_match(labels: dict[str, str], expected: list[str]) -> None:
+    policies = [
+        authz("front-web", selector={"matchLabels": {"tier": "front", "app": "web"}}),
+        authz("every-pod", selector={}),
+    ]
+    assert list(one(pod("p", labels=labels), *policies).authorization_policies) == expected
