@@ -21,17 +21,16 @@ import argparse
 import asyncio
 import json
 import os
-import random
 import statistics
 import subprocess
 import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import grpc
 
-from istiod_lite.push.debounce import DebounceSettings
 from istiod_lite.push.hub import Hub
 from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.translated import translated_build
@@ -42,119 +41,16 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.logs import configure_logging
 from mesh.rt.loop import run
 from mesh.rt.metrics import build_registry
-from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode
+from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from perf._xds_agents import run_agents
+from perf._xds_cluster import QUICK, Scale, cluster_objects, pod
 
-__all__ = ["Scale", "main"]
-
-
-@dataclass(frozen=True, slots=True)
-class Scale:
-    """How big a run is."""
-
-    pods: int = 10_000
-    services: int = 1_000
-    policies: int = 1_000
-    subscribers: int = 100
-    namespaces: int = 100
-    nodes: int = 10
+__all__ = ["Scale", "main", "serve_once"]
 
 
-QUICK = Scale(pods=1_000, services=100, policies=100, subscribers=10, namespaces=10, nodes=4)
 _TYPES = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL)
-_DOMAIN = "istio-system.svc.cluster.local"
+_REPO = Path(__file__).resolve().parents[1]
 _SERVER_OPTIONS = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", 64 << 20)]
-
-
-def _pod(i: int, scale: Scale, *, generation: int = 0) -> dict[str, Any]:
-    ns, app = f"ns-{i % scale.namespaces}", f"svc-{i % scale.services}"
-    ip = f"10.{64 + i // 65536}.{i // 256 % 256}.{i % 256}"
-    return {
-        "apiVersion": "v1",
-        "kind": "Pod",
-        "metadata": {
-            "name": f"pod-{i}",
-            "namespace": ns,
-            "uid": f"uid-pod-{i}",
-            "labels": {"app": app, "version": f"v{generation}"},
-            "annotations": {"ambient.istio.io/redirection": "enabled"},
-        },
-        "spec": {
-            "nodeName": f"node-{i % scale.nodes}",
-            "serviceAccountName": app,
-            "containers": [{"name": "c"}],
-        },
-        "status": {
-            "phase": "Running",
-            "podIP": ip,
-            "podIPs": [{"ip": ip}],
-            "conditions": [{"type": "Ready", "status": "True"}],
-        },
-    }
-
-
-def _service(k: int, scale: Scale) -> list[dict[str, Any]]:
-    ns, name = f"ns-{k % scale.namespaces}", f"svc-{k}"
-    members = [
-        i for i in range(k, scale.pods, scale.services) if i % scale.namespaces == k % scale.namespaces
-    ]
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": ns, "uid": f"uid-svc-{k}"},
-        "spec": {
-            "clusterIP": f"10.96.{k // 256}.{k % 256}",
-            "selector": {"app": name},
-            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
-        },
-    }
-    endpoints = [
-        {
-            "addresses": [_pod(i, scale)["status"]["podIP"]],
-            "conditions": {"ready": True},
-            "nodeName": f"node-{i % scale.nodes}",
-            "targetRef": {"kind": "Pod", "namespace": ns, "name": f"pod-{i}"},
-        }
-        for i in members
-    ]
-    meta = {"name": f"{name}-x", "namespace": ns, "labels": {"kubernetes.io/service-name": name}}
-    slice_: dict[str, Any] = {"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice", "metadata": meta}
-    slice_.update(addressType="IPv4", endpoints=endpoints, ports=[{"name": "http", "port": 8080}])
-    return [service, slice_]
-
-
-def _policy(j: int, scale: Scale) -> dict[str, Any]:
-    ns = f"ns-{j % scale.namespaces}"
-    spec: dict[str, Any] = {
-        "action": "ALLOW" if j % 5 else "DENY",
-        "rules": [
-            {
-                "from": [{"source": {"principals": [f"cluster.local/ns/{ns}/sa/svc-{j % scale.services}"]}}],
-                "to": [{"operation": {"ports": ["8080", "9090"]}}],
-            }
-        ],
-    }
-    if j % 2:
-        spec["selector"] = {"matchLabels": {"app": f"svc-{j % scale.services}"}}
-    meta = {"name": f"policy-{j}", "namespace": ns, "uid": f"uid-ap-{j}"}
-    return {
-        "apiVersion": "security.istio.io/v1",
-        "kind": "AuthorizationPolicy",
-        "metadata": meta,
-        "spec": spec,
-    }
-
-
-def cluster_objects(scale: Scale) -> list[dict[str, Any]]:
-    """Namespaces, pods, services with their EndpointSlices, and AuthorizationPolicies."""
-    objects: list[dict[str, Any]] = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": f"ns-{n}"}}
-        for n in range(scale.namespaces)
-    ]
-    objects.extend(_pod(i, scale) for i in range(scale.pods))
-    for k in range(scale.services):
-        objects.extend(_service(k, scale))
-    objects.extend(_policy(j, scale) for j in range(scale.policies))
-    return objects
 
 
 def _rss_mb() -> tuple[float, float]:
@@ -184,36 +80,23 @@ async def _until(predicate: Any, *, within: float, what: str) -> None:
         await asyncio.sleep(0.002)
 
 
-def _spawn_agents(port: int, scale: Scale) -> subprocess.Popen[bytes]:
-    argv = [sys.executable, "-m", "perf.bench_xds", "--agents", f"127.0.0.1:{port}", str(scale.subscribers)]
-    return subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
-
-
-def _keep(name: str, packed: Any) -> object:
-    del name
-    return packed
-
-
-async def _run_agents(target: str, count: int) -> None:
-    """The subscriber process: ``count`` clients on one loop until stdin closes."""
-    clients = [
-        XdsClient(
-            target,
-            node=XdsNode(
-                id=f"ztunnel~10.1.{i // 256}.{i % 256}~ztunnel-{i}.istio-system~{_DOMAIN}",
-                metadata={"NODE_NAME": f"node-{i}"},
-            ),
-            converters={t: _keep for t in _TYPES},
-            on_state=lambda state: None,
-            rng=random.Random(i),
-        )
-        for i in range(count)
-    ]
-    tasks = [asyncio.create_task(c.run()) for c in clients]
-    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+def _spawn_agents(port: int, scale: Scale, *, processes: int, lean: bool) -> list[subprocess.Popen[bytes]]:
+    share = -(-scale.subscribers // processes)
+    out = []
+    for first in range(0, scale.subscribers, share):
+        count = min(share, scale.subscribers - first)
+        argv = [
+            sys.executable,
+            "-m",
+            "perf.bench_xds",
+            "--agents",
+            f"127.0.0.1:{port}",
+            str(first),
+            str(count),
+        ]
+        argv += ["--lean"] if lean else []
+        out.append(subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, cwd=_REPO))
+    return out
 
 
 def _fill(scale: Scale) -> tuple[Informers, Any]:
@@ -225,7 +108,14 @@ def _fill(scale: Scale) -> tuple[Informers, Any]:
     return informers, sink
 
 
-async def _full_push(plane: PushPlane, scale: Scale) -> dict[str, float]:
+def _cpu_s(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (from /proc)."""
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        fields = stat.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+async def _full_push(plane: PushPlane, scale: Scale, agent_pids: list[int]) -> dict[str, float]:
     hub = plane.hub
 
     def subscribed() -> bool:
@@ -237,9 +127,15 @@ async def _full_push(plane: PushPlane, scale: Scale) -> dict[str, float]:
     snapshot = plane.pusher.rebuild()
     built = time.perf_counter()
     assert snapshot is not None, "the first build failed; see the log"
+    server_cpu, agents_cpu = _cpu_s(), sum(_cpu_s(pid) for pid in agent_pids)
     await _until(lambda: _acked(hub, snapshot.version, scale.subscribers), within=120, what="all ACKs")
     done = time.perf_counter()
-    return {"full_push_s": done - started, "first_build_s": built - started}
+    return {
+        "full_push_s": done - started,
+        "first_build_s": built - started,
+        "push_server_cpu_s": _cpu_s() - server_cpu,
+        "push_agents_cpu_s": sum(_cpu_s(pid) for pid in agent_pids) - agents_cpu,
+    }
 
 
 def _address_acked(hub: Hub, version: str) -> bool:
@@ -251,36 +147,39 @@ def _address_acked(hub: Hub, version: str) -> bool:
 
 
 async def _pod_change(plane: PushPlane, sink: Any, scale: Scale, generation: int) -> dict[str, float]:
-    changed = parse_object(_pod(7 * generation, scale, generation=generation))
+    """One pod's labels change; times until every subscriber ACKed the new Address version."""
+    changed = parse_object(pod(7 * generation, scale, generation=generation))
     before = plane.hub.current.counter
     started, wall = time.perf_counter(), time.time()
     sink.upsert(changed)
     await _until(lambda: plane.hub.current.counter > before, within=30, what="the rebuild")
-    snapshot = plane.hub.current
+    published, snapshot = time.perf_counter(), plane.hub.current
     await _until(lambda: _address_acked(plane.hub, snapshot.version), within=30, what="the change ACKs")
     done, done_wall = time.perf_counter(), time.time()
-    return {"change_to_all_s": done - started, "snapshot_to_all_s": done_wall - snapshot.created_at,
-            "debounce_and_build_s": snapshot.created_at - wall}  # fmt: skip
+    return {
+        "change_to_all_s": done - started,
+        "debounce_and_translate_s": snapshot.created_at - wall,
+        "snapshot_to_all_s": done_wall - snapshot.created_at,
+        "publish_to_all_s": done - published,
+    }
 
 
-async def _serve(scale: Scale, *, changes: int = 5) -> dict[str, float]:
-    """One run: server in this process, subscribers in a child process."""
+async def serve_once(scale: Scale, *, agent_processes: int, lean: bool, changes: int = 5) -> dict[str, float]:
+    """One run: the server in this process, the subscribers in ``agent_processes`` children."""
     informers, sink = _fill(scale)
     started = time.perf_counter()
     translated = build_resources(informers.view())
     result = {"translate_s": time.perf_counter() - started}
     result["addresses"], result["authorizations"] = len(translated.addresses), len(translated.authorizations)
-    plane = PushPlane(
-        translated_build(informers), clock=SystemClock(), registry=build_registry(component="istiod_lite"),
-        settings=DebounceSettings(),
-    )  # fmt: skip
+    registry = build_registry(component="istiod_lite")
+    plane = PushPlane(translated_build(informers), clock=SystemClock(), registry=registry)
     informers.on_change(plane.mark_dirty)
     server = grpc.aio.server(handlers=[plane.rpc_handler()], options=_SERVER_OPTIONS)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    agents = _spawn_agents(port, scale)
+    agents = _spawn_agents(port, scale, processes=agent_processes, lean=lean)
     try:
-        result.update(await _full_push(plane, scale))
+        result.update(await _full_push(plane, scale, [a.pid for a in agents]))
         runner = asyncio.create_task(plane.run(build_first=False))
         samples = [await _pod_change(plane, sink, scale, g) for g in range(1, changes + 1)]
         runner.cancel()
@@ -288,52 +187,67 @@ async def _serve(scale: Scale, *, changes: int = 5) -> dict[str, float]:
             result[key] = statistics.median(s[key] for s in samples)
         result["rss_mb"], result["peak_rss_mb"] = _rss_mb()
     finally:
-        assert agents.stdin is not None
-        agents.stdin.close()
-        agents.wait(timeout=30)
+        for agent in agents:
+            assert agent.stdin is not None
+            agent.stdin.close()
+            agent.wait(timeout=30)
         await server.stop(0)
     return result
 
 
-def _one_run(quick: bool) -> dict[str, float]:
-    argv = [sys.executable, "-m", "perf.bench_xds", "--serve", *(["--quick"] if quick else [])]
-    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600).stdout
+def _one_run(args: argparse.Namespace, *, lean: bool) -> dict[str, float]:
+    argv = [sys.executable, "-m", "perf.bench_xds", "--serve", f"--agent-processes={args.agent_processes}"]
+    argv += (["--quick"] if args.quick else []) + (["--lean"] if lean else [])
+    out = subprocess.run(argv, check=True, capture_output=True, text=True, timeout=600, cwd=_REPO).stdout
     parsed: dict[str, float] = json.loads(out.strip().splitlines()[-1])
     return parsed
 
 
-def _report(runs: list[dict[str, float]], scale: Scale) -> dict[str, Any]:
-    median = {key: statistics.median(r[key] for r in runs) for key in runs[0]}
+def _median(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {key: round(statistics.median(r[key] for r in runs), 4) for key in runs[0]}
+
+
+def _report(full: list[dict[str, float]], lean: list[dict[str, float]], scale: Scale) -> dict[str, Any]:
+    median = _median(full)
     return {
         "scale": asdict(scale),
-        "runs": len(runs),
-        "median": {k: round(v, 4) for k, v in median.items()},
+        "runs": len(full),
+        "xds_client_agents": median,
+        "lean_agents": _median(lean),
         "targets": {
             "full_push_s < 2": median["full_push_s"] < 2,
             "change_to_all_s < 0.2": median["change_to_all_s"] < 0.2,
             "rss_mb < 300": median["rss_mb"] < 300,
         },
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": sys.version.split()[0],
+            "date": time.strftime("%Y-%m-%d"),
+        },
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     """Runs the benchmark (or one of its processes) and prints JSON."""
     parser = argparse.ArgumentParser(prog="python -m perf.bench_xds")
-    parser.add_argument("--quick", action="store_true", help="1,000 workloads, 10 subscribers, one run")
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="1,000 workloads, 10 subscribers, one run each")
+    parser.add_argument("--runs", type=int, default=3, help="runs per agent kind; the median is reported")
+    parser.add_argument("--agent-processes", type=int, default=2, help="processes running the subscribers")
     parser.add_argument("--serve", action="store_true", help=argparse.SUPPRESS)
-    parser.add_argument("--agents", nargs=2, metavar=("TARGET", "COUNT"), help=argparse.SUPPRESS)
+    parser.add_argument("--lean", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--agents", nargs=3, metavar=("TARGET", "FIRST", "COUNT"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     configure_logging(level="error")
     scale = QUICK if args.quick else Scale()
     if args.agents:
-        run(_run_agents(args.agents[0], int(args.agents[1])))
+        run(run_agents(args.agents[0], int(args.agents[1]), int(args.agents[2]), lean=args.lean))
     elif args.serve:
-        print(json.dumps(run(_serve(scale))))
+        print(json.dumps(run(serve_once(scale, agent_processes=args.agent_processes, lean=args.lean))))
     else:
-        runs = [_one_run(args.quick) for _ in range(1 if args.quick else args.runs)]
-        print(json.dumps(_report(runs, scale), indent=1))
+        count = 1 if args.quick else args.runs
+        full = [_one_run(args, lean=False) for _ in range(count)]
+        lean = [_one_run(args, lean=True) for _ in range(count)]
+        print(json.dumps(_report(full, lean, scale), indent=1))
     return 0
 
 

@@ -6,7 +6,10 @@ Callers are authenticated like the CA's (``authorization: Bearer <token>`` throu
 namespace must be the proxy's namespace, and a caller bound to a node may only speak for it.
 
 Per stream, one lock serializes "compute responses + write them", so responses leave in the
-order their deltas were computed; the stream's coalescing slot feeds snapshots to it.
+order their deltas were computed; the stream's coalescing slot feeds snapshots to it. At most
+``max_concurrent_writes`` responses are being written at once across all streams (istiod's
+PILOT_PUSH_THROTTLE): a full state is megabytes, and 100 of them in flight at once would sit in
+transport buffers together.
 """
 
 from __future__ import annotations
@@ -63,8 +66,10 @@ class DeltaAdsServer:
         clock: Clock,
         metrics: PushMetrics,
         authenticator: Authenticator | None = None,
+        max_concurrent_writes: int = 16,
     ) -> None:
         self._hub = hub
+        self._throttle = asyncio.Semaphore(max_concurrent_writes)
         self._clock = clock
         self._metrics = metrics
         self._authenticator = authenticator
@@ -187,7 +192,8 @@ class DeltaAdsServer:
     ) -> None:
         for response in responses:
             started = self._clock.monotonic()
-            await context.write(response.encode())
+            async with self._throttle:
+                await context.write(response.encode())
             done = self._clock.monotonic()
             label = short_type(response.type_url)
             self._metrics.pushes.labels(label).inc()

@@ -33,6 +33,7 @@ from mesh.errors import MeshError
 __all__ = [
     "ADDRESS_TYPE_URL",
     "AUTHORIZATION_TYPE_URL",
+    "DELTA_ADS_METHOD",
     "Converter",
     "ResourceRejectedError",
     "ResponseEvent",
@@ -53,6 +54,7 @@ _EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
 
 Converter = Callable[[str, any_pb2.Any], object]
 M = TypeVar("M", bound=Message)
+T = TypeVar("T")
 
 
 class ResourceRejectedError(MeshError):
@@ -121,17 +123,21 @@ def apply_response(
 ) -> tuple[XdsState, ResponseEvent]:
     """The state after ``response`` (pure): good resources applied, bad ones keep their last good value."""
     type_url = response.type_url
-    values = dict(state.resources.get(type_url, {}))
-    versions = dict(state.versions.get(type_url, {}))
+    values = _copy(state.resources.get(type_url))
+    versions = _copy(state.versions.get(type_url))
     rejected: dict[str, str] = {}
+    received = []
     for resource in response.resources:
+        name = resource.name
+        received.append(name)
         try:
-            values[resource.name] = converter(resource.name, resource.resource)
+            values[name] = converter(name, resource.resource)
         except MeshError as exc:
-            rejected[resource.name] = str(exc)
+            rejected[name] = str(exc)
             continue
-        versions[resource.name] = resource.version
-    for name in response.removed_resources:
+        versions[name] = resource.version
+    removed = tuple(response.removed_resources)
+    for name in removed:
         values.pop(name, None)
         versions.pop(name, None)
     new_state = XdsState(
@@ -142,11 +148,20 @@ def apply_response(
         type_url=type_url,
         nonce=response.nonce,
         version=response.system_version_info,
-        received=tuple(r.name for r in response.resources),
-        removed=tuple(response.removed_resources),
+        received=tuple(received),
+        removed=removed,
         rejected=MappingProxyType(rejected),
     )
     return new_state, event
+
+
+def _copy(mapping: Mapping[str, T] | None) -> dict[str, T]:
+    """A mutable copy; ``MappingProxyType.copy`` copies the dict underneath at C speed."""
+    if mapping is None:
+        return {}
+    if isinstance(mapping, MappingProxyType):
+        return mapping.copy()
+    return dict(mapping)
 
 
 def reply_for(event: ResponseEvent) -> discovery_pb2.DeltaDiscoveryRequest:
