@@ -146,18 +146,7 @@ class Translator:
         if not _same(self._policy_inputs, (*compiled, *peers)):
             self._policy_inputs = (*compiled, *peers)
             self._policy_generation += 1
-        for pod in view.pods.values():
-            keys = self._pod_keys.get(
-                pod, partial(_keys, pod, policy_keys), warnings, self._policy_generation
-            )
-            inputs = (tuple(endpoints.get(pod.key, ())), keys, workload_name_and_type(pod, view))
-            try:
-                address = self._pods.get(pod, partial(_pod, pod, ctx), warnings, inputs)
-            except FieldError as exc:
-                warnings.add(pod, exc.field, f"{exc.problem}; the pod is skipped")
-                continue
-            if address is not None:
-                addresses[address.workload.uid] = address
+        self._translate_pods(view, ctx, addresses, warnings)
         for memo in self._memos:
             memo.rotate()
         return TranslatedResources(
@@ -165,6 +154,26 @@ class Translator:
             authorizations=MappingProxyType(dict(sorted(authorizations.items()))),
             warnings=warnings.frozen(),
         )
+
+    def _translate_pods(
+        self,
+        view: ClusterView,
+        ctx: WorkloadContext,
+        addresses: dict[str, workload_pb2.Address],
+        warnings: Warnings,
+    ) -> None:
+        for pod in view.pods.values():
+            keys = self._pod_keys.get(
+                pod, partial(_keys, pod, ctx.policy_keys), warnings, self._policy_generation
+            )
+            inputs = (tuple(ctx.endpoints.get(pod.key, ())), keys, workload_name_and_type(pod, view))
+            try:
+                address = self._pods.get(pod, partial(_pod, pod, ctx), warnings, inputs)
+            except FieldError as exc:
+                warnings.add(pod, exc.field, f"{exc.problem}; the pod is skipped")
+                continue
+            if address is not None:
+                addresses[address.workload.uid] = address
 
     def _compile_policies(self, view: ClusterView, warnings: Warnings) -> list[CompiledPolicy]:
         root = self.options.root_namespace
