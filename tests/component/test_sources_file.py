@@ -65,7 +65,7 @@ def state(tmp_path: Path) -> Path:
 @pytest.fixture
 async def informers(state: Path) -> AsyncIterator[Informers]:
     informers = Informers()
-    task = asyncio.create_task(FileSource(state, informers.sink("lab"), poll_interval=0.05).run())
+    task = asyncio.create_task(FileSource(state, informers.sink("lab")).run())  # the default 200 ms poll
     await asyncio.wait_for(informers.wait_synced(), timeout=5.0)
     yield informers
     task.cancel()
@@ -116,8 +116,9 @@ async def test_malformed_file_skipped_with_warning_naming_it(state: Path, inform
 async def test_a_good_object_survives_a_bad_rewrite(state: Path, informers: Informers) -> None:
     path = object_path(state, pod("web-1"))
     path.write_text("- just\n- a list\n")
-    await asyncio.sleep(0.3)
-    assert ("demo", "web-1") in informers.view().pods
+    write(state, pod("marker", ip="10.244.1.99"))  # same directory: the scan that sees it saw the bad file
+    await until(informers, lambda v: ("demo", "marker") in v.pods)
+    assert informers.view().pods[("demo", "web-1")].labels == {"app": "web"}
     path.unlink()
     await until(informers, lambda v: ("demo", "web-1") not in v.pods)
 
