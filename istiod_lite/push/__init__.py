@@ -1,12 +1,12 @@
 """istiod_lite.push: debounce, versioned snapshots, per-subscriber projection and coalescing, Delta ADS.
 
-Entry points: ``PushPlane`` (assembled), ``DebugServer`` (15014), ``ztunnel_projection``.
+Entry points: ``PushPlane`` (assembled; ``debug_routes()`` for the 15014 HttpServer), ``ztunnel_projection``.
 """
 
 from __future__ import annotations
 
 from istiod_lite.push.debounce import DebounceSettings
-from istiod_lite.push.debug import DebugServer
+from istiod_lite.push.debug import debug_routes
 from istiod_lite.push.hub import BuildFn, ConfigPusher, Hub
 from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.projection import Projection, Subscriber, select_projection, ztunnel_projection
@@ -17,13 +17,13 @@ __all__ = [
     "BuildFn",
     "ConfigPusher",
     "DebounceSettings",
-    "DebugServer",
     "DeltaAdsServer",
     "Hub",
     "Projection",
     "PushPlane",
     "Snapshot",
     "Subscriber",
+    "debug_routes",
     "select_projection",
     "ztunnel_projection",
 ]

@@ -10,11 +10,12 @@ from prometheus_client import CollectorRegistry
 
 from istiod_lite.ca.auth import Authenticator
 from istiod_lite.push.debounce import DebounceSettings, Sleep
-from istiod_lite.push.debug import Route, debug_routes
+from istiod_lite.push.debug import debug_routes
 from istiod_lite.push.hub import BuildFn, ConfigPusher, Hub
 from istiod_lite.push.metrics import PushMetrics
 from istiod_lite.push.server import DeltaAdsServer
 from mesh.clock import Clock
+from mesh.rt.http import Handler
 
 __all__ = ["PushPlane"]
 
@@ -28,7 +29,7 @@ class PushPlane:
         plane.add_to_server(grpc_server)          # the 15012 server that also carries the CA
         informer.on_change(plane.mark_dirty)
         drain.track(asyncio.create_task(plane.run()))
-        DebugServer(plane.debug_routes()).start(port=15014)
+        await HttpServer(plane.debug_routes()).start("0.0.0.0", 15014)
     """
 
     def __init__(
@@ -65,6 +66,6 @@ class PushPlane:
         """Builds the first snapshot, then rebuilds on changes until cancelled."""
         await self.pusher.run(build_first=build_first)
 
-    def debug_routes(self) -> dict[str, Route]:
-        """``/debug/syncz`` and ``/metrics`` for the 15014 DebugServer."""
+    def debug_routes(self) -> dict[str, Handler]:
+        """``/debug/syncz`` and ``/metrics`` for the 15014 ``mesh.rt.http.HttpServer``."""
         return debug_routes(self.hub, self.registry)

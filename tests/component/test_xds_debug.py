@@ -8,7 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from istiod_lite.push.debug import DebugServer, debug_routes
+from istiod_lite.push.debug import debug_routes
+from mesh.rt.http import HttpServer
 from mesh.rt.xds import ADDRESS_TYPE_URL as ADDR
 from mesh.testing.xds import FakeAgent
 from meshctl.proxy_status import fetch_syncz, run
@@ -31,8 +32,8 @@ async def http_get(port: int, raw: bytes) -> tuple[int, bytes]:
 @pytest.fixture
 async def debug() -> AsyncIterator[tuple[int, FakeAgent]]:
     plane = await start_plane(Source())
-    server = DebugServer(debug_routes(plane.hub, plane.registry))
-    port = await server.start(host="127.0.0.1", port=0)
+    server = HttpServer(debug_routes(plane.hub, plane.registry))
+    port = await server.start("127.0.0.1", 0)
     agent = FakeAgent(plane.target)
     agent.start()
     try:
