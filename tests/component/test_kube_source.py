@@ -140,6 +140,18 @@ async def test_lists_every_kind_then_follows_the_watch(
     await until(caches, lambda v: ("demo", "a") not in v.pods)
 
 
+async def test_list_follows_continue_tokens(
+    server: kmock.KubernetesEmulator, informers: Callable[[], Any]
+) -> None:
+    store(server, [pod("b", ip="10.244.1.6")])
+    first_page = {"metadata": {"continue": "page-2", "resourceVersion": "5"}, "items": [pod("a")]}
+    server[kmock.action.LIST, PODS] << once(lambda _: first_page)
+    caches = await informers()
+    lists = list(server[kmock.action.LIST, PODS])
+    assert [r.params.get("continue") for r in lists] == [None, "page-2"] and lists[0].params["limit"] == "500"
+    assert set(caches.view().pods) == {("demo", "a"), ("demo", "b")}
+
+
 async def test_bookmarks_move_the_resource_version(
     server: kmock.KubernetesEmulator, informers: Callable[[], Any]
 ) -> None:
