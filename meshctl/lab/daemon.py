@@ -32,7 +32,7 @@ from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_hosts, render_nat, service_ports
 from meshctl.lab.netops import netns_exec
-from meshctl.lab.network import PodIpam, build_network, node_object, remove_network
+from meshctl.lab.network import NETNS_ANNOTATION, PodIpam, build_network, node_object, remove_network
 from meshctl.lab.objects import ObjKey
 from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
@@ -212,9 +212,15 @@ class LabDaemon:
     def _write_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
 
+        netns = self.settings.pod_netns(meta["uid"])
+
         def change(obj: dict[str, Any]) -> bool:
-            if obj["metadata"].get("uid") != meta["uid"] or obj.get("status") == status:
+            annotations = obj["metadata"].get("annotations") or {}
+            if obj["metadata"].get("uid") != meta["uid"]:
                 return False
+            if obj.get("status") == status and annotations.get(NETNS_ANNOTATION) == netns:
+                return False
+            obj["metadata"]["annotations"] = {**annotations, NETNS_ANNOTATION: netns}
             obj["status"] = status
             return True
 

@@ -112,6 +112,8 @@ def test_objects_and_status_are_kubernetes_shaped(lab: Lab) -> None:
     )
     assert pod["status"]["phase"] == "Running" and pod["status"]["podIP"].startswith("10.244.2.")
     assert pod["status"]["containerStatuses"][0]["restartCount"] == 0
+    netns = pod["metadata"]["annotations"]["lab.meshctl.io/netns"]
+    assert netns == lab.pod_netns(pod) and Path("/var/run/netns", netns).exists()
     (eps,) = lab.objects("EndpointSlice", "demo")
     assert eps["metadata"]["labels"]["kubernetes.io/service-name"] == "server"
     assert sorted(e["nodeName"] for e in eps["endpoints"]) == ["node1", "node2"]
