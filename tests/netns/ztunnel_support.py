@@ -223,7 +223,12 @@ async def run_in(pod: Pod, *argv: str, limit: float = 15.0) -> tuple[int, str, s
     proc = await asyncio.create_subprocess_exec(
         "ip", "netns", "exec", pod.netns, *argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
-    out, err = await asyncio.wait_for(proc.communicate(), limit)
+    try:
+        out, err = await asyncio.wait_for(proc.communicate(), limit)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
     return proc.returncode or 0, out.decode(), err.decode()
 
 
