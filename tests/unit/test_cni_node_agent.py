@@ -33,15 +33,21 @@ class FakeSource:
     def __init__(self, journal: Journal) -> None:
         self.journal = journal
         self.view: dict[str, PodInfo] = {}
+        self.view_version = 1
+        self.fresh: dict[str, PodInfo] = {}  # pods a direct read sees but the cached view not yet
 
     def pods(self) -> Mapping[str, PodInfo]:
         return self.view
+
+    def version(self) -> int:
+        return self.view_version
 
     async def wait_changed(self) -> None:
         raise AssertionError("not used by these tests")
 
     async def fetch(self, namespace: str, name: str) -> PodInfo | None:
-        return next((p for p in self.view.values() if (p.namespace, p.name) == (namespace, name)), None)
+        pods = [*self.fresh.values(), *self.view.values()]
+        return next((p for p in pods if (p.namespace, p.name) == (namespace, name)), None)
 
     async def set_redirection(self, pod: PodInfo, value: str | None) -> None:
         self.journal.append(f"annotate {value}")
@@ -210,6 +216,20 @@ async def test_deleted_pod_is_removed_from_ztunnel_and_forgotten(tmp_path: Path)
     await w.agent.reconcile()
     assert w.journal == [f"zds del {UID}"]
     assert w.agent.records == {} and w.cache.load() == {}
+
+
+async def test_a_stale_view_does_not_undo_a_fresh_add(tmp_path: Path) -> None:
+    """The CNI ADD read the pod at version 5 while the polled view is still at 1 without it."""
+    w = _world(tmp_path)
+    pod = w.source.view.pop("u1")
+    w.source.fresh["u1"] = dataclasses.replace(pod, resource_version=5)
+    assert (await w.agent.handle(_add(w))).ok
+    w.journal.clear()
+    await w.agent.reconcile()
+    assert w.journal == [] and w.agent.records["u1"].phase == "enabled"
+    w.source.view_version = 5  # the view caught up and the pod is really gone
+    await w.agent.reconcile()
+    assert w.journal == [f"zds del {UID}"] and w.agent.records == {}
 
 
 async def test_cni_del_forgets_the_pod(tmp_path: Path) -> None:

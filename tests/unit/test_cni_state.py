@@ -69,7 +69,16 @@ NOW = 100.0
     ],
 )
 def test_decide(record: PodRecord | None, pod: PodInfo | None, action: Action) -> None:
-    assert decide(record, pod, now=NOW) is action
+    assert decide(record, pod, now=NOW, view_version=7) is action
+
+
+@pytest.mark.parametrize("pod", [None, _pod(ns_labels=OUT)])
+def test_a_view_older_than_the_record_is_not_acted_on(pod: PodInfo | None) -> None:
+    """A CNI ADD read state at version 8; a view complete only up to 7 may not know the pod yet
+    (or may hold its namespace's old labels): no forget, no release until the view catches up."""
+    record = dataclasses.replace(_rec("enabled"), since=8)
+    assert decide(record, pod, now=NOW, view_version=7) is Action.NONE
+    assert decide(record, pod, now=NOW, view_version=8) is not Action.NONE
 
 
 def test_failures_back_off_doubling_up_to_the_cap() -> None:
@@ -87,7 +96,7 @@ def test_failures_back_off_doubling_up_to_the_cap() -> None:
 def test_ztunnel_connect_makes_pending_pods_due() -> None:
     records = {"u1": _rec("pending", retry_at=NOW + 30), "u2": dataclasses.replace(_rec("enabled"), uid="u2")}
     after = retry_now(records)
-    assert decide(after["u1"], _pod(), now=NOW) is Action.ENROLL
+    assert decide(after["u1"], _pod(), now=NOW, view_version=0) is Action.ENROLL
     assert after["u2"] == records["u2"]
 
 

@@ -25,7 +25,7 @@ from mesh.rt.labstate import LabState
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run as run_loop
 from ztunnel.cni.apply import NetnsRules
-from ztunnel.cni.node_agent import NodeAgent
+from ztunnel.cni.node_agent import NodeAgent, Rules
 from ztunnel.cni.plugin_server import PluginServer
 from ztunnel.cni.pods import LabPodSource
 from ztunnel.cni.sandboxes import SandboxCache
@@ -52,8 +52,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace, *, stop: asyncio.Event) -> None:
-    """Runs the agent until ``stop`` is set."""
+async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules | None = None) -> None:
+    """Runs the agent until ``stop`` is set (``rules`` replaces the nsenter/iptables applier)."""
     log = get_logger("ztunnel-node-agent").bind(node=args.node)
     run_dir: Path = args.run_dir
     cluster = args.cluster_id or str(
@@ -78,7 +78,7 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event) -> None:
     )
     agent = NodeAgent(
         source=source,
-        rules=NetnsRules(),
+        rules=rules or NetnsRules(),
         zds=zds,
         sandboxes=SandboxCache(run_dir / "pods"),
         clock=SystemClock(),

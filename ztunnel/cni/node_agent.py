@@ -124,8 +124,15 @@ class NodeAgent:
         for uid, pod in pods.items():
             netns = cached[uid].netns if uid in cached else self._source.netns_hint(uid)
             if netns and _netns_exists(netns):
+                phase = recovered_phase(pod)
                 self.records[uid] = PodRecord(
-                    uid, pod.namespace, pod.name, pod.service_account, netns, phase=recovered_phase(pod)
+                    uid,
+                    pod.namespace,
+                    pod.name,
+                    pod.service_account,
+                    netns,
+                    phase=phase,
+                    since=pod.resource_version,
                 )
         for uid in cached.keys() - self.records.keys():
             self._sandboxes.forget(uid)
@@ -166,7 +173,9 @@ class NodeAgent:
     async def _cni_add(self, event: CniEvent, pod: PodInfo) -> CniVerdict:
         async with self._lock(pod.uid):
             old = self.records.get(pod.uid)
-            rec = PodRecord(pod.uid, pod.namespace, pod.name, pod.service_account, event.netns)
+            rec = PodRecord(
+                pod.uid, pod.namespace, pod.name, pod.service_account, event.netns, since=pod.resource_version
+            )
             if old is not None and old.netns == event.netns:
                 rec = dataclasses.replace(rec, phase=old.phase)
             try:
@@ -254,7 +263,7 @@ class NodeAgent:
             async with self._lock(uid):
                 rec = self.records.get(uid)
                 pod = pods.get(uid)
-                action = decide(rec, pod, now=self._clock.monotonic())
+                action = decide(rec, pod, now=self._clock.monotonic(), view_version=self._source.version())
                 if rec is None or action is Action.NONE:
                     continue
                 await self._act(action, rec, pod)

@@ -11,6 +11,7 @@ interface.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -35,6 +36,9 @@ class PodInfo:
     node: str
     service_account: str
     facts: PodFacts
+    resource_version: int = 0
+    """A resourceVersion at which this information was current: the pod object's own in a view;
+    for a direct ``fetch`` the highest of the state counter, the pod's and its namespace's."""
 
     @property
     def redirection(self) -> str:
@@ -66,7 +70,15 @@ def pod_info(obj: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> Pod
         node=str(spec.get("nodeName") or ""),
         service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
         facts=facts,
+        resource_version=_int(meta.get("resourceVersion")),
     )
+
+
+def _int(value: Any) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return 0
 
 
 def pods_on_node(
@@ -91,6 +103,10 @@ class PodSource(Protocol):
 
     def pods(self) -> Mapping[str, PodInfo]:
         """The node's pods by uid, as of the last refresh."""
+        ...
+
+    def version(self) -> int:
+        """The resourceVersion the view is complete up to: every write at or below it is in it."""
         ...
 
     async def wait_changed(self) -> None:
@@ -126,6 +142,10 @@ class LabPodSource:
         """The node's pods by uid, as of the last refresh."""
         return self._pods
 
+    def version(self) -> int:
+        """The counter read before the objects of the last refresh (-1 before the first)."""
+        return self._rv
+
     def _read(self) -> dict[str, PodInfo]:
         return pods_on_node(self.state.list("Pod"), self.state.list("Namespace"), node=self._node)
 
@@ -158,14 +178,20 @@ class LabPodSource:
         self._changed.clear()
 
     async def fetch(self, namespace: str, name: str) -> PodInfo | None:
-        """Reads one pod and its namespace now."""
+        """Reads one pod and its namespace now (newer than the cached view, see ``resource_version``)."""
 
         def read() -> PodInfo | None:
+            counter = self.state.current_rv()
             obj = self.state.read(("Pod", namespace, name))
             if obj is None:
                 return None
             ns = self.state.read(("Namespace", "", namespace)) or {}
-            return pod_info(obj, _str_map((ns.get("metadata") or {}).get("labels")))
+            meta = ns.get("metadata") or {}
+            info = pod_info(obj, _str_map(meta.get("labels")))
+            if info is None:
+                return None
+            seen = max(counter, info.resource_version, _int(meta.get("resourceVersion")))
+            return dataclasses.replace(info, resource_version=seen)
 
         return await asyncio.to_thread(read)
 

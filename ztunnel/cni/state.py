@@ -65,6 +65,9 @@ class PodRecord:
     phase: Phase = "unenrolled"
     failures: int = 0
     retry_at: float = 0.0
+    since: int = 0
+    """The resourceVersion of the pod state the record is based on: a view older than this is
+    stale for this pod and is not acted on (a CNI ADD reads newer state than the cached view)."""
 
 
 def zds_uid(namespace: str, name: str, *, cluster: str = "Kubernetes") -> str:
@@ -72,9 +75,10 @@ def zds_uid(namespace: str, name: str, *, cluster: str = "Kubernetes") -> str:
     return f"{cluster}//Pod/{namespace}/{name}"
 
 
-def decide(record: PodRecord | None, pod: PodInfo | None, *, now: float) -> Action:
-    """The next action for one pod (``record`` and/or ``pod`` may be missing)."""
-    if record is None:
+def decide(record: PodRecord | None, pod: PodInfo | None, *, now: float, view_version: int) -> Action:
+    """The next action for one pod (``record`` and/or ``pod`` may be missing), from a view of the
+    pods complete up to ``view_version``."""
+    if record is None or view_version < record.since:
         return Action.NONE
     if pod is None or pod.uid != record.uid or pod.facts.deleted:
         return Action.FORGET
