@@ -24,7 +24,13 @@ from typing import Any
 from meshctl.lab._meta import is_terminating, pod_ready
 from meshctl.lab.actions import apply_actions
 from meshctl.lab.applying import plan_apply, plan_delete
-from meshctl.lab.cleanup import CleanupReport, cleanup_lab, reset_state
+from meshctl.lab.cleanup import (
+    CleanupReport,
+    check_lab_id_free,
+    cleanup_lab,
+    record_lab_id,
+    reset_state,
+)
 from meshctl.lab.cni import CONFLIST_NAME, default_conflist
 from meshctl.lab.errors import LabError, LabNotRunningError
 from meshctl.lab.objects import parse_documents, validate_object
@@ -106,6 +112,7 @@ class Lab:
         settings = build_settings(lab_id=self._lab_id or self.lab_id, node_count=nodes)
         objects = self._validate(objects, settings.node_names())
         self.store.check_writable()
+        check_lab_id_free(settings.lab_id, self.paths.root)
         report = cleanup_lab(self.paths, settings.lab_id, progress=self._progress)
         if report.found_anything:
             self._progress("cleaned up what a previous run left behind")
@@ -127,6 +134,7 @@ class Lab:
                 self.paths.cni / CONFLIST_NAME, json.dumps(default_conflist(settings.lab_id), indent=2) + "\n"
             )
         self.store.write_settings(settings)
+        record_lab_id(settings.lab_id, self.paths.root)
         default_ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "default"}}
         self._write_apply([default_ns, *objects])
         self._spawn_daemon()

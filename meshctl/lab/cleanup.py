@@ -18,12 +18,25 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshctl.lab.errors import LabError
 from meshctl.lab.netops import NETNS_DIR, delete_netns_sync, list_netns
 from meshctl.lab.pods import ETC_NETNS
 from meshctl.lab.store import StateDir
 from meshctl.lab.supervisor import kill_group, process_start_time, read_pid_file
 
-__all__ = ["CleanupReport", "cleanup_lab", "processes_in_netns", "reset_state"]
+__all__ = [
+    "REGISTRY",
+    "CleanupReport",
+    "check_lab_id_free",
+    "cleanup_lab",
+    "forget_lab_id",
+    "processes_in_netns",
+    "record_lab_id",
+    "reset_state",
+]
+
+REGISTRY = Path("/run/mesh-lab")
+"""``<lab id>.state`` files naming the state directory that uses each lab id (cleared at boot)."""
 
 _DAEMON_TIMEOUT = 20.0
 _KILL_GRACE = 1.0
@@ -132,7 +145,35 @@ def cleanup_lab(
     for entry in entries:
         shutil.rmtree(entry, ignore_errors=True)
     reset_state(paths, keep_logs=True)
+    forget_lab_id(lab_id, paths.root)
     return CleanupReport(stopped, killed, len(names), len(entries))
+
+
+def check_lab_id_free(lab_id: str, root: Path) -> None:
+    """Refuses a lab id that a live lab with another state directory uses (cleanup would hit it)."""
+    try:
+        other = (REGISTRY / f"{lab_id}.state").read_text().strip()
+    except FileNotFoundError:
+        return
+    if other != str(root) and read_pid_file(StateDir(other).daemon_pid) is not None:
+        raise LabError(
+            f"lab id {lab_id!r} is used by the running lab with state directory {other}",
+            hint=f"pass another --lab-id, or stop that lab with 'meshctl lab down --state {other}'",
+        )
+
+
+def record_lab_id(lab_id: str, root: Path) -> None:
+    """Notes that ``root`` uses ``lab_id``."""
+    REGISTRY.mkdir(parents=True, exist_ok=True)
+    (REGISTRY / f"{lab_id}.state").write_text(f"{root}\n")
+
+
+def forget_lab_id(lab_id: str, root: Path) -> None:
+    """Drops the note, if it is ours."""
+    path = REGISTRY / f"{lab_id}.state"
+    with contextlib.suppress(FileNotFoundError):
+        if path.read_text().strip() == str(root):
+            path.unlink()
 
 
 def reset_state(paths: StateDir, *, keep_logs: bool) -> None:

@@ -56,7 +56,7 @@ class StateDir:
     """The paths of one state directory."""
 
     def __init__(self, root: Path | str) -> None:
-        self.root = Path(root)
+        self.root = Path(root).absolute()
 
     @property
     def objects(self) -> Path:

@@ -10,7 +10,7 @@ import secrets
 import subprocess
 from dataclasses import dataclass
 
-from meshctl.lab.cleanup import processes_in_netns
+from meshctl.lab.cleanup import REGISTRY, processes_in_netns
 from meshctl.lab.netops import list_netns
 from meshctl.lab.pods import ETC_NETNS
 from meshctl.lab.supervisor import process_start_time
@@ -42,6 +42,7 @@ class SystemSnapshot:
     root_links: frozenset[str]
     mounts: frozenset[str]
     processes: tuple[int, ...]
+    registered: bool
 
     @classmethod
     def take(cls, lab_id: str) -> SystemSnapshot:
@@ -55,6 +56,7 @@ class SystemSnapshot:
             root_links=_root_links(),
             mounts=_mounts(prefix),
             processes=tuple(processes_in_netns(names)),
+            registered=(REGISTRY / f"{lab_id}.state").exists(),
         )
 
     def leftovers(self, before: SystemSnapshot, *, lab_id: str) -> list[str]:
@@ -66,6 +68,7 @@ class SystemSnapshot:
         found += [
             f"root link {n}" for n in sorted(self.root_links - before.root_links) if n.startswith(lab_id)
         ]
+        found += [f"{REGISTRY}/{lab_id}.state"] if self.registered and not before.registered else []
         return found
 
 

@@ -15,6 +15,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab, load_objects
+from meshctl.lab.errors import LabError
 from meshctl.lab.supervisor import read_pid_file
 from meshctl.lab.testkit import SystemSnapshot, pid_alive, unique_lab_id
 
@@ -91,6 +92,18 @@ def test_up_after_a_crash_cleans_the_leftovers(tmp_path: Path) -> None:
     finally:
         lab.down()
     assert SystemSnapshot.take(lab_id).leftovers(before, lab_id=lab_id) == []
+
+
+def test_a_lab_id_in_use_by_another_running_lab_is_refused(tmp_path: Path) -> None:
+    lab_id = unique_lab_id()
+    first = Lab(tmp_path / "first", lab_id=lab_id)
+    first.up([], timeout=30)
+    try:
+        with pytest.raises(LabError, match="is used by the running lab"):
+            Lab(tmp_path / "second", lab_id=lab_id).up([], timeout=30)
+        assert first.is_running() and len(SystemSnapshot.take(lab_id).namespaces) == 3
+    finally:
+        first.down()
 
 
 def test_ctrl_c_while_coming_up_tears_everything_down(tmp_path: Path) -> None:

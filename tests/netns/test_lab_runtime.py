@@ -61,6 +61,10 @@ def test_apply_starts_pods_and_delete_stops_them(lab: Lab) -> None:
     ]
     started = time.monotonic()
     assert lab.apply(web) == ["deployment.apps/web created", "service/web created"]
+    # the daemon reacts within about a second (it polls every 0.1 s); 2 s leaves room on a shared machine
+    wait_for(
+        lambda: len(named(lab.objects("Pod", "apps"), "web-")) == 2, timeout=2.0, what="pods to be created"
+    )
     lab.wait_ready(timeout=20)
     assert time.monotonic() - started < 10
     pods = named(lab.pods("apps"), "web-")
