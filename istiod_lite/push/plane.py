@@ -23,13 +23,19 @@ __all__ = ["PushPlane"]
 class PushPlane:
     """Hub, pusher and Delta ADS servicer sharing one clock and one metrics registry.
 
-    Typical wiring::
+    Typical wiring (``app.py``)::
 
-        plane = PushPlane(build, clock=clock, registry=registry, authenticator=auth)
-        plane.add_to_server(grpc_server)          # the 15012 server that also carries the CA
-        informer.on_change(plane.mark_dirty)
+        plane = PushPlane(translated_build(informers, cluster_id=..., trust_domain=...),
+                          clock=clock, registry=registry, authenticator=auth)
+        build_server(..., extra_handlers=[plane.rpc_handler()])   # 15012, with the CA
+        informers.on_change(plane.mark_dirty)
+        await informers.wait_synced()
         drain.track(asyncio.create_task(plane.run()))
         await HttpServer(plane.debug_routes()).start("0.0.0.0", 15014)
+
+    The gRPC server must allow large messages for xDS: a full state is ~0.3 KB per workload in
+    one response (send limit: unlimited or 200 MiB like ztunnel), and a reconnecting agent's
+    ``initial_resource_versions`` is ~65 bytes per resource (receive limit: several MiB).
     """
 
     def __init__(

@@ -109,6 +109,7 @@ class DeltaAdsServer:
                 await self._on_request(connection, message, lock, context, log)
         finally:
             pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)  # a failed write ends with the stream
             self._hub.disconnect(connection)
             log.info("xds.disconnected")
 
