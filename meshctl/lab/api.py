@@ -70,6 +70,7 @@ class Lab:
         self.paths = self.store.paths
         self._lab_id = check_lab_id(lab_id) if lab_id else None
         self._progress = progress or (lambda _: None)
+        self._daemon_proc: subprocess.Popen[bytes] | None = None
 
     # ----------------------------------------------------------------------------------- lifecycle
     @property
@@ -113,6 +114,9 @@ class Lab:
         objects = self._validate(objects, settings.node_names())
         self.store.check_writable()
         check_lab_id_free(settings.lab_id, self.paths.root)
+        previous = self.lab_id if self.paths.settings_file.exists() else settings.lab_id
+        if previous != settings.lab_id:
+            cleanup_lab(self.paths, previous, progress=self._progress)
         report = cleanup_lab(self.paths, settings.lab_id, progress=self._progress)
         if report.found_anything:
             self._progress("cleaned up what a previous run left behind")
@@ -156,10 +160,13 @@ class Lab:
         """Stops everything the lab created (idempotent; Ctrl-C is ignored while it runs)."""
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if _main_thread() else None
         try:
+            proc = self._daemon_proc
+            if proc is not None and proc.poll() is None and self.daemon_pid() is None:
+                proc.terminate()  # started by us, but interrupted before its pid file was written
             report = cleanup_lab(self.paths, self.lab_id, progress=self._progress)
-            proc = getattr(self, "_daemon_proc", None)
             if proc is not None:
                 proc.wait(timeout=5)
+                self._daemon_proc = None
             return report
         finally:
             if previous is not None:

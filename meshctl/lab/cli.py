@@ -119,7 +119,12 @@ def register(subparsers: Any) -> None:
         description="Run a Kubernetes-shaped cluster on this machine (needs root).",
     )  # fmt: skip
     sub = lab.add_subparsers(dest="lab_command", required=True, metavar="COMMAND")
+    _add_lifecycle(sub, common)
+    _add_changes(sub, common)
+    _add_inspection(sub, common)
 
+
+def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
     up = sub.add_parser("up", parents=[common], help="build the cluster (cleans what a crashed run left)")
     up.add_argument("-f", "--filename", action="append", default=[], help="YAML with objects (repeatable)")
     up.add_argument("--nodes", type=int, default=2, help="number of nodes (default 2)")
@@ -127,7 +132,12 @@ def register(subparsers: Any) -> None:
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for pods to be ready")
     up.add_argument("--no-wait", action="store_true", help="return once the daemon is started")
     up.set_defaults(func=_cmd_up)
+    down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")
+    down.add_argument("--lab-id", default=None, help="lab id when the state directory is gone (default mlab)")
+    down.set_defaults(func=_cmd_down)
 
+
+def _add_changes(sub: Any, common: argparse.ArgumentParser) -> None:
     apply = sub.add_parser("apply", parents=[common], help="create or update objects in the running lab")
     apply.add_argument(
         "-f", "--filename", action="append", required=True, help="YAML with objects (repeatable)"
@@ -135,26 +145,20 @@ def register(subparsers: Any) -> None:
     apply.add_argument("--wait", action="store_true", help="wait until every pod is ready")
     apply.add_argument("--timeout", type=float, default=60.0, help="seconds to wait with --wait")
     apply.set_defaults(func=_cmd_apply)
-
     delete = sub.add_parser("delete", parents=[common], help="delete objects from the running lab")
     delete.add_argument(
         "-f", "--filename", action="append", required=True, help="YAML with objects (repeatable)"
     )
     delete.set_defaults(func=_cmd_delete)
 
-    status = sub.add_parser("status", parents=[common], help="nodes, pods and services")
-    status.set_defaults(func=_cmd_status)
 
+def _add_inspection(sub: Any, common: argparse.ArgumentParser) -> None:
+    sub.add_parser("status", parents=[common], help="nodes, pods and services").set_defaults(func=_cmd_status)
     exec_ = sub.add_parser("exec", parents=[common], help="run a command in a pod: exec POD -- CMD...")
     exec_.add_argument("pod", help="NAMESPACE/NAME or a unique name prefix (e.g. demo/client)")
     exec_.add_argument("command", nargs=argparse.REMAINDER, help="the command, after --")
     exec_.set_defaults(func=_cmd_exec)
-
     logs = sub.add_parser("logs", parents=[common], help="a pod's output")
     logs.add_argument("pod", help="NAMESPACE/NAME or a unique name prefix")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new output")
     logs.set_defaults(func=_cmd_logs)
-
-    down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")
-    down.add_argument("--lab-id", default=None, help="lab id when the state directory is gone (default mlab)")
-    down.set_defaults(func=_cmd_down)

@@ -67,7 +67,7 @@ def run_lab_demo(*, state_dir: str | Path | None = None, out: TextIO = sys.stdou
     say("  meshctl lab status")
     say("  meshctl lab exec demo/client -- curl -s http://server/")
     say("  meshctl lab exec legacy/client -- curl -s http://server.demo/")
-    say("  meshctl lab logs demo/server-v1        (a unique name prefix or NAMESPACE/NAME)")
+    say(f"  meshctl lab logs demo/{doc['pod']}")
     say("  meshctl lab apply -f FILE  /  meshctl lab delete -f FILE")
     say("Tear it down with:  meshctl lab down")
     return 0

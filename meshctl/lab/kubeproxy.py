@@ -106,48 +106,53 @@ def _hash16(text: str) -> str:
     return base64.b32encode(hashlib.sha256(text.encode()).digest()).decode()[:16]
 
 
+def _service_rules(sp: ServicePort) -> tuple[list[str], list[str]]:
+    """The chain names and rules of one Service port with endpoints."""
+    proto = sp.protocol.lower()
+    svc_chain = "KUBE-SVC-" + _hash16(sp.display + proto)
+    chains = [svc_chain]
+    rules = [
+        f"-A KUBE-SERVICES -d {sp.vip}/32 -p {proto} -m comment --comment "
+        f'"{sp.display} cluster IP" -m {proto} --dport {sp.port} -j {svc_chain}'
+    ]
+    count = len(sp.endpoints)
+    for i, (ip, port) in enumerate(sp.endpoints):
+        sep_chain = "KUBE-SEP-" + _hash16(f"{sp.display}{proto}{ip}:{port}")
+        chains.append(sep_chain)
+        pick = "" if i == count - 1 else f"-m statistic --mode random --probability {1 / (count - i):0.10f} "
+        rules += [
+            f'-A {svc_chain} -m comment --comment "{sp.display} -> {ip}:{port}" {pick}-j {sep_chain}',
+            f"-A {sep_chain} -s {ip}/32 -j KUBE-MARK-MASQ",
+            f"-A {sep_chain} -p {proto} -m {proto} -j DNAT --to-destination {ip}:{port}",
+        ]
+    return chains, rules
+
+
 def render_nat(
     ports: Iterable[ServicePort], *, previous_chains: Iterable[str] = ()
 ) -> tuple[str, frozenset[str]]:
     """The ``iptables-restore --noflush`` text for the nat table, and the per-service chains it declares.
 
-    Chains of ``previous_chains`` that are no longer needed are deleted in the same transaction.
+    Chains of ``previous_chains`` that are no longer needed are flushed, then deleted, in the same
+    transaction. Services without ready endpoints get no rules.
     """
-    decls = [":KUBE-SERVICES - [0:0]", ":KUBE-MARK-MASQ - [0:0]", ":KUBE-POSTROUTING - [0:0]"]
+    chains: list[str] = []
     rules = [
         f"-A KUBE-MARK-MASQ -j MARK --or-mark {MASQ_MARK}",
         f"-A KUBE-POSTROUTING -m mark ! --mark {MASQ_MARK}/{MASQ_MARK} -j RETURN",
         f"-A KUBE-POSTROUTING -j MARK --xor-mark {MASQ_MARK}",
         "-A KUBE-POSTROUTING -j MASQUERADE",
     ]
-    chains: set[str] = set()
     for sp in ports:
-        if not sp.endpoints:
-            continue
-        proto = sp.protocol.lower()
-        svc_chain = "KUBE-SVC-" + _hash16(sp.display + proto)
-        chains.add(svc_chain)
-        decls.append(f":{svc_chain} - [0:0]")
-        rules.append(
-            f"-A KUBE-SERVICES -d {sp.vip}/32 -p {proto} -m comment --comment "
-            f'"{sp.display} cluster IP" -m {proto} --dport {sp.port} -j {svc_chain}'
-        )
-        count = len(sp.endpoints)
-        for i, (ip, port) in enumerate(sp.endpoints):
-            sep_chain = "KUBE-SEP-" + _hash16(f"{sp.display}{proto}{ip}:{port}")
-            chains.add(sep_chain)
-            decls.append(f":{sep_chain} - [0:0]")
-            pick = (
-                "" if i == count - 1 else f"-m statistic --mode random --probability {1 / (count - i):0.10f} "
-            )
-            rules.append(
-                f'-A {svc_chain} -m comment --comment "{sp.display} -> {ip}:{port}" {pick}-j {sep_chain}'
-            )
-            rules.append(f"-A {sep_chain} -s {ip}/32 -j KUBE-MARK-MASQ")
-            rules.append(f"-A {sep_chain} -p {proto} -m {proto} -j DNAT --to-destination {ip}:{port}")
-    stale = sorted(set(previous_chains) - chains)
-    flush_stale = [f":{c} - [0:0]" for c in stale]  # flushed first, so no stale chain still refers to another
-    text = "\n".join(["*nat", *decls, *flush_stale, *rules, *(f"-X {c}" for c in stale), "COMMIT", ""])
+        if sp.endpoints:
+            names, lines = _service_rules(sp)
+            chains += names
+            rules += lines
+    stale = sorted(set(previous_chains) - set(chains))
+    decls = [
+        f":{c} - [0:0]" for c in ["KUBE-SERVICES", "KUBE-MARK-MASQ", "KUBE-POSTROUTING", *chains, *stale]
+    ]
+    text = "\n".join(["*nat", *decls, *rules, *(f"-X {c}" for c in stale), "COMMIT", ""])
     return text, frozenset(chains)
 
 
