@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -112,6 +113,7 @@ class Lab:
             )
         settings = build_settings(lab_id=self._lab_id or self.lab_id, node_count=nodes)
         objects = self._validate(objects, settings.node_names())
+        _preflight()
         self.store.check_writable()
         check_lab_id_free(settings.lab_id, self.paths.root)
         previous = self.lab_id if self.paths.settings_file.exists() else settings.lab_id
@@ -367,6 +369,15 @@ class Lab:
 
     def __exit__(self, *exc: object) -> None:
         self.down()
+
+
+def _preflight() -> None:
+    """Root and the network tools, checked before anything is created."""
+    if os.geteuid() != 0:
+        raise LabError("the lab needs root (it creates network namespaces)", hint="run it with sudo")
+    for tool, package in (("ip", "iproute2"), ("iptables-restore", "iptables"), ("sysctl", "procps")):
+        if shutil.which(tool) is None:
+            raise LabError(f"the lab needs the {tool} command", hint=f"install it: apt-get install {package}")
 
 
 def _main_thread() -> bool:
