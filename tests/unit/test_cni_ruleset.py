@@ -14,19 +14,37 @@ EMPTY = (
 )
 
 
-def _saved_after(restore: str) -> str:
-    """What iptables-save shows after applying ``restore`` to an empty namespace (no duplicates)."""
-    builtin = {"mangle": ("PREROUTING", "OUTPUT"), "nat": ("PREROUTING", "OUTPUT")}
-    out = ""
-    for table, block in (chunk.split("\n", 1) for chunk in restore.split("*")[1:]):
-        chains = [line.split()[0][1:] for line in block.splitlines() if line.startswith(":")]
-        rules = [line for line in block.splitlines() if line.startswith("-A")]
-        out += f"*{table}\n" + "".join(f":{c} ACCEPT [0:0]\n" for c in builtin[table])
-        out += "".join(f":{c} - [0:0]\n" for c in chains) + "".join(f"{r}\n" for r in rules) + "COMMIT\n"
-    return out
-
-
-FULL = _saved_after(PLAN)
+FULL = (  # what iptables-save (1.8.9, nf_tables) prints after plan_capture in an empty namespace
+    "*mangle\n"
+    ":PREROUTING ACCEPT [0:0]\n"
+    ":INPUT ACCEPT [0:0]\n"
+    ":FORWARD ACCEPT [0:0]\n"
+    ":OUTPUT ACCEPT [0:0]\n"
+    ":POSTROUTING ACCEPT [0:0]\n"
+    ":ISTIO_OUTPUT - [0:0]\n"
+    ":ISTIO_PRERT - [0:0]\n"
+    "-A PREROUTING -j ISTIO_PRERT\n"
+    "-A OUTPUT -j ISTIO_OUTPUT\n"
+    "-A ISTIO_OUTPUT -m connmark --mark 0x111/0xfff -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff\n"  # noqa: E501
+    "-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff\n"
+    "COMMIT\n"
+    "*nat\n"
+    ":PREROUTING ACCEPT [0:0]\n"
+    ":INPUT ACCEPT [0:0]\n"
+    ":OUTPUT ACCEPT [0:0]\n"
+    ":POSTROUTING ACCEPT [0:0]\n"
+    ":ISTIO_OUTPUT - [0:0]\n"
+    ":ISTIO_PRERT - [0:0]\n"
+    "-A PREROUTING -j ISTIO_PRERT\n"
+    "-A OUTPUT -j ISTIO_OUTPUT\n"
+    "-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT\n"
+    "-A ISTIO_OUTPUT -p tcp -m mark --mark 0x111/0xfff -j ACCEPT\n"
+    "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -o lo -j ACCEPT\n"
+    "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001\n"
+    "-A ISTIO_PRERT -s 169.254.7.127/32 -p tcp -m tcp -j ACCEPT\n"
+    "-A ISTIO_PRERT ! -d 127.0.0.1/32 -p tcp -m tcp ! --dport 15008 -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15006\n"  # noqa: E501
+    "COMMIT\n"
+)
 
 
 def test_empty_namespace_gets_the_whole_plan() -> None:
@@ -34,7 +52,19 @@ def test_empty_namespace_gets_the_whole_plan() -> None:
 
 
 def test_complete_capture_is_left_alone() -> None:
+    """iptables-save lists chains in its own order (ISTIO_OUTPUT before ISTIO_PRERT): still in place."""
     assert capture_input(PLAN, FULL) is None
+
+
+def test_rules_in_the_wrong_order_within_a_chain_are_rebuilt() -> None:
+    first = "-A ISTIO_OUTPUT -d 169.254.7.127/32 -p tcp -m tcp -j ACCEPT\n"
+    last = (
+        "-A ISTIO_OUTPUT ! -d 127.0.0.1/32 -p tcp -m mark ! --mark 0x539/0xfff -j REDIRECT --to-ports 15001\n"
+    )
+    swapped = FULL.replace(first, "@").replace(last, first).replace("@", last)
+    assert swapped != FULL
+    restore = capture_input(PLAN, swapped)
+    assert restore is not None and "*nat" in restore and "*mangle" not in restore
 
 
 def test_duplicated_jump_is_removed_and_chains_rebuilt() -> None:

@@ -61,6 +61,11 @@ def _user_rules(rules: tuple[str, ...], chains: tuple[str, ...]) -> list[str]:
     return [rule for rule in rules if _chain_of(rule) in chains]
 
 
+def _by_chain(rules: tuple[str, ...], chains: tuple[str, ...]) -> dict[str, list[str]]:
+    """The rules of each of ``chains`` in order (iptables-save groups chains in its own order)."""
+    return {chain: [rule for rule in rules if _chain_of(rule) == chain] for chain in chains}
+
+
 def _hook_rules(rules: tuple[str, ...], chains: tuple[str, ...]) -> list[str]:
     return [rule for rule in rules if _chain_of(rule) not in chains]
 
@@ -74,7 +79,8 @@ def capture_input(plan_text: str, saved_text: str) -> str | None:
         wanted_user = _user_rules(plan.table_rules(table), own)
         wanted_hooks = _hook_rules(plan.table_rules(table), own)
         have = saved.table_rules(table)
-        in_place = _user_rules(have, own) == wanted_user and all(have.count(h) == 1 for h in wanted_hooks)
+        same = _by_chain(have, own) == _by_chain(plan.table_rules(table), own)
+        in_place = same and all(have.count(h) == 1 for h in wanted_hooks)
         if in_place and set(own) <= set(saved.table_chains(table)):
             continue
         lines = [f":{chain} - [0:0]" for chain in own]
