@@ -273,9 +273,8 @@ async def test_killed_agent_restarts_replays_the_snapshot_and_leaves_rules_alone
         assert ztunnels[1].seen[0].netns == (st.st_dev, st.st_ino)
         assert capture_state(pod) == before  # nothing duplicated
         assert redirect_packets(pod) >= packets  # the chain was not rebuilt (counters kept)
-        after = node.state.read(("Pod", "demo", "web-0"))
         assert node.state.current_rv() == pod_rv  # nothing was written: no annotation flap
-        assert after["metadata"]["annotations"][REDIRECTION] == "enabled"
+        assert node.redirection() == "enabled"
     finally:
         for ztunnel in ztunnels:
             await ztunnel.close()
