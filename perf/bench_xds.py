@@ -133,6 +133,7 @@ async def _full_push(plane: PushPlane, scale: Scale, agent_pids: list[int]) -> d
     return {
         "full_push_s": done - started,
         "first_build_s": built - started,
+        "push_to_all_s": done - built,
         "push_server_cpu_s": _cpu_s() - server_cpu,
         "push_agents_cpu_s": sum(_cpu_s(pid) for pid in agent_pids) - agents_cpu,
     }
