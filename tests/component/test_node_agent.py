@@ -258,3 +258,33 @@ async def test_agent_process_logs_json_and_stops_cleanly_on_sigterm(tmp_path: Pa
     assert by_name["cni.add_not_enrolled"]["pod.name"] == "legacy-0"
     assert "agent.stopped" in by_name
     assert not (run_dir / "pluginevent.sock").exists() and not (run_dir / "ztunnel.sock").exists()
+
+
+async def test_abstract_plugin_socket(tmp_path: Path) -> None:
+    """``@name`` is an abstract socket, scoped to the network namespace (one agent per node netns)."""
+    state = make_lab(tmp_path / "state", ambient=False)
+    uid = add_pod(state, "legacy-0")
+    name = f"@mtest-na-{os.getpid()}"
+    node = Node(state, tmp_path / "run", RecordingRules(), tmp_path)
+    args = parse_args(["--node", "n1", "--state-dir", str(state.root), "--run-dir", str(node.run_dir)])
+    args.plugin_socket = name
+    stop = asyncio.Event()
+    task = asyncio.get_running_loop().create_task(serve(args, stop=stop, rules=node.rules))
+    try:
+        await eventually(lambda: _exists(node.zds_socket), what="agent listening")
+        status, out = await _retry_cni(node, "legacy-0", uid, name)
+        assert status == 0, out
+        assert not (node.run_dir / "pluginevent.sock").exists()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 10)
+
+
+async def _retry_cni(node: Node, name: str, uid: str, socket: str) -> tuple[int, Any]:
+    """The ZDS socket comes up just before the plugin socket: retry while the agent finishes starting."""
+    for _ in range(50):
+        status, out = await cni(node, "ADD", name, uid=uid, socket=socket)
+        if status == 0 or "cannot reach" not in out["msg"]:
+            return status, out
+        await asyncio.sleep(0.05)
+    return status, out

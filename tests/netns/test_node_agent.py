@@ -105,11 +105,12 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 
 @contextlib.asynccontextmanager
-async def agent_in_process(node: Node) -> AsyncIterator[None]:
-    args = parse_args(["--node", "n1", "--state-dir", str(node.state.root), "--run-dir", str(node.run_dir)])
+async def agent_in_process(node: Node, *extra: str) -> AsyncIterator[None]:
+    argv = ["--node", "n1", "--state-dir", str(node.state.root), "--run-dir", str(node.run_dir), *extra]
+    args = parse_args(argv)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve(args, stop=stop))
-    await eventually(lambda: os.path.exists(node.plugin_socket) or task.done(), what="agent listening")
+    await eventually(lambda: _listening(node, args.plugin_socket) or task.done(), what="agent listening")
     try:
         yield
     finally:
@@ -117,9 +118,20 @@ async def agent_in_process(node: Node) -> AsyncIterator[None]:
         await asyncio.wait_for(task, 10)
 
 
-async def cni_add(node: Node, pod: Pod, uid: str) -> tuple[int, dict[str, Any]]:
-    """The real plugin executable, called as the lab runtime calls it."""
-    conf = {"cniVersion": "1.0.0", "name": "lab", "type": "ztunnel-cni", "agent_socket": node.plugin_socket}
+def _listening(node: Node, plugin_socket: str | None) -> bool:
+    return os.path.exists(plugin_socket or node.plugin_socket)
+
+
+async def cni_add(
+    node: Node, pod: Pod, uid: str, *, socket: str | None = None, inside: str | None = None
+) -> tuple[int, dict[str, Any]]:
+    """The real plugin executable, called as the lab runtime calls it (``inside`` a netns)."""
+    conf = {
+        "cniVersion": "1.0.0",
+        "name": "lab",
+        "type": "ztunnel-cni",
+        "agent_socket": socket or node.plugin_socket,
+    }
     env = {
         "CNI_COMMAND": "ADD",
         "CNI_CONTAINERID": uid,
@@ -129,8 +141,9 @@ async def cni_add(node: Node, pod: Pod, uid: str) -> tuple[int, dict[str, Any]]:
         "CNI_PATH": str(Path(PLUGIN).parent),
         "PATH": os.environ.get("PATH", ""),
     }
+    prefix = ["ip", "netns", "exec", inside] if inside else []
     proc = await asyncio.create_subprocess_exec(
-        PLUGIN, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        *prefix, PLUGIN, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
     out, _ = await asyncio.wait_for(proc.communicate(json.dumps(conf).encode()), 30)
     return proc.returncode or 0, json.loads(out)
@@ -235,6 +248,20 @@ async def test_relabelling_enrolls_then_releases_the_running_pod(pod: Pod, node:
             assert "ISTIO" not in _sh("iptables-save", ns=pod.name)
         finally:
             await ztunnel.close()
+
+
+async def test_plugin_run_in_a_node_namespace_finds_that_nodes_agent(pod: Pod, node: Node) -> None:
+    """The lab runs plugins inside the node's namespace (here the pod's plays it); ``{netns}`` in
+    agent_socket becomes that namespace's name, so one conflist serves every node."""
+    set_namespace_labels(node.state, "demo", {})
+    uid = add_pod(node.state, "web-0")
+    per_node = str(node.run_dir / f"{pod.name}.sock")
+    async with agent_in_process(node, "--plugin-socket", per_node):
+        template = str(node.run_dir / "{netns}.sock")
+        status, out = await cni_add(node, pod, uid, socket=template, inside=pod.name)
+        assert status == 0, out
+        status, out = await cni_add(node, pod, uid, socket=template)  # from the host: no such node
+        assert status == 1 and "named network namespace" in out["msg"]
 
 
 async def start_agent_process(node: Node, log: Path) -> asyncio.subprocess.Process:

@@ -92,9 +92,12 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules |
     try:
         await plugin.start()
         loop = asyncio.get_running_loop()
-        tasks = [loop.create_task(source.run()), loop.create_task(agent.run())]
+        tasks = [
+            loop.create_task(source.run(), name="pod source"),
+            loop.create_task(agent.run(), name="reconciler"),
+        ]
         log.info("agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": cluster})
-        await stop.wait()
+        await _until_stopped(stop, tasks)
     finally:
         for task in tasks:
             task.cancel()
@@ -104,6 +107,24 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules |
         await plugin.close()
         await zds.close()
         log.info("agent.stopped")
+
+
+class AgentCrashedError(MeshError):
+    """A long-lived task of the agent failed; the process exits so its supervisor restarts it."""
+
+
+async def _until_stopped(stop: asyncio.Event, tasks: list[asyncio.Task[None]]) -> None:
+    stopping = asyncio.get_running_loop().create_task(stop.wait())
+    try:
+        done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopping.cancel()
+    for task in tasks:
+        if task in done:
+            error = None if task.cancelled() else task.exception()
+            raise AgentCrashedError(
+                f"task {task.get_name()} stopped: {error!r}", hint="see the log; restarting the agent is safe"
+            ) from error
 
 
 async def _main(args: argparse.Namespace) -> int:

@@ -168,8 +168,8 @@ class LabPodSource:
             self._polls += 1
             try:
                 await self.refresh(force=self._polls % _FULL_EVERY == 0)
-            except LabStateError:
-                self._rv = -1
+            except (LabStateError, OSError):
+                self._rv = -1  # unreadable now (a file being fixed, a permission): re-read next poll
             await asyncio.sleep(self._interval)
 
     async def wait_changed(self) -> None:
