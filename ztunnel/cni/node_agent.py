@@ -151,6 +151,13 @@ class NodeAgent:
 
     async def handle(self, event: CniEvent) -> CniVerdict:
         """Answers one CNI call from the plugin."""
+        try:
+            return await self._handle(event)
+        except MeshError as exc:
+            self._log.warning("cni.failed", command=event.command, **{"pod.name": event.name}, error=str(exc))
+            return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=str(exc))
+
+    async def _handle(self, event: CniEvent) -> CniVerdict:
         if event.command == "DEL":
             return await self._cni_del(event)
         if not (event.namespace and event.name):

@@ -149,6 +149,11 @@ class PluginServer:
                 message = exc.message if isinstance(exc, PluginEventError) else "no complete request line"
                 self._log.warning("cni.bad_request", error=message)
                 verdict = CniVerdict(ok=False, code=5, msg=message)
+            except Exception as exc:  # the process boundary: answer the plugin, never leave it hanging
+                self._log.exception("cni.handler_crashed")
+                verdict = CniVerdict(
+                    ok=False, code=5, msg=f"node agent error: {exc!r}", details="see its log"
+                )
             writer.write(encode_verdict(verdict))
             await writer.drain()
         except (ConnectionError, OSError) as exc:
