@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mesh.errors import MeshError
 
-__all__ = ["PushError", "SubscriberRejectedError"]
+__all__ = ["PushError", "SubscriberForbiddenError", "SubscriberRejectedError"]
 
 
 class PushError(MeshError):
@@ -13,3 +13,7 @@ class PushError(MeshError):
 
 class SubscriberRejectedError(PushError):
     """A subscriber's stream was refused (unauthenticated caller, malformed first request)."""
+
+
+class SubscriberForbiddenError(SubscriberRejectedError):
+    """The caller is authenticated but may not speak for the proxy it claims to be."""

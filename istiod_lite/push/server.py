@@ -24,10 +24,10 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from istiod_lite.ca.auth import Authenticator, Caller, bearer_token
 from istiod_lite.ca.errors import CaError
-from istiod_lite.push.errors import SubscriberRejectedError
+from istiod_lite.push.errors import SubscriberForbiddenError, SubscriberRejectedError
 from istiod_lite.push.hub import Connection, Hub
 from istiod_lite.push.metrics import PushMetrics, short_type
-from istiod_lite.push.projection import Subscriber, parse_node_id
+from istiod_lite.push.projection import Subscriber, parse_node_id, select_projection
 from istiod_lite.push.stream import DeltaRequest, Response
 from mesh.clock import Clock
 
@@ -137,9 +137,11 @@ class DeltaAdsServer:
             subscriber = parse_node_id(
                 first.node.id, metadata=metadata, identity=caller.identity.uri if caller else ""
             )
+            select_projection(subscriber)  # an unknown proxy type is refused before it registers
             _check_identity(subscriber, caller)
         except SubscriberRejectedError as exc:
-            code = grpc.StatusCode.PERMISSION_DENIED if caller else grpc.StatusCode.INVALID_ARGUMENT
+            forbidden = isinstance(exc, SubscriberForbiddenError)
+            code = grpc.StatusCode.PERMISSION_DENIED if forbidden else grpc.StatusCode.INVALID_ARGUMENT
             self._metrics.refused.labels(code.name).inc()
             self._log.warning("xds.refused", code=code.name, error=str(exc))
             await context.abort(code, str(exc))
@@ -207,13 +209,13 @@ def _check_identity(subscriber: Subscriber, caller: Caller | None) -> None:
     if caller is None:
         return
     if caller.identity.namespace != subscriber.namespace:
-        raise SubscriberRejectedError(
+        raise SubscriberForbiddenError(
             f"caller {caller.identity.uri} may not connect as {subscriber.node_id}: "
             f"namespace {caller.identity.namespace!r} is not the proxy's namespace {subscriber.namespace!r}",
             hint="connect with the credential of the proxy's own service account",
         )
     if caller.node and subscriber.node_name and caller.node != subscriber.node_name:
-        raise SubscriberRejectedError(
+        raise SubscriberForbiddenError(
             f"caller bound to node {caller.node!r} may not connect for node {subscriber.node_name!r}",
             hint="set NODE_NAME in the node metadata to the agent's own node",
         )
