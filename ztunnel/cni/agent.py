@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+import structlog
+
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
 from mesh.rt.labstate import LabState
@@ -30,6 +32,8 @@ from ztunnel.cni.plugin_server import PluginServer
 from ztunnel.cni.pods import LabPodSource
 from ztunnel.cni.sandboxes import SandboxCache
 from ztunnel.cni.zds_server import ZdsServer, ZdsWorkload
+
+Logger = structlog.typing.FilteringBoundLogger
 
 __all__ = ["main", "parse_args", "serve"]
 
@@ -52,16 +56,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules | None = None) -> None:
-    """Runs the agent until ``stop`` is set (``rules`` replaces the nsenter/iptables applier)."""
-    log = get_logger("ztunnel-node-agent").bind(node=args.node)
+def _build(
+    args: argparse.Namespace, *, source: LabPodSource, rules: Rules, log: Logger
+) -> tuple[NodeAgent, ZdsServer, PluginServer]:
+    """Wires the agent, its ZDS server and its plugin server (they refer to each other)."""
     run_dir: Path = args.run_dir
     cluster = args.cluster_id or str(
         LabState(args.state_dir).read_settings().get("clusterId") or "Kubernetes"
     )
-    source = LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
-    await source.refresh(force=True)
-    agent: NodeAgent  # the ZDS server and the agent refer to each other; bound below
+    agent: NodeAgent
 
     def snapshot() -> list[ZdsWorkload]:
         return agent.snapshot()
@@ -69,24 +72,28 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules |
     def ready() -> None:
         agent.zds_ready()
 
-    zds = ZdsServer(
-        str(args.zds_socket or run_dir / "ztunnel.sock"),
-        snapshot=snapshot,
-        on_ready=ready,
-        ack_timeout=args.zds_timeout,
-        log=log,
-    )
+    zds_path = str(args.zds_socket or run_dir / "ztunnel.sock")
+    zds = ZdsServer(zds_path, snapshot=snapshot, on_ready=ready, ack_timeout=args.zds_timeout, log=log)
     agent = NodeAgent(
         source=source,
-        rules=rules or NetnsRules(),
+        rules=rules,
         zds=zds,
         sandboxes=SandboxCache(run_dir / "pods"),
         clock=SystemClock(),
         log=log,
         cluster=cluster,
     )
-    await agent.recover()
     plugin = PluginServer(str(args.plugin_socket or run_dir / "pluginevent.sock"), agent.handle, log=log)
+    return agent, zds, plugin
+
+
+async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules | None = None) -> None:
+    """Runs the agent until ``stop`` is set (``rules`` replaces the nsenter/iptables applier)."""
+    log = get_logger("ztunnel-node-agent").bind(node=args.node)
+    source = LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
+    await source.refresh(force=True)
+    agent, zds, plugin = _build(args, source=source, rules=rules or NetnsRules(), log=log)
+    await agent.recover()
     await zds.start()
     tasks: list[asyncio.Task[None]] = []
     try:
@@ -96,7 +103,9 @@ async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules |
             loop.create_task(source.run(), name="pod source"),
             loop.create_task(agent.run(), name="reconciler"),
         ]
-        log.info("agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": cluster})
+        log.info(
+            "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
+        )
         await _until_stopped(stop, tasks)
     finally:
         for task in tasks:

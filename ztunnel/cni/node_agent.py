@@ -90,7 +90,7 @@ class NodeAgent:
         self._sandboxes = sandboxes
         self._clock = clock
         self._log = log
-        self._cluster = cluster
+        self.cluster = cluster
         self._retry = retry or RetryPolicy()
         self._tick = tick
         self._locks: dict[str, asyncio.Lock] = {}
@@ -104,7 +104,7 @@ class NodeAgent:
 
     def workload(self, rec: PodRecord) -> ZdsWorkload:
         """What ztunnel is told about ``rec``."""
-        uid = zds_uid(rec.namespace, rec.name, cluster=self._cluster)
+        uid = zds_uid(rec.namespace, rec.name, cluster=self.cluster)
         return ZdsWorkload(uid, rec.name, rec.namespace, rec.service_account, rec.netns)
 
     def snapshot(self) -> list[ZdsWorkload]:
