@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import datetime as dt
 import os
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,17 +33,21 @@ from istiod_lite.ca.auth import Authenticator, LabTokenAuthenticator
 from istiod_lite.ca.authority import SigningAuthority
 from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, NodeAccount, parse_node_accounts
 from istiod_lite.ca.metrics import CaMetrics
-from istiod_lite.ca.pods import LabStatePodIndex, PodIndex
+from istiod_lite.ca.pods import PodIndex
 from istiod_lite.ca.server import DEFAULT_MAX_MESSAGE_BYTES, ServingCertificates, ca_rpc_handler
 from istiod_lite.ca.service import CaPolicy, CertificateService
 from istiod_lite.ca.signing import DEFAULT_MAX_TTL
 from istiod_lite.ca.store import load_cacerts, load_or_create_root
+from istiod_lite.push.plane import PushPlane
+from istiod_lite.push.translated import translated_build
 from istiod_lite.sources import Source
+from istiod_lite.sources.file import FileSource
+from istiod_lite.view import Informers
 from mesh.clock import Clock
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
-from mesh.rt.http import HttpReply, HttpServer, text_reply
+from mesh.rt.http import Handler, HttpReply, HttpServer, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import build_registry, render
@@ -65,6 +68,11 @@ class IstiodSettings:
     max_ttl: dt.timedelta = DEFAULT_MAX_TTL
     node_accounts: tuple[NodeAccount, ...] = DEFAULT_TRUSTED_NODE_ACCOUNTS
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    """The largest CreateCertificate request."""
+    xds_max_receive_bytes: int = 16 * 1024 * 1024
+    """The server's receive limit, sized for xDS (a reconnect's initial_resource_versions)."""
+    xds_max_send_bytes: int = 200 * 1024 * 1024
+    """A full state for 10,000 workloads is one message (ztunnel accepts up to 200 MiB)."""
     max_concurrent_rpcs: int = 1024
     serving_dns_names: tuple[str, ...] = field(default=("istiod.istio-system.svc",))
 
@@ -101,7 +109,13 @@ class Istiod:
         self._log = log
         self._ready = False
         self._readiness = HttpServer({"/healthz/ready": self._readiness_page})
-        self._monitoring = HttpServer({"/metrics": self._metrics_page}) if registry is not None else None
+        self.monitoring_routes: dict[str, Handler] = (
+            {"/metrics": self._metrics_page} if registry is not None else {}
+        )
+        """Pages of the monitoring port (15014); add to it before ``start``."""
+        self._monitoring: HttpServer | None = None
+        self.readiness_gates: list[Callable[[], str | None]] = []
+        """Checks that name what is not ready yet (None when ready), e.g. the sources' initial lists."""
         self.ca_port = 0
         self.readiness_port = 0
         self.monitoring_port = 0
@@ -123,7 +137,8 @@ class Istiod:
             raise MeshError(f"cannot listen on {self.settings.listen}", hint="is the port already in use?")
         await self.grpc_server.start()
         self.readiness_port = await self._readiness.start(*_split_host_port(self.settings.readiness_listen))
-        if self._monitoring is not None:
+        if self.monitoring_routes:
+            self._monitoring = HttpServer(self.monitoring_routes)
             self.monitoring_port = await self._monitoring.start(
                 *_split_host_port(self.settings.monitoring_listen)
             )
@@ -147,7 +162,12 @@ class Istiod:
         self._log.info("istiod.stopped")
 
     def _readiness_page(self, method: str, query: Mapping[str, str]) -> HttpReply:
-        return text_reply("ready\n") if self._ready else text_reply("not ready\n", status=503)
+        if not self._ready:
+            return text_reply("not ready: starting or stopping\n", status=503)
+        waiting = [reason for gate in self.readiness_gates if (reason := gate()) is not None]
+        if waiting:
+            return text_reply("not ready: " + "; ".join(waiting) + "\n", status=503)
+        return text_reply("ready\n")
 
     def _metrics_page(self, method: str, query: Mapping[str, str]) -> HttpReply:
         assert self.registry is not None
@@ -187,7 +207,8 @@ def build_server(
         clock=clock,
         dns_names=settings.serving_dns_names,
     )
-    server = _grpc_server(settings, [ca_rpc_handler(service), *extra_handlers])
+    handlers = [ca_rpc_handler(service, max_request_bytes=settings.max_message_bytes), *extra_handlers]
+    server = _grpc_server(settings, handlers)
     return Istiod(
         settings=settings,
         authority=authority,
@@ -205,8 +226,8 @@ def _grpc_server(
     return grpc.aio.server(
         handlers=handlers,
         options=[
-            ("grpc.max_receive_message_length", settings.max_message_bytes),
-            ("grpc.max_send_message_length", 4 * 1024 * 1024),
+            ("grpc.max_receive_message_length", settings.xds_max_receive_bytes),
+            ("grpc.max_send_message_length", settings.xds_max_send_bytes),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )
@@ -281,9 +302,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 
 
 def _plugins(
-    args: argparse.Namespace, *, clock: Clock, log: structlog.typing.FilteringBoundLogger
-) -> tuple[Authenticator, PodIndex, Source | None]:
-    """Caller authentication, the pod index, and the source that feeds it (None: read on demand)."""
+    args: argparse.Namespace,
+    informers: Informers,
+    *,
+    clock: Clock,
+    log: structlog.typing.FilteringBoundLogger,
+) -> tuple[Authenticator, Source]:
+    """Caller authentication and the source that feeds the informers (lab files or Kubernetes)."""
     if args.auth == "lab":
         if args.lab_tokens is None:
             raise MeshError(
@@ -292,17 +317,14 @@ def _plugins(
         authenticator = LabTokenAuthenticator.from_file(
             args.lab_tokens, trust_domain=args.trust_domain, clock=clock
         )
-        return authenticator, LabStatePodIndex(args.lab_state), None
+        return authenticator, FileSource(args.lab_state, informers.sink("lab"), logger=log)
     # Only the kubernetes mode pays for importing the kubernetes client.
     from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
-    from istiod_lite.ca.pod_sink import PodIndexSink  # noqa: PLC0415
-    from istiod_lite.sources.kube import RESOURCES, KubeSource, make_api_client  # noqa: PLC0415
+    from istiod_lite.sources.kube import KubeSource, make_api_client  # noqa: PLC0415
 
     api = make_api_client()
-    sink = PodIndexSink()
-    pods_only = [r for r in RESOURCES if r.kind == "Pod"]
-    source = KubeSource(api, sink, resources=pods_only, logger=log)
-    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock), sink, source
+    source = KubeSource(api, informers.sink("kubernetes"), logger=log)
+    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock), source
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -316,32 +338,52 @@ async def _serve(args: argparse.Namespace) -> int:
         max_ttl=dt.timedelta(seconds=args.max_ttl),
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
-    authenticator, pods, source = _plugins(args, clock=clock, log=log)
+    informers = Informers()
+    authenticator, source = _plugins(args, informers, clock=clock, log=log)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
+    )
+    registry = build_registry(component="istiod")
+    plane = PushPlane(
+        translated_build(informers, trust_domain=args.trust_domain),
+        clock=clock,
+        registry=registry,
+        authenticator=authenticator,
     )
     istiod = build_server(
         settings,
         authority=authority,
         authenticator=authenticator,
-        pods=pods,
+        pods=informers,
         clock=clock,
         log=log,
-        registry=build_registry(component="istiod"),
+        registry=registry,
+        extra_handlers=[plane.rpc_handler()],
     )
+    istiod.monitoring_routes.update(plane.debug_routes())
+    istiod.readiness_gates.append(
+        lambda: None if informers.synced else "the config sources are still listing"
+    )
+    informers.on_change(plane.mark_dirty)
     drain = Drain()
     drain.install_signal_handlers(asyncio.get_running_loop())
-    feeder = asyncio.create_task(source.run()) if source is not None else None
+    tasks = [asyncio.create_task(source.run())]
     try:
         await istiod.start()
+        tasks.append(asyncio.create_task(_push_when_synced(informers, plane)))
         await drain.wait_triggered()
         await istiod.stop(grace=drain.deadline)
     finally:
-        if feeder is not None:
-            feeder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await feeder
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
     return 0
+
+
+async def _push_when_synced(informers: Informers, plane: PushPlane) -> None:
+    """The first snapshot is built only from complete caches (never a partial cluster)."""
+    await informers.wait_synced()
+    await plane.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -7,18 +7,15 @@ meshctl ztunnel-config policies --admin 127.0.0.1:15000 -o json
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import socket
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 from mesh.errors import MeshError
 from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
-from ztunnel.netns import in_netns
+from meshctl.nethttp import http_get
 
 __all__ = ["fetch_admin", "register", "render_table"]
 
@@ -64,43 +61,18 @@ def run(args: argparse.Namespace) -> int:
 def fetch_admin(address: str, path: str, *, netns: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
     """GETs ``path`` from a ztunnel admin port (inside ``netns`` when given) and decodes the JSON."""
     host, _, port = address.rpartition(":")
-    with _socket_in(netns) as sock:
-        sock.settimeout(timeout)
-        try:
-            sock.connect((host, int(port)))
-            sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
-            raw = b"".join(iter(lambda: sock.recv(65536), b""))
-        except OSError as exc:
-            where = f" in network namespace {netns}" if netns else ""
-            raise MeshError(
-                f"cannot reach the ztunnel admin endpoint {address}{where}: {exc}",
-                hint="is ztunnel running there? in the lab, check 'meshctl lab status'",
-            ) from None
-    head, _, body = raw.partition(b"\r\n\r\n")
-    if not head.startswith(b"HTTP/1.1 200"):
-        status_line = head.split(b"\r\n", 1)[0].decode(errors="replace")
-        raise MeshError(f"ztunnel admin answered {status_line}", hint="check the ztunnel's logs")
+    try:
+        status, body = http_get(host, int(port), path, netns=netns, timeout=timeout)
+    except OSError as exc:
+        where = f" in network namespace {netns}" if netns else ""
+        raise MeshError(
+            f"cannot reach the ztunnel admin endpoint {address}{where}: {exc}",
+            hint="is ztunnel running there? in the lab, check 'meshctl lab status'",
+        ) from None
+    if status != 200:
+        raise MeshError(f"ztunnel admin answered HTTP {status}", hint="check the ztunnel's logs")
     decoded: dict[str, Any] = json.loads(body)
     return decoded
-
-
-@contextlib.contextmanager
-def _socket_in(netns: str | None) -> Iterator[socket.socket]:
-    if netns is None:
-        with socket.socket() as sock:
-            yield sock
-        return
-    try:
-        fd = os.open(f"/var/run/netns/{netns}", os.O_RDONLY)
-    except OSError as exc:
-        raise MeshError(f"no network namespace {netns}: {exc.strerror}", hint="is the lab up?") from None
-    try:
-        with in_netns(fd):
-            sock = socket.socket()
-    finally:
-        os.close(fd)
-    with sock:
-        yield sock
 
 
 def _expiry(row: dict[str, Any]) -> str:

@@ -44,10 +44,20 @@ def istiod_spiffe_uri(trust_domain: str) -> str:
     return f"spiffe://{trust_domain}/ns/istio-system/sa/istiod"
 
 
-def ca_rpc_handler(service: CertificateService) -> grpc.GenericRpcHandler[bytes, bytes]:
-    """The generic handler serving CreateCertificate with ``service``."""
+def ca_rpc_handler(
+    service: CertificateService, *, max_request_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+) -> grpc.GenericRpcHandler[bytes, bytes]:
+    """The generic handler serving CreateCertificate with ``service``.
+
+    The server's own receive limit is sized for xDS; a CSR request larger than ``max_request_bytes``
+    is refused here with RESOURCE_EXHAUSTED before it is parsed."""
 
     async def create_certificate(request: bytes, context: grpc.aio.ServicerContext[bytes, bytes]) -> bytes:
+        if len(request) > max_request_bytes:
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"request of {len(request)} bytes is larger than max {max_request_bytes} bytes",
+            )
         try:
             return await service.create_certificate(request, context.invocation_metadata() or ())
         except CaError as err:

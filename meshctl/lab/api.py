@@ -101,6 +101,7 @@ class Lab:
         nodes: int = 2,
         timeout: float = 60.0,
         wait: bool = True,
+        mesh: bool = False,
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -111,7 +112,7 @@ class Lab:
                 f"a lab is already running with state directory {self.paths.root}",
                 hint="change it with 'meshctl lab apply', or stop it with 'meshctl lab down'",
             )
-        settings = build_settings(lab_id=self._lab_id or self.lab_id, node_count=nodes)
+        settings = build_settings(lab_id=self._lab_id or self.lab_id, node_count=nodes, mesh=mesh)
         objects = self._validate(objects, settings.node_names())
         _preflight()
         self.store.check_writable()

@@ -36,7 +36,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     nodes = build_settings(node_count=args.nodes).node_names()
     objects = _load_all(args.filename, nodes)
     started = time.monotonic()
-    lab.up(objects, nodes=args.nodes, timeout=args.timeout, wait=not args.no_wait)
+    lab.up(objects, nodes=args.nodes, timeout=args.timeout, wait=not args.no_wait, mesh=args.mesh)
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
     return 0
@@ -131,6 +131,12 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
     up.add_argument("--lab-id", default=None, help="prefix of everything the lab creates (default mlab)")
     up.add_argument("--timeout", type=float, default=90.0, help="seconds to wait for pods to be ready")
     up.add_argument("--no-wait", action="store_true", help="return once the daemon is started")
+    up.add_argument(
+        "--mesh",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the mesh: istiod_lite, a node agent and a ztunnel per node (default on)",
+    )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")
     down.add_argument("--lab-id", default=None, help="lab id when the state directory is gone (default mlab)")

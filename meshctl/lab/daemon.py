@@ -31,12 +31,13 @@ from meshctl.lab.cni import CniRunner
 from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_hosts, render_nat, service_ports
+from meshctl.lab.mesh import MeshRuntime
 from meshctl.lab.netops import netns_exec
 from meshctl.lab.network import NETNS_ANNOTATION, PodIpam, build_network, node_object, remove_network
 from meshctl.lab.objects import ObjKey
 from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
-from meshctl.lab.supervisor import process_start_time
+from meshctl.lab.supervisor import ProcessEvent, process_start_time
 
 __all__ = ["LabDaemon", "main"]
 
@@ -62,6 +63,11 @@ class LabDaemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         paths = self.store.paths
+        self.mesh = (
+            MeshRuntime(self.settings, paths, clock=clock, on_event=self._mesh_event)
+            if self.settings.mesh
+            else None
+        )
         self.ctx = RuntimeContext(
             settings=self.settings,
             paths=paths,
@@ -87,6 +93,9 @@ class LabDaemon:
                 for node in self.settings.nodes:
                     txn.put(node_object(node, rng=self.rng, now=self.clock.now()))
             self.log.info("lab.network.ready", nodes=len(self.settings.nodes))
+            if self.mesh is not None:
+                await self.mesh.start()
+                self.log.info("lab.mesh.started")
             await self._loop()
             return 0
         except Exception:
@@ -228,12 +237,19 @@ class LabDaemon:
             txn.update(("Pod", meta["namespace"], meta["name"]), change)
         self._wake.set()
 
+    def _mesh_event(self, name: str, event: ProcessEvent) -> None:
+        self.log.info(
+            "lab.mesh.process", process=name, kind=event.kind, pid=event.pid, exit_code=event.exit_code
+        )
+
     async def _teardown(self) -> None:
         self.log.info("lab.daemon.stopping", pods=len(self.runners))
         for key in list(self.runners):
             self._stop_runner(key)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+        if self.mesh is not None:
+            await self.mesh.stop()
         await remove_network(self.settings)
         with contextlib.suppress(FileNotFoundError):
             self.store.paths.daemon_pid.unlink()

@@ -76,6 +76,8 @@ class LabSettings:
     service_cidr: str = "10.96.0.0/16"
     cluster_domain: str = "cluster.local"
     cluster_id: str = "Kubernetes"
+    mesh: bool = False
+    """Whether the lab runs the mesh (istiod_lite, node agents, ztunnels) with its CNI plugin."""
 
     @property
     def prefix(self) -> str:
@@ -113,6 +115,7 @@ class LabSettings:
             "serviceCIDR": self.service_cidr,
             "nodeCIDR": self.node_cidr,
             "bridgeNetns": self.bridge_netns,
+            "mesh": self.mesh,
             "nodes": [
                 {
                     "name": n.name,
@@ -148,6 +151,7 @@ class LabSettings:
                 service_cidr=str(data["serviceCIDR"]),
                 cluster_domain=str(data["clusterDomain"]),
                 cluster_id=str(data["clusterId"]),
+                mesh=bool(data.get("mesh", False)),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -156,7 +160,7 @@ class LabSettings:
             ) from exc
 
 
-def build_settings(*, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2) -> LabSettings:
+def build_settings(*, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2, mesh: bool = False) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
     if not 1 <= node_count <= _MAX_NODES:
@@ -172,7 +176,7 @@ def build_settings(*, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2) -> LabS
         )
         for i in range(1, node_count + 1)
     )
-    return LabSettings(lab_id=lab_id, nodes=nodes, bridge_netns=f"{lab_id}-net")
+    return LabSettings(lab_id=lab_id, nodes=nodes, bridge_netns=f"{lab_id}-net", mesh=mesh)
 
 
 def _short(uid: str) -> str:

@@ -1,4 +1,4 @@
-"""The CA's pod index fed by a pods-only Kubernetes watch (what ``istiod-lite --auth kubernetes`` runs).
+"""The CA's pod index is the config plane's informers, fed by the Kubernetes watch (``--auth kubernetes``).
 
 The API server is ``kmock``'s KubernetesEmulator: a test double of the Kubernetes API server
 (in-process, with list/watch semantics over objects held in memory), not a real cluster.
@@ -17,8 +17,8 @@ from kubernetes import client
 
 from istiod_lite.ca.auth import Caller
 from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, authorize
-from istiod_lite.ca.pod_sink import PodIndexSink
 from istiod_lite.sources.kube import RESOURCES, KubeSource, WatchSettings
+from istiod_lite.view import Informers
 from mesh.identity import WorkloadIdentity
 
 TD = "cluster.local"
@@ -47,18 +47,23 @@ async def _until(condition: Callable[[], bool], *, seconds: float = 10.0) -> Non
 
 async def test_impersonation_follows_pods_from_the_api_server(kmock: kmock.KubernetesEmulator) -> None:
     kmock.objects[PODS, "default", "sleep-1"] = _pod("sleep-1", "n2")
-    sink = PodIndexSink()
+    informers = Informers()
+    sink = informers.sink("kubernetes")
     settings = WatchSettings(watch_timeout=5, connect_timeout=2.0, read_timeout=6.0)
     with client.ApiClient(client.Configuration(host=str(kmock.url).rstrip("/"))) as api:
         pods_only = [r for r in RESOURCES if r.kind == "Pod"]
         source = KubeSource(api, sink, resources=pods_only, settings=settings, logger=structlog.get_logger())
         feeder = asyncio.create_task(source.run())
         try:
-            await _until(lambda: sink.synced)
+            await _until(lambda: informers.synced)
 
             def allowed() -> bool:
                 decision = authorize(
-                    ZTUNNEL_N1, SLEEP, trust_domain=TD, node_accounts=DEFAULT_TRUSTED_NODE_ACCOUNTS, pods=sink
+                    ZTUNNEL_N1,
+                    SLEEP,
+                    trust_domain=TD,
+                    node_accounts=DEFAULT_TRUSTED_NODE_ACCOUNTS,
+                    pods=informers,
                 )
                 return decision.allowed
 

@@ -110,7 +110,7 @@ def test_ctrl_c_while_coming_up_tears_everything_down(tmp_path: Path) -> None:
     lab_id = unique_lab_id()
     before = SystemSnapshot.take(lab_id)
     state = tmp_path / "state"
-    argv = [MESHCTL, "lab", "up", "--state", str(state), "--lab-id", lab_id, "-f", str(SAMPLE)]
+    argv = [MESHCTL, "lab", "up", "--no-mesh", "--state", str(state), "--lab-id", lab_id, "-f", str(SAMPLE)]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         started = wait_for(lambda: len(SystemSnapshot.take(lab_id).namespaces) > 3, timeout=20)
