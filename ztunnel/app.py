@@ -209,13 +209,17 @@ class Ztunnel:
             self._servers.append(server)
 
 
+async def _serve(args: argparse.Namespace) -> int:
+    # Built inside the running loop: gRPC channels bind to the loop that creates them.
+    return await Ztunnel(args).serve()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     configure_logging(fmt=args.log_format, level=args.log_level)
     try:
-        ztunnel = Ztunnel(args)
-        return run(ztunnel.serve())
+        return run(_serve(args))
     except MeshError as exc:
         print(f"ztunnel: {exc}", file=sys.stderr)
         return 2
