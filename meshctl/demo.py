@@ -1,4 +1,4 @@
-"""``make demo``: the Foundation demo (until the lab exists).
+"""The CA demo (``python -m meshctl.demo ca``) and the entry point of ``make demo``.
 
 It starts istiod_lite as a real process on loopback with a temporary state directory, a lab state
 directory holding one pod (``demo/server-0``, service account ``server``, on node ``demo-node``) and a
@@ -34,6 +34,7 @@ from mesh.errors import MeshError
 from mesh.identity import WorkloadIdentity, load_pem_certificates, verify_workload_chain
 from mesh.rt.ca_client import CaClient, CaError, CaRejected
 from mesh.rt.loop import run
+from meshctl.mesh_demo import run_mesh_demo
 
 __all__ = [
     "DemoError",
@@ -306,10 +307,16 @@ def run_foundation_demo(*, out: TextIO = sys.stdout) -> None:
     run(foundation_demo(out=out))
 
 
-def main() -> int:
-    """``python -m meshctl.demo``: 0 on success, 1 with a message saying what to do on failure."""
+def main(argv: list[str] | None = None) -> int:
+    """``python -m meshctl.demo [ca]``: the mesh on the lab (default), or only the CA (``ca``).
+
+    0 on success, 1 with a message saying what to do on failure."""
+    args = sys.argv[1:] if argv is None else argv
     try:
-        run_foundation_demo()
+        if args == ["ca"]:
+            run_foundation_demo()
+        else:
+            run_mesh_demo()
     except MeshError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1
