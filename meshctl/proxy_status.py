@@ -11,16 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import urllib.error
-import urllib.request
+import urllib.parse
 from typing import Any
 
 from mesh.errors import MeshError
+from meshctl.lab.api import Lab
+from meshctl.lab.mesh import control_plane_address
+from meshctl.lab.settings import default_state_dir
+from meshctl.nethttp import http_get
 
 __all__ = ["ProxyStatusError", "fetch_syncz", "register", "render", "run", "xds_status"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:15014"
-_MAX_BODY = 64 * 1024 * 1024
 
 
 class ProxyStatusError(MeshError):
@@ -78,31 +80,44 @@ def render(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def fetch_syncz(endpoint: str, *, timeout: float = 5.0) -> dict[str, Any]:
-    """GETs ``<endpoint>/debug/syncz``; raises ProxyStatusError saying what went wrong."""
+def fetch_syncz(endpoint: str, *, timeout: float = 5.0, netns: str | None = None) -> dict[str, Any]:
+    """GETs ``<endpoint>/debug/syncz`` (from inside ``netns`` when given); raises ProxyStatusError."""
     url = endpoint.rstrip("/") + "/debug/syncz"
+    parsed = urllib.parse.urlsplit(url)
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as reply:
-            body = reply.read(_MAX_BODY)
-    except (urllib.error.URLError, OSError) as exc:
+        status, body = http_get(
+            parsed.hostname or "127.0.0.1", parsed.port or 15014, parsed.path, netns=netns, timeout=timeout
+        )
+    except (OSError, MeshError) as exc:
         raise ProxyStatusError(
             f"cannot read {url}: {exc}", hint="is istiod_lite running? pass --istiod http://<host>:15014"
         ) from exc
     try:
-        doc = json.loads(body)
+        doc = json.loads(body) if status == 200 else None
     except ValueError as exc:
         raise ProxyStatusError(f"{url} did not answer with JSON: {exc}") from exc
     if not isinstance(doc, dict) or not isinstance(doc.get("subscribers"), list):
         raise ProxyStatusError(
-            f"{url} did not answer with a syncz document", hint="point --istiod at port 15014"
+            f"{url} did not answer with a syncz document (HTTP {status})", hint="point --istiod at port 15014"
         )
     return doc
 
 
+def _endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
+    """``--istiod``, else the running lab's istiod_lite (inside its namespace), else the default."""
+    if args.istiod:
+        return args.istiod, None
+    lab = Lab(getattr(args, "state", None) or default_state_dir())
+    if lab.is_running() and lab.settings.mesh:
+        return f"http://{control_plane_address(lab.settings)}:15014", lab.settings.bridge_netns
+    return DEFAULT_ENDPOINT, None
+
+
 def run(args: argparse.Namespace) -> int:
     """Prints the table; returns 0, or 1 when the endpoint cannot be read."""
+    endpoint, netns = _endpoint(args)
     try:
-        doc = fetch_syncz(args.istiod, timeout=args.timeout)
+        doc = fetch_syncz(endpoint, timeout=args.timeout, netns=netns)
     except ProxyStatusError as exc:
         print(f"meshctl proxy-status: {exc}", file=sys.stderr)
         return 1
@@ -116,8 +131,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "proxy-status", help="show whether each proxy has the latest config (SYNCED / STALE / NOT SENT)"
     )
     parser.add_argument(
-        "--istiod", default=DEFAULT_ENDPOINT, help=f"debug endpoint (default {DEFAULT_ENDPOINT})"
+        "--istiod", default=None, help=f"debug endpoint (default: the running lab's, else {DEFAULT_ENDPOINT})"
     )
+    parser.add_argument("--state", default=default_state_dir(), help="lab state directory")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
     parser.set_defaults(func=run)

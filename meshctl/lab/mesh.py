@@ -32,7 +32,14 @@ from meshctl.lab.supervisor import ProcessEvent, ProcessSpec, SupervisedProcess
 from meshctl.lab.topology import BRIDGE
 from meshctl.nethttp import http_get
 
-__all__ = ["AGENT_SOCKET", "MeshLayout", "MeshRuntime", "cni_plugins", "plan_processes"]
+__all__ = [
+    "AGENT_SOCKET",
+    "MeshLayout",
+    "MeshRuntime",
+    "cni_plugins",
+    "control_plane_address",
+    "plan_processes",
+]
 
 AGENT_SOCKET = "@ztunnel-cni/pluginevent.sock"
 PLUGIN = "ztunnel-cni"
