@@ -33,6 +33,7 @@ from mesh.rt.hbone import (
     RelayEnd,
     reset_transport,
 )
+from mesh.rt.hbone.memory import tune_malloc
 from mesh.rt.hbone.relay import splice
 from mesh.rt.loop import run
 from mesh.rt.tls import TlsMaterial
@@ -156,6 +157,7 @@ def main() -> None:
     parser.add_argument("--target", help="client: the CONNECT authority ip:port")
     parser.add_argument("--profile", type=Path, help="write cProfile stats here on exit")
     args = parser.parse_args()
+    tune_malloc()
     main_coro = _client(args) if args.role == "client" else _server(args)
     if args.profile is None:
         run(main_coro)

@@ -30,6 +30,7 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from mesh.errors import MeshError
 from mesh.identity.errors import IdentityError
@@ -108,7 +109,27 @@ def _base_context(protocol: ssl._SSLMethod, material: TlsMaterial) -> ssl.SSLCon
         ) from exc
     _load_chain(ctx, material)
     restrict_tls13_suites(ctx)
+    ctx.sslobject_class = _DirectSSLObject
     return ctx
+
+
+class _DirectSSLObject(ssl.SSLObject):
+    """An SSLObject whose read/write/pending are the C methods themselves.
+
+    uvloop binds ``read``, ``write`` and ``pending`` once per connection and calls them for every
+    record; ``ssl.SSLObject``'s versions are Python wrappers that only forward to ``_sslobj``. Binding
+    the C methods on the instance skips one Python frame per call on the hot path.
+    """
+
+    @classmethod
+    def _create(cls, *args: Any, **kwargs: Any) -> _DirectSSLObject:
+        obj: _DirectSSLObject = super()._create(*args, **kwargs)  # type: ignore[misc]
+        inner = getattr(obj, "_sslobj", None)
+        if inner is not None:  # CPython's layout; otherwise keep the wrappers
+            obj.read = inner.read  # type: ignore[method-assign]
+            obj.write = inner.write  # type: ignore[method-assign]
+            obj.pending = inner.pending  # type: ignore[method-assign]
+        return obj
 
 
 def _load_chain(ctx: ssl.SSLContext, material: TlsMaterial) -> None:

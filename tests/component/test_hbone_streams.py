@@ -48,6 +48,24 @@ async def test_many_concurrent_streams_echo_byte_exact() -> None:
         conn.close()
 
 
+async def test_short_streams_give_their_whole_window_back() -> None:
+    """600 streams of 31 KiB each way: below the ack batch, so only the release at stream end returns
+    their window. A leak would exhaust the 16 MiB connection window after ~520 streams and stall."""
+    async with hbone_rig() as rig:
+        conn = await rig.client()
+        payload = os.urandom(31 * 1024)
+
+        async def one() -> bytes:
+            status, stream = await conn.open_stream(rig.echo_authority)
+            assert status == 200
+            return await _echo_once(stream, payload)
+
+        async with asyncio.timeout(20):  # about 1 s when the window comes back
+            for _ in range(30):
+                assert await asyncio.gather(*(one() for _ in range(20))) == [payload] * 20
+        conn.close()
+
+
 async def test_request_headers_and_peer_identity_reach_the_handler() -> None:
     async with hbone_rig() as rig:
         conn = await rig.client()

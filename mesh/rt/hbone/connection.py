@@ -40,6 +40,8 @@ __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]
 
 _READ_BUFFER = 256 * 1024 + 256
 """uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
+_SPARE_BUFFERS = 4
+"""Read buffers still referenced by a transport's write queue are set aside and reused once free."""
 
 
 class ConnectionClosedError(MeshError):
@@ -77,6 +79,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.write_blocked = False
         self._acks: dict[int, int] = {}
         self._read_buffer = bytearray(_READ_BUFFER)
+        self._spares: list[bytearray] = []
         self._blocked: dict[int, HboneStream] = {}
         self._in_batch = False
         self._read_paused = False
@@ -144,17 +147,37 @@ class HboneConnection(asyncio.BufferedProtocol):
             buf.append(0)
             del buf[-1]
         except BufferError:
-            buf = self._read_buffer = bytearray(_READ_BUFFER)
+            buf = self._read_buffer = self._spare_buffer()
         return buf
 
-    def buffer_updated(self, nbytes: int) -> None:
-        """``nbytes`` were decrypted into the read buffer."""
-        self.data_received(memoryview(self._read_buffer)[:nbytes])
+    def _spare_buffer(self) -> bytearray:
+        """A read buffer nothing refers to any more, from a few kept for reuse (no malloc, no zeroing)."""
+        spares = self._spares
+        for i, buf in enumerate(spares):
+            try:
+                buf.append(0)
+                del buf[-1]
+            except BufferError:
+                continue
+            spares[i] = self._read_buffer
+            return buf
+        if len(spares) < _SPARE_BUFFERS:
+            spares.append(self._read_buffer)
+        return bytearray(_READ_BUFFER)
 
     def data_received(self, data: bytes | memoryview) -> None:
-        """Feeds the engine; dispatches events; writes once."""
+        """Plain-protocol entry (uvloop uses the buffered one): goes through the read buffer."""
+        view = memoryview(data)
+        for start in range(0, len(view), _READ_BUFFER):
+            chunk = view[start : start + _READ_BUFFER]
+            self.get_buffer(len(chunk))[: len(chunk)] = chunk
+            self.buffer_updated(len(chunk))
+
+    def buffer_updated(self, nbytes: int) -> None:
+        """``nbytes`` were decrypted into the read buffer: feed the engine, dispatch, write once."""
         if self._closed:
             return
+        data = memoryview(self._read_buffer)[:nbytes]
         self._in_batch = True
         try:
             events = self.h2.receive_data(data)
@@ -171,7 +194,13 @@ class HboneConnection(asyncio.BufferedProtocol):
             events.clear()  # the engine keeps the list: drop the views into the read buffer now
         finally:
             self._in_batch = False
-        self.flush()
+        if self._acks:
+            self._flush_acks()
+        out = self.h2.data_to_send()
+        if out and not self._closed:
+            self.transport.write(out)  # type: ignore[union-attr]
+        if self.buffered_bytes or self._read_paused:
+            self._control_reading()
 
     def eof_received(self) -> bool | None:
         """The peer closed TLS: the connection ends (HTTP/2 has no half-closed connection)."""
@@ -213,16 +242,20 @@ class HboneConnection(asyncio.BufferedProtocol):
         if self._in_batch or self._closed:
             return
         if self._acks:
-            for stream_id, length in self._acks.items():
-                try:
-                    self.h2.acknowledge_received_data(stream_id, length)
-                except H2ProtocolError:
-                    continue
-            self._acks.clear()
+            self._flush_acks()
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
-        self._control_reading()
+        if self.buffered_bytes or self._read_paused:
+            self._control_reading()
+
+    def _flush_acks(self) -> None:
+        for stream_id, length in self._acks.items():
+            try:
+                self.h2.acknowledge_received_data(stream_id, length)
+            except H2ProtocolError:
+                continue
+        self._acks.clear()
 
     def reset_stream(self, stream_id: int, error_code: int) -> None:
         """Resets one stream (the caller flushes)."""

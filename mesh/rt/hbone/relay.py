@@ -40,7 +40,6 @@ class RelayEnd(asyncio.Protocol):
     def __init__(self, *, backlog_cap: int = 256 * 1024) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: RelayEnd | None = None
-        self.bytes_in = 0
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
         self._backlog_cap = backlog_cap
@@ -56,8 +55,7 @@ class RelayEnd(asyncio.Protocol):
         self.transport = transport
 
     def data_received(self, data: bytes) -> None:
-        """Forwards to the peer, or keeps the bytes until :func:`link`."""
-        self.bytes_in += len(data)
+        """Keeps the bytes until :func:`link` (which then replaces this with the peer's ``write``)."""
         peer = self.peer
         if peer is not None:
             assert peer.transport is not None
@@ -96,6 +94,7 @@ class RelayEnd(asyncio.Protocol):
             return
         self._lost = True
         self._lost_exc = exc
+        self.__dict__.pop("data_received", None)  # undo the short circuit of link()
         self._backlog.clear()
         peer = self.peer
         if peer is not None:
@@ -131,6 +130,21 @@ def link(a: RelayEnd, b: RelayEnd) -> None:
             dst.transport.write_eof()
         if src._write_paused:
             dst.transport.pause_reading()
+    _short_circuit(a, b)
+    _short_circuit(b, a)
+
+
+def _short_circuit(src: RelayEnd, dst: RelayEnd) -> None:
+    """From now on bytes ``src``'s transport reads go straight to ``dst``'s transport ``write``.
+
+    No Python frame in between: the instance attribute shadows :meth:`RelayEnd.data_received`
+    (uvloop caches ``data_received`` when a protocol is set, so the protocol is set again).
+    """
+    if src._lost or dst._lost or src.transport is None or dst.transport is None:
+        return
+    src.data_received = dst.transport.write  # type: ignore[method-assign]
+    if not isinstance(src.transport, HboneStream):
+        src.transport.set_protocol(src)
 
 
 def splice(end: RelayEnd, stream: HboneStream) -> RelayEnd:

@@ -29,7 +29,11 @@ from mesh.hbone.errors import ErrorCode, H2ProtocolError
 if TYPE_CHECKING:
     from mesh.rt.hbone.connection import HboneConnection
 
-__all__ = ["HboneStream", "StreamResetError"]
+__all__ = ["ACK_BATCH", "HboneStream", "StreamResetError"]
+
+ACK_BATCH = 32 * 1024
+"""Window given back per stream in steps of at least this much: small messages do not each cost an
+engine call. 100 streams hold back at most 3.2 MiB of the 16 MiB connection window."""
 
 
 class StreamResetError(MeshError):
@@ -59,6 +63,7 @@ class HboneStream(asyncio.Transport):
         self._inbox: deque[tuple[bytes | memoryview, int]] = deque()
         self._inbox_bytes = 0
         self._unacked = 0  # delivered while paused: acknowledged on resume
+        self._owed = 0  # delivered and drained, acknowledged in batches of ACK_BATCH
         self._reading_paused = False
         self._remote_ended = False
         self._eof_delivered = False
@@ -71,6 +76,10 @@ class HboneStream(asyncio.Transport):
         self._finished = False
         self.reset_error: StreamResetError | None = None
         self.response_headers: tuple[tuple[str, str], ...] = ()
+        self.bytes_sent = 0
+        """Bytes written to the stream (for telemetry)."""
+        self.bytes_received = 0
+        """Bytes (with padding) the peer sent on the stream and that were delivered."""
         self._done_callbacks: list[Callable[[], None]] = []
 
     # -- asyncio.Transport --------------------------------------------------------------------------
@@ -134,15 +143,25 @@ class HboneStream(asyncio.Transport):
         """Sends ``data`` as DATA frames, as far as the windows allow; the rest waits here."""
         if self._eof_requested or self._finished:
             return  # like a closed socket transport: late writes are dropped
-        if not isinstance(data, bytes):
+        if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
-        if not data:
+        conn = self._conn
+        self.bytes_sent += len(data)
+        if self._outbox or conn.write_blocked:
+            if data:
+                self._queue(data)
+        elif data:
+            try:
+                sent = conn.h2.send_data(self.stream_id, data)
+            except H2ProtocolError:
+                return  # the stream was reset; the event arrives with the next read
+            if sent < len(data):
+                self._queue(memoryview(data)[sent:])
+        if conn._in_batch or conn.is_closed:
             return
-        if self._outbox or self._conn.write_blocked:
-            self._queue(data)
-        else:
-            self._send(data)
-        self._conn.flush()
+        out = conn.h2.data_to_send()  # the hot path of conn.flush(): a write queues nothing else
+        if out:  # one joined write, so a small message is one TLS record
+            conn.transport.write(out)  # type: ignore[union-attr]
 
     def write_eof(self) -> None:
         """Half-closes: END_STREAM after the bytes already written."""
@@ -205,11 +224,16 @@ class HboneStream(asyncio.Transport):
             self._inbox_bytes += len(data)
             self._conn.buffered_bytes += len(data)
             return
+        self.bytes_received += flow_length
         proto.data_received(data if self._views_ok else bytes(data))  # type: ignore[arg-type]
         if self._reading_paused:
             self._unacked += flow_length
-        else:
-            self._conn.ack(self.stream_id, flow_length)
+            return
+        owed = self._owed + flow_length
+        if owed >= ACK_BATCH:
+            self._conn.ack(self.stream_id, owed)
+            owed = 0
+        self._owed = owed
 
     def on_end(self) -> None:
         """The peer sent END_STREAM."""
@@ -257,14 +281,6 @@ class HboneStream(asyncio.Transport):
 
     # -- internals ----------------------------------------------------------------------------------
 
-    def _send(self, data: bytes) -> None:
-        try:
-            sent = self._conn.h2.send_data(self.stream_id, data)
-        except H2ProtocolError:
-            return  # the stream was reset; the event arrives with the next read
-        if sent < len(data):
-            self._queue(memoryview(data)[sent:])
-
     def _queue(self, data: bytes | memoryview) -> None:
         self._outbox.append(data)
         self._outbox_bytes += len(data)
@@ -297,6 +313,7 @@ class HboneStream(asyncio.Transport):
             data, flow_length = self._inbox.popleft()
             self._inbox_bytes -= len(data)
             self._conn.buffered_bytes -= len(data)
+            self.bytes_received += flow_length
             proto.data_received(data if self._views_ok else bytes(data))  # type: ignore[arg-type]
             if self._reading_paused:
                 self._unacked += flow_length
@@ -314,11 +331,11 @@ class HboneStream(asyncio.Transport):
             self._finish(None)
 
     def _drop_inbox(self) -> None:
-        flow = sum(n for _, n in self._inbox) + self._unacked
+        flow = sum(n for _, n in self._inbox) + self._unacked + self._owed
         self._conn.buffered_bytes -= self._inbox_bytes
         self._inbox.clear()
         self._inbox_bytes = 0
-        self._unacked = 0
+        self._unacked = self._owed = 0
         if flow:
             self._conn.ack(self.stream_id, flow)  # the connection window must come back
 
@@ -337,6 +354,7 @@ class HboneStream(asyncio.Transport):
         if self._finished:
             return
         self._finished = True
+        self._drop_inbox()  # every byte's window goes back to the connection
         self._conn.stream_finished(self)
         if self._protocol is not None:
             self._protocol.connection_lost(exc)  # type: ignore[arg-type]
