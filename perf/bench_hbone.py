@@ -8,7 +8,9 @@ Paths (each proxy is its own process; all share this machine's cores):
 - **ours**: load generator -> relay A (plain TCP in, ``perf.hbone_relay client``) -> HBONE (mTLS,
   HTTP/2 CONNECT) -> relay B (``perf.hbone_relay server``) -> server; uvloop, ``mesh.rt.hbone``;
 - **envoy**: the same with two Envoys (``tcp_proxy`` tunneling, HCM terminating CONNECT),
-  ``--concurrency 1`` each, same windows (4 MiB stream, 16 MiB connection), TLS 1.3, ALPN h2.
+  ``--concurrency 1`` each, same windows (4 MiB stream, 16 MiB connection), TLS 1.3, ALPN h2;
+- **py-tls** (reference): a plain mTLS relay pair built from the same pieces without HTTP/2
+  (``perf.tls_relay``): the floor of any Python uvloop relay on this machine.
 
 Measured per path and repeat, with freshly started proxies: p50/p99 round trip of 100-byte
 ping-pongs; single-stream bulk MB/s (byte-checked by the server; the timer stops on its answer);
@@ -41,7 +43,7 @@ from perf.hbone_endpoints import bulk, ping_pong
 
 __all__ = ["PathRun", "Summary", "main", "run_benchmark"]
 
-PATHS = ("direct", "ours", "envoy")
+PATHS = ("direct", "ours", "envoy", "py-tls")
 CLIENT_ID = ("bench", "client")
 SERVER_ID = ("bench", "server")
 _REPO = Path(__file__).resolve().parent.parent
@@ -146,6 +148,29 @@ def _our_relays(work: Path, ids: dict[str, str], server_port: int) -> Iterator[t
 
 
 @contextmanager
+def _tls_relays(work: Path, ids: dict[str, str], server_port: int) -> Iterator[tuple[int, list[int]]]:
+    tag = str(time.monotonic_ns())
+    certs = ["--certs", str(work)]
+    relay_b, b_port = _spawn(
+        ["perf.tls_relay", "server", *certs, "--name", "server", "--identity", ids["server"],
+         "--target", f"127.0.0.1:{server_port}"],
+        work / f"tls-b-{tag}.port",
+    )  # fmt: skip
+    try:
+        relay_a, a_port = _spawn(
+            ["perf.tls_relay", "client", *certs, "--name", "client", "--identity", ids["client"],
+             "--server", f"127.0.0.1:{b_port}", "--expect", ids["server"]],
+            work / f"tls-a-{tag}.port",
+        )  # fmt: skip
+        try:
+            yield a_port, [relay_a.pid, relay_b.pid]
+        finally:
+            _stop(relay_a)
+    finally:
+        _stop(relay_b)
+
+
+@contextmanager
 def _envoys(work: Path, server_port: int) -> Iterator[tuple[int, list[int]]]:
     from perf.hbone_relay import load_material  # noqa: PLC0415 - relay module imports uvloop
 
@@ -177,6 +202,9 @@ def _path(name: str, work: Path, ids: dict[str, str], server_port: int) -> Itera
         yield server_port, []
     elif name == "ours":
         with _our_relays(work, ids, server_port) as started:
+            yield started
+    elif name == "py-tls":
+        with _tls_relays(work, ids, server_port) as started:
             yield started
     else:
         with _envoys(work, server_port) as started:
@@ -237,7 +265,9 @@ def summarize(runs: list[PathRun]) -> list[Summary]:
     return out
 
 
-def run_benchmark(*, repeats: int, rounds: int, nbytes: int, log: bool = True) -> list[PathRun]:
+def run_benchmark(
+    *, repeats: int, rounds: int, nbytes: int, paths: tuple[str, ...] = PATHS, log: bool = True
+) -> list[PathRun]:
     """Runs every path ``repeats`` times (interleaved) and returns the raw runs."""
     runs: list[PathRun] = []
     with tempfile.TemporaryDirectory(prefix="bench-hbone-") as tmp:
@@ -246,7 +276,7 @@ def run_benchmark(*, repeats: int, rounds: int, nbytes: int, log: bool = True) -
         server, server_port = _spawn(["perf.hbone_endpoints"], work / "server.port")
         try:
             for repeat in range(repeats):
-                for name in PATHS:
+                for name in paths:
                     run = _run_path(name, work, ids, server_port, rounds=rounds, nbytes=nbytes)
                     runs.append(run)
                     if log:
@@ -288,22 +318,25 @@ def report(summaries: list[Summary], *, rounds: int, nbytes: int, repeats: int) 
         lines.append(
             f"| {s.path} | {s.p50_us:.1f} | {s.p99_us:.1f} | {s.mb_per_s:.0f} | {cpu} | {rt} | {rss} |"
         )
-    ours, envoy, direct = by.get("ours"), by.get("envoy"), by.get("direct")
-    if ours and envoy and direct:
+    ours, envoy = by.get("ours"), by.get("envoy")
+    if ours and envoy:
         lines += [
             "",
             "| ours vs | p50 | p99 | throughput | CPU/GB | peak RSS (A+B) |",
             "|---|---|---|---|---|---|",
-            f"| envoy | {_ratio(ours.p50_us, envoy.p50_us)} | {_ratio(ours.p99_us, envoy.p99_us)} | "
-            f"{_ratio(ours.mb_per_s, envoy.mb_per_s)} | "
-            f"{_ratio(ours.proxy_cpu_s_per_gb, envoy.proxy_cpu_s_per_gb)} | "
-            f"{_ratio(ours.rss_total_mb, envoy.rss_total_mb)} |",
-            f"| direct | {_ratio(ours.p50_us, direct.p50_us)} | {_ratio(ours.p99_us, direct.p99_us)} | "
-            f"{_ratio(ours.mb_per_s, direct.mb_per_s)} | - | - |",
-            "",
-            "Targets: " + ", ".join(_targets(ours, envoy)),
         ]
+        lines += [_ratio_row(ours, by[name]) for name in ("envoy", "py-tls", "direct") if name in by]
+        lines += ["", "Targets: " + ", ".join(_targets(ours, envoy))]
     return "\n".join(lines)
+
+
+def _ratio_row(ours: Summary, other: Summary) -> str:
+    return (
+        f"| {other.path} | {_ratio(ours.p50_us, other.p50_us)} | {_ratio(ours.p99_us, other.p99_us)} | "
+        f"{_ratio(ours.mb_per_s, other.mb_per_s)} | "
+        f"{_ratio(ours.proxy_cpu_s_per_gb, other.proxy_cpu_s_per_gb)} | "
+        f"{_ratio(ours.rss_total_mb, other.rss_total_mb)} |"
+    )
 
 
 def _targets(ours: Summary, envoy: Summary) -> list[str]:
@@ -335,9 +368,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=20_000)
     parser.add_argument("--bulk-mb", type=int, default=1000)
     parser.add_argument("--json", type=Path, help="also write the raw runs and medians here")
+    parser.add_argument("--no-tls-floor", action="store_true", help="skip the py-tls reference path")
     args = parser.parse_args(argv)
     repeats, rounds, mb = (1, 3000, 20) if args.quick else (args.repeats, args.rounds, args.bulk_mb)
-    runs = run_benchmark(repeats=repeats, rounds=rounds, nbytes=mb * 1_000_000)
+    paths = tuple(p for p in PATHS if not (args.no_tls_floor and p == "py-tls"))
+    runs = run_benchmark(repeats=repeats, rounds=rounds, nbytes=mb * 1_000_000, paths=paths)
     summaries = summarize(runs)
     print(report(summaries, rounds=rounds, nbytes=mb * 1_000_000, repeats=repeats))
     if args.json:

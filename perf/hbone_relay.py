@@ -38,7 +38,7 @@ from mesh.rt.hbone.relay import splice
 from mesh.rt.loop import run
 from mesh.rt.tls import TlsMaterial
 
-__all__ = ["load_material", "main"]
+__all__ = ["load_material", "main", "parse_address", "until_signalled", "write_ready"]
 
 
 def load_material(certs: Path, name: str, identity: str) -> TlsMaterial:
@@ -59,7 +59,8 @@ class _Certs:
         return self._material
 
 
-def _address(text: str) -> tuple[str, int]:
+def parse_address(text: str) -> tuple[str, int]:
+    """``ip:port`` (IPv6 in brackets) as a tuple."""
     host, _, port = text.rpartition(":")
     return host.strip("[]"), int(port)
 
@@ -102,13 +103,13 @@ async def _client(args: argparse.Namespace) -> None:
     key = PoolKey(
         source=material.identity,
         source_ip="127.0.0.1",
-        destination=_address(args.server),
+        destination=parse_address(args.server),
         expected=frozenset({WorkloadIdentity.parse(args.expect)}),
     )
     relay = _ClientRelay(pool, key, args.target)
     server = await asyncio.get_running_loop().create_server(lambda: _Inbound(relay), "127.0.0.1", 0)
-    _ready(args.ready_file, server.sockets[0].getsockname()[1])
-    await _until_signalled()
+    write_ready(args.ready_file, server.sockets[0].getsockname()[1])
+    await until_signalled()
     server.close()
     await pool.close()
 
@@ -118,23 +119,25 @@ async def _server(args: argparse.Namespace) -> None:
     sockets = PlainSocketFactory()
 
     async def handler(request: InboundRequest) -> InboundDecision:
-        sock = await sockets.connect(_address(request.authority))
+        sock = await sockets.connect(parse_address(request.authority))
         return InboundDecision(status=200, upstream=sock)
 
     server = HboneServer(handler, credentials=lambda: material)
     _, port = await server.listen("127.0.0.1")
-    _ready(args.ready_file, port)
-    await _until_signalled()
+    write_ready(args.ready_file, port)
+    await until_signalled()
     await server.drain(deadline=1.0)
 
 
-def _ready(path: Path, port: int) -> None:
+def write_ready(path: Path, port: int) -> None:
+    """Publishes the bound port for the parent process (atomically)."""
     tmp = path.with_suffix(".tmp")
     tmp.write_text(str(port))
     tmp.rename(path)
 
 
-async def _until_signalled() -> None:
+async def until_signalled() -> None:
+    """Returns on SIGTERM or SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -71,8 +71,9 @@ class RelayEnd(asyncio.Protocol):
         self._eof = True
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer._lost:
-            peer.transport.write_eof()
-        return True
+            _write_eof(peer.transport)
+        # keep the other direction open; a TLS transport has no half-close (trap 11) and closes
+        return self.transport is None or self.transport.can_write_eof()
 
     def pause_writing(self) -> None:
         """Our transport is full: the peer stops reading."""
@@ -127,11 +128,19 @@ def link(a: RelayEnd, b: RelayEnd) -> None:
                 dst.transport.write(chunk)
             src.transport.resume_reading()  # type: ignore[union-attr]
         if src._eof:
-            dst.transport.write_eof()
+            _write_eof(dst.transport)
         if src._write_paused:
             dst.transport.pause_reading()
     _short_circuit(a, b)
     _short_circuit(b, a)
+
+
+def _write_eof(transport: asyncio.Transport) -> None:
+    """Half-closes, or closes (after pending writes) a transport without half-close, such as TLS."""
+    if transport.can_write_eof():
+        transport.write_eof()
+    else:
+        transport.close()
 
 
 def _short_circuit(src: RelayEnd, dst: RelayEnd) -> None:
