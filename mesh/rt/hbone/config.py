@@ -26,8 +26,13 @@ class HboneConfig:
     """A TLS handshake (plus identity check) that takes longer is aborted (slowloris)."""
     close_timeout: float = 2.0
     """After a close (TLS close_notify sent), how long to wait for the peer's before dropping the socket."""
-    read_buffer_cap: int = 16 * MiB
-    """Bytes held for streams that are paused; above it the TLS connection stops reading."""
+    read_buffer_cap: int = 16 * MiB + 256 * 1024
+    """Bytes held for streams that are paused; above it the TLS connection stops reading.
+
+    The windows already bound what a peer may send (the engine fails a peer that ignores them), so
+    the default (the connection window plus one read) never triggers for a compliant peer. A smaller
+    cap saves memory at the price of head-of-line blocking: every stream of the connection, and its
+    PINGs, wait until the paused streams drain."""
     tls_write_high_water: int = 512 * 1024
     """The TLS transport's write buffer bound: streams stop sending above it."""
 

@@ -196,9 +196,10 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._in_batch = False
         if self._acks:
             self._flush_acks()
-        out = self.h2.data_to_send()
-        if out and not self._closed:
-            self.transport.write(out)  # type: ignore[union-attr]
+        if not self.write_blocked:  # a peer that does not read: the engine's control budget applies
+            out = self.h2.data_to_send()
+            if out and not self._closed:
+                self.transport.write(out)  # type: ignore[union-attr]
         if self.buffered_bytes or self._read_paused:
             self._control_reading()
 
@@ -238,16 +239,25 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._acks[stream_id] = self._acks.get(stream_id, 0) + length
 
     def flush(self) -> None:
-        """Hands queued acknowledgements to the engine and writes its output (not inside a read batch)."""
+        """Hands queued acknowledgements to the engine and writes its output (not inside a read batch).
+
+        While the TLS write buffer is over its high-water mark, output stays in the engine: what a
+        non-reading peer provokes (PING and SETTINGS acks, resets) then runs into the engine's bound on
+        queued control frames, which ends the connection with ENHANCE_YOUR_CALM (catalogue 16).
+        """
         if self._in_batch or self._closed:
             return
         if self._acks:
             self._flush_acks()
+        if not self.write_blocked:
+            self._write_out()
+        if self.buffered_bytes or self._read_paused:
+            self._control_reading()
+
+    def _write_out(self) -> None:
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
-        if self.buffered_bytes or self._read_paused:
-            self._control_reading()
 
     def _flush_acks(self) -> None:
         for stream_id, length in self._acks.items():
@@ -298,6 +308,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         with contextlib.suppress(H2ProtocolError):
             self.h2.close(error_code)
         self.flush()
+        self._write_out()  # GOAWAY goes out even to a peer that stopped reading
         self._closed = True
         self._cancel_timer()
         if self.transport is not None:
@@ -398,6 +409,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         if self._closed:
             return
         self.flush()
+        self._write_out()
         self._closed = True
         self._cancel_timer()
         if self.transport is not None:

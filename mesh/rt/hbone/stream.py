@@ -157,7 +157,7 @@ class HboneStream(asyncio.Transport):
                 return  # the stream was reset; the event arrives with the next read
             if sent < len(data):
                 self._queue(memoryview(data)[sent:])
-        if conn._in_batch or conn.is_closed:
+        if conn._in_batch or conn.write_blocked or conn.is_closed:
             return
         out = conn.h2.data_to_send()  # the hot path of conn.flush(): a write queues nothing else
         if out:  # one joined write, so a small message is one TLS record

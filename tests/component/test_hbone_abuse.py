@@ -1,0 +1,115 @@
+"""Peers that misbehave at the transport level: a PING flood from a peer that never reads (catalogue
+16), more streams than allowed (17), and memory bounds when many streams stop reading."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+import pytest
+
+from mesh.hbone.config import H2Config
+from mesh.rt.hbone import HboneConfig, HboneServer, StreamLimitError, connect
+from mesh.rt.tls import client_context
+from mesh.testing.hbone import Collector, ForwardingHandler, eventually, hbone_rig, material_for
+from mesh.testing.pki import TestPki
+
+MiB = 1024 * 1024
+
+
+def _ping(n: int) -> bytes:
+    return struct.pack(">BHBBL", 0, 8, 0x6, 0, 0) + n.to_bytes(8, "big")
+
+
+async def test_a_peer_that_floods_pings_and_never_reads_is_cut_off() -> None:
+    pki = TestPki.create()
+    server_material, client_material = material_for(pki, "s", "server"), material_for(pki, "c", "client")
+    config = HboneConfig(h2=H2Config(max_outbound_control_frames=2000))
+    server = HboneServer(ForwardingHandler(), credentials=lambda: server_material, config=config)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)  # accepted sockets inherit it
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    server.start(listener)
+    loop = asyncio.get_running_loop()
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await loop.sock_connect(sock, listener.getsockname())
+    conn = await connect(
+        sock, context=client_context(client_material), expected=frozenset({server_material.identity})
+    )
+    assert conn.transport is not None
+    conn.transport.pause_reading()  # from now on the client never reads
+    (server_conn,) = server.connections
+    peak = 0
+    async with asyncio.timeout(20):
+        for batch in range(400):
+            if server_conn.is_closed:
+                break
+            conn.transport.write(b"".join(_ping(batch * 500 + i) for i in range(500)))
+            await asyncio.sleep(0.001)
+            if server_conn.transport is not None:
+                peak = max(peak, server_conn.transport.get_write_buffer_size())
+        await server_conn.closed
+    assert server_conn.h2.terminated  # ENHANCE_YOUR_CALM: the peer does not read what it provokes
+    assert peak <= 2 * MiB, f"the server buffered {peak} bytes for a peer that does not read"
+    conn.abort()
+    await server.close()
+
+
+async def test_streams_beyond_the_limit_are_refused_and_never_reach_upstream() -> None:
+    async with hbone_rig() as rig:
+        conn = await rig.client()
+        rig.handler.delay = 0.3  # keep the first streams open while the rest arrive
+        results = await asyncio.gather(
+            *(conn.open_stream(rig.echo_authority) for _ in range(130)), return_exceptions=True
+        )
+        opened = [r for r in results if isinstance(r, tuple)]
+        refused = [r for r in results if isinstance(r, StreamLimitError)]
+        assert len(opened) == 100 and len(refused) == 30
+        assert rig.handler.upstream_connects == 100
+        conn.close()
+
+
+async def test_paused_streams_past_the_read_cap_pause_the_whole_connection() -> None:
+    config = HboneConfig(read_buffer_cap=2 * MiB)
+    async with hbone_rig(config=config) as rig:
+        conn = await rig.client(config=config)
+        payload = os.urandom(3 * MiB)
+        collectors = []
+        for _ in range(2):
+            status, stream = await conn.open_stream(rig.echo_authority)
+            assert status == 200
+            collector = Collector()
+            stream.pause_reading()  # the client reads nothing on either stream
+            stream.attach(collector)
+            collectors.append((stream, collector))
+        for stream, _ in collectors:  # both echo 3 MiB back: 6 MiB arrive for paused streams
+            stream.write(payload)
+        async with asyncio.timeout(10):
+            await eventually(lambda: conn._read_paused)  # more than 2 MiB held: TLS reading stops
+        assert conn.buffered_bytes <= 2 * MiB + 512 * 1024  # one read past the cap at most
+        for stream, _ in collectors:
+            stream.resume_reading()
+        async with asyncio.timeout(10):
+            for _, collector in collectors:
+                await collector.wait_bytes(len(payload))
+        assert all(bytes(c.data) == payload for _, c in collectors)
+        assert not conn._read_paused
+        conn.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
+async def test_socket_factory_marks_its_sockets() -> None:
+    from mesh.rt.hbone import MESH_MARK, PlainSocketFactory  # noqa: PLC0415
+
+    async with hbone_rig() as rig:
+        sock = await PlainSocketFactory(mark=MESH_MARK).connect(rig.echo_address)
+        try:
+            assert sock.getsockopt(socket.SOL_SOCKET, socket.SO_MARK) == 0x539
+            assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        finally:
+            sock.close()
