@@ -1,0 +1,191 @@
+"""Policy on the lab: the ``legacy`` namespace is left alone by capture; a STRICT PeerAuthentication
+keeps a plaintext client's bytes from the app; an L4 DENY AuthorizationPolicy refuses the demo client,
+says so in the access log and metrics, and stops refusing once removed."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, REDIRECTION, SERVER_NODE, SINK_PORT, MeshLab, spiffe
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+STRICT_POLICY = "istio_converted_static_strict"
+NBYTES = 5000
+
+
+def peer_authentication_strict() -> dict[str, Any]:
+    """Istio docs' namespace-wide STRICT mTLS, for ``demo``."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "demo"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+
+
+def deny_demo_client() -> dict[str, Any]:
+    """An L4 DENY for the demo client's principal on the server workloads."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-demo-client", "namespace": "demo"},
+        "spec": {
+            "selector": {"matchLabels": {"app": "server"}},
+            "action": "DENY",
+            "rules": [{"from": [{"source": {"principals": ["cluster.local/ns/demo/sa/client"]}}]}],
+        },
+    }
+
+
+def sink_receipts(mesh: MeshLab, source_ip: str) -> list[int]:
+    """Byte counts the sink app recorded for connections from ``source_ip``."""
+    pattern = re.compile(rf"^sink: received (\d+) bytes from {re.escape(source_ip)}$", re.MULTILINE)
+    return [int(n) for n in pattern.findall(mesh.lab.logs("demo/sink"))]
+
+
+def test_legacy_namespace_is_untouched_by_capture(mesh: MeshLab) -> None:
+    legacy, demo = mesh.pod("legacy/client"), mesh.pod("demo/client")
+    assert ":ISTIO_" in mesh.iptables("demo/client"), "control: an enrolled pod has the ISTIO chains"
+    rules = mesh.iptables("legacy/client")
+    assert "ISTIO" not in rules, f"the legacy pod has capture rules:\n{rules}"
+    assert REDIRECTION not in legacy["metadata"].get("annotations", {})
+    assert demo["metadata"]["annotations"][REDIRECTION] == "enabled"
+    for node in (CLIENT_NODE, SERVER_NODE):
+        protocols = {
+            w["namespace"] + "/" + w["workloadName"]: w["protocol"] for w in mesh.zc(node, "workloads")
+        }
+        assert protocols.get("legacy/client") == "TCP", (node, protocols)
+        assert protocols.get("demo/client") == "HBONE", (node, protocols)
+
+
+@pytest.fixture
+def strict_demo(mesh: MeshLab) -> Iterator[None]:
+    """``demo`` STRICT while the test runs; the sink workload's ztunnel has the converted policy."""
+    mesh.lab.apply([peer_authentication_strict()])
+    try:
+        mesh.wait_policy(SERVER_NODE, STRICT_POLICY, present=True)
+        sink = mesh.pod("demo/sink")["metadata"]["name"]
+
+        def bound() -> bool:
+            workload = mesh.workload(SERVER_NODE, sink)
+            return (
+                workload is not None and f"istio-system/{STRICT_POLICY}" in workload["authorizationPolicies"]
+            )
+
+        mesh.wait_for(bound, what="the sink workload to reference the STRICT policy")
+        yield
+    finally:
+        mesh.lab.delete([peer_authentication_strict()])
+        mesh.wait_policy(SERVER_NODE, STRICT_POLICY, present=False)
+
+
+def test_strict_demo_gets_zero_bytes_from_legacy_but_the_demo_client_gets_through(
+    mesh: MeshLab, strict_demo: None
+) -> None:
+    sink_ip = mesh.pod_ip("demo/sink")
+    legacy_ip, client_ip = mesh.pod_ip("legacy/client"), mesh.pod_ip("demo/client")
+    before_legacy, before_client = sink_receipts(mesh, legacy_ip), sink_receipts(mesh, client_ip)
+    denied_before = mesh.metric(
+        SERVER_NODE, "istio_tcp_connections_closed_total", reporter="destination", response_flags="DENY"
+    )
+
+    legacy = mesh.send("legacy/client", sink_ip, SINK_PORT, NBYTES)
+    client = mesh.send("demo/client", sink_ip, SINK_PORT, NBYTES)
+
+    assert client.error == "" and client.sent == NBYTES, client
+    mesh.wait_for(
+        lambda: sink_receipts(mesh, client_ip) == [*before_client, NBYTES],
+        what="the sink to record the demo client's bytes",
+    )
+    assert sink_receipts(mesh, legacy_ip) == before_legacy, (
+        f"the STRICT sink got bytes from the plaintext client ({legacy}):\n{mesh.lab.logs('demo/sink')}"
+    )
+    mesh.wait_for(
+        lambda: (
+            mesh.metric(
+                SERVER_NODE,
+                "istio_tcp_connections_closed_total",
+                reporter="destination",
+                response_flags="DENY",
+            )
+            > denied_before
+        ),
+        what="a DENY close counted for the refused plaintext connection",
+    )
+
+
+def test_without_strict_the_legacy_client_does_deliver(mesh: MeshLab) -> None:
+    """The control for the STRICT test: the same plaintext bytes arrive when ``demo`` is permissive."""
+    legacy_ip = mesh.pod_ip("legacy/client")
+    before = sink_receipts(mesh, legacy_ip)
+    sent = mesh.send("legacy/client", mesh.pod_ip("demo/sink"), SINK_PORT, NBYTES)
+    assert sent.error == "", sent
+    mesh.wait_for(
+        lambda: sink_receipts(mesh, legacy_ip) == [*before, NBYTES], what="plaintext bytes at the sink"
+    )
+
+
+@pytest.fixture
+def deny_policy(mesh: MeshLab) -> Iterator[dict[str, Any]]:
+    """The DENY policy applied and bound to the server workload; removed again (and gone) afterwards."""
+    policy = deny_demo_client()
+    mesh.lab.apply([policy])
+    try:
+        server = mesh.pod("demo/server")["metadata"]["name"]
+
+        def bound() -> bool:
+            workload = mesh.workload(SERVER_NODE, server)
+            return workload is not None and "demo/deny-demo-client" in workload["authorizationPolicies"]
+
+        mesh.wait_policy(SERVER_NODE, "deny-demo-client", present=True)
+        mesh.wait_for(bound, what="the server workload to reference deny-demo-client")
+        yield policy
+    finally:
+        if mesh.lab.objects("AuthorizationPolicy", "demo"):
+            mesh.lab.delete([policy])
+        mesh.wait_policy(SERVER_NODE, "deny-demo-client", present=False)
+
+
+def _denied(mesh: MeshLab) -> float:
+    return mesh.metric(
+        SERVER_NODE, "istio_tcp_connections_closed_total",
+        reporter="destination", destination_workload="server", response_flags="DENY",
+        source_principal=spiffe("demo", "client"),
+    )  # fmt: skip
+
+
+def test_l4_deny_refuses_the_demo_client_and_says_so(mesh: MeshLab, deny_policy: dict[str, Any]) -> None:
+    server_ip = mesh.pod_ip("demo/server")
+    url = f"http://{server_ip}:{HTTP_PORT}/denied"
+    denied_before = _denied(mesh)
+    logged_before = len(mesh.access_log(SERVER_NODE))
+
+    refused = mesh.curl("demo/client", url)
+    assert refused.returncode != 0 and refused.stdout == "", f"curl got through a DENY policy: {refused}"
+
+    def denial_logged() -> list[dict[str, Any]]:
+        return [
+            e for e in mesh.access_log(SERVER_NODE)[logged_before:]
+            if e.get("dst.addr") == f"{server_ip}:{HTTP_PORT}" and e.get("error")
+        ]  # fmt: skip
+
+    (entry, *_) = mesh.wait_for(denial_logged, what="the inbound access-log line with the denial")
+    assert entry["src.identity"] == spiffe("demo", "client"), entry
+    mesh.wait_for(
+        lambda: _denied(mesh) > denied_before, what='response_flags="DENY" in the server node metrics'
+    )
+
+    mesh.lab.delete([deny_policy])
+    mesh.wait_policy(SERVER_NODE, "deny-demo-client", present=False)
+
+    def works_again() -> str | None:
+        done = mesh.curl("demo/client", url)
+        return done.stdout if done.returncode == 0 else None
+
+    body = mesh.wait_for(works_again, what="curl to work again after the policy is removed")
+    assert '"path": "/denied"' in body
