@@ -4,6 +4,7 @@ says so in the access log and metrics, and stops refusing once removed."""
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -84,15 +85,21 @@ def strict_demo(mesh: MeshLab) -> Iterator[None]:
         mesh.wait_policy(SERVER_NODE, STRICT_POLICY, present=False)
 
 
+def _plaintext_denied(mesh: MeshLab) -> float:
+    return mesh.metric(
+        SERVER_NODE, "istio_tcp_connections_closed_total",
+        reporter="destination", destination_workload="sink", source_workload_namespace="legacy",
+        source_principal="unknown", response_flags="DENY",
+    )  # fmt: skip
+
+
 def test_strict_demo_gets_zero_bytes_from_legacy_but_the_demo_client_gets_through(
     mesh: MeshLab, strict_demo: None
 ) -> None:
     sink_ip = mesh.pod_ip("demo/sink")
     legacy_ip, client_ip = mesh.pod_ip("legacy/client"), mesh.pod_ip("demo/client")
     before_legacy, before_client = sink_receipts(mesh, legacy_ip), sink_receipts(mesh, client_ip)
-    denied_before = mesh.metric(
-        SERVER_NODE, "istio_tcp_connections_closed_total", reporter="destination", response_flags="DENY"
-    )
+    denied_before, logged_before = _plaintext_denied(mesh), len(mesh.access_log(SERVER_NODE))
 
     legacy = mesh.send("legacy/client", sink_ip, SINK_PORT, NBYTES)
     client = mesh.send("demo/client", sink_ip, SINK_PORT, NBYTES)
@@ -105,17 +112,20 @@ def test_strict_demo_gets_zero_bytes_from_legacy_but_the_demo_client_gets_throug
     assert sink_receipts(mesh, legacy_ip) == before_legacy, (
         f"the STRICT sink got bytes from the plaintext client ({legacy}):\n{mesh.lab.logs('demo/sink')}"
     )
+
+    def refused() -> list[dict[str, Any]]:
+        entries = _errors(
+            mesh, SERVER_NODE, since=logged_before, direction="inbound", addr=f"{sink_ip}:{SINK_PORT}"
+        )
+        return [
+            e for e in entries if e["src.addr"].startswith(f"{legacy_ip}:") and STRICT_POLICY in e["error"]
+        ]
+
+    refusals = mesh.wait_for(refused, what="the inbound access-log line of the refused plaintext connection")
+    assert all("src.identity" not in e for e in refusals), refusals
     mesh.wait_for(
-        lambda: (
-            mesh.metric(
-                SERVER_NODE,
-                "istio_tcp_connections_closed_total",
-                reporter="destination",
-                response_flags="DENY",
-            )
-            > denied_before
-        ),
-        what="a DENY close counted for the refused plaintext connection",
+        lambda: _plaintext_denied(mesh) == denied_before + 1,
+        what="the refused plaintext connection counted once with DENY",
     )
 
 
@@ -151,34 +161,45 @@ def deny_policy(mesh: MeshLab) -> Iterator[dict[str, Any]]:
         mesh.wait_policy(SERVER_NODE, "deny-demo-client", present=False)
 
 
-def _denied(mesh: MeshLab) -> float:
+def _denied(mesh: MeshLab, node: str, reporter: str) -> float:
     return mesh.metric(
-        SERVER_NODE, "istio_tcp_connections_closed_total",
-        reporter="destination", destination_workload="server", response_flags="DENY",
+        node, "istio_tcp_connections_closed_total",
+        reporter=reporter, destination_workload="server", response_flags="DENY",
         source_principal=spiffe("demo", "client"),
     )  # fmt: skip
 
 
+def _errors(mesh: MeshLab, node: str, *, since: int, direction: str, addr: str) -> list[dict[str, Any]]:
+    entries = mesh.access_log(node)[since:]
+    return [
+        e for e in entries if (e.get("direction"), e.get("dst.addr")) == (direction, addr) and e.get("error")
+    ]
+
+
 def test_l4_deny_refuses_the_demo_client_and_says_so(mesh: MeshLab, deny_policy: dict[str, Any]) -> None:
     server_ip = mesh.pod_ip("demo/server")
-    url = f"http://{server_ip}:{HTTP_PORT}/denied"
-    denied_before = _denied(mesh)
-    logged_before = len(mesh.access_log(SERVER_NODE))
+    addr, url = f"{server_ip}:{HTTP_PORT}", f"http://{server_ip}:{HTTP_PORT}/denied"
+    sides = ((CLIENT_NODE, "source", "outbound"), (SERVER_NODE, "destination", "inbound"))
+    denied_before = {node: _denied(mesh, node, reporter) for node, reporter, _ in sides}
+    logged_before = {node: len(mesh.access_log(node)) for node, _, _ in sides}
 
     refused = mesh.curl("demo/client", url)
     assert refused.returncode != 0 and refused.stdout == "", f"curl got through a DENY policy: {refused}"
 
-    def denial_logged() -> list[dict[str, Any]]:
-        return [
-            e for e in mesh.access_log(SERVER_NODE)[logged_before:]
-            if e.get("dst.addr") == f"{server_ip}:{HTTP_PORT}" and e.get("error")
-        ]  # fmt: skip
+    for node, reporter, direction in sides:
 
-    (entry, *_) = mesh.wait_for(denial_logged, what="the inbound access-log line with the denial")
-    assert entry["src.identity"] == spiffe("demo", "client"), entry
-    mesh.wait_for(
-        lambda: _denied(mesh) > denied_before, what='response_flags="DENY" in the server node metrics'
-    )
+        def denial(node: str = node, direction: str = direction) -> list[dict[str, Any]]:
+            return _errors(mesh, node, since=logged_before[node], direction=direction, addr=addr)
+
+        def counted(node: str = node, reporter: str = reporter) -> bool:
+            return _denied(mesh, node, reporter) == denied_before[node] + 1
+
+        (entry, *_) = mesh.wait_for(denial, what=f"the {direction} access-log line with the denial on {node}")
+        identities = (entry["src.identity"], entry["dst.identity"])
+        assert identities == (spiffe("demo", "client"), spiffe("demo", "server")), entry
+        # the server's ztunnel names the policy; the client's saw the HBONE CONNECT answered 401
+        assert ("DENY" in entry["error"]) if direction == "inbound" else ("401" in entry["error"]), entry
+        mesh.wait_for(counted, what=f'response_flags="DENY" counted once by reporter={reporter} on {node}')
 
     mesh.lab.delete([deny_policy])
     mesh.wait_policy(SERVER_NODE, "deny-demo-client", present=False)
@@ -188,4 +209,4 @@ def test_l4_deny_refuses_the_demo_client_and_says_so(mesh: MeshLab, deny_policy:
         return done.stdout if done.returncode == 0 else None
 
     body = mesh.wait_for(works_again, what="curl to work again after the policy is removed")
-    assert '"path": "/denied"' in body
+    assert json.loads(body)["path"] == "/denied", body
