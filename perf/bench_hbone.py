@@ -15,8 +15,9 @@ Paths (each proxy is its own process; all share this machine's cores):
 Measured per path and repeat, with freshly started proxies: p50/p99 round trip of 100-byte
 ping-pongs; single-stream bulk MB/s (byte-checked by the server; the timer stops on its answer);
 proxy CPU seconds per GB (utime+stime of both proxies during the bulk run, from /proc); peak RSS
-(VmHWM) of each proxy after both runs. Paths are interleaved within each repeat; the report is the
-median of the repeats, with ratios against Envoy and against direct.
+(VmHWM) of each proxy after both runs. Within a repeat all paths run side by side and take turns
+(ping-pong in chunks of 1000 round trips, then one bulk run each), so they share the machine's
+conditions; the report is the median of the repeats, with ratios against Envoy, py-tls and direct.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -215,27 +216,51 @@ def _cpu(pids: list[int]) -> float:
     return sum(proc_stats(pid)[0] for pid in pids)
 
 
-def _run_path(
-    name: str, work: Path, ids: dict[str, str], server_port: int, *, rounds: int, nbytes: int
-) -> PathRun:
-    with _path(name, work, ids, server_port) as (port, pids):
-        address = ("127.0.0.1", port)
-        cpu_before = _cpu(pids)
-        samples = sorted(ping_pong(address, rounds=rounds))
-        cpu_rt = _cpu(pids) - cpu_before
-        cpu_before = _cpu(pids)
-        seconds = bulk(address, nbytes=nbytes)
-        cpu_bulk = _cpu(pids) - cpu_before
-        rss = tuple(proc_stats(pid)[1] for pid in pids)
-    return PathRun(
-        path=name,
-        p50_us=samples[len(samples) // 2],
-        p99_us=samples[min(len(samples) - 1, int(len(samples) * 0.99))],
-        mb_per_s=nbytes / 1e6 / seconds,
-        proxy_cpu_s_per_gb=cpu_bulk / (nbytes / 1e9) if pids else None,
-        proxy_cpu_us_per_rt=cpu_rt / (rounds + 200) * 1e6 if pids else None,
-        rss_mb=rss,
-    )
+CHUNK_ROUNDS = 1000
+"""Ping-pong runs in chunks of this many round trips, rotating over the paths, so every path sees the
+same moments of a shared machine (the noise on this VM moves p50 by 2x within a minute)."""
+
+
+def _run_repeat(
+    paths: tuple[str, ...], work: Path, ids: dict[str, str], server_port: int, *, rounds: int, nbytes: int
+) -> list[PathRun]:
+    """One repeat: all paths' proxies started fresh and side by side, measures interleaved."""
+    with ExitStack() as stack:
+        started = {name: stack.enter_context(_path(name, work, ids, server_port)) for name in paths}
+        samples: dict[str, list[float]] = {name: [] for name in paths}
+        cpu_rt = dict.fromkeys(paths, 0.0)
+        chunks = max(1, rounds // CHUNK_ROUNDS)
+        for chunk in range(chunks):
+            for name in _rotated(paths, chunk):
+                port, pids = started[name]
+                before = _cpu(pids)
+                samples[name] += ping_pong(("127.0.0.1", port), rounds=rounds // chunks, warmup=50)
+                cpu_rt[name] += _cpu(pids) - before
+        runs = []
+        total_rounds = chunks * (rounds // chunks + 50)
+        for name in _rotated(paths, len(paths) // 2):
+            port, pids = started[name]
+            before = _cpu(pids)
+            seconds = bulk(("127.0.0.1", port), nbytes=nbytes)
+            cpu_bulk = _cpu(pids) - before
+            ordered = sorted(samples[name])
+            runs.append(
+                PathRun(
+                    path=name,
+                    p50_us=ordered[len(ordered) // 2],
+                    p99_us=ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))],
+                    mb_per_s=nbytes / 1e6 / seconds,
+                    proxy_cpu_s_per_gb=cpu_bulk / (nbytes / 1e9) if pids else None,
+                    proxy_cpu_us_per_rt=cpu_rt[name] / total_rounds * 1e6 if pids else None,
+                    rss_mb=tuple(proc_stats(pid)[1] for pid in pids),
+                )
+            )
+    return sorted(runs, key=lambda r: paths.index(r.path))
+
+
+def _rotated(paths: tuple[str, ...], by: int) -> tuple[str, ...]:
+    by %= len(paths)
+    return paths[by:] + paths[:by]
 
 
 def _median(values: list[float | None]) -> float | None:
@@ -276,8 +301,7 @@ def run_benchmark(
         server, server_port = _spawn(["perf.hbone_endpoints"], work / "server.port")
         try:
             for repeat in range(repeats):
-                for name in paths:
-                    run = _run_path(name, work, ids, server_port, rounds=rounds, nbytes=nbytes)
+                for run in _run_repeat(paths, work, ids, server_port, rounds=rounds, nbytes=nbytes):
                     runs.append(run)
                     if log:
                         _log_run(repeat, run)
