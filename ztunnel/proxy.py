@@ -417,7 +417,7 @@ class _LinkOnAttach(RelayEnd):
     """The stream side of an inbound relay: links to the upstream once the stream attaches it."""
 
     def __init__(self, upstream: RelayEnd) -> None:
-        super().__init__()
+        super().__init__(count_bytes=True)
         self._upstream = upstream
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -431,7 +431,8 @@ class _LinkOnAttach(RelayEnd):
 
 
 async def _wrap(sock: socket.socket) -> RelayEnd:
-    _, end = await asyncio.get_running_loop().create_connection(RelayEnd, sock=sock)
+    loop = asyncio.get_running_loop()
+    _, end = await loop.create_connection(lambda: RelayEnd(count_bytes=True), sock=sock)
     return end
 
 

@@ -37,9 +37,12 @@ class RelayEnd(asyncio.Protocol):
     accepts_memoryview = True
     """An HBONE stream may hand this protocol views of the TLS read buffer instead of copies."""
 
-    def __init__(self, *, backlog_cap: int = 256 * 1024) -> None:
+    def __init__(self, *, backlog_cap: int = 256 * 1024, count_bytes: bool = False) -> None:
         self.transport: asyncio.Transport | None = None
         self.peer: RelayEnd | None = None
+        self.count_bytes = count_bytes
+        self.bytes_in = 0
+        """Bytes this end's transport read (kept only with ``count_bytes``, for telemetry)."""
         self._backlog: list[bytes] = []
         self._backlog_bytes = 0
         self._backlog_cap = backlog_cap
@@ -56,6 +59,8 @@ class RelayEnd(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Keeps the bytes until :func:`link` (which then replaces this with the peer's ``write``)."""
+        if self.count_bytes:
+            self.bytes_in += len(data)
         peer = self.peer
         if peer is not None:
             assert peer.transport is not None
@@ -151,14 +156,25 @@ def _short_circuit(src: RelayEnd, dst: RelayEnd) -> None:
     """
     if src._lost or dst._lost or src.transport is None or dst.transport is None:
         return
-    src.data_received = dst.transport.write  # type: ignore[method-assign]
+    write = dst.transport.write
+    if src.count_bytes:  # one small frame per read, so telemetry sees every byte
+
+        def counted(data: bytes) -> None:
+            src.bytes_in += len(data)
+            write(data)
+
+        src.data_received = counted  # type: ignore[method-assign]
+    else:
+        src.data_received = write  # type: ignore[method-assign]
     if not isinstance(src.transport, HboneStream):
         src.transport.set_protocol(src)
 
 
 def splice(end: RelayEnd, stream: HboneStream) -> RelayEnd:
-    """Relays the transport behind ``end`` (e.g. an accepted TCP connection) through ``stream``."""
-    stream_end = RelayEnd()
+    """Relays the transport behind ``end`` (e.g. an accepted TCP connection) through ``stream``.
+
+    The stream's end counts bytes when ``end`` does."""
+    stream_end = RelayEnd(count_bytes=end.count_bytes)
     stream.attach(stream_end)
     link(end, stream_end)
     return stream_end
