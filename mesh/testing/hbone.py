@@ -16,7 +16,7 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone.client import HboneClientConnection, connect
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.relay import RelayEnd, reset_transport, splice
-from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
+from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundHandler, InboundRequest
 from mesh.rt.hbone.sockets import PlainSocketFactory
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import Scheduler
@@ -321,18 +321,26 @@ class HboneRig:
 
 @contextlib.asynccontextmanager
 async def hbone_rig(
-    *, config: HboneConfig | None = None, scheduler: Scheduler | None = None
+    *,
+    config: HboneConfig | None = None,
+    scheduler: Scheduler | None = None,
+    handler: InboundHandler | None = None,
 ) -> AsyncIterator[HboneRig]:
-    """Starts an echo server and an HBONE server forwarding to CONNECT authorities; stops both after."""
+    """Starts an echo server and an HBONE server; stops both after.
+
+    The server forwards each CONNECT to its authority (``rig.handler``), unless ``handler`` is given.
+    """
     pki = TestPki.create()
     server_material = material_for(pki, "server-ns", "server")
     client_material = material_for(pki, "client-ns", "client")
     echo, echo_address = await start_echo_server()
-    handler = ForwardingHandler()
-    server = HboneServer(handler, credentials=lambda: server_material, config=config, scheduler=scheduler)
+    forwarding = ForwardingHandler()
+    server = HboneServer(
+        handler or forwarding, credentials=lambda: server_material, config=config, scheduler=scheduler
+    )
     address = await server.listen("127.0.0.1")
     try:
-        yield HboneRig(pki, server_material, client_material, handler, server, address, echo_address)
+        yield HboneRig(pki, server_material, client_material, forwarding, server, address, echo_address)
     finally:
         await server.close()
         echo.close()

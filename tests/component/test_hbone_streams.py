@@ -14,7 +14,7 @@ import pytest
 from mesh.hbone.errors import ErrorCode
 from mesh.rt.hbone import HboneStream, InboundDecision, InboundRequest, StreamResetError
 from mesh.rt.hbone.relay import RelayEnd
-from mesh.testing.hbone import Collector, TcpTunnelEntry, eventually, hbone_rig
+from mesh.testing.hbone import Collector, EchoProtocol, TcpTunnelEntry, eventually, hbone_rig
 
 MiB = 1024 * 1024
 
@@ -368,13 +368,29 @@ async def test_paused_client_reader_stops_the_upstream() -> None:
         conn.close()
 
 
+async def test_an_in_process_protocol_can_take_the_stream_as_its_transport() -> None:
+    """The waypoint's way in: no upstream socket, the handler's protocol reads and writes the stream."""
+
+    async def handler(request: InboundRequest) -> InboundDecision:
+        return InboundDecision(status=200, headers=(("baggage", "k8s.pod.name=b"),), protocol=EchoProtocol())
+
+    async with hbone_rig(handler=handler) as rig:
+        conn = await rig.client()
+        status, stream = await conn.open_stream(rig.echo_authority)
+        assert status == 200
+        assert stream.response_headers == (("baggage", "k8s.pod.name=b"),)
+        payload = os.urandom(2 * MiB)
+        async with asyncio.timeout(10):
+            assert await _echo_once(stream, payload) == payload  # half-close echoed as END_STREAM
+        conn.close()
+
+
 @pytest.mark.parametrize("status", [400, 401, 503])
 async def test_refusal_statuses_reach_the_client(status: int) -> None:
     async def handler(request: InboundRequest) -> InboundDecision:
         return InboundDecision(status=status)
 
-    async with hbone_rig() as rig:
-        rig.server._handler = handler
+    async with hbone_rig(handler=handler) as rig:
         conn = await rig.client()
         got, stream = await conn.open_stream(rig.echo_authority)
         assert got == status
