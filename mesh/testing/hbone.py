@@ -335,12 +335,17 @@ async def hbone_rig(
     client_material = material_for(pki, "client-ns", "client")
     echo, echo_address = await start_echo_server()
     forwarding = ForwardingHandler()
+    rigs: list[HboneRig] = []
     server = HboneServer(
-        handler or forwarding, credentials=lambda: server_material, config=config, scheduler=scheduler
+        handler or forwarding,
+        credentials=lambda: rigs[0].server_material,  # assign rig.server_material to rotate
+        config=config,
+        scheduler=scheduler,
     )
     address = await server.listen("127.0.0.1")
+    rigs.append(HboneRig(pki, server_material, client_material, forwarding, server, address, echo_address))
     try:
-        yield HboneRig(pki, server_material, client_material, forwarding, server, address, echo_address)
+        yield rigs[0]
     finally:
         await server.close()
         echo.close()

@@ -176,7 +176,7 @@ async def test_rotated_server_credentials_apply_to_new_connections() -> None:
     async with hbone_rig() as rig:
         first = await rig.client()
         renewed = material_for(rig.pki, "server-ns", "server")  # a new leaf, same identity
-        rig.server._credentials = lambda: renewed
+        rig.server_material = renewed
         second = await rig.client()
         assert first.transport is not None and second.transport is not None
         der_first = first.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
@@ -193,6 +193,6 @@ async def test_removed_root_is_not_trusted_by_new_connections() -> None:
         conn.close()
         new_pki = TestPki.create()
         server_now = material_for(new_pki, "server-ns", "server")  # trusts only the new root
-        rig.server._credentials = lambda: server_now
+        rig.server_material = server_now
         with pytest.raises(HandshakeError):
             await rig.client(expected=frozenset({server_now.identity}), material=rig.client_material)
