@@ -49,11 +49,16 @@ _AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 
 @dataclass(frozen=True, slots=True)
 class ProcSample:
-    """One process from /proc: CPU seconds so far (utime+stime), VmRSS and VmHWM in MB."""
+    """One process from /proc: CPU seconds so far (utime+stime); VmRSS, VmHWM and RssAnon in MB.
+
+    RssAnon is the private part of VmRSS; the rest is file-backed (mostly shared libraries, whose
+    pages the two ztunnels share).
+    """
 
     cpu_s: float
     rss_mb: float
     hwm_mb: float
+    anon_mb: float
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -63,9 +68,11 @@ def proc_sample(pid: int) -> ProcSample:
     mem = {}
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         key, _, value = line.partition(":")
-        if key in ("VmRSS", "VmHWM"):
+        if key in ("VmRSS", "VmHWM", "RssAnon"):
             mem[key] = int(value.split()[0]) / 1024
-    return ProcSample(cpu_s=cpu, rss_mb=mem.get("VmRSS", 0.0), hwm_mb=mem.get("VmHWM", 0.0))
+    return ProcSample(
+        cpu_s=cpu, rss_mb=mem.get("VmRSS", 0.0), hwm_mb=mem.get("VmHWM", 0.0), anon_mb=mem.get("RssAnon", 0.0)
+    )
 
 
 @dataclass(frozen=True, slots=True)

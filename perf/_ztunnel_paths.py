@@ -35,8 +35,8 @@ class _Measured:
     thr: m.Throughput
     rps: m.Rate
     conns: m.Rate
-    memory: tuple[float, float] | None
-    """(VmRSS, VmHWM) of both proxies together, MB."""
+    memory: tuple[float, float, float] | None
+    """(VmRSS, VmHWM, RssAnon) of both proxies together, MB."""
 
 
 def _echo(
@@ -58,9 +58,9 @@ def _rates(
     return rps, conns
 
 
-def _memory(pids: list[int]) -> tuple[float, float]:
+def _memory(pids: list[int]) -> tuple[float, float, float]:
     samples = [proc_sample(pid) for pid in pids]
-    return sum(x.rss_mb for x in samples), sum(x.hwm_mb for x in samples)
+    return sum(x.rss_mb for x in samples), sum(x.hwm_mb for x in samples), sum(x.anon_mb for x in samples)
 
 
 @contextlib.contextmanager
@@ -104,4 +104,5 @@ def run_path(bench: BenchLab, sizes: Sizes, path: str, *, repeat: int, work: Pat
         cpu_s_per_gb=got.thr.proxy_cpu_s_per_gb, loadgen_cpu_share=got.rps.loadgen_cpu_share,
         proxy_rss_mb=got.memory[0] if got.memory else None,
         proxy_hwm_mb=got.memory[1] if got.memory else None,
+        proxy_anon_mb=got.memory[2] if got.memory else None,
     )  # fmt: skip

@@ -32,6 +32,8 @@ class PathRun:
     proxy_rss_mb: float | None
     """VmRSS of both proxies together after the run (Envoy: the larger of its two pairs)."""
     proxy_hwm_mb: float | None
+    proxy_anon_mb: float | None
+    """RssAnon (private memory) of both proxies together, MB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +45,7 @@ class Memory:
     """``before load``, ``after load`` or ``after scale-up``."""
     rss_mb: tuple[float, ...]
     hwm_mb: tuple[float, ...]
+    anon_mb: tuple[float, ...]
     idle_cpu: float
     seconds_to_scale: float | None = None
     p50_us: float | None = None
@@ -65,6 +68,7 @@ class Summary:
     cpu_s_per_gb: float | None
     loadgen_cpu_share: float
     proxy_rss_mb: float | None
+    proxy_anon_mb: float | None
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -93,6 +97,7 @@ def summarize(runs: Sequence[PathRun]) -> list[Summary]:
                 cpu_s_per_gb=_median([r.cpu_s_per_gb for r in mine]),
                 loadgen_cpu_share=statistics.median(r.loadgen_cpu_share for r in mine),
                 proxy_rss_mb=_median([r.proxy_rss_mb for r in mine]),
+                proxy_anon_mb=_median([r.proxy_anon_mb for r in mine]),
             )
         )
     return out
@@ -141,6 +146,7 @@ _PATH_COLUMNS: tuple[tuple[str, Callable[[Summary], str]], ...] = (
     ("µs/new conn", lambda s: _f(s.cpu_us_per_conn, ".0f")),
     ("s/GB", lambda s: _f(s.cpu_s_per_gb, ".2f")),
     ("proxies' RSS MB", lambda s: _f(s.proxy_rss_mb)),
+    ("of it private", lambda s: _f(s.proxy_anon_mb)),
     ("load tool CPU", lambda s: f"{s.loadgen_cpu_share:.2f}"),
 )
 _RATIO_COLUMNS = (
@@ -153,6 +159,7 @@ _MEMORY_COLUMNS: tuple[tuple[str, Callable[[Memory], str]], ...] = (
     ("when", lambda m: m.when),
     ("ztunnel VmRSS MB (node1, node2)", lambda m: ", ".join(f"{v:.1f}" for v in m.rss_mb)),
     ("VmHWM MB", lambda m: ", ".join(f"{v:.1f}" for v in m.hwm_mb)),
+    ("RssAnon MB", lambda m: ", ".join(f"{v:.1f}" for v in m.anon_mb)),
     ("idle CPU (both, % of a core)", lambda m: f"{m.idle_cpu * 100:.1f}"),
     ("scale-up s", lambda m: _f(m.seconds_to_scale)),
     ("ztunnel p50 µs", lambda m: _f(m.p50_us)),

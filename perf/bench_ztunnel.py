@@ -90,6 +90,7 @@ def _ztunnel_memory(
     return Memory(
         pods_per_node=min(bench.enrolled_per_node().values()), when=when,
         rss_mb=tuple(s.rss_mb for s in samples), hwm_mb=tuple(s.hwm_mb for s in samples),
+        anon_mb=tuple(s.anon_mb for s in samples),
         idle_cpu=idle, seconds_to_scale=seconds_to_scale, p50_us=p50,
     )  # fmt: skip
 
@@ -114,7 +115,13 @@ def _measure(bench: BenchLab, sizes: Sizes, work: Path) -> Result:
     _log(f"  scaling to {sizes.pods_per_node} enrolled pods per node")
     took = bench.scale(sizes.pods_per_node, timeout=60 + 6 * sizes.pods_per_node)
     memory.append(_ztunnel_memory(bench, sizes, "after scale-up", seconds_to_scale=took, latency=True))
-    return Result(lab_id=bench.lab.lab_id, runs=runs, memory=memory, first_request_s=first, log_events=bench.ztunnel_log_events())
+    return Result(
+        lab_id=bench.lab.lab_id,
+        runs=runs,
+        memory=memory,
+        first_request_s=first,
+        log_events=bench.ztunnel_log_events(),
+    )
 
 
 def run_benchmark(sizes: Sizes) -> Result:
