@@ -24,9 +24,9 @@ async def test_keepalive_pings_a_live_peer_and_keeps_the_connection() -> None:
         conn = await rig.client(scheduler=scheduler)
         for round_trip in range(1, 4):
             scheduler.advance(10)  # a PING goes out
-            assert conn._ping_seq == round_trip
+            assert conn.keepalive.sent == round_trip
             async with asyncio.timeout(5):
-                await eventually(lambda: conn._ping_outstanding is None)  # answered over the wire
+                await eventually(lambda: conn.keepalive.outstanding is None)  # answered over the wire
             scheduler.advance(19.9)  # the timeout was cancelled by the answer
         assert not conn.is_closed
         conn.close()
@@ -43,7 +43,7 @@ async def test_keepalive_detects_a_dead_peer_and_ends_its_streams() -> None:
         assert server_conn.transport is not None
         server_conn.transport.pause_reading()  # the peer stops answering (a partition)
         scheduler.advance(10)
-        assert conn._ping_outstanding is not None
+        assert conn.keepalive.outstanding is not None
         await asyncio.sleep(0.05)
         scheduler.advance(19.9)
         assert not conn.is_closed  # not yet: 20 s without an answer are needed

@@ -121,7 +121,7 @@ async def _advance(p: PoolRig, seconds: float) -> None:
     for _ in range(int(seconds // 5)):
         p.scheduler.advance(5)
         async with asyncio.timeout(5):
-            await eventually(lambda: all(c._ping_outstanding is None for c in p.pool.connections(p.key)))
+            await eventually(lambda: all(c.keepalive.outstanding is None for c in p.pool.connections(p.key)))
     p.scheduler.advance(seconds % 5)
 
 

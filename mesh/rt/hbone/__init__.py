@@ -4,9 +4,16 @@ The HTTP/2 work is done by the sans-I/O engine in :mod:`mesh.hbone`; this packag
 timers and backpressure. See ``client``, ``server``, ``relay`` and ``pool``.
 """
 
-from mesh.rt.hbone.client import HandshakeError, HboneClientConnection, StreamLimitError, connect
+from mesh.rt.hbone.client import HboneClientConnection, connect
 from mesh.rt.hbone.config import HboneConfig
-from mesh.rt.hbone.connection import ConnectionClosedError, HboneConnection, KeepaliveTimeoutError
+from mesh.rt.hbone.connection import HboneConnection
+from mesh.rt.hbone.errors import (
+    ConnectionClosedError,
+    HandshakeError,
+    KeepaliveTimeoutError,
+    StreamLimitError,
+    StreamResetError,
+)
 from mesh.rt.hbone.pool import CertificateSource, HbonePool, PoolConfig, PoolKey
 from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.hbone.server import (
@@ -17,7 +24,7 @@ from mesh.rt.hbone.server import (
     InboundRequest,
 )
 from mesh.rt.hbone.sockets import MESH_MARK, ConnectError, PlainSocketFactory, SocketFactory
-from mesh.rt.hbone.stream import HboneStream, StreamResetError
+from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
 
 __all__ = [

@@ -11,20 +11,13 @@ from mesh.hbone.events import Response
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog
 from mesh.rt.hbone.config import HboneConfig
-from mesh.rt.hbone.connection import ConnectionClosedError, HboneConnection
+from mesh.rt.hbone.connection import HboneConnection
+from mesh.rt.hbone.errors import ConnectionClosedError, HandshakeError, StreamLimitError
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import Scheduler
 from mesh.rt.tls import PeerRejectedError, verify_server_peer
 
 __all__ = ["HandshakeError", "HboneClientConnection", "StreamLimitError", "connect"]
-
-
-class HandshakeError(ConnectionClosedError):
-    """The TLS handshake with the HBONE peer failed or timed out."""
-
-
-class StreamLimitError(ConnectionClosedError):
-    """This connection cannot carry another stream; open one on a new connection."""
 
 
 class HboneClientConnection(HboneConnection):

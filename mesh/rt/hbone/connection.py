@@ -13,7 +13,6 @@ import contextlib
 import ssl
 from typing import Any, ClassVar, cast
 
-from mesh.errors import MeshError
 from mesh.hbone.connection import H2Connection
 from mesh.hbone.errors import ErrorCode, H2ProtocolError
 from mesh.hbone.events import (
@@ -30,26 +29,19 @@ from mesh.hbone.events import (
     WindowUpdated,
 )
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.hbone.errors import ConnectionClosedError, KeepaliveTimeoutError
+from mesh.rt.hbone.keepalive import Keepalive
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
+from mesh.rt.hbone.timers import LoopScheduler, Scheduler
 from mesh.rt.tls import PeerRejectedError
 
-__all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]
+__all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]  # errors re-exported
 
 _READ_BUFFER = 256 * 1024 + 256
 """uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
-_SPARE_BUFFERS = 4
-"""Read buffers still referenced by a transport's write queue are set aside and reused once free."""
-
-
-class ConnectionClosedError(MeshError):
-    """The HBONE connection ended (or was going away) before the operation could complete."""
-
-
-class KeepaliveTimeoutError(ConnectionClosedError):
-    """The peer did not answer a PING within the keepalive timeout: it is presumed dead."""
 
 
 class HboneConnection(asyncio.BufferedProtocol):
@@ -79,7 +71,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.write_blocked = False
         self._acks: dict[int, int] = {}
         self._read_buffer = bytearray(_READ_BUFFER)
-        self._spares: list[bytearray] = []
+        self._spares = SpareBuffers(size=_READ_BUFFER)
         self._blocked: dict[int, HboneStream] = {}
         self._in_batch = False
         self._read_paused = False
@@ -87,9 +79,13 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._close_reason: BaseException | None = None
         self.going_away = False
         self._goaway_received = False
-        self._timer: TimerHandle | None = None
-        self._ping_seq = 0
-        self._ping_outstanding: bytes | None = None
+        self.keepalive = Keepalive(
+            scheduler=self._scheduler,
+            interval=self.config.keepalive_interval,
+            timeout=self.config.keepalive_timeout,
+            send_ping=self._send_ping,
+            on_dead=self._peer_dead,
+        )
         self._idle_waiters: list[asyncio.Future[None]] = []
         loop = asyncio.get_running_loop()
         self.ready: asyncio.Future[None] = loop.create_future()
@@ -131,7 +127,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         transport.set_write_buffer_limits(high=self.config.tls_write_high_water)
         self.h2.initiate_connection()
         self.flush()
-        self._schedule_ping()
+        self.keepalive.start()
         if not self.ready_on_settings_ack and not self.ready.done():
             self.ready.set_result(None)
 
@@ -147,31 +143,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             buf.append(0)
             del buf[-1]
         except BufferError:
-            buf = self._read_buffer = self._spare_buffer()
+            buf = self._read_buffer = self._spares.swap(buf)
         return buf
-
-    def _spare_buffer(self) -> bytearray:
-        """A read buffer nothing refers to any more, from a few kept for reuse (no malloc, no zeroing)."""
-        spares = self._spares
-        for i, buf in enumerate(spares):
-            try:
-                buf.append(0)
-                del buf[-1]
-            except BufferError:
-                continue
-            spares[i] = self._read_buffer
-            return buf
-        if len(spares) < _SPARE_BUFFERS:
-            spares.append(self._read_buffer)
-        return bytearray(_READ_BUFFER)
-
-    def data_received(self, data: bytes | memoryview) -> None:
-        """Plain-protocol entry (uvloop uses the buffered one): goes through the read buffer."""
-        view = memoryview(data)
-        for start in range(0, len(view), _READ_BUFFER):
-            chunk = view[start : start + _READ_BUFFER]
-            self.get_buffer(len(chunk))[: len(chunk)] = chunk
-            self.buffer_updated(len(chunk))
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were decrypted into the read buffer: feed the engine, dispatch, write once."""
@@ -220,7 +193,7 @@ class HboneConnection(asyncio.BufferedProtocol):
     def connection_lost(self, exc: BaseException | None) -> None:
         """Every stream on the connection ends with it."""
         self._closed = True
-        self._cancel_timer()
+        self.keepalive.stop()
         reason = self._close_reason or exc
         if not self.ready.done():
             self.ready.set_exception(reason or ConnectionClosedError("the connection closed during set-up"))
@@ -310,7 +283,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.flush()
         self._write_out()  # GOAWAY goes out even to a peer that stopped reading
         self._closed = True
-        self._cancel_timer()
+        self.keepalive.stop()
         if self.transport is not None:
             self.transport.close()
 
@@ -365,7 +338,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             if stream is not None:
                 stream.on_reset(event.error_code, remote=event.remote)
         elif type(event) is PingAcked:
-            self._on_ping_acked(event.opaque)
+            self.keepalive.acked(event.opaque)
         elif type(event) is SettingsAcknowledged:
             if not self.ready.done():
                 self.ready.set_result(None)
@@ -411,7 +384,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.flush()
         self._write_out()
         self._closed = True
-        self._cancel_timer()
+        self.keepalive.stop()
         if self.transport is not None:
             self.transport.close()
 
@@ -445,27 +418,12 @@ class HboneConnection(asyncio.BufferedProtocol):
         if self._goaway_received and not self.streams and not self._closed:
             self._schedule_close()
 
-    def _schedule_ping(self) -> None:
-        self._cancel_timer()
-        self._timer = self._scheduler.call_later(self.config.keepalive_interval, self._send_ping)
+    def _send_ping(self, opaque: bytes) -> None:
+        if not self._closed:
+            self.h2.ping(opaque)
+            self.flush()
 
-    def _send_ping(self) -> None:
-        if self._closed:
-            return
-        self._ping_seq += 1
-        opaque = self._ping_seq.to_bytes(8, "big")
-        self._ping_outstanding = opaque
-        self.h2.ping(opaque)
-        self.flush()
-        self._timer = self._scheduler.call_later(self.config.keepalive_timeout, self._ping_timed_out)
-
-    def _on_ping_acked(self, opaque: bytes) -> None:
-        if opaque == self._ping_outstanding:
-            self._ping_outstanding = None
-            self._schedule_ping()
-
-    def _ping_timed_out(self) -> None:
-        self._timer = None
+    def _peer_dead(self) -> None:
         if self._closed:
             return
         self.log.warning("hbone.keepalive_timeout", timeout=self.config.keepalive_timeout, **self._where())
@@ -475,11 +433,6 @@ class HboneConnection(asyncio.BufferedProtocol):
                 hint="the peer is unreachable or stuck; a new connection will be opened",
             )
         )
-
-    def _cancel_timer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
 
     def _where(self) -> dict[str, Any]:
         transport = self.transport

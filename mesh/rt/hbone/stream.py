@@ -23,8 +23,8 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mesh.errors import MeshError
 from mesh.hbone.errors import ErrorCode, H2ProtocolError
+from mesh.rt.hbone.errors import StreamResetError
 
 if TYPE_CHECKING:
     from mesh.rt.hbone.connection import HboneConnection
@@ -39,20 +39,6 @@ joined, so a small message stays one TLS record."""
 ACK_BATCH = 32 * 1024
 """Window given back per stream in steps of at least this much: small messages do not each cost an
 engine call. 100 streams hold back at most 3.2 MiB of the 16 MiB connection window."""
-
-
-class StreamResetError(MeshError):
-    """The stream was reset (``remote``: by the peer; otherwise by us or our engine)."""
-
-    def __init__(self, stream_id: int, error_code: int, *, remote: bool) -> None:
-        by = "the peer" if remote else "this side"
-        super().__init__(
-            f"HBONE stream {stream_id} was reset by {by} with error code {error_code:#x}",
-            hint="the tunnel is gone; close the connection it carried",
-        )
-        self.stream_id = stream_id
-        self.error_code = error_code
-        self.remote = remote
 
 
 class HboneStream(asyncio.Transport):
