@@ -27,6 +27,7 @@ from typing import Any
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
 from meshctl.lab.supervisor import read_pid_file
+from meshctl.nethttp import http_get
 
 __all__ = [
     "ENROLLED",
@@ -37,12 +38,14 @@ __all__ = [
     "Endpoints",
     "ProcSample",
     "count_log_events",
+    "count_mtls_opened",
     "proc_sample",
 ]
 
 ENROLLED, PLAIN = "zt", "plain"
 NODES = ("node1", "node2")
 REDIS_PORT = 6379
+METRICS_PORT = 15020
 _REPO = Path(__file__).resolve().parent.parent
 _AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 
@@ -117,6 +120,19 @@ def count_log_events(text: str) -> dict[str, int]:
     return dict(counts)
 
 
+def count_mtls_opened(metrics: str) -> int:
+    """The sum of ``istio_tcp_connections_opened_total`` with reporter=destination and mutual_tls."""
+    total = 0.0
+    for line in metrics.splitlines():
+        if (
+            line.startswith("istio_tcp_connections_opened_total{")
+            and 'reporter="destination"' in line
+            and 'connection_security_policy="mutual_tls"' in line
+        ):
+            total += float(line.rsplit(" ", 1)[1])
+    return int(total)
+
+
 class BenchLab:
     """The lab the benchmark measures in (bring up with :meth:`up`, always :meth:`down`)."""
 
@@ -185,6 +201,14 @@ class BenchLab:
             ):
                 counts[node] += 1
         return counts
+
+    def mtls_connections_in(self, node: str = NODES[1]) -> int:
+        """Connections ``node``'s ztunnel accepted over HBONE mTLS (its ``reporter=destination`` metric)."""
+        netns = next(n.netns for n in self.lab.settings.nodes if n.name == node)
+        status, body = http_get("127.0.0.1", METRICS_PORT, "/metrics", netns=netns, timeout=5)
+        if status != 200:
+            raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
+        return count_mtls_opened(body.decode())
 
     def ztunnel_log_events(self) -> dict[str, dict[str, int]]:
         """Per node: counts of warning/error events, proxies started/stopped, and non-JSON lines."""

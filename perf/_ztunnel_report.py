@@ -180,8 +180,10 @@ def _ratio_table(by: dict[str, Summary]) -> list[str]:
     return _table(["ztunnel vs", *(name for name, _ in _RATIO_COLUMNS)], rows)
 
 
-def report(runs: Sequence[PathRun], memory: Sequence[Memory], *, header: str) -> str:
-    """The markdown report: medians, ratios, memory by pod count, and the targets."""
+def report(
+    runs: Sequence[PathRun], memory: Sequence[Memory], *, header: str, notes: Sequence[str] = ()
+) -> str:
+    """The markdown report: medians, ratios, memory by pod count, the targets, then ``notes``."""
     summaries = summarize(runs)
     by = {s.path: s for s in summaries}
     lines = [
@@ -200,4 +202,6 @@ def report(runs: Sequence[PathRun], memory: Sequence[Memory], *, header: str) ->
         lines += [
             f"- {name}: **{'met' if ok else 'MISSED'}** ({got})" for name, ok, got in targets(by, memory)
         ]
+    if notes:
+        lines += ["", *(f"- {note}" for note in notes)]
     return "\n".join(lines)

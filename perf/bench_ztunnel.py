@@ -60,6 +60,8 @@ class Result:
     """Per namespace: seconds from "lab ready" until the first request got through."""
     log_events: dict[str, dict[str, int]]
     """Per node: ztunnel log events (warnings, errors, proxies started/stopped)."""
+    mtls_connections: int
+    """Connections node2's ztunnel accepted over HBONE mTLS: proof the ztunnel path was meshed."""
 
 
 def _log(text: str) -> None:
@@ -121,6 +123,7 @@ def _measure(bench: BenchLab, sizes: Sizes, work: Path) -> Result:
         memory=memory,
         first_request_s=first,
         log_events=bench.ztunnel_log_events(),
+        mtls_connections=bench.mtls_connections_in(),
     )
 
 
@@ -160,6 +163,22 @@ def _json(sizes: Sizes, result: Result) -> dict[str, Any]:
     }
 
 
+def _notes(result: Result) -> list[str]:
+    first = ", ".join(f"{ns} {s:.2f} s" for ns, s in result.first_request_s.items())
+    notes = [
+        f"ztunnel path checked: node2's ztunnel accepted {result.mtls_connections} connections over HBONE "
+        "mTLS (istio_tcp_connections_opened_total, reporter=destination, mutual_tls)",
+        f"first request through after the lab was ready: {first}",
+    ]
+    for node, events in result.log_events.items():
+        noisy = {k: v for k, v in events.items() if not k.startswith("proxy.")}
+        if noisy:
+            notes.append(
+                f"ztunnel log on {node}: " + ", ".join(f"{k} x{v}" for k, v in sorted(noisy.items()))
+            )
+    return notes
+
+
 def _sizes(args: argparse.Namespace) -> Sizes:
     if args.quick:
         return QUICK
@@ -192,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     out: Path = args.json or _RESULTS / f"ztunnel-{'quick-' if args.quick else ''}{stamp}.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(_json(sizes, result), indent=2) + "\n")
-    print(report(result.runs, result.memory, header=_header(sizes)))
+    print(report(result.runs, result.memory, header=_header(sizes), notes=_notes(result)))
     _log(f"raw results: {out}")
     return 0
 

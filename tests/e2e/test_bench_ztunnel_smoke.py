@@ -43,6 +43,7 @@ def test_bench_ztunnel_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     for mem in data["memory"]:
         for rss, hwm, anon in zip(mem["rss_mb"], mem["hwm_mb"], mem["anon_mb"], strict=True):
             assert 0 < anon < rss <= hwm < 2000, mem
+    assert data["mtls_connections"] >= 1000  # the ztunnel path went over HBONE (1000+ new conns alone)
     started = [events.get("proxy.started", 0) for events in data["log_events"].values()]
     assert min(started) >= QUICK.pods_per_node, data["log_events"]
 
