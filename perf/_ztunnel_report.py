@@ -69,6 +69,8 @@ class Summary:
     loadgen_cpu_share: float
     proxy_rss_mb: float | None
     proxy_anon_mb: float | None
+    p50_range: tuple[float, float]
+    """The lowest and highest p50 of the repeats (this VM's latency is bimodal, see the README)."""
 
 
 def _median(values: Sequence[float | None]) -> float | None:
@@ -98,6 +100,7 @@ def summarize(runs: Sequence[PathRun]) -> list[Summary]:
                 loadgen_cpu_share=statistics.median(r.loadgen_cpu_share for r in mine),
                 proxy_rss_mb=_median([r.proxy_rss_mb for r in mine]),
                 proxy_anon_mb=_median([r.proxy_anon_mb for r in mine]),
+                p50_range=(min(r.p50_us for r in mine), max(r.p50_us for r in mine)),
             )
         )
     return out
@@ -137,6 +140,7 @@ def targets(by: dict[str, Summary], memory: Sequence[Memory]) -> list[tuple[str,
 _PATH_COLUMNS: tuple[tuple[str, Callable[[Summary], str]], ...] = (
     ("path", lambda s: s.path),
     ("p50 µs", lambda s: f"{s.p50_us:.1f}"),
+    ("p50 range", lambda s: f"{s.p50_range[0]:.0f}-{s.p50_range[1]:.0f}"),
     ("p99 µs", lambda s: f"{s.p99_us:.1f}"),
     ("req/s (16 conns)", lambda s: f"{s.rps:.0f}"),
     ("new conns/s", lambda s: f"{s.conn_per_s:.0f}"),

@@ -1,6 +1,6 @@
 """ztunnel in the lab: direct vs two ztunnels vs two Envoys doing HBONE, client and server on different nodes.
 
-    .venv/bin/python -m perf.bench_ztunnel [--quick] [--repeats 3] [--pods 50] [--json PATH]
+    .venv/bin/python -m perf.bench_ztunnel [--quick] [--repeats 5] [--pods 50] [--json PATH]
 
 One lab with two nodes (see :mod:`perf._ztunnel_lab`). Paths, interleaved in each repeat (the order
 rotates); the report is the median of the repeats:
@@ -43,7 +43,7 @@ from perf._ztunnel_report import PATHS, Memory, PathRun, report
 __all__ = ["FULL", "QUICK", "Result", "main", "run_benchmark"]
 
 _RESULTS = Path(__file__).resolve().parent / "results"
-FULL = Sizes(repeats=3, rounds=10_000, bulk_bytes=256_000_000, rate_seconds=5.0, conn_seconds=2.0,
+FULL = Sizes(repeats=5, rounds=10_000, bulk_bytes=256_000_000, rate_seconds=5.0, conn_seconds=2.0,
              clients=16, pods_per_node=50, idle_seconds=10.0)  # fmt: skip
 QUICK = Sizes(repeats=1, rounds=1000, bulk_bytes=16_000_000, rate_seconds=0.5, conn_seconds=0.3,
               clients=16, pods_per_node=4, idle_seconds=1.0)  # fmt: skip
