@@ -155,7 +155,8 @@ class _Watcher:
         """Unblocks a read in progress (called from another thread when stopping)."""
         response = self._response
         if response is not None:
-            with contextlib.suppress(ValueError, OSError):  # already closed
+            # already closed, or its connection already went back to the pool
+            with contextlib.suppress(ValueError, RuntimeError, OSError):
                 response.shutdown()
 
     def run(self) -> None:
@@ -195,6 +196,8 @@ class _Watcher:
             method, url, header_params=headers, _request_timeout=timeout
         ).response
         self._response = response
+        if self._stop.is_set():  # stopped while connecting: interrupt() may have missed this response
+            self.interrupt()
         if response.status == 410:
             response.drain_conn()
             raise _ExpiredError()

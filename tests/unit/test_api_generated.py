@@ -17,6 +17,12 @@ from mesh.api.istio.workload.zds import zds_pb2
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _generated(where: Path, root: Path) -> list[Path]:
+    return sorted(
+        p.relative_to(root) for pattern in ("*_pb2*.py", "*_pb2*.pyi") for p in where.rglob(pattern)
+    )
+
+
 @pytest.mark.timeout(60)
 def test_generated_code_is_fresh(tmp_path: Path) -> None:
     env_py = Path(sys.executable)
@@ -26,8 +32,8 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
         capture_output=True,
         env={"PY": str(env_py), "PATH": "/usr/bin:/bin"},
     )
-    fresh = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*_pb2*.py*"))
-    committed = sorted(p.relative_to(ROOT) for p in (ROOT / "mesh" / "api").rglob("*_pb2*.py*"))
+    fresh = _generated(tmp_path, tmp_path)
+    committed = _generated(ROOT / "mesh" / "api", ROOT)
     assert fresh == committed, "generated file set differs; run `make proto` and commit"
     stale = [str(p) for p in fresh if not filecmp.cmp(tmp_path / p, ROOT / p, shallow=False)]
     assert not stale, f"stale generated code: {stale}; run `make proto` and commit"
