@@ -131,7 +131,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         if not self.ready_on_settings_ack and not self.ready.done():
             self.ready.set_result(None)
 
-    def get_buffer(self, sizehint: int) -> bytearray:
+    def get_buffer(self, sizehint: int) -> memoryview:
         """The buffer TLS decrypts into, reused while nothing still refers to the previous read.
 
         The engine hands out DATA as views of this buffer. A view that outlives its read (held by a
@@ -144,7 +144,9 @@ class HboneConnection(asyncio.BufferedProtocol):
             del buf[-1]
         except BufferError:
             buf = self._read_buffer = self._spares.swap(buf)
-        return buf
+        # A view, not the bytearray: CPython 3.11's SSL transport fills a large read in pieces
+        # through ``buf[offset:]``, which for a bytearray would be a copy (the bytes would be lost).
+        return memoryview(buf)
 
     def buffer_updated(self, nbytes: int) -> None:
         """``nbytes`` were decrypted into the read buffer: feed the engine, dispatch, write once."""
