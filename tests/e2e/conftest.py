@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.errors import MeshError
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
 from meshctl.lab.testkit import SystemSnapshot, unique_lab_id
@@ -31,7 +32,12 @@ from meshctl.ztunnel_config import fetch_admin
 
 __all__ = [
     "CLIENT_NODE",
+    "ECHO_PORT",
+    "ECHO_PREFIX",
+    "HTTP_PORT",
+    "REDIRECTION",
     "SERVER_NODE",
+    "SINK_PORT",
     "MeshLab",
     "Sent",
     "cluster_objects",
@@ -240,14 +246,23 @@ class MeshLab:
 
     # ----------------------------------------------------------------------------------- waiting
     def wait_for(self, condition: Callable[[], T | None], *, what: str, timeout: float = 10.0) -> T:
-        """Polls ``condition`` until it returns something true; fails with the mesh's logs otherwise."""
+        """Polls ``condition`` until it returns something true; fails with the mesh's logs otherwise.
+
+        A ztunnel endpoint that does not answer (MeshError, OSError) counts as "not yet".
+        """
         deadline = time.monotonic() + timeout
+        last_error = ""
         while True:
-            value = condition()
+            try:
+                value = condition()
+            except (MeshError, OSError) as exc:
+                value, last_error = None, f" (last error: {exc})"
             if value:
                 return value
             if time.monotonic() > deadline:
-                raise AssertionError(f"timed out after {timeout} s waiting for {what}\n{self.diagnostics()}")
+                raise AssertionError(
+                    f"timed out after {timeout} s waiting for {what}{last_error}\n{self.diagnostics()}"
+                )
             time.sleep(0.1)
 
     def wait_policy(self, node: str, name: str, *, present: bool, timeout: float = 10.0) -> None:
