@@ -11,6 +11,7 @@ import structlog
 from mesh.certs import IssuedCertificate
 from mesh.clock import Clock
 from mesh.identity import WorkloadIdentity
+from mesh.model import TunnelProtocol
 from mesh.rt.certs import CertificateManager
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.tls import TlsMaterial
@@ -39,12 +40,13 @@ class NodeContext:
     on_state: list[Callable[[ProxyState], None]] = field(default_factory=list)
 
     def apply_state(self, state: ProxyState) -> int:
-        """Swaps in a new state, prefetches this node's certificates and closes connections that the
-        new policies deny; returns how many were closed."""
+        """Swaps in a new state, prefetches the certificates of this node's enrolled pods and closes
+        connections that the new policies deny; returns how many were closed."""
         self.state = state
         local = {
             WorkloadIdentity(w.trust_domain, w.namespace, w.service_account)
             for w in state.workloads_on_node(self.node)
+            if w.protocol is TunnelProtocol.HBONE  # only enrolled pods ever present a certificate
         }
         self.certs.prefetch(local)
         for callback in self.on_state:

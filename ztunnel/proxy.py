@@ -26,7 +26,7 @@ from mesh.rt.hbone.relay import RelayEnd, link, reset_transport, splice
 from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
 from mesh.rt.hbone.sockets import ConnectError
 from ztunnel.context import NodeContext
-from ztunnel.headers import baggage_for, forwarded_for, traceparent
+from ztunnel.headers import baggage_for, forwarded_for, parse_forwarded_host, traceparent
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
 from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of, unmap
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
@@ -282,13 +282,15 @@ class PodProxy:
             source_ip=peer_ip,
             peer=request.peer_identity,
         )
+        forwarded = next((value for name, value in request.headers if name == "forwarded"), "")
+        host = parse_forwarded_host(forwarded)
         record = ConnectionRecord(
             reporter="destination",
             source=state.workload_at(peer_ip),
             source_principal=request.peer_identity.uri,
             destination=decision.workload,
             destination_principal=self.identity.uri,
-            service=None,
+            service=state.service_by_host(host) if host else None,
             mtls=True,
             source_addr=f"{peer_host}:{request.peer_address[1]}",
             destination_addr=request.authority,

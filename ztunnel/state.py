@@ -60,6 +60,13 @@ class ProxyState:
         """The service whose VIP is ``ip``."""
         return self._by_vip.get((network, ip)) or self._by_vip.get(("", ip))
 
+    def service_by_host(self, hostname: str) -> Service | None:
+        """The service with this FQDN (e.g. from the ``forwarded`` header's ``host=``)."""
+        for service in self.services.values():
+            if service.hostname == hostname:
+                return service
+        return None
+
     def endpoints(self, service_key: str) -> tuple[Workload, ...]:
         """The workloads that back a service, sorted by uid."""
         return self._endpoints.get(service_key, ())

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import CollectorRegistry, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -21,7 +21,10 @@ class _BuildInfo(Collector):
 
 
 def build_registry(*, component: str, tag: str = "0.1.0") -> CollectorRegistry:
-    """A fresh registry carrying ``istio_build{component, tag}`` like Istio's components."""
+    """A fresh registry carrying ``istio_build{component, tag}`` like Istio's components.
+
+    Counters export no ``*_created`` series (Istio's components have none)."""
+    disable_created_metrics()
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_BuildInfo(component, tag))
     return registry

@@ -177,12 +177,22 @@ def forget_lab_id(lab_id: str, root: Path) -> None:
 
 
 def reset_state(paths: StateDir, *, keep_logs: bool) -> None:
-    """Removes objects, runtime files and lab.yaml (and logs unless ``keep_logs``); keeps cni/."""
+    """Removes objects, runtime files and lab.yaml (and logs unless ``keep_logs``); keeps cni/.
+
+    The mesh's files (``mesh/``: istiod's root, node tokens, sockets, pids) go too, but for its logs
+    when ``keep_logs``."""
+    mesh = paths.root / "mesh"
     targets: list[Path] = [paths.objects, paths.run]
-    if not keep_logs:
-        targets.append(paths.logs)
+    if keep_logs:
+        targets += [p for p in mesh.glob("*") if p.name != "logs"]
+    else:
+        targets += [paths.logs, mesh]
     for target in targets:
-        shutil.rmtree(target, ignore_errors=True)
+        if target.is_dir():
+            shutil.rmtree(target, ignore_errors=True)
+        else:
+            with contextlib.suppress(FileNotFoundError):
+                target.unlink()
     for file in (paths.settings_file, paths.counter_file):
         with contextlib.suppress(FileNotFoundError):
             file.unlink()

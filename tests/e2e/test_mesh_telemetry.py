@@ -30,6 +30,7 @@ def _labels(reporter: str) -> dict[str, str]:
         "destination_workload": "tcpecho",
         "destination_workload_namespace": "demo",
         "destination_principal": spiffe("demo", "server"),
+        "destination_service": "tcpecho.demo.svc.cluster.local",  # the server side learns it from `forwarded`
         "connection_security_policy": "mutual_tls",
     }
 
