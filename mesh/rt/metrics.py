@@ -24,7 +24,7 @@ def build_registry(*, component: str, tag: str = "0.1.0") -> CollectorRegistry:
     """A fresh registry carrying ``istio_build{component, tag}`` like Istio's components.
 
     Counters export no ``*_created`` series (Istio's components have none)."""
-    disable_created_metrics()
+    disable_created_metrics()  # type: ignore[no-untyped-call]
     registry = CollectorRegistry(auto_describe=True)
     registry.register(_BuildInfo(component, tag))
     return registry
