@@ -28,6 +28,7 @@ from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager, NoValidCertificate
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
+from mesh.rt.hbone.memory import tune_malloc
 from mesh.rt.http import Handler, HttpServer
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
@@ -218,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     """Console entry point."""
     args = _parser().parse_args(argv)
     configure_logging(fmt=args.log_format, level=args.log_level)
+    tune_malloc()  # the data path's large buffers stay on the heap instead of a page fault per use
     try:
         return run(_serve(args))
     except MeshError as exc:

@@ -177,7 +177,7 @@ def _node_processes(
             "--cluster-id",
             settings.cluster_id,
         ),
-        env={**env, "MALLOC_TRIM_THRESHOLD_": str(64 * 1024 * 1024)},
+        env=env,
         log_path=layout.log(f"ztunnel-{node.name}"),
         pid_path=layout.root / "pids" / f"ztunnel-{node.name}.pid",
         netns=node.netns,
