@@ -74,6 +74,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._spares = SpareBuffers(size=_READ_BUFFER)
         self._blocked: dict[int, HboneStream] = {}
         self._in_batch = False
+        self._flush_scheduled = False
         self._read_paused = False
         self._closed = False
         self._close_reason: BaseException | None = None
@@ -228,6 +229,17 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._write_out()
         if self.buffered_bytes or self._read_paused:
             self._control_reading()
+
+    def flush_soon(self) -> None:
+        """Flushes once at the end of this event-loop pass: the DATA of every stream written meanwhile
+        leaves in one TLS write (one record, one syscall) instead of one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._deferred_flush)
+
+    def _deferred_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def _write_out(self) -> None:
         data = self.h2.data_to_send()

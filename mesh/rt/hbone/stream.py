@@ -153,9 +153,7 @@ class HboneStream(asyncio.Transport):
         if len(data) >= WRITELINES_MIN:  # frame headers and payload as they are: no joined copy
             conn.transport.writelines(conn.h2.data_to_send_pieces())  # type: ignore[union-attr]
             return
-        out = conn.h2.data_to_send()  # the hot path of conn.flush(): a write queues nothing else
-        if out:  # one joined write, so a small message is one TLS record
-            conn.transport.write(out)  # type: ignore[union-attr]
+        conn.flush_soon()  # small writes of this loop pass, from all streams, leave together
 
     def write_eof(self) -> None:
         """Half-closes: END_STREAM after the bytes already written."""
