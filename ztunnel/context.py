@@ -89,6 +89,12 @@ class NodeContext:
         )
         self.access_log.info("connection complete", **fields)
 
+    def connection_refused(self, record: ConnectionRecord, *, started: float, flags: str, error: str) -> None:
+        """Counts and logs a connection that was refused or failed before any byte was relayed."""
+        self.connection_done(
+            record, bytes_from_client=0, bytes_to_client=0, started=started, flags=flags, error=error
+        )
+
 
 def _material(cert: IssuedCertificate) -> TlsMaterial:
     return TlsMaterial(

@@ -163,14 +163,7 @@ class PodProxy:
         )
         if isinstance(plan, Refuse):
             _rst(sock)
-            ctx.connection_done(
-                record,
-                bytes_from_client=0,
-                bytes_to_client=0,
-                started=started,
-                flags="CONNECT",
-                error=plan.reason,
-            )
+            ctx.connection_refused(record, started=started, flags="CONNECT", error=plan.reason)
             return
         ctx.metrics.connection_opened(record)
         if isinstance(plan, DirectTcp):
@@ -185,14 +178,7 @@ class PodProxy:
             upstream = await self._outbound_sockets.connect((str(plan.address), plan.port))
         except ConnectError as exc:
             _rst(sock)
-            self.ctx.connection_done(
-                record,
-                bytes_from_client=0,
-                bytes_to_client=0,
-                started=started,
-                flags="CONNECT",
-                error=exc.message,
-            )
+            self.ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
             return
         client_end, upstream_end = await _wrap(sock), await _wrap(upstream)
         link(client_end, upstream_end)
@@ -249,9 +235,7 @@ class PodProxy:
         self, sock: socket.socket, record: ConnectionRecord, started: float, flag: str, error: str
     ) -> None:
         _rst(sock)
-        self.ctx.connection_done(
-            record, bytes_from_client=0, bytes_to_client=0, started=started, flags=flag, error=error
-        )
+        self.ctx.connection_refused(record, started=started, flags=flag, error=error)
 
     def _self_workload(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Workload:
         """The pod as ZDS described it, while xDS does not know it yet."""
@@ -297,28 +281,14 @@ class PodProxy:
             hbone_addr=f"{local_ip}:{INBOUND_HBONE_PORT}",
         )
         if not isinstance(decision, Admit):
-            ctx.connection_done(
-                record,
-                bytes_from_client=0,
-                bytes_to_client=0,
-                started=started,
-                flags=decision.flag,
-                error=decision.reason,
-            )
+            ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return InboundDecision(status=decision.status)
         try:
             upstream = await self._app_sockets.connect(
                 (str(decision.address), decision.port), source_ip=peer_host
             )
         except ConnectError as exc:
-            ctx.connection_done(
-                record,
-                bytes_from_client=0,
-                bytes_to_client=0,
-                started=started,
-                flags="CONNECT",
-                error=exc.message,
-            )
+            ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
             return InboundDecision(status=503)
         ctx.metrics.connection_opened(record)
         upstream_end = await _wrap(upstream)
@@ -364,14 +334,7 @@ class PodProxy:
         )
         if not isinstance(decision, Admit):
             _rst(sock)
-            ctx.connection_done(
-                record,
-                bytes_from_client=0,
-                bytes_to_client=0,
-                started=started,
-                flags=decision.flag,
-                error=decision.reason,
-            )
+            ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return
         try:
             upstream = await self._app_sockets.connect((str(dst_ip), dst_port), source_ip=peer_host)
