@@ -14,6 +14,7 @@ import ipaddress
 import os
 import socket
 import struct
+import threading
 from collections.abc import Iterator
 
 from mesh.errors import MeshError
@@ -49,15 +50,27 @@ def _setns(fd: int) -> None:
         )
 
 
+_home_fds: dict[int, int] = {}
+"""Per thread: a descriptor of the namespace it started in, opened once (sockets are made often)."""
+
+
+def _home_fd() -> int:
+    tid = threading.get_ident()
+    fd = _home_fds.get(tid)
+    if fd is None:
+        fd = _home_fds[tid] = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    return fd
+
+
 @contextlib.contextmanager
 def in_netns(netns_fd: int) -> Iterator[None]:
     """Runs the body with this thread inside the namespace ``netns_fd``, then returns."""
-    with open("/proc/thread-self/ns/net", "rb") as home:
-        _setns(netns_fd)
-        try:
-            yield
-        finally:
-            _setns(home.fileno())
+    home = _home_fd()
+    _setns(netns_fd)
+    try:
+        yield
+    finally:
+        _setns(home)
 
 
 def listen_in_netns(
