@@ -17,24 +17,27 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from meshctl.lab.api import Lab, load_objects
-from meshctl.lab.demo import SAMPLE_CLUSTER
 from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshLayout
 from meshctl.nethttp import http_get
 from meshctl.ztunnel_config import fetch_admin, render_table
 
-__all__ = ["run_mesh_demo"]
+__all__ = ["SAMPLE_CLUSTER", "run_mesh_demo"]
 
+SAMPLE_CLUSTER = Path(__file__).resolve().parents[1] / "samples" / "cluster.yaml"
 _REQUESTS = 8
+_MESHCTL = ".venv/bin/meshctl"
 
 
-def run_mesh_demo(*, state_dir: str | Path | None = None, out: TextIO = sys.stdout) -> int:
+def run_mesh_demo(
+    *, state_dir: str | Path | None = None, lab_id: str | None = None, out: TextIO = sys.stdout
+) -> int:
     """Runs the demo; returns 0. The lab stays up (``meshctl lab down`` removes it)."""
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
-    lab = Lab(state_dir, progress=lambda m: say(f"  {m}"))
+    lab = Lab(state_dir, lab_id=lab_id, progress=lambda m: say(f"  {m}"))
     if lab.is_running():
         say(f"A lab is already running (state {lab.paths.root}); taking it down first.")
         lab.down()
@@ -60,15 +63,20 @@ def run_mesh_demo(*, state_dir: str | Path | None = None, out: TextIO = sys.stdo
     for pod, count in sorted(spread.items()):
         say(f"  {count:3d}  {pod}")
     say("\n== the ztunnels' access logs for these connections (one JSON line per connection, at close)")
-    for line in _access_lines(lab, log_marks)[:4]:
-        say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
+    lines = _access_lines(lab, log_marks)
+    for direction in ("outbound", "inbound"):
+        for line in [entry for entry in lines if entry.get("direction") == direction][:2]:
+            say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
     say("\n== istio_tcp_connections_opened_total on the ztunnels' :15020/metrics")
     for n in lab.settings.nodes:
         for sample in _opened(n.netns):
             say(f"  {n.name}: {sample}")
     say("\n== meshctl lab exec legacy/client -- curl -s http://server.demo/   (not enrolled: plaintext)")
+    marks = {n.netns: _log_size(lab, n.name) for n in lab.settings.nodes}
     legacy = _ask(lab, "legacy/client", "http://server.demo/")
-    say(f"  answered by {legacy['pod']}; the destination ztunnel logged it without a source identity")
+    say(f"  answered by {legacy['pod']}; the destination ztunnel's line has no source identity:")
+    for line in _access_lines(lab, marks):
+        say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
     _hints(say, first)
     return 0
 
@@ -78,13 +86,13 @@ _LOG_KEYS = ("direction", "src.identity", "dst.identity", "src.addr", "dst.addr"
 
 def _hints(say: Any, first: dict[str, Any]) -> None:
     say("\nThe lab keeps running. Explore it:")
-    say("  meshctl lab status")
-    say("  meshctl lab exec demo/client -- curl -s http://server/")
-    say("  meshctl ztunnel-config workloads|services|policies|certificates|connections --node node1")
-    say("  meshctl proxy-status")
-    say(f"  meshctl lab logs demo/{first['pod']}")
-    say("  meshctl lab apply -f FILE   (e.g. a PeerAuthentication STRICT or an AuthorizationPolicy)")
-    say("Tear it down with:  meshctl lab down")
+    say(f"  {_MESHCTL} lab status")
+    say(f"  {_MESHCTL} lab exec demo/client -- curl -s http://server/")
+    say(f"  {_MESHCTL} ztunnel-config workloads|services|policies|certificates|connections --node node1")
+    say(f"  {_MESHCTL} proxy-status")
+    say(f"  {_MESHCTL} lab logs demo/{first['pod']}")
+    say(f"  {_MESHCTL} lab apply -f FILE   (e.g. a PeerAuthentication STRICT or an AuthorizationPolicy)")
+    say(f"Tear it down with:  {_MESHCTL} lab down")
 
 
 def _wait_for_config(lab: Lab, netns: str, *, within: float = 30.0) -> None:
