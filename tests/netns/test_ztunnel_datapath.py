@@ -324,3 +324,39 @@ async def test_admin_config_dump_and_ztunnel_config_views(pods: list[Pod], tmp_p
     assert "spiffe://cluster.local/ns/demo/sa/client" in certificates
     assert {p["pod"] for p in dump["proxies"]} == {"demo/client", "demo/server"}
     assert all(c["state"] == "valid" for c in dump["certificates"]), dump["certificates"]
+
+
+async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    """SIGTERM's drain: listeners close at once, a live tunnel is closed at the deadline (catalogue 27)."""
+    client, server = pods
+    hold = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection((sys.argv[1], 9000), 5); s.sendall(b'hi\\n'); s.recv(16)\n"
+        "t = time.time(); s.settimeout(10)\n"
+        "try:\n    data = s.recv(16)\nexcept (ConnectionError, TimeoutError):\n    data = b''\n"
+        "print(round(time.time() - t, 2), len(data))\n"
+    )
+    async with running_mesh(pods, tmp_path) as mesh:
+        echo = await asyncio.create_subprocess_exec(
+            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
+            "--port", "9000", start_new_session=True,
+        )  # fmt: skip
+        try:
+            await _wait_port(server, 9000)
+            holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", hold, server.ip))
+            await _eventually(lambda: len(mesh.ctx.registry) == 1)
+            started = asyncio.get_running_loop().time()
+            drain = asyncio.ensure_future(mesh.manager.stop_all(deadline=1.0))
+            await asyncio.sleep(0.2)
+            refused, _, _ = await run_in(client, "curl", "-sS", "-m", "3", f"http://{server.ip}:9000/")
+            assert refused != 0  # the listeners are gone: nothing new is accepted, nothing bypasses
+            await asyncio.wait_for(drain, 5)
+            assert asyncio.get_running_loop().time() - started < 2.5
+            _, out, err = await holder
+            waited, received = out.split()
+            assert float(waited) < 3.0 and received == "0", (out, err)
+        finally:
+            echo.terminate()
+            await echo.wait()
