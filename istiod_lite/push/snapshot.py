@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from google.protobuf.message import Message
@@ -40,6 +40,8 @@ class VersionedResource:
     type_url: str
     payload: bytes
     wire: bytes  # the encoded ``resources`` entry of a DeltaDiscoveryResponse, built once
+    source: Message | None = field(default=None, compare=False, repr=False)
+    """The message it was built from: handed in again (the same object), it is not re-serialized."""
 
 
 ResourceSet = Mapping[str, VersionedResource]
@@ -72,10 +74,12 @@ def resource_version(payload: bytes) -> str:
     return hashlib.sha256(payload).hexdigest()[:16]
 
 
-def _versioned(name: str, type_url: str, payload: bytes) -> VersionedResource:
+def _versioned(name: str, type_url: str, payload: bytes, source: Message) -> VersionedResource:
     version = resource_version(payload)
     wire = encode_resource_entry(name=name, version=version, type_url=type_url, payload=payload)
-    return VersionedResource(name=name, version=version, type_url=type_url, payload=payload, wire=wire)
+    return VersionedResource(
+        name=name, version=version, type_url=type_url, payload=payload, wire=wire, source=source
+    )
 
 
 def version_resources(
@@ -84,7 +88,11 @@ def version_resources(
     *,
     previous: ResourceSet = _EMPTY,
 ) -> ResourceSet:
-    """Serializes and versions ``messages``; unchanged entries of ``previous`` are reused as they are."""
+    """Serializes and versions ``messages``; unchanged entries of ``previous`` are reused as they are.
+
+    A message that is the very object of the previous snapshot is reused without serializing it
+    (the translator hands unchanged resources back as the same objects; messages are never
+    mutated once built)."""
     expected = type_url.rpartition("/")[2]
     out: dict[str, VersionedResource] = {}
     for name, message in messages.items():
@@ -96,12 +104,15 @@ def version_resources(
                 f"resource {name!r} is a {full_name}, not the {expected} its type URL {type_url} says",
                 hint="put each message under its own type URL",
             )
-        payload = message.SerializeToString(deterministic=True)
         old = previous.get(name)
+        if old is not None and old.source is message:
+            out[name] = old
+            continue
+        payload = message.SerializeToString(deterministic=True)
         if old is not None and old.payload == payload:
             out[name] = old
         else:
-            out[name] = _versioned(name, type_url, payload)
+            out[name] = _versioned(name, type_url, payload, message)
     return MappingProxyType(out)
 
 

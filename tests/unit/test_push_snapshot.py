@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import cast
 
 import pytest
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -54,6 +56,30 @@ def test_unchanged_entries_of_the_previous_snapshot_are_reused_as_objects() -> N
     )
     assert second.of_type(ADDRESS_TYPE_URL)["w1"] is first.of_type(ADDRESS_TYPE_URL)["w1"]
     assert second.of_type(ADDRESS_TYPE_URL)["w2"] is not first.of_type(ADDRESS_TYPE_URL)["w2"]
+
+
+class _CountingMessage:
+    """Wraps an Address and counts its serializations (the snapshot must not redo unchanged ones)."""
+
+    DESCRIPTOR = workload_pb2.Address.DESCRIPTOR
+
+    def __init__(self, message: workload_pb2.Address) -> None:
+        self.message = message
+        self.serialized = 0
+
+    def SerializeToString(self, **kwargs: bool) -> bytes:
+        self.serialized += 1
+        return self.message.SerializeToString(**kwargs)
+
+
+def test_the_same_message_object_is_not_serialized_again() -> None:
+    same = _CountingMessage(workload("w1"))
+    first = build_snapshot({ADDRESS_TYPE_URL: {"w1": cast(Message, same)}}, counter=1, now=NOW)
+    second = build_snapshot(
+        {ADDRESS_TYPE_URL: {"w1": cast(Message, same)}}, counter=2, now=NOW, previous=first
+    )
+    assert same.serialized == 1
+    assert second.of_type(ADDRESS_TYPE_URL)["w1"] is first.of_type(ADDRESS_TYPE_URL)["w1"]
 
 
 def test_snapshot_version_is_time_and_counter() -> None:
