@@ -8,7 +8,7 @@ source reports and skips.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import TypeAlias
 
@@ -114,11 +114,11 @@ class KubeObject:
     annotations: Mapping[str, str]
     owner_references: tuple[OwnerReference, ...]
     body: JsonMap
+    key: ObjectKey = field(init=False, compare=False, repr=False)
+    """(namespace, name), computed once: translation looks it up for every object on every build."""
 
-    @property
-    def key(self) -> ObjectKey:
-        """(namespace, name)."""
-        return (self.namespace, self.name)
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.namespace, self.name))
 
     @property
     def spec(self) -> JsonMap:
