@@ -10,7 +10,8 @@ caches keep only the objects of the last view. Not thread-safe: one caller at a 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
 from functools import partial
 from types import MappingProxyType
 from typing import Any, Generic, TypeVar
@@ -22,7 +23,7 @@ from istiod_lite.translate.peerauth import PeerAuthIndex, PeerAuthn, parse_peer_
 from istiod_lite.translate.services import ServiceInfo, parse_service, service_address, slice_endpoints
 from istiod_lite.translate.services import ready_endpoints as _ready_endpoints
 from istiod_lite.translate.workloads import WorkloadContext, pod_workload, workload_name_and_type
-from istiod_lite.view import ClusterView, KubeObject, ObjectKey
+from istiod_lite.view import POD, ClusterView, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2
 
 __all__ = ["Translator"]
@@ -58,6 +59,12 @@ class _Memo(Generic[_T]):
     def rotate(self) -> None:
         """Forgets the objects the last build did not ask about."""
         self._last, self._next = self._next, {}
+
+    def carry(self, drop: Iterable[ObjectKey]) -> None:
+        """Starts a partial build: everything is kept but the ``drop`` keys (removed objects)."""
+        self._next = dict(self._last)
+        for key in drop:
+            self._next.pop(key, None)
 
 
 def _policy(obj: KubeObject, root: str, warnings: Warnings) -> CompiledPolicy | None:
@@ -100,8 +107,26 @@ def _same(last: tuple[object, ...] | None, current: tuple[object, ...]) -> bool:
     )
 
 
+@dataclass(slots=True)
+class _LastBuild:
+    """What a build that changed only pods can start from."""
+
+    kinds: dict[str, Mapping[ObjectKey, KubeObject]]
+    """Every kind but Pod, by mapping identity (the informers keep an unchanged kind's mapping)."""
+    pods: Mapping[ObjectKey, KubeObject]
+    ctx: WorkloadContext
+    authorizations: dict[str, Any]
+    service_addresses: dict[str, workload_pb2.Address]
+    warnings: list[TranslationWarning]
+    """Everything's warnings but the pods'."""
+    pod_results: dict[ObjectKey, tuple[workload_pb2.Address | None, list[TranslationWarning]]]
+
+
 class Translator:
-    """Builds ``TranslatedResources`` from successive views, reusing unchanged results."""
+    """Builds ``TranslatedResources`` from successive views, reusing unchanged results.
+
+    When only pods changed since the last build (every other kind's mapping is the same object),
+    only the changed pods are translated; the rest of the last result is reused as it is."""
 
     def __init__(self, options: TranslateOptions | None = None) -> None:
         self.options = options or TranslateOptions()
@@ -114,6 +139,7 @@ class Translator:
         self._pod_keys: _Memo[tuple[str, ...]] = _Memo()
         self._policy_inputs: tuple[object, ...] | None = None
         self._policy_generation = 0
+        self._last: _LastBuild | None = None
         self._memos: tuple[_Memo[Any], ...] = (
             self._policies,
             self._peer,
@@ -126,13 +152,21 @@ class Translator:
 
     def build(self, view: ClusterView) -> TranslatedResources:
         """Translates every pod, Service, AuthorizationPolicy and PeerAuthentication of ``view``."""
+        kinds = {kind: objects for kind, objects in view.objects.items() if kind != POD}
+        last = self._last
+        if (
+            last is not None
+            and kinds.keys() == last.kinds.keys()
+            and all(objects is last.kinds[kind] for kind, objects in kinds.items())
+        ):
+            return self._pods_changed(view, last)
         warnings = Warnings()
         compiled = self._compile_policies(view, warnings)
         peers = self._peer_authentications(view, warnings)
         peer = PeerAuthIndex(peers, root_namespace=self.options.root_namespace)
         authorizations = {p.key: p.authorization for p in compiled}
         authorizations.update(peer.policies())
-        services, addresses = self._translate_services(view, warnings)
+        services, service_addresses = self._translate_services(view, warnings)
         selectors = SelectorIndex(compiled, root_namespace=self.options.root_namespace)
 
         def policy_keys(namespace: str, labels: Mapping[str, str]) -> list[str]:
@@ -146,34 +180,57 @@ class Translator:
         if not _same(self._policy_inputs, (*compiled, *peers)):
             self._policy_inputs = (*compiled, *peers)
             self._policy_generation += 1
-        self._translate_pods(view, ctx, addresses, warnings)
+        results = {pod.key: self._translate_pod(pod, ctx) for pod in view.pods.values()}
         for memo in self._memos:
             memo.rotate()
-        return TranslatedResources(
-            addresses=MappingProxyType(dict(sorted(addresses.items()))),
-            authorizations=MappingProxyType(dict(sorted(authorizations.items()))),
-            warnings=warnings.frozen(),
+        self._last = _LastBuild(
+            kinds, view.pods, ctx, authorizations, service_addresses, list(warnings.items), results
         )
+        return self._result(self._last)
 
-    def _translate_pods(
-        self,
-        view: ClusterView,
-        ctx: WorkloadContext,
-        addresses: dict[str, workload_pb2.Address],
-        warnings: Warnings,
-    ) -> None:
-        for pod in view.pods.values():
-            keys = self._pod_keys.get(
-                pod, partial(_keys, pod, ctx.policy_keys), warnings, self._policy_generation
-            )
-            inputs = (tuple(ctx.endpoints.get(pod.key, ())), keys, workload_name_and_type(pod, view))
-            try:
-                address = self._pods.get(pod, partial(_pod, pod, ctx), warnings, inputs)
-            except FieldError as exc:
-                warnings.add(pod, exc.field, f"{exc.problem}; the pod is skipped")
-                continue
+    def _pods_changed(self, view: ClusterView, last: _LastBuild) -> TranslatedResources:
+        """Only pods changed: translate those, reuse everything else of the last build."""
+        old, new = last.pods, view.pods
+        removed = old.keys() - new.keys()
+        changed = [pod for key, pod in new.items() if old.get(key) is not pod]
+        ctx = WorkloadContext(view, self.options, last.ctx.endpoints, last.ctx.policy_keys)
+        for memo in (self._pods, self._pod_keys):
+            memo.carry(removed)
+        for key in removed:
+            del last.pod_results[key]
+        for pod in changed:
+            last.pod_results[pod.key] = self._translate_pod(pod, ctx)
+        for memo in (self._pods, self._pod_keys):
+            memo.rotate()
+        last.pods, last.ctx = new, ctx
+        return self._result(last)
+
+    def _translate_pod(
+        self, pod: KubeObject, ctx: WorkloadContext
+    ) -> tuple[workload_pb2.Address | None, list[TranslationWarning]]:
+        local = Warnings()
+        keys = self._pod_keys.get(pod, partial(_keys, pod, ctx.policy_keys), local, self._policy_generation)
+        inputs = (tuple(ctx.endpoints.get(pod.key, ())), keys, workload_name_and_type(pod, ctx.view))
+        try:
+            address = self._pods.get(pod, partial(_pod, pod, ctx), local, inputs)
+        except FieldError as exc:
+            local.add(pod, exc.field, f"{exc.problem}; the pod is skipped")
+            address = None
+        return address, local.items
+
+    @staticmethod
+    def _result(last: _LastBuild) -> TranslatedResources:
+        addresses = dict(last.service_addresses)
+        warnings = Warnings(list(last.warnings))
+        for address, pod_warnings in last.pod_results.values():
             if address is not None:
                 addresses[address.workload.uid] = address
+            warnings.items.extend(pod_warnings)
+        return TranslatedResources(
+            addresses=MappingProxyType(dict(sorted(addresses.items()))),
+            authorizations=MappingProxyType(dict(sorted(last.authorizations.items()))),
+            warnings=warnings.frozen(),
+        )
 
     def _compile_policies(self, view: ClusterView, warnings: Warnings) -> list[CompiledPolicy]:
         root = self.options.root_namespace

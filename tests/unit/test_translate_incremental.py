@@ -109,3 +109,36 @@ def test_unchanged_workloads_are_reused(change: Callable[[Sink], None], reused: 
         assert after is before
     else:
         assert after != before and list(after.workload.authorization_policies) == ["demo/allow-web"]
+
+
+POD_ONLY_STEPS: list[tuple[str, Callable[[Sink], None]]] = [
+    (
+        "new-pod",
+        lambda s: up(
+            s, pod("web-1a-y", ip="10.244.1.6", labels={"app": "web"}, owner=("ReplicaSet", "web-1a"))
+        ),
+    ),
+    ("pod-relabelled", lambda s: up(s, pod("db-0", ip="10.244.1.9", labels={"app": "web"}))),
+    ("pod-invalid", lambda s: up(s, pod("db-0", ip="not-an-ip"))),
+    ("pod-fixed", lambda s: up(s, pod("db-0", ip="10.244.1.9", labels={"app": "db"}))),
+    ("pod-gone", lambda s: s.delete(POD, "demo", "web-1a-y")),
+    ("pod-back", lambda s: up(s, pod("web-1a-y", ip="10.244.1.7", labels={"app": "web"}))),
+    (
+        "then-a-service-changes",
+        lambda s: up(s, service("web", ports=[{"name": "h", "port": 82, "targetPort": 8080}])),
+    ),
+    ("and-pods-again", lambda s: s.delete(POD, "demo", "db-0")),
+]
+
+
+def test_pod_only_changes_take_the_short_path_and_still_equal_a_fresh_translation() -> None:
+    informers = Informers()
+    sink = informers.sink("test")
+    for obj in [*start(), authz("allow-web", selector=WEB, rules=[{}]), peer_auth("default", mode="STRICT")]:
+        up(sink, obj)
+    translator = Translator()
+    translator.build(informers.view())
+    for name, change in POD_ONLY_STEPS:
+        change(sink)
+        view = informers.view()
+        assert same(translator.build(view), build_resources(view)), f"after step {name!r}"
