@@ -254,12 +254,17 @@ class XdsClient:
     async def run(self) -> None:
         """Connects and reconnects until cancelled."""
         attempt = 0
+        task = asyncio.current_task()
         while True:
             try:
                 await self._session()
             except (grpc.aio.AioRpcError, _StreamEndedError) as exc:
                 self.last_error = _describe(exc)
                 self._log.warning("xds.disconnected", error=self.last_error)
+            if task is not None and task.cancelling():
+                # grpc.aio can swallow the CancelledError of a call torn down mid-flight; the request
+                # to stop still stands, so honour it instead of reconnecting forever.
+                raise asyncio.CancelledError
             if self._got_response:
                 attempt = 0
             delay = self._backoff.delay(attempt, self._rng)
