@@ -67,7 +67,7 @@ class HboneClientConnection(HboneConnection):
         self.streams[stream_id] = stream
         waiter: asyncio.Future[Response] = asyncio.get_running_loop().create_future()
         self._pending[stream_id] = waiter
-        self.flush()
+        self.flush_soon()  # streams opened in the same loop pass share one TLS write
         try:
             response = await waiter
         except asyncio.CancelledError:

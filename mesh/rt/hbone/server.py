@@ -167,7 +167,7 @@ class HboneServerConnection(HboneConnection):
             splice(upstream_end, stream)
         elif decision.protocol is not None:
             stream.attach(decision.protocol)
-        self.flush()
+        self.flush_soon()  # answers decided in the same loop pass share one TLS write
 
     def connection_lost(self, exc: BaseException | None) -> None:
         """Stops every handler still deciding."""
