@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import functools
 import ipaddress
 import os
 import socket
@@ -28,6 +29,7 @@ __all__ = [
     "listen_in_netns",
     "local_of",
     "original_destination",
+    "parse_ip",
     "peer_of",
     "unmap",
 ]
@@ -102,6 +104,13 @@ def original_destination(sock: socket.socket) -> tuple[IpAddress, int]:
     return ipaddress.IPv4Address(raw[4:8]), port
 
 
+@functools.lru_cache(maxsize=4096)
+def parse_ip(text: str) -> IpAddress:
+    """``ipaddress.ip_address``, cached: a pod's connections come from a handful of addresses."""
+    return ipaddress.ip_address(text)
+
+
+@functools.lru_cache(maxsize=4096)
 def unmap(host: str) -> str:
     """An address as text, with IPv4-mapped IPv6 (``::ffff:a.b.c.d``) turned back into IPv4."""
     address = ipaddress.ip_address(host.split("%", 1)[0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import os
 import socket
@@ -28,7 +29,7 @@ from mesh.rt.hbone.sockets import ConnectError
 from ztunnel.context import NodeContext
 from ztunnel.headers import baggage_for, forwarded_for, parse_forwarded_host, traceparent
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
-from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of, unmap
+from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, parse_ip, peer_of, unmap
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
 from ztunnel.telemetry import ConnectionRecord
 
@@ -145,7 +146,7 @@ class PodProxy:
         started = ctx.clock.monotonic()
         dst_ip, dst_port = original_destination(sock)
         src_host, src_port = peer_of(sock)
-        src_ip = ipaddress.ip_address(src_host)
+        src_ip = parse_ip(src_host)
         state = ctx.state
         source = state.workload_at(src_ip) or self._self_workload(src_ip)
         plan = plan_outbound(state, source=source, destination=dst_ip, port=dst_port, rng=ctx.rng)
@@ -199,14 +200,14 @@ class PodProxy:
             source=self.identity,
             source_ip=src_host,
             destination=(str(plan.address), plan.port),
-            expected=frozenset(WorkloadIdentity.parse(uri) for uri in plan.identities),
+            expected=_expected(plan.identities),
         )
         source = record.source
         headers = [
             (
                 "forwarded",
                 forwarded_for(
-                    ipaddress.ip_address(src_host),
+                    parse_ip(src_host),
                     src_port,
                     service_host=plan.service.hostname if plan.service else "",
                 ),
@@ -255,9 +256,9 @@ class PodProxy:
     async def _on_connect(self, request: InboundRequest) -> InboundDecision:
         ctx = self.ctx
         started = ctx.clock.monotonic()
-        local_ip = ipaddress.ip_address(unmap(request.local_address[0]))
+        local_ip = parse_ip(unmap(request.local_address[0]))
         peer_host = unmap(request.peer_address[0])
-        peer_ip = ipaddress.ip_address(peer_host)
+        peer_ip = parse_ip(peer_host)
         state = ctx.state
         decision = plan_inbound_hbone(
             state,
@@ -318,7 +319,7 @@ class PodProxy:
         started = ctx.clock.monotonic()
         dst_ip, dst_port = original_destination(sock)
         peer_host, peer_port = peer_of(sock)
-        peer_ip = ipaddress.ip_address(peer_host)
+        peer_ip = parse_ip(peer_host)
         state = ctx.state
         decision = plan_inbound_plaintext(state, destination=dst_ip, port=dst_port, source_ip=peer_ip)
         record = ConnectionRecord(
@@ -393,6 +394,12 @@ class _LinkOnAttach(RelayEnd):
         if self.peer is None and self._upstream.transport is not None:
             reset_transport(self._upstream.transport)  # the stream died before it was linked
         super().connection_lost(exc)
+
+
+@functools.lru_cache(maxsize=1024)
+def _expected(identities: tuple[str, ...]) -> frozenset[WorkloadIdentity]:
+    """The identities a tunnel's peer may have (parsed once per distinct destination)."""
+    return frozenset(WorkloadIdentity.parse(uri) for uri in identities)
 
 
 async def _wrap(sock: socket.socket) -> RelayEnd:

@@ -8,6 +8,7 @@ sent are flipped (the counter is from the destination's point of view); access l
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -108,23 +109,36 @@ class TcpMetrics:
             registry=registry,
         )
         self.sent = Counter("istio_tcp_sent_bytes", "Size of total bytes sent", LABELS, registry=registry)
+        self._series: dict[tuple[str, ...], tuple[Any, Any, Any, Any]] = {}
+
+    def _children(self, values: tuple[str, ...]) -> tuple[Any, Any, Any, Any]:
+        """The four counters' series for one label set, looked up once (labels() is slow)."""
+        series = self._series.get(values)
+        if series is None:
+            series = (
+                self.opened.labels(*values),
+                self.closed.labels(*values),
+                self.received.labels(*values),
+                self.sent.labels(*values),
+            )
+            self._series[values] = series
+        return series
 
     def connection_opened(self, record: ConnectionRecord) -> None:
         """Counts an open (flags ``-``)."""
-        self.opened.labels(*record.label_values("-")).inc()
+        self._children(record.label_values("-"))[0].inc()
 
     def connection_closed(
         self, record: ConnectionRecord, *, bytes_from_client: int, bytes_to_client: int, response_flags: str
     ) -> None:
         """Counts a close and its bytes; a refused connection counts as opened and closed."""
-        values = record.label_values(response_flags)
+        opened, closed, received, sent = self._children(record.label_values(response_flags))
         if response_flags not in ("", "-"):
-            self.opened.labels(*values).inc()
-        self.closed.labels(*values).inc()
+            opened.inc()
+        closed.inc()
         # Istio reports bytes from the destination's point of view on both sides.
-        received, sent = bytes_from_client, bytes_to_client
-        self.received.labels(*values).inc(received)
-        self.sent.labels(*values).inc(sent)
+        received.inc(bytes_from_client)
+        sent.inc(bytes_to_client)
 
 
 def access_log_fields(

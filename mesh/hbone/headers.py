@@ -85,8 +85,11 @@ class HeaderCodec:
         return [(bytes(n), bytes(v)) for n, v in fields]
 
     def encode(self, fields: Fields) -> bytes:
-        """Encodes a header block for sending."""
-        return bytes(self._encoder.encode(fields))
+        """Encodes a header block for sending.
+
+        Without Huffman coding: HBONE's per-connection values (``forwarded``, ``traceparent``) are
+        never indexed, and Huffman-coding them cost more CPU per tunnel than the bytes it saves."""
+        return bytes(self._encoder.encode(fields, huffman=False))
 
     def peer_table_size(self, size: int) -> None:
         """Applies the peer's SETTINGS_HEADER_TABLE_SIZE to our encoder (never above our own cap)."""
