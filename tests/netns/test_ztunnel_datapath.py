@@ -5,12 +5,13 @@ metrics and access logs say so; policy denials are 401 and STRICT refuses plaint
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -105,6 +106,21 @@ while True:
 print(got)
 """
 
+_HOLD = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], 9000), 5)
+s.sendall(b"hi\\n")
+s.recv(16)
+t = time.time()
+s.settimeout(10)
+try:
+    data = s.recv(16)
+except (ConnectionError, TimeoutError):
+    data = b""
+print(round(time.time() - t, 2), len(data))
+"""
+"""A client that keeps one connection open and reports how long until it was closed, and what came."""
+
 _SINK = """
 import socket, sys
 srv = socket.socket(); srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -124,30 +140,19 @@ while True:
 
 async def test_byte_counts_in_metrics_equal_what_was_sent(pods: list[Pod], tmp_path: Path) -> None:
     client, server = pods
-    async with running_mesh(pods, tmp_path) as mesh:
-        echo = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
-            "--port", "9000", start_new_session=True,
-        )  # fmt: skip
-        try:
-            await _wait_port(server, 9000)
-            code, out, err = await run_in(
-                client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "100000"
-            )
-            assert code == 0, err
-            assert int(out) == 100_000
-            await _eventually(
-                lambda: (
-                    _sample(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
-                )
-            )
-            for reporter in ("source", "destination"):
-                received = _sample(mesh.registry, "istio_tcp_received_bytes_total", reporter=reporter)
-                sent = _sample(mesh.registry, "istio_tcp_sent_bytes_total", reporter=reporter)
-                assert (received, sent) == (100_000, 100_000), reporter
-        finally:
-            echo.terminate()
-            await echo.wait()
+    async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
+        code, out, err = await run_in(
+            client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "100000"
+        )
+        assert code == 0, err
+        assert int(out) == 100_000
+        await _eventually(
+            lambda: _sample(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
+        )
+        for reporter in ("source", "destination"):
+            received = _sample(mesh.registry, "istio_tcp_received_bytes_total", reporter=reporter)
+            sent = _sample(mesh.registry, "istio_tcp_sent_bytes_total", reporter=reporter)
+            assert (received, sent) == (100_000, 100_000), reporter
 
 
 async def test_tunnel_on_the_wire_is_tls_only(pods: list[Pod], tmp_path: Path) -> None:
@@ -248,36 +253,33 @@ async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:
 
 async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: Path) -> None:
     client, server = pods
-    hold = (
-        "import socket, sys, time\n"
-        "s = socket.create_connection((sys.argv[1], 9000), 5); s.sendall(b'hi\\n'); s.recv(16)\n"
-        "t = time.time(); s.settimeout(10)\n"
-        "try:\n    data = s.recv(16)\nexcept (ConnectionError, TimeoutError) as e:\n    data = b''\n"
-        "print(round(time.time() - t, 2), len(data))\n"
-    )
-    async with running_mesh(pods, tmp_path) as mesh:
-        echo = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
-            "--port", "9000", start_new_session=True,
-        )  # fmt: skip
-        try:
-            await _wait_port(server, 9000)
-            holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", hold, server.ip))
-            await _eventually(lambda: len(mesh.ctx.registry) == 1)
-            deny = Authorization(
-                "deny-all", "demo", Scope.NAMESPACE, Action.DENY, (((Match(destination_ports=(9000,)),),),)
-            )
-            state = local_state(pods)
-            closed = mesh.ctx.apply_state(
-                ProxyState.build(workloads=state.workloads.values(), policies=[deny])
-            )
-            assert closed == 1
-            _, out, err = await holder
-            waited, received = out.split()
-            assert float(waited) < 2.0 and received == "0", (out, err)
-        finally:
-            echo.terminate()
-            await echo.wait()
+    async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
+        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip))
+        await _eventually(lambda: len(mesh.ctx.registry) == 1)
+        deny = Authorization(
+            "deny-all", "demo", Scope.NAMESPACE, Action.DENY, (((Match(destination_ports=(9000,)),),),)
+        )
+        state = local_state(pods)
+        closed = mesh.ctx.apply_state(ProxyState.build(workloads=state.workloads.values(), policies=[deny]))
+        assert closed == 1
+        _, out, err = await holder
+        waited, received = out.split()
+        assert float(waited) < 2.0 and received == "0", (out, err)
+
+
+@contextlib.asynccontextmanager
+async def tcp_echo(pod: Pod, port: int = 9000) -> AsyncIterator[None]:
+    """The sample TCP echo app, listening in ``pod``."""
+    echo = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", pod.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
+        "--port", str(port), start_new_session=True,
+    )  # fmt: skip
+    try:
+        await _wait_port(pod, port)
+        yield
+    finally:
+        echo.terminate()
+        await echo.wait()
 
 
 async def _wait_port(pod: Pod, port: int) -> None:
@@ -331,32 +333,16 @@ async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
 ) -> None:
     """SIGTERM's drain: listeners close at once, a live tunnel is closed at the deadline (catalogue 27)."""
     client, server = pods
-    hold = (
-        "import socket, sys, time\n"
-        "s = socket.create_connection((sys.argv[1], 9000), 5); s.sendall(b'hi\\n'); s.recv(16)\n"
-        "t = time.time(); s.settimeout(10)\n"
-        "try:\n    data = s.recv(16)\nexcept (ConnectionError, TimeoutError):\n    data = b''\n"
-        "print(round(time.time() - t, 2), len(data))\n"
-    )
-    async with running_mesh(pods, tmp_path) as mesh:
-        echo = await asyncio.create_subprocess_exec(
-            "ip", "netns", "exec", server.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
-            "--port", "9000", start_new_session=True,
-        )  # fmt: skip
-        try:
-            await _wait_port(server, 9000)
-            holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", hold, server.ip))
-            await _eventually(lambda: len(mesh.ctx.registry) == 1)
-            started = asyncio.get_running_loop().time()
-            drain = asyncio.ensure_future(mesh.manager.stop_all(deadline=1.0))
-            await asyncio.sleep(0.2)
-            refused, _, _ = await run_in(client, "curl", "-sS", "-m", "3", f"http://{server.ip}:9000/")
-            assert refused != 0  # the listeners are gone: nothing new is accepted, nothing bypasses
-            await asyncio.wait_for(drain, 5)
-            assert asyncio.get_running_loop().time() - started < 2.5
-            _, out, err = await holder
-            waited, received = out.split()
-            assert float(waited) < 3.0 and received == "0", (out, err)
-        finally:
-            echo.terminate()
-            await echo.wait()
+    async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
+        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip))
+        await _eventually(lambda: len(mesh.ctx.registry) == 1)
+        started = asyncio.get_running_loop().time()
+        drain = asyncio.ensure_future(mesh.manager.stop_all(deadline=1.0))
+        await asyncio.sleep(0.2)
+        refused, _, _ = await run_in(client, "curl", "-sS", "-m", "3", f"http://{server.ip}:9000/")
+        assert refused != 0  # the listeners are gone: nothing new is accepted, nothing bypasses
+        await asyncio.wait_for(drain, 5)
+        assert asyncio.get_running_loop().time() - started < 2.5
+        _, out, err = await holder
+        waited, received = out.split()
+        assert float(waited) < 3.0 and received == "0", (out, err)
