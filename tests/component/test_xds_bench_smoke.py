@@ -18,6 +18,6 @@ async def test_the_benchmark_runs_and_measures(lean: bool) -> None:
     assert result["addresses"] == 220  # 200 workloads + 20 services
     assert result["authorizations"] == 20
     assert 0 < result["full_push_s"] < 30
-    assert result["debounce_and_translate_s"] >= 0.09  # the 100 ms debounce is part of a change (timers may fire a hair early)
+    assert result["debounce_and_translate_s"] >= 0.09  # the 100 ms debounce (a timer may fire early)
     assert 0 < result["publish_to_all_s"] < result["change_to_all_s"]
     assert result["rss_mb"] > 0
