@@ -9,6 +9,7 @@ from the unenrolled ``legacy`` namespace shows plaintext arriving. The lab stays
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import sys
 import time
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mesh.errors import MeshError
+from mesh.identity import load_pem_certificates, verify_workload_chain
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshLayout
@@ -54,6 +56,7 @@ def run_mesh_demo(
     say(render_table("workloads", dump["workloads"]))
     say(f"== meshctl ztunnel-config certificates --node {node.name}   (from istiod_lite, by impersonation)")
     say(render_table("certificates", dump["certificates"]))
+    say(_verified(lab, dump["certificates"][0]))
     log_marks = {n.netns: _log_size(lab, n.name) for n in lab.settings.nodes}
     say("== meshctl lab exec demo/client -- curl -s http://server/")
     answers = [_ask(lab, "demo/client", "http://server/") for _ in range(_REQUESTS)]
@@ -94,6 +97,21 @@ def _hints(say: Any, first: dict[str, Any]) -> None:
     say(f"  {_MESHCTL} lab logs demo/{first['pod']}")
     say(f"  {_MESHCTL} lab apply -f FILE   (e.g. a PeerAuthentication STRICT or an AuthorizationPolicy)")
     say(f"Tear it down with:  {_MESHCTL} lab down")
+
+
+def _verified(lab: Lab, certificate: dict[str, Any]) -> str:
+    """Checks a certificate ztunnel holds against istiod_lite's root, as its peers do."""
+    roots = load_pem_certificates(MeshLayout(lab.paths.root / "mesh").root_cert.read_bytes())
+    chain = load_pem_certificates(certificate["cert_chain"])
+    identity = verify_workload_chain(
+        chain, roots=roots, now=dt.datetime.now(dt.UTC), trust_domain="cluster.local"
+    )
+    leaf = chain[0]
+    hours = (leaf.not_valid_after_utc - leaf.not_valid_before_utc).total_seconds() / 3600
+    return (
+        f"  {identity.uri}: chain verified against istiod_lite's root ({roots[0].subject.rfc4514_string()}); "
+        f"issuer {leaf.issuer.rfc4514_string()}, valid {hours:.1f} h\n"
+    )
 
 
 def _wait_for_mesh(lab: Lab, *, within: float = 30.0) -> None:

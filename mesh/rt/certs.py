@@ -65,6 +65,8 @@ class CertificateStatus:
     next_attempt: float
     failures: int
     last_error: str
+    chain_pem: str = ""
+    """The leaf and intermediates, PEM (public only: Istio's ztunnel dumps its chains too)."""
 
     def as_dict(self) -> dict[str, object]:
         """JSON-ready form with RFC 3339 times, for ``/config_dump``-style admin output."""
@@ -77,6 +79,7 @@ class CertificateStatus:
             "next_attempt": _rfc3339(self.next_attempt),
             "failures": self.failures,
             "last_error": self.last_error,
+            "cert_chain": self.chain_pem,
         }
 
 
@@ -274,6 +277,7 @@ class CertificateManager:
             next_attempt=entry.state.next_attempt,
             failures=entry.state.failures,
             last_error=entry.state.last_error,
+            chain_pem="" if cert is None else cert.chain_pem().decode(),
         )
 
 

@@ -25,6 +25,7 @@ def test_the_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     text = out.getvalue()
     assert "HBONE" in text and "TCP" in text  # enrolled demo pods, the legacy one not
     assert "spiffe://cluster.local/ns/demo/sa/client" in text  # its certificate, and the log lines
+    assert "chain verified against istiod_lite's root" in text
     assert '"direction": "inbound", "src.identity": "spiffe://cluster.local/ns/demo/sa/client"' in text
     assert '"dst.identity": "spiffe://cluster.local/ns/demo/sa/server"' in text
     assert "connection_security_policy=mutual_tls" in text
