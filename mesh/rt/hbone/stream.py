@@ -153,7 +153,12 @@ class HboneStream(asyncio.Transport):
         if len(data) >= WRITELINES_MIN:  # frame headers and payload as they are: no joined copy
             conn.transport.writelines(conn.h2.data_to_send_pieces())  # type: ignore[union-attr]
             return
-        conn.flush_soon()  # small writes of this loop pass, from all streams, leave together
+        if len(conn.streams) > 1:
+            conn.flush_soon()  # small writes of this loop pass, from all streams, leave together
+            return
+        out = conn.h2.data_to_send()  # a lone stream has nothing to wait for: one write, now
+        if out:
+            conn.transport.write(out)  # type: ignore[union-attr]
 
     def write_eof(self) -> None:
         """Half-closes: END_STREAM after the bytes already written."""
