@@ -38,6 +38,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except MeshError as exc:
         print(f"meshctl: error: {exc}", file=sys.stderr)
         return 1
+    except OSError as exc:  # a path that is not what the command expects, or missing permissions
+        where = f" ({exc.filename})" if exc.filename else ""
+        print(
+            f"meshctl: error: {exc.strerror or exc}{where}; check the path (e.g. --state) and run as root",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt:
         print("meshctl: interrupted", file=sys.stderr)
         return 130

@@ -63,3 +63,13 @@ def test_commands_need_a_running_lab(
     ]
     assert main(argv) == 1
     assert "no lab is running" in capsys.readouterr().err
+
+
+def test_a_state_path_that_is_a_file_gets_a_clear_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    state.write_text("not a directory")
+    assert main(["lab", "status", "--state", str(state)]) == 1
+    err = capsys.readouterr().err
+    assert "Not a directory" in err and "check the path (e.g. --state)" in err
