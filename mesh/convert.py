@@ -15,6 +15,7 @@ from google.protobuf.unknown_fields import UnknownFieldSet
 from mesh.api.istio.security import authorization_pb2 as authz_pb
 from mesh.api.istio.workload import workload_pb2 as wl_pb
 from mesh.errors import MeshError
+from mesh.identity.principals import MatchKind
 from mesh.model import (
     DEFAULT_TRUST_DOMAIN,
     Action,
@@ -186,8 +187,8 @@ def _string(name: str, field: str, s: authz_pb.StringMatch) -> StringMatch:
     if kind is None:
         raise ResourceError(name, field, "empty string match")
     if kind == "presence":
-        return StringMatch("presence")
-    return StringMatch(kind, str(getattr(s, kind)))
+        return StringMatch.presence()
+    return StringMatch(MatchKind(kind), str(getattr(s, kind)))
 
 
 def _match(name: str, field: str, m: authz_pb.Match) -> Match:

@@ -10,6 +10,8 @@ import enum
 from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
+from mesh.identity.principals import ServiceAccountMatch, StringMatch
+
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
     "Action",
@@ -141,34 +143,6 @@ class Service:
     def key(self) -> str:
         """The resource name: ``namespace/hostname``."""
         return f"{self.namespace}/{self.hostname}"
-
-
-@dataclass(frozen=True, slots=True)
-class StringMatch:
-    """Exact, prefix, suffix or presence (any non-empty value) match on a string."""
-
-    kind: str
-    value: str = ""
-
-    def matches(self, candidate: str | None) -> bool:
-        """True when ``candidate`` matches; a missing value never matches."""
-        if not candidate:
-            return False
-        if self.kind == "exact":
-            return candidate == self.value
-        if self.kind == "prefix":
-            return candidate.startswith(self.value)
-        if self.kind == "suffix":
-            return candidate.endswith(self.value)
-        return self.kind == "presence"
-
-
-@dataclass(frozen=True, slots=True)
-class ServiceAccountMatch:
-    """A source service account, by namespace and name."""
-
-    namespace: str
-    service_account: str
 
 
 @dataclass(frozen=True, slots=True)

@@ -20,6 +20,7 @@ from mesh.model import (
     Match,
     Scope,
     ServiceAccountMatch,
+    StringMatch,
     Workload,
 )
 
@@ -104,10 +105,10 @@ def _match(match: Match, conn: ConnectionAttributes) -> bool:
     principal = conn.principal
     namespace = conn.source_namespace if principal else ""
     return (
-        _positive(match.namespaces, lambda s: s.matches(namespace))
-        and _negative(match.not_namespaces, lambda s: s.matches(namespace))
-        and _positive(match.principals, lambda s: s.matches(principal))
-        and _negative(match.not_principals, lambda s: s.matches(principal))
+        _positive(match.namespaces, lambda s: _named(s, namespace))
+        and _negative(match.not_namespaces, lambda s: _named(s, namespace))
+        and _positive(match.principals, lambda s: _named(s, principal))
+        and _negative(match.not_principals, lambda s: _named(s, principal))
         and _positive(match.service_accounts, lambda s: _sa_matches(s, conn))
         and _negative(match.not_service_accounts, lambda s: _sa_matches(s, conn))
         and _positive(match.source_ips, lambda n: _in(conn.source_ip, n))
@@ -125,6 +126,11 @@ def _positive(values: tuple[_T, ...], test: Callable[[_T], bool]) -> bool:
 
 def _negative(values: tuple[_T, ...], test: Callable[[_T], bool]) -> bool:
     return not any(test(v) for v in values)
+
+
+def _named(pattern: StringMatch, value: str) -> bool:
+    """A connection without a peer identity (empty value) matches no principal or namespace pattern."""
+    return bool(value) and pattern.matches(value)
 
 
 def _sa_matches(match: ServiceAccountMatch, conn: ConnectionAttributes) -> bool:

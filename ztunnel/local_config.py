@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import yaml
 
 from mesh.errors import ConfigError
+from mesh.identity.principals import MatchKind
 from mesh.model import (
     DEFAULT_TRUST_DOMAIN,
     Action,
@@ -265,11 +266,11 @@ def _match(raw: Any, where: _Where) -> Match:
 
 def _string_match(value: Any, where: _Where) -> StringMatch:
     if value == "Presence" or (isinstance(value, dict) and list(value) == ["Presence"]):
-        return StringMatch("presence")
+        return StringMatch.presence()
     if isinstance(value, dict) and len(value) == 1:
         ((kind, text),) = value.items()
         if kind in ("Exact", "Prefix", "Suffix") and isinstance(text, str):
-            return StringMatch(kind.lower(), text)
+            return StringMatch(MatchKind(kind.lower()), text)
     raise where.error(f"{value!r} must be {{Exact|Prefix|Suffix: text}} or Presence")
 
 

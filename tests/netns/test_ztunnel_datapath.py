@@ -79,7 +79,7 @@ async def test_deny_policy_gives_401_and_deny_flag(pods: list[Pod], tmp_path: Pa
     async with running_mesh(pods, tmp_path) as mesh, http_server(server):
         deny = Authorization(
             "deny-client", "demo", Scope.NAMESPACE, Action.DENY,
-            (((Match(principals=(StringMatch("exact", "cluster.local/ns/demo/sa/client"),)),),),),
+            (((Match(principals=(StringMatch.exact("cluster.local/ns/demo/sa/client"),)),),),),
         )  # fmt: skip
         state = local_state(pods)
         mesh.ctx.apply_state(type(state).build(workloads=state.workloads.values(), policies=[deny]))
@@ -202,7 +202,7 @@ async def test_strict_workload_gets_zero_bytes_from_an_unenrolled_client(tmp_pat
         async with running_mesh(pods, tmp_path, enrolled=[server]) as mesh:
             strict = Authorization(
                 "istio_converted_static_strict", "istio-system", Scope.WORKLOAD_SELECTOR, Action.DENY,
-                (((Match(not_principals=(StringMatch("presence"),)),),),),
+                (((Match(not_principals=(StringMatch.presence(),)),),),),
             )  # fmt: skip
             base = local_state(pods)
             workloads = [

@@ -102,8 +102,8 @@ def test_authorization_converts() -> None:
     converted = authorization_from_proto("demo/deny", policy)
     assert converted.scope is Scope.NAMESPACE and converted.action is Action.DENY
     (match,) = converted.rules[0][0]
-    assert match.principals == (StringMatch("exact", "cluster.local/ns/demo/sa/client"),)
-    assert match.not_principals == (StringMatch("presence"),)
+    assert match.principals == (StringMatch.exact("cluster.local/ns/demo/sa/client"),)
+    assert match.not_principals == (StringMatch.presence(),)
     assert match.source_ips == (ip_network("10.244.1.0/24"),)
     assert match.destination_ports == (8080,)
 

@@ -26,14 +26,14 @@ STRICT = Authorization(
     "istio-system",
     Scope.WORKLOAD_SELECTOR,
     Action.DENY,
-    (((Match(not_principals=(StringMatch("presence"),)),),),),
+    (((Match(not_principals=(StringMatch.presence(),)),),),),
 )
 ONLY_DEMO = Authorization(
     "only-demo",
     "demo",
     Scope.NAMESPACE,
     Action.ALLOW,
-    (((Match(namespaces=(StringMatch("exact", "demo"),)),),),),
+    (((Match(namespaces=(StringMatch.exact("demo"),)),),),),
 )
 
 

@@ -55,7 +55,7 @@ def test_istio_example_loads(tmp_path: Path) -> None:
     assert (policy.scope, policy.action) == (Scope.NAMESPACE, Action.ALLOW)
     match = policy.rules[0][0][0]
     assert match.not_destination_ports == (9999,)
-    assert match.principals == (StringMatch("prefix", "cluster.local/ns/default/"), StringMatch("presence"))
+    assert match.principals == (StringMatch.prefix("cluster.local/ns/default/"), StringMatch.presence())
     assert match.source_ips == (ip_network("10.0.0.0/8"),)
     assert state.endpoints("default/example.com") == (workload,)
 

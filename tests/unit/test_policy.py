@@ -38,7 +38,7 @@ def policy(
 
 
 def exact(value: str) -> StringMatch:
-    return StringMatch("exact", value)
+    return StringMatch.exact(value)
 
 
 ALLOW_CLIENT = policy(Action.ALLOW, Match(principals=(exact("cluster.local/ns/demo/sa/client"),)))
@@ -48,7 +48,7 @@ STRICT = Authorization(
     "istio-system",
     Scope.WORKLOAD_SELECTOR,
     Action.DENY,
-    ((((Match(not_principals=(StringMatch("presence"),))),),),),
+    ((((Match(not_principals=(StringMatch.presence(),))),),),),
 )
 
 
@@ -118,10 +118,10 @@ def test_authorize(policies: tuple[Authorization, ...], conn: ConnectionAttribut
         (exact("cluster.local/ns/demo/sa/clien"), False),
         (exact("cluster.local/ns/demo/sa/client/x"), False),
         (exact("cluster.local/ns/demo/sa/cl.ent"), False),  # no regex: '.' is literal
-        (StringMatch("prefix", "cluster.local/ns/demo/"), True),
-        (StringMatch("suffix", "/sa/client"), True),
-        (StringMatch("suffix", "/sa/clientx"), False),
-        (StringMatch("presence"), True),
+        (StringMatch.prefix("cluster.local/ns/demo/"), True),
+        (StringMatch.suffix("/sa/client"), True),
+        (StringMatch.suffix("/sa/clientx"), False),
+        (StringMatch.presence(), True),
     ],
 )
 def test_principal_matching_is_literal(pattern: StringMatch, allowed: bool) -> None:
