@@ -217,6 +217,21 @@ class H2Connection(Inbound):
             self._end_local(stream)
         return n
 
+    def frame_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> bytes:
+        """The shortest path for a small write: when nothing is queued for the peer and ``data`` fits
+        both send windows and one frame, debits the windows and returns the DATA frame (header and
+        payload) for the caller to write itself. Otherwise returns ``b""`` and takes nothing: use
+        ``send_data``."""
+        n = len(data)
+        if self._out or self._dead or not n or n > self._send_conn_window or n > self._peer_max_frame:
+            return b""
+        stream = self._streams.get(stream_id)
+        if stream is None or n > stream.send_window or not stream.local_open or not stream.headers_sent:
+            return b""
+        stream.send_window -= n
+        self._send_conn_window -= n
+        return _pack_header(n >> 8, n & 0xFF, fr.DATA, 0, stream_id) + data
+
     def end_stream(self, stream_id: int) -> None:
         """Half-closes our side of the stream (empty DATA with END_STREAM)."""
         self.send_data(stream_id, b"", end_stream=True)

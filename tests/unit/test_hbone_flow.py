@@ -178,3 +178,83 @@ def test_mutable_payloads_are_copied_when_queued() -> None:
     buffer[:] = b"after!"
     events = server.receive_data(client.data_to_send())
     assert [bytes(e.data) for e in events if isinstance(e, DataReceived)] == [b"before"]
+
+
+def test_frame_data_is_the_frame_send_data_would_queue_with_the_same_window_debits() -> None:
+    _, client, server, sid = _pair()
+    _, twin, _, twin_sid = _pair()
+    frame = client.frame_data(sid, memoryview(b"ping" * 25))
+    twin.send_data(twin_sid, b"ping" * 25)
+    assert frame == twin.data_to_send()
+    assert client.send_window(sid) == twin.send_window(twin_sid)
+    events = server.receive_data(frame)
+    assert [bytes(e.data) for e in events if isinstance(e, DataReceived)] == [b"ping" * 25]
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["output queued", "empty", "over the stream window", "over the frame size", "stream ended", "unknown"],
+)
+def test_frame_data_declines_what_only_send_data_can_do_and_takes_nothing(case: str) -> None:
+    _, client, _, sid = _pair(H2Config(initial_window_size=1000))
+    data = b"x" * 100
+    if case == "output queued":
+        client.ping(b"12345678")
+    elif case == "empty":
+        data = b""
+    elif case == "over the stream window":
+        data = b"x" * 1001
+    elif case == "over the frame size":
+        client._peer_max_frame = 50
+    elif case == "stream ended":
+        client.end_stream(sid)
+    elif case == "unknown":
+        sid += 2
+    window = client.send_window(sid)
+    queued = client.bytes_to_send_pending()
+    assert client.frame_data(sid, data) == b""
+    assert client.send_window(sid) == window and client.bytes_to_send_pending() == queued
+
+
+def _state(conn: H2Connection, sid: int) -> tuple[int, ...]:
+    stream = conn._streams[sid]
+    return (conn._recv_conn_window, conn._conn_unacked, stream.recv_window, stream.recv_unacked)
+
+
+def test_a_lone_data_frame_is_taken_as_receive_data_would_take_it() -> None:
+    _, client, server, sid = _pair()
+    _, twin_client, twin, twin_sid = _pair()
+    client.send_data(sid, b"hello")
+    twin_client.send_data(twin_sid, b"hello")
+    wire = memoryview(client.data_to_send())
+    assert server.receive_data_frame(wire) == sid
+    events = twin.receive_data(twin_client.data_to_send())
+    assert events == [DataReceived(twin_sid, memoryview(b"hello"), 5)]
+    assert _state(server, sid) == _state(twin, twin_sid)
+    server.acknowledge_received_data(sid, 5)  # counted as delivered, so it can be acknowledged
+
+
+@pytest.mark.parametrize(
+    "case", ["two frames", "partial frame", "end of stream", "padded", "ping", "unknown stream", "empty"]
+)
+def test_anything_but_one_plain_data_frame_is_left_to_receive_data(case: str) -> None:
+    _, client, server, sid = _pair()
+    if case == "two frames":
+        client.send_data(sid, b"a")
+        client.send_data(sid, b"b")
+    elif case == "partial frame":
+        client.send_data(sid, b"abcdef")
+    elif case == "end of stream":
+        client.send_data(sid, b"a", end_stream=True)
+    elif case == "ping":
+        client.ping(b"12345678")
+    wire = client.data_to_send()
+    if case == "partial frame":
+        wire = wire[:-2]
+    elif case == "padded":
+        wire = fr.FRAME_HEADER.pack(0, 3, fr.DATA, fr.PADDED, sid) + b"\x01a\x00"
+    elif case == "unknown stream":
+        wire = fr.FRAME_HEADER.pack(0, 1, fr.DATA, 0, sid + 2) + b"a"
+    before = _state(server, sid)
+    assert server.receive_data_frame(memoryview(wire)) == 0
+    assert _state(server, sid) == before

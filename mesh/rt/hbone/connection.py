@@ -156,18 +156,15 @@ class HboneConnection(asyncio.BufferedProtocol):
         data = memoryview(self._read_buffer)[:nbytes]
         self._in_batch = True
         try:
-            events = self.h2.receive_data(data)
-            streams = self.streams
-            for event in events:
-                if type(event) is DataReceived:
-                    stream = streams.get(event.stream_id)
-                    if stream is None:
-                        self.ack(event.stream_id, event.flow_controlled_length)
-                    else:
-                        stream.on_data(event.data, event.flow_controlled_length)
+            lone = self.h2.receive_data_frame(data)
+            if lone:  # one DATA frame, the commonest read: no events to build
+                stream = self.streams.get(lone)
+                if stream is None:
+                    self.ack(lone, nbytes - 9)
                 else:
-                    self._on_event(event)
-            events.clear()  # the engine keeps the list: drop the views into the read buffer now
+                    stream.on_data(data[9:], nbytes - 9)
+            else:
+                self._dispatch(self.h2.receive_data(data))
         finally:
             self._in_batch = False
         if self._acks:
@@ -178,6 +175,19 @@ class HboneConnection(asyncio.BufferedProtocol):
                 self.transport.write(out)  # type: ignore[union-attr]
         if self.buffered_bytes or self._read_paused:
             self._control_reading()
+
+    def _dispatch(self, events: list[Event]) -> None:
+        streams = self.streams
+        for event in events:
+            if type(event) is DataReceived:
+                stream = streams.get(event.stream_id)
+                if stream is None:
+                    self.ack(event.stream_id, event.flow_controlled_length)
+                else:
+                    stream.on_data(event.data, event.flow_controlled_length)
+            else:
+                self._on_event(event)
+        events.clear()  # the engine keeps the list: drop the views into the read buffer now
 
     def eof_received(self) -> bool | None:
         """The peer closed TLS: the connection ends (HTTP/2 has no half-closed connection)."""

@@ -134,9 +134,19 @@ class HboneStream(asyncio.Transport):
         """Sends ``data`` as DATA frames, as far as the windows allow; the rest waits here."""
         if self._eof_requested or self._finished:
             return  # like a closed socket transport: late writes are dropped
+        conn = self._conn
+        if (
+            len(data) < WRITELINES_MIN
+            and not (self._outbox or conn.write_blocked or conn._in_batch or conn._closed)
+            and len(conn.streams) == 1
+        ):
+            frame = conn.h2.frame_data(self.stream_id, data)  # a lone stream's small write: one frame, now
+            if frame:
+                self.bytes_sent += len(data)
+                conn.transport.write(frame)  # type: ignore[union-attr]
+                return
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
-        conn = self._conn
         self.bytes_sent += len(data)
         if self._outbox or conn.write_blocked:
             if data:
@@ -148,7 +158,7 @@ class HboneStream(asyncio.Transport):
                 return  # the stream was reset; the event arrives with the next read
             if sent < len(data):
                 self._queue(memoryview(data)[sent:])
-        if conn._in_batch or conn.write_blocked or conn.is_closed:
+        if conn._in_batch or conn.write_blocked or conn._closed:
             return
         if len(data) >= WRITELINES_MIN:  # frame headers and payload as they are: no joined copy
             conn.transport.writelines(conn.h2.data_to_send_pieces())  # type: ignore[union-attr]
@@ -156,7 +166,7 @@ class HboneStream(asyncio.Transport):
         if len(conn.streams) > 1:
             conn.flush_soon()  # small writes of this loop pass, from all streams, leave together
             return
-        out = conn.h2.data_to_send()  # a lone stream has nothing to wait for: one write, now
+        out = conn.h2.data_to_send()  # a lone stream has nothing to wait for: write now
         if out:
             conn.transport.write(out)  # type: ignore[union-attr]
 
