@@ -50,7 +50,7 @@ class Response:
     headers: tuple[tuple[str, str], ...]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: one per DATA frame, and a frozen __init__ costs about 3x
 class DataReceived:
     """Payload for a stream. ``flow_controlled_length`` (payload plus padding) must be given back
     with ``acknowledge_received_data`` once the bytes left the process, which reopens the window."""

@@ -88,7 +88,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             on_dead=self._peer_dead,
         )
         self._idle_waiters: list[asyncio.Future[None]] = []
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()  # kept: get_running_loop() is a getpid() each call
         self.ready: asyncio.Future[None] = loop.create_future()
         self.closed: asyncio.Future[None] = loop.create_future()
 
@@ -245,7 +245,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         leaves in one TLS write (one record, one syscall) instead of one each."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._deferred_flush)
+            self._loop.call_soon(self._deferred_flush)
 
     def _deferred_flush(self) -> None:
         self._flush_scheduled = False
@@ -324,7 +324,7 @@ class HboneConnection(asyncio.BufferedProtocol):
                 self.h2.close(ErrorCode.NO_ERROR)
             self.flush()
         if self.streams:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[None] = self._loop.create_future()
             self._idle_waiters.append(waiter)
             timer = self._scheduler.call_later(deadline, lambda: _settle(waiter))
             try:
@@ -400,7 +400,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self._schedule_close()
 
     def _schedule_close(self) -> None:
-        asyncio.get_running_loop().call_soon(self._close_after_batch)
+        self._loop.call_soon(self._close_after_batch)
 
     def _close_after_batch(self) -> None:
         if self._closed:
