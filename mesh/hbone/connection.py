@@ -222,8 +222,23 @@ class H2Connection(Inbound):
         both send windows and one frame, debits the windows and returns the DATA frame (header and
         payload) for the caller to write itself. Otherwise returns ``b""`` and takes nothing: use
         ``send_data``."""
+        if self._out:
+            return b""
+        return self._small_frame(stream_id, data)
+
+    def queue_small_data(self, stream_id: int, data: bytes | bytearray | memoryview) -> bool:
+        """Queues ``data`` as one DATA frame (joined with its header) behind what is already queued,
+        when it fits both send windows and one frame. False takes nothing: use ``send_data``."""
+        frame = self._small_frame(stream_id, data)
+        if not frame:
+            return False
+        self._out.append(frame)
+        self._out_bytes += len(frame)
+        return True
+
+    def _small_frame(self, stream_id: int, data: bytes | bytearray | memoryview) -> bytes:
         n = len(data)
-        if self._out or self._dead or not n or n > self._send_conn_window or n > self._peer_max_frame:
+        if self._dead or not n or n > self._send_conn_window or n > self._peer_max_frame:
             return b""
         stream = self._streams.get(stream_id)
         if stream is None or n > stream.send_window or not stream.local_open or not stream.headers_sent:

@@ -258,3 +258,22 @@ def test_anything_but_one_plain_data_frame_is_left_to_receive_data(case: str) ->
     before = _state(server, sid)
     assert server.receive_data_frame(memoryview(wire)) == 0
     assert _state(server, sid) == before
+
+
+def test_queue_small_data_queues_one_frame_behind_what_is_queued() -> None:
+    _, client, server, sid = _pair()
+    client.ping(b"12345678")
+    assert client.frame_data(sid, b"x") == b""  # something is queued: frame_data declines
+    assert client.queue_small_data(sid, bytearray(b"hello"))
+    assert client.queue_small_data(sid, b" world")
+    wire = client.data_to_send()
+    assert wire.index(b"12345678") < wire.index(b"hello")
+    events = server.receive_data(wire)
+    assert b"".join(bytes(e.data) for e in events if isinstance(e, DataReceived)) == b"hello world"
+
+
+def test_queue_small_data_declines_what_does_not_fit_and_takes_nothing() -> None:
+    _, client, _, sid = _pair(H2Config(initial_window_size=1000))
+    assert not client.queue_small_data(sid, b"x" * 1001)
+    assert not client.queue_small_data(sid, b"")
+    assert client.send_window(sid) == 1000 and client.bytes_to_send_pending() == 0

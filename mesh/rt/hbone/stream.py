@@ -135,16 +135,19 @@ class HboneStream(asyncio.Transport):
         if self._eof_requested or self._finished:
             return  # like a closed socket transport: late writes are dropped
         conn = self._conn
-        if (
-            len(data) < WRITELINES_MIN
-            and not (self._outbox or conn.write_blocked or conn._in_batch or conn._closed)
-            and len(conn.streams) == 1
-        ):
-            frame = conn.h2.frame_data(self.stream_id, data)  # a lone stream's small write: one frame, now
-            if frame:
-                self.bytes_sent += len(data)
-                conn.transport.write(frame)  # type: ignore[union-attr]
-                return
+        if len(data) < WRITELINES_MIN and not (self._outbox or conn.write_blocked or conn._closed):
+            if conn._in_batch or len(conn.streams) > 1:  # leaves with the batch, or once per loop pass
+                if conn.h2.queue_small_data(self.stream_id, data):
+                    self.bytes_sent += len(data)
+                    if not conn._in_batch:
+                        conn.flush_soon()
+                    return
+            else:  # a lone stream's small write: one frame, now
+                frame = conn.h2.frame_data(self.stream_id, data)
+                if frame:
+                    self.bytes_sent += len(data)
+                    conn.transport.write(frame)  # type: ignore[union-attr]
+                    return
         if type(data) is not bytes:
             data = bytes(data)  # the caller may reuse its buffer
         self.bytes_sent += len(data)
