@@ -68,6 +68,7 @@ class PodProxy:
             log=ctx.log,
         )
         self._listeners: list[socket.socket] = []
+        self._servers: list[asyncio.AbstractServer] = []
         self._tasks: set[asyncio.Task[None]] = set()
         self.active = 0
 
@@ -85,8 +86,12 @@ class PodProxy:
             self._close_listeners()
             raise
         self._server.start(hbone)
-        self._spawn(self._accept_loop(outbound, self._outbound))
-        self._spawn(self._accept_loop(plaintext, self._inbound_plaintext))
+        loop = asyncio.get_running_loop()
+        for listener, handle in ((outbound, self._outbound), (plaintext, self._inbound_plaintext)):
+            # The loop accepts and builds the transport itself (no sock_accept round trip, no second
+            # transport set-up); each connection's handler then runs as a task.
+            factory = functools.partial(_Accepted, self, handle)
+            self._servers.append(await loop.create_server(factory, sock=listener))
 
     async def stop(self, *, deadline: float = 5.0) -> None:
         """Stops accepting, lets connections finish until ``deadline``, then closes everything."""
@@ -105,6 +110,9 @@ class PodProxy:
             os.close(self._netns_fd)
 
     def _close_listeners(self) -> None:
+        for server in self._servers:
+            server.close()
+        self._servers.clear()
         for listener in self._listeners:
             listener.close()
         self._listeners.clear()
@@ -114,36 +122,22 @@ class PodProxy:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def _accept_loop(
-        self, listener: socket.socket, handle: Callable[[socket.socket], Awaitable[None]]
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                sock, _ = await loop.sock_accept(listener)
-            except OSError:
-                if listener.fileno() < 0:
-                    return
-                await asyncio.sleep(0.05)
-                continue
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._spawn(self._guard(handle, sock))
-
-    async def _guard(self, handle: Callable[[socket.socket], Awaitable[None]], sock: socket.socket) -> None:
+    async def _guard(self, handle: Callable[[RelayEnd], Awaitable[None]], end: RelayEnd) -> None:
         self.active += 1
         try:
-            await handle(sock)
+            await handle(end)
         except Exception as exc:  # one connection's failure never takes the proxy down
             self.ctx.log.warning("connection.failed", error=repr(exc), pod=self.info.name)
-            _rst(sock)
+            _reset(end)
         finally:
             self.active -= 1
 
     # -- outbound ---------------------------------------------------------------------------------
 
-    async def _outbound(self, sock: socket.socket) -> None:
+    async def _outbound(self, client_end: RelayEnd) -> None:
         ctx = self.ctx
         started = ctx.clock.monotonic()
+        sock = _socket_of(client_end)
         dst_ip, dst_port = original_destination(sock)
         src_host, src_port = peer_of(sock)
         src_ip = parse_ip(src_host)
@@ -163,31 +157,30 @@ class PodProxy:
             hbone_addr=f"{plan.address}:{plan.port}" if isinstance(plan, HboneTunnel) else "",
         )
         if isinstance(plan, Refuse):
-            _rst(sock)
+            _reset(client_end)
             ctx.connection_refused(record, started=started, flags="CONNECT", error=plan.reason)
             return
         ctx.metrics.connection_opened(record)
         if isinstance(plan, DirectTcp):
-            await self._relay_direct(sock, plan, record, started)
+            await self._relay_direct(client_end, plan, record, started)
         else:
-            await self._relay_hbone(sock, plan, record, started, src_host=src_host, src_port=src_port)
+            await self._relay_hbone(client_end, plan, record, started, src_host=src_host, src_port=src_port)
 
     async def _relay_direct(
-        self, sock: socket.socket, plan: DirectTcp, record: ConnectionRecord, started: float
+        self, client_end: RelayEnd, plan: DirectTcp, record: ConnectionRecord, started: float
     ) -> None:
         try:
             upstream = await self._outbound_sockets.connect((str(plan.address), plan.port))
         except ConnectError as exc:
-            _rst(sock)
-            self.ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
+            self._failed(client_end, record, started, "CONNECT", exc.message)
             return
-        client_end, upstream_end = await _wrap(sock), await _wrap(upstream)
+        upstream_end = await _wrap(upstream)
         link(client_end, upstream_end)
         await _finished(record, self.ctx, started, client_end, upstream_end)
 
     async def _relay_hbone(
         self,
-        sock: socket.socket,
+        client_end: RelayEnd,
         plan: HboneTunnel,
         record: ConnectionRecord,
         started: float,
@@ -219,23 +212,22 @@ class PodProxy:
         try:
             status, stream = await self._pool.open_stream(key, plan.authority, tuple(headers))
         except NoValidCertificate as exc:
-            return self._failed(sock, record, started, "IDENTITY_ERROR", exc.message)
+            return self._failed(client_end, record, started, "IDENTITY_ERROR", exc.message)
         except ConnectError as exc:
-            return self._failed(sock, record, started, "CONNECT", exc.message)
+            return self._failed(client_end, record, started, "CONNECT", exc.message)
         except Exception as exc:  # TLS or HTTP/2 failure: never fall back to plaintext
-            return self._failed(sock, record, started, "TLS_FAILURE", str(exc))
+            return self._failed(client_end, record, started, "TLS_FAILURE", str(exc))
         if status != 200:
             flag = "DENY" if status == 401 else "CONNECT"
-            return self._failed(sock, record, started, flag, f"peer answered {status}")
-        client_end = await _wrap(sock)
+            return self._failed(client_end, record, started, flag, f"peer answered {status}")
         stream_end = splice(client_end, stream)
         await _finished(record, ctx, started, client_end, stream_end)
         return None
 
     def _failed(
-        self, sock: socket.socket, record: ConnectionRecord, started: float, flag: str, error: str
+        self, client_end: RelayEnd, record: ConnectionRecord, started: float, flag: str, error: str
     ) -> None:
-        _rst(sock)
+        _reset(client_end)
         self.ctx.connection_refused(record, started=started, flags=flag, error=error)
 
     def _self_workload(self, ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> Workload:
@@ -314,9 +306,10 @@ class PodProxy:
         )
         return InboundDecision(status=200, protocol=stream_end)
 
-    async def _inbound_plaintext(self, sock: socket.socket) -> None:
+    async def _inbound_plaintext(self, client_end: RelayEnd) -> None:
         ctx = self.ctx
         started = ctx.clock.monotonic()
+        sock = _socket_of(client_end)
         dst_ip, dst_port = original_destination(sock)
         peer_host, peer_port = peer_of(sock)
         peer_ip = parse_ip(peer_host)
@@ -334,15 +327,15 @@ class PodProxy:
             destination_addr=f"{dst_ip}:{dst_port}",
         )
         if not isinstance(decision, Admit):
-            _rst(sock)
+            _reset(client_end)
             ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return
         try:
             upstream = await self._app_sockets.connect((str(dst_ip), dst_port), source_ip=peer_host)
         except ConnectError as exc:
-            return self._failed(sock, record, started, "CONNECT", exc.message)
+            return self._failed(client_end, record, started, "CONNECT", exc.message)
         ctx.metrics.connection_opened(record)
-        client_end, upstream_end = await _wrap(sock), await _wrap(upstream)
+        upstream_end = await _wrap(upstream)
         link(client_end, upstream_end)
         attributes = ConnectionAttributes(source_ip=peer_ip, destination_ip=dst_ip, destination_port=dst_port)
         await self._track_inbound(
@@ -377,6 +370,21 @@ class PodProxy:
             await _finished(record, self.ctx, started, client_end, upstream_end)
         finally:
             self.ctx.registry.remove(conn_id)
+
+
+class _Accepted(RelayEnd):
+    """An accepted connection's end: ready as soon as the loop accepted it, then handled as a task.
+
+    Bytes that arrive before the handler linked the other side wait in the end's bounded backlog."""
+
+    def __init__(self, proxy: PodProxy, handle: Callable[[RelayEnd], Awaitable[None]]) -> None:
+        super().__init__(count_bytes=True)
+        self._proxy = proxy
+        self._handle = handle
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self._proxy._spawn(self._proxy._guard(self._handle, self))
 
 
 class _LinkOnAttach(RelayEnd):
@@ -422,7 +430,14 @@ async def _finished(
     )
 
 
-def _rst(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-    sock.close()
+def _socket_of(end: RelayEnd) -> socket.socket:
+    """The accepted socket under ``end`` (the loop's view of it: getsockopt and addresses work)."""
+    assert end.transport is not None, "an accepted end has its transport"
+    sock: socket.socket = end.transport.get_extra_info("socket")
+    return sock
+
+
+def _reset(end: RelayEnd) -> None:
+    """Refuses an accepted connection with a TCP RST."""
+    if end.transport is not None and not end.transport.is_closing():
+        reset_transport(end.transport)
