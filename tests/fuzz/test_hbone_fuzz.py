@@ -57,15 +57,23 @@ def engine(role: str) -> H2Connection:
     return conn
 
 
-def run(role: str, chunks: list[bytes]) -> tuple[H2Connection, list[Event]]:
-    """Feeds the chunks without draining output, checking the invariants after each one."""
+def run(role: str, chunks: list[bytes], *, lone_first: bool = False) -> tuple[H2Connection, list[Event]]:
+    """Feeds the chunks without draining output, checking the invariants after each one.
+
+    With ``lone_first`` each chunk is offered to ``receive_data_frame`` first, as the runtime does,
+    and only what it declines goes to ``receive_data``."""
     conn = engine(role)
     events: list[Event] = []
     fed = delivered = 0
     bound = conn.config.max_outbound_control_bytes + 64 * 1024
     for chunk in chunks:
         was_terminated = conn.terminated
-        got = conn.receive_data(chunk)
+        lone = conn.receive_data_frame(memoryview(chunk)) if lone_first else 0
+        if lone:
+            assert not was_terminated
+            got: list[Event] = [DataReceived(lone, memoryview(chunk)[9:], len(chunk) - 9)]
+        else:
+            got = conn.receive_data(chunk)
         fed += len(chunk)
         if was_terminated:
             assert got == []
@@ -92,6 +100,22 @@ def split(data: bytes, rng: random.Random) -> list[bytes]:
     return out
 
 
+def frame_chunks(role: str, data: bytes) -> list[bytes]:
+    """Cuts ``data`` at frame boundaries (one frame per chunk, as a TLS record often carries), so that
+    lone DATA frames reach ``receive_data_frame``; whatever does not parse as frames stays whole."""
+    pos = len(fr.CONNECTION_PREFACE) if role == "server" and data.startswith(fr.CONNECTION_PREFACE) else 0
+    out = [data[:pos]] if pos else []
+    while len(data) - pos >= 9:
+        end = pos + 9 + int.from_bytes(data[pos : pos + 3], "big")
+        if end > len(data):
+            break
+        out.append(data[pos:end])
+        pos = end
+    if pos < len(data):
+        out.append(data[pos:])
+    return out
+
+
 # --- replaying the committed corpus ------------------------------------------------------------------
 
 
@@ -105,10 +129,15 @@ def test_corpus_seed_replays_cleanly(path: Path) -> None:
     data = path.read_bytes()
     outcomes = []
     for seed in range(3):
-        _, events = run(role, [data] if seed == 0 else split(data, random.Random(seed)))
-        ours = [e for e in events if isinstance(e, ConnectionTerminated) and not e.remote]
-        outcomes.append(ours[0].error_code if ours else None)
-    assert len(set(outcomes)) == 1, f"chunking changed the outcome: {outcomes}"
+        for lone_first in (False, True):
+            chunks = [data] if seed == 0 else split(data, random.Random(seed))
+            _, events = run(role, chunks, lone_first=lone_first)
+            ours = [e for e in events if isinstance(e, ConnectionTerminated) and not e.remote]
+            outcomes.append(ours[0].error_code if ours else None)
+    _, events = run(role, frame_chunks(role, data), lone_first=True)
+    ours = [e for e in events if isinstance(e, ConnectionTerminated) and not e.remote]
+    outcomes.append(ours[0].error_code if ours else None)
+    assert len(set(outcomes)) == 1, f"chunking or the one-frame path changed the outcome: {outcomes}"
     if expect == "calm":
         assert outcomes[0] == ErrorCode.ENHANCE_YOUR_CALM
     elif expect == "ok":
@@ -134,9 +163,14 @@ frame_strategy = st.builds(
 
 
 @FUZZ
-@given(role=st.sampled_from(["server", "client"]), data=st.binary(max_size=2048), seed=st.integers(0, 2**16))
-def test_arbitrary_bytes_never_break_the_engine(role: str, data: bytes, seed: int) -> None:
-    run(role, split(data, random.Random(seed)))
+@given(
+    role=st.sampled_from(["server", "client"]),
+    data=st.binary(max_size=2048),
+    seed=st.integers(0, 2**16),
+    lone_first=st.booleans(),
+)
+def test_arbitrary_bytes_never_break_the_engine(role: str, data: bytes, seed: int, lone_first: bool) -> None:
+    run(role, split(data, random.Random(seed)), lone_first=lone_first)
 
 
 @FUZZ
@@ -144,12 +178,13 @@ def test_arbitrary_bytes_never_break_the_engine(role: str, data: bytes, seed: in
     role=st.sampled_from(["server", "client"]),
     frames=st.lists(frame_strategy, max_size=30),
     seed=st.integers(),
+    lone_first=st.booleans(),
 )
 def test_arbitrary_frames_after_a_valid_preface_never_break_the_engine(
-    role: str, frames: list[bytes], seed: int
+    role: str, frames: list[bytes], seed: int, lone_first: bool
 ) -> None:
     prefix = CLIENT_PREFIX if role == "server" else SERVER_PREFIX
-    run(role, split(prefix + b"".join(frames), random.Random(seed)))
+    run(role, split(prefix + b"".join(frames), random.Random(seed)), lone_first=lone_first)
 
 
 @FUZZ
@@ -169,7 +204,8 @@ def test_mutated_seeds_never_break_the_engine(data: st.DataObject) -> None:
             del seed[pos : pos + data.draw(st.integers(1, 16))]
         else:
             seed[pos:pos] = seed[pos : pos + data.draw(st.integers(1, 64))]
-    run(role, split(bytes(seed), random.Random(data.draw(st.integers()))))
+    chunks = split(bytes(seed), random.Random(data.draw(st.integers())))
+    run(role, chunks, lone_first=data.draw(st.booleans()))
 
 
 # --- the seed corpus ---------------------------------------------------------------------------------
@@ -243,6 +279,16 @@ def build_seed_corpus() -> dict[str, bytes]:
         "server_push-promise_error.bin": CLIENT_PREFIX
         + fr.frame(fr.PUSH_PROMISE, fr.END_HEADERS, 1, b"\x00\x00\x00\x02"),
         "client_window-overflow_error.bin": SERVER_PREFIX + fr.window_update_frame(0, 2**31 - 1),
+        "server_plain-data-frames_ok.bin": CLIENT_PREFIX
+        + _hdrs(enc(), 1)
+        + b"".join(fr.frame(fr.DATA, 0, 1, bytes([i]) * (1 + i * 37)) for i in range(40))
+        + fr.frame(fr.DATA, 0, 1, b"x" * 70_000)
+        + fr.frame(fr.DATA, fr.END_STREAM, 1, b"end"),
+        "client_plain-data-frames_ok.bin": SERVER_PREFIX
+        + fr.frame(fr.HEADERS, fr.END_HEADERS, 1, enc().encode([(b":status", b"200")]))
+        + b"".join(fr.frame(fr.DATA, 0, 1, bytes([i]) * (1 + i * 37)) for i in range(40))
+        + fr.frame(fr.DATA, 0, 3, b"not yet answered")
+        + fr.frame(fr.DATA, 0, 1, b"after a stream error"),
         "client_goaway-then-data_any.bin": SERVER_PREFIX
         + fr.frame(fr.HEADERS, fr.END_HEADERS, 1, enc().encode([(b":status", b"200")]))
         + fr.goaway_frame(1, 0, b"draining")
