@@ -32,6 +32,10 @@ _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path"})
 _RESPONSE_PSEUDO = frozenset({b":status"})
 _NO_PSEUDO: frozenset[bytes] = frozenset()
 
+_PER_TUNNEL = frozenset({b"forwarded", b"traceparent"})
+"""HBONE headers whose values differ on every tunnel (client port, trace id): indexing them would only
+churn both ends' HPACK tables, so they are sent as never-indexed literals."""
+
 Fields = list[tuple[bytes, bytes]]
 StrHeaders = tuple[tuple[str, str], ...]
 
@@ -87,9 +91,10 @@ class HeaderCodec:
     def encode(self, fields: Fields) -> bytes:
         """Encodes a header block for sending.
 
-        Without Huffman coding: HBONE's per-connection values (``forwarded``, ``traceparent``) are
-        never indexed, and Huffman-coding them cost more CPU per tunnel than the bytes it saves."""
-        return bytes(self._encoder.encode(fields, huffman=False))
+        HBONE's per-tunnel values (``forwarded``, ``traceparent``) are never indexed, and nothing is
+        Huffman-coded: for those values it cost more CPU per tunnel than the bytes it saves."""
+        marked = [(name, value, name in _PER_TUNNEL) for name, value in fields]
+        return bytes(self._encoder.encode(marked, huffman=False))
 
     def peer_table_size(self, size: int) -> None:
         """Applies the peer's SETTINGS_HEADER_TABLE_SIZE to our encoder (never above our own cap)."""

@@ -314,3 +314,24 @@ def test_large_header_block_is_split_into_continuation_frames() -> None:
     events = feed(link.server, wire)
     request = next(e for e in events if isinstance(e, ConnectRequest))
     assert request.stream_id == sid and list(request.headers) == big
+
+
+def test_per_tunnel_header_values_are_never_indexed_and_stable_ones_are() -> None:
+    from hpack import Decoder  # noqa: PLC0415 (the peer's view of our header blocks)
+
+    client = ours(client_side=True)
+    client.initiate_connection()
+    client.data_to_send()
+    decoder = Decoder()
+    for port in range(3000, 3020):
+        trace = f"00-{port:032x}-{port:016x}-01"
+        headers = [("baggage", "k8s.namespace.name=demo"), ("forwarded", f'for="10.0.0.1:{port}"'),
+                   ("traceparent", trace)]  # fmt: skip
+        sid = client.send_connect("10.0.0.2:8080", headers)
+        wire = client.data_to_send()
+        assert [f[0] for f in frame_list(wire)] == [fr.HEADERS]
+        assert (b"traceparent", trace.encode()) in list(decoder.decode(wire[9:], raw=True))
+        client.reset_stream(sid)
+        client.data_to_send()
+    names = {bytes(name) for name, _ in decoder.header_table.dynamic_entries}
+    assert names == {b":method", b":authority", b"baggage"}, names  # 20 tunnels, no per-tunnel value
