@@ -8,7 +8,7 @@ import asyncio
 import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from ztunnel.zds import ZdsChannel, ZdsError, connect, decode_request
 
 __all__ = [
     "FakeZtunnel",
+    "RecordingProbes",
     "RecordingRules",
     "Seen",
     "add_pod",
@@ -140,6 +141,22 @@ class RecordingRules:
         self.calls.append(("release", netns))
         self.captured.discard(netns)
         return RuleChange(iptables=True, ip_rule=True)
+
+
+class RecordingProbes:
+    """Stands in for ``HostProbeSnat``: remembers every address set the agent asked for."""
+
+    def __init__(self) -> None:
+        self.sets: list[tuple[str, ...]] = []
+
+    async def ensure(self, pod_ips: Iterable[str]) -> bool:
+        self.sets.append(tuple(pod_ips))
+        return True
+
+    @property
+    def current(self) -> tuple[str, ...] | None:
+        """The last set applied (None before the first)."""
+        return self.sets[-1] if self.sets else None
 
 
 def make_lab(root: Path, *, namespace: str = "demo", ambient: bool = True) -> LabState:

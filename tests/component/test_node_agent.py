@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,7 @@ import pytest
 from mesh.rt.labstate import LabState
 from tests.component.node_agent_fakes import (
     FakeZtunnel,
+    RecordingProbes,
     RecordingRules,
     add_pod,
     eventually,
@@ -40,6 +41,7 @@ class Node:
     run_dir: Path
     rules: RecordingRules
     tmp: Path
+    probes: RecordingProbes = field(default_factory=RecordingProbes)
 
     @property
     def zds_socket(self) -> str:
@@ -70,7 +72,9 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
         ["--node", "n1", "--state-dir", str(state.root), "--run-dir", str(node.run_dir), "--zds-timeout", "1"]
     )
     stop = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(serve(args, stop=stop, rules=node.rules))
+    task = asyncio.get_running_loop().create_task(
+        serve(args, stop=stop, rules=node.rules, probes=node.probes)
+    )
     await eventually(lambda: os.path.exists(node.plugin_socket) or task.done(), what="agent listening")
     try:
         yield node
@@ -124,9 +128,11 @@ async def test_add_enrolls_the_pod_with_its_netns_fd_and_annotation(node: Node) 
         assert add.netns == (st.st_dev, st.st_ino)
         assert node.rules.captured == {node.sandbox("web-0")}
         assert node.redirection("web-0") == "enabled"
+        assert node.probes.current == ("10.244.1.5",)  # node-local probes to the pod skip ztunnel
         assert (await cni(node, "CHECK", "web-0", uid=uid))[0] == 0
         assert await cni(node, "DEL", "web-0", uid=uid) == (0, None)
         assert ztunnel.seen[-1].kind == "del"
+        assert node.probes.sets[-1] == ()
     finally:
         await ztunnel.close()
 
@@ -137,6 +143,7 @@ async def test_add_fails_closed_when_no_ztunnel_is_connected(node: Node) -> None
     assert status == 1 and out["code"] == 11 and "no ztunnel is connected" in out["msg"]
     assert node.redirection("web-0") == "pending"
     assert node.rules.captured == {node.sandbox("web-0")}  # captured: the pod cannot bypass
+    assert node.probes.current == ("10.244.1.5",)  # ... and its probes are exempt already
 
 
 @pytest.mark.parametrize("mode", ["nack", "silent"])
@@ -166,6 +173,7 @@ async def test_pod_outside_the_mesh_starts_untouched(node: Node) -> None:
     uid = add_pod(node.state, "legacy-0")
     assert (await cni(node, "ADD", "legacy-0", uid=uid))[0] == 0
     assert node.redirection("legacy-0") is None and node.rules.captured == set()
+    assert node.probes.current in (None, ())
 
 
 async def test_relabelling_the_namespace_enrolls_then_releases_the_running_pod(node: Node) -> None:
@@ -178,9 +186,11 @@ async def test_relabelling_the_namespace_enrolls_then_releases_the_running_pod(n
         await eventually(lambda: node.redirection("web-0") == "enabled", what="runtime enrollment")
         assert ztunnel.kinds() == ["snapshot_sent", "add"]
         assert node.rules.captured == {node.sandbox("web-0")}
+        assert node.probes.current == ("10.244.1.5",)
         set_namespace_labels(node.state, "demo", {})
         await eventually(lambda: ztunnel.kinds()[-1:] == ["del"], what="runtime release")
         assert node.redirection("web-0") is None and node.rules.captured == set()
+        await eventually(lambda: node.probes.current == (), what="the probe SNAT to drop the pod")
     finally:
         await ztunnel.close()
 
@@ -237,7 +247,7 @@ async def test_agent_process_logs_json_and_stops_cleanly_on_sigterm(tmp_path: Pa
     run_dir = tmp_path / "run"
     proc = await asyncio.create_subprocess_exec(
         AGENT, "--node", "n1", "--state-dir", str(state.root), "--run-dir", str(run_dir),
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        "--no-probe-snat", stdout=subprocess.PIPE, stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
         node = Node(state, run_dir, RecordingRules(), tmp_path)
@@ -269,7 +279,9 @@ async def test_abstract_plugin_socket(tmp_path: Path) -> None:
     args = parse_args(["--node", "n1", "--state-dir", str(state.root), "--run-dir", str(node.run_dir)])
     args.plugin_socket = name
     stop = asyncio.Event()
-    task = asyncio.get_running_loop().create_task(serve(args, stop=stop, rules=node.rules))
+    task = asyncio.get_running_loop().create_task(
+        serve(args, stop=stop, rules=node.rules, probes=node.probes)
+    )
     try:
         await eventually(lambda: _exists(node.zds_socket), what="agent listening")
         status, out = await _retry_cni(node, "legacy-0", uid, name)

@@ -6,12 +6,24 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, REDIRECTION, SERVER_NODE, SINK_PORT, MeshLab, spiffe
+from tests.e2e.conftest import (
+    CLIENT_NODE,
+    HTTP_PORT,
+    REDIRECTION,
+    SEND,
+    SERVER_NODE,
+    SINK_PORT,
+    MeshLab,
+    spiffe,
+)
+from ztunnel.cni.rules import PROBE_SOURCE
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -127,6 +139,40 @@ def test_strict_demo_gets_zero_bytes_from_legacy_but_the_demo_client_gets_throug
         lambda: _plaintext_denied(mesh) == denied_before + 1,
         what="the refused plaintext connection counted once with DENY",
     )
+
+
+def _send_from_node(mesh: MeshLab, node: str, host: str, port: int) -> dict[str, Any]:
+    """What a node-local process (as kubelet is) gets when it sends NBYTES to ``host:port``."""
+    argv = [sys.executable, "-c", SEND, host, str(port), str(NBYTES), "probe"]
+    in_node = ["ip", "netns", "exec", mesh.node_netns(node), *argv]
+    done = subprocess.run(in_node, check=False, capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_node_local_probes_reach_a_strict_pod_past_ztunnel_and_nothing_else_does(
+    mesh: MeshLab, strict_demo: None
+) -> None:
+    """kubelet probes come from the pod's own node: the node agent SNATs them to 169.254.7.127, which
+    the pod's rules let past ztunnel, so they work under STRICT (Istio's hostprobe). The same bytes from
+    another node are forwarded traffic, captured and refused."""
+    sink_ip = mesh.pod_ip("demo/sink")
+    before = sink_receipts(mesh, PROBE_SOURCE)
+    local = _send_from_node(mesh, SERVER_NODE, sink_ip, SINK_PORT)
+    assert local["error"] == "" and local["sent"] == NBYTES, local
+    mesh.wait_for(
+        lambda: sink_receipts(mesh, PROBE_SOURCE) == [*before, NBYTES],
+        what=f"the sink to record the probe's bytes from {PROBE_SOURCE}",
+    )
+    logged_before, delivered = len(mesh.access_log(SERVER_NODE)), mesh.lab.logs("demo/sink").count("received")
+    _send_from_node(mesh, CLIENT_NODE, sink_ip, SINK_PORT)
+    addr = f"{sink_ip}:{SINK_PORT}"
+    mesh.wait_for(
+        lambda: _errors(mesh, SERVER_NODE, since=logged_before, direction="inbound", addr=addr),
+        what="ztunnel to refuse the other node's plaintext connection",
+    )
+    assert mesh.lab.logs("demo/sink").count("received") == delivered, "the other node's bytes got through"
 
 
 def test_without_strict_the_legacy_client_does_deliver(mesh: MeshLab) -> None:

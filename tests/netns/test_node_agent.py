@@ -106,7 +106,16 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
 
 @contextlib.asynccontextmanager
 async def agent_in_process(node: Node, *extra: str) -> AsyncIterator[None]:
-    argv = ["--node", "n1", "--state-dir", str(node.state.root), "--run-dir", str(node.run_dir), *extra]
+    argv = [
+        "--node",
+        "n1",
+        "--state-dir",
+        str(node.state.root),
+        "--run-dir",
+        str(node.run_dir),
+        "--no-probe-snat",
+        *extra,
+    ]  # fmt: skip  (the agent runs in the host's namespace here)
     args = parse_args(argv)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve(args, stop=stop))
@@ -268,7 +277,7 @@ async def start_agent_process(node: Node, log: Path) -> asyncio.subprocess.Proce
     with log.open("ab") as sink:
         proc = await asyncio.create_subprocess_exec(
             AGENT, "--node", "n1", "--state-dir", str(node.state.root), "--run-dir", str(node.run_dir),
-            stdout=sink, stderr=sink,
+            "--no-probe-snat", stdout=sink, stderr=sink,
         )  # fmt: skip
     return proc
 

@@ -4,14 +4,14 @@ enrollment steps, fail closed, label changes, deletes and restart recovery, as s
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import pytest
 import structlog
 
 from mesh.testing.clock import FakeClock
-from ztunnel.cni.apply import RuleChange
+from ztunnel.cni.apply import RuleChange, RulesError
 from ztunnel.cni.enroll import PodFacts
 from ztunnel.cni.node_agent import NodeAgent
 from ztunnel.cni.plugin_server import CniEvent
@@ -285,3 +285,68 @@ async def test_restart_forgets_sandboxes_whose_namespace_is_gone(tmp_path: Path)
 
 def _remove(path: str) -> None:
     Path(path).unlink()
+
+
+class FakeProbes:
+    """The node's probe SNAT: journals every change of the address set."""
+
+    def __init__(self, journal: Journal, *, broken: bool = False) -> None:
+        self.journal = journal
+        self.broken = broken
+        self.ips: tuple[str, ...] = ()
+
+    async def ensure(self, pod_ips: Iterable[str]) -> bool:
+        if self.broken:
+            raise RulesError(
+                "iptables-restore failed (exit 4): Another app is currently holding the xtables lock"
+            )
+        wanted = tuple(pod_ips)
+        changed, self.ips = wanted != self.ips, wanted
+        self.journal.append(f"probe snat {','.join(wanted) or '-'}")
+        return changed
+
+
+def _agent(w: World, probes: FakeProbes) -> NodeAgent:
+    return NodeAgent(
+        source=w.source, rules=w.rules, zds=w.zds, sandboxes=w.cache, clock=w.clock,
+        log=structlog.get_logger(), probes=probes,
+    )  # fmt: skip
+
+
+def _add_with_ip(w: World, ip: str = "10.244.1.5") -> CniEvent:
+    return dataclasses.replace(_add(w), pod_ips=(ip,))
+
+
+async def test_probes_are_exempt_before_ztunnel_is_told_and_until_the_pod_is_released(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    probes = FakeProbes(w.journal)
+    w.agent = _agent(w, probes)
+    assert (await w.agent.handle(_add_with_ip(w))).ok
+    assert w.journal == ["rules", "annotate pending", "probe snat 10.244.1.5", f"zds add {UID} sa=web",
+                         "annotate enabled"]  # fmt: skip
+    assert w.cache.load()["u1"].ips == ("10.244.1.5",)
+    w.journal.clear()
+    w.source.set_namespace_labels({})
+    await w.agent.reconcile()
+    assert w.journal == ["release-rules", "annotate None", f"zds del {UID}", "probe snat -"]
+
+
+async def test_a_restarted_agent_rebuilds_the_probe_set_from_its_cache(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    first = FakeProbes(w.journal)
+    w.agent = _agent(w, first)
+    await w.agent.handle(_add_with_ip(w))
+    restarted = _agent(w, FakeProbes(Journal()))
+    await restarted.recover()
+    assert restarted.probe_ips == ("10.244.1.5",)
+
+
+async def test_a_failed_probe_snat_is_logged_and_retried_without_blocking_enrollment(tmp_path: Path) -> None:
+    w = _world(tmp_path)
+    probes = FakeProbes(w.journal, broken=True)
+    w.agent = _agent(w, probes)
+    assert (await w.agent.handle(_add_with_ip(w))).ok  # the capture itself is in place: fail closed holds
+    assert w.agent.probe_ips is None
+    probes.broken = False
+    await w.agent.reconcile()
+    assert w.agent.probe_ips == ("10.244.1.5",)

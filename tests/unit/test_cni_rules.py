@@ -73,6 +73,6 @@ def test_release_removes_jumps_and_chains() -> None:
 def test_probe_snat_per_pod() -> None:
     rules = _rules(plan_probe_snat(["10.244.1.7", "10.244.1.3"]), "nat")
     assert rules == [
-        "-A ISTIO_POSTRT -m owner --socket-exists -p tcp -d 10.244.1.3/32 -j SNAT --to-source 169.254.7.127",
-        "-A ISTIO_POSTRT -m owner --socket-exists -p tcp -d 10.244.1.7/32 -j SNAT --to-source 169.254.7.127",
+        "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
+        "-A ISTIO_POSTRT -d 10.244.1.7/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
     ]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from ztunnel.cni.rules import plan_capture, plan_release
-from ztunnel.cni.ruleset import capture_input, ip_rule_present, parse_save, release_input
+from ztunnel.cni.ruleset import capture_input, ip_rule_present, parse_save, probe_snat_input, release_input
 
 PLAN = plan_capture().iptables_restore
 EMPTY = (
@@ -132,3 +132,58 @@ def test_release_of_a_damaged_capture_removes_what_is_there() -> None:
 )
 def test_ip_rule_present(shown: str, present: bool) -> None:
     assert ip_rule_present(shown, fwmark="0x111/0xfff", table=100, priority=32764) is present
+
+
+PROBE_SAVED = (  # what iptables-save (1.8.9, nf_tables) prints after probe_snat_input on a fresh node
+    "*nat\n"
+    ":PREROUTING ACCEPT [0:0]\n"
+    ":INPUT ACCEPT [0:0]\n"
+    ":OUTPUT ACCEPT [0:0]\n"
+    ":POSTROUTING ACCEPT [0:0]\n"
+    ":ISTIO_POSTRT - [0:0]\n"
+    "-A POSTROUTING -j ISTIO_POSTRT\n"
+    "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n"
+    "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127\n"
+    "-A ISTIO_POSTRT -d 10.244.1.7/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127\n"
+    "COMMIT\n"
+)
+
+
+def _lines(restore: str | None) -> list[str]:
+    assert restore is not None
+    return [line for line in restore.splitlines() if line not in ("*nat", "COMMIT")]
+
+
+def test_probe_snat_on_a_fresh_node_builds_the_chain_and_jumps_to_it_first() -> None:
+    fresh = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\nCOMMIT\n"
+    lines = _lines(probe_snat_input(["10.244.1.7", "10.244.1.3", "fd00::3"], fresh))
+    assert lines[0] == ":ISTIO_POSTRT - [0:0]"
+    assert lines[-1] == "-I POSTROUTING 1 -j ISTIO_POSTRT"
+    assert [line.split()[3] for line in lines[1:-1]] == ["10.244.1.3/32", "10.244.1.7/32"]  # IPv4 only
+
+
+def test_probe_snat_in_place_changes_nothing() -> None:
+    assert probe_snat_input(["10.244.1.3", "10.244.1.7"], PROBE_SAVED) is None
+
+
+def test_a_new_pod_rebuilds_the_chain_but_leaves_the_jump() -> None:
+    lines = _lines(probe_snat_input(["10.244.1.3", "10.244.1.7", "10.244.1.9"], PROBE_SAVED))
+    assert len(lines) == 4 and not any("POSTROUTING" in line for line in lines)
+
+
+def test_no_pods_left_empties_the_chain() -> None:
+    assert _lines(probe_snat_input([], PROBE_SAVED)) == [":ISTIO_POSTRT - [0:0]"]
+
+
+def test_a_jump_that_is_not_first_or_twice_is_moved_to_the_front() -> None:
+    late = PROBE_SAVED.replace(
+        "-A POSTROUTING -j ISTIO_POSTRT\n-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n",
+        "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n-A POSTROUTING -j ISTIO_POSTRT\n"
+        "-A POSTROUTING -j ISTIO_POSTRT\n",
+    )
+    lines = _lines(probe_snat_input(["10.244.1.3", "10.244.1.7"], late))
+    assert lines[-3:] == [
+        "-D POSTROUTING -j ISTIO_POSTRT",
+        "-D POSTROUTING -j ISTIO_POSTRT",
+        "-I POSTROUTING 1 -j ISTIO_POSTRT",
+    ]

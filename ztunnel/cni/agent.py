@@ -26,8 +26,8 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.labstate import LabState
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run as run_loop
-from ztunnel.cni.apply import NetnsRules
-from ztunnel.cni.node_agent import NodeAgent, Rules
+from ztunnel.cni.apply import HostProbeSnat, NetnsRules
+from ztunnel.cni.node_agent import NodeAgent, ProbeSnat, Rules
 from ztunnel.cni.plugin_server import PluginServer
 from ztunnel.cni.pods import LabPodSource
 from ztunnel.cni.sandboxes import SandboxCache
@@ -51,13 +51,18 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--poll-interval", type=float, default=0.2, help="state directory poll, seconds")
     parser.add_argument("--zds-timeout", type=float, default=5.0, help="seconds to wait for a ztunnel ack")
+    parser.add_argument(
+        "--no-probe-snat",
+        action="store_true",
+        help="leave the node's nat table alone (no kubelet-probe SNAT: probes to STRICT pods then fail)",
+    )
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
 
 
 def _build(
-    args: argparse.Namespace, *, source: LabPodSource, rules: Rules, log: Logger
+    args: argparse.Namespace, *, source: LabPodSource, rules: Rules, probes: ProbeSnat | None, log: Logger
 ) -> tuple[NodeAgent, ZdsServer, PluginServer]:
     """Wires the agent, its ZDS server and its plugin server (they refer to each other)."""
     run_dir: Path = args.run_dir
@@ -82,17 +87,26 @@ def _build(
         clock=SystemClock(),
         log=log,
         cluster=cluster,
+        probes=probes,
     )
     plugin = PluginServer(str(args.plugin_socket or run_dir / "pluginevent.sock"), agent.handle, log=log)
     return agent, zds, plugin
 
 
-async def serve(args: argparse.Namespace, *, stop: asyncio.Event, rules: Rules | None = None) -> None:
-    """Runs the agent until ``stop`` is set (``rules`` replaces the nsenter/iptables applier)."""
+async def serve(
+    args: argparse.Namespace,
+    *,
+    stop: asyncio.Event,
+    rules: Rules | None = None,
+    probes: ProbeSnat | None = None,
+) -> None:
+    """Runs the agent until ``stop`` is set (``rules`` and ``probes`` replace the iptables appliers)."""
     log = get_logger("ztunnel-node-agent").bind(node=args.node)
     source = LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
     await source.refresh(force=True)
-    agent, zds, plugin = _build(args, source=source, rules=rules or NetnsRules(), log=log)
+    if probes is None and not args.no_probe_snat:
+        probes = HostProbeSnat()
+    agent, zds, plugin = _build(args, source=source, rules=rules or NetnsRules(), probes=probes, log=log)
     await agent.recover()
     await zds.start()
     tasks: list[asyncio.Task[None]] = []

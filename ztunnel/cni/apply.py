@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.errors import MeshError
 from ztunnel.cni.rules import CapturePlan, IpRule, plan_capture
-from ztunnel.cni.ruleset import capture_input, ip_rule_present, release_input
+from ztunnel.cni.ruleset import capture_input, ip_rule_present, probe_snat_input, release_input
 
-__all__ = ["CommandRunner", "NetnsRules", "RuleChange", "RulesError", "run_command"]
+__all__ = ["CommandRunner", "HostProbeSnat", "NetnsRules", "RuleChange", "RulesError", "run_command"]
 
 CommandRunner = Callable[[Sequence[str], str | None], Awaitable[str]]
 """Runs argv with optional stdin, returns stdout; raises RulesError on failure."""
@@ -119,6 +119,23 @@ class NetnsRules:
             if not any(marker in exc.message for marker in _GONE):
                 raise
         return RuleChange(iptables=restore is not None, ip_rule=removed)
+
+
+class HostProbeSnat:
+    """The node side of the probe exemption, in the agent's own network namespace (the host's; a
+    node's in the lab): local traffic to captured pods leaves with 169.254.7.127 as its source, which
+    the pods' rules let past ztunnel, so kubelet probes work under STRICT mTLS (Istio's hostprobe)."""
+
+    def __init__(self, *, run: CommandRunner = run_command) -> None:
+        self._run = run
+
+    async def ensure(self, pod_ips: Iterable[str]) -> bool:
+        """Makes the SNAT cover exactly ``pod_ips``; False when it already did (nothing touched)."""
+        restore = probe_snat_input(pod_ips, await self._run(["iptables-save", "-t", "nat"], None))
+        if restore is None:
+            return False
+        await self._run(["iptables-restore", "--noflush"], restore)
+        return True
 
 
 def _rule_argv(verb: str, rule: IpRule) -> list[str]:

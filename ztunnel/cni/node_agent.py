@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 import structlog
@@ -56,6 +56,12 @@ class Rules(Protocol):
     async def release(self, netns: str) -> RuleChange: ...
 
 
+class ProbeSnat(Protocol):
+    """The node's probe SNAT (see :class:`~ztunnel.cni.apply.HostProbeSnat`)."""
+
+    async def ensure(self, pod_ips: Iterable[str]) -> bool: ...
+
+
 class Zds(Protocol):
     """The ZDS server (``zds_server.ZdsServer``)."""
 
@@ -82,6 +88,7 @@ class NodeAgent:
         cluster: str = "Kubernetes",
         retry: RetryPolicy | None = None,
         tick: float = 1.0,
+        probes: ProbeSnat | None = None,
     ) -> None:
         self.records: dict[str, PodRecord] = {}
         self._source = source
@@ -95,6 +102,10 @@ class NodeAgent:
         self._tick = tick
         self._locks: dict[str, asyncio.Lock] = {}
         self._wake = asyncio.Event()
+        self._probes = probes
+        self._probe_lock = asyncio.Lock()
+        self.probe_ips: tuple[str, ...] | None = None
+        """The pod addresses the node's probe SNAT covers (None until first applied)."""
 
     def _lock(self, uid: str) -> asyncio.Lock:
         return self._locks.setdefault(uid, asyncio.Lock())
@@ -133,6 +144,7 @@ class NodeAgent:
                     netns,
                     phase=phase,
                     since=pod.resource_version,
+                    ips=cached[uid].ips if uid in cached else (),
                 )
         for uid in cached.keys() - self.records.keys():
             self._sandboxes.forget(uid)
@@ -144,6 +156,7 @@ class NodeAgent:
                 continue
             if change.iptables or change.ip_rule:
                 self._pod_log(rec).warning("agent.recover_rules_repaired", netns=rec.netns)
+        await self.sync_probes()
         phases = [r.phase for r in self.records.values()]
         self._log.info(
             "agent.recovered", **{f"pods.{p}": phases.count(p) for p in ("enabled", "pending", "unenrolled")}
@@ -181,13 +194,19 @@ class NodeAgent:
         async with self._lock(pod.uid):
             old = self.records.get(pod.uid)
             rec = PodRecord(
-                pod.uid, pod.namespace, pod.name, pod.service_account, event.netns, since=pod.resource_version
+                pod.uid,
+                pod.namespace,
+                pod.name,
+                pod.service_account,
+                event.netns,
+                since=pod.resource_version,
+                ips=event.pod_ips,
             )
             if old is not None and old.netns == event.netns:
                 rec = dataclasses.replace(rec, phase=old.phase)
             try:
                 self._sandboxes.remember(
-                    Sandbox(pod.uid, pod.namespace, pod.name, event.netns, event.container_id)
+                    Sandbox(pod.uid, pod.namespace, pod.name, event.netns, event.container_id, event.pod_ips)
                 )
             except OSError as exc:
                 return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"cannot record the sandbox: {exc}")
@@ -241,6 +260,7 @@ class NodeAgent:
             if pod.redirection != "pending":
                 await self._source.set_redirection(pod, "pending")
             self.records[rec.uid] = failed(rec, now=now, policy=self._retry)  # until the ack
+            await self.sync_probes()  # captured from now on: probes must already bypass ztunnel
             await self._zds.add(self.workload(rec))
             await self._source.set_redirection(pod, "enabled")
         except MeshError:
@@ -255,6 +275,7 @@ class NodeAgent:
         await self._source.set_redirection(pod, None)
         await self._zds.delete(self.workload(rec).uid)
         self.records[rec.uid] = released(rec)
+        await self.sync_probes()
 
     async def _forget(self, rec: PodRecord) -> None:
         if rec.phase != "unenrolled":
@@ -262,6 +283,7 @@ class NodeAgent:
         self.records.pop(rec.uid, None)
         self._locks.pop(rec.uid, None)
         self._sandboxes.forget(rec.uid)
+        await self.sync_probes()
 
     async def reconcile(self) -> None:
         """One pass over the known pods: enroll, release or forget as the source now says."""
@@ -274,6 +296,27 @@ class NodeAgent:
                 if rec is None or action is Action.NONE:
                     continue
                 await self._act(action, rec, pod)
+        await self.sync_probes()  # also retries one that failed
+
+    async def sync_probes(self) -> None:
+        """Points the node's probe SNAT at the addresses of every captured (pending or enrolled) pod;
+        a failure is logged and retried on the next reconcile."""
+        if self._probes is None:
+            return
+        async with self._probe_lock:
+            wanted = tuple(
+                sorted({ip for r in self.records.values() if r.phase != "unenrolled" for ip in r.ips})
+            )
+            if wanted == self.probe_ips:
+                return
+            try:
+                changed = await self._probes.ensure(wanted)
+            except MeshError as exc:
+                self._log.warning("agent.probe_snat_failed", error=str(exc), pod_ips=len(wanted))
+                return
+            self.probe_ips = wanted
+            if changed:
+                self._log.info("agent.probe_snat", pod_ips=len(wanted))
 
     async def _act(self, action: Action, rec: PodRecord, pod: PodInfo | None) -> None:
         log = self._pod_log(rec).bind(action=action.value)

@@ -9,10 +9,12 @@ from 169.254.7.127 and are not captured.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
     "CONNMARK",
+    "PROBE_HOOK",
     "PROBE_SOURCE",
     "ROUTE_TABLE",
     "RULE_PRIORITY",
@@ -29,6 +31,9 @@ CONNMARK = "0x111/0xfff"
 ROUTE_TABLE = 100
 RULE_PRIORITY = 32764
 PROBE_SOURCE = "169.254.7.127"
+PROBE_HOOK = "-A POSTROUTING -j ISTIO_POSTRT"
+"""The node's jump into the probe chain; it must be the first POSTROUTING rule, ahead of any
+masquerading, or a probe would leave with another source."""
 OUTBOUND_PORT = 15001
 INBOUND_PLAINTEXT_PORT = 15006
 INBOUND_HBONE_PORT = 15008
@@ -94,15 +99,18 @@ def plan_release() -> str:
     return text
 
 
-def plan_probe_snat(pod_ips: list[str]) -> str:
+def plan_probe_snat(pod_ips: Iterable[str]) -> str:
     """Node-side rules (``iptables-restore --noflush`` input) that SNAT node-local traffic to
     enrolled pods to 169.254.7.127, so kubelet probes bypass ztunnel (Istio's ``hostprobe``).
 
-    The chain is rebuilt whole from the current pod list on every change."""
+    The chain is rebuilt whole from the current pod list on every change; IPv6 addresses are left
+    out (the capture rules are IPv4 only). Rules are written as ``iptables-save`` prints them, so
+    what is in place compares equal."""
     lines = [":ISTIO_POSTRT - [0:0]", "-F ISTIO_POSTRT"]
     lines += [
-        f"-A ISTIO_POSTRT -m owner --socket-exists -p tcp -d {ip}/32 -j SNAT --to-source {PROBE_SOURCE}"
-        for ip in sorted(pod_ips)
+        f"-A ISTIO_POSTRT -d {ip}/32 -p tcp -m owner --socket-exists -j SNAT --to-source {PROBE_SOURCE}"
+        for ip in sorted(set(pod_ips))
+        if ":" not in ip
     ]
     return _table("nat", lines)
 

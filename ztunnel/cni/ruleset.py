@@ -10,11 +10,19 @@ duplicates), all in one restore transaction.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ztunnel.cni.rules import plan_release
+from ztunnel.cni.rules import PROBE_HOOK, plan_probe_snat, plan_release
 
-__all__ = ["SavedRules", "capture_input", "parse_save", "release_input", "ip_rule_present"]
+__all__ = [
+    "SavedRules",
+    "capture_input",
+    "ip_rule_present",
+    "parse_save",
+    "probe_snat_input",
+    "release_input",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +123,27 @@ def release_input(plan_text: str, saved_text: str) -> str | None:
         lines += [f"-F {chain}" for chain in present] + [f"-X {chain}" for chain in present]
         out += f"*{table}\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
     return out or None
+
+
+def probe_snat_input(pod_ips: Iterable[str], saved_nat: str) -> str | None:
+    """The ``iptables-restore --noflush`` input that makes the node's nat table SNAT local traffic to
+    exactly ``pod_ips`` (:func:`~ztunnel.cni.rules.plan_probe_snat`) with the jump into that chain
+    first in POSTROUTING, or None when it already does."""
+    plan, saved = parse_save(plan_probe_snat(pod_ips)), parse_save(saved_nat)
+    have = saved.table_rules("nat")
+    chain = "ISTIO_POSTRT"
+    postrouting = [rule for rule in have if _chain_of(rule) == "POSTROUTING"]
+    hook_ok = postrouting[:1] == [PROBE_HOOK] and postrouting.count(PROBE_HOOK) == 1
+    chain_ok = chain in saved.table_chains("nat") and _by_chain(have, (chain,)) == _by_chain(
+        plan.table_rules("nat"), (chain,)
+    )
+    if hook_ok and chain_ok:
+        return None
+    lines = [f":{chain} - [0:0]", *plan.table_rules("nat")]
+    if not hook_ok:
+        lines += ["-D" + PROBE_HOOK[2:]] * postrouting.count(PROBE_HOOK)
+        lines.append("-I POSTROUTING 1 -j " + chain)
+    return "*nat\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
 
 
 def _jump_target(rule: str) -> str:

@@ -24,6 +24,8 @@ class Sandbox:
     name: str
     netns: str
     container_id: str
+    ips: tuple[str, ...] = ()
+    """The pod's addresses from the CNI result (the node's probe SNAT needs them after a restart)."""
 
 
 class SandboxCache:
@@ -52,8 +54,9 @@ class SandboxCache:
         for path in sorted(self.directory.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
-                sandbox = Sandbox(**{f.name: str(data[f.name]) for f in fields(Sandbox)})
-            except (OSError, ValueError, KeyError, TypeError):
+                text = {f.name: str(data[f.name]) for f in fields(Sandbox) if f.name != "ips"}
+                sandbox = Sandbox(**text, ips=tuple(str(ip) for ip in data.get("ips", ())))
+            except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
             result[sandbox.uid] = sandbox
         return result

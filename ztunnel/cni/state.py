@@ -68,6 +68,8 @@ class PodRecord:
     since: int = 0
     """The resourceVersion of the pod state the record is based on: a view older than this is
     stale for this pod and is not acted on (a CNI ADD reads newer state than the cached view)."""
+    ips: tuple[str, ...] = ()
+    """The pod's addresses (from the CNI ADD): the node's probe SNAT covers them while captured."""
 
 
 def zds_uid(namespace: str, name: str, *, cluster: str = "Kubernetes") -> str:
