@@ -4,6 +4,7 @@ enrollment steps, fail closed, label changes, deletes and restart recovery, as s
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
@@ -350,3 +351,13 @@ async def test_a_failed_probe_snat_is_logged_and_retried_without_blocking_enroll
     probes.broken = False
     await w.agent.reconcile()
     assert w.agent.probe_ips == ("10.244.1.5",)
+
+
+def test_a_sandbox_cache_entry_from_before_addresses_were_kept_still_loads(tmp_path: Path) -> None:
+    cache = SandboxCache(tmp_path)
+    entry = {"uid": "u1", "namespace": "demo", "name": "web-0", "netns": "/n", "container_id": "c1"}
+    (tmp_path / "u1.json").write_text(json.dumps(entry))
+    assert cache.load() == {"u1": Sandbox("u1", "demo", "web-0", "/n", "c1", ips=())}
+    for uid, ips in (("u2", 7), ("u3", ["10.0.0.300"]), ("u4", "10.0.0.3")):
+        (tmp_path / f"{uid}.json").write_text(json.dumps(entry | {"uid": uid, "ips": ips}))
+    assert cache.load().keys() == {"u1"}  # malformed entries are skipped, not a crash

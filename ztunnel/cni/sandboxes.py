@@ -6,6 +6,7 @@ after the restart must still find its pods).
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -55,7 +56,10 @@ class SandboxCache:
             try:
                 data = json.loads(path.read_text())
                 text = {f.name: str(data[f.name]) for f in fields(Sandbox) if f.name != "ips"}
-                sandbox = Sandbox(**text, ips=tuple(str(ip) for ip in data.get("ips", ())))
+                ips = data.get("ips", [])
+                if not isinstance(ips, list):
+                    continue
+                sandbox = Sandbox(**text, ips=tuple(str(ipaddress.ip_address(ip)) for ip in ips))
             except (OSError, ValueError, KeyError, TypeError, AttributeError):
                 continue
             result[sandbox.uid] = sandbox
