@@ -20,7 +20,7 @@ from collections.abc import Iterator
 
 from mesh.errors import MeshError
 from mesh.model import IpAddress
-from mesh.rt.hbone.sockets import MESH_MARK, ConnectError
+from mesh.rt.hbone.sockets import MESH_MARK, ConnectError, set_keepalive
 
 __all__ = [
     "InPodSocketFactory",
@@ -86,6 +86,8 @@ def listen_in_netns(
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
         sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted sockets
+        set_keepalive(sock)  # likewise
         if transparent:
             sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
         sock.bind(("::", port))
@@ -134,12 +136,13 @@ class InPodSocketFactory:
     async def connect(self, address: tuple[str, int], *, source_ip: str | None = None) -> socket.socket:
         """A connected non-blocking socket to ``address`` from inside the pod."""
         host, port = address
-        family = socket.AF_INET6 if ipaddress.ip_address(host).version == 6 else socket.AF_INET
+        family = socket.AF_INET6 if parse_ip(host).version == 6 else socket.AF_INET
         with in_netns(self._netns_fd):
             sock = socket.socket(family, socket.SOCK_STREAM)
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
             if self._spoof and source_ip is not None:
                 sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)

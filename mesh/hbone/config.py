@@ -22,7 +22,8 @@ class H2Config:
     """Settings we offer the peer and the budgets that protect us from it.
 
     Defaults follow ztunnel (stream window 4 MiB, connection window 16 MiB, frames up to 1 MiB,
-    header lists up to 64 KiB) with 100 concurrent streams per connection (the pool's limit)."""
+    header lists up to 64 KiB, a server accepting 200 concurrent streams per connection; our own
+    pool opens a new connection at 100)."""
 
     initial_window_size: int = 4 * MiB
     """Per-stream receive window we advertise (SETTINGS_INITIAL_WINDOW_SIZE): the memory bound per stream."""
@@ -30,7 +31,7 @@ class H2Config:
     """Connection receive window, reached with a WINDOW_UPDATE right after the preface."""
     max_frame_size: int = 1 * MiB
     """Largest frame payload we accept (SETTINGS_MAX_FRAME_SIZE)."""
-    max_concurrent_streams: int = 100
+    max_concurrent_streams: int = 200
     """Streams the peer may have open towards us; more are refused with REFUSED_STREAM."""
     max_header_list_size: int = 64 * KiB
     """Decoded header list bound, 32 bytes of overhead counted per field (RFC 9113 section 6.5.2)."""

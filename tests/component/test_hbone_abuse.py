@@ -64,13 +64,14 @@ async def test_streams_beyond_the_limit_are_refused_and_never_reach_upstream() -
     async with hbone_rig() as rig:
         conn = await rig.client()
         rig.handler.delay = 0.3  # keep the first streams open while the rest arrive
+        limit = conn.h2.remote_max_concurrent_streams  # the server's SETTINGS (200, as ztunnel's)
         results = await asyncio.gather(
-            *(conn.open_stream(rig.echo_authority) for _ in range(130)), return_exceptions=True
+            *(conn.open_stream(rig.echo_authority) for _ in range(limit + 30)), return_exceptions=True
         )
         opened = [r for r in results if isinstance(r, tuple)]
         refused = [r for r in results if isinstance(r, StreamLimitError)]
-        assert len(opened) == 100 and len(refused) == 30
-        assert rig.handler.upstream_connects == 100
+        assert limit == 200 and len(opened) == limit and len(refused) == 30
+        assert rig.handler.upstream_connects == limit
         conn.close()
 
 

@@ -96,3 +96,29 @@ def test_listeners_share_the_port_with_reuseport(pod_netns: tuple[str, int]) -> 
     finally:
         first.close()
         second.close()
+
+
+def _keepalive(sock: socket.socket) -> tuple[int, int, int, int, int]:
+    return (
+        sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT),
+        sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+    )
+
+
+async def test_in_pod_sockets_both_ways_have_ztunnels_tcp_keepalive(pod_netns: tuple[str, int]) -> None:
+    """180 s idle, 9 probes 180 s apart, no Nagle: on what ztunnel connects and what it accepts."""
+    _, fd = pod_netns
+    app = listen_in_netns(fd, 8080)
+    loop = asyncio.get_running_loop()
+    try:
+        sock = await InPodSocketFactory(fd).connect(("10.244.9.2", 8080))
+        with sock:
+            async with asyncio.timeout(5):
+                accepted, _ = await loop.sock_accept(app)
+            with accepted:
+                assert _keepalive(sock) == _keepalive(accepted) == (1, 180, 180, 9, 1)
+    finally:
+        app.close()

@@ -191,7 +191,7 @@ def test_refused_streams_whose_resets_are_never_read_are_cut_off() -> None:
     server, enc = raw_server(), Encoder()
     wire = b"".join(hdrs(enc, sid) for sid in range(1, 2 * 20_000, 2))
     events = server.receive_data(wire)
-    assert sum(isinstance(e, ConnectRequest) for e in events) == 100
+    assert sum(isinstance(e, ConnectRequest) for e in events) == server.config.max_concurrent_streams
     assert _terminated_with(events, CALM)
 
 
@@ -208,11 +208,12 @@ def test_streams_beyond_our_limit_are_refused() -> None:
     server, enc = raw_server(), Encoder()
     wire = b"".join(hdrs(enc, sid) for sid in range(1, 2_001, 2))  # 1,000 concurrent opens
     events = server.receive_data(wire)
-    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == list(range(1, 201, 2))
+    limit = server.config.max_concurrent_streams  # 200, as ztunnel's server
+    assert [e.stream_id for e in events if isinstance(e, ConnectRequest)] == list(range(1, 2 * limit, 2))
     assert not any(isinstance(e, StreamReset) for e in events)
     resets = [f for f in frame_list(server.data_to_send()) if f[0] == fr.RST_STREAM]
-    assert [f[2] for f in resets] == list(range(201, 2_001, 2))
-    assert server.open_streams == 100 and not server.terminated
+    assert [f[2] for f in resets] == list(range(2 * limit + 1, 2_001, 2))
+    assert server.open_streams == limit and not server.terminated
     server.send_response(1, 200, end_stream=True)
     server.receive_data(fr.frame(fr.DATA, fr.END_STREAM, 1, b""))
     assert isinstance(server.receive_data(hdrs(enc, 2_001))[0], ConnectRequest)  # a freed slot is reusable

@@ -22,6 +22,7 @@ from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.relay import RelayEnd, splice
+from mesh.rt.hbone.sockets import set_keepalive
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import LoopScheduler, Scheduler
 from mesh.rt.tls import ContextCache, TlsMaterial, verify_client_peer
@@ -224,6 +225,7 @@ class HboneServer:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        set_keepalive(sock)  # accepted sockets inherit it
         try:
             sock.bind((host, port))
             sock.listen(backlog)

@@ -15,11 +15,20 @@ from typing import Protocol
 
 from mesh.errors import MeshError
 
-__all__ = ["MESH_MARK", "ConnectError", "PlainSocketFactory", "SocketFactory"]
+__all__ = ["MESH_MARK", "ConnectError", "PlainSocketFactory", "SocketFactory", "set_keepalive"]
 
 MESH_MARK = 0x539
 """The mark every mesh-originated socket carries so the in-pod capture rules skip it."""
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
+_KEEPALIVE = ((socket.TCP_KEEPIDLE, 180), (socket.TCP_KEEPINTVL, 180), (socket.TCP_KEEPCNT, 9))
+
+
+def set_keepalive(sock: socket.socket) -> None:
+    """TCP keepalive as ztunnel sets it (180 s idle, then 9 probes 180 s apart), so a connection whose
+    peer vanished is noticed even when idle. Accepted sockets inherit it from their listener."""
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    for option, value in _KEEPALIVE:
+        sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class ConnectError(MeshError):
@@ -73,6 +82,7 @@ class PlainSocketFactory:
     def _prepare(self, sock: socket.socket, source_ip: str | None) -> None:
         sock.setblocking(False)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        set_keepalive(sock)
         if self._mark is not None:
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, self._mark)
         if self._bind_source and source_ip is not None:
