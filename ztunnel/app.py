@@ -37,7 +37,7 @@ from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, Xds
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import NodeContext
 from ztunnel.local_config import load_local_config
-from ztunnel.manager import WorkloadManager
+from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
 
@@ -129,6 +129,7 @@ class Ztunnel:
             log=get_logger("ztunnel").bind(node=args.node),
         )
         self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
+        self.registry.register(WorkloadManagerMetrics(self.manager))
         self.xds: XdsClient | None = None
         if args.xds_address:
             self.xds = self._xds_client(roots, rng)

@@ -52,6 +52,7 @@ def test_labelling_a_namespace_enrols_and_releases_its_running_pod(mesh: MeshLab
     assert process[0] is not None and _redirection(mesh) is None and _protocol(mesh) == "TCP"
     server_ip = mesh.pod_ip("demo/server")
     url = f"http://{server_ip}:{HTTP_PORT}/from-legacy"
+    proxies_before = _proxy_metrics(mesh)
 
     mesh.lab.apply([b.namespace("legacy", labels=AMBIENT)])
     mesh.wait_for(lambda: _redirection(mesh) == "enabled", what=f"{POD} annotated {REDIRECTION}: enabled")
@@ -68,11 +69,25 @@ def test_labelling_a_namespace_enrols_and_releases_its_running_pod(mesh: MeshLab
 
     mesh.wait_for(tunnelled, what="an inbound HBONE access-log line with the legacy identity")
     assert _process(mesh) == process, "enrolling restarted the pod"
+    started, stopped = proxies_before
+    assert _proxy_metrics(mesh) == (started + 1, stopped)
 
     mesh.lab.apply([b.namespace("legacy")])
     mesh.wait_for(lambda: _redirection(mesh) is None, what=f"{POD} to lose {REDIRECTION}")
     mesh.wait_for(lambda: _protocol(mesh) == "TCP", what=f"ztunnel on {CLIENT_NODE} to see {POD} as TCP")
     mesh.wait_for(lambda: "ISTIO" not in mesh.iptables(POD), what=f"the capture rules to leave {POD}")
     assert _process(mesh) == process, "releasing restarted the pod"
+    mesh.wait_for(
+        lambda: _proxy_metrics(mesh) == (started + 1, stopped + 1),
+        what="the proxy counted as stopped",
+    )
     again = mesh.curl(POD, url)
     assert again.returncode == 0, again.stderr
+
+
+def _proxy_metrics(mesh: MeshLab) -> tuple[float, float]:
+    """ztunnel's workload_manager_* metrics on the client's node: (started, stopped)."""
+    return (
+        mesh.metric(CLIENT_NODE, "workload_manager_proxies_started_total"),
+        mesh.metric(CLIENT_NODE, "workload_manager_proxies_stopped_total"),
+    )
