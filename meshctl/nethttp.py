@@ -11,7 +11,7 @@ from collections.abc import Iterator
 from mesh.errors import MeshError
 from ztunnel.netns import in_netns
 
-__all__ = ["http_get", "socket_in"]
+__all__ = ["http_get", "http_request", "socket_in"]
 
 _MAX_BODY = 64 * 1024 * 1024
 
@@ -40,10 +40,20 @@ def http_get(
     host: str, port: int, path: str, *, netns: str | None = None, timeout: float = 5.0
 ) -> tuple[int, bytes]:
     """GETs ``path``; returns (status, body). Raises OSError when nothing answers."""
+    return http_request("GET", host, port, path, netns=netns, timeout=timeout)
+
+
+def http_request(
+    method: str, host: str, port: int, path: str, *, netns: str | None = None, timeout: float = 5.0
+) -> tuple[int, bytes]:
+    """Sends a body-less ``method`` request for ``path``; returns (status, body). Raises OSError
+    when nothing answers."""
+    length = "" if method == "GET" else "Content-Length: 0\r\n"
+    request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}Connection: close\r\n\r\n"
     with socket_in(netns) as sock:
         sock.settimeout(timeout)
         sock.connect((host, port))
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(request.encode())
         chunks, size = [], 0
         while chunk := sock.recv(65536):
             chunks.append(chunk)

@@ -2,6 +2,7 @@
 
 meshctl ztunnel-config workloads --node node1          # in the lab: enters the node's namespace
 meshctl ztunnel-config policies --admin 127.0.0.1:15000 -o json
+meshctl ztunnel-config log --node node1 --level debug  # read or change the log level
 """
 
 from __future__ import annotations
@@ -15,17 +16,19 @@ from typing import Any
 from mesh.errors import MeshError
 from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
-from meshctl.nethttp import http_get
+from meshctl.nethttp import http_request
 
 __all__ = ["fetch_admin", "register", "render_table"]
 
-_VIEWS = ("workloads", "services", "policies", "certificates", "connections", "all")
+_VIEWS = ("workloads", "services", "policies", "certificates", "connections", "all", "log")
 
 
 def register(subparsers: Any) -> None:
     """Adds ``ztunnel-config`` (alias ``zc``) to the meshctl parser."""
     parser = subparsers.add_parser(
-        "ztunnel-config", aliases=["zc"], help="show a ztunnel's workloads, services, policies, certificates"
+        "ztunnel-config",
+        aliases=["zc"],
+        help="show a ztunnel's workloads, services, policies, certificates; read or set its log level",
     )
     parser.add_argument("view", choices=_VIEWS)
     where = parser.add_mutually_exclusive_group()
@@ -34,14 +37,23 @@ def register(subparsers: Any) -> None:
     parser.add_argument("--state", default=default_state_dir(), help="lab state directory (with --node)")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--workload-namespace", help="only workloads in this namespace")
+    parser.add_argument("--level", choices=["debug", "info", "warning", "error"], help="with 'log': set it")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     """Prints the chosen view."""
     netns = Lab(args.state).settings.node(args.node).netns if args.node else None
+    admin = args.admin if not args.node else "127.0.0.1:15000"
+    if args.view == "log":
+        if args.level:
+            data = fetch_admin(admin, f"/logging?level={args.level}", netns=netns, method="POST")
+        else:
+            data = fetch_admin(admin, "/logging", netns=netns)
+        print(f"{args.node or admin}: log level {data['level']}")
+        return 0
     path = "/connections" if args.view == "connections" else "/config_dump"
-    data = fetch_admin(args.admin if not args.node else "127.0.0.1:15000", path, netns=netns)
+    data = fetch_admin(admin, path, netns=netns)
     if args.view == "connections":
         rows: list[dict[str, Any]] = data["connections"]
     elif args.view == "all":
@@ -58,11 +70,13 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def fetch_admin(address: str, path: str, *, netns: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
-    """GETs ``path`` from a ztunnel admin port (inside ``netns`` when given) and decodes the JSON."""
+def fetch_admin(
+    address: str, path: str, *, netns: str | None = None, timeout: float = 5.0, method: str = "GET"
+) -> dict[str, Any]:
+    """Asks a ztunnel admin port for ``path`` (inside ``netns`` when given) and decodes the JSON."""
     host, _, port = address.rpartition(":")
     try:
-        status, body = http_get(host, int(port), path, netns=netns, timeout=timeout)
+        status, body = http_request(method, host, int(port), path, netns=netns, timeout=timeout)
     except OSError as exc:
         where = f" in network namespace {netns}" if netns else ""
         raise MeshError(
@@ -70,7 +84,8 @@ def fetch_admin(address: str, path: str, *, netns: str | None = None, timeout: f
             hint="is ztunnel running there? in the lab, check 'meshctl lab status'",
         ) from None
     if status != 200:
-        raise MeshError(f"ztunnel admin answered HTTP {status}", hint="check the ztunnel's logs")
+        detail = body.decode(errors="replace").strip()[:200]
+        raise MeshError(f"ztunnel admin answered HTTP {status}: {detail}", hint="check the ztunnel's logs")
     decoded: dict[str, Any] = json.loads(body)
     return decoded
 

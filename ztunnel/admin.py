@@ -7,6 +7,7 @@ from collections.abc import Callable, Mapping
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
 
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
+from mesh.rt.logs import current_level, set_level
 from mesh.rt.metrics import render
 from ztunnel.context import NodeContext
 from ztunnel.dump import config_dump
@@ -18,7 +19,7 @@ __all__ = ["admin_routes", "metrics_routes", "readiness_routes"]
 def admin_routes(
     ctx: NodeContext, manager: WorkloadManager, *, quit_: Callable[[], None]
 ) -> dict[str, Handler]:
-    """``/config_dump``, ``/connections``, ``/quitquitquit`` and an index."""
+    """``/config_dump``, ``/connections``, ``/logging``, ``/quitquitquit`` and an index."""
 
     def dump(method: str, query: Mapping[str, str]) -> HttpReply:
         certificates = [status.as_dict() for status in ctx.certs.snapshot()]
@@ -48,6 +49,19 @@ def admin_routes(
         ]
         return json_reply({"connections": rows})
 
+    def logging_handler(method: str, query: Mapping[str, str]) -> HttpReply:
+        level = query.get("level")
+        if level is None:
+            return json_reply({"level": current_level()})
+        if method != "POST":
+            return text_reply(f"use POST /logging?level={level} to change the level\n", status=405)
+        try:
+            set_level(level)
+        except ValueError as exc:
+            return text_reply(f"{exc}\n", status=400)
+        ctx.log.info("admin.log_level", new_level=current_level())
+        return json_reply({"level": current_level()})
+
     def quit_handler(method: str, query: Mapping[str, str]) -> HttpReply:
         if method != "POST":
             return text_reply("use POST /quitquitquit\n", status=405)
@@ -57,6 +71,7 @@ def admin_routes(
     routes: dict[str, Handler] = {
         "/config_dump": dump,
         "/connections": connections,
+        "/logging": logging_handler,
         "/quitquitquit": quit_handler,
     }
     routes["/"] = lambda method, query: text_reply("".join(f"{path}\n" for path in sorted(routes)))

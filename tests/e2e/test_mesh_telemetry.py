@@ -3,7 +3,10 @@ sent through a TCP echo on the other node; the /metrics pages pass ``promtool ch
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -82,3 +85,25 @@ def test_metrics_pass_promtool(mesh: MeshLab, node: str) -> None:
         ["promtool", "check", "metrics"], input=text, capture_output=True, text=True, timeout=30, check=False
     )
     assert check.returncode == 0, f"promtool on {node}'s /metrics:\n{check.stdout}{check.stderr}"
+
+
+def test_meshctl_reads_and_changes_a_running_ztunnels_log_level(mesh: MeshLab) -> None:
+    """``meshctl zc log`` as ``istioctl zc log``: the level changes at runtime, and changes back."""
+    meshctl = str(Path(sys.executable).with_name("meshctl"))
+    state = str(mesh.lab.paths.root)
+
+    def zc_log(*extra: str) -> str:
+        argv = [meshctl, "ztunnel-config", "log", "--node", CLIENT_NODE, "--state", state, *extra]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.strip()
+
+    assert zc_log() == f"{CLIENT_NODE}: log level info"
+    try:
+        assert zc_log("--level", "debug") == f"{CLIENT_NODE}: log level debug"
+        assert zc_log() == f"{CLIENT_NODE}: log level debug"
+    finally:
+        assert zc_log("--level", "info") == f"{CLIENT_NODE}: log level info"
+    log = (mesh.lab.paths.root / "mesh" / "logs" / f"ztunnel-{CLIENT_NODE}.log").read_text()
+    changes = [json.loads(line)["new_level"] for line in log.splitlines() if '"admin.log_level"' in line]
+    assert changes[-2:] == ["debug", "info"], changes  # each change is logged
