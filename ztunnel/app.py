@@ -30,6 +30,7 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
 from mesh.rt.hbone.memory import tune_malloc
 from mesh.rt.http import Handler, HttpServer
+from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import build_registry
@@ -221,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(fmt=args.log_format, level=args.log_level)
     tune_malloc()  # the data path's large buffers stay on the heap instead of a page fault per use
+    before, after = raise_open_files_limit()
+    get_logger("ztunnel").info("ztunnel.open_files_limit", before=before, after=after)
     try:
         return run(_serve(args))
     except MeshError as exc:
