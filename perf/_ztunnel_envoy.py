@@ -17,7 +17,6 @@ import contextlib
 import itertools
 import json
 import os
-import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -31,6 +30,7 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.tls import TlsMaterial
 from mesh.testing.envoy_hbone import envoy_binary, hbone_client_config, hbone_server_config
 from mesh.testing.pki import TestPki, chain_pem
+from mesh.testing.processes import stop_process
 from meshctl.nethttp import http_get
 
 __all__ = ["ENVOY_A_PORT", "ENVOY_B_PORT", "EnvoyPair", "PairSpec", "envoy_pair", "make_materials"]
@@ -144,13 +144,7 @@ class _Envoy:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; this PID only."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
 
 @contextlib.contextmanager

@@ -27,7 +27,6 @@ import datetime as dt
 import json
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import sys
@@ -40,6 +39,7 @@ from pathlib import Path
 
 from mesh.testing.envoy_hbone import hbone_client_config, hbone_server_config, proc_stats, start_envoy
 from mesh.testing.pki import TestPki, chain_pem
+from mesh.testing.processes import stop_process
 from perf.hbone_endpoints import bulk, ping_pong
 
 __all__ = ["PathRun", "Summary", "main", "run_benchmark"]
@@ -116,13 +116,7 @@ def _spawn(args: list[str], ready: Path, *, timeout: float = 20.0) -> tuple[subp
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    stop_process(proc)
 
 
 @contextmanager

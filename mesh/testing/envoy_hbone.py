@@ -17,7 +17,6 @@ import asyncio
 import contextlib
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import yaml
 
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.tls import TlsMaterial
+from mesh.testing.processes import stop_process
 
 __all__ = [
     "EnvoyProcess",
@@ -222,13 +222,7 @@ class EnvoyProcess:
 
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after 5 s; only this PID."""
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_process(self.process)
 
     def log_tail(self, lines: int = 40) -> str:
         """The end of Envoy's log (for failure messages)."""

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from mesh.testing.processes import stop_process
 from meshctl.nethttp import http_get
 from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, MeshLab
 
@@ -97,13 +98,7 @@ def second_ztunnel(mesh: MeshLab, tmp_path: Path) -> Iterator[subprocess.Popen[b
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=5)
+        stop_process(proc, grace=15)
 
 
 def test_a_node_changes_ztunnel_while_its_pod_keeps_connecting(
