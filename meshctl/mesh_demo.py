@@ -17,8 +17,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, TextIO
 
-from mesh.errors import MeshError
 from mesh.identity import load_pem_certificates, verify_workload_chain
+from meshctl.converge import wait_for_mesh
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshLayout
@@ -50,7 +50,7 @@ def run_mesh_demo(
     say(f"  the lab is up in {time.monotonic() - started:.1f} s\n")
     say(lab.status_text())
     node = lab.settings.nodes[0]
-    _wait_for_mesh(lab)
+    wait_for_mesh(lab)
     dump = fetch_admin("127.0.0.1:15000", "/config_dump", netns=node.netns)
     say(f"== meshctl ztunnel-config workloads --node {node.name}   (HBONE = enrolled, TCP = not)")
     say(render_table("workloads", dump["workloads"]))
@@ -112,41 +112,6 @@ def _verified(lab: Lab, certificate: dict[str, Any]) -> str:
         f"  {identity.uri}: chain verified against istiod_lite's root ({roots[0].subject.rfc4514_string()}); "
         f"issuer {leaf.issuer.rfc4514_string()}, valid {hours:.1f} h\n"
     )
-
-
-def _wait_for_mesh(lab: Lab, *, within: float = 30.0) -> None:
-    """Waits until every ztunnel is ready and knows every pod, enrolled ones as HBONE (config and
-    certificates reach the ztunnels a moment after the pods are ready)."""
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if all(_node_converged(lab, node.netns) for node in lab.settings.nodes):
-            return
-        time.sleep(0.2)
-    raise LabError(
-        f"the ztunnels did not converge within {within:.0f} s",
-        hint=f"see the logs under {lab.paths.root / 'mesh' / 'logs'}",
-    )
-
-
-def _node_converged(lab: Lab, netns: str) -> bool:
-    try:
-        status, _ = http_get("127.0.0.1", 15021, "/healthz/ready", netns=netns, timeout=1.0)
-        if status != 200:
-            return False
-        known = {
-            w["name"]: w["protocol"]
-            for w in fetch_admin("127.0.0.1:15000", "/config_dump", netns=netns)["workloads"]
-        }
-    except (OSError, LabError, MeshError):
-        return False
-    for pod in lab.pods():
-        meta = pod["metadata"]
-        if not (pod.get("status") or {}).get("podIP"):
-            continue
-        enrolled = (meta.get("annotations") or {}).get("ambient.istio.io/redirection") == "enabled"
-        if known.get(meta["name"]) != ("HBONE" if enrolled else "TCP"):
-            return False
-    return True
 
 
 def _ask(lab: Lab, pod: str, url: str) -> dict[str, Any]:

@@ -9,7 +9,8 @@
 See docs/lab-state.md for the state directory, the lab's API to other components.
 """
 
+from meshctl.lab._meta import pod_ready
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import CniError, LabError, LabNotRunningError, LabObjectError
 
-__all__ = ["CniError", "Lab", "LabError", "LabNotRunningError", "LabObjectError", "load_objects"]
+__all__ = ["CniError", "Lab", "LabError", "LabNotRunningError", "LabObjectError", "load_objects", "pod_ready"]

@@ -24,6 +24,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.errors import MeshError
+from meshctl.converge import lagging
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
 from meshctl.lab.testkit import SystemSnapshot, unique_lab_id
@@ -276,15 +277,11 @@ class MeshLab:
         )
 
     def wait_converged(self, *, timeout: float = 15.0) -> None:
-        """Waits until every ztunnel knows every running pod (config may reach them after pod readiness)."""
-
-        def converged() -> bool:
-            pods = {p["metadata"]["name"] for p in self.lab.pods() if (p.get("status") or {}).get("podIP")}
-            return all(
-                pods <= {w["name"] for w in self.zc(node, "workloads")} for node in (CLIENT_NODE, SERVER_NODE)
-            )
-
-        self.wait_for(converged, what="both ztunnels to know every pod", timeout=timeout)
+        """Waits until every ztunnel knows every running pod, healthy and with the right protocol
+        (config may reach them after pod readiness)."""
+        self.wait_for(
+            lambda: not lagging(self.lab), what="both ztunnels to know every pod as it is", timeout=timeout
+        )
 
     def diagnostics(self, pods: Sequence[str] = ()) -> str:
         """The last lines of the mesh's logs (and of ``pods``' logs), for failure messages."""
