@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.ztunnel_config import fetch_admin
 from tests.e2e.conftest import (
     CLIENT_NODE,
     HTTP_PORT,
@@ -176,14 +177,29 @@ def test_node_local_probes_reach_a_strict_pod_past_ztunnel_and_nothing_else_does
 
 
 def test_without_strict_the_legacy_client_does_deliver(mesh: MeshLab) -> None:
-    """The control for the STRICT test: the same plaintext bytes arrive when ``demo`` is permissive."""
-    legacy_ip = mesh.pod_ip("legacy/client")
-    before = sink_receipts(mesh, legacy_ip)
-    sent = mesh.send("legacy/client", mesh.pod_ip("demo/sink"), SINK_PORT, NBYTES)
+    """The control for the STRICT test: the same plaintext bytes arrive when ``demo`` is permissive,
+    and once both sides closed, the destination ztunnel closes the relay and logs the connection."""
+    legacy_ip, sink_ip = mesh.pod_ip("legacy/client"), mesh.pod_ip("demo/sink")
+    before, logged_before = sink_receipts(mesh, legacy_ip), len(mesh.access_log(SERVER_NODE))
+    sent = mesh.send("legacy/client", sink_ip, SINK_PORT, NBYTES)
     assert sent.error == "", sent
     mesh.wait_for(
         lambda: sink_receipts(mesh, legacy_ip) == [*before, NBYTES], what="plaintext bytes at the sink"
     )
+
+    def logged() -> list[dict[str, Any]]:
+        entries = mesh.access_log(SERVER_NODE)[logged_before:]
+        return [
+            e
+            for e in entries
+            if e["src.addr"].startswith(f"{legacy_ip}:") and e.get("direction") == "inbound"
+        ]
+
+    (entry,) = mesh.wait_for(logged, what="the inbound plaintext connection's access-log line at close")
+    assert entry["dst.addr"] == f"{sink_ip}:{SINK_PORT}" and entry["bytes_recv"] == NBYTES, entry
+    assert "src.identity" not in entry and "error" not in entry, entry
+    open_now = fetch_admin("127.0.0.1:15000", "/connections", netns=mesh.node_netns(SERVER_NODE))
+    assert not [c for c in open_now["connections"] if c["src"] == legacy_ip], open_now
 
 
 @pytest.fixture

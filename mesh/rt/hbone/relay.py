@@ -72,11 +72,15 @@ class RelayEnd(asyncio.Protocol):
             self.transport.pause_reading()
 
     def eof_received(self) -> bool:
-        """Half-close: the peer's transport writes EOF; stays open for the other direction."""
+        """Half-close: the peer's transport writes EOF; stays open for the other direction. Once both
+        directions ended, two TCP transports are closed (an HBONE stream ends by itself)."""
         self._eof = True
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer._lost:
             _write_eof(peer.transport)
+            if peer._eof and not _is_stream(self.transport) and not _is_stream(peer.transport):
+                peer.transport.close()  # after what it still has to write
+                return False  # and this one closes too
         # keep the other direction open; a TLS transport has no half-close (trap 11) and closes
         return self.transport is None or self.transport.can_write_eof()
 
@@ -109,6 +113,10 @@ class RelayEnd(asyncio.Protocol):
             self.closed.set_result(exc)
 
 
+def _is_stream(transport: asyncio.BaseTransport | None) -> bool:
+    return isinstance(transport, HboneStream)
+
+
 def _end_peer(peer: RelayEnd, exc: BaseException | None) -> None:
     if peer._lost or peer.transport is None:
         return
@@ -136,6 +144,11 @@ def link(a: RelayEnd, b: RelayEnd) -> None:
             _write_eof(dst.transport)
         if src._write_paused:
             dst.transport.pause_reading()
+    if a._eof and b._eof and not _is_stream(a.transport) and not _is_stream(b.transport):
+        for end in (a, b):  # both directions ended before the link: nothing more can flow
+            if not end._lost and end.transport is not None:
+                end.transport.close()
+        return
     _short_circuit(a, b)
     _short_circuit(b, a)
 
