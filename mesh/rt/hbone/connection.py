@@ -28,6 +28,7 @@ from mesh.hbone.events import (
     StreamReset,
     WindowUpdated,
 )
+from mesh.hbone.frames import FRAME_HEADER
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._log import EventLog, default_log
@@ -40,6 +41,7 @@ from mesh.rt.tls import PeerRejectedError
 
 __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]  # errors re-exported
 
+_FRAME_HEADER = FRAME_HEADER.size
 _READ_BUFFER = 256 * 1024 + 256
 """uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
 
@@ -160,9 +162,9 @@ class HboneConnection(asyncio.BufferedProtocol):
             if lone:  # one DATA frame, the commonest read: no events to build
                 stream = self.streams.get(lone)
                 if stream is None:
-                    self.ack(lone, nbytes - 9)
+                    self.ack(lone, nbytes - _FRAME_HEADER)
                 else:
-                    stream.on_data(data[9:], nbytes - 9)
+                    stream.on_data(data[_FRAME_HEADER:], nbytes - _FRAME_HEADER)
             else:
                 self._dispatch(self.h2.receive_data(data))
         finally:
