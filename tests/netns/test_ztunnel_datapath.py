@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -346,3 +347,76 @@ async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
         _, out, err = await holder
         waited, received = out.split()
         assert float(waited) < 3.0 and received == "0", (out, err)
+
+
+_KEEP_TALKING = """
+import json, socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+ok, failed = 0, []
+s = socket.create_connection((host, 9000), 5)
+s.settimeout(5)
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        s.sendall(b"ping\\n")
+        got = b""
+        while not got.endswith(b"\\n"):
+            chunk = s.recv(64)
+            if not chunk:
+                raise ConnectionError("closed")
+            got += chunk
+        ok += 1
+    except OSError as exc:
+        failed.append(repr(exc))
+        break
+    time.sleep(0.1)
+print(json.dumps({"ok": ok, "failed": failed}))
+"""
+"""One long-lived connection exchanging a line every 100 ms."""
+
+_NEW_CONNECTIONS = """
+import json, socket, sys, time
+host, seconds = sys.argv[1], float(sys.argv[2])
+ok, failed = 0, []
+deadline = time.monotonic() + seconds
+while time.monotonic() < deadline:
+    try:
+        with socket.create_connection((host, 9000), 5) as s:
+            s.settimeout(5)
+            s.sendall(b"hello\\n")
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(64):
+                got += chunk
+        ok += got == b"hello\\n"
+    except OSError as exc:
+        failed.append(repr(exc))
+    time.sleep(0.2)
+print(json.dumps({"ok": ok, "failed": failed}))
+"""
+"""A new connection every 200 ms."""
+
+
+async def test_certificates_rotate_under_traffic_without_a_dropped_connection(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    """Catalogue 29: 8 s certificates, renewed at half life, while one connection stays open and new
+    ones keep coming: no failure, and every identity got new certificates along the way."""
+    client, server = pods
+    async with running_mesh(pods, tmp_path, cert_ttl=8), tcp_echo(server):
+        with capture_logs() as logs:
+            (code_a, long_lived, err_a), (code_b, fresh, err_b) = await asyncio.gather(
+                run_in(client, sys.executable, "-c", _KEEP_TALKING, server.ip, "10", limit=30),
+                run_in(client, sys.executable, "-c", _NEW_CONNECTIONS, server.ip, "10", limit=30),
+            )
+    assert code_a == 0 and code_b == 0, (err_a, err_b)
+    kept, new = json.loads(long_lived), json.loads(fresh)
+    assert kept["failed"] == [] and kept["ok"] >= 50, kept
+    assert new["failed"] == [] and new["ok"] >= 25, new
+    issued: dict[str, set[str]] = {}
+    for event in logs:
+        if event.get("event") == "certs.issued":
+            issued.setdefault(str(event["identity"]), set()).add(str(event["serial"]))
+    for pod in pods:
+        uri = f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
+        assert len(issued.get(uri, ())) >= 2, issued  # renewed at least once under traffic

@@ -142,9 +142,10 @@ class Mesh:
 
 @asynccontextmanager
 async def running_mesh(
-    pods: list[Pod], tmp: Path, *, enrolled: list[Pod] | None = None
+    pods: list[Pod], tmp: Path, *, enrolled: list[Pod] | None = None, cert_ttl: int = 3600
 ) -> AsyncIterator[Mesh]:
-    """The CA, ztunnel's context and manager, and a fake node agent that enrolls ``enrolled``."""
+    """The CA, ztunnel's context and manager (workload certificates of ``cert_ttl`` seconds), and a
+    fake node agent that enrolls ``enrolled``."""
     clock = SystemClock()
     authority = create_root(trust_domain=TD, now=clock.now())
     ztunnel_id = WorkloadIdentity(TD, "istio-system", "ztunnel")
@@ -163,7 +164,7 @@ async def running_mesh(
     )
 
     async def fetch(identity: WorkloadIdentity) -> IssuedCertificate:
-        return await ca.fetch(identity, impersonate=True, ttl_seconds=3600)
+        return await ca.fetch(identity, impersonate=True, ttl_seconds=cert_ttl)
 
     rng = random.Random(7)
     registry = build_registry(component="ztunnel")
