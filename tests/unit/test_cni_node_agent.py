@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import structlog
+from structlog.testing import capture_logs
 
 from mesh.testing.clock import FakeClock
 from ztunnel.cni.apply import RuleChange, RulesError
@@ -342,12 +343,18 @@ async def test_a_restarted_agent_rebuilds_the_probe_set_from_its_cache(tmp_path:
     assert restarted.probe_ips == ("10.244.1.5",)
 
 
-async def test_a_failed_probe_snat_is_logged_and_retried_without_blocking_enrollment(tmp_path: Path) -> None:
+async def test_a_failed_probe_snat_is_logged_once_and_retried_without_blocking_enrollment(
+    tmp_path: Path,
+) -> None:
     w = _world(tmp_path)
     probes = FakeProbes(w.journal, broken=True)
     w.agent = _agent(w, probes)
-    assert (await w.agent.handle(_add_with_ip(w))).ok  # the capture itself is in place: fail closed holds
+    with capture_logs() as logs:
+        assert (await w.agent.handle(_add_with_ip(w))).ok  # the capture is in place: fail closed holds
+        for _ in range(3):
+            await w.agent.reconcile()  # one retry per tick
     assert w.agent.probe_ips is None
+    assert [e["event"] for e in logs].count("agent.probe_snat_failed") == 1
     probes.broken = False
     await w.agent.reconcile()
     assert w.agent.probe_ips == ("10.244.1.5",)

@@ -104,6 +104,7 @@ class NodeAgent:
         self._wake = asyncio.Event()
         self._probes = probes
         self._probe_lock = asyncio.Lock()
+        self._probe_error = ""
         self.probe_ips: tuple[str, ...] | None = None
         """The pod addresses the node's probe SNAT covers (None until first applied)."""
 
@@ -312,9 +313,11 @@ class NodeAgent:
             try:
                 changed = await self._probes.ensure(wanted)
             except MeshError as exc:
-                self._log.warning("agent.probe_snat_failed", error=str(exc), pod_ips=len(wanted))
+                if str(exc) != self._probe_error:  # retried every tick: say each new failure once
+                    self._log.warning("agent.probe_snat_failed", error=str(exc), pod_ips=len(wanted))
+                self._probe_error = str(exc)
                 return
-            self.probe_ips = wanted
+            self.probe_ips, self._probe_error = wanted, ""
             if changed:
                 self._log.info("agent.probe_snat", pod_ips=len(wanted))
 
