@@ -28,6 +28,7 @@ __all__ = [
     "in_netns",
     "listen_in_netns",
     "local_of",
+    "ip_text",
     "original_destination",
     "parse_ip",
     "peer_of",
@@ -103,7 +104,19 @@ def original_destination(sock: socket.socket) -> tuple[IpAddress, int]:
     """The address a REDIRECTed connection was sent to (SO_ORIGINAL_DST)."""
     raw = sock.getsockopt(socket.SOL_IP, _SO_ORIGINAL_DST, 16)
     port = struct.unpack_from("!H", raw, 2)[0]
-    return ipaddress.IPv4Address(raw[4:8]), port
+    return _packed_ipv4(raw[4:8]), port
+
+
+@functools.lru_cache(maxsize=4096)
+def _packed_ipv4(raw: bytes) -> ipaddress.IPv4Address:
+    return ipaddress.IPv4Address(raw)
+
+
+@functools.lru_cache(maxsize=4096)
+def ip_text(address: IpAddress) -> str:
+    """``str(address)``, cached: formatting an address costs microseconds, and a pod's connections
+    go to and come from a handful of them."""
+    return str(address)
 
 
 @functools.lru_cache(maxsize=4096)

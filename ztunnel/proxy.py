@@ -29,7 +29,15 @@ from mesh.rt.hbone.sockets import ConnectError
 from ztunnel.context import NodeContext
 from ztunnel.headers import baggage_for, forwarded_for, parse_forwarded_host, traceparent
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
-from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, parse_ip, peer_of, unmap
+from ztunnel.netns import (
+    InPodSocketFactory,
+    ip_text,
+    listen_in_netns,
+    original_destination,
+    parse_ip,
+    peer_of,
+    unmap,
+)
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
 from ztunnel.telemetry import ConnectionRecord
 
@@ -153,8 +161,8 @@ class PodProxy:
             service=None if isinstance(plan, Refuse) else plan.service,
             mtls=isinstance(plan, HboneTunnel),
             source_addr=f"{src_host}:{src_port}",
-            destination_addr=f"{dst_ip}:{dst_port}",
-            hbone_addr=f"{plan.address}:{plan.port}" if isinstance(plan, HboneTunnel) else "",
+            destination_addr=f"{ip_text(dst_ip)}:{dst_port}",
+            hbone_addr=f"{ip_text(plan.address)}:{plan.port}" if isinstance(plan, HboneTunnel) else "",
         )
         if isinstance(plan, Refuse):
             _reset(client_end)
@@ -170,7 +178,7 @@ class PodProxy:
         self, client_end: RelayEnd, plan: DirectTcp, record: ConnectionRecord, started: float
     ) -> None:
         try:
-            upstream = await self._outbound_sockets.connect((str(plan.address), plan.port))
+            upstream = await self._outbound_sockets.connect((ip_text(plan.address), plan.port))
         except ConnectError as exc:
             self._failed(client_end, record, started, "CONNECT", exc.message)
             return
@@ -192,7 +200,7 @@ class PodProxy:
         key = PoolKey(
             source=self.identity,
             source_ip=src_host,
-            destination=(str(plan.address), plan.port),
+            destination=(ip_text(plan.address), plan.port),
             expected=_expected(plan.identities),
         )
         source = record.source
@@ -271,14 +279,14 @@ class PodProxy:
             mtls=True,
             source_addr=f"{peer_host}:{request.peer_address[1]}",
             destination_addr=request.authority,
-            hbone_addr=f"{local_ip}:{INBOUND_HBONE_PORT}",
+            hbone_addr=f"{ip_text(local_ip)}:{INBOUND_HBONE_PORT}",
         )
         if not isinstance(decision, Admit):
             ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return InboundDecision(status=decision.status)
         try:
             upstream = await self._app_sockets.connect(
-                (str(decision.address), decision.port), source_ip=peer_host
+                (ip_text(decision.address), decision.port), source_ip=peer_host
             )
         except ConnectError as exc:
             ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
@@ -324,14 +332,14 @@ class PodProxy:
             service=None,
             mtls=False,
             source_addr=f"{peer_host}:{peer_port}",
-            destination_addr=f"{dst_ip}:{dst_port}",
+            destination_addr=f"{ip_text(dst_ip)}:{dst_port}",
         )
         if not isinstance(decision, Admit):
             _reset(client_end)
             ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return
         try:
-            upstream = await self._app_sockets.connect((str(dst_ip), dst_port), source_ip=peer_host)
+            upstream = await self._app_sockets.connect((ip_text(dst_ip), dst_port), source_ip=peer_host)
         except ConnectError as exc:
             return self._failed(client_end, record, started, "CONNECT", exc.message)
         ctx.metrics.connection_opened(record)
