@@ -3,8 +3,11 @@ is in place, a rebuild without duplicate jumps when it is not, plan_release for 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
+from ztunnel.cni.apply import HostProbeSnat, RulesError
 from ztunnel.cni.rules import plan_capture, plan_release
 from ztunnel.cni.ruleset import capture_input, ip_rule_present, parse_save, probe_snat_input, release_input
 
@@ -187,3 +190,37 @@ def test_a_jump_that_is_not_first_or_twice_is_moved_to_the_front() -> None:
         "-D POSTROUTING -j ISTIO_POSTRT",
         "-I POSTROUTING 1 -j ISTIO_POSTRT",
     ]
+
+
+class _Iptables:
+    """A command runner holding a node's nat POSTROUTING and probe chain (a test double of the
+    iptables binaries: it answers ``-S`` and records restores)."""
+
+    def __init__(self, postrouting: list[str], chain: list[str] | None) -> None:
+        self.postrouting, self.chain = postrouting, chain
+        self.restores: list[str] = []
+
+    async def __call__(self, argv: Sequence[str], stdin: str | None) -> str:
+        if argv[:4] == ["iptables", "-t", "nat", "-S"]:
+            if argv[4] == "POSTROUTING":
+                return "-P POSTROUTING ACCEPT\n" + "".join(f"{r}\n" for r in self.postrouting)
+            if self.chain is None:
+                raise RulesError("iptables -t nat -S ISTIO_POSTRT failed (exit 1): chain is incompatible")
+            return "-N ISTIO_POSTRT\n" + "".join(f"{r}\n" for r in self.chain)
+        assert argv == ["iptables-restore", "--noflush"] and stdin is not None, argv
+        self.restores.append(stdin)
+        return ""
+
+
+async def test_host_probe_snat_builds_the_chain_on_a_fresh_node_and_then_leaves_it_alone() -> None:
+    masquerade = "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE"
+    fresh = _Iptables([masquerade], None)
+    assert await HostProbeSnat(run=fresh).ensure(["10.244.1.3"])
+    (restore,) = fresh.restores
+    assert "-I POSTROUTING 1 -j ISTIO_POSTRT" in restore and "-d 10.244.1.3/32" in restore
+    rule = (
+        "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127"
+    )
+    in_place = _Iptables(["-A POSTROUTING -j ISTIO_POSTRT", masquerade], [rule])
+    assert not await HostProbeSnat(run=in_place).ensure(["10.244.1.3"])
+    assert in_place.restores == []

@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from mesh.errors import MeshError
-from ztunnel.cni.rules import CapturePlan, IpRule, plan_capture
+from ztunnel.cni.rules import PROBE_CHAIN, CapturePlan, IpRule, plan_capture
 from ztunnel.cni.ruleset import capture_input, ip_rule_present, probe_snat_input, release_input
 
 __all__ = ["CommandRunner", "HostProbeSnat", "NetnsRules", "RuleChange", "RulesError", "run_command"]
@@ -131,11 +131,23 @@ class HostProbeSnat:
 
     async def ensure(self, pod_ips: Iterable[str]) -> bool:
         """Makes the SNAT cover exactly ``pod_ips``; False when it already did (nothing touched)."""
-        restore = probe_snat_input(pod_ips, await self._run(["iptables-save", "-t", "nat"], None))
+        restore = probe_snat_input(pod_ips, await self._saved())
         if restore is None:
             return False
         await self._run(["iptables-restore", "--noflush"], restore)
         return True
+
+    async def _saved(self) -> str:
+        """POSTROUTING and the probe chain, as ``iptables-save`` would show them: listing two chains
+        stays cheap on nodes whose nat table holds thousands of kube-proxy rules."""
+        hooks = await self._run(["iptables", "-t", "nat", "-S", "POSTROUTING"], None)
+        try:
+            ours = await self._run(["iptables", "-t", "nat", "-S", PROBE_CHAIN], None)
+        except RulesError:
+            ours = ""  # the chain does not exist yet (iptables-nft says "incompatible")
+        lines = [f":{PROBE_CHAIN} - [0:0]"] if ours else []
+        lines += [line for line in (hooks + ours).splitlines() if line.startswith("-A ")]
+        return "*nat\n" + "".join(f"{line}\n" for line in lines) + "COMMIT\n"
 
 
 def _rule_argv(verb: str, rule: IpRule) -> list[str]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 __all__ = [
     "CONNMARK",
+    "PROBE_CHAIN",
     "PROBE_HOOK",
     "PROBE_SOURCE",
     "ROUTE_TABLE",
@@ -31,7 +32,8 @@ CONNMARK = "0x111/0xfff"
 ROUTE_TABLE = 100
 RULE_PRIORITY = 32764
 PROBE_SOURCE = "169.254.7.127"
-PROBE_HOOK = "-A POSTROUTING -j ISTIO_POSTRT"
+PROBE_CHAIN = "ISTIO_POSTRT"
+PROBE_HOOK = f"-A POSTROUTING -j {PROBE_CHAIN}"
 """The node's jump into the probe chain; it must be the first POSTROUTING rule, ahead of any
 masquerading, or a probe would leave with another source."""
 OUTBOUND_PORT = 15001
@@ -106,9 +108,9 @@ def plan_probe_snat(pod_ips: Iterable[str]) -> str:
     The chain is rebuilt whole from the current pod list on every change; IPv6 addresses are left
     out (the capture rules are IPv4 only). Rules are written as ``iptables-save`` prints them, so
     what is in place compares equal."""
-    lines = [":ISTIO_POSTRT - [0:0]", "-F ISTIO_POSTRT"]
+    lines = [f":{PROBE_CHAIN} - [0:0]", f"-F {PROBE_CHAIN}"]
     lines += [
-        f"-A ISTIO_POSTRT -d {ip}/32 -p tcp -m owner --socket-exists -j SNAT --to-source {PROBE_SOURCE}"
+        f"-A {PROBE_CHAIN} -d {ip}/32 -p tcp -m owner --socket-exists -j SNAT --to-source {PROBE_SOURCE}"
         for ip in sorted(set(pod_ips))
         if ":" not in ip
     ]

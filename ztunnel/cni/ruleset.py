@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ztunnel.cni.rules import PROBE_HOOK, plan_probe_snat, plan_release
+from ztunnel.cni.rules import PROBE_CHAIN, PROBE_HOOK, plan_probe_snat, plan_release
 
 __all__ = [
     "SavedRules",
@@ -131,7 +131,7 @@ def probe_snat_input(pod_ips: Iterable[str], saved_nat: str) -> str | None:
     first in POSTROUTING, or None when it already does."""
     plan, saved = parse_save(plan_probe_snat(pod_ips)), parse_save(saved_nat)
     have = saved.table_rules("nat")
-    chain = "ISTIO_POSTRT"
+    chain = PROBE_CHAIN
     postrouting = [rule for rule in have if _chain_of(rule) == "POSTROUTING"]
     hook_ok = postrouting[:1] == [PROBE_HOOK] and postrouting.count(PROBE_HOOK) == 1
     chain_ok = chain in saved.table_chains("nat") and _by_chain(have, (chain,)) == _by_chain(
