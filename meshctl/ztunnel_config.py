@@ -43,6 +43,10 @@ def register(subparsers: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prints the chosen view."""
+    if args.level and args.view != "log":
+        raise MeshError(
+            f"--level goes with the log view, not {args.view}", hint="meshctl zc log --level debug"
+        )
     netns = Lab(args.state).settings.node(args.node).netns if args.node else None
     admin = args.admin if not args.node else "127.0.0.1:15000"
     if args.view == "log":

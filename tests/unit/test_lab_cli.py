@@ -73,3 +73,15 @@ def test_a_state_path_that_is_a_file_gets_a_clear_error(
     assert main(["lab", "status", "--state", str(state)]) == 1
     err = capsys.readouterr().err
     assert "Not a directory" in err and "check the path (e.g. --state)" in err
+
+
+def test_zc_level_outside_the_log_view_says_where_it_belongs(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ztunnel-config", "workloads", "--level", "debug", "--admin", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert "--level goes with the log view, not workloads" in err and "meshctl zc log --level debug" in err
+
+
+def test_zc_log_without_a_ztunnel_says_what_to_check(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["ztunnel-config", "log", "--admin", "127.0.0.1:1"]) == 1
+    err = capsys.readouterr().err
+    assert "cannot reach the ztunnel admin endpoint 127.0.0.1:1" in err and "is ztunnel running there?" in err
