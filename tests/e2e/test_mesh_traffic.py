@@ -104,7 +104,8 @@ def wait_written(mesh: MeshLab, pcap: Path, *, to_ip: str) -> None:
     """Sends a UDP token from the client to ``to_ip`` until the capture file holds it.
 
     The capture reaches the file in batches (libpcap's buffer timeout); once the token, sent after
-    all the traffic, is in the file, so is everything before it.
+    all the traffic, is in the file, so is everything before it. Sent before the traffic, it shows
+    that the capture is live.
     """
     token = f"e2e-flush-{secrets.token_hex(8)}"
 
@@ -128,6 +129,7 @@ def traffic(mesh: MeshLab, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     logged_before = {node: len(mesh.access_log(node)) for node in (CLIENT_NODE, SERVER_NODE)}
     bpf = "(tcp or udp port 9) and (" + " or ".join(f"net {n.pod_cidr}" for n in settings.nodes) + ")"
     with tshark(settings.bridge_netns, "br0", pcap, bpf):
+        wait_written(mesh, pcap, to_ip=server_ip)  # "Capturing on" can come before packets do
         http = {
             "pod-ip": mesh.curl(CLIENT, f"http://{server_ip}:{HTTP_PORT}/{marker}/by-ip"),
             "service": mesh.curl(CLIENT, f"http://server/{marker}/by-name"),
