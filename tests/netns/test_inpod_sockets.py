@@ -4,10 +4,11 @@ destination, and marked sockets bypass the capture rules."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from ipaddress import ip_address
 
 import pytest
@@ -66,22 +67,30 @@ async def test_redirected_connection_reveals_original_destination(pod_netns: tup
         await asyncio.wait_for(client.wait(), 10)
 
 
+@contextlib.asynccontextmanager
+async def _connected_in_pod(fd: int) -> AsyncIterator[tuple[socket.socket, socket.socket]]:
+    """A socket ztunnel connects inside the pod to its app port 8080, and the app's accepted end."""
+    app = listen_in_netns(fd, 8080)
+    try:
+        with await InPodSocketFactory(fd).connect(("10.244.9.2", 8080)) as sock:
+            async with asyncio.timeout(5):
+                accepted, _ = await asyncio.get_running_loop().sock_accept(app)
+            with accepted:
+                yield sock, accepted
+    finally:
+        app.close()
+
+
 async def test_marked_socket_bypasses_capture(pod_netns: tuple[str, int]) -> None:
     """A socket ztunnel makes (mark 0x539) reaches the app port directly, not 15006/15001."""
     _, fd = pod_netns
-    app = listen_in_netns(fd, 8080)
     inbound_capture = listen_in_netns(fd, 15006)
-    loop = asyncio.get_running_loop()
     try:
-        sock = await InPodSocketFactory(fd).connect(("10.244.9.2", 8080))
-        with sock:
-            async with asyncio.timeout(5):
-                conn, _ = await loop.sock_accept(app)
-            conn.close()
+        async with _connected_in_pod(fd):
+            pass
         with pytest.raises(BlockingIOError):
             inbound_capture.accept()
     finally:
-        app.close()
         inbound_capture.close()
 
 
@@ -111,14 +120,5 @@ def _keepalive(sock: socket.socket) -> tuple[int, int, int, int, int]:
 async def test_in_pod_sockets_both_ways_have_ztunnels_tcp_keepalive(pod_netns: tuple[str, int]) -> None:
     """180 s idle, 9 probes 180 s apart, no Nagle: on what ztunnel connects and what it accepts."""
     _, fd = pod_netns
-    app = listen_in_netns(fd, 8080)
-    loop = asyncio.get_running_loop()
-    try:
-        sock = await InPodSocketFactory(fd).connect(("10.244.9.2", 8080))
-        with sock:
-            async with asyncio.timeout(5):
-                accepted, _ = await loop.sock_accept(app)
-            with accepted:
-                assert _keepalive(sock) == _keepalive(accepted) == (1, 180, 180, 9, 1)
-    finally:
-        app.close()
+    async with _connected_in_pod(fd) as (sock, accepted):
+        assert _keepalive(sock) == _keepalive(accepted) == (1, 180, 180, 9, 1)

@@ -78,7 +78,7 @@ class RelayEnd(asyncio.Protocol):
         peer = self.peer
         if peer is not None and peer.transport is not None and not peer._lost:
             _write_eof(peer.transport)
-            if peer._eof and not _is_stream(self.transport) and not _is_stream(peer.transport):
+            if peer._eof and _both_tcp(self, peer):
                 peer.transport.close()  # after what it still has to write
                 return False  # and this one closes too
         # keep the other direction open; a TLS transport has no half-close (trap 11) and closes
@@ -113,8 +113,9 @@ class RelayEnd(asyncio.Protocol):
             self.closed.set_result(exc)
 
 
-def _is_stream(transport: asyncio.BaseTransport | None) -> bool:
-    return isinstance(transport, HboneStream)
+def _both_tcp(a: RelayEnd, b: RelayEnd) -> bool:
+    """Neither side is an HBONE stream (a stream finishes by itself once both directions ended)."""
+    return not isinstance(a.transport, HboneStream) and not isinstance(b.transport, HboneStream)
 
 
 def _end_peer(peer: RelayEnd, exc: BaseException | None) -> None:
@@ -144,7 +145,7 @@ def link(a: RelayEnd, b: RelayEnd) -> None:
             _write_eof(dst.transport)
         if src._write_paused:
             dst.transport.pause_reading()
-    if a._eof and b._eof and not _is_stream(a.transport) and not _is_stream(b.transport):
+    if a._eof and b._eof and _both_tcp(a, b):
         for end in (a, b):  # both directions ended before the link: nothing more can flow
             if not end._lost and end.transport is not None:
                 end.transport.close()
