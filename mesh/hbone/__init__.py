@@ -13,6 +13,8 @@ The contract with a transport, in short:
   ``WindowUpdated`` (``stream_id`` 0 is the connection window, which unblocks every stream).
 - ``StreamReset(remote=False)`` means the engine reset a stream for a peer's protocol error: close the
   upstream socket of that stream. ``InvalidRequest`` asks for a 400 answer.
+- A client may also open ordinary requests (``send_request``, as gRPC needs); their trailer block
+  arrives as ``TrailersReceived`` before ``StreamEnded``.
 - Calls on closed streams raise ``H2StreamClosedError``; ``send_connect`` raises ``H2StreamLimitError``
   when this connection cannot take another stream (``can_open_stream``)."""
 
@@ -38,6 +40,7 @@ from mesh.hbone.events import (
     SettingsAcknowledged,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 
@@ -61,5 +64,6 @@ __all__ = [
     "SettingsAcknowledged",
     "StreamEnded",
     "StreamReset",
+    "TrailersReceived",
     "WindowUpdated",
 ]

@@ -6,7 +6,7 @@ from mesh.hbone import frames as fr
 from mesh.hbone._control import ControlFrames
 from mesh.hbone._stream import CLOSED_LOCAL_RESET, CLOSED_REMOTE_RESET, Stream
 from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.hbone.events import ConnectRequest, InvalidRequest, Response
+from mesh.hbone.events import ConnectRequest, InvalidRequest, Response, TrailersReceived
 from mesh.hbone.headers import (
     Fields,
     MalformedHeadersError,
@@ -128,7 +128,7 @@ class HeaderFrames(ControlFrames):
             if stream.headers_received:
                 if not end_stream:
                     raise MalformedHeadersError("trailers without END_STREAM")
-                parse_trailers(fields)
+                self._events.append(TrailersReceived(sid, parse_trailers(fields)))
             else:
                 status, headers = parse_response(fields)
                 if status < 200:

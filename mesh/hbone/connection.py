@@ -150,21 +150,51 @@ class H2Connection(Inbound):
 
     def send_connect(self, authority: str, headers: Sequence[tuple[str, str]] = ()) -> int:
         """Client: opens a CONNECT stream to ``authority`` (``ip:port``) and returns its id."""
+        pseudo = [(b":method", b"CONNECT"), (b":authority", _authority_bytes(authority))]
+        return self._open_stream(pseudo, headers, end_stream=False)
+
+    def send_request(
+        self,
+        method: str,
+        *,
+        scheme: str,
+        authority: str,
+        path: str,
+        headers: Sequence[tuple[str, str]] = (),
+        end_stream: bool = False,
+    ) -> int:
+        """Client: opens a stream with an ordinary request (e.g. a gRPC ``POST``) and returns its id."""
+        if method == "CONNECT" or not path.startswith("/") or scheme not in ("http", "https"):
+            raise H2UsageError(
+                f"{method} {scheme}://{authority}{path} is not an ordinary request",
+                hint="use send_connect for CONNECT; the path starts with / and the scheme is http or https",
+            )
+        pseudo = [
+            (b":method", _ascii_token(method)),
+            (b":scheme", scheme.encode("ascii")),
+            (b":authority", _authority_bytes(authority)),
+            (b":path", _authority_bytes(path)),
+        ]
+        return self._open_stream(pseudo, headers, end_stream=end_stream)
+
+    def _open_stream(
+        self, pseudo: list[tuple[bytes, bytes]], headers: Sequence[tuple[str, str]], *, end_stream: bool
+    ) -> int:
         if not self.client_side:
-            raise H2UsageError("send_connect is for the client side", hint="use send_response on a server")
+            raise H2UsageError("only a client opens streams", hint="use send_response on a server")
         if not self.can_open_stream:
             raise H2StreamLimitError(
                 f"cannot open a stream: {self._local_open} open of {self._peer_max_streams} allowed, "
                 f"goaway received={self._goaway_received}, sent={self.goaway_sent}, terminated={self._dead}"
             )
         self.initiate_connection()
-        fields = encode_fields(
-            [(b":method", b"CONNECT"), (b":authority", _authority_bytes(authority))], headers
-        )
+        fields = encode_fields(pseudo, headers)
         sid = self._next_stream_id
-        self._queue_headers(sid, fields, end_stream=False)
+        self._queue_headers(sid, fields, end_stream=end_stream)
         self._next_stream_id += 2
-        self._new_stream(sid, local=True)
+        stream = self._new_stream(sid, local=True)
+        if end_stream:
+            self._end_local(stream)
         return sid
 
     def send_response(
@@ -327,6 +357,12 @@ class H2Connection(Inbound):
             pos = stop
             frames += 1
         self._out_bytes += n + 9 * frames
+
+
+def _ascii_token(method: str) -> bytes:
+    if not method.isascii() or not method.isalpha() or not method.isupper():
+        raise H2UsageError(f"method {method!r} is not an upper-case token", hint="e.g. POST")
+    return method.encode("ascii")
 
 
 def _authority_bytes(authority: str) -> bytes:

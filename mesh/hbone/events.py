@@ -15,6 +15,7 @@ __all__ = [
     "SettingsAcknowledged",
     "StreamEnded",
     "StreamReset",
+    "TrailersReceived",
     "WindowUpdated",
 ]
 
@@ -58,6 +59,15 @@ class DataReceived:
     stream_id: int
     data: bytes | memoryview
     flow_controlled_length: int
+
+
+@dataclass(frozen=True, slots=True)
+class TrailersReceived:
+    """The trailer block that ended the peer's side of a stream (gRPC's status travels in a
+    response's); a ``StreamEnded`` follows."""
+
+    stream_id: int
+    headers: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +123,7 @@ Event = (
     | InvalidRequest
     | Response
     | DataReceived
+    | TrailersReceived
     | StreamEnded
     | StreamReset
     | WindowUpdated

@@ -22,8 +22,10 @@ from mesh.hbone import (
     InvalidRequest,
     PingAcked,
     Response,
+    SettingsAcknowledged,
     StreamEnded,
     StreamReset,
+    TrailersReceived,
     WindowUpdated,
 )
 from mesh.hbone import frames as fr
@@ -177,7 +179,62 @@ def test_trailers_end_the_stream_and_te_trailers_is_allowed() -> None:
         hdrs(enc, 1, [*CONNECT, (b"te", b"trailers")])
         + hdrs(enc, 1, [(b"x-t", b"1")], flags=fr.END_HEADERS | fr.END_STREAM)
     )
-    assert events == [ConnectRequest(1, "10.0.0.1:80", (("te", "trailers"),)), StreamEnded(1)]
+    assert events == [
+        ConnectRequest(1, "10.0.0.1:80", (("te", "trailers"),)),
+        TrailersReceived(1, (("x-t", "1"),)),
+        StreamEnded(1),
+    ]
+
+
+def test_an_ordinary_request_gets_its_response_body_and_trailers_from_h2() -> None:
+    link = Link(ours(client_side=True), h2_peer(client_side=False))
+    client: Any = link.client
+    sid = client.send_request(
+        "POST", scheme="https", authority="istiod:15012", path="/pkg.Svc/Call", headers=[("te", "trailers")]
+    )
+    client.send_data(sid, b"\x00\x00\x00\x00\x02hi", end_stream=True)
+    link.pump()
+    peer: Any = link.server
+    received = [e for e in link.take("server") if isinstance(e, h2.events.RequestReceived)]
+    assert list(received[0].headers) == [
+        (":method", "POST"),
+        (":scheme", "https"),
+        (":authority", "istiod:15012"),
+        (":path", "/pkg.Svc/Call"),
+        ("te", "trailers"),
+    ]
+    peer.send_headers(sid, [(":status", "200"), ("content-type", "application/grpc")])
+    peer.send_data(sid, b"answer")
+    peer.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+    link.pump()
+    events = [e for e in link.take("client") if not isinstance(e, WindowUpdated | SettingsAcknowledged)]
+    assert [type(e) for e in events] == [Response, DataReceived, TrailersReceived, StreamEnded]
+    assert events[0] == Response(sid, 200, (("content-type", "application/grpc"),))
+    assert bytes(events[1].data) == b"answer"
+    assert events[2] == TrailersReceived(sid, (("grpc-status", "0"),))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "why"),
+    [
+        ({"method": "CONNECT", "scheme": "https", "authority": "a:1", "path": "/"}, "CONNECT"),
+        ({"method": "POST", "scheme": "ftp", "authority": "a:1", "path": "/"}, "scheme"),
+        ({"method": "POST", "scheme": "https", "authority": "a:1", "path": "x"}, "path"),
+        ({"method": "post", "scheme": "https", "authority": "a:1", "path": "/"}, "method"),
+        ({"method": "POST", "scheme": "https", "authority": "a b", "path": "/"}, "authority"),
+    ],
+)
+def test_send_request_refuses_what_is_not_an_ordinary_request(kwargs: dict[str, str], why: str) -> None:
+    client = ours(client_side=True)
+    method = kwargs.pop("method")
+    with pytest.raises(H2UsageError):
+        client.send_request(method, **kwargs)
+    assert client.open_streams == 0, why
+
+
+def test_only_a_client_sends_requests() -> None:
+    with pytest.raises(H2UsageError, match="only a client"):
+        H2Connection(client_side=False).send_request("POST", scheme="http", authority="a:1", path="/")
 
 
 def test_informational_responses_are_skipped() -> None:
