@@ -14,7 +14,6 @@ import random
 import sys
 from pathlib import Path
 
-import grpc
 import structlog
 
 from mesh.api.istio.security import authorization_pb2
@@ -34,6 +33,7 @@ from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import build_registry
+from mesh.rt.rpc import client_tls
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import NodeContext
@@ -153,9 +153,9 @@ class Ztunnel:
             },
             on_state=self._on_xds_state,
             rng=rng,
-            credentials=grpc.ssl_channel_credentials(root_certificates=roots),
+            tls=client_tls(roots),
+            server_name=args.istiod_name,
             call_metadata=(("authorization", f"Bearer {token}"), ("clusterid", args.cluster_id)),
-            channel_options=(("grpc.ssl_target_name_override", args.istiod_name),),
         )
 
     def _on_xds_state(self, xds: XdsState) -> None:

@@ -108,10 +108,11 @@ class DeltaAdsServer:
             async for message in requests:
                 await self._on_request(connection, message, lock, context, log)
         finally:
-            pusher.cancel()
-            await asyncio.gather(pusher, return_exceptions=True)  # a failed write ends with the stream
+            # First, and without awaiting: grpc may cancel this task again while it waits below.
             self._hub.disconnect(connection)
             log.info("xds.disconnected")
+            pusher.cancel()
+            await asyncio.gather(pusher, return_exceptions=True)  # a failed write ends with the stream
 
     async def _authenticate(self, context: _Context) -> Caller | None:
         if self._authenticator is None:

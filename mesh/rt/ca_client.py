@@ -13,18 +13,20 @@ import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
-import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import struct_pb2
+from google.protobuf.message import DecodeError
 
 from mesh.api.istio.v1.auth import ca_pb2
 from mesh.certs import IssuedCertificate, load_pem_chain, parse_cert_chain
 from mesh.clock import Clock
 from mesh.errors import ConfigError, MeshError
 from mesh.identity import IdentityError, WorkloadIdentity, verify_workload_chain
+from mesh.rpc import RpcError, StatusCode
 from mesh.rt.clock import SystemClock
+from mesh.rt.rpc import RpcChannel, client_tls
 
 __all__ = [
     "DEFAULT_CA_SERVER_NAME",
@@ -44,13 +46,13 @@ DEFAULT_CLUSTER_ID = "Kubernetes"
 _METHOD = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 _TRANSIENT = frozenset(
     {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.ABORTED,
-        grpc.StatusCode.CANCELLED,
-        grpc.StatusCode.UNKNOWN,
-        grpc.StatusCode.INTERNAL,
+        StatusCode.UNAVAILABLE,
+        StatusCode.DEADLINE_EXCEEDED,
+        StatusCode.RESOURCE_EXHAUSTED,
+        StatusCode.ABORTED,
+        StatusCode.CANCELLED,
+        StatusCode.UNKNOWN,
+        StatusCode.INTERNAL,
     }
 )
 
@@ -66,7 +68,7 @@ class CaUnavailable(CaError):  # noqa: N818 (names of the API)
 class CaRejected(CaError):  # noqa: N818 (names of the API)
     """The CA answered with an error status; ``code`` and ``details`` are what it said."""
 
-    def __init__(self, message: str, *, code: grpc.StatusCode, details: str, hint: str = "") -> None:
+    def __init__(self, message: str, *, code: StatusCode, details: str, hint: str = "") -> None:
         self.code = code
         self.details = details
         super().__init__(message, hint=hint)
@@ -129,14 +131,10 @@ class CaClient:
         self._cluster_id = cluster_id
         self._timeout = timeout
         self._clock = clock or SystemClock()
-        credentials = grpc.ssl_channel_credentials(root_certificates=roots_pem)
-        options = [("grpc.ssl_target_name_override", server_name), ("grpc.default_authority", server_name)]
-        self._channel = grpc.aio.secure_channel(address, credentials, options=options)
-        self._call = self._channel.unary_unary(
-            _METHOD,
-            request_serializer=ca_pb2.IstioCertificateRequest.SerializeToString,
-            response_deserializer=ca_pb2.IstioCertificateResponse.FromString,
-        )
+        try:
+            self._channel = RpcChannel(address, tls=client_tls(roots_pem), server_name=server_name)
+        except ValueError as err:
+            raise ConfigError(str(err), hint="pass the CA address as host:port") from err
         self.address = address
 
     async def fetch(
@@ -153,14 +151,23 @@ class CaClient:
             request.metadata.CopyFrom(_struct({"ImpersonatedIdentity": identity.uri}))
         metadata = (("authorization", f"Bearer {self._token()}"), ("clusterid", self._cluster_id))
         try:
-            response = await self._call(request, metadata=metadata, timeout=self._timeout)
-        except grpc.aio.AioRpcError as err:
+            answer = await self._channel.unary(
+                _METHOD, request.SerializeToString(), metadata=metadata, timeout=self._timeout
+            )
+        except RpcError as err:
             raise self._status_error(err, identity) from err
+        try:
+            response = ca_pb2.IstioCertificateResponse.FromString(answer)
+        except DecodeError as err:
+            raise CaResponseInvalid(
+                f"the CA at {self.address} sent an answer that is not an IstioCertificateResponse: {err}",
+                hint="check that the address is istiod's CA port (15012)",
+            ) from err
         return self._accept(identity, key, list(response.cert_chain))
 
     async def close(self) -> None:
         """Closes the channel (idempotent)."""
-        await self._channel.close(grace=None)
+        await self._channel.close()
 
     def _accept(
         self, identity: WorkloadIdentity, key: ec.EllipticCurvePrivateKey, chain: list[str]
@@ -187,8 +194,8 @@ class CaClient:
             )
         return issued
 
-    def _status_error(self, err: grpc.aio.AioRpcError, identity: WorkloadIdentity) -> CaError:
-        code, details = err.code(), err.details() or ""
+    def _status_error(self, err: RpcError, identity: WorkloadIdentity) -> CaError:
+        code, details = err.code, err.details
         if code in _TRANSIENT:
             return CaUnavailable(
                 f"the CA at {self.address} is unavailable for {identity.uri}: {code.name}: {details}",
@@ -203,9 +210,9 @@ class CaClient:
 
 
 _REJECT_HINTS = {
-    grpc.StatusCode.UNAUTHENTICATED: "check the bearer token (lab: the node's token file) and the cluster id",
-    grpc.StatusCode.PERMISSION_DENIED: "a node agent may only get identities of pods scheduled on its node",
-    grpc.StatusCode.INVALID_ARGUMENT: "the request was malformed; check the TTL and the trust domain",
+    StatusCode.UNAUTHENTICATED: "check the bearer token (lab: the node's token file) and the cluster id",
+    StatusCode.PERMISSION_DENIED: "a node agent may only get identities of pods scheduled on its node",
+    StatusCode.INVALID_ARGUMENT: "the request was malformed; check the TTL and the trust domain",
 }
 
 

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import TypeVar
 
-import grpc
 import structlog
 from envoy.config.core.v3 import base_pb2
 from envoy.service.discovery.v3 import discovery_pb2
@@ -29,6 +29,8 @@ from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError, Message
 
 from mesh.errors import MeshError
+from mesh.rpc import RpcError
+from mesh.rt.rpc import RpcChannel
 
 __all__ = [
     "ADDRESS_TYPE_URL",
@@ -50,7 +52,6 @@ AUTHORIZATION_TYPE_URL = "type.googleapis.com/istio.security.Authorization"
 DELTA_ADS_METHOD = "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
 MAX_MESSAGE_BYTES = 200 * 1024 * 1024  # ztunnel's limit: a 10,000-workload state is one message
 _INVALID_ARGUMENT = 3
-_EOF: object = grpc.aio.EOF  # type: ignore[attr-defined]  # grpc-stubs lacks it
 
 Converter = Callable[[str, any_pb2.Any], object]
 M = TypeVar("M", bound=Message)
@@ -198,9 +199,9 @@ class _StreamEndedError(MeshError):
 class XdsClient:
     """Keeps a Delta ADS stream open and the converted state up to date.
 
-    ``credentials`` None means plaintext (tests); ``call_metadata`` carries the bearer token;
-    ``channel_options`` e.g. ``grpc.ssl_target_name_override`` to verify istiod by its DNS name.
-    ``last_error`` says why the last stream ended; ``connects`` counts streams opened.
+    ``tls`` None means plaintext (tests); ``server_name`` is the name istiod's certificate must carry
+    (default: the target's host); ``call_metadata`` carries the bearer token. ``last_error`` says why
+    the last stream ended; ``connects`` counts streams opened.
     """
 
     def __init__(
@@ -211,9 +212,9 @@ class XdsClient:
         converters: Mapping[str, Converter],
         on_state: StateCallback,
         rng: random.Random,
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         call_metadata: tuple[tuple[str, str], ...] = (),
-        channel_options: tuple[tuple[str, str | int], ...] = (),
         backoff: XdsBackoff = XdsBackoff(),
         on_response: EventCallback | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -224,9 +225,9 @@ class XdsClient:
         self._on_state = on_state
         self._on_response = on_response
         self._rng = rng
-        self._credentials = credentials
+        self._tls = tls
+        self._server_name = server_name
         self._metadata = call_metadata
-        self._channel_options = channel_options
         self.last_error = ""
         self._backoff = backoff
         self._sleep = sleep
@@ -254,57 +255,40 @@ class XdsClient:
     async def run(self) -> None:
         """Connects and reconnects until cancelled."""
         attempt = 0
-        task = asyncio.current_task()
         while True:
             try:
                 await self._session()
-            except (grpc.aio.AioRpcError, _StreamEndedError) as exc:
-                self.last_error = _describe(exc)
+            except (RpcError, _StreamEndedError) as exc:
+                self.last_error = str(exc)
                 self._log.warning("xds.disconnected", error=self.last_error)
-            if task is not None and task.cancelling():
-                # grpc.aio can swallow the CancelledError of a call torn down mid-flight; the request
-                # to stop still stands, so honour it instead of reconnecting forever.
-                raise asyncio.CancelledError
             if self._got_response:
                 attempt = 0
             delay = self._backoff.delay(attempt, self._rng)
             attempt += 1
             await self._sleep(delay)
 
-    def _channel(self) -> grpc.aio.Channel:
-        options = [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-            *self._channel_options,
-        ]
-        if self._credentials is None:
-            return grpc.aio.insecure_channel(self._target, options=options)
-        return grpc.aio.secure_channel(self._target, self._credentials, options=options)
-
     async def _session(self) -> None:
         self._got_response = False
-        async with self._channel() as channel:
-            method: Any = channel.stream_stream(
-                DELTA_ADS_METHOD,
-                request_serializer=discovery_pb2.DeltaDiscoveryRequest.SerializeToString,
-                response_deserializer=discovery_pb2.DeltaDiscoveryResponse.FromString,
-            )
-            call = method(metadata=self._metadata)
+        channel = RpcChannel(
+            self._target, tls=self._tls, server_name=self._server_name, max_message_bytes=MAX_MESSAGE_BYTES
+        )
+        try:
+            call = await channel.stream(DELTA_ADS_METHOD, metadata=self._metadata)
             self.connects += 1
-            try:
-                await self._converse(call)
-            except grpc.aio.AioRpcError as exc:
-                raise _StreamEndedError(await _final_status(call, exc)) from exc
-
-    async def _converse(self, call: Any) -> None:
-        for request in self._initial_requests():
-            await call.write(request)
-        while True:
-            response = await call.read()
-            if response is _EOF:
-                raise _StreamEndedError(await _final_status(call, None))
-            self._got_response = True
-            await call.write(await self._handle(response))
+            for request in self._initial_requests():
+                await call.write(request.SerializeToString())
+            while True:
+                message = await call.read()
+                if message is None:
+                    raise _StreamEndedError("the controller ended the xDS stream")
+                try:
+                    response = discovery_pb2.DeltaDiscoveryResponse.FromString(message)
+                except DecodeError as exc:
+                    raise _StreamEndedError(f"the controller sent an undecodable response: {exc}") from exc
+                self._got_response = True
+                await call.write((await self._handle(response)).SerializeToString())
+        finally:
+            await channel.close()
 
     def _initial_requests(self) -> list[discovery_pb2.DeltaDiscoveryRequest]:
         requests = []
@@ -342,19 +326,3 @@ def _nack_unknown_type(response: discovery_pb2.DeltaDiscoveryResponse) -> discov
     request.error_detail.code = _INVALID_ARGUMENT
     request.error_detail.message = message
     return request
-
-
-async def _final_status(call: Any, error: grpc.aio.AioRpcError | None) -> str:
-    """The stream's real status: a failed write reports a generic error before the status arrives."""
-    try:
-        code = await asyncio.wait_for(call.code(), 1.0)
-        details = await asyncio.wait_for(call.details(), 1.0)
-    except TimeoutError:
-        return _describe(error) if error is not None else "the controller closed the xDS stream"
-    return f"{code.name}: {details}"
-
-
-def _describe(exc: Exception) -> str:
-    if isinstance(exc, grpc.aio.AioRpcError):
-        return f"{exc.code().name}: {exc.details()}"
-    return str(exc)

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import random
+import ssl
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
-import grpc
 from google.protobuf import any_pb2
 from google.protobuf.message import DecodeError
 
@@ -54,9 +54,9 @@ class FakeAgent:
         *,
         node: XdsNode | None = None,
         type_urls: Iterable[str] = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL),
-        credentials: grpc.ChannelCredentials | None = None,
+        tls: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         call_metadata: tuple[tuple[str, str], ...] = (),
-        channel_options: tuple[tuple[str, str | int], ...] = (),
         rng: random.Random | None = None,
     ) -> None:
         self.events: list[ResponseEvent] = []
@@ -71,9 +71,9 @@ class FakeAgent:
             on_state=self._record_state,
             on_response=self.events.append,
             rng=rng or random.Random(7),
-            credentials=credentials,
+            tls=tls,
+            server_name=server_name,
             call_metadata=call_metadata,
-            channel_options=channel_options,
         )
 
     def reject(self, names: Iterable[str]) -> None:

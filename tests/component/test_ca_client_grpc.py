@@ -25,6 +25,7 @@ from istiod_lite.ca.signing import issue_workload_certificate
 from mesh.api.istio.v1.auth import ca_pb2
 from mesh.certs import IssuedCertificate
 from mesh.identity import WorkloadIdentity, verify_workload_chain
+from mesh.rpc import StatusCode
 from mesh.rt.ca_client import CaClient, CaRejected, CaResponseInvalid, CaUnavailable
 from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
@@ -104,17 +105,17 @@ class Refusal:
     token: str
     identity: WorkloadIdentity
     impersonate: bool
-    code: grpc.StatusCode
+    code: StatusCode
     message: str
 
 
 @pytest.mark.parametrize(
     "case",
     [
-        Refusal("tok-n1", _ELSEWHERE, True, grpc.StatusCode.PERMISSION_DENIED, "only get identities of pods"),
-        Refusal("tok-n1", _UNKNOWN, True, grpc.StatusCode.PERMISSION_DENIED, "only get identities of pods"),
-        Refusal("tok-n1", _SERVER, False, grpc.StatusCode.INVALID_ARGUMENT, "request is for .*ztunnel"),
-        Refusal("tok-stolen", _SERVER, True, grpc.StatusCode.UNAUTHENTICATED, "check the bearer token"),
+        Refusal("tok-n1", _ELSEWHERE, True, StatusCode.PERMISSION_DENIED, "only get identities of pods"),
+        Refusal("tok-n1", _UNKNOWN, True, StatusCode.PERMISSION_DENIED, "only get identities of pods"),
+        Refusal("tok-n1", _SERVER, False, StatusCode.INVALID_ARGUMENT, "request is for .*ztunnel"),
+        Refusal("tok-stolen", _SERVER, True, StatusCode.UNAUTHENTICATED, "check the bearer token"),
     ],
     ids=["pod-on-another-node", "unknown-service-account", "csr-not-own-identity", "unknown-token"],
 )

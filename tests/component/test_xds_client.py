@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import random
 import socket
 
@@ -47,8 +48,8 @@ async def test_reconnect_backoff_starts_at_10ms_and_doubles_to_15s() -> None:
     bases = [min(15.0, 0.01 * 2**i) for i in range(14)]
     assert all(base / 2 <= d <= base for d, base in zip(delays, bases, strict=True))
     assert delays[-1] >= 7.5  # capped at 15 s, jittered down to no less than half
-    assert client.connects == 14
-    assert client.last_error.startswith("UNAVAILABLE")
+    assert client.connects == 0  # no stream was ever opened
+    assert client.last_error.startswith("UNAVAILABLE: cannot connect to 127.0.0.1:")
     assert not client.synced
     assert XdsBackoff().maximum == 15.0
 
@@ -71,6 +72,25 @@ async def test_streams_the_server_cannot_serve_are_refused(node_id: str) -> None
         )
         assert not agent.events
         assert not plane.hub.connections()
+    finally:
+        await agent.stop()
+        await plane.stop()
+
+
+async def test_cancelling_the_client_ends_it_for_good_and_the_server_sees_the_call_end() -> None:
+    plane: Plane = await start_plane(Source())
+    agent = FakeAgent(plane.target)
+    agent.start()
+    try:
+        await agent.wait_for(lambda a: a.client.synced and len(plane.hub.connections()) == 1)
+        task = agent._task
+        assert task is not None
+        task.cancel()
+        done, _ = await asyncio.wait({task}, timeout=2)
+        assert task in done and task.cancelled()
+        await agent.wait_for(lambda a: not plane.hub.connections())  # the server saw the call end
+        await asyncio.sleep(0.3)
+        assert agent.client.connects == 1  # nothing reconnects
     finally:
         await agent.stop()
         await plane.stop()
