@@ -219,15 +219,25 @@ def build_server(
     )
 
 
+MIN_CLIENT_PING_INTERVAL = 15.0
+"""Seconds a client must leave between keepalive PINGs (istiod: ``KeepaliveEnforcementPolicy.MinTime``)."""
+
+
 def _grpc_server(
     settings: IstiodSettings, handlers: list[grpc.GenericRpcHandler[Any, Any]]
 ) -> grpc.aio.Server:
-    """The gRPC server with its limits: oversized messages get RESOURCE_EXHAUSTED before any parsing."""
+    """The gRPC server with its limits: oversized messages get RESOURCE_EXHAUSTED before any parsing.
+
+    Clients may PING every 15 s, idle or not, as istiod's keepalive enforcement allows (grpc's default
+    of 5 minutes would answer an idle xDS stream's keepalive with GOAWAY ENHANCE_YOUR_CALM).
+    """
     return grpc.aio.server(
         handlers=handlers,
         options=[
             ("grpc.max_receive_message_length", settings.xds_max_receive_bytes),
             ("grpc.max_send_message_length", settings.xds_max_send_bytes),
+            ("grpc.http2.min_ping_interval_without_data_ms", int(MIN_CLIENT_PING_INTERVAL * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
         ],
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
     )

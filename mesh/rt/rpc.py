@@ -4,8 +4,9 @@ The data plane talks gRPC to istiod for two things only, Delta ADS and the CA, a
 process about 12 MB of mapped library plus its threads; this client costs a few hundred kilobytes.
 One :class:`RpcChannel` keeps one HTTP/2 connection (TLS verified against the given roots and server
 name, ALPN ``h2``; plaintext only when no TLS context is given, for tests) and opens a new one when
-the old one died. The connection sends HTTP/2 PINGs as ztunnel does (every 10 s, 20 s to answer)
-and TCP keepalive, so a vanished server is noticed.
+the old one died. The connection sends an HTTP/2 PING every 30 s (10 s to answer) and has TCP
+keepalive, so a vanished server is noticed. gRPC servers refuse PINGs that come too often (istiod
+allows one per 15 s; grpc's default is one per 5 minutes without data) with GOAWAY ENHANCE_YOUR_CALM.
 
     channel = RpcChannel("istiod:15012", tls=client_tls(roots_pem), server_name="istiod.istio-system.svc")
     answer = await channel.unary("/pkg.Service/Method", request_bytes, metadata=..., timeout=10.0)
@@ -52,6 +53,8 @@ from mesh.rt.hbone.timers import LoopScheduler, Scheduler
 __all__ = ["RpcCall", "RpcChannel", "RpcError", "StatusCode", "client_tls", "parse_target"]
 
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
+PING_INTERVAL = 30.0
+PING_TIMEOUT = 10.0
 _USER_AGENT = "ambient-mesh-rpc/0.1"
 
 
@@ -191,7 +194,15 @@ def _stream_of(call: RpcCall) -> Iterator[None]:
 class _RpcConnection(asyncio.Protocol):
     """One HTTP/2 connection carrying calls; every call fails with UNAVAILABLE when it ends."""
 
-    def __init__(self, *, authority: str, scheme: str, config: H2Config, scheduler: Scheduler) -> None:
+    def __init__(
+        self,
+        *,
+        authority: str,
+        scheme: str,
+        config: H2Config,
+        scheduler: Scheduler,
+        ping: tuple[float, float],
+    ) -> None:
         self.h2 = H2Connection(client_side=True, config=config)
         self._authority = authority
         self._scheme = scheme
@@ -204,7 +215,7 @@ class _RpcConnection(asyncio.Protocol):
         self._window = asyncio.Event()  # set on every window update or write drain
         self._writable = True
         self.keepalive = Keepalive(
-            scheduler=scheduler, interval=10.0, timeout=20.0, send_ping=self._ping, on_dead=self._dead
+            scheduler=scheduler, interval=ping[0], timeout=ping[1], send_ping=self._ping, on_dead=self._dead
         )
 
     @property
@@ -354,7 +365,7 @@ class _RpcConnection(asyncio.Protocol):
         self._write_out()
 
     def _dead(self) -> None:
-        self._why = "the server did not answer an HTTP/2 PING within 20 s"
+        self._why = "the server did not answer an HTTP/2 PING in time"
         self._abort()
 
     def _abort(self) -> None:
@@ -384,6 +395,8 @@ class RpcChannel:
         server_name: str | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE,
         connect_timeout: float = 10.0,
+        ping_interval: float = PING_INTERVAL,
+        ping_timeout: float = PING_TIMEOUT,
         config: H2Config | None = None,
         scheduler: Scheduler | None = None,
     ) -> None:
@@ -393,6 +406,7 @@ class RpcChannel:
         self._server_name = server_name or self._host
         self._max_message = max_message_bytes
         self._connect_timeout = connect_timeout
+        self._ping = (ping_interval, ping_timeout)
         self._config = config or H2Config()
         self._scheduler = scheduler or LoopScheduler()
         self._conn: _RpcConnection | None = None
@@ -462,7 +476,11 @@ class RpcChannel:
 
         def factory() -> _RpcConnection:
             return _RpcConnection(
-                authority=authority, scheme=scheme, config=self._config, scheduler=self._scheduler
+                authority=authority,
+                scheme=scheme,
+                config=self._config,
+                scheduler=self._scheduler,
+                ping=self._ping,
             )
 
         try:

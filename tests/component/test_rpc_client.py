@@ -15,8 +15,9 @@ from typing import Any
 import grpc
 import pytest
 
+from istiod_lite.app import MIN_CLIENT_PING_INTERVAL
 from mesh.rpc import RpcError, StatusCode
-from mesh.rt.rpc import RpcChannel, client_tls, parse_target
+from mesh.rt.rpc import PING_INTERVAL, RpcChannel, client_tls, parse_target
 from mesh.testing.pki import TestPki
 
 pytestmark = pytest.mark.timeout(30)
@@ -80,8 +81,13 @@ class Server:
         return RpcChannel(self.target, tls=tls, server_name=SERVER_NAME if tls else None, **kwargs)
 
 
-async def _start(pki: TestPki | None, port: int = 0) -> Server:
-    options = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+async def _start(pki: TestPki | None, port: int = 0, *, min_ping_ms: int | None = None) -> Server:
+    options: list[tuple[str, int]] = [
+        ("grpc.max_receive_message_length", 64 << 20),
+        ("grpc.max_send_message_length", 64 << 20),
+    ]
+    if min_ping_ms is not None:
+        options += [("grpc.http2.min_ping_interval_without_data_ms", min_ping_ms)]
     server = grpc.aio.server(options=options)
     server.add_generic_rpc_handlers([_handlers()])
     if pki is None:
@@ -177,6 +183,36 @@ async def test_closing_the_channel_ends_its_open_calls_on_the_server(server: Ser
             break
         await asyncio.sleep(0.02)
     assert STREAMS_ENDED_ON_SERVER == ["ended"]
+
+
+@pytest.mark.parametrize(("ping_interval", "survives"), [(0.75, True), (0.1, False)])
+async def test_keepalive_pings_at_the_servers_permitted_rate_keep_an_idle_stream(
+    ping_interval: float, survives: bool
+) -> None:
+    """Scaled down: the server allows a PING per 0.5 s (istiod: 15 s; our default: one per 30 s).
+    Pinging faster than allowed gets GOAWAY ENHANCE_YOUR_CALM from grpc, which is what the default
+    interval avoids."""
+    running = await _start(None, min_ping_ms=500)
+    channel = RpcChannel(running.target, tls=None, ping_interval=ping_interval, ping_timeout=2.0)
+    try:
+        call = await channel.stream(STREAM)
+        await call.write(b"12")
+        assert await call.read() == b"21"
+        try:
+            await asyncio.wait_for(call.read(), 3.5)  # idle: only PINGs cross
+        except TimeoutError:
+            alive = True
+        except RpcError as err:
+            assert "0xb" in err.details  # ENHANCE_YOUR_CALM
+            alive = False
+        assert alive is survives
+    finally:
+        await channel.close()
+        await running.server.stop(None)
+
+
+def test_our_keepalive_respects_the_rate_istiod_lite_permits() -> None:
+    assert PING_INTERVAL >= MIN_CLIENT_PING_INTERVAL
 
 
 async def test_a_deadline_ends_the_call_and_the_channel_stays_usable(server: Server) -> None:
