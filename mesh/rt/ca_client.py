@@ -157,7 +157,7 @@ class CaClient:
         except RpcError as err:
             raise self._status_error(err, identity) from err
         try:
-            response = ca_pb2.IstioCertificateResponse.FromString(answer)
+            response = ca_pb2.IstioCertificateResponse.FromString(bytes(answer))
         except DecodeError as err:
             raise CaResponseInvalid(
                 f"the CA at {self.address} sent an answer that is not an IstioCertificateResponse: {err}",

@@ -84,7 +84,7 @@ class RpcCall:
         self.stream_id = stream_id
         self._reader = MessageReader(max_message_bytes=max_message_bytes)
         self._max_send = max_message_bytes
-        self._messages: deque[bytes] = deque()
+        self._messages: deque[bytearray] = deque()
         self._waiter: asyncio.Future[None] | None = None
         self.status: RpcError | None = None
         """None while the call runs; then OK (an RpcError whose code is OK) or the error it ended with."""
@@ -103,8 +103,9 @@ class RpcCall:
         """Half-closes the call: the server sees the end of the requests."""
         self._conn.end(self)
 
-    async def read(self) -> bytes | None:
-        """The next response message; None once the call ended with OK. Raises RpcError otherwise."""
+    async def read(self) -> bytearray | None:
+        """The next response message (the caller owns it); None once the call ended with OK.
+        Raises RpcError otherwise."""
         while not self._messages:
             if self.status is not None:
                 if self.status.code == StatusCode.OK:
@@ -425,7 +426,7 @@ class RpcChannel:
         *,
         metadata: tuple[tuple[str, str], ...] = (),
         timeout: float | None = None,  # noqa: ASYNC109 - also sent to the server, as grpc-timeout
-    ) -> bytes:
+    ) -> bytearray:
         """One request, one response; DEADLINE_EXCEEDED after ``timeout`` seconds (connecting included)."""
         call: RpcCall | None = None
         try:
