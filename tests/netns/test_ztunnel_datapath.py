@@ -5,14 +5,13 @@ metrics and access logs say so; policy denials are 401 and STRICT refuses plaint
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -28,9 +27,12 @@ from tests.netns.ztunnel_support import (
     build_pods,
     http_server,
     local_state,
+    metric_total,
     remove_pods,
     run_in,
     running_mesh,
+    tcp_echo,
+    wait_port,
 )
 from ztunnel.admin import admin_routes
 from ztunnel.netns import InPodSocketFactory
@@ -48,15 +50,6 @@ def pods() -> Iterator[list[Pod]]:
         remove_pods(created)
 
 
-def _sample(registry: object, name: str, **labels: str) -> float:
-    total = 0.0
-    for metric in registry.collect():  # type: ignore[attr-defined]
-        for sample in metric.samples:
-            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                total += sample.value
-    return total
-
-
 async def test_curl_goes_through_hbone_with_both_identities(pods: list[Pod], tmp_path: Path) -> None:
     client, server = pods
     async with running_mesh(pods, tmp_path) as mesh, http_server(server):
@@ -64,8 +57,8 @@ async def test_curl_goes_through_hbone_with_both_identities(pods: list[Pod], tmp
             code, out, err = await run_in(client, "curl", "-sS", "-m", "10", f"http://{server.ip}:8080/")
         assert code == 0, err
         assert "Directory listing" in out
-        opened_src = _sample(mesh.registry, "istio_tcp_connections_opened_total", reporter="source")
-        opened_dst = _sample(mesh.registry, "istio_tcp_connections_opened_total", reporter="destination")
+        opened_src = metric_total(mesh.registry, "istio_tcp_connections_opened_total", reporter="source")
+        opened_dst = metric_total(mesh.registry, "istio_tcp_connections_opened_total", reporter="destination")
         assert opened_src >= 1 and opened_dst >= 1
     done = [e for e in logs if e.get("event") == "connection complete"]
     inbound = [e for e in done if e.get("direction") == "inbound"]
@@ -87,7 +80,7 @@ async def test_deny_policy_gives_401_and_deny_flag(pods: list[Pod], tmp_path: Pa
         with capture_logs() as logs:
             code, out, _ = await run_in(client, "curl", "-sS", "-m", "10", f"http://{server.ip}:8080/")
         assert code != 0 and "Directory listing" not in out
-        assert _sample(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
+        assert metric_total(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
     errors = [e for e in logs if e.get("event") == "connection complete" and e.get("error")]
     assert any("DENY" in str(e.get("error")) or "denied" in str(e.get("error")) for e in errors), errors
 
@@ -148,11 +141,13 @@ async def test_byte_counts_in_metrics_equal_what_was_sent(pods: list[Pod], tmp_p
         assert code == 0, err
         assert int(out) == 100_000
         await _eventually(
-            lambda: _sample(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
+            lambda: (
+                metric_total(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
+            )
         )
         for reporter in ("source", "destination"):
-            received = _sample(mesh.registry, "istio_tcp_received_bytes_total", reporter=reporter)
-            sent = _sample(mesh.registry, "istio_tcp_sent_bytes_total", reporter=reporter)
+            received = metric_total(mesh.registry, "istio_tcp_received_bytes_total", reporter=reporter)
+            sent = metric_total(mesh.registry, "istio_tcp_sent_bytes_total", reporter=reporter)
             assert (received, sent) == (100_000, 100_000), reporter
 
 
@@ -217,12 +212,13 @@ async def test_strict_workload_gets_zero_bytes_from_an_unenrolled_client(tmp_pat
                 start_new_session=True,
             )  # fmt: skip
             try:
-                await _wait_port(server, 9000)
+                await wait_port(server, 9000)
                 await run_in(client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "5000")
                 await asyncio.sleep(0.3)
                 assert not count.exists(), f"the STRICT app received {count.read_text()} bytes"
                 assert (
-                    _sample(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
+                    metric_total(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY")
+                    >= 1
                 )
             finally:
                 sink.terminate()
@@ -266,30 +262,6 @@ async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: 
         _, out, err = await holder
         waited, received = out.split()
         assert float(waited) < 2.0 and received == "0", (out, err)
-
-
-@contextlib.asynccontextmanager
-async def tcp_echo(pod: Pod, port: int = 9000) -> AsyncIterator[None]:
-    """The sample TCP echo app, listening in ``pod``."""
-    echo = await asyncio.create_subprocess_exec(
-        "ip", "netns", "exec", pod.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
-        "--port", str(port), start_new_session=True,
-    )  # fmt: skip
-    try:
-        await _wait_port(pod, port)
-        yield
-    finally:
-        echo.terminate()
-        await echo.wait()
-
-
-async def _wait_port(pod: Pod, port: int) -> None:
-    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
-    for _ in range(100):
-        if (await run_in(pod, sys.executable, "-c", probe))[0] == 0:
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"nothing listens on {pod.name}:{port}")
 
 
 async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:

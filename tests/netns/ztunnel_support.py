@@ -9,6 +9,7 @@ import os
 import random
 import socket
 import subprocess
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -252,3 +253,38 @@ async def http_server(pod: Pod, port: int = 8080) -> AsyncIterator[None]:
     finally:
         proc.terminate()
         await asyncio.wait_for(proc.wait(), 5)
+
+
+def metric_total(registry: object, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``."""
+    total = 0.0
+    for metric in registry.collect():  # type: ignore[attr-defined]
+        for sample in metric.samples:
+            if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                total += sample.value
+    return total
+
+
+@asynccontextmanager
+async def tcp_echo(pod: Pod, port: int = 9000) -> AsyncIterator[None]:
+    """The sample TCP echo app, listening in ``pod``."""
+    echo = await asyncio.create_subprocess_exec(
+        "ip", "netns", "exec", pod.netns, sys.executable, "-m", "meshctl.apps.tcpecho",
+        "--port", str(port), start_new_session=True,
+    )  # fmt: skip
+    try:
+        await wait_port(pod, port)
+        yield
+    finally:
+        echo.terminate()
+        await echo.wait()
+
+
+async def wait_port(pod: Pod, port: int) -> None:
+    """Waits until something listens on ``port`` inside ``pod``."""
+    probe = f"import socket; socket.create_connection(('127.0.0.1', {port}), 1)"
+    for _ in range(100):
+        if (await run_in(pod, sys.executable, "-c", probe))[0] == 0:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"nothing listens on {pod.name}:{port}")

@@ -1,0 +1,138 @@
+"""Catalogue 7: identity and source address come from the certificate and the socket, never from headers.
+
+A mesh client (certificate ``demo/sa/client``) opens CONNECT streams to the server pod's 15008 with
+every header a proxy might be tempted to trust claiming another identity and another address. The
+policy allows only that other identity or that other address, so the streams are refused; the
+access log and the metrics name the certificate's identity and the socket's address. The same
+headers under a policy that allows the real identity pass, so the refusal is the policy's.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from ipaddress import ip_network
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from mesh.identity import WorkloadIdentity
+from mesh.model import Action, Authorization, Match, Scope, StringMatch
+from mesh.rt.hbone.pool import HbonePool, PoolKey
+from tests.netns.ztunnel_support import (
+    Mesh,
+    Pod,
+    build_pods,
+    local_state,
+    metric_total,
+    remove_pods,
+    running_mesh,
+    tcp_echo,
+)
+from ztunnel.netns import InPodSocketFactory
+from ztunnel.state import ProxyState
+
+pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
+
+CLIENT = "spiffe://cluster.local/ns/demo/sa/client"
+TRUSTED = "spiffe://cluster.local/ns/demo/sa/trusted"
+SPOOFED_IP = "10.244.9.9"
+CLAIMS = (
+    ("forwarded", f"for={SPOOFED_IP};host=trusted.demo.svc.cluster.local"),
+    ("x-forwarded-for", SPOOFED_IP),
+    ("x-real-ip", SPOOFED_IP),
+    ("x-forwarded-client-cert", f"By=spiffe://cluster.local/ns/demo/sa/server;URI={TRUSTED}"),
+    ("x-spiffe-id", TRUSTED),
+    (
+        "baggage",
+        "k8s.namespace.name=demo,k8s.deployment.name=trusted,service.name=trusted,service.version=v1",
+    ),
+)
+
+
+@pytest.fixture
+def pods() -> Iterator[list[Pod]]:
+    created = build_pods(f"s{os.getpid() % 1000}", capture={})
+    try:
+        yield created
+    finally:
+        remove_pods(created)
+
+
+def _allow(name: str, match: Match) -> Authorization:
+    return Authorization(name, "demo", Scope.NAMESPACE, Action.ALLOW, (((match,),),))
+
+
+def _principal(uri: str) -> StringMatch:
+    return StringMatch.exact(uri.removeprefix("spiffe://"))
+
+
+def _apply(mesh: Mesh, pods: list[Pod], *policies: Authorization) -> None:
+    state = local_state(pods)
+    mesh.ctx.apply_state(ProxyState.build(workloads=state.workloads.values(), policies=policies))
+
+
+@asynccontextmanager
+async def _client_pool(mesh: Mesh, client: Pod, server: Pod) -> AsyncIterator[tuple[HbonePool, PoolKey]]:
+    """HBONE from inside the client pod with the client's own certificate, as its ztunnel would."""
+    fd = os.open(f"/var/run/netns/{client.netns}", os.O_RDONLY)
+    pool = HbonePool(sockets=InPodSocketFactory(fd), certs=mesh.ctx, clock=mesh.ctx.clock)
+    key = PoolKey(
+        source=WorkloadIdentity("cluster.local", "demo", "client"),
+        source_ip=client.ip,
+        destination=(server.ip, 15008),
+        expected=frozenset({WorkloadIdentity("cluster.local", "demo", "server")}),
+    )
+    try:
+        yield pool, key
+    finally:
+        await pool.close()
+        os.close(fd)
+
+
+async def test_headers_claiming_another_identity_or_address_change_nothing(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    client, server = pods
+    async with (
+        running_mesh(pods, tmp_path) as mesh,
+        tcp_echo(server),
+        _client_pool(mesh, client, server) as (pool, key),
+    ):
+        trusted_only = _allow(
+            "trusted-only", Match(principals=(StringMatch.exact(TRUSTED.removeprefix("spiffe://")),))
+        )
+        spoofed_ip_only = _allow("spoofed-ip-only", Match(source_ips=(ip_network(f"{SPOOFED_IP}/32"),)))
+        for policy in (trusted_only, spoofed_ip_only):
+            _apply(mesh, pods, policy)
+            with capture_logs() as logs:
+                status, _ = await pool.open_stream(key, f"{server.ip}:9000", CLAIMS)
+            assert status == 401, policy.name
+            (refused,) = [e for e in logs if e.get("event") == "connection complete" and e.get("error")]
+            assert refused["src.identity"] == CLIENT
+            assert refused["src.addr"].startswith(f"{client.ip}:")
+            assert refused.get("src.workload") == client.name
+        assert metric_total(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") == 2
+        assert (
+            metric_total(
+                mesh.registry,
+                "istio_tcp_connections_closed_total",
+                response_flags="DENY",
+                source_principal=CLIENT,
+                source_workload=client.name,
+            )
+            == 2
+        )
+
+        _apply(
+            mesh,
+            pods,
+            _allow("real-client", Match(principals=(StringMatch.exact("cluster.local/ns/demo/sa/client"),))),
+        )
+        status, stream = await pool.open_stream(key, f"{server.ip}:9000", CLAIMS)
+        assert (
+            status == 200
+        )  # the same headers, a policy for the real identity: the refusals above were the policy's
+        stream.abort()
