@@ -175,6 +175,19 @@ class Ztunnel:
                 missing.append(f"no certificate for {proxy.identity.uri}")
         return missing
 
+    async def _manage_pods_once_configured(self) -> None:
+        """Takes pods from the node agent only once istiod's config is in (catalogue 21).
+
+        Before that, a pod's outbound connection to a mesh workload would be planned on an empty
+        state, as a destination outside the mesh: plain TCP, past mTLS and policy. Until then the
+        node agent cannot enroll new pods (their CNI ADD fails, the pod does not start) and pods
+        already captured have no listener, so their connections are refused, never passed through.
+        """
+        if self.xds is not None:
+            await self.xds.wait_synced()
+            self.ctx.log.info("ztunnel.config_received", workloads=len(self.ctx.state.workloads))
+        await self.manager.run()
+
     async def serve(self) -> int:
         """Runs until drained; returns the exit code."""
         loop = asyncio.get_running_loop()
@@ -182,7 +195,7 @@ class Ztunnel:
         if self.args.local_config:
             self.ctx.apply_state(load_local_config(self.args.local_config))
         await self._start_http()
-        tasks = [loop.create_task(self.manager.run())]
+        tasks = [loop.create_task(self._manage_pods_once_configured())]
         if self.xds is not None:
             tasks.append(loop.create_task(self.xds.run()))
         self.ctx.log.info("ztunnel.started", zds=self.args.zds_socket, xds=self.args.xds_address)

@@ -3,12 +3,24 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 
+import grpc
+import pytest
+
+from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
 from mesh.identity import WorkloadIdentity
+from mesh.rt.clock import SystemClock
 from mesh.testing.pki import TestPki
+from tests.component.test_xds_push import Plane, Source, start_plane
 from ztunnel.app import Ztunnel, _parser
 from ztunnel.proxy import PodInfo, PodProxy
+
+pytestmark = pytest.mark.timeout(60)
+
+ISTIOD = "istiod.istio-system.svc"
 
 
 def _args(tmp_path: Path, *extra: str) -> list[str]:
@@ -47,3 +59,57 @@ async def test_local_config_needs_no_istiod(tmp_path: Path) -> None:
     finally:
         await ztunnel.ctx.certs.close()
         await ztunnel.ca.close()
+
+
+async def test_pods_are_taken_from_the_node_agent_only_once_the_config_is_in(tmp_path: Path) -> None:
+    """Catalogue 21: before istiod's config arrives no pod gets listeners (a connection planned on an
+    empty state would go out as plain TCP to a destination outside the mesh), so ztunnel does not
+    even connect to the node agent; once the config is in, it does."""
+    pki = TestPki.create()
+    roots, token = tmp_path / "root.pem", tmp_path / "token"
+    roots.write_bytes(pki.root_pem)
+    token.write_text("tok-n1\n")
+    port = _free_port()
+    node_agent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    node_agent.bind(str(tmp_path / "zds.sock"))
+    node_agent.listen()
+    node_agent.setblocking(False)
+    args = _parser().parse_args(
+        ["--node", "n1", "--node-ip", "10.244.1.2", "--root-cert", str(roots), "--token-file", str(token),
+         "--xds-address", f"127.0.0.1:{port}", "--zds-socket", str(tmp_path / "zds.sock")]
+    )  # fmt: skip
+    ztunnel = Ztunnel(args)
+    serving = asyncio.create_task(ztunnel.serve())
+    plane: Plane | None = None
+    try:
+        await asyncio.sleep(1.0)
+        with pytest.raises(BlockingIOError):
+            node_agent.accept()  # istiod is not there yet: ztunnel has not come to take pods
+        leaf = pki.issue_leaf(
+            uri_sans=["spiffe://cluster.local/ns/istio-system/sa/istiod"], dns_sans=[ISTIOD]
+        )
+        authenticator = LabTokenAuthenticator(
+            {"tok-n1": Caller(WorkloadIdentity("cluster.local", "istio-system", "ztunnel"), node="n1")},
+            clock=SystemClock(),
+        )
+        plane = await start_plane(
+            Source(),
+            port=port,
+            credentials=grpc.ssl_server_credentials([(leaf.key_pem, leaf.cert_pem)]),
+            authenticator=authenticator,
+        )
+        conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(node_agent), 15)
+        conn.close()
+        assert ztunnel.xds is not None and ztunnel.xds.synced
+    finally:
+        ztunnel.drain.trigger()
+        await asyncio.wait_for(serving, 10)
+        node_agent.close()
+        if plane is not None:
+            await plane.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
