@@ -19,6 +19,7 @@ from structlog.testing import capture_logs
 
 from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
+from mesh.rt.certs import NoValidCertificate
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.http import HttpServer
 from meshctl.ztunnel_config import fetch_admin, render_table
@@ -225,6 +226,28 @@ async def test_strict_workload_gets_zero_bytes_from_an_unenrolled_client(tmp_pat
                 await sink.wait()
     finally:
         remove_pods(pods)
+
+
+async def test_a_pod_without_a_certificate_gets_no_connection_and_sends_no_plaintext(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    """Catalogue 2: the CA refuses the client's identity. Its connections to a mesh destination end
+    quickly with nothing echoed back (a plaintext fallback would reach the server's echo through its
+    15006), the server side never opens a connection, and the client has no certificate."""
+    client, server = pods
+    async with running_mesh(pods, tmp_path, uncertified=(client,)) as mesh, tcp_echo(server):
+        started = asyncio.get_running_loop().time()
+        for _ in range(5):
+            code, out, err = await run_in(
+                client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "1024"
+            )
+            assert code != 0 or out.strip() == "0", (out, err)
+        assert asyncio.get_running_loop().time() - started < 5 * 5.0
+        assert metric_total(mesh.registry, "istio_tcp_connections_opened_total", reporter="destination") == 0
+        failed = metric_total(mesh.registry, "istio_tcp_connections_closed_total", reporter="source")
+        assert failed >= 5
+        with pytest.raises(NoValidCertificate):
+            mesh.ctx.certs.current(WorkloadIdentity("cluster.local", "demo", "client"))
 
 
 async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:

@@ -143,14 +143,20 @@ class Mesh:
 
 @asynccontextmanager
 async def running_mesh(
-    pods: list[Pod], tmp: Path, *, enrolled: list[Pod] | None = None, cert_ttl: int = 3600
+    pods: list[Pod],
+    tmp: Path,
+    *,
+    enrolled: list[Pod] | None = None,
+    cert_ttl: int = 3600,
+    uncertified: tuple[Pod, ...] = (),
 ) -> AsyncIterator[Mesh]:
     """The CA, ztunnel's context and manager (workload certificates of ``cert_ttl`` seconds), and a
-    fake node agent that enrolls ``enrolled``."""
+    fake node agent that enrolls ``enrolled``. The CA refuses the identities of ``uncertified`` (it
+    does not know them to run on this node), so those pods never get a certificate."""
     clock = SystemClock()
     authority = create_root(trust_domain=TD, now=clock.now())
     ztunnel_id = WorkloadIdentity(TD, "istio-system", "ztunnel")
-    placements = [PodPlacement(p.namespace, p.service_account, NODE) for p in pods]
+    placements = [PodPlacement(p.namespace, p.service_account, NODE) for p in pods if p not in uncertified]
     istiod = build_server(
         IstiodSettings(listen="127.0.0.1:0", readiness_listen="127.0.0.1:0", trust_domain=TD),
         authority=authority,
@@ -208,7 +214,8 @@ async def running_mesh(
         await agent.send(zds_pb2.WorkloadRequest(snapshot_sent=zds_pb2.SnapshotSent()).SerializeToString())
         await agent.recv()
         for pod in pods:
-            await ctx.certs.get(WorkloadIdentity(TD, pod.namespace, pod.service_account))
+            if pod not in uncertified:
+                await ctx.certs.get(WorkloadIdentity(TD, pod.namespace, pod.service_account))
         yield Mesh(ctx, manager, registry, pods)
     finally:
         task.cancel()
