@@ -264,8 +264,15 @@ async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:
         try:
             status, _ = await pool.open_stream(key, "10.244.9.99:8080")
             assert status == 400
-            status, _ = await pool.open_stream(key, f"{server.ip}:15006")
-            assert status == 400
+            for port in (15001, 15006, 15008):  # ztunnel's own ports: never a self-call (catalogue 5b)
+                status, _ = await pool.open_stream(key, f"{server.ip}:{port}")
+                assert status == 400, port
+            status, _ = await pool.open_stream(key, "server.demo.svc.cluster.local:8080")
+            assert status == 400  # a host name is not an authority HBONE accepts (catalogue 5e)
+            opened = "istio_tcp_connections_opened_total"
+            refused = metric_total(mesh.registry, opened, reporter="destination", response_flags="CONNECT")
+            assert refused == 5
+            assert metric_total(mesh.registry, opened, reporter="destination", response_flags="-") == 0
         finally:
             await pool.close()
             os.close(fd)
