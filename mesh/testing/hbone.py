@@ -137,9 +137,12 @@ class EchoProtocol(asyncio.Protocol):
         self.transport.write(data)
 
     def eof_received(self) -> bool:
+        """Echoes the half-close; keeps the transport only while our own side is still open (once both
+        directions ended it closes, else its socket would stay open for good)."""
         assert self.transport is not None
         if self.transport.can_write_eof():
             self.transport.write_eof()
+            return False
         return True
 
     def pause_writing(self) -> None:

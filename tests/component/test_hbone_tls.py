@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import socket
 import ssl
 import time
@@ -19,7 +21,7 @@ from mesh.rt.tls import (
     client_context,
     server_context,
 )
-from mesh.testing.hbone import eventually, hbone_rig, material_for
+from mesh.testing.hbone import Collector, eventually, hbone_rig, material_for
 from mesh.testing.pki import TestPki
 
 
@@ -170,6 +172,74 @@ async def test_handshake_timeout_closes_silent_and_trickling_clients(trickle: bo
         assert data == b""
         assert 0.3 <= elapsed <= 2.0
         await _until(lambda: rig.server.handshake_failures == 1)
+
+
+async def test_a_slowloris_crowd_is_cut_at_the_handshake_timeout_while_a_real_client_is_served() -> None:
+    """Catalogue 34, scaled to one process: 300 connections that never send a ClientHello and 30 that
+    send one byte every 100 ms. Each is closed at the handshake timeout and leaves nothing behind in
+    the server (each once stayed tracked, with its 256 KiB read buffer); a real client opening tunnels
+    alongside is served throughout; descriptors return to their baseline afterwards."""
+    loop = asyncio.get_running_loop()
+    async with hbone_rig(config=HboneConfig(handshake_timeout=1.0)) as rig:
+        baseline = len(os.listdir("/proc/self/fd"))
+        connected_at: dict[socket.socket, float] = {}
+
+        async def connected() -> socket.socket:  # not create_connection: the server shares this loop
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, rig.address)
+            connected_at[sock] = time.monotonic()
+            return sock
+
+        silent = [await connected() for _ in range(300)]
+        trickling = [await connected() for _ in range(30)]
+
+        async def trickle(sock: socket.socket) -> None:
+            for byte in b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03" + b"\x00" * 64:
+                try:
+                    sock.send(bytes([byte]))  # one byte always fits; no loop future to cancel
+                except OSError:
+                    return  # the server closed it
+                await asyncio.sleep(0.1)
+
+        async def lifetime(sock: socket.socket) -> float:
+            with contextlib.suppress(OSError):
+                while await loop.sock_recv(sock, 100):
+                    pass
+            return time.monotonic() - connected_at[sock]
+
+        async def real_client() -> list[float]:
+            latencies = []
+            conn = await rig.client()
+            for _ in range(15):
+                begun = time.monotonic()
+                status, stream = await conn.open_stream(rig.echo_authority)
+                collector = Collector()
+                stream.attach(collector)
+                stream.write(b"ping")
+                assert status == 200 and await collector.wait_bytes(4) == b"ping"
+                stream.close()
+                latencies.append(time.monotonic() - begun)
+                await asyncio.sleep(0.1)
+            conn.close()
+            return latencies
+
+        trickles = [asyncio.create_task(trickle(sock)) for sock in trickling]
+        async with asyncio.timeout(15):
+            client_task = asyncio.create_task(real_client())
+            lifetimes = await asyncio.gather(*(lifetime(sock) for sock in (*silent, *trickling)))
+            served = await client_task
+        for task in trickles:
+            task.cancel()
+        await asyncio.gather(*trickles, return_exceptions=True)
+        for sock in (*silent, *trickling):
+            sock.close()
+        assert max(served) < 1.0, served
+        assert min(lifetimes) >= 0.9 and max(lifetimes) <= 2.5, (min(lifetimes), max(lifetimes))
+        await _until(lambda: rig.server.handshake_failures >= 330)
+        await _until(lambda: not rig.server.connections)  # a failed handshake leaves nothing tracked
+        async with asyncio.timeout(5):
+            await eventually(lambda: len(os.listdir("/proc/self/fd")) <= baseline)
 
 
 async def test_rotated_server_credentials_apply_to_new_connections() -> None:

@@ -72,7 +72,7 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.buffered_bytes = 0
         self.write_blocked = False
         self._acks: dict[int, int] = {}
-        self._read_buffer = bytearray(_READ_BUFFER)
+        self._read_buffer = bytearray()  # sized once TLS is up: a handshake that fails costs nothing
         self._spares = SpareBuffers(size=_READ_BUFFER)
         self._blocked: dict[int, HboneStream] = {}
         self._in_batch = False
@@ -127,6 +127,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             self._closed = True
             transport.abort()
             return
+        self._read_buffer = bytearray(_READ_BUFFER)
         transport.set_write_buffer_limits(high=self.config.tls_write_high_water)
         self.h2.initiate_connection()
         self.flush()

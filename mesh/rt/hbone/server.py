@@ -9,7 +9,6 @@ stream and reach the upstream only after the 200 is sent (no early-data leak on 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import socket
 import ssl
 from collections.abc import Awaitable, Callable
@@ -257,11 +256,18 @@ class HboneServer:
 
     async def _handshake(self, sock: socket.socket) -> None:
         loop = asyncio.get_running_loop()
+        conn: HboneServerConnection | None = None
+
+        def factory() -> HboneServerConnection:
+            nonlocal conn
+            conn = self._new_connection(material.identity.trust_domain)
+            return conn
+
         try:
             material = self._credentials()
             context = self._contexts.server(material)
             await loop.connect_accepted_socket(
-                lambda: self._new_connection(material.identity.trust_domain),
+                factory,
                 sock,
                 ssl=context,
                 ssl_handshake_timeout=self.config.handshake_timeout,
@@ -269,6 +275,8 @@ class HboneServer:
             )
         except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
             sock.close()
+            if conn is not None:  # made for the handshake, never connected: it would stay tracked
+                self.connections.discard(conn)
             self.handshake_failures += 1
             self.log.debug("hbone.handshake_failed", error=repr(exc))
 
@@ -314,6 +322,5 @@ class HboneServer:
         conns = list(self.connections)
         for conn in conns:
             conn.abort()
-        for conn in conns:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(asyncio.shield(conn.closed), 1.0)
+        if conns:  # one second for all of them together, not one each
+            await asyncio.wait([c.closed for c in conns], timeout=1.0)  # wait() cancels nothing
