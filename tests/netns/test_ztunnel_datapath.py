@@ -20,12 +20,12 @@ from structlog.testing import capture_logs
 from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
 from mesh.rt.certs import NoValidCertificate
-from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.http import HttpServer
 from meshctl.ztunnel_config import fetch_admin, render_table
 from tests.netns.ztunnel_support import (
     Pod,
     build_pods,
+    client_hbone_pool,
     http_server,
     local_state,
     metric_total,
@@ -36,7 +36,6 @@ from tests.netns.ztunnel_support import (
     wait_port,
 )
 from ztunnel.admin import admin_routes
-from ztunnel.netns import InPodSocketFactory
 from ztunnel.state import ProxyState
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
@@ -252,30 +251,21 @@ async def test_a_pod_without_a_certificate_gets_no_connection_and_sends_no_plain
 
 async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:
     client, server = pods
-    async with running_mesh(pods, tmp_path) as mesh:
-        fd = os.open(f"/var/run/netns/{client.netns}", os.O_RDONLY)
-        pool = HbonePool(sockets=InPodSocketFactory(fd), certs=mesh.ctx, clock=mesh.ctx.clock)
-        key = PoolKey(
-            source=WorkloadIdentity("cluster.local", "demo", "client"),
-            source_ip=client.ip,
-            destination=(server.ip, 15008),
-            expected=frozenset({WorkloadIdentity("cluster.local", "demo", "server")}),
-        )
-        try:
-            status, _ = await pool.open_stream(key, "10.244.9.99:8080")
-            assert status == 400
-            for port in (15001, 15006, 15008):  # ztunnel's own ports: never a self-call (catalogue 5b)
-                status, _ = await pool.open_stream(key, f"{server.ip}:{port}")
-                assert status == 400, port
-            status, _ = await pool.open_stream(key, "server.demo.svc.cluster.local:8080")
-            assert status == 400  # a host name is not an authority HBONE accepts (catalogue 5e)
-            opened = "istio_tcp_connections_opened_total"
-            refused = metric_total(mesh.registry, opened, reporter="destination", response_flags="CONNECT")
-            assert refused == 5
-            assert metric_total(mesh.registry, opened, reporter="destination", response_flags="-") == 0
-        finally:
-            await pool.close()
-            os.close(fd)
+    async with (
+        running_mesh(pods, tmp_path) as mesh,
+        client_hbone_pool(mesh, client, server) as (pool, key),
+    ):
+        status, _ = await pool.open_stream(key, "10.244.9.99:8080")
+        assert status == 400
+        for port in (15001, 15006, 15008):  # ztunnel's own ports: never a self-call (catalogue 5b)
+            status, _ = await pool.open_stream(key, f"{server.ip}:{port}")
+            assert status == 400, port
+        status, _ = await pool.open_stream(key, "server.demo.svc.cluster.local:8080")
+        assert status == 400  # a host name is not an authority HBONE accepts (catalogue 5e)
+        opened = "istio_tcp_connections_opened_total"
+        refused = metric_total(mesh.registry, opened, reporter="destination", response_flags="CONNECT")
+        assert refused == 5
+        assert metric_total(mesh.registry, opened, reporter="destination", response_flags="-") == 0
 
 
 async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: Path) -> None:

@@ -10,28 +10,25 @@ headers under a policy that allows the real identity pass, so the refusal is the
 from __future__ import annotations
 
 import os
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
 
-from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
-from mesh.rt.hbone.pool import HbonePool, PoolKey
 from tests.netns.ztunnel_support import (
     Mesh,
     Pod,
     build_pods,
+    client_hbone_pool,
     local_state,
     metric_total,
     remove_pods,
     running_mesh,
     tcp_echo,
 )
-from ztunnel.netns import InPodSocketFactory
 from ztunnel.state import ProxyState
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(60)]
@@ -74,24 +71,6 @@ def _apply(mesh: Mesh, pods: list[Pod], *policies: Authorization) -> None:
     mesh.ctx.apply_state(ProxyState.build(workloads=state.workloads.values(), policies=policies))
 
 
-@asynccontextmanager
-async def _client_pool(mesh: Mesh, client: Pod, server: Pod) -> AsyncIterator[tuple[HbonePool, PoolKey]]:
-    """HBONE from inside the client pod with the client's own certificate, as its ztunnel would."""
-    fd = os.open(f"/var/run/netns/{client.netns}", os.O_RDONLY)
-    pool = HbonePool(sockets=InPodSocketFactory(fd), certs=mesh.ctx, clock=mesh.ctx.clock)
-    key = PoolKey(
-        source=WorkloadIdentity("cluster.local", "demo", "client"),
-        source_ip=client.ip,
-        destination=(server.ip, 15008),
-        expected=frozenset({WorkloadIdentity("cluster.local", "demo", "server")}),
-    )
-    try:
-        yield pool, key
-    finally:
-        await pool.close()
-        os.close(fd)
-
-
 async def test_headers_claiming_another_identity_or_address_change_nothing(
     pods: list[Pod], tmp_path: Path
 ) -> None:
@@ -99,7 +78,7 @@ async def test_headers_claiming_another_identity_or_address_change_nothing(
     async with (
         running_mesh(pods, tmp_path) as mesh,
         tcp_echo(server),
-        _client_pool(mesh, client, server) as (pool, key),
+        client_hbone_pool(mesh, client, server) as (pool, key),
     ):
         trusted_only = _allow(
             "trusted-only", Match(principals=(StringMatch.exact(TRUSTED.removeprefix("spiffe://")),))

@@ -28,12 +28,14 @@ from mesh.identity import WorkloadIdentity
 from mesh.rt.ca_client import CaClient
 from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
+from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import build_registry
 from ztunnel.cni.rules import plan_capture
 from ztunnel.context import NodeContext
 from ztunnel.local_config import parse_local_config
 from ztunnel.manager import WorkloadManager
+from ztunnel.netns import InPodSocketFactory
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
 from ztunnel.zds import ZdsChannel, decode_response
@@ -295,3 +297,21 @@ async def wait_port(pod: Pod, port: int) -> None:
             return
         await asyncio.sleep(0.05)
     raise AssertionError(f"nothing listens on {pod.name}:{port}")
+
+
+@asynccontextmanager
+async def client_hbone_pool(mesh: Mesh, client: Pod, server: Pod) -> AsyncIterator[tuple[HbonePool, PoolKey]]:
+    """HBONE from inside the client pod with the client's own certificate, as its ztunnel would."""
+    fd = os.open(f"/var/run/netns/{client.netns}", os.O_RDONLY)
+    pool = HbonePool(sockets=InPodSocketFactory(fd), certs=mesh.ctx, clock=mesh.ctx.clock)
+    key = PoolKey(
+        source=WorkloadIdentity("cluster.local", "demo", "client"),
+        source_ip=client.ip,
+        destination=(server.ip, 15008),
+        expected=frozenset({WorkloadIdentity("cluster.local", "demo", "server")}),
+    )
+    try:
+        yield pool, key
+    finally:
+        await pool.close()
+        os.close(fd)
