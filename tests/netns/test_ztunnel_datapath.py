@@ -11,7 +11,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -39,15 +39,6 @@ from ztunnel.admin import admin_routes
 from ztunnel.state import ProxyState
 
 pytestmark = [pytest.mark.netns, pytest.mark.timeout(90)]
-
-
-@pytest.fixture
-def pods() -> Iterator[list[Pod]]:
-    created = build_pods(f"{os.getpid() % 10000}", capture={})
-    try:
-        yield created
-    finally:
-        remove_pods(created)
 
 
 async def test_curl_goes_through_hbone_with_both_identities(pods: list[Pod], tmp_path: Path) -> None:

@@ -9,8 +9,6 @@ headers under a policy that allows the real identity pass, so the refusal is the
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator
 from ipaddress import ip_network
 from pathlib import Path
 
@@ -21,11 +19,9 @@ from mesh.model import Action, Authorization, Match, Scope, StringMatch
 from tests.netns.ztunnel_support import (
     Mesh,
     Pod,
-    build_pods,
     client_hbone_pool,
     local_state,
     metric_total,
-    remove_pods,
     running_mesh,
     tcp_echo,
 )
@@ -47,15 +43,6 @@ CLAIMS = (
         "k8s.namespace.name=demo,k8s.deployment.name=trusted,service.name=trusted,service.version=v1",
     ),
 )
-
-
-@pytest.fixture
-def pods() -> Iterator[list[Pod]]:
-    created = build_pods(f"s{os.getpid() % 1000}", capture={})
-    try:
-        yield created
-    finally:
-        remove_pods(created)
 
 
 def _allow(name: str, match: Match) -> Authorization:
