@@ -12,16 +12,29 @@ of the proxies (``pids``) around it, so each number comes with the proxy CPU it 
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import json
+import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from perf._ztunnel_lab import BenchLab, proc_sample
 
-__all__ = ["Latency", "Rate", "Throughput", "idle_cpu", "latency", "request_rate", "set_value", "throughput"]
+__all__ = [
+    "Latency",
+    "Rate",
+    "Throughput",
+    "hold_connections",
+    "idle_cpu",
+    "latency",
+    "request_rate",
+    "set_value",
+    "throughput",
+]
 
 VALUE_KEY = "bench"
 VALUE = "v" * 100
@@ -156,3 +169,41 @@ def idle_cpu(pids: list[int], *, seconds: float) -> float:
     before, start = _cpu(pids), time.monotonic()
     time.sleep(seconds)
     return (_cpu(pids) - before) / (time.monotonic() - start)
+
+
+_HOLD = r"""
+import socket, sys
+held = []
+for _ in range(int(sys.argv[3])):
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 10)
+    s.sendall(b"PING\r\n")
+    assert s.recv(7) == b"+PONG\r\n"
+    held.append(s)
+print("open", flush=True)
+sys.stdin.read()
+"""
+
+
+@contextlib.contextmanager
+def hold_connections(bench: BenchLab, netns: str, target: tuple[str, int], *, count: int) -> Iterator[None]:
+    """``count`` redis connections from ``netns`` to ``target``, each used once (PING) and then held
+    idle until the block ends."""
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", _HOLD, target[0], str(target[1]), str(count)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=bench.lab.exec_env(),
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None
+        if holder.stdout.readline().strip() != "open":
+            _, err = holder.communicate(timeout=10)
+            raise RuntimeError(f"could not hold {count} connections to {target[0]}:{target[1]}: {err[-800:]}")
+        yield
+    finally:
+        if holder.stdin is not None:
+            holder.stdin.close()
+        try:
+            holder.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            holder.kill()
+            holder.wait()

@@ -44,9 +44,9 @@ __all__ = ["FULL", "QUICK", "Result", "main", "run_benchmark"]
 
 _RESULTS = Path(__file__).resolve().parent / "results"
 FULL = Sizes(repeats=5, rounds=10_000, bulk_bytes=256_000_000, rate_seconds=5.0, conn_seconds=2.0,
-             clients=16, pods_per_node=50, idle_seconds=10.0)  # fmt: skip
+             clients=16, pods_per_node=50, idle_seconds=10.0, idle_connections=1000)  # fmt: skip
 QUICK = Sizes(repeats=1, rounds=1000, bulk_bytes=16_000_000, rate_seconds=0.5, conn_seconds=0.3,
-              clients=16, pods_per_node=4, idle_seconds=1.0)  # fmt: skip
+              clients=16, pods_per_node=4, idle_seconds=1.0, idle_connections=50)  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +117,11 @@ def _measure(bench: BenchLab, sizes: Sizes, work: Path) -> Result:
     _log(f"  scaling to {sizes.pods_per_node} enrolled pods per node")
     took = bench.scale(sizes.pods_per_node, timeout=60 + 6 * sizes.pods_per_node)
     memory.append(_ztunnel_memory(bench, sizes, "after scale-up", seconds_to_scale=took, latency=True))
+    ep = bench.endpoints(ENROLLED)
+    count = sizes.idle_connections
+    with m.hold_connections(bench, ep.client_netns, (ep.server_ip, REDIS_PORT), count=count):
+        held = _ztunnel_memory(bench, sizes, f"with {count} idle connections")
+    memory.append(dataclasses.replace(held, idle_connections=count))
     return Result(
         lab_id=bench.lab.lab_id,
         runs=runs,
@@ -169,6 +174,7 @@ def _notes(result: Result) -> list[str]:
         f"ztunnel path checked: node2's ztunnel accepted {result.mtls_connections} connections over HBONE "
         "mTLS (istio_tcp_connections_opened_total, reporter=destination, mutual_tls)",
         f"first request through after the lab was ready: {first}",
+        *_per_connection(result.memory),
     ]
     for node, events in result.log_events.items():
         noisy = {k: v for k, v in events.items() if not k.startswith("proxy.")}
@@ -177,6 +183,22 @@ def _notes(result: Result) -> list[str]:
                 f"ztunnel log on {node}: " + ", ".join(f"{k} x{v}" for k, v in sorted(noisy.items()))
             )
     return notes
+
+
+def _per_connection(memory: list[Memory]) -> list[str]:
+    """What each idle connection costs each ztunnel (catalogue 33 asks for at most 50 KiB)."""
+    held = [mem for mem in memory if mem.idle_connections]
+    if not held or len(memory) < 2:
+        return []
+    before, during = memory[-2], held[-1]
+    each = [
+        (b - a) * 1024 / during.idle_connections for a, b in zip(before.rss_mb, during.rss_mb, strict=True)
+    ]
+    return [
+        f"{during.idle_connections} idle connections through the mesh: "
+        + ", ".join(f"{kib:.1f}" for kib in each)
+        + " KiB of RSS each on the client's and the server's ztunnel (catalogue 33: at most 50 KiB)"
+    ]
 
 
 def _sizes(args: argparse.Namespace) -> Sizes:
