@@ -37,9 +37,10 @@ def test_bench_ztunnel_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     assert {r["path"] for r in data["runs"]} == PATHS
     for run in data["runs"]:
         _check_run(run)
-    before, after, scaled = data["memory"]
+    before, after, scaled, held = data["memory"]
     assert before["pods_per_node"] == after["pods_per_node"] == 2
     assert scaled["pods_per_node"] == QUICK.pods_per_node and scaled["p50_us"] > 0
+    assert held["idle_connections"] == QUICK.idle_connections and not scaled["idle_connections"]
     for mem in data["memory"]:
         for rss, hwm, anon in zip(mem["rss_mb"], mem["hwm_mb"], mem["anon_mb"], strict=True):
             assert 0 < anon < rss <= hwm < 2000, mem
@@ -51,5 +52,6 @@ def test_bench_ztunnel_quick(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     for path in PATHS:
         assert f"| {path} |" in report
     assert "Targets:" in report and "p50 latency <= 1.0x Envoy" in report
+    assert f"{QUICK.idle_connections} idle connections through the mesh:" in report
     left = SystemSnapshot.take(data["lab_id"])
     assert not left.namespaces and not left.processes, left
