@@ -7,6 +7,12 @@ import shutil
 
 import pytest
 
+# Tests run grpcio servers in-process and also spawn subprocesses (pod apps, ip, iptables). With
+# grpc's fork support on, a child forked while grpc's threads run can die in grpc's at-fork handler
+# before it execs ("Check failed: next_worker->state == KICKED"), and the app never starts. Nothing
+# here uses grpc in a forked child, so fork support is off (read when grpc is first imported).
+os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")
+
 _ROOT_MARKERS = ("netns", "e2e")
 
 
