@@ -76,6 +76,24 @@ async def test_deny_policy_gives_401_and_deny_flag(pods: list[Pod], tmp_path: Pa
     assert any("DENY" in str(e.get("error")) or "denied" in str(e.get("error")) for e in errors), errors
 
 
+_PLAIN_ATTEMPTS = """
+import socket, sys, time
+echoed, slowest = 0, 0.0
+for _ in range(int(sys.argv[3])):
+    started = time.monotonic()
+    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+    s.settimeout(5)
+    try:
+        s.sendall(b"x" * 1024)
+        while chunk := s.recv(65536):
+            echoed += len(chunk)
+    except OSError:
+        pass
+    slowest = max(slowest, time.monotonic() - started)
+    s.close()
+print(echoed, round(slowest, 3))
+"""
+
 _SEND_AND_ECHO = """
 import socket, sys
 n = int(sys.argv[3])
@@ -204,13 +222,18 @@ async def test_strict_workload_gets_zero_bytes_from_an_unenrolled_client(tmp_pat
             )  # fmt: skip
             try:
                 await wait_port(server, 9000)
-                await run_in(client, sys.executable, "-c", _SEND_AND_ECHO, server.ip, "9000", "5000")
+                for port, attempts in (("9000", 100), ("15008", 20)):  # catalogue 1: plain TCP, and
+                    # plain bytes where TLS is expected
+                    code, out, err = await run_in(
+                        client, sys.executable, "-c", _PLAIN_ATTEMPTS, server.ip, port, str(attempts)
+                    )
+                    assert code == 0, err
+                    echoed, slowest = out.split()
+                    assert echoed == "0" and float(slowest) < 1.0, (port, out)
                 await asyncio.sleep(0.3)
                 assert not count.exists(), f"the STRICT app received {count.read_text()} bytes"
-                assert (
-                    metric_total(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY")
-                    >= 1
-                )
+                closed = "istio_tcp_connections_closed_total"
+                assert metric_total(mesh.registry, closed, response_flags="DENY") == 100
             finally:
                 sink.terminate()
                 await sink.wait()
