@@ -81,16 +81,15 @@ import socket, sys, time
 echoed, slowest = 0, 0.0
 for _ in range(int(sys.argv[3])):
     started = time.monotonic()
-    s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
-    s.settimeout(5)
-    try:
-        s.sendall(b"x" * 1024)
-        while chunk := s.recv(65536):
-            echoed += len(chunk)
+    try:  # refused, reset or closed: each is a refusal
+        with socket.create_connection((sys.argv[1], int(sys.argv[2])), 5) as s:
+            s.settimeout(5)
+            s.sendall(b"x" * 1024)
+            while chunk := s.recv(65536):
+                echoed += len(chunk)
     except OSError:
         pass
     slowest = max(slowest, time.monotonic() - started)
-    s.close()
 print(echoed, round(slowest, 3))
 """
 
