@@ -109,19 +109,33 @@ print(got)
 """
 
 _HOLD = """
-import socket, sys, time
-s = socket.create_connection((sys.argv[1], 9000), 5)
-s.sendall(b"hi\\n")
-s.recv(16)
+import selectors, socket, sys, time
+held = []
+for _ in range(int(sys.argv[2])):
+    s = socket.create_connection((sys.argv[1], 9000), 5)
+    s.sendall(b"hi\\n")
+    s.recv(16)
+    s.setblocking(False)
+    held.append(s)
 t = time.time()
-s.settimeout(10)
-try:
-    data = s.recv(16)
-except (ConnectionError, TimeoutError):
-    data = b""
-print(round(time.time() - t, 2), len(data))
+sel = selectors.DefaultSelector()
+for s in held:
+    sel.register(s, selectors.EVENT_READ)
+received, last = 0, 0.0
+while sel.get_map() and time.time() - t < 10:
+    for key, _ in sel.select(timeout=1):
+        try:
+            data = key.fileobj.recv(16)
+        except ConnectionError:
+            data = b""
+        received += len(data)
+        if not data:
+            sel.unregister(key.fileobj)
+            last = time.time() - t
+print(round(last, 2), received, len(sel.get_map()))
 """
-"""A client that keeps one connection open and reports how long until it was closed, and what came."""
+"""A client that keeps N connections open (each used once) and reports how long until the last was
+closed, what came after, and how many stayed open."""
 
 _SINK = """
 import socket, sys
@@ -284,17 +298,17 @@ async def test_ip_mismatch_is_400(pods: list[Pod], tmp_path: Path) -> None:
 async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: Path) -> None:
     client, server = pods
     async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
-        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip))
-        await _eventually(lambda: len(mesh.ctx.registry) == 1)
+        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip, "50"))
+        await _eventually(lambda: len(mesh.ctx.registry) == 50)  # catalogue 10: 50 live connections
         deny = Authorization(
             "deny-all", "demo", Scope.NAMESPACE, Action.DENY, (((Match(destination_ports=(9000,)),),),)
         )
         state = local_state(pods)
         closed = mesh.ctx.apply_state(ProxyState.build(workloads=state.workloads.values(), policies=[deny]))
-        assert closed == 1
+        assert closed == 50
         _, out, err = await holder
-        waited, received = out.split()
-        assert float(waited) < 2.0 and received == "0", (out, err)
+        waited, received, still_open = out.split()
+        assert float(waited) < 2.0 and received == "0" and still_open == "0", (out, err)
 
 
 async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
@@ -337,11 +351,11 @@ async def test_admin_config_dump_and_ztunnel_config_views(pods: list[Pod], tmp_p
 async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
     pods: list[Pod], tmp_path: Path
 ) -> None:
-    """SIGTERM's drain: listeners close at once, a live tunnel is closed at the deadline (catalogue 27)."""
+    """SIGTERM's drain: listeners close at once, 50 live tunnels are closed at the deadline (catalogue 27)."""
     client, server = pods
     async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
-        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip))
-        await _eventually(lambda: len(mesh.ctx.registry) == 1)
+        holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip, "50"))
+        await _eventually(lambda: len(mesh.ctx.registry) == 50)  # 50 live tunnels
         started = asyncio.get_running_loop().time()
         drain = asyncio.ensure_future(mesh.manager.stop_all(deadline=1.0))
         await asyncio.sleep(0.2)
@@ -350,8 +364,8 @@ async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
         await asyncio.wait_for(drain, 5)
         assert asyncio.get_running_loop().time() - started < 2.5
         _, out, err = await holder
-        waited, received = out.split()
-        assert float(waited) < 3.0 and received == "0", (out, err)
+        waited, received, still_open = out.split()
+        assert float(waited) < 3.0 and received == "0" and still_open == "0", (out, err)
 
 
 _KEEP_TALKING = """
