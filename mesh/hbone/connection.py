@@ -150,7 +150,7 @@ class H2Connection(Inbound):
 
     def send_connect(self, authority: str, headers: Sequence[tuple[str, str]] = ()) -> int:
         """Client: opens a CONNECT stream to ``authority`` (``ip:port``) and returns its id."""
-        pseudo = [(b":method", b"CONNECT"), (b":authority", _authority_bytes(authority))]
+        pseudo = [(b":method", b"CONNECT"), (b":authority", _authority(authority))]
         return self._open_stream(pseudo, headers, end_stream=False)
 
     def send_request(
@@ -172,8 +172,8 @@ class H2Connection(Inbound):
         pseudo = [
             (b":method", _ascii_token(method)),
             (b":scheme", scheme.encode("ascii")),
-            (b":authority", _authority_bytes(authority)),
-            (b":path", _authority_bytes(path)),
+            (b":authority", _authority(authority)),
+            (b":path", _pseudo_value(path, what="path", example="/package.Service/Method")),
         ]
         return self._open_stream(pseudo, headers, end_stream=end_stream)
 
@@ -365,11 +365,18 @@ def _ascii_token(method: str) -> bytes:
     return method.encode("ascii")
 
 
-def _authority_bytes(authority: str) -> bytes:
+def _authority(authority: str) -> bytes:
+    return _pseudo_value(authority, what="authority", example="10.0.0.2:8080")
+
+
+def _pseudo_value(value: str, *, what: str, example: str) -> bytes:
+    """A pseudo-header value (``:authority``, ``:path``): ASCII, not empty, no spaces or controls."""
     try:
-        raw = authority.encode("ascii")
+        raw = value.encode("ascii")
     except UnicodeEncodeError as err:
-        raise H2UsageError(f"authority {authority!r} is not ASCII", hint="pass ip:port") from err
+        raise H2UsageError(f"{what} {value!r} is not ASCII", hint=f"pass e.g. {example}") from err
     if not raw or any(c <= 0x20 or c == 0x7F for c in raw):
-        raise H2UsageError(f"authority {authority!r} is empty or has spaces/control characters")
+        raise H2UsageError(
+            f"{what} {value!r} is empty or has spaces/control characters", hint=f"pass e.g. {example}"
+        )
     return raw
