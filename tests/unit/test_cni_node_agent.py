@@ -3,6 +3,7 @@ enrollment steps, fail closed, label changes, deletes and restart recovery, as s
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import Iterable, Mapping
@@ -39,7 +40,7 @@ class FakeSource:
         self.fresh: dict[str, PodInfo] = {}  # pods a direct read sees but the cached view not yet
 
     def pods(self) -> Mapping[str, PodInfo]:
-        return self.view
+        return dict(self.view)  # a snapshot, as LabPodSource replaces its mapping on each refresh
 
     def version(self) -> int:
         return self.view_version
@@ -232,6 +233,35 @@ async def test_a_stale_view_does_not_undo_a_fresh_add(tmp_path: Path) -> None:
     w.source.view_version = 5  # the view caught up and the pod is really gone
     await w.agent.reconcile()
     assert w.journal == [f"zds del {UID}"] and w.agent.records == {}
+
+
+async def test_a_reconcile_that_waited_for_an_add_judges_by_the_view_it_started_with(tmp_path: Path) -> None:
+    """A reconcile pass takes the view (version 1, without the new pod), then waits for the pod's lock
+    while its CNI ADD is with ztunnel; meanwhile the view refreshes to version 6 with the pod. The pod
+    is missing from the pass's view, but that view is older than the ADD, so the pod is kept."""
+    w = _world(tmp_path)
+    pod = w.source.view.pop("u1")
+    w.source.fresh["u1"] = dataclasses.replace(pod, resource_version=5)
+    with_ztunnel, ack = asyncio.Event(), asyncio.Event()
+    zds_add = w.zds.add
+
+    async def slow_add(workload: ZdsWorkload) -> None:
+        with_ztunnel.set()
+        await ack.wait()
+        await zds_add(workload)
+
+    w.zds.add = slow_add  # type: ignore[method-assign]
+    adding = asyncio.create_task(w.agent.handle(_add(w)))
+    await with_ztunnel.wait()
+    reconciling = asyncio.create_task(w.agent.reconcile())
+    await asyncio.sleep(0)  # the pass has its view and waits for u1's lock
+    w.source.view["u1"] = dataclasses.replace(pod, resource_version=6)
+    w.source.view_version = 6
+    ack.set()
+    assert (await adding).ok
+    await reconciling
+    assert w.agent.records["u1"].phase == "enabled"
+    assert f"zds del {UID}" not in w.journal
 
 
 async def test_cni_del_forgets_the_pod(tmp_path: Path) -> None:

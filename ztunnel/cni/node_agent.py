@@ -288,12 +288,15 @@ class NodeAgent:
 
     async def reconcile(self) -> None:
         """One pass over the known pods: enroll, release or forget as the source now says."""
+        # The view and its version are taken together: the pass may wait on a pod's lock while the
+        # source refreshes, and judging an old view by a newer version would forget a fresh pod.
         pods: Mapping[str, PodInfo] = self._source.pods()
+        version = self._source.version()
         for uid in sorted(self.records):
             async with self._lock(uid):
                 rec = self.records.get(uid)
                 pod = pods.get(uid)
-                action = decide(rec, pod, now=self._clock.monotonic(), view_version=self._source.version())
+                action = decide(rec, pod, now=self._clock.monotonic(), view_version=version)
                 if rec is None or action is Action.NONE:
                     continue
                 await self._act(action, rec, pod)
