@@ -11,16 +11,14 @@ it names, as ztunnel's secret manager does:
 
 from __future__ import annotations
 
+import binascii
 import enum
 import random
+import re
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 
 __all__ = [
     "BACKOFF_CAP",
@@ -36,11 +34,11 @@ __all__ = [
     "fetch_started",
     "fetch_succeeded",
     "is_usable",
-    "load_pem_chain",
     "next_backoff",
-    "parse_cert_chain",
     "phase",
     "refresh_at",
+    "split_ca_answer",
+    "split_pem_certificates",
     "start",
 ]
 
@@ -55,94 +53,87 @@ BACKOFF_JITTER = 0.2
 MIN_REFRESH_DELAY = 1.0
 """A fresh certificate is never refreshed sooner than this, whatever its lifetime (no busy loop)."""
 
-
-_PEM = serialization.Encoding.PEM
+_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
 
 
 @dataclass(frozen=True, slots=True)
 class IssuedCertificate:
     """A workload certificate with its private key, as issued by the CA and verified by the client.
 
-    ``intermediates`` sit between ``leaf`` and a root; ``roots`` is the trust bundle the CA sent (one or
-    more roots), which peers' chains are checked against. Times are Unix seconds.
+    All PEM: ``chain_pem`` is the leaf then its intermediates (what a TLS endpoint presents),
+    ``roots_pem`` the trust bundle the CA sent (one or more roots), which peers' chains are checked
+    against, ``key_pem`` the unencrypted PKCS#8 private key (never shown by ``repr``). ``serial`` and
+    the times (Unix seconds) are the leaf's.
     """
 
     identity: WorkloadIdentity
-    key: ec.EllipticCurvePrivateKey
-    leaf: x509.Certificate
-    intermediates: tuple[x509.Certificate, ...]
-    roots: tuple[x509.Certificate, ...]
+    key_pem: bytes = field(repr=False)
+    chain_pem: bytes
+    roots_pem: bytes
+    serial: int
     not_before: float
     not_after: float
-
-    @property
-    def serial(self) -> int:
-        """The leaf's serial number."""
-        return self.leaf.serial_number
 
     @property
     def validity(self) -> Validity:
         """The leaf's validity window."""
         return Validity(self.not_before, self.not_after)
 
-    def key_pem(self) -> bytes:
-        """The private key as unencrypted PKCS#8 PEM (for ``SSLContext.load_cert_chain``)."""
-        return self.key.private_bytes(_PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
 
-    def chain_pem(self) -> bytes:
-        """The leaf then the intermediates, as PEM: what a TLS endpoint presents."""
-        return b"".join(c.public_bytes(_PEM) for c in (self.leaf, *self.intermediates))
-
-    def roots_pem(self) -> bytes:
-        """The trust bundle as PEM (for ``SSLContext.load_verify_locations(cadata=...)``)."""
-        return b"".join(c.public_bytes(_PEM) for c in self.roots)
-
-
-def load_pem_chain(pem: bytes | str, *, what: str) -> tuple[x509.Certificate, ...]:
-    """Every certificate in a PEM bundle; raises ValueError naming ``what`` when it is not PEM."""
+def split_pem_certificates(pem: bytes | str, *, what: str) -> tuple[bytes, ...]:
+    """Each certificate of a PEM bundle, as its own PEM block; raises ValueError naming ``what`` when
+    the bundle holds another kind of PEM block or a block that is not base64. Text between blocks is
+    ignored, as OpenSSL does."""
     data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
-    if b"-----BEGIN" not in data:
-        return ()
-    try:
-        return tuple(x509.load_pem_x509_certificates(data))
-    except ValueError as err:
-        raise ValueError(f"{what} is not valid PEM ({err})") from err
+    certificates = []
+    for block in _PEM_BLOCK.finditer(data):
+        label, body = block.group(1).decode("ascii"), block.group(2)
+        if label != "CERTIFICATE":
+            raise ValueError(f"{what} holds a {label} block; only certificates belong there")
+        try:
+            der = binascii.a2b_base64(b"".join(body.split()), strict_mode=True)
+        except binascii.Error as err:
+            raise ValueError(f"{what} is not valid PEM: a certificate is not base64 ({err})") from err
+        if not _is_one_der_sequence(der):
+            raise ValueError(f"{what} is not valid PEM: a certificate block does not hold one DER structure")
+        certificates.append(block.group(0) + b"\n")
+    return tuple(certificates)
 
 
-def parse_cert_chain(
-    chain: Sequence[str], *, identity: WorkloadIdentity, key: ec.EllipticCurvePrivateKey
-) -> IssuedCertificate:
-    """Splits a CreateCertificate answer: leaf first, intermediates, the last element the root bundle.
+def _is_one_der_sequence(der: bytes) -> bool:
+    """Whether ``der`` is exactly one DER SEQUENCE (what every certificate is); TLS parses the rest."""
+    if len(der) < 2 or der[0] != 0x30:
+        return False
+    if der[1] < 0x80:
+        header, length = 2, der[1]
+    else:
+        size = der[1] & 0x7F
+        if not 1 <= size <= 4 or len(der) < 2 + size:
+            return False
+        header, length = 2 + size, int.from_bytes(der[2 : 2 + size], "big")
+    return header + length == len(der)
 
-    Checks only the shape and that the leaf certifies ``key``; the caller verifies the chain and identity.
-    Raises ValueError saying what is wrong.
+
+def split_ca_answer(chain: Sequence[str]) -> tuple[bytes, bytes]:
+    """Splits a CreateCertificate answer into (leaf then intermediates, root bundle), as PEM.
+
+    The answer is the leaf first, any intermediates, and the root bundle last. Checks only the shape;
+    the caller verifies the chain and the identity. Raises ValueError saying what is wrong.
     """
     if len(chain) < 2:
         raise ValueError(
             f"the answer holds {len(chain)} PEM elements; expected the leaf, then the root bundle"
         )
-    leaves = load_pem_chain(chain[0], what="the leaf (element 0)")
+    leaves = split_pem_certificates(chain[0], what="the leaf (element 0)")
     if len(leaves) != 1:
         raise ValueError(f"element 0 holds {len(leaves)} certificates; expected exactly the leaf")
-    intermediates = tuple(
-        c for i, pem in enumerate(chain[1:-1], 1) for c in load_pem_chain(pem, what=f"element {i}")
-    )
-    roots = load_pem_chain(chain[-1], what="the root bundle (last element)")
+    intermediates = [
+        c for i, pem in enumerate(chain[1:-1], 1) for c in split_pem_certificates(pem, what=f"element {i}")
+    ]
+    roots = split_pem_certificates(chain[-1], what="the root bundle (last element)")
     if not roots:
         raise ValueError("the root bundle (last element) holds no certificate")
-    leaf = leaves[0]
-    spki = serialization.PublicFormat.SubjectPublicKeyInfo
-    if leaf.public_key().public_bytes(_PEM, spki) != key.public_key().public_bytes(_PEM, spki):
-        raise ValueError("the leaf certifies another public key than the one in the CSR")
-    return IssuedCertificate(
-        identity=identity,
-        key=key,
-        leaf=leaf,
-        intermediates=intermediates,
-        roots=roots,
-        not_before=leaf.not_valid_before_utc.timestamp(),
-        not_after=leaf.not_valid_after_utc.timestamp(),
-    )
+    return b"".join((*leaves, *intermediates)), b"".join(roots)
 
 
 @dataclass(frozen=True, slots=True)

@@ -208,17 +208,18 @@ def describe(issued: IssuedCertificate, *, now: float) -> list[str]:
     """The lines printed about an issued certificate: identity, TTL, serial, issuer and the chain."""
     lifetime = issued.not_after - issued.not_before
     left = issued.not_after - now
+    leaf, *intermediates = load_pem_certificates(issued.chain_pem)
     lines = [
         f"   SPIFFE identity : {issued.identity.uri}",
         f"   TTL             : {TTL_SECONDS} s requested; valid {_when(issued.not_before)} .. "
         f"{_when(issued.not_after)} ({lifetime:.0f} s incl. clock-skew backdating), expires in {_span(left)}",
         f"   serial          : {issued.serial:x}",
-        f"   issuer          : {issued.leaf.issuer.rfc4514_string()}",
+        f"   issuer          : {leaf.issuer.rfc4514_string()}",
         "   chain (leaf, intermediates, then the trust bundle):",
     ]
-    lines += [_chain_line("leaf", issued.leaf)]
-    lines += [_chain_line(f"intermediate {i}", c) for i, c in enumerate(issued.intermediates, 1)]
-    lines += [_chain_line(f"root {i}", c) for i, c in enumerate(issued.roots, 1)]
+    lines += [_chain_line("leaf", leaf)]
+    lines += [_chain_line(f"intermediate {i}", c) for i, c in enumerate(intermediates, 1)]
+    lines += [_chain_line(f"root {i}", c) for i, c in enumerate(load_pem_certificates(issued.roots_pem), 1)]
     return lines
 
 
@@ -257,7 +258,9 @@ async def _issue_and_verify(ws: Workspace, istiod: IstiodProcess, out: TextIO) -
         issued = await client.fetch(WORKLOAD, impersonate=True, ttl_seconds=TTL_SECONDS)
         now = time.time()
         verified = verify_workload_chain(
-            (issued.leaf, *issued.intermediates), roots=roots, now=dt.datetime.fromtimestamp(now, tz=dt.UTC)
+            load_pem_certificates(issued.chain_pem),
+            roots=roots,
+            now=dt.datetime.fromtimestamp(now, tz=dt.UTC),
         )
         print(f"   issued, and verified against the root {_fingerprint(roots[0])}: {verified.uri}", file=out)
         for line in describe(issued, now=now):

@@ -98,5 +98,5 @@ class NodeContext:
 
 def _material(cert: IssuedCertificate) -> TlsMaterial:
     return TlsMaterial(
-        identity=cert.identity, key_pem=cert.key_pem(), chain_pem=cert.chain_pem(), roots_pem=cert.roots_pem()
+        identity=cert.identity, key_pem=cert.key_pem, chain_pem=cert.chain_pem, roots_pem=cert.roots_pem
     )

@@ -4,29 +4,28 @@
 checked against the configured root bundle and server name) with ``authorization: Bearer <token>`` and
 ``clusterid`` metadata, and ``ImpersonatedIdentity`` in the request metadata when a node agent asks for a
 pod's identity. The answer is accepted only when its chain verifies against the returned roots *and* the
-configured roots, and names exactly the requested identity: anything else fails closed.
+configured roots, and names exactly the requested identity: anything else fails closed. Both checks are
+TLS handshakes of the new credentials with themselves (:func:`mesh.rt.tls.self_check`), so a certificate
+is accepted only if every peer will accept it; the key and the CSR come from the OpenSSL ``ssl`` uses
+(:mod:`mesh.rt.csr`): the data plane loads no other crypto library.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Callable
 from pathlib import Path
 
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
 from google.protobuf import struct_pb2
 from google.protobuf.message import DecodeError
 
 from mesh.api.istio.v1.auth import ca_pb2
-from mesh.certs import IssuedCertificate, load_pem_chain, parse_cert_chain
-from mesh.clock import Clock
+from mesh.certs import IssuedCertificate, split_ca_answer, split_pem_certificates
 from mesh.errors import ConfigError, MeshError
-from mesh.identity import IdentityError, WorkloadIdentity, verify_workload_chain
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rpc import RpcError, StatusCode
-from mesh.rt.clock import SystemClock
+from mesh.rt.csr import new_key_and_csr
 from mesh.rt.rpc import RpcChannel, client_tls
+from mesh.rt.tls import PeerRejectedError, TlsMaterial, TlsSetupError, self_check
 
 __all__ = [
     "DEFAULT_CA_SERVER_NAME",
@@ -37,7 +36,6 @@ __all__ = [
     "CaResponseInvalid",
     "CaUnavailable",
     "IssuedCertificate",
-    "build_csr",
     "token_from_file",
 ]
 
@@ -78,20 +76,6 @@ class CaResponseInvalid(CaError):  # noqa: N818 (names of the API)
     """The CA answered, but its chain does not verify or names another identity: the answer is refused."""
 
 
-def build_csr(identity: WorkloadIdentity) -> tuple[ec.EllipticCurvePrivateKey, str]:
-    """A fresh ECDSA P-256 key and a PEM CSR whose only SAN is ``identity``'s SPIFFE URI (SHA-256)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]), critical=False
-        )
-        .sign(key, hashes.SHA256())
-    )
-    return key, csr.public_bytes(serialization.Encoding.PEM).decode("ascii")
-
-
 def token_from_file(path: Path) -> Callable[[], str]:
     """A token source reading ``path`` on every call (projected tokens rotate on disk)."""
 
@@ -124,13 +108,11 @@ class CaClient:
         cluster_id: str = DEFAULT_CLUSTER_ID,
         server_name: str = DEFAULT_CA_SERVER_NAME,
         timeout: float = 10.0,
-        clock: Clock | None = None,
     ) -> None:
-        self._roots = _configured_roots(roots_pem)
+        self._roots_pem = _configured_roots(roots_pem)
         self._token = token
         self._cluster_id = cluster_id
         self._timeout = timeout
-        self._clock = clock or SystemClock()
         try:
             self._channel = RpcChannel(address, tls=client_tls(roots_pem), server_name=server_name)
         except ValueError as err:
@@ -145,7 +127,7 @@ class CaClient:
         Raises a :class:`CaError` subclass when the CA is unreachable, refuses, or answers with a chain that
         does not verify or names another identity; ConfigError when the token cannot be read.
         """
-        key, csr_pem = build_csr(identity)
+        key_pem, csr_pem = new_key_and_csr(identity)
         request = ca_pb2.IstioCertificateRequest(csr=csr_pem, validity_duration=ttl_seconds)
         if impersonate:
             request.metadata.CopyFrom(_struct({"ImpersonatedIdentity": identity.uri}))
@@ -163,36 +145,44 @@ class CaClient:
                 f"the CA at {self.address} sent an answer that is not an IstioCertificateResponse: {err}",
                 hint="check that the address is istiod's CA port (15012)",
             ) from err
-        return self._accept(identity, key, list(response.cert_chain))
+        return self.accept_answer(identity, key_pem, list(response.cert_chain))
 
     async def close(self) -> None:
         """Closes the channel (idempotent)."""
         await self._channel.close()
 
-    def _accept(
-        self, identity: WorkloadIdentity, key: ec.EllipticCurvePrivateKey, chain: list[str]
+    def accept_answer(
+        self, identity: WorkloadIdentity, key_pem: bytes, chain: list[str]
     ) -> IssuedCertificate:
+        """Checks a CreateCertificate answer for the CSR of ``key_pem``: its shape, then a TLS handshake of
+        the credentials with themselves against the configured roots and against the roots it carries;
+        raises :class:`CaResponseInvalid` unless it verifies and names exactly ``identity``."""
         try:
-            issued = parse_cert_chain(chain, identity=identity, key=key)
-            now = dt.datetime.fromtimestamp(self._clock.now(), tz=dt.UTC)
-            got = verify_workload_chain(
-                (issued.leaf, *issued.intermediates),
-                roots=self._roots,
-                now=now,
-                trust_domain=identity.trust_domain,
-            )
-        except (IdentityError, ValueError) as err:
+            chain_pem, roots_pem = split_ca_answer(chain)
+            for roots in (self._roots_pem, roots_pem):
+                leaf = self_check(
+                    TlsMaterial(identity, key_pem=key_pem, chain_pem=chain_pem, roots_pem=roots)
+                )
+        except (PeerRejectedError, TlsSetupError, ValueError) as err:
             raise CaResponseInvalid(
-                f"the CA at {self.address} sent a certificate for {identity.uri} that does not verify: {err}",
+                f"the CA at {self.address} sent a certificate for {identity.uri} that is refused: {err}",
                 hint="check that the configured roots are this CA's root-cert.pem and that the clocks agree",
             ) from err
-        if got != identity:
+        if leaf.identity != identity:
             raise CaResponseInvalid(
-                f"the CA at {self.address} returned a certificate for {got.uri}, "
+                f"the CA at {self.address} returned a certificate for {leaf.identity.uri}, "
                 f"not the requested {identity.uri}",
                 hint="the certificate was refused; check the CA's impersonation rules and its version",
             )
-        return issued
+        return IssuedCertificate(
+            identity=identity,
+            key_pem=key_pem,
+            chain_pem=chain_pem,
+            roots_pem=roots_pem,
+            serial=leaf.serial,
+            not_before=leaf.not_before,
+            not_after=leaf.not_after,
+        )
 
     def _status_error(self, err: RpcError, identity: WorkloadIdentity) -> CaError:
         code, details = err.code, err.details
@@ -216,15 +206,15 @@ _REJECT_HINTS = {
 }
 
 
-def _configured_roots(roots_pem: bytes) -> tuple[x509.Certificate, ...]:
+def _configured_roots(roots_pem: bytes) -> bytes:
     hint = "pass the CA's root-cert.pem (the istio-ca-root-cert ConfigMap in Kubernetes)"
     try:
-        roots = load_pem_chain(roots_pem, what="the configured CA root bundle")
+        roots = split_pem_certificates(roots_pem, what="the configured CA root bundle")
     except ValueError as err:
         raise ConfigError(str(err), hint=hint) from err
     if not roots:
         raise ConfigError("the configured CA root bundle holds no certificate", hint=hint)
-    return roots
+    return b"".join(roots)
 
 
 def _struct(values: dict[str, str]) -> struct_pb2.Struct:

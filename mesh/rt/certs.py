@@ -277,7 +277,7 @@ class CertificateManager:
             next_attempt=entry.state.next_attempt,
             failures=entry.state.failures,
             last_error=entry.state.last_error,
-            chain_pem="" if cert is None else cert.chain_pem().decode(),
+            chain_pem="" if cert is None else cert.chain_pem.decode(),
         )
 
 

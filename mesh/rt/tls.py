@@ -30,11 +30,12 @@ import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from mesh.errors import MeshError
 from mesh.identity.errors import IdentityError
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.rt._openssl import openssl
 
 __all__ = [
     "ALPN_H2",
@@ -43,9 +44,11 @@ __all__ = [
     "PeerRejectedError",
     "TlsMaterial",
     "TlsSetupError",
+    "VerifiedLeaf",
     "client_context",
     "peer_identity",
     "restrict_tls13_suites",
+    "self_check",
     "server_context",
     "verify_client_peer",
     "verify_server_peer",
@@ -181,7 +184,7 @@ def restrict_tls13_suites(ctx: ssl.SSLContext) -> None:
 
 
 def _set_ciphersuites_ctypes(ctx: ssl.SSLContext) -> None:
-    lib = _libssl()
+    lib = openssl()
     # PySSLContext starts with PyObject_HEAD followed by the SSL_CTX pointer.
     ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
     if not ptr or lib.SSL_CTX_get_options(ptr) != ctx.options:
@@ -191,23 +194,6 @@ def _set_ciphersuites_ctypes(ctx: ssl.SSLContext) -> None:
         )
     if lib.SSL_CTX_set_ciphersuites(ptr, ":".join(TLS13_SUITES).encode()) != 1:
         raise TlsSetupError("OpenSSL refused the AES-GCM TLS 1.3 suites", hint="check the OpenSSL build")
-
-
-_LIBSSL: ctypes.CDLL | None = None
-
-
-def _libssl() -> ctypes.CDLL:
-    global _LIBSSL  # noqa: PLW0603 - one handle per process, resolved once
-    if _LIBSSL is None:
-        import _ssl  # noqa: PLC0415 - the extension module links the same libssl
-
-        lib = ctypes.CDLL(_ssl.__file__)
-        lib.SSL_CTX_get_options.restype = ctypes.c_uint64
-        lib.SSL_CTX_get_options.argtypes = [ctypes.c_void_p]
-        lib.SSL_CTX_set_ciphersuites.restype = ctypes.c_int
-        lib.SSL_CTX_set_ciphersuites.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
-        _LIBSSL = lib
-    return _LIBSSL
 
 
 def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> WorkloadIdentity:
@@ -265,6 +251,71 @@ def verify_client_peer(ssl_object: ssl.SSLObject | ssl.SSLSocket, *, trust_domai
             reason="trust_domain_mismatch",
         )
     return identity
+
+
+class VerifiedLeaf(NamedTuple):
+    """What :func:`self_check` read from a leaf that verified. Times are Unix seconds."""
+
+    identity: WorkloadIdentity
+    serial: int
+    not_before: float
+    not_after: float
+
+
+_SELF_CHECK_ROUNDS = 4
+"""Flights a TLS 1.3 handshake with client certificates needs between two ends, with room to spare."""
+
+
+def self_check(material: TlsMaterial) -> VerifiedLeaf:
+    """Proves ``material`` works as peers will see it: a TLS handshake of it with itself, in memory.
+
+    Both ends are built by :func:`server_context` and :func:`client_context`, as for live connections,
+    so OpenSSL verifies the chain against ``material``'s roots exactly as every peer will (signatures
+    up to a root, validity now, CA constraints, key usage, the server and the client purposes) and
+    the key must match the leaf; then both ends run the SPIFFE checks of :func:`peer_identity`.
+    Raises :class:`PeerRejectedError` (the chain or the SPIFFE ID is refused) or
+    :class:`TlsSetupError` (the key, chain or roots cannot be loaded).
+    """
+    client_in, client_out, server_in, server_out = (ssl.MemoryBIO() for _ in range(4))
+    client = client_context(material).wrap_bio(client_in, client_out)
+    server = server_context(material).wrap_bio(server_in, server_out, server_side=True)
+    pending = [client, server]
+    for _ in range(_SELF_CHECK_ROUNDS):
+        for end in list(pending):
+            try:
+                end.do_handshake()
+            except ssl.SSLWantReadError:
+                continue
+            except ssl.SSLCertVerificationError as exc:
+                raise PeerRejectedError(
+                    f"the certificate of {material.identity} does not verify: {exc.verify_message}",
+                    reason="chain",
+                    hint="peers check the chain against the same roots; this one would be refused",
+                ) from exc
+            except ssl.SSLError as exc:
+                raise PeerRejectedError(
+                    f"a TLS handshake with the certificate of {material.identity} fails: {exc}",
+                    reason="handshake",
+                ) from exc
+            pending.remove(end)
+        server_in.write(client_out.read())
+        client_in.write(server_out.read())
+        if not pending:
+            break
+    else:
+        raise PeerRejectedError(
+            f"a TLS handshake with the certificate of {material.identity} did not finish",
+            reason="handshake",
+        )
+    identity = verify_client_peer(server, trust_domain=material.identity.trust_domain)
+    verify_server_peer(client, frozenset({identity}))
+    leaf = client.getpeercert() or {}  # filled: verify_server_peer just read it
+    return VerifiedLeaf(
+        identity,
+        serial=int(str(leaf["serialNumber"]), 16),
+        not_before=float(ssl.cert_time_to_seconds(str(leaf["notBefore"]))),
+        not_after=float(ssl.cert_time_to_seconds(str(leaf["notAfter"]))),
+    )
 
 
 class ContextCache:

@@ -80,14 +80,18 @@ async def test_node_agent_gets_a_verified_certificate_for_a_pod_on_its_node(ca: 
         await client.close()
     assert issued.identity == _SERVER
     assert ca.istiod is not None
-    assert issued.roots == ca.istiod.authority.roots
+    roots = tuple(x509.load_pem_x509_certificates(issued.roots_pem))
+    assert roots == ca.istiod.authority.roots
+    leaf, *_ = x509.load_pem_x509_certificates(issued.chain_pem)
     now = dt.datetime.now(dt.UTC)
-    assert verify_workload_chain([issued.leaf], roots=issued.roots, now=now, trust_domain=_TD) == _SERVER
+    assert verify_workload_chain([leaf], roots=roots, now=now, trust_domain=_TD) == _SERVER
+    assert issued.serial == leaf.serial_number
+    assert issued.not_after == leaf.not_valid_after_utc.timestamp()
     assert abs(issued.not_after - (time.time() + 3600)) < 5, "the requested TTL is honoured"
-    sans = issued.leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert [n.value for n in sans] == [_SERVER.uri]
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.load_verify_locations(cadata=issued.roots_pem().decode())
+    context.load_verify_locations(cadata=issued.roots_pem.decode())
     assert len(context.get_ca_certs()) == 1
 
 

@@ -9,14 +9,13 @@ import itertools
 import random
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
 from mesh.certs import BACKOFF_CAP, CertPhase, IssuedCertificate
 from mesh.errors import MeshError
 from mesh.identity import WorkloadIdentity
 from mesh.rt.certs import CertificateManager, NoValidCertificate
 from mesh.testing.clock import FakeClock
-from mesh.testing.pki import TestPki
+from mesh.testing.pki import TestPki, cert_pem
 
 _SERVER = WorkloadIdentity("cluster.local", "demo", "server")
 _CLIENT = WorkloadIdentity("cluster.local", "demo", "client")
@@ -76,17 +75,16 @@ class FakeCa:
         if not self.up:
             raise CaDownError("the fake CA is down", hint="bring it up")
         issued_for = _CLIENT if self.wrong_identity else identity
-        key = ec.generate_private_key(ec.SECP256R1())
         start = dt.datetime.fromtimestamp(self.clock.now(), tz=dt.UTC)
         leaf = self.pki.issue_leaf(
-            issued_for.uri, key=key, not_before=start, not_after=start + dt.timedelta(seconds=self.ttl)
+            issued_for.uri, not_before=start, not_after=start + dt.timedelta(seconds=self.ttl)
         )
         return IssuedCertificate(
             identity=issued_for,
-            key=key,
-            leaf=leaf.cert,
-            intermediates=(),
-            roots=(self.pki.root.cert,),
+            key_pem=leaf.key_pem,
+            chain_pem=cert_pem(leaf.cert),
+            roots_pem=cert_pem(self.pki.root.cert),
+            serial=leaf.cert.serial_number,
             not_before=leaf.cert.not_valid_before_utc.timestamp(),
             not_after=leaf.cert.not_valid_after_utc.timestamp(),
         )
