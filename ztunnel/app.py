@@ -27,7 +27,7 @@ from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager, NoValidCertificate
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
-from mesh.rt.hbone.memory import tune_malloc
+from mesh.rt.hbone.memory import trim_when_idle, tune_malloc
 from mesh.rt.http import Handler, HttpServer
 from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
@@ -195,7 +195,7 @@ class Ztunnel:
         if self.args.local_config:
             self.ctx.apply_state(load_local_config(self.args.local_config))
         await self._start_http()
-        tasks = [loop.create_task(self._manage_pods_once_configured())]
+        tasks = [loop.create_task(self._manage_pods_once_configured()), loop.create_task(trim_when_idle())]
         if self.xds is not None:
             tasks.append(loop.create_task(self.xds.run()))
         self.ctx.log.info("ztunnel.started", zds=self.args.zds_socket, xds=self.args.xds_address)
