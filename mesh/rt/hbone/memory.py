@@ -60,7 +60,7 @@ def malloc_trim() -> bool:
 
 async def trim_when_idle(
     *,
-    interval: float = 10.0,
+    interval: float = 5.0,
     busy_share: float = 0.02,
     cpu: Callable[[], float] = time.process_time,
     trim: Callable[[], bool] = malloc_trim,
