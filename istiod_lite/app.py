@@ -27,7 +27,6 @@ from typing import Any
 
 import grpc
 import structlog
-from prometheus_client import CollectorRegistry
 
 from istiod_lite.ca.auth import Authenticator, LabTokenAuthenticator
 from istiod_lite.ca.authority import SigningAuthority
@@ -50,7 +49,7 @@ from mesh.rt.drain import Drain
 from mesh.rt.http import Handler, HttpReply, HttpServer, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
-from mesh.rt.metrics import build_registry, render
+from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
 
 __all__ = ["Istiod", "IstiodSettings", "build_server", "load_authority", "main", "parse_args"]
 
@@ -99,7 +98,7 @@ class Istiod:
         grpc_server: grpc.aio.Server,
         serving: ServingCertificates,
         log: structlog.typing.FilteringBoundLogger,
-        registry: CollectorRegistry | None = None,
+        registry: Registry | None = None,
     ) -> None:
         self.settings = settings
         self.authority = authority
@@ -171,7 +170,7 @@ class Istiod:
 
     def _metrics_page(self, method: str, query: Mapping[str, str]) -> HttpReply:
         assert self.registry is not None
-        return HttpReply(200, "text/plain; version=0.0.4; charset=utf-8", render(self.registry))
+        return HttpReply(200, CONTENT_TYPE, render(self.registry))
 
 
 def build_server(
@@ -182,7 +181,7 @@ def build_server(
     pods: PodIndex,
     clock: Clock,
     log: structlog.typing.FilteringBoundLogger,
-    registry: CollectorRegistry | None = None,
+    registry: Registry | None = None,
     extra_handlers: Sequence[grpc.GenericRpcHandler[Any, Any]] = (),
 ) -> Istiod:
     """Wires the CA (and any ``extra_handlers``, e.g. the config plane) into one TLS gRPC server."""

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
 from mesh.rt.logs import current_level, set_level
-from mesh.rt.metrics import render
+from mesh.rt.metrics import CONTENT_TYPE, Registry, render
 from ztunnel.context import NodeContext
 from ztunnel.dump import config_dump
 from ztunnel.manager import WorkloadManager
@@ -78,11 +76,11 @@ def admin_routes(
     return routes
 
 
-def metrics_routes(registry: CollectorRegistry) -> dict[str, Handler]:
+def metrics_routes(registry: Registry) -> dict[str, Handler]:
     """Prometheus text on ``/metrics`` and ``/stats/prometheus``, as ztunnel serves it."""
 
     def metrics(method: str, query: Mapping[str, str]) -> HttpReply:
-        return HttpReply(200, CONTENT_TYPE_LATEST, render(registry))
+        return HttpReply(200, CONTENT_TYPE, render(registry))
 
     return {"/metrics": metrics, "/stats/prometheus": metrics}
 

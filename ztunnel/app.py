@@ -21,7 +21,7 @@ from mesh.api.istio.workload import workload_pb2
 from mesh.certs import IssuedCertificate
 from mesh.convert import address_from_proto, authorization_from_proto
 from mesh.errors import MeshError
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Authorization, Service, Workload
 from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager, NoValidCertificate

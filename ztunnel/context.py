@@ -10,7 +10,7 @@ import structlog
 
 from mesh.certs import IssuedCertificate
 from mesh.clock import Clock
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import TunnelProtocol
 from mesh.rt.certs import CertificateManager
 from mesh.rt.hbone.config import HboneConfig

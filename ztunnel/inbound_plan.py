@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import IpAddress, Workload
 from mesh.policy import ConnectionAttributes, Decision, applicable_policies, authorize
 from ztunnel.plan import PROXY_PORTS

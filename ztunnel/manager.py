@@ -13,10 +13,9 @@ import random
 from collections.abc import Callable
 
 import structlog
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
 
 from mesh.api.istio.workload.zds import zds_pb2
+from mesh.rt.metrics import CounterFamily
 from ztunnel.context import NodeContext
 from ztunnel.proxy import PodInfo, PodProxy
 from ztunnel.zds import ZdsChannel, ZdsError, connect, decode_request
@@ -152,7 +151,7 @@ class WorkloadManager:
         await asyncio.gather(*(p.stop(deadline=deadline) for p in proxies), return_exceptions=True)
 
 
-class WorkloadManagerMetrics(Collector):
+class WorkloadManagerMetrics:
     """ztunnel's in-pod ``workload_manager_proxies_{started,stopped}_total``, read at scrape time.
 
     Istio's ``workload_manager_active_proxy_count`` gauge is left out: its ``_count`` suffix fails
@@ -161,18 +160,14 @@ class WorkloadManagerMetrics(Collector):
     def __init__(self, manager: WorkloadManager) -> None:
         self._manager = manager
 
-    def collect(self) -> list[CounterMetricFamily]:
-        """Proxies started and stopped since ztunnel started."""
-        manager = self._manager
-        return [
-            CounterMetricFamily(
-                "workload_manager_proxies_started",
-                "The total number of proxies that were started",
-                value=manager.proxies_started,
-            ),
-            CounterMetricFamily(
-                "workload_manager_proxies_stopped",
-                "The total number of proxies that were stopped",
-                value=manager.proxies_stopped,
-            ),
-        ]
+    def collect(self) -> list[CounterFamily]:
+        """Proxies started and stopped since ztunnel started (a ``mesh.rt.metrics.Collector``)."""
+        started = CounterFamily(
+            "workload_manager_proxies_started", "The total number of proxies that were started"
+        )
+        started.add_metric((), self._manager.proxies_started)
+        stopped = CounterFamily(
+            "workload_manager_proxies_stopped", "The total number of proxies that were stopped"
+        )
+        stopped.add_metric((), self._manager.proxies_stopped)
+        return [started, stopped]

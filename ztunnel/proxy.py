@@ -18,7 +18,7 @@ import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Workload
 from mesh.policy import ConnectionAttributes
 from mesh.rt.certs import NoValidCertificate

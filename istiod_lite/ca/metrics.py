@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from mesh.rt.metrics import Counter, Gauge, Registry
 
 __all__ = ["CaMetrics"]
 
@@ -10,7 +10,7 @@ __all__ = ["CaMetrics"]
 class CaMetrics:
     """Counters for CSRs and their outcomes, registered on the registry passed in."""
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.csr_count = Counter(
             "citadel_server_csr", "The number of CSRs received by the CA server.", registry=registry
         )

@@ -9,12 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry
-
 from istiod_lite.push.hub import Hub
 from istiod_lite.push.status import syncz
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
-from mesh.rt.metrics import render
+from mesh.rt.metrics import CONTENT_TYPE, Registry, render
 
 __all__ = ["debug_routes"]
 
@@ -28,9 +26,9 @@ def _get_only(page: Handler) -> Handler:
     return handler
 
 
-def debug_routes(hub: Hub, registry: CollectorRegistry) -> dict[str, Handler]:
+def debug_routes(hub: Hub, registry: Registry) -> dict[str, Handler]:
     """``/debug/syncz`` (JSON) and ``/metrics`` (Prometheus text), for an ``HttpServer``."""
     return {
         "/debug/syncz": _get_only(lambda _m, _q: json_reply(syncz(hub))),
-        "/metrics": _get_only(lambda _m, _q: HttpReply(200, CONTENT_TYPE_LATEST, render(registry))),
+        "/metrics": _get_only(lambda _m, _q: HttpReply(200, CONTENT_TYPE, render(registry))),
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from mesh.rt.metrics import Counter, Gauge, Histogram, Registry
 
 __all__ = ["PushMetrics", "short_type"]
 
@@ -19,7 +19,7 @@ def short_type(type_url: str) -> str:
 class PushMetrics:
     """Counters and histograms of the push side."""
 
-    def __init__(self, registry: CollectorRegistry, *, connected: Callable[[], int]) -> None:
+    def __init__(self, registry: Registry, *, connected: Callable[[], int]) -> None:
         self.pushes = Counter(
             "pilot_xds_pushes", "Delta xDS responses sent, by type.", ["type"], registry=registry
         )

@@ -6,7 +6,6 @@ import asyncio
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry
 
 from istiod_lite.ca.auth import Authenticator
 from istiod_lite.push.debounce import DebounceSettings, Sleep
@@ -16,6 +15,7 @@ from istiod_lite.push.metrics import PushMetrics
 from istiod_lite.push.server import DeltaAdsServer
 from mesh.clock import Clock
 from mesh.rt.http import Handler
+from mesh.rt.metrics import Registry
 
 __all__ = ["PushPlane"]
 
@@ -43,7 +43,7 @@ class PushPlane:
         build: BuildFn,
         *,
         clock: Clock,
-        registry: CollectorRegistry,
+        registry: Registry,
         authenticator: Authenticator | None = None,
         settings: DebounceSettings | None = None,
         sleep: Sleep = asyncio.sleep,

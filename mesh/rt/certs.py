@@ -31,7 +31,7 @@ from mesh.certs import (
 )
 from mesh.clock import Clock
 from mesh.errors import MeshError
-from mesh.identity import WorkloadIdentity
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.logs import get_logger
 
 __all__ = [

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 import grpc
 import pytest
 from google.protobuf.message import Message
-from prometheus_client import CollectorRegistry
 
 from istiod_lite.push.debounce import DebounceSettings
 from istiod_lite.push.hub import ConfigPusher, Hub
@@ -20,7 +19,7 @@ from istiod_lite.push.status import syncz
 from mesh.api.istio.security import authorization_pb2
 from mesh.api.istio.workload import workload_pb2
 from mesh.rt.clock import SystemClock
-from mesh.rt.metrics import build_registry
+from mesh.rt.metrics import Registry, build_registry
 from mesh.rt.xds import ADDRESS_TYPE_URL as ADDR
 from mesh.rt.xds import AUTHORIZATION_TYPE_URL as AUTHZ
 from mesh.testing.xds import FakeAgent
@@ -69,7 +68,7 @@ class Plane:
     source: Source
     hub: Hub
     pusher: ConfigPusher
-    registry: CollectorRegistry
+    registry: Registry
     target: str
     server: grpc.aio.Server
     task: asyncio.Task[None]

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import structlog
-from prometheus_client import CollectorRegistry
+from prometheus_client.parser import text_string_to_metric_families
 
 from istiod_lite.app import IstiodSettings, build_server
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
@@ -30,7 +30,7 @@ from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
-from mesh.rt.metrics import build_registry
+from mesh.rt.metrics import Registry, build_registry, render
 from ztunnel.cni.rules import plan_capture
 from ztunnel.context import NodeContext
 from ztunnel.local_config import parse_local_config
@@ -139,7 +139,7 @@ def local_state(pods: list[Pod], *, extra: str = "") -> ProxyState:
 class Mesh:
     ctx: NodeContext
     manager: WorkloadManager
-    registry: CollectorRegistry
+    registry: Registry
     pods: list[Pod]
 
 
@@ -264,10 +264,10 @@ async def http_server(pod: Pod, port: int = 8080) -> AsyncIterator[None]:
         await asyncio.wait_for(proc.wait(), 5)
 
 
-def metric_total(registry: object, name: str, **labels: str) -> float:
-    """The sum of ``name``'s samples whose labels include ``labels``."""
+def metric_total(registry: Registry, name: str, **labels: str) -> float:
+    """The sum of ``name``'s samples whose labels include ``labels``, read from the exposition text."""
     total = 0.0
-    for metric in registry.collect():  # type: ignore[attr-defined]
+    for metric in text_string_to_metric_families(render(registry).decode()):
         for sample in metric.samples:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 total += sample.value

@@ -9,7 +9,6 @@ import pytest
 import structlog
 from cryptography import x509
 from google.protobuf import struct_pb2
-from prometheus_client import CollectorRegistry
 from structlog.testing import capture_logs
 
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
@@ -27,6 +26,7 @@ from istiod_lite.ca.service import CaPolicy, CertificateService
 from mesh.api.istio.v1.auth import ca_pb2
 from mesh.errors import ConfigError
 from mesh.identity import WorkloadIdentity
+from mesh.rt.metrics import Registry
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import TestPki
 
@@ -41,7 +41,7 @@ def root() -> SigningAuthority:
     return create_root(trust_domain=TD, now=FakeClock().now())
 
 
-def _service(root: SigningAuthority, clock: FakeClock, registry: CollectorRegistry) -> CertificateService:
+def _service(root: SigningAuthority, clock: FakeClock, registry: Registry) -> CertificateService:
     return CertificateService(
         lambda: root,
         authenticator=LabTokenAuthenticator({"n1": Caller(ZTUNNEL, node="n1")}, clock=clock),
@@ -61,7 +61,7 @@ def _raw(csr: bytes, *, ttl: int = 600, impersonate: str = SLEEP) -> bytes:
 
 
 async def test_issue_logs_one_decision_and_counts(root: SigningAuthority) -> None:
-    clock, registry = FakeClock(), CollectorRegistry()
+    clock, registry = FakeClock(), Registry()
     service = _service(root, clock, registry)
     with capture_logs() as logs:
         answer = await service.create_certificate(_raw(TestPki.create().new_csr(SLEEP).csr_pem, ttl=7200), MD)
@@ -109,7 +109,7 @@ async def test_issue_logs_one_decision_and_counts(root: SigningAuthority) -> Non
 async def test_refusals_log_one_decision_and_count(
     root: SigningAuthority, raw: bytes, metadata: list[tuple[str, str]], error: type[CaError], counter: str
 ) -> None:
-    registry = CollectorRegistry()
+    registry = Registry()
     service = _service(root, FakeClock(), registry)
     with capture_logs() as logs, pytest.raises(error) as caught:
         await service.create_certificate(raw, metadata)
@@ -126,7 +126,7 @@ async def test_non_string_impersonation_is_invalid(root: SigningAuthority) -> No
     metadata.update({"ImpersonatedIdentity": 7})
     raw = ca_pb2.IstioCertificateRequest(csr="x", validity_duration=60, metadata=metadata).SerializeToString()
     with pytest.raises(InvalidRequestError, match="is not a string"):
-        await _service(root, FakeClock(), CollectorRegistry()).create_certificate(raw, MD)
+        await _service(root, FakeClock(), Registry()).create_certificate(raw, MD)
 
 
 async def test_unexpected_failure_is_internal_and_audited() -> None:
