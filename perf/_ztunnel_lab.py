@@ -105,9 +105,12 @@ def _fill(node: str, replicas: int) -> dict[str, Any]:
 
 
 def count_log_events(text: str) -> dict[str, int]:
-    """Counts of ``proxy.started``/``proxy.stopped``, of each warning/error event and of non-JSON lines."""
+    """Counts of ``proxy.started``/``proxy.stopped``, of each warning/error event and of non-JSON lines
+    (the lab supervisor's own ``[lab ...]`` lines, such as the start line, are not ztunnel's)."""
     counts: Counter[str] = Counter()
     for line in text.splitlines():
+        if line.startswith("[lab "):
+            continue
         try:
             entry = json.loads(line)
         except ValueError:
