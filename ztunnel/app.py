@@ -24,11 +24,11 @@ from mesh.errors import MeshError
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Authorization, Service, Workload
 from mesh.rt.ca_client import CaClient, token_from_file
-from mesh.rt.certs import CertificateManager, NoValidCertificate
+from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
 from mesh.rt.hbone.memory import trim_when_idle, tune_malloc
-from mesh.rt.http import Handler, HttpServer
+from mesh.rt.http import HttpServer, ThreadedHttpServer
 from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
@@ -36,7 +36,7 @@ from mesh.rt.metrics import build_registry
 from mesh.rt.rpc import client_tls
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
-from ztunnel.context import NodeContext
+from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import load_local_config
 from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
 from ztunnel.state import ProxyState
@@ -83,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="0.0.0.0:15020")
     p.add_argument("--readiness", default="0.0.0.0:15021")
     p.add_argument("--drain-deadline", type=float, default=5.0)
+    p.add_argument(
+        "--max-connections",
+        type=int,
+        help="downstream connections served at once; more are refused at once "
+        "(default: half the open-files limit)",
+    )
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info")
     return p
@@ -128,14 +134,16 @@ class Ztunnel:
             rng=rng,
             access_log=structlog.get_logger("access"),
             log=get_logger("ztunnel").bind(node=args.node),
+            max_connections=DEFAULT_MAX_CONNECTIONS if args.max_connections is None else args.max_connections,
         )
         self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
         self.registry.register(WorkloadManagerMetrics(self.manager))
+        self.registry.register(self.ctx.budget)
         self.xds: XdsClient | None = None
         if args.xds_address:
             self.xds = self._xds_client(roots, rng)
         self.drain = Drain(deadline=args.drain_deadline)
-        self._servers: list[HttpServer] = []
+        self._servers: list[HttpServer | ThreadedHttpServer] = []
 
     def _xds_client(self, roots: bytes, rng: random.Random) -> XdsClient:
         args = self.args
@@ -162,16 +170,15 @@ class Ztunnel:
         self.ctx.apply_state(state_from_xds(xds))
 
     def missing(self) -> list[str]:
-        """What readiness still waits for (empty when ready)."""
+        """What readiness still waits for (empty when ready). Called on the readiness thread: it only
+        reads flags and a copy of the proxies (copying a dict is atomic in CPython)."""
         missing = []
         if self.xds is not None and not self.xds.synced:
             missing.append("config not received from istiod yet")
         if not self.manager.ready:
             missing.append("not connected to the node agent")
-        for proxy in self.manager.proxies.values():
-            try:
-                self.ctx.certs.current(proxy.identity)
-            except NoValidCertificate:
+        for proxy in list(self.manager.proxies.values()):
+            if not self.ctx.certs.usable(proxy.identity):
                 missing.append(f"no certificate for {proxy.identity.uri}")
         return missing
 
@@ -213,14 +220,16 @@ class Ztunnel:
         return 0
 
     async def _start_http(self) -> None:
-        plan: list[tuple[str, str, dict[str, Handler]]] = [
-            ("--admin", self.args.admin, admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)),
-            ("--metrics", self.args.metrics, metrics_routes(self.registry)),
-            ("--readiness", self.args.readiness, readiness_routes(self.missing)),
+        # Readiness has its own thread: kubelet's probe must be answered even while a burst of
+        # connections keeps the main loop busy for longer than the probe's timeout.
+        admin = admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)
+        plan: list[tuple[str, str, HttpServer | ThreadedHttpServer]] = [
+            ("--admin", self.args.admin, HttpServer(admin)),
+            ("--metrics", self.args.metrics, HttpServer(metrics_routes(self.registry))),
+            ("--readiness", self.args.readiness, ThreadedHttpServer(readiness_routes(self.missing))),
         ]
-        for flag, address, routes in plan:
+        for flag, address, server in plan:
             host, port = _host_port(address, flag)
-            server = HttpServer(routes)
             await server.start(host, port)
             self._servers.append(server)
 
@@ -236,7 +245,11 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(fmt=args.log_format, level=args.log_level)
     tune_malloc()  # the data path's large buffers stay on the heap instead of a page fault per use
     before, after = raise_open_files_limit()
-    get_logger("ztunnel").info("ztunnel.open_files_limit", before=before, after=after)
+    if args.max_connections is None:  # each one also holds an upstream socket: stay clear of EMFILE
+        args.max_connections = max(1, after // 2)
+    get_logger("ztunnel").info(
+        "ztunnel.open_files_limit", before=before, after=after, max_connections=args.max_connections
+    )
     try:
         return run(_serve(args))
     except MeshError as exc:

@@ -15,11 +15,15 @@ from mesh.model import TunnelProtocol
 from mesh.rt.certs import CertificateManager
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.tls import TlsMaterial
-from ztunnel.connections import ConnectionRegistry
+from ztunnel.connections import ConnectionBudget, ConnectionRegistry
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import ConnectionRecord, TcpMetrics, access_log_fields
 
-__all__ = ["NodeContext"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "NodeContext"]
+
+DEFAULT_MAX_CONNECTIONS = 65536
+"""Downstream connections served at once when nothing else is configured (``ztunnel`` itself derives
+its default from the open-files limit)."""
 
 
 @dataclass(slots=True)
@@ -38,6 +42,11 @@ class NodeContext:
     state: ProxyState = field(default_factory=ProxyState.build)
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
     on_state: list[Callable[[ProxyState], None]] = field(default_factory=list)
+    max_connections: int = DEFAULT_MAX_CONNECTIONS
+    budget: ConnectionBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.budget = ConnectionBudget(self.max_connections, log=self.log, clock=self.clock)
 
     def apply_state(self, state: ProxyState) -> int:
         """Swaps in a new state, prefetches the certificates of this node's enrolled pods and closes

@@ -131,6 +131,7 @@ class PodProxy:
         task.add_done_callback(self._tasks.discard)
 
     async def _guard(self, handle: Callable[[RelayEnd], Awaitable[None]], end: RelayEnd) -> None:
+        """Runs one downstream connection's handler; it holds a place of the node's budget."""
         self.active += 1
         try:
             await handle(end)
@@ -139,6 +140,7 @@ class PodProxy:
             _reset(end)
         finally:
             self.active -= 1
+            self.ctx.budget.release()
 
     # -- outbound ---------------------------------------------------------------------------------
 
@@ -284,26 +286,40 @@ class PodProxy:
         if not isinstance(decision, Admit):
             ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
             return InboundDecision(status=decision.status)
-        try:
-            upstream = await self._app_sockets.connect(
-                (ip_text(decision.address), decision.port), source_ip=peer_host
-            )
-        except ConnectError as exc:
-            ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
+        if not ctx.budget.try_acquire():
+            ctx.connection_refused(record, started=started, flags="OM", error="too many connections")
             return InboundDecision(status=503)
-        ctx.metrics.connection_opened(record)
-        upstream_end = await _wrap(upstream)
-        stream_end = _LinkOnAttach(upstream_end)
-        attributes = ConnectionAttributes(
-            source_ip=peer_ip,
-            destination_ip=decision.address,
-            destination_port=decision.port,
-            source_trust_domain=request.peer_identity.trust_domain,
-            source_namespace=request.peer_identity.namespace,
-            source_service_account=request.peer_identity.service_account,
-        )
-        self._spawn(
-            self._track_inbound(
+        return await self._open_stream(request, decision, record, started)
+
+    async def _open_stream(
+        self, request: InboundRequest, decision: Admit, record: ConnectionRecord, started: float
+    ) -> InboundDecision:
+        """Connects an admitted stream to the app. The stream holds a place of the node's budget: its
+        relay gives it back at the end, or this does if the stream cannot start."""
+        ctx = self.ctx
+        peer_host = unmap(request.peer_address[0])
+        handed_over = False
+        try:
+            try:
+                upstream = await self._app_sockets.connect(
+                    (ip_text(decision.address), decision.port), source_ip=peer_host
+                )
+            except ConnectError as exc:
+                ctx.connection_refused(record, started=started, flags="CONNECT", error=exc.message)
+                return InboundDecision(status=503)
+            ctx.metrics.connection_opened(record)
+            upstream_end = await _wrap(upstream)
+            stream_end = _LinkOnAttach(upstream_end)
+            peer = request.peer_identity
+            attributes = ConnectionAttributes(
+                source_ip=parse_ip(peer_host),
+                destination_ip=decision.address,
+                destination_port=decision.port,
+                source_trust_domain=peer.trust_domain,
+                source_namespace=peer.namespace,
+                source_service_account=peer.service_account,
+            )
+            tracked = self._track_inbound(
                 record,
                 started=started,
                 upstream_end=upstream_end,
@@ -311,8 +327,12 @@ class PodProxy:
                 attributes=attributes,
                 workload=decision.workload,
             )
-        )
-        return InboundDecision(status=200, protocol=stream_end)
+            self._spawn(_releasing(ctx, tracked))
+            handed_over = True
+            return InboundDecision(status=200, protocol=stream_end)
+        finally:
+            if not handed_over:
+                ctx.budget.release()
 
     async def _inbound_plaintext(self, client_end: RelayEnd) -> None:
         ctx = self.ctx
@@ -392,6 +412,9 @@ class _Accepted(RelayEnd):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         super().connection_made(transport)
+        if not self._proxy.ctx.budget.try_acquire():
+            _reset(self)  # over --max-connections: refused at once, before any work
+            return
         self._proxy._spawn(self._proxy._guard(self._handle, self))
 
 
@@ -410,6 +433,14 @@ class _LinkOnAttach(RelayEnd):
         if self.peer is None and self._upstream.transport is not None:
             reset_transport(self._upstream.transport)  # the stream died before it was linked
         super().connection_lost(exc)
+
+
+async def _releasing(ctx: NodeContext, connection: Awaitable[None]) -> None:
+    """Runs an inbound stream's relay, then gives its place of the node's budget back."""
+    try:
+        await connection
+    finally:
+        ctx.budget.release()
 
 
 @functools.lru_cache(maxsize=1024)

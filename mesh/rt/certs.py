@@ -152,6 +152,12 @@ class CertificateManager:
             hint="it is being fetched from the CA; check the CA address and this node's token if it persists",
         )
 
+    def usable(self, identity: WorkloadIdentity) -> bool:
+        """Whether ``identity`` has a certificate that may be presented now. Only reads (no fetch is
+        started), so another thread may ask (the readiness page does)."""
+        entry = self._entries.get(identity)
+        return entry is not None and entry.cert is not None and is_usable(entry.state, now=self._clock.now())
+
     def prefetch(self, identities: Iterable[WorkloadIdentity]) -> None:
         """Starts fetching certificates for identities not tracked yet (e.g. this node's pods)."""
         for identity in identities:

@@ -10,12 +10,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import threading
 import urllib.parse
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["Handler", "HttpReply", "HttpServer", "json_reply", "text_reply"]
+__all__ = ["Handler", "HttpReply", "HttpServer", "ThreadedHttpServer", "json_reply", "text_reply"]
 
 _MAX_HEAD = 8 * 1024
 _READ_TIMEOUT = 5.0
@@ -107,3 +108,43 @@ class HttpServer:
         except Exception as exc:  # a broken page must not take the port down
             reply = text_reply(f"internal error: {exc}\n", status=500)
         return reply, method == "HEAD"
+
+
+class ThreadedHttpServer:
+    """An :class:`HttpServer` on its own thread and event loop, so it answers while the main loop is
+    busy: a readiness probe must not time out because the data path is saturated (reliability
+    catalogue 33). Its handlers run on that thread, so they may only read state that is safe to read
+    from another thread (plain attributes and copies of containers, no asyncio calls)."""
+
+    def __init__(self, routes: Mapping[str, Handler], *, name: str = "http") -> None:
+        self._server = HttpServer(routes)
+        self._name = name
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Starts the thread and listens; returns the bound port."""
+        loop = asyncio.new_event_loop()
+        thread = threading.Thread(target=loop.run_forever, name=self._name, daemon=True)
+        thread.start()
+        self._loop, self._thread = loop, thread
+        started = asyncio.run_coroutine_threadsafe(self._server.start(host, port), loop)
+        try:
+            return await asyncio.wrap_future(started)
+        except BaseException:
+            await self.close()
+            raise
+
+    async def close(self) -> None:
+        """Stops listening and ends the thread (idempotent)."""
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None:
+            return
+        self._loop = self._thread = None
+        closed = asyncio.run_coroutine_threadsafe(self._server.close(), loop)
+        with contextlib.suppress(Exception):
+            await asyncio.wrap_future(closed)
+        loop.call_soon_threadsafe(loop.stop)
+        await asyncio.to_thread(thread.join, 2.0)
+        if not thread.is_alive():
+            loop.close()

@@ -16,6 +16,8 @@ from mesh.rt.loop import run as run_loop
 
 __all__ = ["LinePrefixer", "main"]
 
+_BACKLOG = 4096
+
 
 class LinePrefixer:
     """Prefixes every complete line (pure; bytes in, bytes out)."""
@@ -61,7 +63,11 @@ class _EchoProtocol(asyncio.Protocol):
 async def serve(host: str, port: int, prefix: bytes) -> None:
     """Serves until the process is stopped."""
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: _EchoProtocol(prefix), host, port, reuse_address=True)
+    # A deep accept queue, as Go servers (Istio's tcp-echo) get from the kernel's somaxconn: a burst
+    # of connections waits to be accepted instead of being refused.
+    server = await loop.create_server(
+        lambda: _EchoProtocol(prefix), host, port, reuse_address=True, backlog=_BACKLOG
+    )
     print(f"tcpecho: listening on {host}:{port}", flush=True)
     async with server:
         await server.serve_forever()

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
+import time
 from collections.abc import Mapping
 
-from mesh.rt.http import HttpReply, HttpServer, json_reply, text_reply
+from mesh.rt.http import HttpReply, HttpServer, ThreadedHttpServer, json_reply, text_reply
 
 
 async def _request(port: int, raw: bytes) -> bytes:
@@ -44,3 +47,32 @@ async def test_routes_and_errors() -> None:
         assert (await _request(port, b"GET /echo HTTP/1.1\r\n\r\n")).startswith(b"HTTP/1.1 200")
     finally:
         await server.close()
+
+
+async def test_a_threaded_server_answers_while_the_main_loop_is_blocked() -> None:
+    server = ThreadedHttpServer({"/ready": lambda m, q: text_reply("ready\n")}, name="readiness")
+    port = await server.start("127.0.0.1", 0)
+    answers: list[tuple[float, bytes]] = []
+
+    def probe() -> None:
+        started = time.monotonic()
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+            conn.sendall(b"GET /ready HTTP/1.1\r\n\r\n")
+            data = b""
+            while chunk := conn.recv(4096):
+                data += chunk
+        answers.append((time.monotonic() - started, data))
+
+    try:
+        prober = threading.Thread(target=probe)
+        prober.start()
+        time.sleep(0.5)  # noqa: ASYNC251 - the main loop blocked, as by a burst of data-path work
+        prober.join(5)
+        assert answers, "no answer"
+        took, data = answers[0]
+        assert data.startswith(b"HTTP/1.1 200 OK") and data.endswith(b"ready\n")
+        assert took < 0.25, f"answered after {took:.3f} s while the main loop was blocked for 0.5 s"
+    finally:
+        await server.close()
+    await server.close()  # idempotent
+    assert not any(t.name == "readiness" for t in threading.enumerate()), "the thread ended"

@@ -32,7 +32,7 @@ from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import Registry, build_registry, render
 from ztunnel.cni.rules import plan_capture
-from ztunnel.context import NodeContext
+from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import parse_local_config
 from ztunnel.manager import WorkloadManager
 from ztunnel.netns import InPodSocketFactory
@@ -151,10 +151,12 @@ async def running_mesh(
     enrolled: list[Pod] | None = None,
     cert_ttl: int = 3600,
     uncertified: tuple[Pod, ...] = (),
+    max_connections: int = DEFAULT_MAX_CONNECTIONS,
 ) -> AsyncIterator[Mesh]:
-    """The CA, ztunnel's context and manager (workload certificates of ``cert_ttl`` seconds), and a
-    fake node agent that enrolls ``enrolled``. The CA refuses the identities of ``uncertified`` (it
-    does not know them to run on this node), so those pods never get a certificate."""
+    """The CA, ztunnel's context and manager (workload certificates of ``cert_ttl`` seconds, at most
+    ``max_connections`` downstream connections), and a fake node agent that enrolls ``enrolled``. The
+    CA refuses the identities of ``uncertified`` (it does not know them to run on this node), so those
+    pods never get a certificate."""
     clock = SystemClock()
     authority = create_root(trust_domain=TD, now=clock.now())
     ztunnel_id = WorkloadIdentity(TD, "istio-system", "ztunnel")
@@ -186,7 +188,9 @@ async def running_mesh(
         rng=rng,
         access_log=structlog.get_logger("access"),
         log=get_logger("ztunnel-test"),
+        max_connections=max_connections,
     )
+    registry.register(ctx.budget)
     ctx.apply_state(local_state(pods))
     path = str(tmp / "ztunnel.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
