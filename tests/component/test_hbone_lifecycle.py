@@ -106,3 +106,27 @@ async def test_client_stream_refused_after_goaway_opens_nothing() -> None:
             await eventually(lambda: conn.going_away)
             await conn.closed  # no streams: the client lets the connection go
         assert rig.handler.requests == []
+
+
+async def test_an_idle_connection_gives_its_bulk_read_buffers_back_and_grows_them_when_busy() -> None:
+    scheduler = FakeScheduler(FakeClock())
+    async with hbone_rig() as rig:
+        conn = await rig.client(scheduler=scheduler)
+        payload = os.urandom(4 * 1024 * 1024)
+        for _ in range(2):  # busy, idle for a keepalive interval, busy again
+            status, stream = await conn.open_stream(rig.echo_authority)
+            assert status == 200
+            collector = await _attach(stream)
+            stream.write(payload)
+            stream.write_eof()
+            async with asyncio.timeout(10):
+                await collector.eof
+            assert bytes(collector.data) == payload
+            assert conn.read_buffer_bytes >= 256 * 1024, "bulk reads use the full-size buffer"
+            async with asyncio.timeout(5):
+                await eventually(lambda: not conn.streams)
+            scheduler.advance(10)  # a keepalive interval without streams
+            assert conn.read_buffer_bytes == 4096
+            async with asyncio.timeout(5):
+                await eventually(lambda: conn.keepalive.outstanding is None)  # the PING answer fits
+        conn.close()

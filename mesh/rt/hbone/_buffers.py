@@ -24,6 +24,15 @@ class SpareBuffers:
         self._keep = keep
         self._spares: list[bytearray] = []
 
+    @property
+    def held_bytes(self) -> int:
+        """The bytes of the spares set aside."""
+        return sum(len(buf) for buf in self._spares)
+
+    def clear(self) -> None:
+        """Drops the spares (their memory goes once no view refers to them)."""
+        self._spares.clear()
+
     def swap(self, busy: bytearray) -> bytearray:
         """A free buffer in exchange for ``busy`` (kept, if there is room, until it is free too)."""
         spares = self._spares

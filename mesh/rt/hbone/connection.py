@@ -44,6 +44,8 @@ __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"] 
 _FRAME_HEADER = FRAME_HEADER.size
 _READ_BUFFER = 256 * 1024 + 256
 """uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
+_IDLE_READ_BUFFER = 4096
+"""What a connection without streams keeps for reading (PINGs, SETTINGS, the next HEADERS)."""
 
 
 class HboneConnection(asyncio.BufferedProtocol):
@@ -148,6 +150,8 @@ class HboneConnection(asyncio.BufferedProtocol):
             del buf[-1]
         except BufferError:
             buf = self._read_buffer = self._spares.swap(buf)
+        if len(buf) < _READ_BUFFER and self.streams:  # busy again after an idle spell
+            buf = self._read_buffer = bytearray(_READ_BUFFER)
         # A view, not the bytearray: CPython 3.11's SSL transport fills a large read in pieces
         # through ``buf[offset:]``, which for a bytearray would be a copy (the bytes would be lost).
         return memoryview(buf)
@@ -447,8 +451,16 @@ class HboneConnection(asyncio.BufferedProtocol):
 
     def _send_ping(self, opaque: bytes) -> None:
         if not self._closed:
+            if not self.streams:  # idle for a keepalive interval: give the bulk buffers back
+                self._read_buffer = bytearray(_IDLE_READ_BUFFER)
+                self._spares.clear()
             self.h2.ping(opaque)
             self.flush()
+
+    @property
+    def read_buffer_bytes(self) -> int:
+        """The bytes of read buffers this connection holds (the current one and its spares)."""
+        return len(self._read_buffer) + self._spares.held_bytes
 
     def _peer_dead(self) -> None:
         if self._closed:

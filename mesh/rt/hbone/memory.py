@@ -62,22 +62,25 @@ async def trim_when_idle(
     *,
     interval: float = 5.0,
     busy_share: float = 0.02,
+    quiet_trims: int = 3,
     cpu: Callable[[], float] = time.process_time,
     trim: Callable[[], bool] = malloc_trim,
 ) -> None:
-    """Runs until cancelled: trims the heap once at the end of each busy spell.
+    """Runs until cancelled: trims the heap at the end of each busy spell.
 
-    An interval in which the process used more than ``busy_share`` of a core is busy; the first quiet
-    interval after busy ones trims. A quiet process is never trimmed twice, so this costs nothing idle.
+    An interval in which the process used more than ``busy_share`` of a core is busy; each of the
+    first ``quiet_trims`` quiet intervals after busy ones trims (memory is also freed a little after
+    the load stops: idle HBONE connections drop their bulk buffers at their next keepalive PING,
+    10 s later). A process that stays quiet is not trimmed again, so this costs nothing idle.
     """
-    busy = False
+    trims_left = 0
     last = cpu()
     while True:
         await asyncio.sleep(interval)
         now = cpu()
         if now - last > busy_share * interval:
-            busy = True
-        elif busy:
+            trims_left = quiet_trims
+        elif trims_left:
             trim()
-            busy = False
+            trims_left -= 1
         last = now
