@@ -11,13 +11,12 @@ it names, as ztunnel's secret manager does:
 
 from __future__ import annotations
 
-import binascii
 import enum
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 
+from mesh.der import pem_blocks
 from mesh.identity.spiffe import WorkloadIdentity
 
 __all__ = [
@@ -53,8 +52,6 @@ BACKOFF_JITTER = 0.2
 MIN_REFRESH_DELAY = 1.0
 """A fresh certificate is never refreshed sooner than this, whatever its lifetime (no busy loop)."""
 
-_PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----(.*?)-----END \1-----", re.DOTALL)
-
 
 @dataclass(frozen=True, slots=True)
 class IssuedCertificate:
@@ -82,36 +79,9 @@ class IssuedCertificate:
 
 def split_pem_certificates(pem: bytes | str, *, what: str) -> tuple[bytes, ...]:
     """Each certificate of a PEM bundle, as its own PEM block; raises ValueError naming ``what`` when
-    the bundle holds another kind of PEM block or a block that is not base64. Text between blocks is
-    ignored, as OpenSSL does."""
-    data = pem.encode("ascii", "replace") if isinstance(pem, str) else pem
-    certificates = []
-    for block in _PEM_BLOCK.finditer(data):
-        label, body = block.group(1).decode("ascii"), block.group(2)
-        if label != "CERTIFICATE":
-            raise ValueError(f"{what} holds a {label} block; only certificates belong there")
-        try:
-            der = binascii.a2b_base64(b"".join(body.split()), strict_mode=True)
-        except binascii.Error as err:
-            raise ValueError(f"{what} is not valid PEM: a certificate is not base64 ({err})") from err
-        if not _is_one_der_sequence(der):
-            raise ValueError(f"{what} is not valid PEM: a certificate block does not hold one DER structure")
-        certificates.append(block.group(0) + b"\n")
-    return tuple(certificates)
-
-
-def _is_one_der_sequence(der: bytes) -> bool:
-    """Whether ``der`` is exactly one DER SEQUENCE (what every certificate is); TLS parses the rest."""
-    if len(der) < 2 or der[0] != 0x30:
-        return False
-    if der[1] < 0x80:
-        header, length = 2, der[1]
-    else:
-        size = der[1] & 0x7F
-        if not 1 <= size <= 4 or len(der) < 2 + size:
-            return False
-        header, length = 2 + size, int.from_bytes(der[2 : 2 + size], "big")
-    return header + length == len(der)
+    the bundle holds another kind of PEM block or a block that is not one DER structure in base64.
+    Text between blocks is ignored, as OpenSSL does."""
+    return tuple(block for block, _ in pem_blocks(pem, label="CERTIFICATE", what=what))
 
 
 def split_ca_answer(chain: Sequence[str]) -> tuple[bytes, bytes]:

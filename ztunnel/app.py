@@ -39,6 +39,7 @@ from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import load_local_config
 from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
+from ztunnel.revocation import CrlWatcher
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
 
@@ -83,6 +84,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", default="0.0.0.0:15020")
     p.add_argument("--readiness", default="0.0.0.0:15021")
     p.add_argument("--drain-deadline", type=float, default=5.0)
+    p.add_argument(
+        "--crl-file",
+        type=Path,
+        help="the CA's CRLs (PEM), re-read when the file changes: revoked peers are refused and cut off",
+    )
     p.add_argument(
         "--max-connections",
         type=int,
@@ -139,6 +145,11 @@ class Ztunnel:
         self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
         self.registry.register(WorkloadManagerMetrics(self.manager))
         self.registry.register(self.ctx.budget)
+        self.crl: CrlWatcher | None = None
+        if args.crl_file:
+            proxies = lambda: self.manager.proxies.values()  # noqa: E731, PLW0108 - the dict is replaced on stop
+            self.crl = CrlWatcher(args.crl_file, self.ctx, proxies)
+            self.registry.register(self.crl)
         self.xds: XdsClient | None = None
         if args.xds_address:
             self.xds = self._xds_client(roots, rng)
@@ -205,6 +216,9 @@ class Ztunnel:
         tasks = [loop.create_task(self._manage_pods_once_configured()), loop.create_task(trim_when_idle())]
         if self.xds is not None:
             tasks.append(loop.create_task(self.xds.run()))
+        if self.crl is not None:
+            self.crl.check()  # in force before the first pod is served
+            tasks.append(loop.create_task(self.crl.run()))
         self.ctx.log.info("ztunnel.started", zds=self.args.zds_socket, xds=self.args.xds_address)
         await self.drain.wait_triggered()
         self.ctx.log.info("ztunnel.draining", deadline=self.args.drain_deadline)

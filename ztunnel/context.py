@@ -12,6 +12,7 @@ from mesh.certs import IssuedCertificate
 from mesh.clock import Clock
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import TunnelProtocol
+from mesh.revocation import NO_REVOCATION, Revocation
 from mesh.rt.certs import CertificateManager
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.tls import TlsMaterial
@@ -43,6 +44,8 @@ class NodeContext:
     registry: ConnectionRegistry = field(default_factory=ConnectionRegistry)
     on_state: list[Callable[[ProxyState], None]] = field(default_factory=list)
     max_connections: int = DEFAULT_MAX_CONNECTIONS
+    revocation: Revocation = NO_REVOCATION
+    """The CRLs in force (``--crl-file``); swapped whole by :mod:`ztunnel.revocation`."""
     budget: ConnectionBudget = field(init=False)
 
     def __post_init__(self) -> None:
@@ -67,11 +70,21 @@ class NodeContext:
 
     def server_material(self, identity: WorkloadIdentity) -> TlsMaterial:
         """Credentials for a TLS handshake right now; raises when there is no valid certificate."""
-        return _material(self.certs.current(identity))
+        return self.material(self.certs.current(identity))
 
     async def client_material(self, identity: WorkloadIdentity) -> TlsMaterial:
         """Credentials for a new outbound connection (the pool's certificate source)."""
-        return _material(await self.certs.get(identity))
+        return self.material(await self.certs.get(identity))
+
+    def material(self, cert: IssuedCertificate) -> TlsMaterial:
+        """``cert`` as TLS credentials, with the CRLs in force (peers' certificates are checked)."""
+        return TlsMaterial(
+            identity=cert.identity,
+            key_pem=cert.key_pem,
+            chain_pem=cert.chain_pem,
+            roots_pem=cert.roots_pem,
+            crl_pem=self.revocation.crl_pem,
+        )
 
     def connection_done(
         self,
@@ -103,9 +116,3 @@ class NodeContext:
         self.connection_done(
             record, bytes_from_client=0, bytes_to_client=0, started=started, flags=flags, error=error
         )
-
-
-def _material(cert: IssuedCertificate) -> TlsMaterial:
-    return TlsMaterial(
-        identity=cert.identity, key_pem=cert.key_pem, chain_pem=cert.chain_pem, roots_pem=cert.roots_pem
-    )

@@ -21,11 +21,14 @@ from dataclasses import dataclass
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Workload
 from mesh.policy import ConnectionAttributes
+from mesh.revocation import Revocation
 from mesh.rt.certs import NoValidCertificate
+from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.hbone.relay import RelayEnd, link, reset_transport, splice
 from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
 from mesh.rt.hbone.sockets import ConnectError
+from mesh.rt.tls import PeerRejectedError
 from ztunnel.context import NodeContext
 from ztunnel.headers import baggage_for, forwarded_for, parse_forwarded_host, traceparent
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
@@ -116,6 +119,15 @@ class PodProxy:
         await self._pool.close()
         with contextlib.suppress(OSError):
             os.close(self._netns_fd)
+
+    def close_revoked(self, revocation: Revocation) -> int:
+        """Drops this pod's HBONE connections (inbound and pooled outbound) whose peer certificate
+        ``revocation`` revokes; their streams end at once. Returns how many were dropped."""
+        connections: list[HboneConnection] = [*self._server.connections, *self._pool.all_connections()]
+        revoked = [conn for conn in connections if revocation.revokes(conn.peer_serial)]
+        for conn in revoked:
+            conn.abort(PeerRejectedError("the peer's certificate was revoked", reason="revoked"))
+        return len(revoked)
 
     def _close_listeners(self) -> None:
         for server in self._servers:

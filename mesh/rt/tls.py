@@ -72,12 +72,15 @@ class PeerRejectedError(MeshError):
 
 @dataclass(frozen=True, slots=True)
 class TlsMaterial:
-    """A workload's credentials as PEM: its private key, its chain (leaf first) and the trust roots."""
+    """A workload's credentials as PEM: its private key, its chain (leaf first) and the trust roots;
+    ``crl_pem``, when not empty, the CRLs a peer's certificate is checked against (see
+    :mod:`mesh.revocation`)."""
 
     identity: WorkloadIdentity
     key_pem: bytes
     chain_pem: bytes
     roots_pem: bytes
+    crl_pem: bytes = b""
 
     def __repr__(self) -> str:  # never print key material
         return f"TlsMaterial(identity={self.identity.uri!s})"
@@ -111,6 +114,8 @@ def _base_context(protocol: ssl._SSLMethod, material: TlsMaterial) -> ssl.SSLCon
             hint="pass the CA's root certificates as PEM",
         ) from exc
     _load_chain(ctx, material)
+    if material.crl_pem:
+        _load_crls(ctx, material)
     restrict_tls13_suites(ctx)
     ctx.sslobject_class = _DirectSSLObject
     return ctx
@@ -144,6 +149,20 @@ def _load_chain(ctx: ssl.SSLContext, material: TlsMaterial) -> None:
                 f"the certificate chain or key for {material.identity} is not usable: {exc}",
                 hint="the key must be PEM and match the leaf, which comes first in the chain",
             ) from exc
+
+
+def _load_crls(ctx: ssl.SSLContext, material: TlsMaterial) -> None:
+    """Peers' leaves are checked against the CRLs; a leaf whose issuer has no CRL there is refused
+    too (OpenSSL's rule), so the CRL file must cover every CA that issues workload certificates."""
+    with _private_pem_file(material.crl_pem) as path:  # CRLs load from a file only, not from cadata
+        try:
+            ctx.load_verify_locations(cafile=path)
+        except ssl.SSLError as exc:
+            raise TlsSetupError(
+                f"the CRLs for {material.identity} are not usable: {exc}",
+                hint="give the CA's CRLs as PEM (X509 CRL blocks)",
+            ) from exc
+    ctx.verify_flags |= ssl.VERIFY_CRL_CHECK_LEAF
 
 
 @contextlib.contextmanager

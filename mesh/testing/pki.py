@@ -38,6 +38,7 @@ __all__ = [
     "SignatureHash",
     "TestPki",
     "build_certificate",
+    "build_crl",
     "build_csr",
     "cert_pem",
     "chain_pem",
@@ -274,6 +275,28 @@ def build_csr(
     for extension, critical in [*_san_extensions(uri_sans, dns_sans, raw_san, True), *extra_extensions]:
         builder = builder.add_extension(extension, critical=critical)
     return builder.sign(key, hash_algorithm)
+
+
+def build_crl(
+    issuer: x509.Certificate,
+    issuer_key: PrivateKey,
+    revoked: Sequence[int],
+    *,
+    now: dt.datetime | None = None,
+    lifetime: dt.timedelta = dt.timedelta(hours=24),
+) -> bytes:
+    """A PEM CRL signed by ``issuer`` revoking the serial numbers ``revoked`` (SHA-256)."""
+    start = now or _default_now()
+    builder = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer.subject)
+        .last_update(start - _BACKDATE)
+        .next_update(start + lifetime)
+    )
+    for serial in revoked:
+        entry = x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(start - _BACKDATE)
+        builder = builder.add_revoked_certificate(entry.build())
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
 def write_pem_files(

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from istiod_lite.app import IstiodSettings, build_server
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
-from istiod_lite.ca.authority import create_root
+from istiod_lite.ca.authority import SigningAuthority, create_root
 from istiod_lite.ca.pods import InMemoryPodIndex, PodPlacement
 from mesh.api.istio.workload.zds import zds_pb2
 from mesh.certs import IssuedCertificate
@@ -141,6 +141,8 @@ class Mesh:
     manager: WorkloadManager
     registry: Registry
     pods: list[Pod]
+    authority: SigningAuthority
+    """The CA's signing certificate and key (to sign CRLs in tests)."""
 
 
 @asynccontextmanager
@@ -222,7 +224,7 @@ async def running_mesh(
         for pod in pods:
             if pod not in uncertified:
                 await ctx.certs.get(WorkloadIdentity(TD, pod.namespace, pod.service_account))
-        yield Mesh(ctx, manager, registry, pods)
+        yield Mesh(ctx, manager, registry, pods, authority)
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)

@@ -70,6 +70,8 @@ class HboneConnection(asyncio.BufferedProtocol):
         self.h2 = H2Connection(client_side=self.client_side, config=self.config.h2)
         self.transport: asyncio.Transport | None = None
         self.peer_identity: WorkloadIdentity | None = None
+        self.peer_serial: int | None = None
+        """The serial number of the peer's verified certificate (to find it if it is revoked)."""
         self.streams: dict[int, HboneStream] = {}
         self.buffered_bytes = 0
         self.write_blocked = False
@@ -123,6 +125,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             if ssl_object is None:
                 raise PeerRejectedError("the connection is not TLS", reason="plaintext")
             self.peer_identity = self.verify_peer(ssl_object)
+            self.peer_serial = _serial_of(ssl_object)
         except PeerRejectedError as exc:
             self.log.warning("hbone.peer_rejected", reason=exc.reason, error=str(exc), **self._where())
             self._close_reason = exc
@@ -488,3 +491,8 @@ class HboneConnection(asyncio.BufferedProtocol):
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
+
+
+def _serial_of(ssl_object: ssl.SSLObject) -> int | None:
+    serial = (ssl_object.getpeercert() or {}).get("serialNumber")
+    return int(str(serial), 16) if serial else None

@@ -131,6 +131,10 @@ class HbonePool:
         """The live connections for ``key`` (for admin dumps and tests)."""
         return [s.conn for s in self._slots.get(key, []) if s.conn is not None and not s.dead]
 
+    def all_connections(self) -> list[HboneClientConnection]:
+        """Every live pooled connection, whatever its key."""
+        return [s.conn for group in self._slots.values() for s in group if s.conn is not None and not s.dead]
+
     def stream_counts(self, key: PoolKey) -> list[int]:
         """Streams reserved or open on each connection for ``key``."""
         return [s.streams for s in self._slots.get(key, []) if not s.dead]
