@@ -35,7 +35,14 @@ from meshctl.lab.cleanup import (
 from meshctl.lab.cni import CONFLIST_NAME, default_conflist
 from meshctl.lab.errors import LabError, LabNotRunningError
 from meshctl.lab.objects import parse_documents, validate_object
-from meshctl.lab.settings import DEFAULT_LAB_ID, LabSettings, build_settings, check_lab_id, default_state_dir
+from meshctl.lab.settings import (
+    DEFAULT_CERT_TTL,
+    DEFAULT_LAB_ID,
+    LabSettings,
+    build_settings,
+    check_lab_id,
+    default_state_dir,
+)
 from meshctl.lab.status import render_status
 from meshctl.lab.store import Store, write_atomic
 from meshctl.lab.supervisor import process_start_time, read_pid_file
@@ -102,6 +109,7 @@ class Lab:
         timeout: float = 60.0,
         wait: bool = True,
         mesh: bool = False,
+        cert_ttl: int = DEFAULT_CERT_TTL,
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -112,7 +120,8 @@ class Lab:
                 f"a lab is already running with state directory {self.paths.root}",
                 hint="change it with 'meshctl lab apply', or stop it with 'meshctl lab down'",
             )
-        settings = build_settings(lab_id=self._lab_id or self.lab_id, node_count=nodes, mesh=mesh)
+        lab_id = self._lab_id or self.lab_id
+        settings = build_settings(lab_id=lab_id, node_count=nodes, mesh=mesh, cert_ttl=cert_ttl)
         objects = self._validate(objects, settings.node_names())
         _preflight()
         self.store.check_writable()

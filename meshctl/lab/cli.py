@@ -9,7 +9,7 @@ import time
 from typing import Any
 
 from meshctl.lab.api import Lab, load_objects
-from meshctl.lab.settings import build_settings, default_state_dir
+from meshctl.lab.settings import DEFAULT_CERT_TTL, build_settings, default_state_dir
 
 __all__ = ["register"]
 
@@ -36,7 +36,14 @@ def _cmd_up(args: argparse.Namespace) -> int:
     nodes = build_settings(node_count=args.nodes).node_names()
     objects = _load_all(args.filename, nodes)
     started = time.monotonic()
-    lab.up(objects, nodes=args.nodes, timeout=args.timeout, wait=not args.no_wait, mesh=args.mesh)
+    lab.up(
+        objects,
+        nodes=args.nodes,
+        timeout=args.timeout,
+        wait=not args.no_wait,
+        mesh=args.mesh,
+        cert_ttl=args.cert_ttl,
+    )
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
     return 0
@@ -136,6 +143,12 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="run the mesh: istiod_lite, a node agent and a ztunnel per node (default on)",
+    )
+    up.add_argument(
+        "--cert-ttl",
+        type=int,
+        default=DEFAULT_CERT_TTL,
+        help="workload certificate TTL in seconds the ztunnels ask for (default 86400; renewed at half life)",
     )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")

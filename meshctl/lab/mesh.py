@@ -176,6 +176,8 @@ def _node_processes(
             settings.cluster_domain,
             "--cluster-id",
             settings.cluster_id,
+            "--cert-ttl",
+            str(settings.cert_ttl),
         ),
         env=env,
         log_path=layout.log(f"ztunnel-{node.name}"),

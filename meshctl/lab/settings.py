@@ -65,6 +65,11 @@ class NodeSettings:
         return str(ipaddress.ip_network(self.pod_cidr)[1])
 
 
+DEFAULT_CERT_TTL = 24 * 3600
+"""Istio's default workload certificate TTL."""
+_MIN_CERT_TTL = 60
+
+
 @dataclass(frozen=True, slots=True)
 class LabSettings:
     """Static settings of one lab; written once by ``lab up``."""
@@ -78,6 +83,8 @@ class LabSettings:
     cluster_id: str = "Kubernetes"
     mesh: bool = False
     """Whether the lab runs the mesh (istiod_lite, node agents, ztunnels) with its CNI plugin."""
+    cert_ttl: int = DEFAULT_CERT_TTL
+    """The workload certificate TTL, in seconds, the ztunnels ask the CA for."""
 
     @property
     def prefix(self) -> str:
@@ -116,6 +123,7 @@ class LabSettings:
             "nodeCIDR": self.node_cidr,
             "bridgeNetns": self.bridge_netns,
             "mesh": self.mesh,
+            "workloadCertTTL": self.cert_ttl,
             "nodes": [
                 {
                     "name": n.name,
@@ -152,6 +160,7 @@ class LabSettings:
                 cluster_domain=str(data["clusterDomain"]),
                 cluster_id=str(data["clusterId"]),
                 mesh=bool(data.get("mesh", False)),
+                cert_ttl=int(data.get("workloadCertTTL", DEFAULT_CERT_TTL)),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -160,9 +169,16 @@ class LabSettings:
             ) from exc
 
 
-def build_settings(*, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2, mesh: bool = False) -> LabSettings:
+def build_settings(
+    *, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2, mesh: bool = False, cert_ttl: int = DEFAULT_CERT_TTL
+) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
+    if not _MIN_CERT_TTL <= cert_ttl <= DEFAULT_CERT_TTL:
+        raise LabError(
+            f"a workload certificate TTL of {cert_ttl} s is out of range",
+            hint=f"pass --cert-ttl between {_MIN_CERT_TTL} and {DEFAULT_CERT_TTL} seconds",
+        )
     if not 1 <= node_count <= _MAX_NODES:
         raise LabError(f"a lab has 1 to {_MAX_NODES} nodes, not {node_count}", hint="pass --nodes 1..16")
     nodes = tuple(
@@ -176,7 +192,7 @@ def build_settings(*, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2, mesh: b
         )
         for i in range(1, node_count + 1)
     )
-    return LabSettings(lab_id=lab_id, nodes=nodes, bridge_netns=f"{lab_id}-net", mesh=mesh)
+    return LabSettings(lab_id=lab_id, nodes=nodes, bridge_netns=f"{lab_id}-net", mesh=mesh, cert_ttl=cert_ttl)
 
 
 def _short(uid: str) -> str:

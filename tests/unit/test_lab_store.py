@@ -8,6 +8,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from meshctl.lab.errors import LabError, LabNotRunningError
+from meshctl.lab.mesh import MeshLayout, plan_processes
 from meshctl.lab.settings import LabSettings, build_settings, check_lab_id
 from meshctl.lab.store import Store
 
@@ -77,3 +78,16 @@ def test_bad_lab_ids(lab_id: str) -> None:
 def test_node_count_is_bounded() -> None:
     with pytest.raises(LabError, match="1 to 16 nodes"):
         build_settings(node_count=0)
+
+
+def test_the_workload_certificate_ttl_is_kept_and_given_to_every_ztunnel(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    settings = build_settings(lab_id="t1", mesh=True, cert_ttl=300)
+    store.write_settings(settings)
+    assert store.read_settings().cert_ttl == 300
+    specs = plan_processes(settings, MeshLayout(tmp_path / "mesh"), state_root=tmp_path, bin_dir="/bin")
+    ztunnels = [s.argv for s in specs if s.name.startswith("ztunnel-")]
+    assert len(ztunnels) == 2 and all(argv[argv.index("--cert-ttl") + 1] == "300" for argv in ztunnels)
+    with pytest.raises(LabError, match="TTL of 10 s is out of range") as caught:
+        build_settings(cert_ttl=10)
+    assert "--cert-ttl" in caught.value.hint
