@@ -26,6 +26,7 @@ from typing import Any
 
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
+from meshctl.lab.settings import DEFAULT_CERT_TTL
 from meshctl.lab.supervisor import read_pid_file
 from meshctl.nethttp import http_get
 
@@ -153,9 +154,9 @@ class BenchLab:
             ]
         return objects + [_fill(node, 1) for node in NODES]
 
-    def up(self, *, timeout: float = 90.0) -> None:
+    def up(self, *, timeout: float = 90.0, cert_ttl: int = DEFAULT_CERT_TTL) -> None:
         """Brings the lab and the mesh up and waits for every pod and both echo servers."""
-        self.lab.up(self.objects(), mesh=True, timeout=timeout)
+        self.lab.up(self.objects(), mesh=True, timeout=timeout, cert_ttl=cert_ttl)
         for ns in (ENROLLED, PLAIN):
             self._echo_port(ns, timeout=20.0)
 

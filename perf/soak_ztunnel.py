@@ -1,0 +1,331 @@
+"""Soak of the mesh (reliability catalogue 35): hours of mixed traffic with the usual disturbances.
+
+``python -m perf.soak_ztunnel --minutes 60`` brings up the benchmark lab (2 nodes, the mesh on) with
+workload certificates of ``--cert-ttl`` seconds (300: a rotation every 150 s), and runs
+:mod:`perf._soak_load` in the enrolled client pod against redis in the enrolled server pod on the
+other node: ``--rps`` new connections per second, 80 % short and 20 % held up to 60 s, every answer
+byte-checked. Meanwhile:
+
+- istiod_lite is killed (SIGKILL) every ``--restart-every`` minutes; the lab restarts it;
+- once, for ``--loss-seconds``, ``--loss`` of the packets reaching either pod are dropped at random
+  (``iptables -m statistic``; this kernel has no ``tc netem``);
+- both ztunnels' RSS, open descriptors and threads are sampled every 10 s.
+
+Pass criteria (printed, and in the JSON written to ``perf/results/soak-*.json``):
+
+- success >= 99.99 % of the connections;
+- ztunnel RSS drift < 10 % between the sample at a sixth of the run (minute 10 of an hour) and
+  the last one under load;
+- open descriptors after the load, once pooled connections went idle, within max(2 %, 10) of before;
+- no non-JSON line (traceback) and no ``connection.failed`` in the ztunnels' logs;
+- each ztunnel's ``istio_tcp_connections_opened_total`` equals its ``_closed_total`` after the load.
+
+Every step prints progress to stderr; the lab is always torn down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from meshctl.lab.supervisor import read_pid_file
+from meshctl.lab.testkit import unique_lab_id
+from meshctl.nethttp import http_get
+from perf._ztunnel_lab import ENROLLED, NODES, REDIS_PORT, BenchLab, proc_sample
+
+__all__ = ["Plan", "main", "run_soak"]
+
+_REPO = Path(__file__).resolve().parent.parent
+_RESULTS = _REPO / "perf" / "results"
+_SAMPLE_EVERY = 10.0
+_SETTLE = 20.0
+"""Seconds after the load for pooled HBONE connections to go idle before the final samples."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Plan:
+    """What the soak does."""
+
+    minutes: float = 60.0
+    rps: float = 200.0
+    cert_ttl: int = 300
+    restart_every: float = 10.0
+    loss: float = 0.02
+    loss_seconds: float = 60.0
+
+    @property
+    def seconds(self) -> float:
+        """The load's duration."""
+        return self.minutes * 60
+
+    @property
+    def loss_at(self) -> float:
+        """Seconds into the load when the loss episode starts (between two controller restarts)."""
+        return self.seconds * 0.45
+
+
+def _log(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _sample(bench: BenchLab, at: float) -> dict[str, Any]:
+    sample: dict[str, Any] = {"t": round(at, 1)}
+    for node, pid in zip(NODES, bench.ztunnel_pids(), strict=True):
+        proc = proc_sample(pid)
+        sample[node] = {
+            "rss_mb": round(proc.rss_mb, 1),
+            "fds": len(os.listdir(f"/proc/{pid}/fd")),
+            "threads": len(os.listdir(f"/proc/{pid}/task")),
+        }
+    return sample
+
+
+def _kill_istiod(bench: BenchLab) -> int | None:
+    pid = read_pid_file(bench.lab.paths.root / "mesh" / "pids" / "istiod.pid")
+    if pid is not None:
+        os.kill(pid, signal.SIGKILL)  # our own lab's istiod_lite, by its PID; the lab restarts it
+    return pid
+
+
+@contextmanager
+def _loss(netns: list[str], share: float) -> Iterator[None]:
+    rule = [
+        "INPUT",
+        "-i",
+        "eth0",
+        "-m",
+        "statistic",
+        "--mode",
+        "random",
+        "--probability",
+        str(share),
+        "-j",
+        "DROP",
+    ]
+    for ns in netns:
+        subprocess.run(["ip", "netns", "exec", ns, "iptables", "-I", *rule], check=True, timeout=10)
+    try:
+        yield
+    finally:
+        for ns in netns:
+            subprocess.run(["ip", "netns", "exec", ns, "iptables", "-D", *rule], check=False, timeout=10)
+
+
+def _opened_closed(bench: BenchLab, node: str) -> tuple[float, float]:
+    netns = bench.lab.settings.node(node).netns
+    status, body = http_get("127.0.0.1", 15020, "/metrics", netns=netns, timeout=5)
+    if status != 200:
+        raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
+    totals = {"opened": 0.0, "closed": 0.0}
+    for line in body.decode().splitlines():
+        for kind in totals:
+            if line.startswith(f"istio_tcp_connections_{kind}_total{{"):
+                totals[kind] += float(line.rsplit(" ", 1)[1])
+    return totals["opened"], totals["closed"]
+
+
+def _drive(
+    bench: BenchLab, plan: Plan, load: subprocess.Popen[str]
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """Samples, restarts and the loss episode until the load ends; returns (samples, events)."""
+    ep = bench.endpoints(ENROLLED)
+    pods = [ep.client_netns, ep.server_netns]
+    samples, events = [], []
+    start = time.monotonic()
+    next_sample, next_restart = start, start + plan.restart_every * 60
+    loss_done = False
+    while load.poll() is None:
+        now = time.monotonic() - start
+        if time.monotonic() >= next_sample:
+            samples.append(_sample(bench, now))
+            next_sample += _SAMPLE_EVERY
+        if plan.restart_every and time.monotonic() >= next_restart and now < plan.seconds - 30:
+            events.append(f"{now:.0f} s: istiod killed (pid {_kill_istiod(bench)})")
+            _log(f"  {events[-1]}")
+            next_restart += plan.restart_every * 60
+        if not loss_done and plan.loss and now >= plan.loss_at:
+            events.append(
+                f"{now:.0f} s: {plan.loss:.0%} packet loss into both pods for {plan.loss_seconds:.0f} s"
+            )
+            _log(f"  {events[-1]}")
+            with _loss(pods, plan.loss):
+                while time.monotonic() - start < now + plan.loss_seconds and load.poll() is None:
+                    if time.monotonic() >= next_sample:
+                        samples.append(_sample(bench, time.monotonic() - start))
+                        next_sample += _SAMPLE_EVERY
+                    time.sleep(0.5)
+            loss_done = True
+        time.sleep(0.5)
+    return samples, events
+
+
+def _progress(stream: Any, lines: list[dict[str, Any]]) -> None:
+    for line in stream:
+        entry = json.loads(line)
+        lines.append(entry)
+        _log(
+            f"  {entry['t']:7.0f} s: {entry['ok']} ok, {entry['failed']} failed {entry['errors'] or ''}, "
+            f"{entry['active_long']} held, short p99 {entry['short_p99_ms']} ms"
+        )
+
+
+def run_soak(plan: Plan) -> dict[str, Any]:
+    """Runs the soak on a fresh lab (always torn down); returns the results and the verdicts."""
+    with tempfile.TemporaryDirectory(prefix="soak-ztunnel-") as tmp:
+        work = Path(tmp)
+        bench = BenchLab(work / "state", lab_id=unique_lab_id("s"), work=work)
+        try:
+            _log(
+                f"soak: {plan.minutes:g} min at {plan.rps:g} connections/s, certificates of {plan.cert_ttl} s"
+            )
+            bench.up(cert_ttl=plan.cert_ttl)
+            ep = bench.endpoints(ENROLLED)
+            baseline = _sample(bench, 0.0)
+            argv = ["ip", "netns", "exec", ep.client_netns, sys.executable, "-m", "perf._soak_load",
+                    ep.server_ip, str(REDIS_PORT),
+                    "--seconds", str(plan.seconds), "--rps", str(plan.rps)]  # fmt: skip
+            env = {**bench.lab.exec_env(), "PYTHONPATH": str(_REPO)}
+            progress: list[dict[str, Any]] = []
+            with subprocess.Popen(argv, stdout=subprocess.PIPE, text=True, env=env, cwd=_REPO) as load:
+                reader = threading.Thread(target=_progress, args=(load.stdout, progress), daemon=True)
+                reader.start()
+                samples, events = _drive(bench, plan, load)
+                reader.join(10)
+            if load.returncode != 0 or not progress or not progress[-1].get("done"):
+                raise RuntimeError(
+                    f"the load generator failed (exit {load.returncode}); see its output above"
+                )
+            _log(f"  load done; {_SETTLE:.0f} s for pooled connections to go idle")
+            time.sleep(_SETTLE)
+            after = _sample(bench, plan.seconds + _SETTLE)
+            counters = {node: _opened_closed(bench, node) for node in NODES}
+            return _verdicts(
+                plan,
+                lab_id=bench.lab.lab_id,
+                baseline=baseline,
+                samples=samples,
+                after=after,
+                summary=progress[-1],
+                counters=counters,
+                logs=bench.ztunnel_log_events(),
+                events=events,
+            )
+        finally:
+            bench.down()
+
+
+def _verdicts(
+    plan: Plan,
+    *,
+    lab_id: str,
+    baseline: dict[str, Any],
+    samples: list[dict[str, Any]],
+    after: dict[str, Any],
+    summary: dict[str, Any],
+    counters: dict[str, tuple[float, float]],
+    logs: dict[str, dict[str, int]],
+    events: list[str],
+) -> dict[str, Any]:
+    total = summary["ok"] + summary["failed"]
+    early = next((s for s in samples if s["t"] >= plan.seconds / 6), samples[0])
+    last = samples[-1]
+    checks = {
+        "success": (summary["ok"] / total if total else 0.0) >= 0.9999,
+        "rss_drift": all(abs(last[n]["rss_mb"] / early[n]["rss_mb"] - 1) < 0.10 for n in NODES),
+        "fds_back": all(
+            abs(after[n]["fds"] - baseline[n]["fds"]) <= max(10, 0.02 * baseline[n]["fds"]) for n in NODES
+        ),
+        "clean_logs": all(
+            not log.get("(non-JSON lines, e.g. tracebacks)") and not log.get("warning: connection.failed")
+            for log in logs.values()
+        ),
+        "counters_reconcile": all(opened == closed for opened, closed in counters.values()),
+    }
+    return {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "lab_id": lab_id,
+        "plan": dataclasses.asdict(plan),
+        "summary": summary,
+        "connections": total,
+        "baseline": baseline,
+        "early": early,
+        "last_under_load": last,
+        "after": after,
+        "counters": {n: {"opened": o, "closed": c} for n, (o, c) in counters.items()},
+        "log_events": logs,
+        "events": events,
+        "samples": samples,
+        "checks": checks,
+        "passed": all(checks.values()),
+    }
+
+
+def report(result: dict[str, Any]) -> str:
+    """The markdown summary of a soak."""
+    s, plan = result["summary"], result["plan"]
+    lines = [
+        f"soak {result['date']}: {plan['minutes']:g} min, {plan['rps']:g} connections/s, certificates of "
+        f"{plan['cert_ttl']} s, istiod killed every {plan['restart_every']:g} min, {plan['loss']:.0%} loss "
+        f"for {plan['loss_seconds']:g} s",
+        "",
+        f"- connections: {result['connections']}, failed {s['failed']} {s['errors'] or ''}; short p50 "
+        f"{s['short_p50_ms']} ms, p99 {s['short_p99_ms']} ms",
+    ]
+    for node in NODES:
+        b, e, last, a = (result[k][node] for k in ("baseline", "early", "last_under_load", "after"))
+        lines.append(
+            f"- {node} ztunnel: RSS {b['rss_mb']} MB before, {e['rss_mb']} at {result['early']['t']:.0f} s, "
+            f"{last['rss_mb']} at the end of the load, {a['rss_mb']} after; fds {b['fds']} before, "
+            f"{last['fds']} under load, {a['fds']} after; threads {b['threads']} -> {a['threads']}"
+        )
+    counters = ", ".join(
+        f"{n} {c['opened']:.0f} opened / {c['closed']:.0f} closed" for n, c in result["counters"].items()
+    )
+    lines += [f"- counters: {counters}", f"- events: {'; '.join(result['events']) or 'none'}", ""]
+    lines += [f"- {name}: {'met' if ok else '**MISSED**'}" for name, ok in result["checks"].items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the soak, prints the report, writes the JSON; exit 1 when a criterion is missed."""
+    parser = argparse.ArgumentParser(
+        prog="soak_ztunnel", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = Plan()
+    parser.add_argument("--minutes", type=float, default=defaults.minutes)
+    parser.add_argument("--rps", type=float, default=defaults.rps, help="new connections per second")
+    parser.add_argument("--cert-ttl", type=int, default=defaults.cert_ttl, help="workload certificate TTL, s")
+    parser.add_argument(
+        "--restart-every", type=float, default=defaults.restart_every, help="minutes; 0: never"
+    )
+    parser.add_argument(
+        "--loss", type=float, default=defaults.loss, help="share of packets dropped; 0: no episode"
+    )
+    parser.add_argument("--loss-seconds", type=float, default=defaults.loss_seconds)
+    parser.add_argument("--json", type=Path, help="where to write the results (default: perf/results/)")
+    args = parser.parse_args(argv)
+    plan = Plan(args.minutes, args.rps, args.cert_ttl, args.restart_every, args.loss, args.loss_seconds)
+    result = run_soak(plan)
+    out: Path = args.json or _RESULTS / f"soak-{dt.datetime.now():%Y%m%d-%H%M%S}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    print(report(result))
+    _log(f"raw results: {out}")
+    return 0 if result["passed"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
