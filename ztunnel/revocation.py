@@ -78,8 +78,7 @@ class CrlWatcher:
         closed = sum(proxy.close_revoked(revocation) for proxy in proxies)
         self.closed_total += closed
         for identity in _identities(proxies):
-            own = next((c for c in ctx.certs.snapshot() if c.identity == identity.uri), None)
-            if own is not None and own.serial is not None and revocation.revokes(int(own.serial, 16)):
+            if ctx.certs.usable(identity) and revocation.revokes(ctx.certs.current(identity).serial):
                 ctx.log.warning("revocation.own_certificate_revoked", identity=identity.uri)
                 ctx.certs.forget(identity)
                 ctx.certs.prefetch([identity])
