@@ -4,7 +4,8 @@ Redis GETs of a 1 KiB value, each answer compared byte for byte, at ``--rps`` ne
 second: most are short (connect, one GET, close); ``--long-share`` of them stay open for 1 s to
 ``--long-max`` s (never past the end of the run) with a GET every second. Every ``--report-every``
 seconds one JSON line of progress goes to stdout, and one summary line at the end:
-``{"ok", "failed", "errors": {kind: count}, "short_p50_ms", "short_p99_ms", ...}``.
+``{"ok", "failed", "errors": {kind: count}, "short_p50_ms", "short_p99_ms", "window_p99_ms", ...}``
+(``window_p99_ms``: the short connections since the previous line).
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ class Load:
         self.errors: Counter[str] = Counter()
         self.active_long = 0
         self.short_ms: list[float] = []
+        self._reported = 0
+        """How many of ``short_ms`` the previous report covered (for the window's p99)."""
 
     async def _get(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(_GET)
@@ -79,8 +82,10 @@ class Load:
                 writer.close()
 
     def report(self, elapsed: float, **extra: object) -> str:
-        """One JSON line of the counts so far."""
+        """One JSON line of the counts so far, and the p99 of the short connections since the last one."""
         shorts = sorted(self.short_ms)
+        window = sorted(self.short_ms[self._reported :])
+        self._reported = len(self.short_ms)
         return json.dumps(
             {
                 "t": round(elapsed, 1),
@@ -90,6 +95,7 @@ class Load:
                 "active_long": self.active_long,
                 "short_p50_ms": round(shorts[len(shorts) // 2], 2) if shorts else None,
                 "short_p99_ms": round(shorts[len(shorts) * 99 // 100], 2) if shorts else None,
+                "window_p99_ms": round(window[len(window) * 99 // 100], 2) if window else None,
                 **extra,
             }
         )

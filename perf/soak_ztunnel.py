@@ -183,7 +183,8 @@ def _progress(stream: Any, lines: list[dict[str, Any]]) -> None:
         lines.append(entry)
         _log(
             f"  {entry['t']:7.0f} s: {entry['ok']} ok, {entry['failed']} failed {entry['errors'] or ''}, "
-            f"{entry['active_long']} held, short p99 {entry['short_p99_ms']} ms"
+            f"{entry['active_long']} held, short p99 {entry['short_p99_ms']} ms "
+            f"({entry['window_p99_ms']} ms in the last interval)"
         )
 
 
