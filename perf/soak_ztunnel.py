@@ -27,9 +27,11 @@ Every step prints progress to stderr; the lab is always torn down.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import json
+import math
 import os
 import signal
 import subprocess
@@ -38,7 +40,6 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -105,7 +106,7 @@ def _kill_istiod(bench: BenchLab) -> int | None:
     return pid
 
 
-@contextmanager
+@contextlib.contextmanager
 def _loss(netns: list[str], share: float) -> Iterator[None]:
     rule = [
         "INPUT",
@@ -142,38 +143,49 @@ def _opened_closed(bench: BenchLab, node: str) -> tuple[float, float]:
     return totals["opened"], totals["closed"]
 
 
+def _settled_counters(bench: BenchLab, *, within: float = 30.0) -> dict[str, tuple[float, float]]:
+    """Each ztunnel's (opened, closed) once they agree, or as they are after ``within`` seconds: a
+    connection the load just closed can take a moment to be counted closed; one never closed stays."""
+    deadline = time.monotonic() + within
+    while True:
+        counters = {node: _opened_closed(bench, node) for node in NODES}
+        if all(o == c for o, c in counters.values()) or time.monotonic() > deadline:
+            return counters
+        time.sleep(1.0)
+
+
 def _drive(
     bench: BenchLab, plan: Plan, load: subprocess.Popen[str]
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """Samples, restarts and the loss episode until the load ends; returns (samples, events)."""
     ep = bench.endpoints(ENROLLED)
-    pods = [ep.client_netns, ep.server_netns]
-    samples, events = [], []
+    samples: list[dict[str, Any]] = []
+    events: list[str] = []
+
+    def event(text: str) -> None:
+        events.append(text)
+        _log(f"  {text}")
+
     start = time.monotonic()
-    next_sample, next_restart = start, start + plan.restart_every * 60
-    loss_done = False
-    while load.poll() is None:
-        now = time.monotonic() - start
-        if time.monotonic() >= next_sample:
-            samples.append(_sample(bench, now))
-            next_sample += _SAMPLE_EVERY
-        if plan.restart_every and time.monotonic() >= next_restart and now < plan.seconds - 30:
-            events.append(f"{now:.0f} s: istiod killed (pid {_kill_istiod(bench)})")
-            _log(f"  {events[-1]}")
-            next_restart += plan.restart_every * 60
-        if not loss_done and plan.loss and now >= plan.loss_at:
-            events.append(
-                f"{now:.0f} s: {plan.loss:.0%} packet loss into both pods for {plan.loss_seconds:.0f} s"
-            )
-            _log(f"  {events[-1]}")
-            with _loss(pods, plan.loss):
-                while time.monotonic() - start < now + plan.loss_seconds and load.poll() is None:
-                    if time.monotonic() >= next_sample:
-                        samples.append(_sample(bench, time.monotonic() - start))
-                        next_sample += _SAMPLE_EVERY
-                    time.sleep(0.5)
-            loss_done = True
-        time.sleep(0.5)
+    next_sample, next_restart = 0.0, plan.restart_every * 60
+    loss_ends: float | None = None  # set while the episode runs, then inf
+    with contextlib.ExitStack() as episode:
+        while load.poll() is None:
+            now = time.monotonic() - start
+            if now >= next_sample:
+                samples.append(_sample(bench, now))
+                next_sample += _SAMPLE_EVERY
+            if plan.restart_every and now >= next_restart and now < plan.seconds - 30:
+                event(f"{now:.0f} s: istiod killed (pid {_kill_istiod(bench)})")
+                next_restart += plan.restart_every * 60
+            if loss_ends is None and plan.loss and now >= plan.loss_at:
+                event(f"{now:.0f} s: {plan.loss:.0%} packet loss into both pods for {plan.loss_seconds:g} s")
+                episode.enter_context(_loss([ep.client_netns, ep.server_netns], plan.loss))
+                loss_ends = now + plan.loss_seconds
+            elif loss_ends is not None and now >= loss_ends:
+                episode.close()  # the rules come out; closing again at the end does nothing
+                loss_ends = math.inf
+            time.sleep(0.5)
     return samples, events
 
 
@@ -217,7 +229,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
             _log(f"  load done; {plan.settle:.0f} s for the pooled connections to be released")
             time.sleep(plan.settle)
             after = _sample(bench, plan.seconds + plan.settle)
-            counters = {node: _opened_closed(bench, node) for node in NODES}
+            counters = _settled_counters(bench)
             return _verdicts(
                 plan,
                 lab_id=bench.lab.lab_id,

@@ -11,7 +11,9 @@ import argparse
 import asyncio
 import contextlib
 import random
+import resource
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import structlog
@@ -36,9 +38,10 @@ from mesh.rt.metrics import build_registry
 from mesh.rt.rpc import client_tls
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
-from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
+from ztunnel.context import NodeContext
 from ztunnel.local_config import load_local_config
 from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
+from ztunnel.proxy import PodProxy
 from ztunnel.revocation import CrlWatcher
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
@@ -113,6 +116,11 @@ class Ztunnel:
     def __init__(self, args: argparse.Namespace) -> None:
         if bool(args.xds_address) == bool(args.local_config):
             raise MeshError("give exactly one of --xds-address and --local-config", hint="see ztunnel --help")
+        if not (args.ca_address or args.xds_address):
+            raise MeshError(
+                "with --local-config, ztunnel still needs a CA for its pods' certificates",
+                hint="pass --ca-address host:port (istiod's port 15012)",
+            )
         self.args = args
         clock = SystemClock()
         rng = random.Random()
@@ -140,15 +148,16 @@ class Ztunnel:
             rng=rng,
             access_log=structlog.get_logger("access"),
             log=get_logger("ztunnel").bind(node=args.node),
-            max_connections=DEFAULT_MAX_CONNECTIONS if args.max_connections is None else args.max_connections,
+            max_connections=(
+                _default_max_connections() if args.max_connections is None else args.max_connections
+            ),
         )
         self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
         self.registry.register(WorkloadManagerMetrics(self.manager))
         self.registry.register(self.ctx.budget)
         self.crl: CrlWatcher | None = None
         if args.crl_file:
-            proxies = lambda: self.manager.proxies.values()  # noqa: E731, PLW0108 - the dict is replaced on stop
-            self.crl = CrlWatcher(args.crl_file, self.ctx, proxies)
+            self.crl = CrlWatcher(args.crl_file, self.ctx, self._proxies)
             self.registry.register(self.crl)
         self.xds: XdsClient | None = None
         if args.xds_address:
@@ -179,6 +188,10 @@ class Ztunnel:
 
     def _on_xds_state(self, xds: XdsState) -> None:
         self.ctx.apply_state(state_from_xds(xds))
+
+    def _proxies(self) -> Iterable[PodProxy]:
+        """The pod proxies now (read each time: the manager replaces its dict when it stops)."""
+        return self.manager.proxies.values()
 
     def missing(self) -> list[str]:
         """What readiness still waits for (empty when ready). Called on the readiness thread: it only
@@ -219,7 +232,12 @@ class Ztunnel:
         if self.crl is not None:
             self.crl.check()  # in force before the first pod is served
             tasks.append(loop.create_task(self.crl.run()))
-        self.ctx.log.info("ztunnel.started", zds=self.args.zds_socket, xds=self.args.xds_address)
+        self.ctx.log.info(
+            "ztunnel.started",
+            zds=self.args.zds_socket,
+            xds=self.args.xds_address,
+            max_connections=self.ctx.budget.limit,
+        )
         await self.drain.wait_triggered()
         self.ctx.log.info("ztunnel.draining", deadline=self.args.drain_deadline)
         for task in tasks:
@@ -237,15 +255,22 @@ class Ztunnel:
         # Readiness has its own thread: kubelet's probe must be answered even while a burst of
         # connections keeps the main loop busy for longer than the probe's timeout.
         admin = admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)
+        readiness = ThreadedHttpServer(readiness_routes(self.missing), name="readiness")
         plan: list[tuple[str, str, HttpServer | ThreadedHttpServer]] = [
             ("--admin", self.args.admin, HttpServer(admin)),
             ("--metrics", self.args.metrics, HttpServer(metrics_routes(self.registry))),
-            ("--readiness", self.args.readiness, ThreadedHttpServer(readiness_routes(self.missing))),
+            ("--readiness", self.args.readiness, readiness),
         ]
         for flag, address, server in plan:
             host, port = _host_port(address, flag)
             await server.start(host, port)
             self._servers.append(server)
+
+
+def _default_max_connections() -> int:
+    """Half the open-files limit (raised to the hard limit at start): each downstream connection
+    also holds an upstream socket, so the limit keeps ztunnel clear of EMFILE."""
+    return max(1, resource.getrlimit(resource.RLIMIT_NOFILE)[0] // 2)
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -259,11 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(fmt=args.log_format, level=args.log_level)
     tune_malloc()  # the data path's large buffers stay on the heap instead of a page fault per use
     before, after = raise_open_files_limit()
-    if args.max_connections is None:  # each one also holds an upstream socket: stay clear of EMFILE
-        args.max_connections = max(1, after // 2)
-    get_logger("ztunnel").info(
-        "ztunnel.open_files_limit", before=before, after=after, max_connections=args.max_connections
-    )
+    get_logger("ztunnel").info("ztunnel.open_files_limit", before=before, after=after)
     try:
         return run(_serve(args))
     except MeshError as exc:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.model import Workload
+from mesh.model import IpAddress, Workload
 from mesh.policy import ConnectionAttributes
 from mesh.revocation import Revocation
 from mesh.rt.certs import NoValidCertificate
@@ -301,15 +301,22 @@ class PodProxy:
         if not ctx.budget.try_acquire():
             ctx.connection_refused(record, started=started, flags="OM", error="too many connections")
             return InboundDecision(status=503)
-        return await self._open_stream(request, decision, record, started)
+        return await self._open_stream(request, decision, record, started, peer=(peer_host, peer_ip))
 
     async def _open_stream(
-        self, request: InboundRequest, decision: Admit, record: ConnectionRecord, started: float
+        self,
+        request: InboundRequest,
+        decision: Admit,
+        record: ConnectionRecord,
+        started: float,
+        *,
+        peer: tuple[str, IpAddress],
     ) -> InboundDecision:
-        """Connects an admitted stream to the app. The stream holds a place of the node's budget: its
-        relay gives it back at the end, or this does if the stream cannot start."""
+        """Connects an admitted stream to the app, from the peer's address (text, parsed). The stream
+        holds a place of the node's budget: its relay gives it back at the end, or this does if the
+        stream cannot start."""
         ctx = self.ctx
-        peer_host = unmap(request.peer_address[0])
+        peer_host, peer_ip = peer
         handed_over = False
         try:
             try:
@@ -322,14 +329,14 @@ class PodProxy:
             ctx.metrics.connection_opened(record)
             upstream_end = await _wrap(upstream)
             stream_end = _LinkOnAttach(upstream_end)
-            peer = request.peer_identity
+            identity = request.peer_identity
             attributes = ConnectionAttributes(
-                source_ip=parse_ip(peer_host),
+                source_ip=peer_ip,
                 destination_ip=decision.address,
                 destination_port=decision.port,
-                source_trust_domain=peer.trust_domain,
-                source_namespace=peer.namespace,
-                source_service_account=peer.service_account,
+                source_trust_domain=identity.trust_domain,
+                source_namespace=identity.namespace,
+                source_service_account=identity.service_account,
             )
             tracked = self._track_inbound(
                 record,

@@ -112,7 +112,7 @@ class CrlWatcher:
         try:
             self_check(material)
         except PeerRejectedError as exc:
-            if "certificate revoked" not in str(exc):  # our own revoked certificate is replaced in apply
+            if exc.reason != "revoked":  # our own revoked certificate is replaced in apply
                 raise
 
 

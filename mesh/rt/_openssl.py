@@ -7,6 +7,7 @@ so this process loads no second crypto library. Only OpenSSL 3 is supported (its
 from __future__ import annotations
 
 import ctypes
+import functools
 import ssl
 
 from mesh.errors import MeshError
@@ -60,27 +61,22 @@ class OpenSslError(MeshError):
     """An OpenSSL call failed; the message carries OpenSSL's own reason."""
 
 
-_HANDLE: ctypes.CDLL | None = None
-
-
+@functools.cache
 def openssl() -> ctypes.CDLL:
     """The handle, resolved and typed on first use; raises :class:`OpenSslError` without OpenSSL 3."""
-    global _HANDLE  # noqa: PLW0603 - one handle per process, resolved once
-    if _HANDLE is None:
-        import _ssl  # noqa: PLC0415 - the extension module links the same libssl and libcrypto
+    import _ssl  # noqa: PLC0415 - the extension module links the same libssl and libcrypto
 
-        if ssl.OPENSSL_VERSION_INFO[0] < 3:
-            raise OpenSslError(
-                f"{ssl.OPENSSL_VERSION} is too old: OpenSSL 3 is needed",
-                hint="run on a Python linked with OpenSSL 3",
-            )
-        lib = ctypes.CDLL(_ssl.__file__)
-        for name, (restype, argtypes) in _SIGNATURES.items():
-            function = getattr(lib, name)
-            function.restype = restype
-            function.argtypes = argtypes
-        _HANDLE = lib
-    return _HANDLE
+    if ssl.OPENSSL_VERSION_INFO[0] < 3:
+        raise OpenSslError(
+            f"{ssl.OPENSSL_VERSION} is too old: OpenSSL 3 is needed",
+            hint="run on a Python linked with OpenSSL 3",
+        )
+    lib = ctypes.CDLL(_ssl.__file__)
+    for name, (restype, argtypes) in _SIGNATURES.items():
+        function = getattr(lib, name)
+        function.restype = restype
+        function.argtypes = argtypes
+    return lib
 
 
 def last_error(what: str) -> OpenSslError:

@@ -47,6 +47,7 @@ __all__ = [
     "VerifiedLeaf",
     "client_context",
     "peer_identity",
+    "peer_serial",
     "restrict_tls13_suites",
     "self_check",
     "server_context",
@@ -246,6 +247,12 @@ def peer_identity(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> WorkloadIdentity
         raise PeerRejectedError(f"the peer's SPIFFE ID is invalid: {exc}", reason=str(exc.reason)) from exc
 
 
+def peer_serial(ssl_object: ssl.SSLObject | ssl.SSLSocket) -> int | None:
+    """The serial number of the verified peer certificate (None without one)."""
+    serial = (ssl_object.getpeercert() or {}).get("serialNumber")
+    return int(str(serial), 16) if serial else None
+
+
 def verify_server_peer(
     ssl_object: ssl.SSLObject | ssl.SSLSocket, expected: frozenset[WorkloadIdentity]
 ) -> WorkloadIdentity:
@@ -283,6 +290,7 @@ class VerifiedLeaf(NamedTuple):
 
 _SELF_CHECK_ROUNDS = 4
 """Flights a TLS 1.3 handshake with client certificates needs between two ends, with room to spare."""
+_X509_V_ERR_CERT_REVOKED = 23
 
 
 def self_check(material: TlsMaterial) -> VerifiedLeaf:
@@ -308,13 +316,14 @@ def self_check(material: TlsMaterial) -> VerifiedLeaf:
             except ssl.SSLCertVerificationError as exc:
                 raise PeerRejectedError(
                     f"the certificate of {material.identity} does not verify: {exc.verify_message}",
-                    reason="chain",
+                    reason="revoked" if exc.verify_code == _X509_V_ERR_CERT_REVOKED else "chain",
                     hint="peers check the chain against the same roots; this one would be refused",
                 ) from exc
             except ssl.SSLError as exc:
                 raise PeerRejectedError(
                     f"a TLS handshake with the certificate of {material.identity} fails: {exc}",
                     reason="handshake",
+                    hint="the CA's certificate cannot serve TLS 1.3 with ECDSA/AES-GCM; check its key type",
                 ) from exc
             pending.remove(end)
         server_in.write(client_out.read())
@@ -325,13 +334,16 @@ def self_check(material: TlsMaterial) -> VerifiedLeaf:
         raise PeerRejectedError(
             f"a TLS handshake with the certificate of {material.identity} did not finish",
             reason="handshake",
+            hint="this is a bug in the self-check; report it with the CA's answer",
         )
     identity = verify_client_peer(server, trust_domain=material.identity.trust_domain)
     verify_server_peer(client, frozenset({identity}))
     leaf = client.getpeercert() or {}  # filled: verify_server_peer just read it
+    serial = peer_serial(client)
+    assert serial is not None, "a verified leaf has a serial number"
     return VerifiedLeaf(
         identity,
-        serial=int(str(leaf["serialNumber"]), 16),
+        serial=serial,
         not_before=float(ssl.cert_time_to_seconds(str(leaf["notBefore"]))),
         not_after=float(ssl.cert_time_to_seconds(str(leaf["notAfter"]))),
     )

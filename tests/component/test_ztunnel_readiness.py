@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
+from mesh.errors import MeshError
 from mesh.identity import WorkloadIdentity
 from mesh.rt.clock import SystemClock
 from mesh.testing.pki import TestPki
@@ -113,3 +114,21 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize(
+    ("extra", "message", "hint"),
+    [
+        ((), "still needs a CA", "--ca-address"),
+        (("--ca-address", "127.0.0.1:9", "--max-connections", "0"), "at least 1, not 0", "--max-connections"),
+    ],
+)
+def test_unusable_settings_say_what_to_pass(
+    tmp_path: Path, extra: tuple[str, ...], message: str, hint: str
+) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text("workloads: []\n")
+    args = _parser().parse_args(_args(tmp_path, "--local-config", str(config), *extra))
+    with pytest.raises(MeshError, match=message) as caught:
+        Ztunnel(args)
+    assert hint in caught.value.hint

@@ -37,7 +37,7 @@ from mesh.rt.hbone.errors import ConnectionClosedError, KeepaliveTimeoutError
 from mesh.rt.hbone.keepalive import Keepalive
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import LoopScheduler, Scheduler
-from mesh.rt.tls import PeerRejectedError
+from mesh.rt.tls import PeerRejectedError, peer_serial
 
 __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]  # errors re-exported
 
@@ -125,7 +125,7 @@ class HboneConnection(asyncio.BufferedProtocol):
             if ssl_object is None:
                 raise PeerRejectedError("the connection is not TLS", reason="plaintext")
             self.peer_identity = self.verify_peer(ssl_object)
-            self.peer_serial = _serial_of(ssl_object)
+            self.peer_serial = peer_serial(ssl_object)
         except PeerRejectedError as exc:
             self.log.warning("hbone.peer_rejected", reason=exc.reason, error=str(exc), **self._where())
             self._close_reason = exc
@@ -491,8 +491,3 @@ class HboneConnection(asyncio.BufferedProtocol):
 def _settle(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
-
-
-def _serial_of(ssl_object: ssl.SSLObject) -> int | None:
-    serial = (ssl_object.getpeercert() or {}).get("serialNumber")
-    return int(str(serial), 16) if serial else None
