@@ -1,9 +1,10 @@
 """One HBONE HTTP/2 connection over TLS: the engine driven by an ``asyncio.Protocol``.
 
 Shared by both roles: feeding bytes to the engine and events to streams, one write per callback,
-window acknowledgements batched per read, the read cap, TLS write backpressure, keepalive PINGs,
-GOAWAY handling and graceful drain. :mod:`~mesh.rt.hbone.client` and :mod:`~mesh.rt.hbone.server`
-add the role-specific parts.
+window acknowledgements batched per read, the read cap and TLS write backpressure. Closing, graceful
+drain, GOAWAY and the keepalive callbacks are in :mod:`~mesh.rt.hbone._lifecycle` (cold code, kept
+out of the hot loop's module). :mod:`~mesh.rt.hbone.client` and :mod:`~mesh.rt.hbone.server` add the
+role-specific parts.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 from mesh.hbone.connection import H2Connection
 from mesh.hbone.errors import ErrorCode, H2ProtocolError
@@ -31,6 +32,7 @@ from mesh.hbone.events import (
 from mesh.hbone.frames import FRAME_HEADER
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._buffers import SpareBuffers
+from mesh.rt.hbone._lifecycle import ConnectionLifecycle
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.errors import ConnectionClosedError, KeepaliveTimeoutError
@@ -44,11 +46,9 @@ __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"] 
 _FRAME_HEADER = FRAME_HEADER.size
 _READ_BUFFER = 256 * 1024 + 256
 """uvloop decrypts at most 256 KiB per read; one buffer of that size is reused across reads."""
-_IDLE_READ_BUFFER = 4096
-"""What a connection without streams keeps for reading (PINGs, SETTINGS, the next HEADERS)."""
 
 
-class HboneConnection(asyncio.BufferedProtocol):
+class HboneConnection(ConnectionLifecycle, asyncio.BufferedProtocol):
     """Drives an engine over a TLS transport; subclasses verify the peer and handle their role's events."""
 
     client_side: ClassVar[bool]
@@ -293,62 +293,6 @@ class HboneConnection(asyncio.BufferedProtocol):
         if not self.streams:
             self._wake_idle_waiters()
 
-    # -- lifecycle ------------------------------------------------------------------------------------
-
-    @property
-    def is_closed(self) -> bool:
-        """True once the transport is gone or going."""
-        return self._closed
-
-    def abort(self, reason: BaseException | None = None) -> None:
-        """Drops the connection at once; streams end with ``reason``."""
-        if self._close_reason is None:
-            self._close_reason = reason
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.abort()
-
-    def close(self, error_code: int = ErrorCode.NO_ERROR) -> None:
-        """GOAWAY, then closes TLS (close_notify and FIN) once the output is written."""
-        if self._closed:
-            return
-        self.going_away = True
-        with contextlib.suppress(H2ProtocolError):
-            self.h2.close(error_code)
-        self.flush()
-        self._write_out()  # GOAWAY goes out even to a peer that stopped reading
-        self._closed = True
-        self.keepalive.stop()
-        if self.transport is not None:
-            self.transport.close()
-
-    async def drain(self, *, deadline: float) -> int:
-        """Graceful drain: GOAWAY, let open streams finish for up to ``deadline`` seconds, then close.
-
-        Returns how many streams were still open at the deadline (they end with the connection).
-        """
-        if self._closed:
-            return 0
-        if not self.going_away:
-            self.going_away = True
-            with contextlib.suppress(H2ProtocolError):
-                self.h2.close(ErrorCode.NO_ERROR)
-            self.flush()
-        if self.streams:
-            waiter: asyncio.Future[None] = self._loop.create_future()
-            self._idle_waiters.append(waiter)
-            timer = self._scheduler.call_later(deadline, lambda: _settle(waiter))
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-        left = len(self.streams)
-        self.close()
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(self.config.close_timeout + 1.0):
-                await asyncio.shield(self.closed)
-        self.abort()
-        return left
-
     # -- internals ------------------------------------------------------------------------------------
 
     def _on_event(self, event: Event) -> None:
@@ -387,41 +331,6 @@ class HboneConnection(asyncio.BufferedProtocol):
             self.h2.send_response(event.stream_id, 400, end_stream=True)
         self.reset_stream(event.stream_id, ErrorCode.NO_ERROR)
 
-    def _on_terminated(self, event: ConnectionTerminated) -> None:
-        self.going_away = True
-        graceful = event.remote and event.error_code == ErrorCode.NO_ERROR
-        self.log.info(
-            "hbone.goaway",
-            remote=event.remote,
-            error_code=event.error_code,
-            last_stream_id=event.last_stream_id,
-            **self._where(),
-        )
-        if graceful:
-            self._goaway_received = True
-            if not self.streams:
-                self._schedule_close()
-            return
-        self._close_reason = ConnectionClosedError(
-            f"HTTP/2 connection terminated with error code {event.error_code:#x}"
-            f" ({'by the peer' if event.remote else 'by this side'})",
-            hint="open a new connection",
-        )
-        self._schedule_close()
-
-    def _schedule_close(self) -> None:
-        self._loop.call_soon(self._close_after_batch)
-
-    def _close_after_batch(self) -> None:
-        if self._closed:
-            return
-        self.flush()
-        self._write_out()
-        self._closed = True
-        self.keepalive.stop()
-        if self.transport is not None:
-            self.transport.close()
-
     def _pump(self) -> None:
         if not self._blocked:
             return
@@ -444,50 +353,3 @@ class HboneConnection(asyncio.BufferedProtocol):
         elif self._read_paused and self.buffered_bytes <= cap // 2:
             self._read_paused = False
             transport.resume_reading()
-
-    def _wake_idle_waiters(self) -> None:
-        for waiter in self._idle_waiters:
-            _settle(waiter)
-        self._idle_waiters.clear()
-        if self._goaway_received and not self.streams and not self._closed:
-            self._schedule_close()
-
-    def _send_ping(self, opaque: bytes) -> None:
-        if not self._closed:
-            if not self.streams:  # idle for a keepalive interval: give the bulk buffers back
-                self._read_buffer = bytearray(_IDLE_READ_BUFFER)
-                self._spares.clear()
-            self.h2.ping(opaque)
-            self.flush()
-
-    @property
-    def read_buffer_bytes(self) -> int:
-        """The bytes of read buffers this connection holds (the current one and its spares)."""
-        return len(self._read_buffer) + self._spares.held_bytes
-
-    def _peer_dead(self) -> None:
-        if self._closed:
-            return
-        self.log.warning("hbone.keepalive_timeout", timeout=self.config.keepalive_timeout, **self._where())
-        self.abort(
-            KeepaliveTimeoutError(
-                f"no PING answer within {self.config.keepalive_timeout} s",
-                hint="the peer is unreachable or stuck; a new connection will be opened",
-            )
-        )
-
-    def _where(self) -> dict[str, Any]:
-        transport = self.transport
-        if transport is None:
-            return {}
-        peer = transport.get_extra_info("peername")
-        return {"peer.addr": f"{peer[0]}:{peer[1]}" if peer else "", "hbone.role": self._role}
-
-    @property
-    def _role(self) -> str:
-        return "client" if self.client_side else "server"
-
-
-def _settle(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
