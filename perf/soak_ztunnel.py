@@ -9,15 +9,16 @@ byte-checked. Meanwhile:
 - istiod_lite is killed (SIGKILL) every ``--restart-every`` minutes; the lab restarts it;
 - once, for ``--loss-seconds``, ``--loss`` of the packets reaching either pod are dropped at random
   (``iptables -m statistic``; this kernel has no ``tc netem``);
-- both ztunnels' RSS, open descriptors and threads are sampled every 10 s.
+- both ztunnels' RSS, open descriptors, threads and event-loop tasks (``ztunnel_event_loop_tasks``)
+  are sampled every 10 s.
 
 Pass criteria (printed, and in the JSON written to ``perf/results/soak-*.json``):
 
 - success >= 99.99 % of the connections;
 - ztunnel RSS drift < 10 % between the sample at a sixth of the run (minute 10 of an hour) and
   the last one of the steady load (before held connections wind down);
-- open descriptors, once the load is over and the pools released their idle connections (5 min),
-  within max(2 %, 2) of before;
+- open descriptors and event-loop tasks, once the load is over and the pools released their idle
+  connections (5 min), each within max(2 %, 2) of before;
 - no non-JSON line (traceback) and no ``connection.failed`` in the ztunnels' logs;
 - each ztunnel's ``istio_tcp_connections_opened_total`` equals its ``_closed_total`` after the load.
 
@@ -95,8 +96,26 @@ def _sample(bench: BenchLab, at: float) -> dict[str, Any]:
             "rss_mb": round(proc.rss_mb, 1),
             "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": len(os.listdir(f"/proc/{pid}/task")),
+            "tasks": _metric_sum(_scrape(bench, node), "ztunnel_event_loop_tasks"),
         }
     return sample
+
+
+def _scrape(bench: BenchLab, node: str) -> str:
+    netns = bench.lab.settings.node(node).netns
+    status, body = http_get("127.0.0.1", 15020, "/metrics", netns=netns, timeout=5)
+    if status != 200:
+        raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
+    return body.decode()
+
+
+def _metric_sum(text: str, name: str) -> float:
+    """The sum of the samples of ``name`` over all its label sets."""
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith((f"{name}{{", f"{name} "))
+    )
 
 
 def _kill_istiod(bench: BenchLab) -> int | None:
@@ -131,16 +150,11 @@ def _loss(netns: list[str], share: float) -> Iterator[None]:
 
 
 def _opened_closed(bench: BenchLab, node: str) -> tuple[float, float]:
-    netns = bench.lab.settings.node(node).netns
-    status, body = http_get("127.0.0.1", 15020, "/metrics", netns=netns, timeout=5)
-    if status != 200:
-        raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
-    totals = {"opened": 0.0, "closed": 0.0}
-    for line in body.decode().splitlines():
-        for kind in totals:
-            if line.startswith(f"istio_tcp_connections_{kind}_total{{"):
-                totals[kind] += float(line.rsplit(" ", 1)[1])
-    return totals["opened"], totals["closed"]
+    text = _scrape(bench, node)
+    return (
+        _metric_sum(text, "istio_tcp_connections_opened_total"),
+        _metric_sum(text, "istio_tcp_connections_closed_total"),
+    )
 
 
 def _settled_counters(bench: BenchLab, *, within: float = 30.0) -> dict[str, tuple[float, float]]:
@@ -265,11 +279,8 @@ def _verdicts(
     checks: dict[str, bool | None] = {
         "success": (summary["ok"] / total if total else 0.0) >= 0.9999,
         "rss_drift": all(abs(last[n]["rss_mb"] / early[n]["rss_mb"] - 1) < 0.10 for n in NODES),
-        "fds_back": None
-        if plan.settle < _POOL_IDLE
-        else all(
-            abs(after[n]["fds"] - baseline[n]["fds"]) <= max(2, 0.02 * baseline[n]["fds"]) for n in NODES
-        ),
+        "fds_back": None if plan.settle < _POOL_IDLE else _back(baseline, after, "fds"),
+        "tasks_back": None if plan.settle < _POOL_IDLE else _back(baseline, after, "tasks"),
         "clean_logs": all(
             not log.get("(non-JSON lines, e.g. tracebacks)") and not log.get("warning: connection.failed")
             for log in logs.values()
@@ -295,8 +306,9 @@ def _verdicts(
     }
 
 
-def _fds_back(before: dict[str, Any], after: dict[str, Any]) -> bool:
-    return bool(abs(after["fds"] - before["fds"]) <= max(2, 0.02 * before["fds"]))
+def _back(before: dict[str, Any], after: dict[str, Any], key: str) -> bool:
+    """Each ztunnel's ``key`` count is back within max(2 %, 2) of where it was before the load."""
+    return all(abs(after[n][key] - before[n][key]) <= max(2, 0.02 * before[n][key]) for n in NODES)
 
 
 def report(result: dict[str, Any]) -> str:
@@ -315,7 +327,9 @@ def report(result: dict[str, Any]) -> str:
         lines.append(
             f"- {node} ztunnel: RSS {b['rss_mb']} MB before, {e['rss_mb']} at {result['early']['t']:.0f} s, "
             f"{last['rss_mb']} at the end of the load, {a['rss_mb']} after; fds {b['fds']} before, "
-            f"{last['fds']} under load, {a['fds']} after; threads {b['threads']} -> {a['threads']}"
+            f"{last['fds']} under load, {a['fds']} after; tasks {b['tasks']:.0f} before, "
+            f"{last['tasks']:.0f} under load, {a['tasks']:.0f} after; "
+            f"threads {b['threads']} -> {a['threads']}"
         )
     counters = ", ".join(
         f"{n} {c['opened']:.0f} opened / {c['closed']:.0f} closed" for n, c in result["counters"].items()

@@ -34,7 +34,7 @@ from mesh.rt.http import HttpServer, ThreadedHttpServer
 from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
-from mesh.rt.metrics import build_registry
+from mesh.rt.metrics import LoopTasks, build_registry
 from mesh.rt.rpc import client_tls
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
@@ -223,6 +223,7 @@ class Ztunnel:
         """Runs until drained; returns the exit code."""
         loop = asyncio.get_running_loop()
         self.drain.install_signal_handlers(loop)
+        self.registry.register(LoopTasks(loop, "ztunnel_event_loop_tasks"))
         if self.args.local_config:
             self.ctx.apply_state(load_local_config(self.args.local_config))
         await self._start_http()

@@ -3,6 +3,7 @@ reader of the text format), a golden text, promtool, and the errors a caller get
 
 from __future__ import annotations
 
+import asyncio
 import math
 import shutil
 import subprocess
@@ -24,6 +25,7 @@ from mesh.rt.metrics import (
     Gauge,
     GaugeFamily,
     Histogram,
+    LoopTasks,
     MetricFamily,
     MetricsError,
     Registry,
@@ -243,6 +245,22 @@ def test_workload_manager_metrics_read_the_managers_counts() -> None:
     registry.register(WorkloadManagerMetrics(manager))
     assert registry.get_sample_value("workload_manager_proxies_started_total") == 3
     assert registry.get_sample_value("workload_manager_proxies_stopped_total") == 1
+
+
+def test_loop_tasks_counts_the_tasks_not_yet_done_at_each_scrape() -> None:
+    async def scenario() -> list[float | None]:
+        registry = Registry()
+        registry.register(LoopTasks(asyncio.get_running_loop(), "proxy_event_loop_tasks"))
+        seen = [registry.get_sample_value("proxy_event_loop_tasks")]  # this coroutine's own task
+        gate = asyncio.Event()
+        waiting = [asyncio.create_task(gate.wait()) for _ in range(3)]
+        seen.append(registry.get_sample_value("proxy_event_loop_tasks"))
+        gate.set()
+        await asyncio.gather(*waiting)
+        seen.append(registry.get_sample_value("proxy_event_loop_tasks"))
+        return seen
+
+    assert asyncio.run(scenario()) == [1, 4, 1]
 
 
 @pytest.mark.parametrize("name", ["", "1abc", "a-b", "a b", "caf\u00e9", "a.b"])

@@ -30,6 +30,7 @@ from mesh.rt.metrics._families import (
     Registry,
     render,
 )
+from mesh.rt.metrics._loop import LoopTasks
 from mesh.rt.metrics._metrics import (
     DEFAULT_BUCKETS,
     Counter,
@@ -52,6 +53,7 @@ __all__ = [
     "GaugeFamily",
     "Histogram",
     "HistogramChild",
+    "LoopTasks",
     "MetricFamily",
     "MetricsError",
     "Registry",
