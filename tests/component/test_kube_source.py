@@ -130,6 +130,7 @@ async def test_lists_every_kind_then_follows_the_watch(
     store(server, [namespace("demo"), pod("a")])
     caches = await informers()
     assert {len(server[kmock.action.LIST, kmock.resource(resource_key(r))]) for r in SERVED} == {1}
+    await until(caches, lambda _: bool(watches(server)))  # synced after the list; the watch follows
     watch = watches(server)[0]
     assert watch.params["allowWatchBookmarks"] == "true" and "timeoutSeconds" in watch.params
     await server.post("/api/v1/namespaces/demo/pods", json=pod("b", ip="10.244.1.6"))
