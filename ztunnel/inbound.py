@@ -21,7 +21,7 @@ from ztunnel.context import NodeContext
 from ztunnel.headers import parse_forwarded_host
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
 from ztunnel.netns import InPodSocketFactory, ip_text, original_destination, parse_ip, peer_of, unmap
-from ztunnel.relays import refuse, relay_end, report_when_closed, reset_end, socket_of
+from ztunnel.relays import refuse, relay_end, report_when_closed, socket_of
 from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["INBOUND_HBONE_PORT", "INBOUND_PLAINTEXT_PORT", "PodInbound"]
@@ -155,9 +155,7 @@ class PodInbound:
             destination_addr=f"{ip_text(dst_ip)}:{dst_port}",
         )
         if not isinstance(decision, Admit):
-            reset_end(client_end)
-            ctx.connection_refused(record, started=started, flags=decision.flag, error=decision.reason)
-            return
+            return refuse(ctx, client_end, record, started=started, flag=decision.flag, error=decision.reason)
         try:
             upstream = await self._app_sockets.connect((ip_text(dst_ip), dst_port), source_ip=peer_host)
         except ConnectError as exc:

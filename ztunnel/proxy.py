@@ -184,10 +184,9 @@ class PodProxy:
             hbone_addr=f"{ip_text(plan.address)}:{plan.port}" if isinstance(plan, HboneTunnel) else "",
         )
         if isinstance(plan, Refuse):
-            reset_end(client_end)
-            ctx.connection_refused(record, started=started, flags="CONNECT", error=plan.reason)
-            return
-        ctx.metrics.connection_opened(record)
+            return refuse(ctx, client_end, record, started=started, flag="CONNECT", error=plan.reason)
+        # Counted opened once the upstream answers, as inbound does: a refusal counts opened and
+        # closed together, so counting it here too would count a refused connection open twice.
         if isinstance(plan, DirectTcp):
             await self._relay_direct(client_end, plan, record, started)
         else:
@@ -201,6 +200,7 @@ class PodProxy:
         except ConnectError as exc:
             refuse(self.ctx, client_end, record, started=started, flag="CONNECT", error=exc.message)
             return
+        self.ctx.metrics.connection_opened(record)
         upstream_end = await relay_end(upstream)
         link(client_end, upstream_end)
         await report_when_closed(record, self.ctx, started, client_end, upstream_end)
@@ -249,6 +249,7 @@ class PodProxy:
             return refuse(
                 ctx, client_end, record, started=started, flag=flag, error=f"peer answered {status}"
             )
+        ctx.metrics.connection_opened(record)
         stream_end = splice(client_end, stream)
         await report_when_closed(record, ctx, started, client_end, stream_end)
         return None

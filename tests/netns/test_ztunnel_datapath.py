@@ -21,6 +21,7 @@ from mesh.identity import WorkloadIdentity
 from mesh.model import Action, Authorization, Match, Scope, StringMatch
 from mesh.rt.certs import NoValidCertificate
 from mesh.rt.http import HttpServer
+from mesh.rt.metrics import Registry
 from meshctl.ztunnel_config import fetch_admin, render_table
 from tests.netns.ztunnel_support import (
     Pod,
@@ -72,6 +73,7 @@ async def test_deny_policy_gives_401_and_deny_flag(pods: list[Pod], tmp_path: Pa
             code, out, _ = await run_in(client, "curl", "-sS", "-m", "10", f"http://{server.ip}:8080/")
         assert code != 0 and "Directory listing" not in out
         assert metric_total(mesh.registry, "istio_tcp_connections_closed_total", response_flags="DENY") >= 1
+        _assert_balanced(mesh.registry)  # a refusal after the plan counts one open and one close
     errors = [e for e in logs if e.get("event") == "connection complete" and e.get("error")]
     assert any("DENY" in str(e.get("error")) or "denied" in str(e.get("error")) for e in errors), errors
 
@@ -272,6 +274,7 @@ async def test_a_pod_without_a_certificate_gets_no_connection_and_sends_no_plain
         assert metric_total(mesh.registry, "istio_tcp_connections_opened_total", reporter="destination") == 0
         failed = metric_total(mesh.registry, "istio_tcp_connections_closed_total", reporter="source")
         assert failed >= 5
+        _assert_balanced(mesh.registry)
         with pytest.raises(NoValidCertificate):
             mesh.ctx.certs.current(WorkloadIdentity("cluster.local", "demo", "client"))
 
@@ -309,6 +312,15 @@ async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: 
         _, out, err = await holder
         waited, received, still_open = out.split()
         assert float(waited) < 2.0 and received == "0" and still_open == "0", (out, err)
+
+
+def _assert_balanced(registry: Registry) -> None:
+    """Every reporter counted each connection opened once and closed once (the soak found a refused
+    outbound connection counted opened twice)."""
+    for reporter in ("source", "destination"):
+        opened = metric_total(registry, "istio_tcp_connections_opened_total", reporter=reporter)
+        closed = metric_total(registry, "istio_tcp_connections_closed_total", reporter=reporter)
+        assert opened == closed, (reporter, opened, closed)
 
 
 async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
