@@ -157,6 +157,21 @@ def _opened_closed(bench: BenchLab, node: str) -> tuple[float, float]:
     )
 
 
+def _unbalanced(text: str) -> list[dict[str, Any]]:
+    """The label sets (without ``response_flags``, which only closing sets) whose opened and closed
+    counts differ: where a connection was counted opened but never closed, or the reverse."""
+    sums: dict[str, dict[str, float]] = {}
+    for line in text.splitlines():
+        for kind in ("opened", "closed"):
+            prefix = f"istio_tcp_connections_{kind}_total{{"
+            if line.startswith(prefix):
+                labels, value = line[len(prefix) :].rsplit("} ", 1)
+                kept = [p for p in labels.split('",') if not p.startswith("response_flags=")]
+                key = '",'.join(kept)
+                sums.setdefault(key, {"opened": 0.0, "closed": 0.0})[kind] += float(value)
+    return [{"labels": k, **v} for k, v in sums.items() if v["opened"] != v["closed"]]
+
+
 def _settled_counters(bench: BenchLab, *, within: float = 30.0) -> dict[str, tuple[float, float]]:
     """Each ztunnel's (opened, closed) once they agree, or as they are after ``within`` seconds: a
     connection the load just closed can take a moment to be counted closed; one never closed stays."""
@@ -244,6 +259,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
             time.sleep(plan.settle)
             after = _sample(bench, plan.seconds + plan.settle)
             counters = _settled_counters(bench)
+            unbalanced = {node: _unbalanced(_scrape(bench, node)) for node in NODES}
             return _verdicts(
                 plan,
                 lab_id=bench.lab.lab_id,
@@ -252,6 +268,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
                 after=after,
                 summary=progress[-1],
                 counters=counters,
+                unbalanced=unbalanced,
                 logs=bench.ztunnel_log_events(),
                 events=events,
             )
@@ -268,6 +285,7 @@ def _verdicts(
     after: dict[str, Any],
     summary: dict[str, Any],
     counters: dict[str, tuple[float, float]],
+    unbalanced: dict[str, list[dict[str, Any]]],
     logs: dict[str, dict[str, int]],
     events: list[str],
 ) -> dict[str, Any]:
@@ -298,6 +316,7 @@ def _verdicts(
         "last_under_load": last,
         "after": after,
         "counters": {n: {"opened": o, "closed": c} for n, (o, c) in counters.items()},
+        "unbalanced": unbalanced,
         "log_events": logs,
         "events": events,
         "samples": samples,
@@ -334,7 +353,13 @@ def report(result: dict[str, Any]) -> str:
     counters = ", ".join(
         f"{n} {c['opened']:.0f} opened / {c['closed']:.0f} closed" for n, c in result["counters"].items()
     )
-    lines += [f"- counters: {counters}", f"- events: {'; '.join(result['events']) or 'none'}", ""]
+    lines.append(f"- counters: {counters}")
+    lines += [
+        f"  - {node} unbalanced: {u['opened']:.0f} opened / {u['closed']:.0f} closed for {u['labels']}"
+        for node, sets in result["unbalanced"].items()
+        for u in sets
+    ]
+    lines += [f"- events: {'; '.join(result['events']) or 'none'}", ""]
     verdicts = {
         True: "met",
         False: "**MISSED**",
