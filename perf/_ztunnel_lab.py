@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -40,6 +41,7 @@ __all__ = [
     "ProcSample",
     "count_log_events",
     "count_mtls_opened",
+    "metric_samples",
     "proc_sample",
 ]
 
@@ -124,17 +126,29 @@ def count_log_events(text: str) -> dict[str, int]:
     return dict(counts)
 
 
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """The samples of ``name`` in a text exposition: (labels, value) for each label set."""
+    out = []
+    for line in text.splitlines():
+        if line.startswith((f"{name}{{", f"{name} ")):
+            head, value = line.rsplit(" ", 1)
+            out.append((dict(_LABEL.findall(head[len(name) :])), float(value)))
+    return out
+
+
 def count_mtls_opened(metrics: str) -> int:
     """The sum of ``istio_tcp_connections_opened_total`` with reporter=destination and mutual_tls."""
-    total = 0.0
-    for line in metrics.splitlines():
-        if (
-            line.startswith("istio_tcp_connections_opened_total{")
-            and 'reporter="destination"' in line
-            and 'connection_security_policy="mutual_tls"' in line
-        ):
-            total += float(line.rsplit(" ", 1)[1])
-    return int(total)
+    return int(
+        sum(
+            value
+            for labels, value in metric_samples(metrics, "istio_tcp_connections_opened_total")
+            if labels.get("reporter") == "destination"
+            and labels.get("connection_security_policy") == "mutual_tls"
+        )
+    )
 
 
 class BenchLab:
@@ -206,13 +220,17 @@ class BenchLab:
                 counts[node] += 1
         return counts
 
-    def mtls_connections_in(self, node: str = NODES[1]) -> int:
-        """Connections ``node``'s ztunnel accepted over HBONE mTLS (its ``reporter=destination`` metric)."""
+    def metrics_text(self, node: str) -> str:
+        """What ``node``'s ztunnel serves on /metrics now."""
         netns = next(n.netns for n in self.lab.settings.nodes if n.name == node)
         status, body = http_get("127.0.0.1", METRICS_PORT, "/metrics", netns=netns, timeout=5)
         if status != 200:
             raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
-        return count_mtls_opened(body.decode())
+        return body.decode()
+
+    def mtls_connections_in(self, node: str = NODES[1]) -> int:
+        """Connections ``node``'s ztunnel accepted over HBONE mTLS (its ``reporter=destination`` metric)."""
+        return count_mtls_opened(self.metrics_text(node))
 
     def ztunnel_log_events(self) -> dict[str, dict[str, int]]:
         """Per node: counts of warning/error events, proxies started/stopped, and non-JSON lines."""

@@ -46,8 +46,7 @@ from typing import Any
 
 from meshctl.lab.supervisor import read_pid_file
 from meshctl.lab.testkit import unique_lab_id
-from meshctl.nethttp import http_get
-from perf._ztunnel_lab import ENROLLED, NODES, REDIS_PORT, BenchLab, proc_sample
+from perf._ztunnel_lab import ENROLLED, NODES, REDIS_PORT, BenchLab, metric_samples, proc_sample
 
 __all__ = ["Plan", "main", "run_soak"]
 
@@ -96,26 +95,14 @@ def _sample(bench: BenchLab, at: float) -> dict[str, Any]:
             "rss_mb": round(proc.rss_mb, 1),
             "fds": len(os.listdir(f"/proc/{pid}/fd")),
             "threads": len(os.listdir(f"/proc/{pid}/task")),
-            "tasks": _metric_sum(_scrape(bench, node), "ztunnel_event_loop_tasks"),
+            "tasks": _metric_sum(bench.metrics_text(node), "ztunnel_event_loop_tasks"),
         }
     return sample
 
 
-def _scrape(bench: BenchLab, node: str) -> str:
-    netns = bench.lab.settings.node(node).netns
-    status, body = http_get("127.0.0.1", 15020, "/metrics", netns=netns, timeout=5)
-    if status != 200:
-        raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
-    return body.decode()
-
-
 def _metric_sum(text: str, name: str) -> float:
     """The sum of the samples of ``name`` over all its label sets."""
-    return sum(
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith((f"{name}{{", f"{name} "))
-    )
+    return sum(value for _, value in metric_samples(text, name))
 
 
 def _kill_istiod(bench: BenchLab) -> int | None:
@@ -150,7 +137,7 @@ def _loss(netns: list[str], share: float) -> Iterator[None]:
 
 
 def _opened_closed(bench: BenchLab, node: str) -> tuple[float, float]:
-    text = _scrape(bench, node)
+    text = bench.metrics_text(node)
     return (
         _metric_sum(text, "istio_tcp_connections_opened_total"),
         _metric_sum(text, "istio_tcp_connections_closed_total"),
@@ -161,14 +148,11 @@ def _unbalanced(text: str) -> list[dict[str, Any]]:
     """The label sets (without ``response_flags``, which only closing sets) whose opened and closed
     counts differ: where a connection was counted opened but never closed, or the reverse."""
     sums: dict[str, dict[str, float]] = {}
-    for line in text.splitlines():
-        for kind in ("opened", "closed"):
-            prefix = f"istio_tcp_connections_{kind}_total{{"
-            if line.startswith(prefix):
-                labels, value = line[len(prefix) :].rsplit("} ", 1)
-                kept = [p for p in labels.split('",') if not p.startswith("response_flags=")]
-                key = '",'.join(kept)
-                sums.setdefault(key, {"opened": 0.0, "closed": 0.0})[kind] += float(value)
+    for kind in ("opened", "closed"):
+        for labels, value in metric_samples(text, f"istio_tcp_connections_{kind}_total"):
+            labels.pop("response_flags", None)
+            key = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+            sums.setdefault(key, {"opened": 0.0, "closed": 0.0})[kind] += value
     return [{"labels": k, **v} for k, v in sums.items() if v["opened"] != v["closed"]]
 
 
@@ -259,7 +243,7 @@ def run_soak(plan: Plan) -> dict[str, Any]:
             time.sleep(plan.settle)
             after = _sample(bench, plan.seconds + plan.settle)
             counters = _settled_counters(bench)
-            unbalanced = {node: _unbalanced(_scrape(bench, node)) for node in NODES}
+            unbalanced = {node: _unbalanced(bench.metrics_text(node)) for node in NODES}
             return _verdicts(
                 plan,
                 lab_id=bench.lab.lab_id,
