@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from istiod_lite.ca.errors import InvalidRequestError
@@ -64,8 +65,10 @@ def validate_csr(pem: str, *, trust_domain: str) -> ValidatedCsr:
 def _public_key(csr: x509.CertificateSigningRequest) -> LeafPublicKey:
     try:
         key = csr.public_key()
-    except ValueError as err:
-        raise InvalidRequestError(f"the CSR's public key is unreadable ({err})") from err
+    except (ValueError, UnsupportedAlgorithm) as err:
+        raise InvalidRequestError(
+            f"the CSR's public key is unreadable ({err})", hint="use ECDSA P-256 or RSA >= 2048 bits"
+        ) from err
     if isinstance(key, ec.EllipticCurvePublicKey):
         if not isinstance(key.curve, ec.SECP256R1):
             raise InvalidRequestError(f"the CSR key uses curve {key.curve.name}", hint="use ECDSA P-256")

@@ -35,6 +35,17 @@ def _tampered(pki: TestPki) -> str:
     return f"-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"
 
 
+def _unknown_oid(pki: TestPki, oid_der: str) -> str:
+    """A CSR where the DER-encoded OID ``oid_der`` ends in 0x7f instead, an arc no library knows
+    (as a fuzzer's one-character change produced: cryptography raises UnsupportedAlgorithm)."""
+    der = pki.new_csr(URI).csr.public_bytes(serialization.Encoding.DER)
+    oid = bytes.fromhex(oid_der)
+    assert oid in der
+    der = der.replace(oid, oid[:-1] + b"\x7f", 1)
+    b64 = base64.encodebytes(der).decode()
+    return f"-----BEGIN CERTIFICATE REQUEST-----\n{b64}-----END CERTIFICATE REQUEST-----\n"
+
+
 @pytest.mark.parametrize(
     ("key_type", "key_class"),
     [("ec-p256", ec.EllipticCurvePublicKey), ("rsa-2048", rsa.RSAPublicKey)],
@@ -61,6 +72,16 @@ BAD: list[tuple[str, Callable[[TestPki], str], str]] = [
         "not valid PEM",
     ),
     ("bad signature", _tampered, "signature does not verify"),
+    (  # id-ecPublicKey -> 1.2.840.10045.2.127
+        "unknown key algorithm",
+        lambda p: _unknown_oid(p, "06072a8648ce3d0201"),
+        "public key is unreadable",
+    ),
+    (  # ecdsa-with-SHA256 -> 1.2.840.10045.4.3.127: an unknown signature algorithm does not verify
+        "unknown signature algorithm",
+        lambda p: _unknown_oid(p, "06082a8648ce3d040302"),
+        "signature does not verify",
+    ),
     ("rsa 1024", lambda p: _pem(p, identity_uri=URI, key_type="rsa-1024"), "1024-bit RSA"),
     ("secp256k1", lambda p: _pem(p, identity_uri=URI, key_type="ec-secp256k1"), "curve secp256k1"),
     ("p384", lambda p: _pem(p, identity_uri=URI, key_type="ec-p384"), "curve secp384r1"),
