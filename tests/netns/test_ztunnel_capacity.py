@@ -169,7 +169,8 @@ async def _readiness_latencies(port: int, *, until: asyncio.Future[tuple[int, st
 
 
 async def _eventually_released(budget: ConnectionBudget) -> None:
-    await _eventually_below(budget, 1)
+    # After a flood, thousands of closes are reported on this busy 2-core machine: allow 15 s.
+    await _eventually_below(budget, 1, within=15.0)
 
 
 async def test_inbound_hbone_streams_beyond_the_limit_get_503_and_a_freed_place_is_reused(
@@ -199,9 +200,9 @@ async def test_inbound_hbone_streams_beyond_the_limit_get_503_and_a_freed_place_
         await _eventually_released(mesh.ctx.budget)
 
 
-async def _eventually_below(budget: ConnectionBudget, limit: int) -> None:
-    for _ in range(250):
+async def _eventually_below(budget: ConnectionBudget, limit: int, *, within: float = 5.0) -> None:
+    for _ in range(int(within / 0.02)):
         if budget.active < limit:
             return
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{budget.active} places still taken")
+    raise AssertionError(f"{budget.active} places still taken after {within:g} s")
