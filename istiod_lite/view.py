@@ -21,7 +21,10 @@ from types import MappingProxyType
 
 from istiod_lite.sources.objects import (
     AUTHORIZATION_POLICY,
+    DESTINATION_RULE,
     ENDPOINT_SLICE,
+    GATEWAY,
+    HTTP_ROUTE,
     KINDS,
     NAMESPACE,
     PEER_AUTHENTICATION,
@@ -29,6 +32,7 @@ from istiod_lite.sources.objects import (
     REPLICA_SET,
     SERVICE,
     SERVICE_ACCOUNT,
+    VIRTUAL_SERVICE,
     Json,
     JsonMap,
     KubeObject,
@@ -43,7 +47,10 @@ from mesh.errors import ConfigError
 
 __all__ = [
     "AUTHORIZATION_POLICY",
+    "DESTINATION_RULE",
     "ENDPOINT_SLICE",
+    "GATEWAY",
+    "HTTP_ROUTE",
     "KINDS",
     "NAMESPACE",
     "PEER_AUTHENTICATION",
@@ -51,6 +58,7 @@ __all__ = [
     "REPLICA_SET",
     "SERVICE",
     "SERVICE_ACCOUNT",
+    "VIRTUAL_SERVICE",
     "ClusterView",
     "Informers",
     "Json",
@@ -139,6 +147,26 @@ class ClusterView:
     def authorization_policies(self) -> Mapping[ObjectKey, KubeObject]:
         """security.istio.io AuthorizationPolicies."""
         return self.of_kind(AUTHORIZATION_POLICY)
+
+    @property
+    def virtual_services(self) -> Mapping[ObjectKey, KubeObject]:
+        """networking.istio.io VirtualServices (v1, v1beta1 and v1alpha3 share one schema)."""
+        return self.of_kind(VIRTUAL_SERVICE)
+
+    @property
+    def destination_rules(self) -> Mapping[ObjectKey, KubeObject]:
+        """networking.istio.io DestinationRules (v1, v1beta1 and v1alpha3 share one schema)."""
+        return self.of_kind(DESTINATION_RULE)
+
+    @property
+    def gateways(self) -> Mapping[ObjectKey, KubeObject]:
+        """Objects of kind Gateway: gateway.networking.k8s.io ones, and in the lab possibly Istio's."""
+        return self.of_kind(GATEWAY)
+
+    @property
+    def http_routes(self) -> Mapping[ObjectKey, KubeObject]:
+        """gateway.networking.k8s.io HTTPRoutes."""
+        return self.of_kind(HTTP_ROUTE)
 
     def service_account_on_node(self, namespace: str, service_account: str, node: str) -> bool:
         """True when a non-terminated pod running as ``namespace/service_account`` is on ``node``.

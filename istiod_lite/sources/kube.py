@@ -11,6 +11,12 @@ event with code 410 -- means the resourceVersion is too old: re-list (which also
 was deleted meanwhile), then watch again. Any other failure (connection refused or broken,
 a 5xx, garbage on the stream) waits with capped, jittered exponential backoff and resumes the
 watch from the last resourceVersion. The sink is marked synced once every kind was listed.
+
+A 404 on the collection means the API server does not serve that resource: a CRD (Istio's,
+the Gateway API's) that is not installed, or not at the version asked for. The next of the
+resource's versions is tried; when none is served the kind counts as listed and empty, one
+warning says so, and the list is retried every ``WatchSettings.not_served_retry`` seconds, so
+installing the CRD later is picked up without a restart.
 """
 
 from __future__ import annotations
@@ -47,19 +53,33 @@ __all__ = [
 
 @dataclass(frozen=True, slots=True)
 class Resource:
-    """One API resource to list and watch, cluster-wide."""
+    """One API resource to list and watch, cluster-wide.
+
+    ``older_versions`` are tried in order when the API server does not serve ``version``
+    (a CRD installed from an older release); every version must share one schema.
+    """
 
     kind: str
     group: str
     version: str
     plural: str
+    older_versions: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
-        """The collection URL path."""
+        """The collection URL path at the preferred version."""
+        return self.path_at(self.version)
+
+    @property
+    def versions(self) -> tuple[str, ...]:
+        """The preferred version, then the older ones."""
+        return (self.version, *self.older_versions)
+
+    def path_at(self, version: str) -> str:
+        """The collection URL path at ``version``."""
         if not self.group:
-            return f"/api/{self.version}/{self.plural}"
-        return f"/apis/{self.group}/{self.version}/{self.plural}"
+            return f"/api/{version}/{self.plural}"
+        return f"/apis/{self.group}/{version}/{self.plural}"
 
 
 RESOURCES: tuple[Resource, ...] = (
@@ -71,6 +91,10 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("ReplicaSet", "apps", "v1", "replicasets"),
     Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     Resource("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
+    Resource("VirtualService", "networking.istio.io", "v1", "virtualservices", ("v1beta1", "v1alpha3")),
+    Resource("DestinationRule", "networking.istio.io", "v1", "destinationrules", ("v1beta1", "v1alpha3")),
+    Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", ("v1beta1",)),
+    Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", ("v1beta1",)),
 )
 
 
@@ -84,6 +108,8 @@ class WatchSettings:
     page_size: int = 500
     backoff_initial: float = 0.2
     backoff_max: float = 30.0
+    not_served_retry: float = 30.0
+    """Seconds between lists of a resource the API server does not serve (a CRD not installed)."""
 
 
 class WatchError(MeshError):
@@ -92,6 +118,10 @@ class WatchError(MeshError):
 
 class _ExpiredError(Exception):
     """410 Gone: the resourceVersion is too old; re-list."""
+
+
+class _NotServedError(Exception):
+    """404 on the collection: the API server does not serve the resource at this version."""
 
 
 def backoff_delay(failures: int, *, initial: float, maximum: float, rng: random.Random) -> float:
@@ -149,6 +179,8 @@ class _Watcher:
         self._rng = rng
         self._log = log.bind(**{"k8s.resource": resource.plural})
         self._response: urllib3.HTTPResponse | None = None
+        self._version = resource.version
+        self._not_served = False
         self.resource_version = ""
 
     def interrupt(self) -> None:
@@ -175,6 +207,11 @@ class _Watcher:
                 failures += 1
                 if failures == 1:
                     continue  # the first 410 re-lists at once
+            except _NotServedError:
+                if self._try_older_version():
+                    continue
+                self._stop.wait(self._settings.not_served_retry)
+                continue
             except Exception as exc:  # the loop must outlive any failure; it is logged and retried
                 if self._stop.is_set():
                     break
@@ -187,9 +224,30 @@ class _Watcher:
                 backoff_delay(failures, initial=s.backoff_initial, maximum=s.backoff_max, rng=self._rng)
             )
 
+    def _try_older_version(self) -> bool:
+        """After a 404: moves to the next version (True), or reports the resource absent (False)."""
+        self.resource_version = ""
+        versions = self.resource.versions
+        position = versions.index(self._version)
+        if position + 1 < len(versions):
+            self._version = versions[position + 1]
+            return True
+        self._version = versions[0]
+        if not self._not_served:
+            self._not_served = True
+            self._log.warning(
+                "source.kube.not_served",
+                versions=",".join(versions),
+                hint=f"install the CRD that serves {self.resource.plural}.{self.resource.group or 'core'}"
+                f" to use {self.resource.kind}s; it is looked for again every"
+                f" {self._settings.not_served_retry:g} s",
+            )
+            self._deliver("replace", self.resource.kind, [])
+        return False
+
     def _request(self, params: list[tuple[str, Any]], *, read_timeout: float) -> urllib3.HTTPResponse:
         method, url, headers, _, _ = self._api.param_serialize(
-            "GET", self.resource.path, query_params=params, auth_settings=["BearerToken"]
+            "GET", self.resource.path_at(self._version), query_params=params, auth_settings=["BearerToken"]
         )
         timeout = (self._settings.connect_timeout, read_timeout)
         response: urllib3.HTTPResponse = self._api.call_api(
@@ -201,9 +259,12 @@ class _Watcher:
         if response.status == 410:
             response.drain_conn()
             raise _ExpiredError()
+        if response.status == 404:
+            response.drain_conn()
+            raise _NotServedError()
         if response.status != 200:
             body = response.read(512).decode("utf-8", "replace")
-            raise WatchError(f"GET {self.resource.path} answered {response.status}: {body}")
+            raise WatchError(f"GET {self.resource.path_at(self._version)} answered {response.status}: {body}")
         return response
 
     def _list(self) -> None:
@@ -222,6 +283,9 @@ class _Watcher:
                 break
         self.resource_version = str(meta.get("resourceVersion") or "")
         objects = [o for o in items if o is not None]
+        if self._not_served:
+            self._not_served = False
+            self._log.info("source.kube.served", version=self._version)
         self._deliver("replace", self.resource.kind, objects)
 
     def _watch(self) -> bool:
@@ -248,7 +312,8 @@ class _Watcher:
         if kind == "ERROR":
             if raw.get("code") == 410:
                 raise _ExpiredError()
-            raise WatchError(f"watch of {self.resource.path} failed: {raw.get('code')} {raw.get('message')}")
+            path = self.resource.path_at(self._version)
+            raise WatchError(f"watch of {path} failed: {raw.get('code')} {raw.get('message')}")
         version = (raw.get("metadata") or {}).get("resourceVersion")
         if kind in ("ADDED", "MODIFIED", "DELETED"):
             obj = self._parse(raw)

@@ -16,7 +16,10 @@ from mesh.errors import ConfigError
 
 __all__ = [
     "AUTHORIZATION_POLICY",
+    "DESTINATION_RULE",
     "ENDPOINT_SLICE",
+    "GATEWAY",
+    "HTTP_ROUTE",
     "KINDS",
     "NAMESPACE",
     "PEER_AUTHENTICATION",
@@ -24,6 +27,7 @@ __all__ = [
     "REPLICA_SET",
     "SERVICE",
     "SERVICE_ACCOUNT",
+    "VIRTUAL_SERVICE",
     "Json",
     "JsonMap",
     "KubeObject",
@@ -43,6 +47,12 @@ SERVICE_ACCOUNT = "ServiceAccount"
 REPLICA_SET = "ReplicaSet"
 PEER_AUTHENTICATION = "PeerAuthentication"
 AUTHORIZATION_POLICY = "AuthorizationPolicy"
+VIRTUAL_SERVICE = "VirtualService"
+DESTINATION_RULE = "DestinationRule"
+GATEWAY = "Gateway"
+"""gateway.networking.k8s.io Gateways (Istio's networking.istio.io Gateway has the same kind name;
+translation tells them apart by ``apiVersion``)."""
+HTTP_ROUTE = "HTTPRoute"
 KINDS: tuple[str, ...] = (
     NAMESPACE,
     POD,
@@ -52,6 +62,10 @@ KINDS: tuple[str, ...] = (
     REPLICA_SET,
     PEER_AUTHENTICATION,
     AUTHORIZATION_POLICY,
+    VIRTUAL_SERVICE,
+    DESTINATION_RULE,
+    GATEWAY,
+    HTTP_ROUTE,
 )
 _CLUSTER_SCOPED = frozenset({NAMESPACE, "Node"})
 

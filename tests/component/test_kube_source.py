@@ -23,6 +23,8 @@ from typing import Any
 
 import kmock
 import pytest
+import structlog
+import structlog.testing
 from kubernetes import client
 
 from istiod_lite.sources.kube import RESOURCES, KubeSource, Resource, WatchSettings, backoff_delay
@@ -244,3 +246,52 @@ def test_backoff_doubles_with_jitter_and_caps(failures: int, low: float, high: f
     delays = [backoff_delay(failures, initial=0.2, maximum=30.0, rng=rng) for _ in range(200)]
     assert all(low <= d <= high for d in delays)
     assert failures == 0 or max(delays) - min(delays) > (high - low) / 4  # jittered, not fixed
+
+
+VIRTUAL_SERVICES = Resource("VirtualService", "networking.istio.io", "v1", "virtualservices", ("v1beta1",))
+
+
+def virtual_service(name: str) -> dict[str, Any]:
+    return {
+        "apiVersion": "networking.istio.io/v1beta1",
+        "kind": "VirtualService",
+        "metadata": {"name": name, "namespace": "demo", "resourceVersion": "3"},
+        "spec": {"hosts": ["reviews"]},
+    }
+
+
+async def test_a_crd_not_installed_is_empty_warned_once_and_looked_for_again(
+    server: kmock.KubernetesEmulator, api: client.ApiClient
+) -> None:
+    """404 on every version: synced empty, one warning, slow retries; installing it later works."""
+    settings = WatchSettings(
+        backoff_initial=0.02, backoff_max=0.2, read_timeout=10.0, connect_timeout=2.0, not_served_retry=0.3
+    )
+    for version in VIRTUAL_SERVICES.versions:  # the server fixture serves every RESOURCES kind
+        server.resources.pop(f"networking.istio.io/{version}/virtualservices", None)
+    caches = Informers()
+    source = KubeSource(
+        api, caches.sink("kube"), resources=(VIRTUAL_SERVICES,), settings=settings, rng=random.Random(2)
+    )
+    with structlog.testing.capture_logs() as logs:
+        task = asyncio.create_task(source.run())
+        try:
+            await asyncio.wait_for(caches.wait_synced(), timeout=5.0)
+            assert caches.view().virtual_services == {}
+            await asyncio.sleep(1.0)
+            lists = [
+                len(server[kmock.resource(f"networking.istio.io/{v}/virtualservices")])
+                for v in ("v1", "v1beta1")
+            ]
+            assert min(lists) >= 3 and max(lists) <= 8  # each version every 0.3 s: slowly, not spinning
+            server.resources["networking.istio.io/v1beta1/virtualservices"] = kmock.ResourceInfo(
+                kind="VirtualService", namespaced=True
+            )
+            server.objects["networking.istio.io/v1beta1/virtualservices", "demo", "r"] = virtual_service("r")
+            await until(caches, lambda v: ("demo", "r") in v.virtual_services)
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+    warned = [e for e in logs if e["event"] == "source.kube.not_served"]
+    assert len(warned) == 1 and "virtualservices.networking.istio.io" in warned[0]["hint"]
+    assert [e["version"] for e in logs if e["event"] == "source.kube.served"] == ["v1beta1"]

@@ -95,6 +95,35 @@ async def test_changes_seen_within_a_second(state: Path, informers: Informers) -
     assert informers.view().service_account_on_node("demo", "web", "node2")
 
 
+def l7_object(api_version: str, kind: str, name: str, spec: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "apiVersion": api_version,
+        "kind": kind,
+        "metadata": {"name": name, "namespace": "demo"},
+        "spec": spec,
+    }
+
+
+async def test_l7_kinds_are_cached(state: Path, informers: Informers) -> None:
+    write(
+        state,
+        l7_object(
+            "gateway.networking.k8s.io/v1", "Gateway", "waypoint", {"gatewayClassName": "istio-waypoint"}
+        ),
+    )
+    write(
+        state,
+        l7_object("gateway.networking.k8s.io/v1", "HTTPRoute", "web", {"parentRefs": [{"name": "web"}]}),
+    )
+    write(state, l7_object("networking.istio.io/v1", "VirtualService", "web", {"hosts": ["web"]}))
+    write(state, l7_object("networking.istio.io/v1alpha3", "DestinationRule", "web", {"host": "web"}))
+    await until(informers, lambda v: len(v.destination_rules) + len(v.virtual_services) == 2, within=2.0)
+    view = informers.view()
+    assert set(view.gateways) == {("demo", "waypoint")} and set(view.http_routes) == {("demo", "web")}
+    assert view.virtual_services[("demo", "web")].spec["hosts"] == ("web",)
+    assert view.destination_rules[("demo", "web")].body["apiVersion"] == "networking.istio.io/v1alpha3"
+
+
 async def test_malformed_file_skipped_with_warning_naming_it(state: Path, informers: Informers) -> None:
     bad = object_path(state, pod("broken"))
     with capture_logs() as logs:
