@@ -16,7 +16,7 @@ Kubernetes keep readiness per Service.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from istiod_lite.translate._fields import (
     FieldError,
@@ -57,6 +57,9 @@ class ServicePort:
     target_port_name: str = ""
     name: str = ""
     app_protocol: pb.AppProtocol.ValueType = pb.UNKNOWN
+    app_protocol_name: str = ""
+    """``appProtocol`` as written, lowercased (waypoints choose HTTP or TCP handling by it)."""
+    protocol: str = "TCP"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,12 +84,21 @@ def _service_port(raw: Json, field: str) -> ServicePort:
     number = port(item.get("port"), f"{field}.port")
     target = item.get("targetPort")
     name = string(item.get("name"), f"{field}.name")
-    app = _APP_PROTOCOLS.get(string(item.get("appProtocol"), f"{field}.appProtocol").lower(), pb.UNKNOWN)
+    app_name = string(item.get("appProtocol"), f"{field}.appProtocol").lower()
+    protocol = string(item.get("protocol"), f"{field}.protocol") or "TCP"
+    common = ServicePort(
+        number,
+        number,
+        name=name,
+        app_protocol=_APP_PROTOCOLS.get(app_name, pb.UNKNOWN),
+        app_protocol_name=app_name,
+        protocol=protocol,
+    )
     if target is None:
-        return ServicePort(number, number, name=name, app_protocol=app)
+        return common
     if isinstance(target, str) and not target.isdigit():
-        return ServicePort(number, 0, target_port_name=target, name=name, app_protocol=app)
-    return ServicePort(number, port(target, f"{field}.targetPort"), name=name, app_protocol=app)
+        return replace(common, target_port=0, target_port_name=target)
+    return replace(common, target_port=port(target, f"{field}.targetPort"))
 
 
 def _cluster_ips(spec: JsonMap) -> list[str]:

@@ -23,6 +23,8 @@ from mesh.api.istio.workload import workload_pb2 as pb
 __all__ = [
     "WorkloadContext",
     "canonical_service",
+    "container_ports",
+    "pod_ips",
     "pod_ready",
     "pod_workload",
     "workload_name_and_type",
@@ -93,7 +95,8 @@ def pod_ready(pod: KubeObject) -> bool:
     return all(c.get("ready", True) is not False for c in containers)
 
 
-def _pod_ips(pod: KubeObject) -> list[bytes]:
+def pod_ips(pod: KubeObject) -> list[bytes]:
+    """The pod's IPs (``status.podIPs``, else ``status.podIP``), packed."""
     status = pod.status
     entries = sequence(status.get("podIPs"), "status.podIPs")
     ips = [mapping(e, f"status.podIPs[{i}]").get("ip") for i, e in enumerate(entries)]
@@ -102,7 +105,8 @@ def _pod_ips(pod: KubeObject) -> list[bytes]:
     return [ip_bytes(ip, "status.podIPs") for ip in ips]
 
 
-def _container_ports(pod: KubeObject) -> dict[str, int]:
+def container_ports(pod: KubeObject) -> dict[str, int]:
+    """Named container ports of the pod (the first container naming a port wins)."""
     named: dict[str, int] = {}
     for i, raw in enumerate(sequence(pod.spec.get("containers"), "spec.containers")):
         container = mapping(raw, f"spec.containers[{i}]")
@@ -120,7 +124,7 @@ def _services(pod: KubeObject, ctx: WorkloadContext) -> dict[str, pb.PortList]:
     entries = ctx.endpoints.get(pod.key, ())
     if not entries:
         return {}
-    named = _container_ports(pod)
+    named = container_ports(pod)
     out: dict[str, pb.PortList] = {}
     for info, uid in entries:
         if uid and pod.uid and uid != pod.uid:
@@ -138,7 +142,7 @@ def pod_workload(pod: KubeObject, ctx: WorkloadContext) -> pb.Workload | None:
     """The workload of one pod, or None when it has no IP yet or has terminated."""
     if pod.status.get("phase") in _TERMINAL:
         return None
-    ips = _pod_ips(pod)
+    ips = pod_ips(pod)
     if not ips:
         return None
     options = ctx.options

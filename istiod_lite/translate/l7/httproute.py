@@ -1,0 +1,366 @@
+"""HTTPRoutes (Gateway API, GAMMA: ``parentRefs`` of kind Service) -> Envoy routes for one Service port.
+
+As Istio converts them: each rule becomes one route per ``match``; the routes of every HTTPRoute
+attached to the Service are ordered by the Gateway API's precedence (Exact path, then the
+longest prefix, then regular expressions; a method match first; more header matches, then more
+query matches; then the oldest route and the rule order), with rules without matches last.
+A ``PathPrefix`` matches whole path segments (``path_separated_prefix``). Backends default to
+weight 1; weights summing to 0 answer 500, as does a backend that is not a known Service.
+"""
+
+from __future__ import annotations
+
+from envoy.config.route.v3 import route_components_pb2 as rc
+from envoy.type.v3 import percent_pb2
+
+from istiod_lite.translate._fields import FieldError, mapping, port, sequence, string
+from istiod_lite.translate.l7._context import RouteContext, RouteScope
+from istiod_lite.translate.l7._envoy import (
+    REDIRECT_CODES,
+    HeaderEdits,
+    apply_edits,
+    default_retry_policy,
+    disabled_timeout,
+    mirror_policy,
+)
+from istiod_lite.translate.l7._values import duration, regex
+from istiod_lite.view import Json, JsonMap, KubeObject
+
+__all__ = ["attaches_to", "http_route_routes"]
+
+_PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
+_SUPPORTED_FILTERS = frozenset(
+    {"RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect", "RequestMirror"}
+)
+_SortKey = tuple[int, int, int, int, int, int]
+
+
+def attaches_to(route: KubeObject, scope: RouteScope) -> bool:
+    """True when one of the route's ``parentRefs`` is the Service of ``scope`` (and its port, if given)."""
+    for raw in sequence(route.spec.get("parentRefs"), "spec.parentRefs"):
+        ref = mapping(raw, "spec.parentRefs[]")
+        if ref.get("kind") != "Service" or ref.get("group", "") not in ("", "core"):
+            continue
+        namespace = ref.get("namespace") or route.namespace
+        if (namespace, ref.get("name")) != (scope.service.namespace, scope.service.name):
+            continue
+        if ref.get("port") is None or ref.get("port") == scope.port.port:
+            return True
+    return False
+
+
+def http_route_routes(routes: list[KubeObject], scope: RouteScope, ctx: RouteContext) -> list[rc.Route]:
+    """The routes of every HTTPRoute in ``routes`` (all attached to ``scope``), in precedence order."""
+    entries: list[tuple[_SortKey, rc.Route]] = []
+    for obj in sorted(routes, key=lambda o: (o.creation_timestamp, o.namespace, o.name)):
+        if obj.namespace != scope.service.namespace:
+            ctx.problem(
+                obj,
+                "spec.parentRefs",
+                f"attaches to Service {scope.service.namespace}/{scope.service.name} from another namespace"
+                " (a consumer route); waypoints apply only routes in the Service's namespace",
+            )
+            continue
+        try:
+            rules = sequence(obj.spec.get("rules"), "spec.rules")
+        except FieldError as exc:
+            ctx.problem(obj, exc.field, exc.problem)
+            continue
+        for i, raw in enumerate(rules):
+            field = f"spec.rules[{i}]"
+            try:
+                entries.extend(_rule(obj, mapping(raw, field), field, index=i, scope=scope, ctx=ctx))
+            except FieldError as exc:
+                ctx.problem(obj, exc.field, f"{exc.problem}; the rule is skipped")
+    entries.sort(key=lambda entry: entry[0])  # stable: creation order breaks ties
+    return [route for _, route in entries]
+
+
+def _rule(
+    obj: KubeObject, rule: JsonMap, field: str, *, index: int, scope: RouteScope, ctx: RouteContext
+) -> list[tuple[_SortKey, rc.Route]]:
+    name = string(rule.get("name"), f"{field}.name") or f"{obj.namespace}.{obj.name}.{index}"
+    matches = sequence(rule.get("matches"), f"{field}.matches")
+    out = []
+    for j, raw in enumerate(matches or (None,)):
+        where = f"{field}.matches[{j}]"
+        spec = mapping(raw, where)
+        match, prefix = _match(spec, where)
+        route = rc.Route(name=name, match=match)
+        _action(obj, rule, field, prefix=prefix, scope=scope, ctx=ctx, route=route)
+        out.append((_sort_key(spec, raw is None), route))
+    return out
+
+
+def _sort_key(spec: JsonMap, no_match: bool) -> _SortKey:
+    path = spec.get("path")
+    kind, value = "PathPrefix", "/"
+    if hasattr(path, "get"):
+        kind = str(path.get("type") or "PathPrefix")  # type: ignore[union-attr]
+        value = str(path.get("value") or "/")  # type: ignore[union-attr]
+    return (
+        int(no_match),
+        _PATH_RANK.get(kind, 3),
+        -len(value),
+        0 if spec.get("method") else 1,
+        -len(sequence(spec.get("headers"), "headers")),
+        -len(sequence(spec.get("queryParams"), "queryParams")),
+    )
+
+
+def _match(spec: JsonMap, field: str) -> tuple[rc.RouteMatch, str]:
+    """The Envoy match, and the path prefix it matched ("" unless PathPrefix)."""
+    match = rc.RouteMatch()
+    path = mapping(spec.get("path"), f"{field}.path")
+    kind = string(path.get("type"), f"{field}.path.type") or "PathPrefix"
+    value = string(path.get("value"), f"{field}.path.value") or "/"
+    prefix = ""
+    if kind == "Exact":
+        match.path = value
+    elif kind == "PathPrefix":
+        trimmed = value.rstrip("/")
+        prefix = trimmed or "/"
+        if trimmed:
+            match.path_separated_prefix = trimmed
+        else:
+            match.prefix = "/"
+    elif kind == "RegularExpression":
+        match.safe_regex.CopyFrom(regex(value, f"{field}.path.value"))
+    else:
+        raise FieldError(f"{field}.path.type", f"{kind!r} is not Exact, PathPrefix or RegularExpression")
+    headers = [
+        _named_match(h, f"{field}.headers[{k}]")
+        for k, h in enumerate(sequence(spec.get("headers"), f"{field}.headers"))
+    ]
+    for name, kind_, value_, where in sorted(headers):
+        header = rc.HeaderMatcher(name=name.lower())
+        if kind_ == "Exact":
+            header.string_match.exact = value_
+        else:
+            header.string_match.safe_regex.CopyFrom(regex(value_, f"{where}.value"))
+        match.headers.append(header)
+    if spec.get("method") is not None:
+        match.headers.append(rc.HeaderMatcher(name=":method"))
+        match.headers[-1].string_match.exact = string(spec["method"], f"{field}.method")
+    params = sequence(spec.get("queryParams"), f"{field}.queryParams")
+    for name, kind_, value_, where in sorted(
+        _named_match(q, f"{field}.queryParams[{k}]") for k, q in enumerate(params)
+    ):
+        query = rc.QueryParameterMatcher(name=name)
+        if kind_ == "Exact":
+            query.string_match.exact = value_
+        else:
+            query.string_match.safe_regex.CopyFrom(regex(value_, f"{where}.value"))
+        match.query_parameters.append(query)
+    return match, prefix
+
+
+def _named_match(raw: Json, field: str) -> tuple[str, str, str, str]:
+    spec = mapping(raw, field)
+    name = string(spec.get("name"), f"{field}.name")
+    kind = string(spec.get("type"), f"{field}.type") or "Exact"
+    if not name:
+        raise FieldError(f"{field}.name", "is required")
+    if kind not in ("Exact", "RegularExpression"):
+        raise FieldError(f"{field}.type", f"{kind!r} is not Exact or RegularExpression")
+    return name, kind, string(spec.get("value"), f"{field}.value"), field
+
+
+def _action(
+    obj: KubeObject,
+    rule: JsonMap,
+    field: str,
+    *,
+    prefix: str,
+    scope: RouteScope,
+    ctx: RouteContext,
+    route: rc.Route,
+) -> None:
+    """Filters, then a redirect or the backends, of one rule for one of its matches."""
+    requests, responses = HeaderEdits(), HeaderEdits()
+    redirect = rewrite = None
+    mirrors: list[rc.RouteAction.RequestMirrorPolicy] = []
+    for k, raw in enumerate(sequence(rule.get("filters"), f"{field}.filters")):
+        where = f"{field}.filters[{k}]"
+        spec = mapping(raw, where)
+        kind = string(spec.get("type"), f"{where}.type")
+        if kind not in _SUPPORTED_FILTERS:
+            raise FieldError(
+                f"{where}.type",
+                f"filter {kind!r} is not supported; use one of {', '.join(sorted(_SUPPORTED_FILTERS))}",
+            )
+        body = mapping(spec.get(kind[0].lower() + kind[1:]), f"{where}.{kind[0].lower() + kind[1:]}")
+        if kind == "RequestHeaderModifier":
+            _modifier(body, f"{where}.requestHeaderModifier", requests, request=True)
+        elif kind == "ResponseHeaderModifier":
+            _modifier(body, f"{where}.responseHeaderModifier", responses, request=False)
+        elif kind == "RequestRedirect":
+            redirect = _redirect(body, f"{where}.requestRedirect", prefix)
+        elif kind == "URLRewrite":
+            rewrite = (body, f"{where}.urlRewrite")
+        else:
+            mirrors.append(_mirror(obj, body, f"{where}.requestMirror", ctx=ctx))
+    if redirect is not None:
+        route.redirect.CopyFrom(redirect)
+    else:
+        _forward(obj, rule, field, ctx=ctx, route=route)
+        if route.HasField("route"):
+            if rewrite is not None:
+                _rewrite(*rewrite, prefix, route.route)
+            route.route.request_mirror_policies.extend(mirrors)
+    apply_edits(route, requests, responses)
+
+
+def _modifier(spec: JsonMap, field: str, edits: HeaderEdits, *, request: bool) -> None:
+    def pairs(key: str) -> list[tuple[str, str]]:
+        items = sequence(spec.get(key), f"{field}.{key}")
+        return [n[:2] for n in (_named_value(item, f"{field}.{key}[{i}]") for i, item in enumerate(items))]
+
+    remove = [string(n, f"{field}.remove[]") for n in sequence(spec.get("remove"), f"{field}.remove")]
+    edits.extend(set_=pairs("set"), add=pairs("add"), remove=remove, request=request)
+
+
+def _named_value(raw: Json, field: str) -> tuple[str, str, str]:
+    spec = mapping(raw, field)
+    name = string(spec.get("name"), f"{field}.name")
+    if not name:
+        raise FieldError(f"{field}.name", "is required")
+    return name, string(spec.get("value"), f"{field}.value"), field
+
+
+def _forward(obj: KubeObject, rule: JsonMap, field: str, *, ctx: RouteContext, route: rc.Route) -> None:
+    backends = []
+    for k, raw in enumerate(sequence(rule.get("backendRefs"), f"{field}.backendRefs")):
+        where = f"{field}.backendRefs[{k}]"
+        spec = mapping(raw, where)
+        weight = spec.get("weight", 1)
+        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+            raise FieldError(f"{where}.weight", f"{weight!r} is not a whole number >= 0")
+        if spec.get("filters"):
+            ctx.problem(obj, f"{where}.filters", "filters on a backendRef are not supported yet; ignored")
+        backends.append((*_backend(obj, spec, where, ctx=ctx), weight))
+    live = [(name, hashes, weight) for name, hashes, weight in backends if weight > 0]
+    if not live:
+        why = "the backendRefs weights sum to 0" if backends else "the rule has no backendRefs"
+        ctx.problem(obj, f"{field}.backendRefs", f"{why}; requests get 500")
+        route.direct_response.status = 500
+        return
+    action = route.route
+    if len(live) == 1:
+        action.cluster = live[0][0]
+    else:
+        for name, _, weight in live:
+            action.weighted_clusters.clusters.add(name=name).weight.value = weight
+    if all(hashes == live[0][1] for _, hashes, _ in live):
+        action.hash_policy.extend(live[0][1])  # one hash policy only when every backend agrees
+    action.cluster_not_found_response_code = rc.RouteAction.INTERNAL_SERVER_ERROR
+    _timeouts(rule, field, action)
+
+
+def _backend(
+    obj: KubeObject, spec: JsonMap, field: str, *, ctx: RouteContext
+) -> tuple[str, list[rc.RouteAction.HashPolicy]]:
+    """The cluster of a Service backendRef and its hash policy."""
+    name = string(spec.get("name"), f"{field}.name")
+    namespace = string(spec.get("namespace"), f"{field}.namespace") or obj.namespace
+    if spec.get("kind", "Service") != "Service" or spec.get("group", "") not in ("", "core"):
+        raise FieldError(f"{field}.kind", "only Service backends are supported")
+    number = port(spec.get("port"), f"{field}.port")
+    service = ctx.hosts.resolve(f"{name}.{namespace}", namespace)
+    if service is None:
+        ctx.problem(obj, f"{field}.name", f"no Service {namespace}/{name}; its share of requests gets 500")
+        return f"outbound|{number}||{name}.{namespace}.svc.{ctx.hosts.cluster_domain}", []
+    return ctx.destination(obj, field, service, number), ctx.hash_policy(service, number)
+
+
+def _timeouts(rule: JsonMap, field: str, action: rc.RouteAction) -> None:
+    timeouts = mapping(rule.get("timeouts"), f"{field}.timeouts")
+    values = [
+        duration(timeouts[k], f"{field}.timeouts.{k}")
+        for k in ("request", "backendRequest")
+        if timeouts.get(k)
+    ]
+    timeout = min(values, key=lambda d: (d.seconds, d.nanos)) if values else disabled_timeout()
+    action.timeout.CopyFrom(timeout)
+    action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
+    action.retry_policy.CopyFrom(default_retry_policy(consistent_hash=bool(action.hash_policy)))
+
+
+def _rewrite(spec: JsonMap, field: str, prefix: str, action: rc.RouteAction) -> None:
+    if spec.get("hostname") is not None:
+        action.host_rewrite_literal = string(spec["hostname"], f"{field}.hostname")
+    path = mapping(spec.get("path"), f"{field}.path")
+    kind = string(path.get("type"), f"{field}.path.type")
+    if kind == "ReplaceFullPath":
+        action.regex_rewrite.pattern.regex = "/.*"
+        action.regex_rewrite.substitution = string(
+            path.get("replaceFullPath"), f"{field}.path.replaceFullPath"
+        )
+    elif kind == "ReplacePrefixMatch":
+        if not prefix:
+            raise FieldError(f"{field}.path", "ReplacePrefixMatch needs a PathPrefix match")
+        replacement = string(path.get("replacePrefixMatch"), f"{field}.path.replacePrefixMatch") or "/"
+        if replacement == "/" and prefix != "/":
+            # "/" would leave "//rest"; keep exactly one slash after the matched segments
+            action.regex_rewrite.pattern.regex = f"^{_re2_escape(prefix)}/*"
+            action.regex_rewrite.substitution = "/"
+        else:
+            action.prefix_rewrite = replacement
+    elif kind:
+        raise FieldError(f"{field}.path.type", f"{kind!r} is not ReplaceFullPath or ReplacePrefixMatch")
+
+
+def _re2_escape(text: str) -> str:
+    return "".join(f"\\{c}" if not c.isalnum() and c not in "/-_" else c for c in text)
+
+
+def _redirect(spec: JsonMap, field: str, prefix: str) -> rc.RedirectAction:
+    redirect = rc.RedirectAction()
+    if spec.get("scheme") is not None:
+        redirect.scheme_redirect = string(spec["scheme"], f"{field}.scheme")
+    if spec.get("hostname") is not None:
+        redirect.host_redirect = string(spec["hostname"], f"{field}.hostname")
+    if spec.get("port") is not None:
+        redirect.port_redirect = port(spec["port"], f"{field}.port")
+    path = mapping(spec.get("path"), f"{field}.path")
+    kind = string(path.get("type"), f"{field}.path.type")
+    if kind == "ReplaceFullPath":
+        redirect.path_redirect = string(path.get("replaceFullPath"), f"{field}.path.replaceFullPath")
+    elif kind == "ReplacePrefixMatch":
+        if not prefix:
+            raise FieldError(f"{field}.path", "ReplacePrefixMatch needs a PathPrefix match")
+        redirect.prefix_rewrite = (
+            string(path.get("replacePrefixMatch"), f"{field}.path.replacePrefixMatch") or "/"
+        )
+    code = spec.get("statusCode", 302)
+    if code not in REDIRECT_CODES:
+        raise FieldError(f"{field}.statusCode", f"{code!r} is not one of 301, 302, 303, 307, 308")
+    redirect.response_code = REDIRECT_CODES[code]  # type: ignore[index]
+    return redirect
+
+
+def _mirror(
+    obj: KubeObject, spec: JsonMap, field: str, *, ctx: RouteContext
+) -> rc.RouteAction.RequestMirrorPolicy:
+    backend = mapping(spec.get("backendRef"), f"{field}.backendRef")
+    name, _ = _backend(obj, backend, f"{field}.backendRef", ctx=ctx)
+    percent = percent_pb2.FractionalPercent(
+        numerator=1_000_000, denominator=percent_pb2.FractionalPercent.MILLION
+    )
+    if spec.get("percent") is not None:
+        value = spec["percent"]
+        if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 100:
+            raise FieldError(f"{field}.percent", f"{value!r} is not a whole percentage 0-100")
+        percent.numerator = value * 10_000
+    elif spec.get("fraction") is not None:
+        frac = mapping(spec["fraction"], f"{field}.fraction")
+        numerator, denominator = frac.get("numerator"), frac.get("denominator", 100)
+        if (
+            not isinstance(numerator, int)
+            or not isinstance(denominator, int)
+            or not 0 <= numerator <= denominator
+            or denominator <= 0
+        ):
+            raise FieldError(f"{field}.fraction", "needs 0 <= numerator <= denominator and denominator > 0")
+        percent.numerator = numerator * 1_000_000 // denominator
+    return mirror_policy(name, percent)
