@@ -10,6 +10,7 @@ pod uses one through the label ``istio.io/use-waypoint`` (a Gateway name) and op
 from __future__ import annotations
 
 from collections.abc import Mapping
+
 from istiod_lite.translate.services import ServicePort
 from istiod_lite.view import ClusterView, KubeObject, ObjectKey
 
@@ -101,4 +102,3 @@ def port_protocol(port: ServicePort) -> PortProtocol:
     if declared in _TCP_PROTOCOLS:
         return "tcp"
     return "unknown"
-
