@@ -29,9 +29,14 @@ from istiod_lite.view import Json, JsonMap, KubeObject
 __all__ = ["attaches_to", "http_route_routes"]
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
-_SUPPORTED_FILTERS = frozenset(
-    {"RequestHeaderModifier", "ResponseHeaderModifier", "URLRewrite", "RequestRedirect", "RequestMirror"}
-)
+_FILTER_FIELDS = {
+    "RequestHeaderModifier": "requestHeaderModifier",
+    "ResponseHeaderModifier": "responseHeaderModifier",
+    "URLRewrite": "urlRewrite",
+    "RequestRedirect": "requestRedirect",
+    "RequestMirror": "requestMirror",
+}
+"""Supported filter types and the field holding each one's settings."""
 _SortKey = tuple[int, int, int, int, int, int]
 
 
@@ -132,7 +137,7 @@ def _match(spec: JsonMap, field: str) -> tuple[rc.RouteMatch, str]:
         _named_match(h, f"{field}.headers[{k}]")
         for k, h in enumerate(sequence(spec.get("headers"), f"{field}.headers"))
     ]
-    for name, kind_, value_, where in sorted(headers):
+    for name, kind_, value_, where in sorted(headers, key=lambda h: h[0].lower()):
         header = rc.HeaderMatcher(name=name.lower())
         if kind_ == "Exact":
             header.string_match.exact = value_
@@ -184,12 +189,12 @@ def _action(
         where = f"{field}.filters[{k}]"
         spec = mapping(raw, where)
         kind = string(spec.get("type"), f"{where}.type")
-        if kind not in _SUPPORTED_FILTERS:
+        if kind not in _FILTER_FIELDS:
             raise FieldError(
                 f"{where}.type",
-                f"filter {kind!r} is not supported; use one of {', '.join(sorted(_SUPPORTED_FILTERS))}",
+                f"filter {kind!r} is not supported; use one of {', '.join(sorted(_FILTER_FIELDS))}",
             )
-        body = mapping(spec.get(kind[0].lower() + kind[1:]), f"{where}.{kind[0].lower() + kind[1:]}")
+        body = mapping(spec.get(_FILTER_FIELDS[kind]), f"{where}.{_FILTER_FIELDS[kind]}")
         if kind == "RequestHeaderModifier":
             _modifier(body, f"{where}.requestHeaderModifier", requests, request=True)
         elif kind == "ResponseHeaderModifier":

@@ -112,10 +112,10 @@ def _match(spec: JsonMap, field: str) -> rc.RouteMatch:
     if spec.get("ignoreUriCase"):
         match.case_sensitive.CopyFrom(wrappers_pb2.BoolValue(value=False))
     headers = mapping(spec.get("headers"), f"{field}.headers")
-    for name in sorted(headers):
+    for name in sorted(headers, key=str.lower):
         match.headers.append(header_matcher(name, headers[name], f"{field}.headers.{name}"))
     without = mapping(spec.get("withoutHeaders"), f"{field}.withoutHeaders")
-    for name in sorted(without):
+    for name in sorted(without, key=str.lower):
         match.headers.append(
             header_matcher(name, without[name], f"{field}.withoutHeaders.{name}", invert=True)
         )
