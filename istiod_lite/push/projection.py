@@ -3,8 +3,13 @@
 A projection is a pure function ``(subscriber, snapshot) -> type URL -> resources``, like
 istiod's generators that take (proxy, push context) and nothing else. ztunnel gets every
 Address and Authorization (as Istio does: ztunnel needs the whole mesh to route and to look
-up peers). Waypoints will get their own projection; ``select_projection`` picks one from the
-node id's proxy type.
+up peers). A waypoint gets its own RouteConfiguration, Clusters and ClusterLoadAssignments
+(kept in the snapshot under its scope, ``<namespace>/<gateway name>``) plus every Address;
+``select_projection`` picks the projection from the node id's proxy type.
+
+A waypoint connects with node id ``waypoint~<pod ip>~<pod>.<namespace>~<namespace>.svc.<domain>``
+and names its Gateway in the node metadata ``WAYPOINT_NAME``; without it, the Gateway is the
+caller's service account (a waypoint runs as the service account named after its Gateway).
 """
 
 from __future__ import annotations
@@ -14,7 +19,10 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from istiod_lite.push.errors import SubscriberRejectedError
-from istiod_lite.push.snapshot import ResourceSet, Snapshot
+from istiod_lite.push.snapshot import ResourceSet, Snapshot, scoped_type
+from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, ROUTE_TYPE_URL
+from mesh.identity.errors import InvalidSpiffeId
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 
 __all__ = [
@@ -23,11 +31,16 @@ __all__ = [
     "Projection",
     "Subscriber",
     "parse_node_id",
+    "WAYPOINT_TYPES",
     "select_projection",
+    "waypoint_projection",
     "ztunnel_projection",
 ]
 
 _ZTUNNEL_TYPES = (ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL)
+WAYPOINT_TYPES = (ROUTE_TYPE_URL, CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL)
+"""The Envoy types a waypoint's own config comes in (snapshot keys scoped per waypoint)."""
+WAYPOINT_NAME = "WAYPOINT_NAME"
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +54,8 @@ class Subscriber:
     namespace: str
     metadata: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     identity: str = ""
+    waypoint: str = ""
+    """For a waypoint: the Gateway it serves, ``<namespace>/<name>``; "" for other proxies."""
 
     @property
     def node_name(self) -> str:
@@ -58,6 +73,7 @@ def parse_node_id(node_id: str, *, metadata: Mapping[str, str], identity: str = 
         )
     proxy_type, ip, pod_ns, _domain = parts
     pod, _, namespace = pod_ns.partition(".")
+    waypoint = _waypoint_name(node_id, metadata, identity) if proxy_type == "waypoint" else ""
     return Subscriber(
         node_id=node_id,
         proxy_type=proxy_type,
@@ -66,7 +82,23 @@ def parse_node_id(node_id: str, *, metadata: Mapping[str, str], identity: str = 
         namespace=namespace,
         metadata=MappingProxyType(dict(metadata)),
         identity=identity,
+        waypoint=f"{namespace}/{waypoint}" if waypoint else "",
     )
+
+
+def _waypoint_name(node_id: str, metadata: Mapping[str, str], identity: str) -> str:
+    name = metadata.get(WAYPOINT_NAME, "")
+    if not name and identity:
+        try:
+            name = WorkloadIdentity.parse(identity).service_account
+        except InvalidSpiffeId:
+            name = ""
+    if not name:
+        raise SubscriberRejectedError(
+            f"waypoint {node_id} does not say which Gateway it serves",
+            hint=f"set the node metadata {WAYPOINT_NAME} to the Gateway's name",
+        )
+    return name
 
 
 Projection = Callable[[Subscriber, Snapshot], Mapping[str, ResourceSet]]
@@ -78,7 +110,17 @@ def ztunnel_projection(subscriber: Subscriber, snapshot: Snapshot) -> Mapping[st
     return {type_url: snapshot.of_type(type_url) for type_url in _ZTUNNEL_TYPES}
 
 
-_PROJECTIONS: Mapping[str, Projection] = MappingProxyType({"ztunnel": ztunnel_projection})
+def waypoint_projection(subscriber: Subscriber, snapshot: Snapshot) -> Mapping[str, ResourceSet]:
+    """The waypoint's own routes, clusters and endpoints, and every Address."""
+    own = {
+        type_url: snapshot.of_type(scoped_type(type_url, subscriber.waypoint)) for type_url in WAYPOINT_TYPES
+    }
+    return {**own, ADDRESS_TYPE_URL: snapshot.of_type(ADDRESS_TYPE_URL)}
+
+
+_PROJECTIONS: Mapping[str, Projection] = MappingProxyType(
+    {"ztunnel": ztunnel_projection, "waypoint": waypoint_projection}
+)
 
 
 def select_projection(subscriber: Subscriber) -> Projection:

@@ -215,6 +215,13 @@ def _check_identity(subscriber: Subscriber, caller: Caller | None) -> None:
             f"namespace {caller.identity.namespace!r} is not the proxy's namespace {subscriber.namespace!r}",
             hint="connect with the credential of the proxy's own service account",
         )
+    waypoint = subscriber.waypoint.partition("/")[2]
+    if waypoint and waypoint != caller.identity.service_account:
+        raise SubscriberForbiddenError(
+            f"caller {caller.identity.uri} may not connect as waypoint {subscriber.waypoint}:"
+            f" a waypoint runs as the service account named after its Gateway ({waypoint!r})",
+            hint="run the waypoint pod with that service account",
+        )
     if caller.node and subscriber.node_name and caller.node != subscriber.node_name:
         raise SubscriberForbiddenError(
             f"caller bound to node {caller.node!r} may not connect for node {subscriber.node_name!r}",

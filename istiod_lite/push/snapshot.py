@@ -5,6 +5,10 @@ A snapshot holds, per type URL, every resource by name with a content version: t
 gives an equal version across snapshots and restarts, which is what lets a reconnecting agent
 (``initial_resource_versions``) skip what it already has. The snapshot version is a counter
 plus the build time, like istiod's push versions.
+
+A resource set meant for one subscriber only (a waypoint's routes and clusters) is kept under a
+*scoped* key, ``<type URL>@<scope>`` (``scoped_type``); its resources go on the wire with the
+type URL before the ``@``, and a projection picks the scope that belongs to its subscriber.
 """
 
 from __future__ import annotations
@@ -27,8 +31,16 @@ __all__ = [
     "build_snapshot",
     "empty_snapshot",
     "resource_version",
+    "scoped_type",
     "version_resources",
 ]
+
+SCOPE_SEPARATOR = "@"
+
+
+def scoped_type(type_url: str, scope: str) -> str:
+    """The snapshot key of ``type_url`` resources for one scope, e.g. a waypoint ``<ns>/<name>``."""
+    return f"{type_url}{SCOPE_SEPARATOR}{scope}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,7 +104,8 @@ def version_resources(
 
     A message that is the very object of the previous snapshot is reused without serializing it
     (the translator hands unchanged resources back as the same objects; messages are never
-    mutated once built)."""
+    mutated once built). A scoped ``type_url`` (``scoped_type``) is sent as its plain type URL."""
+    type_url = type_url.partition(SCOPE_SEPARATOR)[0]
     expected = type_url.rpartition("/")[2]
     out: dict[str, VersionedResource] = {}
     for name, message in messages.items():

@@ -1,6 +1,9 @@
 """The real ``build`` callable: informer caches -> translation -> type URL -> resources.
 
-Translation warnings are logged once each (when they first appear), not on every rebuild.
+Besides ztunnel's Address and Authorization resources, every waypoint Gateway's translation goes
+in under its scope (``scoped_type(type URL, "<ns>/<name>")``) for the waypoint projection.
+Translation warnings and waypoint problems are logged once each (when they first appear), not
+on every rebuild.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ import structlog
 from google.protobuf.message import Message
 
 from istiod_lite.push.hub import BuildFn
+from istiod_lite.push.snapshot import scoped_type
 from istiod_lite.translate import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, TranslationWarning
+from istiod_lite.translate.l7 import not_a_waypoint, translate_waypoint
 from istiod_lite.translate.model import TranslateOptions
 from istiod_lite.translate.translator import Translator
-from istiod_lite.view import Informers
+from istiod_lite.view import ClusterView, Informers
 
 __all__ = ["translated_build"]
 
@@ -26,23 +31,48 @@ def translated_build(
     trust_domain: str = "cluster.local",
     root_namespace: str = "istio-system",
 ) -> BuildFn:
-    """A ``BuildFn`` translating the informers' current view (Address and Authorization).
+    """A ``BuildFn`` translating the informers' current view (ztunnel's types and every waypoint's).
 
     One long-lived ``Translator`` reuses the results of objects that did not change."""
     log = structlog.get_logger().bind(component="istiod_lite.push")
     reported: set[TranslationWarning] = set()
-    translator = Translator(
-        TranslateOptions(cluster_id=cluster_id, trust_domain=trust_domain, root_namespace=root_namespace)
+    options = TranslateOptions(
+        cluster_id=cluster_id, trust_domain=trust_domain, root_namespace=root_namespace
     )
+    translator = Translator(options)
 
     def build() -> Mapping[str, Mapping[str, Message]]:
-        translated = translator.build(informers.view())
-        current = set(translated.warnings)
+        view = informers.view()
+        translated = translator.build(view)
+        resources: dict[str, Mapping[str, Message]] = {
+            ADDRESS_TYPE_URL: translated.addresses,
+            AUTHORIZATION_TYPE_URL: translated.authorizations,
+        }
+        waypoint_resources, problems = _waypoints(view, options)
+        resources.update(waypoint_resources)
+        current = set(translated.warnings) | problems
         for warning in sorted(current - reported, key=str):
             log.warning("translate.warning", object=f"{warning.kind} {warning.namespace}/{warning.name}",
                         field=warning.field, problem=warning.message)  # fmt: skip
         reported.clear()
         reported.update(current)
-        return {ADDRESS_TYPE_URL: translated.addresses, AUTHORIZATION_TYPE_URL: translated.authorizations}
+        return resources
 
     return build
+
+
+def _waypoints(
+    view: ClusterView, options: TranslateOptions
+) -> tuple[dict[str, Mapping[str, Message]], set[TranslationWarning]]:
+    """Every waypoint's resources under its scoped keys, and all their problems."""
+    resources: dict[str, Mapping[str, Message]] = {}
+    problems: set[TranslationWarning] = set()
+    for gateway in view.gateways.values():
+        if gateway.spec.get("gatewayClassName") != "istio-waypoint" or not_a_waypoint(gateway) is not None:
+            continue  # other classes are other controllers' Gateways, not problems
+        config = translate_waypoint(view, gateway, options=options)
+        problems.update(config.problems)
+        scope = f"{gateway.namespace}/{gateway.name}"
+        for type_url, by_name in config.resources.items():
+            resources[scoped_type(type_url, scope)] = by_name
+    return resources, problems

@@ -131,8 +131,10 @@ def parse_service(obj: KubeObject, *, cluster_domain: str) -> ServiceInfo | None
     return ServiceInfo(obj.namespace, obj.name, hostname, ips, ports, families)
 
 
-def service_address(info: ServiceInfo, options: TranslateOptions) -> pb.Address:
-    """The ``Address{service}`` resource for one Service."""
+def service_address(
+    info: ServiceInfo, options: TranslateOptions, *, waypoint: pb.GatewayAddress | None = None
+) -> pb.Address:
+    """The ``Address{service}`` resource for one Service (with its waypoint, if it uses one)."""
     service = pb.Service(
         name=info.name,
         namespace=info.namespace,
@@ -144,6 +146,8 @@ def service_address(info: ServiceInfo, options: TranslateOptions) -> pb.Address:
         ],
         ip_families=info.ip_families,
     )
+    if waypoint is not None:
+        service.waypoint.CopyFrom(waypoint)
     return pb.Address(service=service)
 
 

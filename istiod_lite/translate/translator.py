@@ -22,6 +22,7 @@ from istiod_lite.translate.model import TranslatedResources, TranslateOptions, T
 from istiod_lite.translate.peerauth import PeerAuthIndex, PeerAuthn, parse_peer_authentication
 from istiod_lite.translate.services import ServiceInfo, parse_service, service_address, slice_endpoints
 from istiod_lite.translate.services import ready_endpoints as _ready_endpoints
+from istiod_lite.translate.waypoints import WaypointIndex
 from istiod_lite.translate.workloads import WorkloadContext, pod_workload, workload_name_and_type
 from istiod_lite.view import POD, ClusterView, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2
@@ -79,16 +80,20 @@ def _service(obj: KubeObject, domain: str, _: Warnings) -> ServiceInfo | None:
     return parse_service(obj, cluster_domain=domain)
 
 
-def _address(info: ServiceInfo, options: TranslateOptions, _: Warnings) -> workload_pb2.Address:
-    return service_address(info, options)
+def _address(
+    info: ServiceInfo, options: TranslateOptions, waypoint: workload_pb2.GatewayAddress | None, _: Warnings
+) -> workload_pb2.Address:
+    return service_address(info, options, waypoint=waypoint)
 
 
 def _slice(es: KubeObject, _: Warnings) -> list[tuple[ObjectKey, str]]:
     return slice_endpoints(es)
 
 
-def _pod(pod: KubeObject, ctx: WorkloadContext, _: Warnings) -> workload_pb2.Address | None:
-    workload = pod_workload(pod, ctx)
+def _pod(
+    pod: KubeObject, ctx: WorkloadContext, waypoint: workload_pb2.GatewayAddress | None, _: Warnings
+) -> workload_pb2.Address | None:
+    workload = pod_workload(pod, ctx, waypoint=waypoint)
     return None if workload is None else workload_pb2.Address(workload=workload)
 
 
@@ -166,7 +171,7 @@ class Translator:
         peer = PeerAuthIndex(peers, root_namespace=self.options.root_namespace)
         authorizations = {p.key: p.authorization for p in compiled}
         authorizations.update(peer.policies())
-        services, service_addresses = self._translate_services(view, warnings)
+        services = self._parse_services(view, warnings)
         selectors = SelectorIndex(compiled, root_namespace=self.options.root_namespace)
 
         def policy_keys(namespace: str, labels: Mapping[str, str]) -> list[str]:
@@ -176,7 +181,10 @@ class Translator:
             return self._slices.get(es, partial(_slice, es), warnings)
 
         endpoints = _ready_endpoints(view, services, warnings, parse=parse_slice)
-        ctx = WorkloadContext(view, self.options, endpoints, policy_keys)
+        ready = {(s.namespace, s.name) for entries in endpoints.values() for s, _ in entries}
+        waypoints = WaypointIndex(view, self.options, ready)
+        service_addresses = self._service_addresses_of(view, services, waypoints, warnings)
+        ctx = WorkloadContext(view, self.options, endpoints, policy_keys, waypoints)
         if not _same(self._policy_inputs, (*compiled, *peers)):
             self._policy_inputs = (*compiled, *peers)
             self._policy_generation += 1
@@ -193,7 +201,9 @@ class Translator:
         old, new = last.pods, view.pods
         removed = old.keys() - new.keys()
         changed = [pod for key, pod in new.items() if old.get(key) is not pod]
-        ctx = WorkloadContext(view, self.options, last.ctx.endpoints, last.ctx.policy_keys)
+        ctx = WorkloadContext(
+            view, self.options, last.ctx.endpoints, last.ctx.policy_keys, last.ctx.waypoints
+        )
         for memo in (self._pods, self._pod_keys):
             memo.carry(removed)
         for key in removed:
@@ -210,9 +220,15 @@ class Translator:
     ) -> tuple[workload_pb2.Address | None, list[TranslationWarning]]:
         local = Warnings()
         keys = self._pod_keys.get(pod, partial(_keys, pod, ctx.policy_keys), local, self._policy_generation)
-        inputs = (tuple(ctx.endpoints.get(pod.key, ())), keys, workload_name_and_type(pod, ctx.view))
+        waypoint = ctx.waypoints.for_pod(pod, local) if ctx.waypoints is not None else None
+        inputs = (
+            tuple(ctx.endpoints.get(pod.key, ())),
+            keys,
+            workload_name_and_type(pod, ctx.view),
+            waypoint,
+        )
         try:
-            address = self._pods.get(pod, partial(_pod, pod, ctx), local, inputs)
+            address = self._pods.get(pod, partial(_pod, pod, ctx, waypoint), local, inputs)
         except FieldError as exc:
             local.add(pod, exc.field, f"{exc.problem}; the pod is skipped")
             address = None
@@ -250,22 +266,31 @@ class Translator:
                 warnings.add(obj, exc.field, f"{exc.problem}; the PeerAuthentication is skipped")
         return out
 
-    def _translate_services(
-        self, view: ClusterView, warnings: Warnings
-    ) -> tuple[dict[ObjectKey, ServiceInfo], dict[str, workload_pb2.Address]]:
+    def _parse_services(self, view: ClusterView, warnings: Warnings) -> dict[ObjectKey, ServiceInfo]:
         domain = self.options.cluster_domain
         infos: dict[ObjectKey, ServiceInfo] = {}
-        addresses: dict[str, workload_pb2.Address] = {}
         for obj in view.services.values():
             try:
                 info = self._services.get(obj, partial(_service, obj, domain), warnings)
             except FieldError as exc:
                 warnings.add(obj, exc.field, f"{exc.problem}; the Service is skipped")
                 continue
-            if info is None:
-                continue
-            infos[obj.key] = info
+            if info is not None:
+                infos[obj.key] = info
+        return infos
+
+    def _service_addresses_of(
+        self,
+        view: ClusterView,
+        infos: Mapping[ObjectKey, ServiceInfo],
+        waypoints: WaypointIndex,
+        warnings: Warnings,
+    ) -> dict[str, workload_pb2.Address]:
+        addresses: dict[str, workload_pb2.Address] = {}
+        for key, info in infos.items():
+            obj = view.services[key]
+            waypoint = waypoints.for_service(obj, warnings)
             addresses[info.key] = self._service_addresses.get(
-                obj, partial(_address, info, self.options), warnings
+                obj, partial(_address, info, self.options, waypoint), warnings, waypoint
             )
-        return infos, addresses
+        return addresses

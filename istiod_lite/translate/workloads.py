@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from istiod_lite.translate._fields import ip_bytes, mapping, port, sequence, string
 from istiod_lite.translate.model import TranslateOptions
 from istiod_lite.translate.services import ServiceInfo
 from istiod_lite.view import ClusterView, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2 as pb
+
+if TYPE_CHECKING:  # waypoints imports the l7 package, which imports this module
+    from istiod_lite.translate.waypoints import WaypointIndex
 
 __all__ = [
     "WorkloadContext",
@@ -47,6 +51,7 @@ class WorkloadContext:
     options: TranslateOptions
     endpoints: Mapping[ObjectKey, Sequence[tuple[ServiceInfo, str]]]
     policy_keys: Callable[[str, Mapping[str, str]], list[str]]
+    waypoints: WaypointIndex | None = None
 
 
 def workload_uid(cluster_id: str, namespace: str, name: str) -> str:
@@ -138,7 +143,9 @@ def _services(pod: KubeObject, ctx: WorkloadContext) -> dict[str, pb.PortList]:
     return out
 
 
-def pod_workload(pod: KubeObject, ctx: WorkloadContext) -> pb.Workload | None:
+def pod_workload(
+    pod: KubeObject, ctx: WorkloadContext, *, waypoint: pb.GatewayAddress | None = None
+) -> pb.Workload | None:
     """The workload of one pod, or None when it has no IP yet or has terminated."""
     if pod.status.get("phase") in _TERMINAL:
         return None
@@ -175,4 +182,6 @@ def pod_workload(pod: KubeObject, ctx: WorkloadContext) -> pb.Workload | None:
     if pod.labels.get(_TUNNEL_LABEL) == "http":
         workload.tunnel_protocol = pb.HBONE
         workload.native_tunnel = True
+    if waypoint is not None:
+        workload.waypoint.CopyFrom(waypoint)
     return workload

@@ -1,0 +1,73 @@
+"""Waypoint subscribers: who they are (node id, metadata, identity) and what their projection holds."""
+
+from __future__ import annotations
+
+import pytest
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.service.discovery.v3 import discovery_pb2
+
+from istiod_lite.push.errors import SubscriberRejectedError
+from istiod_lite.push.projection import parse_node_id, select_projection, waypoint_projection
+from istiod_lite.push.snapshot import build_snapshot, scoped_type
+from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, ROUTE_TYPE_URL
+from mesh.api.istio.workload import workload_pb2
+from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+
+NODE = "waypoint~10.244.1.99~waypoint-abc.demo~demo.svc.cluster.local"
+IDENTITY = "spiffe://cluster.local/ns/demo/sa/waypoint"
+
+
+@pytest.mark.parametrize(
+    ("metadata", "identity", "waypoint"),
+    [
+        ({"WAYPOINT_NAME": "waypoint"}, "", "demo/waypoint"),
+        ({}, IDENTITY, "demo/waypoint"),
+        ({"WAYPOINT_NAME": "other"}, IDENTITY, "demo/other"),
+    ],
+    ids=["metadata", "service-account", "metadata-first"],
+)
+def test_a_waypoint_names_its_gateway(metadata: dict[str, str], identity: str, waypoint: str) -> None:
+    subscriber = parse_node_id(NODE, metadata=metadata, identity=identity)
+    assert (subscriber.proxy_type, subscriber.waypoint) == ("waypoint", waypoint)
+    assert select_projection(subscriber) is waypoint_projection
+
+
+def test_a_waypoint_that_names_no_gateway_is_refused_with_a_hint() -> None:
+    with pytest.raises(SubscriberRejectedError) as caught:
+        parse_node_id(NODE, metadata={}, identity="")
+    assert "does not say which Gateway" in caught.value.message and "WAYPOINT_NAME" in (
+        caught.value.hint or ""
+    )
+
+
+def test_a_ztunnel_has_no_waypoint() -> None:
+    subscriber = parse_node_id("ztunnel~10.0.0.2~zt.istio-system~istio-system.svc.cluster.local", metadata={})
+    assert subscriber.waypoint == ""
+
+
+def test_the_projection_is_the_waypoints_own_scope_and_every_address() -> None:
+    mine, theirs = "demo/waypoint", "other/waypoint"
+    route = route_pb2.RouteConfiguration(name=mine)
+    snapshot = build_snapshot(
+        {
+            ADDRESS_TYPE_URL: {"a": workload_pb2.Address()},
+            AUTHORIZATION_TYPE_URL: {},
+            scoped_type(ROUTE_TYPE_URL, mine): {mine: route},
+            scoped_type(CLUSTER_TYPE_URL, mine): {"c1": cluster_pb2.Cluster(name="c1")},
+            scoped_type(ROUTE_TYPE_URL, theirs): {theirs: route_pb2.RouteConfiguration(name=theirs)},
+        },
+        counter=1,
+        now=0.0,
+    )
+    projected = waypoint_projection(parse_node_id(NODE, metadata={"WAYPOINT_NAME": "waypoint"}), snapshot)
+    assert {t: set(r) for t, r in projected.items()} == {
+        ROUTE_TYPE_URL: {mine},
+        CLUSTER_TYPE_URL: {"c1"},
+        ENDPOINT_TYPE_URL: set(),
+        ADDRESS_TYPE_URL: {"a"},
+    }
+    sent = projected[ROUTE_TYPE_URL][mine]
+    assert sent.type_url == ROUTE_TYPE_URL  # on the wire without the scope
+    entry = discovery_pb2.DeltaDiscoveryResponse.FromString(sent.wire).resources[0]
+    assert entry.resource.type_url == ROUTE_TYPE_URL and entry.name == mine
