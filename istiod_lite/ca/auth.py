@@ -101,18 +101,47 @@ class LabTokenAuthenticator:
 
     def __init__(self, tokens: Mapping[str, Caller | tuple[Caller, float | None]], *, clock: Clock) -> None:
         self._clock = clock
-        self._entries: dict[bytes, _LabEntry] = {}
-        for token, value in tokens.items():
-            caller, expires = value if isinstance(value, tuple) else (value, None)
-            self._entries[_digest(token)] = _LabEntry(caller, expires)
+        self._entries = _entries(tokens)
+        self._file: tuple[Path, str] | None = None
+        self._signature: tuple[int, int, int] | None = None
 
     @classmethod
     def from_file(cls, path: Path, *, trust_domain: str, clock: Clock) -> LabTokenAuthenticator:
-        """Reads a lab token file (see the module docstring)."""
-        return cls(load_lab_tokens(path, trust_domain=trust_domain), clock=clock)
+        """Reads a lab token file (see the module docstring), and reads it again when it changes.
+
+        The lab adds tokens while it runs (a waypoint's service account when its Gateway is
+        created); the file is replaced atomically, so a reader never sees half of it.
+        """
+        authenticator = cls({}, clock=clock)
+        authenticator._file = (path, trust_domain)
+        authenticator._reload()
+        return authenticator
+
+    def _reload(self) -> None:
+        """Re-reads the token file when its signature changed; keeps the old tokens if it is unreadable."""
+        if self._file is None:
+            return
+        path, trust_domain = self._file
+        try:
+            st = path.stat()
+        except OSError:
+            if self._signature is None:
+                raise ConfigError(f"cannot read lab token file {path}: it does not exist") from None
+            return
+        signature = (st.st_ino, st.st_mtime_ns, st.st_size)
+        if signature == self._signature:
+            return
+        try:
+            self._entries = _entries(load_lab_tokens(path, trust_domain=trust_domain))
+        except ConfigError:
+            if self._signature is None:
+                raise
+            return  # a bad rewrite: the tokens read before stay in force
+        self._signature = signature
 
     async def authenticate(self, token: str) -> Caller:
         """The caller holding ``token``."""
+        self._reload()
         entry = self._entries.get(_digest(token))
         if entry is None:
             raise UnauthenticatedError(
@@ -153,6 +182,14 @@ def _lab_entry(entry: dict[object, object], *, where: str, trust_domain: str) ->
     except IdentityError as err:
         raise ConfigError(f"{where} has an invalid identity {identity!r}: {err}") from err
     return Caller(identity=parsed, node=node), None if expires is None else float(expires)
+
+
+def _entries(tokens: Mapping[str, Caller | tuple[Caller, float | None]]) -> dict[bytes, _LabEntry]:
+    out = {}
+    for token, value in tokens.items():
+        caller, expires = value if isinstance(value, tuple) else (value, None)
+        out[_digest(token)] = _LabEntry(caller, expires)
+    return out
 
 
 def _digest(token: str) -> bytes:

@@ -28,6 +28,7 @@ from meshctl.lab.actions import Action, MarkDeleted, Put, Remove, Schedule, appl
 from meshctl.lab.endpoints import plan_endpoint_slices, plan_workload_status
 from meshctl.lab.ipam import place_pod
 from meshctl.lab.objects import ObjKey
+from meshctl.lab.waypoints import WaypointTemplate, plan_waypoint_status, plan_waypoints
 
 __all__ = ["TEMPLATE_HASH_LABEL", "plan"]
 
@@ -35,20 +36,32 @@ TEMPLATE_HASH_LABEL = "pod-template-hash"
 Objects = dict[ObjKey, dict[str, Any]]
 
 
-def plan(objects: Objects, *, nodes: Sequence[str], rng: random.Random, now: float) -> list[Action]:
+def plan(
+    objects: Objects,
+    *,
+    nodes: Sequence[str],
+    rng: random.Random,
+    now: float,
+    waypoints: WaypointTemplate | None = None,
+) -> list[Action]:
     """Every action needed to bring the store to the desired state, in order.
 
     Each phase sees the effects of the phases before it, so one call creates a Deployment's
-    ReplicaSet and its Pods together.
+    ReplicaSet and its Pods together. With ``waypoints`` (the mesh is on), Gateways of class
+    istio-waypoint get their Deployment, Service and status (:mod:`meshctl.lab.waypoints`).
     """
     work = dict(objects)
     actions: list[Action] = []
     phases: tuple[Callable[[], list[Action]], ...] = (
+        lambda: plan_waypoints(work, waypoints, rng=rng, now=now) if waypoints else [],
         lambda: _plan_replicasets(work, rng=rng, now=now),
         lambda: _plan_pods(work, nodes=nodes, rng=rng, now=now),
         lambda: _collect_garbage(work, now=now),
         lambda: plan_endpoint_slices(work, rng=rng, now=now),
         lambda: plan_workload_status(work),
+        lambda: (
+            plan_waypoint_status(work, cluster_domain=waypoints.cluster_domain, now=now) if waypoints else []
+        ),
     )
     for phase in phases:
         for action in phase():

@@ -38,6 +38,7 @@ from meshctl.lab.objects import ObjKey
 from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, process_start_time
+from meshctl.lab.waypoints import waypoint_gateways
 
 __all__ = ["LabDaemon", "main"]
 
@@ -135,7 +136,13 @@ class LabDaemon:
     async def _reconcile(self) -> bool:
         """One pass; True when it wrote objects (so the caller reloads before acting)."""
         objects = self.store.load_all()
-        actions = plan(objects, nodes=self.settings.node_names(), rng=self.rng, now=self.clock.now())
+        template = None
+        if self.mesh is not None:
+            self.mesh.ensure_waypoint_tokens(waypoint_gateways(objects))
+            template = self.mesh.waypoint_template()
+        actions = plan(
+            objects, nodes=self.settings.node_names(), rng=self.rng, now=self.clock.now(), waypoints=template
+        )
         if actions:
             with self.store.transaction() as txn:
                 changed = apply_actions(txn, actions)

@@ -30,6 +30,7 @@ from meshctl.lab.settings import LabSettings, NodeSettings
 from meshctl.lab.store import StateDir, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, ProcessSpec, SupervisedProcess
 from meshctl.lab.topology import BRIDGE
+from meshctl.lab.waypoints import WaypointTemplate
 from meshctl.nethttp import http_get
 
 __all__ = [
@@ -70,6 +71,11 @@ class MeshLayout:
     def token(self, node: str) -> Path:
         """One node's bootstrap token."""
         return self.root / f"token-{node}"
+
+    @property
+    def waypoint_tokens(self) -> Path:
+        """The tokens of waypoint service accounts, one file per waypoint (``<ns>.<name>``)."""
+        return self.root / "waypoint-tokens"
 
     def run_dir(self, node: str) -> Path:
         """One node's agent sockets and cache (like /var/run/ztunnel)."""
@@ -242,6 +248,44 @@ class MeshRuntime:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+    def waypoint_template(self) -> WaypointTemplate:
+        """How the lab's waypoint pods reach istiod_lite (for the waypoint planner)."""
+        settings = self.settings
+        return WaypointTemplate(
+            xds_address=f"{control_plane_address(settings)}:{CA_PORT}",
+            root_cert=str(self.layout.root_cert),
+            token_dir=str(self.layout.waypoint_tokens),
+            trust_domain=settings.cluster_domain,
+            cluster_id=settings.cluster_id,
+            cluster_domain=settings.cluster_domain,
+            service_cidr=settings.service_cidr,
+        )
+
+    def ensure_waypoint_tokens(self, gateways: list[dict[str, Any]]) -> None:
+        """A lab token for each waypoint's service account (``<ns>/<gateway name>``), known to istiod_lite.
+
+        Tokens are kept across daemon restarts (the pods hold them); istiod_lite re-reads the
+        token file when it changes.
+        """
+        template = self.waypoint_template()
+        entries: dict[str, Any] = {}
+        if self.layout.tokens.exists():
+            entries = yaml.safe_load(self.layout.tokens.read_text()) or {}
+        changed = False
+        for gateway in gateways:
+            namespace, name = gateway["metadata"]["namespace"], gateway["metadata"]["name"]
+            path = Path(template.token_file(namespace, name))
+            token = path.read_text().strip() if path.exists() else ""
+            if not token:
+                token = secrets.token_urlsafe(32)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                _write_secret(path, token + "\n")
+            if token not in entries:
+                entries[token] = {"identity": f"{namespace}/{name}"}
+                changed = True
+        if changed:
+            _write_secret(self.layout.tokens, yaml.safe_dump(entries))
 
     def _spawn(self, spec: ProcessSpec) -> None:
         process = SupervisedProcess(spec, clock=self._clock, on_event=lambda e: self._on_event(spec.name, e))

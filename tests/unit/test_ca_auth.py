@@ -109,3 +109,20 @@ def test_parse_identity_forms() -> None:
     assert parse_identity("spiffe://other.td/ns/a/sa/b", trust_domain=TD) == WorkloadIdentity(
         "other.td", "a", "b"
     )
+
+
+async def test_the_lab_token_file_is_read_again_when_it_changes(tmp_path: Path) -> None:
+    path = tmp_path / "tokens.yaml"
+    path.write_text("tok-n1: {node: n1, identity: istio-system/ztunnel}\n")
+    auth = LabTokenAuthenticator.from_file(path, trust_domain="cluster.local", clock=FakeClock())
+    with pytest.raises(UnauthenticatedError):
+        await auth.authenticate("tok-wp")
+    replacement = tmp_path / ".tokens.yaml.tmp"
+    replacement.write_text(
+        "tok-n1: {node: n1, identity: istio-system/ztunnel}\ntok-wp: {identity: demo/waypoint}\n"
+    )
+    replacement.replace(path)  # as the lab writes it: atomically
+    caller = await auth.authenticate("tok-wp")
+    assert caller.identity == WorkloadIdentity("cluster.local", "demo", "waypoint") and caller.node is None
+    path.write_text("- not a mapping\n")  # a bad rewrite keeps the tokens read before
+    assert (await auth.authenticate("tok-n1")).node == "n1"
