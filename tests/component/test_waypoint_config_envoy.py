@@ -10,6 +10,8 @@ backends they say.
 
 from __future__ import annotations
 
+import asyncio
+import http.client
 import json
 import subprocess
 from pathlib import Path
@@ -20,8 +22,16 @@ import yaml
 from google.protobuf import json_format
 
 from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, WaypointConfig
-from mesh.testing.envoy_hbone import envoy_binary
-from tests.unit.l7_world import SUBSETS, backend, destination_rule, http_route, translate, virtual_service
+from mesh.testing.envoy_hbone import envoy_binary, running_envoy
+from tests.unit.l7_world import (
+    REVIEWS,
+    SUBSETS,
+    backend,
+    destination_rule,
+    http_route,
+    translate,
+    virtual_service,
+)
 
 pytestmark = [pytest.mark.envoy, pytest.mark.timeout(60)]
 
@@ -227,7 +237,81 @@ def test_envoy_validates_every_translated_feature(tmp_path: Path) -> None:
     path.write_text(yaml.safe_dump(bootstrap(config)))
     result = subprocess.run(
         [str(envoy_binary()), "--mode", "validate", "-c", str(path), "--log-level", "warn"],
-        capture_output=True, text=True, timeout=30, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "configuration" in result.stdout and "OK" in result.stdout
+
+
+class Backend(asyncio.Protocol):
+    """A tiny HTTP/1.1 server answering every request with its own name."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name.encode()
+        self.transport: asyncio.Transport | None = None
+        self.buffer = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        while b"\r\n\r\n" in self.buffer:
+            _, self.buffer = self.buffer.split(b"\r\n\r\n", 1)
+            assert self.transport is not None
+            head = b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % len(self.name)
+            self.transport.write(head + self.name)
+
+
+def get(address: tuple[str, int], path: str, headers: dict[str, str]) -> tuple[int, str]:
+    connection = http.client.HTTPConnection(*address, timeout=5)
+    try:
+        connection.request("GET", path, headers={"Host": "reviews:9080", **headers})
+        response = connection.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        connection.close()
+
+
+async def test_envoy_routes_as_the_translation_says(tmp_path: Path) -> None:
+    rules: list[dict[str, Any]] = [
+        {
+            "match": [{"headers": {"x-canary-test": {"exact": "true"}}}],
+            "route": [{"destination": {"host": "reviews", "subset": "v2"}}],
+        },
+        {
+            "match": [{"uri": {"prefix": "/abort"}}],
+            "route": [{"destination": {"host": "reviews", "subset": "v1"}}],
+            "fault": {"abort": {"httpStatus": 418, "percentage": {"value": 100}}},
+        },
+        {"match": [{"uri": {"regex": "/items/[0-9]+"}}], "directResponse": {"status": 204}},
+        {"route": [{"destination": {"host": "reviews", "subset": "v1"}}]},
+    ]
+    config = translate(virtual_service("reviews", rules), destination_rule(subsets=SUBSETS))
+    loop = asyncio.get_running_loop()
+    servers = [await loop.create_server(lambda n=n: Backend(n), "127.0.0.1", 0) for n in ("v1", "v2")]  # type: ignore[misc]
+    ports = [s.sockets[0].getsockname()[1] for s in servers]
+    endpoints = {
+        f"inbound-vip|9080|http/v1|{REVIEWS}": ("127.0.0.1", ports[0]),
+        f"inbound-vip|9080|http/v2|{REVIEWS}": ("127.0.0.1", ports[1]),
+    }
+    try:
+        async with running_envoy(bootstrap(config, endpoints=endpoints), tmp_path, name="waypoint") as envoy:
+            cases = [
+                ("/", {"x-canary-test": "true"}, (200, "v2")),
+                ("/", {"x-canary-test": "false"}, (200, "v1")),
+                ("/abort", {}, (418, None)),
+                ("/items/12", {}, (204, "")),
+                ("/items/x", {}, (200, "v1")),
+            ]
+            for path, headers, (status, body) in cases:
+                got = await asyncio.to_thread(get, envoy.listener, path, headers)
+                assert got[0] == status, (path, headers, got, envoy.log_tail())
+                assert body is None or got[1] == body, (path, headers, got)
+    finally:
+        for server in servers:
+            server.close()
