@@ -24,11 +24,12 @@ from google.protobuf import json_format
 from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, WaypointConfig
 from mesh.testing.envoy_hbone import envoy_binary, running_envoy
 from tests.unit.l7_world import (
+    EVERYTHING_DR,
+    EVERYTHING_VS,
+    RATINGS_ROUTE,
     REVIEWS,
     SUBSETS,
-    backend,
     destination_rule,
-    http_route,
     translate,
     virtual_service,
 )
@@ -38,148 +39,6 @@ pytestmark = [pytest.mark.envoy, pytest.mark.timeout(60)]
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 _ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-
-EVERYTHING_VS = virtual_service(
-    "reviews",
-    [
-        {
-            "name": "canary",
-            "match": [
-                {"headers": {"x-canary-test": {"exact": "true"}}, "uri": {"prefix": "/api"}},
-                {
-                    "uri": {"regex": "/v[0-9]+/.*"},
-                    "queryParams": {"debug": {"regex": "*"}},
-                    "method": {"exact": "GET"},
-                },
-                {
-                    "withoutHeaders": {"x-user": {"prefix": "bot"}},
-                    "ignoreUriCase": True,
-                    "uri": {"exact": "/Exact"},
-                },
-            ],
-            "route": [
-                {
-                    "destination": {"host": "reviews", "subset": "v2"},
-                    "headers": {"request": {"set": {"x-v": "2"}}},
-                }
-            ],
-            "headers": {
-                "request": {"add": {"x-a": "1"}, "remove": ["x-b"]},
-                "response": {"set": {"x-c": "3"}},
-            },
-            "fault": {
-                "delay": {"fixedDelay": "2s", "percentage": {"value": 100}},
-                "abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 0.5}},
-            },
-            "retries": {
-                "attempts": 3,
-                "perTryTimeout": "500ms",
-                "retryOn": "gateway-error,connect-failure,503",
-            },
-            "timeout": "1s",
-            "mirror": {"host": "ratings"},
-            "mirrorPercentage": {"value": 25.5},
-        },
-        {
-            "match": [{"uri": {"prefix": "/old"}}],
-            "redirect": {"uri": "/new", "authority": "x.example", "redirectCode": 308},
-        },
-        {
-            "match": [{"uri": {"prefix": "/gone"}}],
-            "directResponse": {"status": 410, "body": {"string": "gone"}},
-        },
-        {
-            "match": [{"uri": {"prefix": "/rw"}}],
-            "rewrite": {"uri": "/", "authority": "reviews.internal"},
-            "route": [{"destination": {"host": "reviews", "subset": "v1"}}],
-        },
-        {
-            "route": [
-                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 95},
-                {"destination": {"host": "reviews", "subset": "v2"}, "weight": 5},
-            ],
-            "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 50}}},
-        },
-    ],
-)
-EVERYTHING_DR = destination_rule(
-    subsets=SUBSETS,
-    trafficPolicy={
-        "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
-        "connectionPool": {
-            "tcp": {"maxConnections": 10, "connectTimeout": "2s"},
-            "http": {
-                "http1MaxPendingRequests": 5,
-                "maxRetries": 2,
-                "idleTimeout": "30s",
-                "maxRequestsPerConnection": 100,
-            },
-        },
-        "outlierDetection": {
-            "consecutive5xxErrors": 3,
-            "interval": "5s",
-            "baseEjectionTime": "30s",
-            "maxEjectionPercent": 50,
-        },
-    },
-)
-RATINGS_ROUTE = http_route(
-    "ratings",
-    [
-        {
-            "matches": [
-                {
-                    "path": {"type": "PathPrefix", "value": "/api/"},
-                    "headers": [{"name": "x-env", "value": "canary"}],
-                    "method": "POST",
-                }
-            ],
-            "filters": [
-                {
-                    "type": "RequestHeaderModifier",
-                    "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]},
-                },
-                {
-                    "type": "ResponseHeaderModifier",
-                    "responseHeaderModifier": {"add": [{"name": "x-c", "value": "2"}]},
-                },
-                {
-                    "type": "URLRewrite",
-                    "urlRewrite": {
-                        "hostname": "r.internal",
-                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"},
-                    },
-                },
-                {
-                    "type": "RequestMirror",
-                    "requestMirror": {"backendRef": {"name": "reviews", "port": 9080}, "percent": 10},
-                },
-            ],
-            "backendRefs": [backend("ratings", 8080, 80), backend("reviews", 9080, 20)],
-            "timeouts": {"request": "3s", "backendRequest": "1s"},
-        },
-        {
-            "matches": [{"path": {"type": "Exact", "value": "/moved"}}],
-            "filters": [
-                {
-                    "type": "RequestRedirect",
-                    "requestRedirect": {"scheme": "https", "port": 8443, "statusCode": 301},
-                }
-            ],
-        },
-        {
-            "matches": [
-                {
-                    "path": {"type": "RegularExpression", "value": "/items/[0-9]+"},
-                    "queryParams": [{"name": "q", "type": "RegularExpression", "value": "a.*"}],
-                }
-            ],
-            "backendRefs": [backend("ratings", 8080)],
-        },
-        {"backendRefs": [backend("ratings", 8080)]},
-    ],
-    parent="ratings",
-)
 
 
 def bootstrap(

@@ -139,3 +139,147 @@ def routes_of(config: WaypointConfig, host: str = f"{REVIEWS}:9080") -> list[dic
 def problems_text(config: WaypointConfig) -> list[str]:
     """The problems as strings (kind ns/name: field: message)."""
     return [str(p) for p in config.problems]
+
+
+# One waypoint config with every feature the translation emits (Envoy validates it; fuzzing mutates it).
+EVERYTHING_VS = virtual_service(
+    "reviews",
+    [
+        {
+            "name": "canary",
+            "match": [
+                {"headers": {"x-canary-test": {"exact": "true"}}, "uri": {"prefix": "/api"}},
+                {
+                    "uri": {"regex": "/v[0-9]+/.*"},
+                    "queryParams": {"debug": {"regex": "*"}},
+                    "method": {"exact": "GET"},
+                },
+                {
+                    "withoutHeaders": {"x-user": {"prefix": "bot"}},
+                    "ignoreUriCase": True,
+                    "uri": {"exact": "/Exact"},
+                },
+            ],
+            "route": [
+                {
+                    "destination": {"host": "reviews", "subset": "v2"},
+                    "headers": {"request": {"set": {"x-v": "2"}}},
+                }
+            ],
+            "headers": {
+                "request": {"add": {"x-a": "1"}, "remove": ["x-b"]},
+                "response": {"set": {"x-c": "3"}},
+            },
+            "fault": {
+                "delay": {"fixedDelay": "2s", "percentage": {"value": 100}},
+                "abort": {"grpcStatus": "UNAVAILABLE", "percentage": {"value": 0.5}},
+            },
+            "retries": {
+                "attempts": 3,
+                "perTryTimeout": "500ms",
+                "retryOn": "gateway-error,connect-failure,503",
+            },
+            "timeout": "1s",
+            "mirror": {"host": "ratings"},
+            "mirrorPercentage": {"value": 25.5},
+        },
+        {
+            "match": [{"uri": {"prefix": "/old"}}],
+            "redirect": {"uri": "/new", "authority": "x.example", "redirectCode": 308},
+        },
+        {
+            "match": [{"uri": {"prefix": "/gone"}}],
+            "directResponse": {"status": 410, "body": {"string": "gone"}},
+        },
+        {
+            "match": [{"uri": {"prefix": "/rw"}}],
+            "rewrite": {"uri": "/", "authority": "reviews.internal"},
+            "route": [{"destination": {"host": "reviews", "subset": "v1"}}],
+        },
+        {
+            "route": [
+                {"destination": {"host": "reviews", "subset": "v1"}, "weight": 95},
+                {"destination": {"host": "reviews", "subset": "v2"}, "weight": 5},
+            ],
+            "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 50}}},
+        },
+    ],
+)
+EVERYTHING_DR = destination_rule(
+    subsets=SUBSETS,
+    trafficPolicy={
+        "loadBalancer": {"consistentHash": {"httpHeaderName": "x-user"}},
+        "connectionPool": {
+            "tcp": {"maxConnections": 10, "connectTimeout": "2s"},
+            "http": {
+                "http1MaxPendingRequests": 5,
+                "maxRetries": 2,
+                "idleTimeout": "30s",
+                "maxRequestsPerConnection": 100,
+            },
+        },
+        "outlierDetection": {
+            "consecutive5xxErrors": 3,
+            "interval": "5s",
+            "baseEjectionTime": "30s",
+            "maxEjectionPercent": 50,
+        },
+    },
+)
+RATINGS_ROUTE = http_route(
+    "ratings",
+    [
+        {
+            "matches": [
+                {
+                    "path": {"type": "PathPrefix", "value": "/api/"},
+                    "headers": [{"name": "x-env", "value": "canary"}],
+                    "method": "POST",
+                }
+            ],
+            "filters": [
+                {
+                    "type": "RequestHeaderModifier",
+                    "requestHeaderModifier": {"set": [{"name": "x-a", "value": "1"}], "remove": ["x-b"]},
+                },
+                {
+                    "type": "ResponseHeaderModifier",
+                    "responseHeaderModifier": {"add": [{"name": "x-c", "value": "2"}]},
+                },
+                {
+                    "type": "URLRewrite",
+                    "urlRewrite": {
+                        "hostname": "r.internal",
+                        "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/"},
+                    },
+                },
+                {
+                    "type": "RequestMirror",
+                    "requestMirror": {"backendRef": {"name": "reviews", "port": 9080}, "percent": 10},
+                },
+            ],
+            "backendRefs": [backend("ratings", 8080, 80), backend("reviews", 9080, 20)],
+            "timeouts": {"request": "3s", "backendRequest": "1s"},
+        },
+        {
+            "matches": [{"path": {"type": "Exact", "value": "/moved"}}],
+            "filters": [
+                {
+                    "type": "RequestRedirect",
+                    "requestRedirect": {"scheme": "https", "port": 8443, "statusCode": 301},
+                }
+            ],
+        },
+        {
+            "matches": [
+                {
+                    "path": {"type": "RegularExpression", "value": "/items/[0-9]+"},
+                    "queryParams": [{"name": "q", "type": "RegularExpression", "value": "a.*"}],
+                }
+            ],
+            "backendRefs": [backend("ratings", 8080)],
+        },
+        {"backendRefs": [backend("ratings", 8080)]},
+    ],
+    parent="ratings",
+)

@@ -24,7 +24,7 @@ from istiod_lite.view import Json
 __all__ = [
     "DEFAULT_RETRY_ON",
     "FAULT_FILTER",
-    "REDIRECT_CODES",
+    "redirect_code",
     "HeaderEdits",
     "apply_edits",
     "default_retry_policy",
@@ -37,7 +37,7 @@ __all__ = [
 ]
 
 FAULT_FILTER = "envoy.filters.http.fault"
-REDIRECT_CODES = {
+_REDIRECT_CODES = {
     301: rc.RedirectAction.MOVED_PERMANENTLY,
     302: rc.RedirectAction.FOUND,
     303: rc.RedirectAction.SEE_OTHER,
@@ -125,6 +125,13 @@ class HeaderEdits:
                 header = base_pb2.HeaderValue(key=lowered, value=value)
                 self.add.append(base_pb2.HeaderValueOption(header=header, append_action=action))
         self.remove.extend(sorted(n.lower() for n in remove if n.lower() not in _PSEUDO_OR_HOST))
+
+
+def redirect_code(value: Json, field: str) -> rc.RedirectAction.RedirectResponseCode.ValueType:
+    """Envoy's redirect response code for an HTTP status 301, 302, 303, 307 or 308."""
+    if isinstance(value, bool) or not isinstance(value, int) or value not in _REDIRECT_CODES:
+        raise FieldError(field, f"{value!r} is not one of 301, 302, 303, 307, 308")
+    return _REDIRECT_CODES[value]
 
 
 def default_retry_policy(*, consistent_hash: bool = False) -> rc.RetryPolicy:

@@ -16,12 +16,12 @@ from envoy.type.v3 import percent_pb2
 from istiod_lite.translate._fields import FieldError, mapping, port, sequence, string
 from istiod_lite.translate.l7._context import RouteContext, RouteScope
 from istiod_lite.translate.l7._envoy import (
-    REDIRECT_CODES,
     HeaderEdits,
     apply_edits,
     default_retry_policy,
     disabled_timeout,
     mirror_policy,
+    redirect_code,
 )
 from istiod_lite.translate.l7._values import duration, regex
 from istiod_lite.view import Json, JsonMap, KubeObject
@@ -338,9 +338,7 @@ def _redirect(spec: JsonMap, field: str, prefix: str) -> rc.RedirectAction:
             string(path.get("replacePrefixMatch"), f"{field}.path.replacePrefixMatch") or "/"
         )
     code = spec.get("statusCode", 302)
-    if code not in REDIRECT_CODES:
-        raise FieldError(f"{field}.statusCode", f"{code!r} is not one of 301, 302, 303, 307, 308")
-    redirect.response_code = REDIRECT_CODES[code]  # type: ignore[index]
+    redirect.response_code = redirect_code(code, f"{field}.statusCode")
     return redirect
 
 

@@ -16,7 +16,6 @@ from istiod_lite.translate._fields import FieldError, mapping, sequence, string
 from istiod_lite.translate.l7._context import RouteContext, RouteScope, is_catch_all
 from istiod_lite.translate.l7._envoy import (
     FAULT_FILTER,
-    REDIRECT_CODES,
     HeaderEdits,
     apply_edits,
     default_retry_policy,
@@ -26,6 +25,7 @@ from istiod_lite.translate.l7._envoy import (
     istio_retry_policy,
     mirror_policy,
     query_matcher,
+    redirect_code,
     string_matcher,
 )
 from istiod_lite.translate.l7._values import duration, fraction, regex
@@ -282,9 +282,7 @@ def _redirect(raw: Json, field: str) -> rc.RedirectAction:
             raise FieldError(f"{field}.port", f"{port!r} is not a port number")
         redirect.port_redirect = port
     code = spec.get("redirectCode", 301) or 301
-    if code not in REDIRECT_CODES:
-        raise FieldError(f"{field}.redirectCode", f"{code!r} is not one of 301, 302, 303, 307, 308")
-    redirect.response_code = REDIRECT_CODES[code]  # type: ignore[index]
+    redirect.response_code = redirect_code(code, f"{field}.redirectCode")
     return redirect
 
 
