@@ -31,11 +31,15 @@ _SCALARS = st.one_of(
     st.integers(min_value=-(2**40), max_value=2**40),
     st.floats(allow_nan=True, allow_infinity=True),
     st.text(max_size=12),
-    st.sampled_from(["", "*", "/", "(", "v1", "reviews", "10s", "1h", "-1s", "Exact", "PathPrefix", "UNAVAILABLE"]),
+    st.sampled_from(
+        ["", "*", "/", "(", "v1", "reviews", "10s", "1h", "-1s", "Exact", "PathPrefix", "UNAVAILABLE"]
+    ),
 )
 JSON = st.recursive(
     _SCALARS,
-    lambda inner: st.one_of(st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)),
+    lambda inner: st.one_of(
+        st.lists(inner, max_size=3), st.dictionaries(st.text(max_size=8), inner, max_size=3)
+    ),
     max_leaves=8,
 )
 TARGETS = (EVERYTHING_VS, EVERYTHING_DR, RATINGS_ROUTE, gateway())
