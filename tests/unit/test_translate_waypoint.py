@@ -457,3 +457,11 @@ def test_translation_is_deterministic() -> None:
     )
     first, second = translate(*objects), translate(*reversed(objects))
     assert first.resources == second.resources and first.problems == second.problems
+
+
+def test_the_waypoint_does_not_route_for_its_own_service() -> None:
+    own = service(
+        "waypoint", ip="10.96.0.99", ports=[{"name": "mesh", "port": 15008, "appProtocol": "hbone"}]
+    )
+    own["metadata"]["labels"] = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+    assert vhost_names(own) == {f"{REVIEWS}:9080", f"{RATINGS}:8080"}

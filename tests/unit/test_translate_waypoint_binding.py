@@ -142,3 +142,12 @@ def test_the_waypoint_follows_label_changes_through_the_translator() -> None:
     assert not translator.build(informers.view()).addresses[REVIEWS].service.HasField("waypoint")
     sink.upsert(parse_object(reviews()))
     assert translator.build(informers.view()).addresses[REVIEWS].service.HasField("waypoint")
+
+
+def test_the_waypoints_own_service_and_pods_never_use_a_waypoint() -> None:
+    extra = [*waypoint_deployment(), gateway(**{"istio.io/waypoint-for": "all"})]
+    extra[0]["metadata"]["labels"] = {"gateway.networking.k8s.io/gateway-name": "waypoint"}
+    res = build_resources(view_from_objects(world(*extra)))
+    assert not res.addresses["demo/waypoint.demo.svc.cluster.local"].service.HasField("waypoint")
+    assert not res.addresses["Kubernetes//Pod/demo/waypoint-abc"].workload.HasField("waypoint")
+    assert res.addresses[REVIEWS].service.waypoint == WAYPOINT

@@ -16,6 +16,7 @@ from istiod_lite.view import ClusterView, KubeObject, ObjectKey
 
 __all__ = [
     "GATEWAY_API_GROUP",
+    "GATEWAY_NAME_LABEL",
     "USE_WAYPOINT",
     "USE_WAYPOINT_NAMESPACE",
     "WAYPOINT_CLASS",
@@ -33,6 +34,7 @@ GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
 WAYPOINT_FOR = "istio.io/waypoint-for"
+GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 _WAYPOINT_FOR_VALUES = frozenset({"service", "workload", "all", "none"})
 _OPT_OUT = "none"
 
@@ -42,7 +44,7 @@ PortProtocol = str
 _HTTP_PROTOCOLS = frozenset(
     {"http", "http2", "grpc", "grpc-web", "h2c", "kubernetes.io/h2c", "kubernetes.io/ws"}
 )
-_TCP_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "kubernetes.io/wss"})
+_TCP_PROTOCOLS = frozenset({"tcp", "tls", "https", "mongo", "mysql", "redis", "hbone", "kubernetes.io/wss"})
 
 
 def api_group(obj: KubeObject) -> str:
@@ -80,8 +82,12 @@ def _label_waypoint(labels: Mapping[str, str], namespace: str) -> ObjectKey | st
 def object_waypoint(view: ClusterView, obj: KubeObject) -> ObjectKey | None:
     """The (namespace, name) of the waypoint a Service or pod uses, or None.
 
-    The object's label wins over its namespace's; ``none`` on the object opts it out.
+    The object's label wins over its namespace's; ``none`` on the object opts it out. A
+    gateway's own Service and pods (label ``gateway.networking.k8s.io/gateway-name``) never use
+    a waypoint: a waypoint's traffic must not loop back through a waypoint.
     """
+    if GATEWAY_NAME_LABEL in obj.labels:
+        return None
     own = _label_waypoint(obj.labels, obj.namespace)
     if own != "":
         return own if isinstance(own, tuple) else None
