@@ -198,13 +198,19 @@ def _metadata(ref: ClusterRef, metadata: base_pb2.Metadata) -> None:
     metadata.filter_metadata["istio"].CopyFrom(istio)
 
 
+def _order(endpoint: PodEndpoint) -> tuple[int, bytes, int]:
+    """IPv4 before IPv6, then by address and port (text compare would put 10.0.0.10 before 10.0.0.9)."""
+    packed = ipaddress.ip_address(endpoint.ip).packed
+    return (len(packed), packed, endpoint.port)
+
+
 def build_load_assignment(
     ref: ClusterRef, endpoints: Sequence[PodEndpoint], subset_labels: Mapping[str, str]
 ) -> endpoint_pb2.ClusterLoadAssignment:
     """The ClusterLoadAssignment of ``ref``: the pods carrying every ``subset_labels`` label."""
     assignment = endpoint_pb2.ClusterLoadAssignment(cluster_name=ref.name)
     locality = assignment.endpoints.add()
-    for pod in sorted(endpoints, key=lambda e: (ipaddress.ip_address(e.ip), e.port)):
+    for pod in sorted(endpoints, key=_order):
         if any(pod.labels.get(k) != v for k, v in subset_labels.items()):
             continue
         lb_endpoint = locality.lb_endpoints.add(health_status=health_check_pb2.HEALTHY)

@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Generic, TypeVar
 
 from google.protobuf import duration_pb2
 
@@ -27,6 +28,7 @@ __all__ = [
     "DestinationRule",
     "DestinationRules",
     "HostIndex",
+    "HostPatterns",
     "LoadBalancer",
     "Subset",
     "expand_host",
@@ -34,6 +36,7 @@ __all__ = [
     "load_balancer",
 ]
 
+T = TypeVar("T")
 _POLICY_FIELDS = ("loadBalancer", "connectionPool", "outlierDetection")
 _EMPTY: JsonMap = MappingProxyType({})
 
@@ -78,6 +81,29 @@ class ClusterRef:
             subset = f"/{self.subset}" if self.subset else ""
             return f"inbound-vip|{self.port}|{self.protocol}{subset}|{self.service.hostname}"
         return f"outbound|{self.port}|{self.subset}|{self.service.hostname}"
+
+
+class HostPatterns(Generic[T]):
+    """Items keyed by host pattern (an FQDN, ``*.suffix`` or ``*``), looked up by FQDN in insertion order."""
+
+    def __init__(self) -> None:
+        self._exact: dict[str, list[tuple[int, T]]] = {}
+        self._wildcards: list[tuple[str, int, T]] = []
+        self._count = 0
+
+    def add(self, pattern: str, item: T) -> None:
+        """Adds ``item`` under ``pattern``."""
+        self._count += 1
+        if pattern.startswith("*"):
+            self._wildcards.append((pattern, self._count, item))
+        else:
+            self._exact.setdefault(pattern, []).append((self._count, item))
+
+    def matching(self, fqdn: str) -> list[T]:
+        """The items whose pattern matches ``fqdn``, in the order they were added."""
+        found = list(self._exact.get(fqdn, ()))
+        found += [(n, item) for pattern, n, item in self._wildcards if host_matches(pattern, fqdn)]
+        return [item for _, item in sorted(found, key=lambda entry: entry[0])]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,17 +246,26 @@ class DestinationRules:
         root_namespace: str,
         problems: list[tuple[KubeObject, FieldError]],
     ) -> None:
-        self._rules: list[DestinationRule] = []
+        self._rules: HostPatterns[DestinationRule] = HostPatterns()
         self._root = root_namespace
+        self._chosen: dict[tuple[str, str, str], DestinationRule | None] = {}
         for obj in sorted(objects, key=lambda o: (o.creation_timestamp, o.namespace, o.name)):
             try:
-                self._rules.append(DestinationRule(obj, cluster_domain))
+                rule = DestinationRule(obj, cluster_domain)
             except FieldError as exc:
                 problems.append((obj, exc))
+                continue
+            self._rules.add(rule.host, rule)
 
     def for_service(self, service: ServiceInfo, *, waypoint_namespace: str) -> DestinationRule | None:
         """The rule that applies to ``service`` seen from the waypoint, or None."""
-        matching = [r for r in self._rules if host_matches(r.host, service.hostname)]
+        key = (service.hostname, service.namespace, waypoint_namespace)
+        if key not in self._chosen:
+            self._chosen[key] = self._choose(service, waypoint_namespace)
+        return self._chosen[key]
+
+    def _choose(self, service: ServiceInfo, waypoint_namespace: str) -> DestinationRule | None:
+        matching = self._rules.matching(service.hostname)
         for namespace in (waypoint_namespace, service.namespace, self._root):
             for rule in matching:
                 if rule.obj.namespace == namespace:

@@ -26,7 +26,7 @@ from istiod_lite.translate.l7._envoy import (
 from istiod_lite.translate.l7._values import duration, regex
 from istiod_lite.view import Json, JsonMap, KubeObject
 
-__all__ = ["attaches_to", "http_route_routes"]
+__all__ = ["http_route_routes", "service_parents"]
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
 _FILTER_FIELDS = {
@@ -40,18 +40,16 @@ _FILTER_FIELDS = {
 _SortKey = tuple[int, int, int, int, int, int]
 
 
-def attaches_to(route: KubeObject, scope: RouteScope) -> bool:
-    """True when one of the route's ``parentRefs`` is the Service of ``scope`` (and its port, if given)."""
-    for raw in sequence(route.spec.get("parentRefs"), "spec.parentRefs"):
-        ref = mapping(raw, "spec.parentRefs[]")
+def service_parents(route: KubeObject) -> list[tuple[str, str, Json]]:
+    """(namespace, name, port or None) of each Service the route's ``parentRefs`` name."""
+    out = []
+    for i, raw in enumerate(sequence(route.spec.get("parentRefs"), "spec.parentRefs")):
+        ref = mapping(raw, f"spec.parentRefs[{i}]")
         if ref.get("kind") != "Service" or ref.get("group", "") not in ("", "core"):
             continue
-        namespace = ref.get("namespace") or route.namespace
-        if (namespace, ref.get("name")) != (scope.service.namespace, scope.service.name):
-            continue
-        if ref.get("port") is None or ref.get("port") == scope.port.port:
-            return True
-    return False
+        namespace = string(ref.get("namespace"), f"spec.parentRefs[{i}].namespace") or route.namespace
+        out.append((namespace, string(ref.get("name"), f"spec.parentRefs[{i}].name"), ref.get("port")))
+    return out
 
 
 def http_route_routes(routes: list[KubeObject], scope: RouteScope, ctx: RouteContext) -> list[rc.Route]:

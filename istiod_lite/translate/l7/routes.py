@@ -17,7 +17,7 @@ the route ``default`` forwards everything to the Service with Istio's default re
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Sequence
+from collections.abc import Iterable
 
 from envoy.config.route.v3 import route_components_pb2 as rc
 
@@ -25,13 +25,13 @@ from istiod_lite.translate._fields import FieldError, sequence, string
 from istiod_lite.translate.l7._context import RouteContext, RouteScope
 from istiod_lite.translate.l7._envoy import default_retry_policy, disabled_timeout
 from istiod_lite.translate.l7.binding import port_protocol
-from istiod_lite.translate.l7.destinations import expand_host, host_matches
-from istiod_lite.translate.l7.httproute import attaches_to, http_route_routes
+from istiod_lite.translate.l7.destinations import HostPatterns, expand_host
+from istiod_lite.translate.l7.httproute import http_route_routes, service_parents
 from istiod_lite.translate.l7.virtualservice import virtual_service_routes
 from istiod_lite.translate.services import ServiceInfo, ServicePort
-from istiod_lite.view import KubeObject
+from istiod_lite.view import Json, KubeObject
 
-__all__ = ["http_ports", "portless_port", "service_domains", "virtual_host"]
+__all__ = ["RouteSources", "http_ports", "portless_port", "service_domains", "virtual_host"]
 
 
 def http_ports(service: ServiceInfo) -> list[ServicePort]:
@@ -65,13 +65,62 @@ def _ip_text(packed: bytes) -> str:
     return f"[{address}]" if address.version == 6 else str(address)
 
 
+class RouteSources:
+    """The HTTPRoutes and VirtualServices of a view, read once and indexed by the Service they route.
+
+    An unreadable ``parentRefs``, ``hosts`` or ``gateways`` is reported once and the object ignored.
+    """
+
+    def __init__(
+        self, http_routes: Iterable[KubeObject], virtual_services: Iterable[KubeObject], ctx: RouteContext
+    ) -> None:
+        self._routes: dict[tuple[str, str], list[tuple[KubeObject, Json]]] = {}
+        for route in sorted(http_routes, key=_age):
+            try:
+                parents = service_parents(route)
+            except FieldError as exc:
+                ctx.problem(route, exc.field, f"{exc.problem}; the HTTPRoute is ignored")
+                continue
+            for namespace, name, port in parents:
+                self._routes.setdefault((namespace, name), []).append((route, port))
+        self._services: HostPatterns[KubeObject] = HostPatterns()
+        domain = ctx.hosts.cluster_domain
+        for vs in sorted(virtual_services, key=_age):
+            try:
+                gateways = sequence(vs.spec.get("gateways"), "spec.gateways")
+                hosts = [string(h, "spec.hosts[]") for h in sequence(vs.spec.get("hosts"), "spec.hosts")]
+            except FieldError as exc:
+                ctx.problem(vs, exc.field, f"{exc.problem}; the VirtualService is ignored")
+                continue
+            if gateways and "mesh" not in gateways:
+                continue  # bound to ingress gateways only, not to the mesh
+            for host in dict.fromkeys(expand_host(h, vs.namespace, domain) for h in hosts):
+                self._services.add(host, vs)
+
+    def http_routes(self, scope: RouteScope) -> list[KubeObject]:
+        """The HTTPRoutes attached to the Service of ``scope`` (and its port, when a parentRef names one)."""
+        found = self._routes.get((scope.service.namespace, scope.service.name), ())
+        port = scope.port.port
+        return _unique(route for route, wanted in found if wanted is None or wanted == port)
+
+    def virtual_services(self, service: ServiceInfo, *, waypoint_namespace: str) -> list[KubeObject]:
+        """The VirtualServices for the Service's host, in its or the waypoint's namespace, oldest first."""
+        namespaces = (service.namespace, waypoint_namespace)
+        found = [vs for vs in self._services.matching(service.hostname) if vs.namespace in namespaces]
+        return sorted(_unique(found), key=_age)
+
+
+def _unique(objects: Iterable[KubeObject]) -> list[KubeObject]:
+    """Each object once, in order (objects hash by identity here: their bodies are not hashable)."""
+    return list({id(obj): obj for obj in objects}.values())
+
+
+def _age(obj: KubeObject) -> tuple[str, str, str]:
+    return (obj.creation_timestamp, obj.namespace, obj.name)
+
+
 def virtual_host(
-    scope: RouteScope,
-    service_obj: KubeObject,
-    ctx: RouteContext,
-    *,
-    http_routes: Sequence[KubeObject],
-    virtual_services: Sequence[KubeObject],
+    scope: RouteScope, service_obj: KubeObject, ctx: RouteContext, sources: RouteSources
 ) -> rc.VirtualHost:
     """The virtual host of one Service port, with its routes."""
     service = scope.service
@@ -79,8 +128,8 @@ def virtual_host(
         name=f"{service.hostname}:{scope.port.port}",
         domains=service_domains(service, scope.port.port, waypoint_namespace=ctx.waypoint_namespace),
     )
-    attached = [r for r in http_routes if _attached(r, scope, ctx)]
-    applicable = [vs for vs in virtual_services if _applies(vs, service, ctx)]
+    attached = sources.http_routes(scope)
+    applicable = sources.virtual_services(service, waypoint_namespace=ctx.waypoint_namespace)
     routes: list[rc.Route] = []
     if attached:
         names = ", ".join(f"{r.namespace}/{r.name}" for r in attached)
@@ -108,30 +157,6 @@ def virtual_host(
                 break
     vhost.routes.extend(routes or [default_route(scope, service_obj, ctx)])
     return vhost
-
-
-def _attached(route: KubeObject, scope: RouteScope, ctx: RouteContext) -> bool:
-    try:
-        return attaches_to(route, scope)
-    except FieldError as exc:
-        ctx.problem(route, exc.field, f"{exc.problem}; the HTTPRoute is ignored")
-        return False
-
-
-def _applies(vs: KubeObject, service: ServiceInfo, ctx: RouteContext) -> bool:
-    """A VirtualService in the Service's or the waypoint's namespace, bound to the mesh, naming the host."""
-    if vs.namespace not in (service.namespace, ctx.waypoint_namespace):
-        return False
-    try:
-        gateways = sequence(vs.spec.get("gateways"), "spec.gateways")
-        hosts = [string(h, "spec.hosts[]") for h in sequence(vs.spec.get("hosts"), "spec.hosts")]
-    except FieldError as exc:
-        ctx.problem(vs, exc.field, f"{exc.problem}; the VirtualService is ignored")
-        return False
-    if gateways and "mesh" not in gateways:
-        return False
-    domain = ctx.hosts.cluster_domain
-    return any(host_matches(expand_host(h, vs.namespace, domain), service.hostname) for h in hosts)
 
 
 def default_route(scope: RouteScope, service_obj: KubeObject, ctx: RouteContext) -> rc.Route:

@@ -21,7 +21,7 @@ from istiod_lite.translate.l7.binding import (
 )
 from istiod_lite.translate.l7.clusters import PodEndpoint, build_cluster, build_load_assignment
 from istiod_lite.translate.l7.destinations import ClusterRef, DestinationRules, HostIndex
-from istiod_lite.translate.l7.routes import http_ports, virtual_host
+from istiod_lite.translate.l7.routes import RouteSources, http_ports, virtual_host
 from istiod_lite.translate.model import TranslateOptions, TranslationWarning, Warnings
 from istiod_lite.translate.services import ServiceInfo, parse_service, ready_endpoints
 from istiod_lite.translate.workloads import (
@@ -116,19 +116,17 @@ def translate_waypoint(
         waypoint_namespace=gateway.namespace,
         problems=problems,
     )
-    http_routes = _of_group(view.http_routes.values(), _GATEWAY_API, problems)
-    virtual_services = sorted(
+    sources = RouteSources(
+        _of_group(view.http_routes.values(), _GATEWAY_API, problems),
         _of_group(view.virtual_services.values(), _ISTIO_NETWORKING, problems),
-        key=lambda o: (o.creation_timestamp, o.namespace, o.name),
+        ctx,
     )
     route_config = route_pb2.RouteConfiguration(name=f"{gateway.namespace}/{gateway.name}")
     route_config.validate_clusters.value = False
     for obj, info in sorted(bound, key=lambda b: b[1].hostname):
         for port in http_ports(info):
             scope = RouteScope(info, port)
-            route_config.virtual_hosts.append(
-                virtual_host(scope, obj, ctx, http_routes=http_routes, virtual_services=virtual_services)
-            )
+            route_config.virtual_hosts.append(virtual_host(scope, obj, ctx, sources))
         _serve_clusters(info, ctx)
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
