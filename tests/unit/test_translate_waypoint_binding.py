@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+from ipaddress import ip_address
 from typing import Any
 
 import pytest
@@ -10,8 +12,12 @@ from istiod_lite.translate import build_resources
 from istiod_lite.translate.translator import Translator
 from istiod_lite.view import Informers, parse_object, view_from_objects
 from mesh.api.istio.workload import workload_pb2 as pb
+from mesh.convert import address_from_proto
+from mesh.model import Service, Workload
 from tests.unit.l7_world import gateway, world
 from tests.unit.test_translate_scenarios import endpoint_slice, pod, service
+from ztunnel.plan import HboneTunnel, plan_outbound
+from ztunnel.state import ProxyState
 
 Obj = dict[str, Any]
 WAYPOINT = pb.GatewayAddress(
@@ -24,7 +30,11 @@ REVIEWS_POD = "Kubernetes//Pod/demo/reviews-v1"
 
 def waypoint_deployment(ready: bool = True) -> list[Obj]:
     """The waypoint's Service and one pod (ready or not) behind it."""
-    labels = {"gateway.networking.k8s.io/gateway-name": "waypoint", "istio.io/dataplane-mode": "none"}
+    labels = {
+        "gateway.networking.k8s.io/gateway-name": "waypoint",
+        "istio.io/dataplane-mode": "none",
+        "service.istio.io/canonical-name": "waypoint",
+    }
     return [
         service("waypoint", ip="10.96.0.99", ports=[{"name": "mesh", "port": 15008, "appProtocol": "hbone"}]),
         pod("waypoint-abc", ip="10.244.1.99", labels=labels, sa="waypoint", ready=ready, enrolled=False),
@@ -151,3 +161,31 @@ def test_the_waypoints_own_service_and_pods_never_use_a_waypoint() -> None:
     assert not res.addresses["demo/waypoint.demo.svc.cluster.local"].service.HasField("waypoint")
     assert not res.addresses["Kubernetes//Pod/demo/waypoint-abc"].workload.HasField("waypoint")
     assert res.addresses[REVIEWS].service.waypoint == WAYPOINT
+
+
+def ztunnel_state(*extra: Obj) -> ProxyState:
+    """What a ztunnel holds after converting this translation's Address resources."""
+    res = build_resources(view_from_objects(world(*extra)))
+    converted = [address_from_proto(name, address) for name, address in res.addresses.items()]
+    return ProxyState.build(
+        workloads=[a for a in converted if isinstance(a, Workload)],
+        services=[a for a in converted if isinstance(a, Service)],
+    )
+
+
+def test_ztunnel_sends_service_traffic_to_the_waypoint_and_the_waypoints_traffic_to_the_pods() -> None:
+    state = ztunnel_state(*waypoint_deployment())
+    client = state.workload_at(ip_address("10.244.2.21"), network="")
+    waypoint = state.workload_at(ip_address("10.244.1.99"), network="")
+    assert client is not None and waypoint is not None
+    via = plan_outbound(
+        state, source=client, destination=ip_address("10.96.0.20"), port=9080, rng=random.Random(1)
+    )
+    assert isinstance(via, HboneTunnel) and via.via_waypoint
+    assert (str(via.address), via.port, via.authority) == ("10.244.1.99", 15008, "10.96.0.20:9080")
+    assert via.identities == ("spiffe://cluster.local/ns/demo/sa/waypoint",)
+    onward = plan_outbound(
+        state, source=waypoint, destination=ip_address("10.96.0.20"), port=9080, rng=random.Random(1)
+    )
+    assert isinstance(onward, HboneTunnel) and not onward.via_waypoint
+    assert str(onward.address) in ("10.244.1.11", "10.244.1.12") and onward.port == 15008
