@@ -3,15 +3,22 @@ Service and status, as istiod's deployment controller makes them (pure planning,
 
 from __future__ import annotations
 
+import asyncio
 import random
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from istiod_lite.ca.auth import LabTokenAuthenticator
+from mesh.testing.clock import FakeClock
 from meshctl.lab import builders as b
 from meshctl.lab.actions import apply_local
 from meshctl.lab.controllers import plan
+from meshctl.lab.mesh import MeshRuntime, write_tokens
 from meshctl.lab.podspec import container_argv, container_env
+from meshctl.lab.settings import build_settings
+from meshctl.lab.store import StateDir
 from meshctl.lab.waypoints import WaypointTemplate
 from tests.unit.test_lab_controllers import NODES, NOW, Objects, of_kind, run_pods, store
 
@@ -150,3 +157,26 @@ def test_without_the_mesh_no_waypoint_is_deployed() -> None:
     assert not [
         a for a in plan(objects, nodes=NODES, rng=random.Random(5), now=NOW) if "Deployment" in str(a)
     ]
+
+
+def test_each_waypoint_gets_a_token_istiod_accepts_for_its_service_account(tmp_path: Path) -> None:
+    settings = build_settings(lab_id="t1", mesh=True)
+    runtime = MeshRuntime(settings, StateDir(tmp_path), clock=FakeClock(), on_event=lambda *_: None)
+    write_tokens(settings, runtime.layout)
+    template = runtime.waypoint_template()
+    assert template.xds_address == "10.240.0.2:15012" and template.root_cert.endswith(
+        "mesh/istiod/ca/root-cert.pem"
+    )
+    authenticator = LabTokenAuthenticator.from_file(
+        runtime.layout.tokens, trust_domain="cluster.local", clock=FakeClock()
+    )
+    runtime.ensure_waypoint_tokens([{"metadata": {"namespace": "demo", "name": "waypoint"}}])
+    token_file = Path(template.token_file("demo", "waypoint"))
+    token = token_file.read_text().strip()
+    assert token_file.stat().st_mode & 0o777 == 0o600
+    caller = asyncio.run(authenticator.authenticate(token))
+    assert caller.identity.uri == "spiffe://cluster.local/ns/demo/sa/waypoint" and caller.node is None
+    write_tokens(settings, runtime.layout)  # a daemon restart rewrites the node tokens...
+    runtime.ensure_waypoint_tokens([{"metadata": {"namespace": "demo", "name": "waypoint"}}])
+    assert token_file.read_text().strip() == token  # ...and the running waypoint's token stays good
+    assert asyncio.run(authenticator.authenticate(token)).identity.service_account == "waypoint"
