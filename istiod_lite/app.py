@@ -41,6 +41,7 @@ from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.translated import translated_build
 from istiod_lite.sources import Source
 from istiod_lite.sources.file import FileSource
+from istiod_lite.status import LabStatusWriter, StatusReporter
 from istiod_lite.view import Informers
 from mesh.clock import Clock
 from mesh.errors import MeshError
@@ -353,8 +354,11 @@ async def _serve(args: argparse.Namespace) -> int:
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
     registry = build_registry(component="istiod")
+    reporter = StatusReporter(LabStatusWriter(args.lab_state), now=clock.now) if args.auth == "lab" else None
     plane = PushPlane(
-        translated_build(informers, trust_domain=args.trust_domain),
+        translated_build(
+            informers, trust_domain=args.trust_domain, on_problems=reporter.submit if reporter else None
+        ),
         clock=clock,
         registry=registry,
         authenticator=authenticator,
@@ -377,6 +381,8 @@ async def _serve(args: argparse.Namespace) -> int:
     drain = Drain()
     drain.install_signal_handlers(asyncio.get_running_loop())
     tasks = [asyncio.create_task(source.run())]
+    if reporter is not None:
+        tasks.append(asyncio.create_task(reporter.run()))
     try:
         await istiod.start()
         tasks.append(asyncio.create_task(_push_when_synced(informers, plane)))

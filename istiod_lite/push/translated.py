@@ -8,7 +8,7 @@ on every rebuild.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import structlog
 from google.protobuf.message import Message
@@ -30,10 +30,12 @@ def translated_build(
     cluster_id: str = "Kubernetes",
     trust_domain: str = "cluster.local",
     root_namespace: str = "istio-system",
+    on_problems: Callable[[ClusterView, frozenset[TranslationWarning]], None] | None = None,
 ) -> BuildFn:
     """A ``BuildFn`` translating the informers' current view (ztunnel's types and every waypoint's).
 
-    One long-lived ``Translator`` reuses the results of objects that did not change."""
+    One long-lived ``Translator`` reuses the results of objects that did not change. ``on_problems``
+    gets each build's view and all its warnings (e.g. ``StatusReporter.submit``)."""
     log = structlog.get_logger().bind(component="istiod_lite.push")
     reported: set[TranslationWarning] = set()
     options = TranslateOptions(
@@ -56,6 +58,8 @@ def translated_build(
                         field=warning.field, problem=warning.message)  # fmt: skip
         reported.clear()
         reported.update(current)
+        if on_problems is not None:
+            on_problems(view, frozenset(current))
         return resources
 
     return build

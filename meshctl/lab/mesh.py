@@ -103,6 +103,8 @@ def plan_processes(
     """istiod_lite first, then a node agent and a ztunnel per node (pure)."""
     cp = control_plane_address(settings)
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONUNBUFFERED": "1"}
+    if os.environ.get("PYTHONPATH"):  # the mesh runs the same code as the lab that started it
+        env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     specs = [
         ProcessSpec(
             name="istiod",

@@ -70,3 +70,40 @@ def test_a_waypoint_gateway_is_deployed_with_a_token_and_a_status_and_removed_wi
     finally:
         mesh.lab.delete([gateway])
     mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")
+
+
+def test_a_bad_route_gets_a_status_condition_naming_the_problem(mesh: MeshLab) -> None:
+    routed = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "routed", "namespace": "demo", "labels": {"istio.io/use-waypoint": "waypoint"}},
+        "spec": {"selector": {"app": "nothing"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
+    }
+    bad = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "bad-regex", "namespace": "demo"},
+        "spec": {
+            "hosts": ["routed"],
+            "http": [
+                {"match": [{"uri": {"regex": "/(?<=x)"}}], "route": [{"destination": {"host": "routed"}}]}
+            ],
+        },
+    }
+    objects = [waypoint_gateway(), routed, bad]
+    mesh.lab.apply(objects)
+    try:
+
+        def condition() -> dict[str, Any] | None:
+            (stored,) = [
+                v for v in mesh.lab.objects("VirtualService", "demo") if v["metadata"]["name"] == "bad-regex"
+            ]
+            conditions = (stored.get("status") or {}).get("conditions") or []
+            return conditions[0] if conditions and conditions[0]["status"] == "False" else None
+
+        found = mesh.wait_for(condition, what="istiod_lite's status on the VirtualService")
+        assert (found["type"], found["reason"]) == ("Accepted", "Invalid")
+        assert found["message"].startswith("spec.http[0].match[0].uri.regex: '/(?<=x)' is not a valid RE2")
+    finally:
+        mesh.lab.delete(objects)
+    mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")

@@ -1,0 +1,236 @@
+"""Status conditions that tell users what translation made of their routing and policy objects.
+
+After each build, every VirtualService, DestinationRule, AuthorizationPolicy and PeerAuthentication
+gets ``status.conditions`` with one ``Accepted`` condition, and every HTTPRoute gets one per
+Service parent under ``status.parents`` (as Gateway API controllers report, with
+``controllerName: istio.io/mesh-controller``):
+
+- ``Accepted=True`` (reason ``Accepted``) when translation had nothing to say about it;
+- ``Accepted=False`` (reason ``Invalid``) when at least part of it was not applied as written;
+  the message lists each problem (``field: what, and what was done instead``), the same text
+  istiod_lite logs as a ``translate.warning``.
+
+``desired_statuses`` is pure; ``StatusReporter`` writes what changed, in a worker thread, and
+only the latest state (a slow write never queues up stale ones). ``LabStatusWriter`` writes into
+the lab's state directory with the lab's locking protocol (``mesh.rt.labstate``). On Kubernetes
+no status is written yet; the warnings are logged either way.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+import structlog
+
+from istiod_lite.translate.model import TranslationWarning
+from istiod_lite.view import ClusterView, KubeObject, thaw
+from mesh.rt.labstate import LabState, LabStateError
+
+__all__ = [
+    "CONTROLLER_NAME",
+    "STATUS_KINDS",
+    "LabStatusWriter",
+    "StatusReporter",
+    "StatusWriter",
+    "apply_status",
+    "desired_statuses",
+]
+
+CONTROLLER_NAME = "istio.io/mesh-controller"
+STATUS_KINDS = ("VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute")
+_MAX_MESSAGE = 1024
+
+ObjectKey3 = tuple[str, str, str]
+"""(kind, namespace, name)."""
+
+
+def _condition(problems: list[TranslationWarning], generation: int, now: float) -> dict[str, Any]:
+    if not problems:
+        status, reason, message = "True", "Accepted", "translated without problems"
+    else:
+        status, reason = "False", "Invalid"
+        message = "; ".join(f"{p.field}: {p.message}" for p in problems)
+        if len(message) > _MAX_MESSAGE:
+            message = message[: _MAX_MESSAGE - 3] + "..."
+    return {
+        "type": "Accepted",
+        "status": status,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": _rfc3339(now),
+    }
+
+
+def _rfc3339(now: float) -> str:
+    return datetime.datetime.fromtimestamp(now, tz=datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _generation(obj: KubeObject) -> int:
+    raw = obj.body.get("metadata")
+    value = raw.get("generation") if isinstance(raw, Mapping) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) else 1
+
+
+def _service_parents(route: KubeObject) -> list[dict[str, Any]]:
+    parents = route.spec.get("parentRefs")
+    out: list[dict[str, Any]] = []
+    for ref in parents if isinstance(parents, tuple) else ():
+        if isinstance(ref, Mapping) and ref.get("kind") == "Service":
+            out.append({str(k): thaw(v) for k, v in ref.items()})
+    return out
+
+
+def desired_statuses(
+    view: ClusterView, problems: Iterable[TranslationWarning], *, now: float
+) -> dict[ObjectKey3, dict[str, Any]]:
+    """The status fields istiod_lite owns, per object of ``STATUS_KINDS``.
+
+    ``lastTransitionTime`` is ``now``; ``StatusReporter`` keeps the stored one while the
+    condition's status does not change.
+    """
+    by_object: dict[ObjectKey3, list[TranslationWarning]] = {}
+    for problem in problems:
+        by_object.setdefault((problem.kind, problem.namespace, problem.name), []).append(problem)
+    out: dict[ObjectKey3, dict[str, Any]] = {}
+    for kind in STATUS_KINDS:
+        for obj in view.of_kind(kind).values():
+            key = (kind, obj.namespace, obj.name)
+            found = sorted(by_object.get(key, ()), key=str)
+            condition = _condition(found, _generation(obj), now)
+            if kind == "HTTPRoute":
+                parents = [
+                    {"parentRef": ref, "controllerName": CONTROLLER_NAME, "conditions": [dict(condition)]}
+                    for ref in _service_parents(obj)
+                ]
+                out[key] = {"parents": parents}
+            else:
+                out[key] = {"conditions": [condition]}
+    return out
+
+
+def _same_conditions(stored: Any, wanted: Any) -> bool:
+    """Equal but for ``lastTransitionTime`` (which is kept while the status stays)."""
+    return bool(_strip_times(stored) == _strip_times(wanted))
+
+
+def _keep_times(stored: Any, wanted: list[dict[str, Any]]) -> None:
+    olds = {c.get("type"): c for c in stored if isinstance(c, dict)} if isinstance(stored, list) else {}
+    for condition in wanted:
+        old = olds.get(condition["type"])
+        if old is not None and old.get("status") == condition["status"] and old.get("lastTransitionTime"):
+            condition["lastTransitionTime"] = old["lastTransitionTime"]
+
+
+def apply_status(obj: dict[str, Any], wanted: Mapping[str, Any]) -> bool:
+    """Merges istiod_lite's status fields into a stored object; False when nothing changes."""
+    status = obj.get("status")
+    if status is None:
+        status = obj["status"] = {}
+    elif not isinstance(status, dict):
+        return False  # a status we cannot merge into; leave the object alone
+    changed = False
+    if "conditions" in wanted:
+        conditions = [dict(c) for c in wanted["conditions"]]
+        if not _same_conditions(status.get("conditions"), conditions):
+            _keep_times(status.get("conditions"), conditions)
+            status["conditions"] = conditions
+            changed = True
+    if "parents" in wanted:
+        mine = [p for p in status.get("parents") or () if isinstance(p, dict)]
+        others = [p for p in mine if p.get("controllerName") != CONTROLLER_NAME]
+        ours = [p for p in mine if p.get("controllerName") == CONTROLLER_NAME]
+        parents = [dict(p) for p in wanted["parents"]]
+        same = len(ours) == len(parents) and all(
+            o.get("parentRef") == p["parentRef"] and _same_conditions(o.get("conditions"), p["conditions"])
+            for o, p in zip(ours, parents, strict=True)
+        )
+        if not same:
+            for old, new in zip(ours, parents, strict=False):
+                _keep_times(old.get("conditions"), new["conditions"])
+            status["parents"] = others + parents
+            changed = True
+    return changed
+
+
+class StatusWriter(Protocol):
+    """Writes status fields onto stored objects."""
+
+    def write(self, statuses: Mapping[ObjectKey3, Mapping[str, Any]]) -> int:
+        """Applies each status; returns how many objects changed. Called in a worker thread."""
+        ...
+
+
+class LabStatusWriter:
+    """Writes status into the lab's state directory (one locked transaction per batch)."""
+
+    def __init__(self, state_dir: Any) -> None:
+        self._state = LabState(state_dir)
+
+    def write(self, statuses: Mapping[ObjectKey3, Mapping[str, Any]]) -> int:
+        """Read-modify-write of each object's status; objects deleted meanwhile are skipped."""
+        changed = 0
+        with self._state.transaction() as txn:
+            for key, wanted in statuses.items():
+                changed += txn.update(key, lambda obj, w=wanted: apply_status(obj, w))  # type: ignore[misc]
+        return changed
+
+
+class StatusReporter:
+    """Turns each build's problems into status writes, latest state only, off the event loop."""
+
+    def __init__(
+        self,
+        writer: StatusWriter,
+        *,
+        now: Callable[[], float],
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self._writer = writer
+        self._now = now
+        self._log = logger or structlog.get_logger().bind(component="istiod_lite.status")
+        self._pending: dict[ObjectKey3, dict[str, Any]] | None = None
+        self._written: dict[ObjectKey3, dict[str, Any]] = {}
+        self._wake = asyncio.Event()
+
+    def submit(self, view: ClusterView, problems: Iterable[TranslationWarning]) -> None:
+        """Records the statuses one build implies (cheap; the write happens in ``run``)."""
+        wanted = desired_statuses(view, problems, now=self._now())
+        unchanged = {k for k, v in wanted.items() if _same_status(self._written.get(k), v)}
+        self._pending = {k: v for k, v in wanted.items() if k not in unchanged}
+        if self._pending:
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Writes pending statuses until cancelled; a failed write is logged and tried again later."""
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            batch, self._pending = self._pending or {}, None
+            try:
+                changed = await asyncio.to_thread(self._writer.write, batch)
+            except (OSError, LabStateError) as exc:
+                self._log.warning("status.write_failed", error=str(exc), objects=len(batch))
+                await asyncio.sleep(1.0)
+                if self._pending is None:
+                    self._pending = batch
+                self._wake.set()
+                continue
+            self._written.update(batch)
+            if changed:
+                self._log.info("status.written", objects=changed)
+
+
+def _same_status(old: Mapping[str, Any] | None, new: Mapping[str, Any]) -> bool:
+    return old is not None and _same_conditions(old, new)
+
+
+def _strip_times(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {k: _strip_times(v) for k, v in value.items() if k != "lastTransitionTime"}
+    if isinstance(value, list | tuple):
+        return [_strip_times(v) for v in value]
+    return value

@@ -1,0 +1,67 @@
+"""Status conditions written into a lab state directory (the lab's lock protocol), latest only, no churn."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from istiod_lite.status import LabStatusWriter, StatusReporter
+from istiod_lite.translate.l7 import translate_waypoint
+from istiod_lite.view import view_from_objects
+from mesh.rt.labstate import LabState
+from tests.unit.l7_world import virtual_service, world
+
+pytestmark = pytest.mark.timeout(20)
+
+
+class CountingWriter(LabStatusWriter):
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.batches: list[int] = []
+
+    def write(self, statuses: Any) -> int:
+        self.batches.append(len(statuses))
+        return super().write(statuses)
+
+
+async def until(check: Any, within: float = 5.0) -> None:
+    deadline = time.monotonic() + within
+    while not check():
+        assert time.monotonic() < deadline, "condition not met in time"
+        await asyncio.sleep(0.02)
+
+
+async def test_statuses_land_in_the_object_files_once(tmp_path: Path) -> None:
+    state = LabState(tmp_path)
+    vs = virtual_service(
+        "reviews", [{"match": [{"uri": {"regex": "("}}], "route": [{"destination": {"host": "reviews"}}]}]
+    )
+    with state.transaction() as txn:
+        txn.put(vs)
+    rv_before = state.current_rv()
+    writer = CountingWriter(tmp_path)
+    reporter = StatusReporter(writer, now=time.time)
+    task = asyncio.create_task(reporter.run())
+    try:
+        view = view_from_objects(world(vs))
+        problems = translate_waypoint(view, view.gateways[("demo", "waypoint")]).problems
+        reporter.submit(view, problems)
+        key = ("VirtualService", "demo", "reviews")
+
+        def written() -> bool:
+            return bool((state.read(key) or {}).get("status"))
+
+        await until(written)
+        (condition,) = (state.read(key) or {})["status"]["conditions"]
+        assert condition["status"] == "False" and "is not a valid RE2" in condition["message"]
+        assert state.current_rv() == rv_before + 1  # one write, the counter moved: watchers see it
+        reporter.submit(view, problems)  # the next build says the same: nothing is written
+        await asyncio.sleep(0.2)
+        assert writer.batches == [1]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
