@@ -119,6 +119,25 @@ CASES: list[tuple[str, Obj, Obj]] = [
     ),
     ("default-retries", {"backendRefs": TO_REVIEWS}, {"route": {"retry_policy": {"num_retries": 2}}}),
     (
+        "retry",
+        {"backendRefs": TO_REVIEWS, "retry": {"attempts": 3, "codes": [503, 502], "backoff": "100ms"}},
+        {
+            "route": {
+                "retry_policy": {
+                    "num_retries": 3,
+                    "retriable_status_codes": [503, 502],
+                    "retry_back_off": {"base_interval": "0.100s"},
+                    "retry_on": "connect-failure,refused-stream,unavailable,cancelled,retriable-status-codes",
+                }
+            }
+        },
+    ),
+    (
+        "retry-backend-timeout-is-per-try",
+        {"backendRefs": TO_REVIEWS, "retry": {}, "timeouts": {"request": "10s", "backendRequest": "1s"}},
+        {"route": {"timeout": "10s", "retry_policy": {"num_retries": 2, "per_try_timeout": "1s"}}},
+    ),
+    (
         "request-timeout",
         {"backendRefs": TO_REVIEWS, "timeouts": {"request": "10s"}},
         {"route": {"timeout": "10s", "max_stream_duration": {"grpc_timeout_header_max": "10s"}}},
@@ -365,6 +384,10 @@ def test_routes_follow_the_gateway_api_precedence() -> None:
         "regex",
         "catch-all",
     ]
+
+
+def test_retry_attempts_0_means_no_retries() -> None:
+    assert "retry_policy" not in first_route({"backendRefs": TO_REVIEWS, "retry": {"attempts": 0}})["route"]
 
 
 def test_each_match_of_a_rule_is_its_own_route() -> None:

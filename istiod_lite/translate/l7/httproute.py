@@ -277,16 +277,49 @@ def _backend(
 
 
 def _timeouts(rule: JsonMap, field: str, action: rc.RouteAction) -> None:
+    """``timeouts`` and ``retry`` (GEP-1731) as Istio converts them.
+
+    ``request`` is the route timeout; ``backendRequest`` is the per-try timeout when the rule
+    retries, else it caps the route timeout. Without ``retry``, Istio's default retry policy.
+    """
     timeouts = mapping(rule.get("timeouts"), f"{field}.timeouts")
-    values = [
-        duration(timeouts[k], f"{field}.timeouts.{k}")
-        for k in ("request", "backendRequest")
-        if timeouts.get(k)
-    ]
+    request = duration(timeouts["request"], f"{field}.timeouts.request") if timeouts.get("request") else None
+    backend = None
+    if timeouts.get("backendRequest"):
+        backend = duration(timeouts["backendRequest"], f"{field}.timeouts.backendRequest")
+    consistent_hash = bool(action.hash_policy)
+    policy = default_retry_policy(consistent_hash=consistent_hash)
+    if rule.get("retry") is not None:
+        policy = _retry(rule["retry"], f"{field}.retry", consistent_hash=consistent_hash)
+        if policy is not None and backend is not None:
+            policy.per_try_timeout.CopyFrom(backend)
+            backend = None
+    values = [d for d in (request, backend) if d is not None]
     timeout = min(values, key=lambda d: (d.seconds, d.nanos)) if values else disabled_timeout()
     action.timeout.CopyFrom(timeout)
     action.max_stream_duration.grpc_timeout_header_max.CopyFrom(timeout)
-    action.retry_policy.CopyFrom(default_retry_policy(consistent_hash=bool(action.hash_policy)))
+    if policy is not None:
+        action.retry_policy.CopyFrom(policy)
+
+
+def _retry(raw: Json, field: str, *, consistent_hash: bool) -> rc.RetryPolicy | None:
+    """A rule's ``retry``: ``attempts`` (default 2; 0 disables), ``codes``, ``backoff``."""
+    spec = mapping(raw, field)
+    attempts = spec.get("attempts", 2)
+    if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 0:
+        raise FieldError(f"{field}.attempts", f"{attempts!r} is not a whole number >= 0")
+    if attempts == 0:
+        return None
+    policy = default_retry_policy(consistent_hash=consistent_hash)
+    policy.num_retries.value = attempts
+    codes = sequence(spec.get("codes"), f"{field}.codes")
+    for i, code in enumerate(codes):
+        if isinstance(code, bool) or not isinstance(code, int) or not 400 <= code <= 599:
+            raise FieldError(f"{field}.codes[{i}]", f"{code!r} is not an HTTP error status (400-599)")
+        policy.retriable_status_codes.append(code)
+    if spec.get("backoff") is not None:
+        policy.retry_back_off.base_interval.CopyFrom(duration(spec["backoff"], f"{field}.backoff"))
+    return policy
 
 
 def _rewrite(spec: JsonMap, field: str, prefix: str, action: rc.RouteAction) -> None:
