@@ -260,6 +260,7 @@ RATINGS_ROUTE = http_route(
             ],
             "backendRefs": [backend("ratings", 8080, 80), backend("reviews", 9080, 20)],
             "timeouts": {"request": "3s", "backendRequest": "1s"},
+            "retry": {"attempts": 2, "codes": [503], "backoff": "50ms"},
         },
         {
             "matches": [{"path": {"type": "Exact", "value": "/moved"}}],
