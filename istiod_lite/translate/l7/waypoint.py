@@ -82,40 +82,12 @@ def translate_waypoint(
     problems = Warnings()
     reason = not_a_waypoint(gateway)
     if reason is not None:
-        problems.add(
-            gateway, "spec.gatewayClassName" if "gatewayClassName" in reason else "apiVersion", reason
-        )
+        field = "spec.gatewayClassName" if "gatewayClassName" in reason else "apiVersion"
+        problems.add(gateway, field, reason)
         return WaypointConfig(gateway.namespace, gateway.name, MappingProxyType({}), problems.frozen())
-    mode = waypoint_for(gateway)
-    if mode is None:
-        problems.add(
-            gateway,
-            "metadata.labels",
-            "istio.io/waypoint-for must be service, workload, all or none; treated as service",
-        )
-        mode = "service"
     services = _services(view, options.cluster_domain)
-    bound = [
-        (obj, info)
-        for obj, info in services.values()
-        if mode in ("service", "all") and object_waypoint(view, obj) == gateway.key
-    ]
-    rule_problems: list[tuple[KubeObject, FieldError]] = []
-    rules = DestinationRules(
-        _of_group(view.destination_rules.values(), _ISTIO_NETWORKING, problems),
-        cluster_domain=options.cluster_domain,
-        root_namespace=options.root_namespace,
-        problems=rule_problems,
-    )
-    for obj, exc in rule_problems:
-        problems.add(obj, exc.field, f"{exc.problem}; the DestinationRule is ignored")
-    ctx = RouteContext(
-        hosts=HostIndex({info.hostname: info for _, info in services.values()}, options.cluster_domain),
-        rules=rules,
-        bound=frozenset(info.hostname for _, info in bound),
-        waypoint_namespace=gateway.namespace,
-        problems=problems,
-    )
+    bound = _bound(view, gateway, services, problems)
+    ctx = _context(view, gateway, services=services, bound=bound, options=options, problems=problems)
     sources = RouteSources(
         _of_group(view.http_routes.values(), _GATEWAY_API, problems),
         _of_group(view.virtual_services.values(), _ISTIO_NETWORKING, problems),
@@ -125,16 +97,13 @@ def translate_waypoint(
     route_config.validate_clusters.value = False
     for obj, info in sorted(bound, key=lambda b: b[1].hostname):
         for port in http_ports(info):
-            scope = RouteScope(info, port)
-            route_config.virtual_hosts.append(virtual_host(scope, obj, ctx, sources))
+            route_config.virtual_hosts.append(virtual_host(RouteScope(info, port), obj, ctx, sources))
         _serve_clusters(info, ctx)
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
         ROUTE_TYPE_URL: MappingProxyType({route_config.name: route_config}),
-        **{
-            url: MappingProxyType(dict(sorted(items.items())))
-            for url, items in ((CLUSTER_TYPE_URL, clusters), (ENDPOINT_TYPE_URL, assignments))
-        },
+        CLUSTER_TYPE_URL: MappingProxyType(dict(sorted(clusters.items()))),
+        ENDPOINT_TYPE_URL: MappingProxyType(dict(sorted(assignments.items()))),
     }
     return WaypointConfig(
         gateway.namespace,
@@ -142,6 +111,51 @@ def translate_waypoint(
         MappingProxyType(resources),
         tuple(dict.fromkeys(problems.frozen())),
         tuple(sorted(ctx.bound)),
+    )
+
+
+def _bound(
+    view: ClusterView,
+    gateway: KubeObject,
+    services: Mapping[ObjectKey, tuple[KubeObject, ServiceInfo]],
+    problems: Warnings,
+) -> list[tuple[KubeObject, ServiceInfo]]:
+    """The Services that use this waypoint (none unless it takes Services: waypoint-for)."""
+    mode = waypoint_for(gateway)
+    if mode is None:
+        message = "istio.io/waypoint-for must be service, workload, all or none; treated as service"
+        problems.add(gateway, "metadata.labels", message)
+        mode = "service"
+    if mode not in ("service", "all"):
+        return []
+    return [(obj, info) for obj, info in services.values() if object_waypoint(view, obj) == gateway.key]
+
+
+def _context(
+    view: ClusterView,
+    gateway: KubeObject,
+    *,
+    services: Mapping[ObjectKey, tuple[KubeObject, ServiceInfo]],
+    bound: list[tuple[KubeObject, ServiceInfo]],
+    options: TranslateOptions,
+    problems: Warnings,
+) -> RouteContext:
+    """Destinations (every Service, the DestinationRules) and problems, shared by the route builders."""
+    rule_problems: list[tuple[KubeObject, FieldError]] = []
+    rules = DestinationRules(
+        _of_group(view.destination_rules.values(), _ISTIO_NETWORKING, problems),
+        cluster_domain=options.cluster_domain,
+        root_namespace=options.root_namespace,
+        problems=rule_problems,
+    )
+    for obj, exc in rule_problems:
+        problems.add(obj, exc.field, f"{exc.problem}; the DestinationRule is ignored")
+    return RouteContext(
+        hosts=HostIndex({info.hostname: info for _, info in services.values()}, options.cluster_domain),
+        rules=rules,
+        bound=frozenset(info.hostname for _, info in bound),
+        waypoint_namespace=gateway.namespace,
+        problems=problems,
     )
 
 
