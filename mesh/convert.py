@@ -1,13 +1,24 @@
 """Conversion of xDS resources (Istio's protobuf) into the frozen model, validating every field.
 
-A resource that fails conversion is NACKed by the agent and its last good value kept. Unknown
-fields and unknown enum values are rejected rather than ignored, so a newer control plane can
-never have a policy silently read as "allow" (catalogue test 22).
+A resource that fails conversion is NACKed by the agent and its last good value kept.
+
+Fields this build does not know (a newer istiod adds some in most releases) follow a fail-safe
+version-skew policy (catalogue test 22, docs/mixed-version-mesh.md), each one reported to the
+caller's ``on_ignored(type, field)``:
+
+- Workload and Service: ignored, the rest applies (as Istio's ztunnel does).
+- Authorization: an ALLOW clause carrying anything we do not understand (an unknown field, or
+  ``Match.extensions``) never matches, so it admits nobody extra; a DENY clause with one matches as
+  if it were absent, so it denies at least as much. Unknown fields elsewhere in a policy, and
+  ``Authorization.extensions``, are ignored.
+
+Unknown enum values in fields we act on are still rejected: there is no safe reading of them.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Callable
 
 from google.protobuf.message import Message
 from google.protobuf.unknown_fields import UnknownFieldSet
@@ -34,7 +45,11 @@ from mesh.model import (
     Workload,
 )
 
-__all__ = ["ResourceError", "address_from_proto", "authorization_from_proto"]
+__all__ = ["IgnoredFieldReporter", "ResourceError", "address_from_proto", "authorization_from_proto"]
+
+IgnoredFieldReporter = Callable[[str, str], None]
+"""Called with (message type, field path) for each field a conversion ignored, e.g.
+``("istio.workload.Workload", "#99")``; unknown fields appear as ``#<field number>``."""
 
 _WORKLOAD_TYPES = {0: "deployment", 1: "cronjob", 2: "pod", 3: "job"}
 _LB_MODES = {
@@ -57,20 +72,27 @@ class ResourceError(MeshError):
         )
 
 
-def address_from_proto(name: str, address: wl_pb.Address) -> Workload | Service:
-    """Converts an ``istio.workload.Address`` (workload or service)."""
-    _reject_unknown_fields(name, address)
+def address_from_proto(
+    name: str, address: wl_pb.Address, on_ignored: IgnoredFieldReporter | None = None
+) -> Workload | Service:
+    """Converts an ``istio.workload.Address`` (workload or service); unknown fields are ignored and
+    reported to ``on_ignored``."""
     kind = address.WhichOneof("type")
     if kind == "workload":
+        _report(address.workload, on_ignored)
         return _workload(name, address.workload)
     if kind == "service":
+        _report(address.service, on_ignored)
         return _service(name, address.service)
+    _report(address, on_ignored)
     raise ResourceError(name, "type", "neither workload nor service is set")
 
 
-def authorization_from_proto(name: str, policy: authz_pb.Authorization) -> Authorization:
-    """Converts an ``istio.security.Authorization``."""
-    _reject_unknown_fields(name, policy)
+def authorization_from_proto(
+    name: str, policy: authz_pb.Authorization, on_ignored: IgnoredFieldReporter | None = None
+) -> Authorization:
+    """Converts an ``istio.security.Authorization`` with the fail-safe skew policy of the module
+    docstring; every field it could not honour is reported to ``on_ignored``."""
     scope = {0: Scope.GLOBAL, 1: Scope.NAMESPACE, 2: Scope.WORKLOAD_SELECTOR}.get(policy.scope)
     action = {0: Action.ALLOW, 1: Action.DENY}.get(policy.action)
     if scope is None:
@@ -79,17 +101,78 @@ def authorization_from_proto(name: str, policy: authz_pb.Authorization) -> Autho
         raise ResourceError(name, "action", f"unknown value {policy.action}")
     if not policy.name or not policy.namespace:
         raise ResourceError(name, "name/namespace", "both must be set")
+    not_understood = _not_understood(policy)
+    if on_ignored is not None:
+        for path in not_understood:
+            on_ignored(policy.DESCRIPTOR.full_name, path)
     rules = tuple(
         tuple(
-            tuple(
-                _match(name, f"rules[{r}].clauses[{c}].matches[{m}]", match)
-                for m, match in enumerate(clause.matches)
-            )
-            for c, clause in enumerate(rule.clauses)
+            _clause(name, f"rules[{r}].clauses[{c}]", clause, action)
+            for c, clause in enumerate(_clauses(rule, action))
         )
         for r, rule in enumerate(policy.rules)
     )
     return Authorization(policy.name, policy.namespace, scope, action, rules, policy.dry_run)
+
+
+_NEVER_MATCHES: tuple[Match, ...] = ()
+"""A clause with no matches: matches are OR'ed, so it never matches."""
+
+_ALWAYS_MATCHES: tuple[Match, ...] = (Match(),)
+"""A clause whose one match constrains nothing: it always matches."""
+
+
+def _clauses(rule: authz_pb.Rule, action: Action) -> list[authz_pb.Clause]:
+    """A rule's clauses; an ALLOW rule with unknown fields of its own gets one that never matches
+    (clauses are AND'ed, so the rule cannot match)."""
+    clauses = list(rule.clauses)
+    if action is Action.ALLOW and len(UnknownFieldSet(rule)):
+        clauses.append(authz_pb.Clause(matches=[authz_pb.Match(extensions=[wl_pb.Extension()])]))
+    return clauses
+
+
+def _clause(name: str, field: str, clause: authz_pb.Clause, action: Action) -> tuple[Match, ...]:
+    matches = tuple(_match(name, f"{field}.matches[{m}]", match) for m, match in enumerate(clause.matches))
+    if not _not_understood(clause):
+        return matches
+    if action is Action.ALLOW:
+        return _NEVER_MATCHES
+    # DENY: what we do not understand counts as satisfied, so the clause denies at least as much.
+    return matches or _ALWAYS_MATCHES
+
+
+def _not_understood(message: Message, path: str = "") -> list[str]:
+    """Paths of what this build cannot honour in ``message``: unknown fields (``#<number>``) and
+    ``extensions`` (configuration for features we do not have), at any depth; no indices, so the
+    paths suit a metric label."""
+    found = [
+        f"{path}.#{field.field_number}" if path else f"#{field.field_number}"
+        for field in UnknownFieldSet(message)
+    ]
+    for descriptor, value in message.ListFields():
+        child = f"{path}.{descriptor.name}" if path else descriptor.name
+        if descriptor.name == "extensions":
+            found.append(child)
+        elif descriptor.message_type is None:
+            continue
+        elif descriptor.message_type.GetOptions().map_entry:
+            for item in value.values():
+                if isinstance(item, Message):
+                    found.extend(_not_understood(item, child))
+        elif descriptor.is_repeated:
+            for item in value:
+                found.extend(_not_understood(item, child))
+        else:
+            found.extend(_not_understood(value, child))
+    return list(dict.fromkeys(found))
+
+
+def _report(message: Message, on_ignored: IgnoredFieldReporter | None) -> None:
+    if on_ignored is None:
+        return
+    for path in _not_understood(message):
+        if not path.endswith("extensions"):  # a known field we do not use is not "ignored"
+            on_ignored(message.DESCRIPTOR.full_name, path)
 
 
 def _workload(name: str, w: wl_pb.Workload) -> Workload:
@@ -222,22 +305,3 @@ def _match(name: str, field: str, m: authz_pb.Match) -> Match:
         service_accounts=accounts("service_accounts"),
         not_service_accounts=accounts("not_service_accounts"),
     )
-
-
-def _reject_unknown_fields(name: str, message: Message, path: str = "") -> None:
-    """Fails on any field this build does not know, at any depth."""
-    if len(UnknownFieldSet(message)):
-        raise ResourceError(name, path or "<root>", "carries fields this agent does not know; upgrade it")
-    for descriptor, value in message.ListFields():
-        if descriptor.message_type is None:
-            continue
-        child = f"{path}.{descriptor.name}" if path else descriptor.name
-        if descriptor.message_type.GetOptions().map_entry:
-            for item in value.values():
-                if isinstance(item, Message):
-                    _reject_unknown_fields(name, item, child)
-        elif descriptor.is_repeated:
-            for item in value:
-                _reject_unknown_fields(name, item, child)
-        else:
-            _reject_unknown_fields(name, value, child)

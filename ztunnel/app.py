@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import random
 import resource
 import sys
@@ -43,6 +44,7 @@ from ztunnel.local_config import load_local_config
 from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
 from ztunnel.proxy import PodProxy
 from ztunnel.revocation import CrlWatcher
+from ztunnel.skew import IgnoredFields
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
 
@@ -172,12 +174,18 @@ class Ztunnel:
             metadata={"NODE_NAME": args.node, "NAME": f"ztunnel-{args.node}", "NAMESPACE": "istio-system"},
         )
         token = args.token_file.read_text().strip()
+        ignored = IgnoredFields(self.registry, self.ctx.log)
         return XdsClient(
             args.xds_address,
             node=node,
             converters={
-                ADDRESS_TYPE_URL: unpacking(workload_pb2.Address, address_from_proto),
-                AUTHORIZATION_TYPE_URL: unpacking(authorization_pb2.Authorization, authorization_from_proto),
+                ADDRESS_TYPE_URL: unpacking(
+                    workload_pb2.Address, functools.partial(address_from_proto, on_ignored=ignored)
+                ),
+                AUTHORIZATION_TYPE_URL: unpacking(
+                    authorization_pb2.Authorization,
+                    functools.partial(authorization_from_proto, on_ignored=ignored),
+                ),
             },
             on_state=self._on_xds_state,
             rng=rng,

@@ -11,6 +11,7 @@ from google.protobuf import empty_pb2 as _empty_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from mesh.api.istio.workload import workload_pb2 as _workload_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -64,6 +65,7 @@ class Authorization(_message.Message):
     ACTION_FIELD_NUMBER: _builtins.int
     RULES_FIELD_NUMBER: _builtins.int
     DRY_RUN_FIELD_NUMBER: _builtins.int
+    EXTENSIONS_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     namespace: _builtins.str
     scope: Global___Scope.ValueType
@@ -74,6 +76,10 @@ class Authorization(_message.Message):
     def rules(self) -> _containers.RepeatedCompositeFieldContainer[Global___Rule]:
         """Rules are OR'ed."""
 
+    @_builtins.property
+    def extensions(self) -> _containers.RepeatedCompositeFieldContainer[_workload_pb2.Extension]:
+        """Extra configuration newer istiods attach; see docs/mixed-version-mesh.md for how we treat it."""
+
     def __init__(
         self,
         *,
@@ -83,10 +89,11 @@ class Authorization(_message.Message):
         action: Global___Action.ValueType = ...,
         rules: _abc.Iterable[Global___Rule] | None = ...,
         dry_run: _builtins.bool = ...,
+        extensions: _abc.Iterable[_workload_pb2.Extension] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dry_run", b"dry_run", "name", b"name", "namespace", b"namespace", "rules", b"rules", "scope", b"scope"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "dry_run", b"dry_run", "extensions", b"extensions", "name", b"name", "namespace", b"namespace", "rules", b"rules", "scope", b"scope"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -154,6 +161,7 @@ class Match(_message.Message):
     NOT_DESTINATION_PORTS_FIELD_NUMBER: _builtins.int
     SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
     NOT_SERVICE_ACCOUNTS_FIELD_NUMBER: _builtins.int
+    EXTENSIONS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def namespaces(self) -> _containers.RepeatedCompositeFieldContainer[Global___StringMatch]: ...
     @_builtins.property
@@ -178,6 +186,10 @@ class Match(_message.Message):
     def service_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceAccountMatch]: ...
     @_builtins.property
     def not_service_accounts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ServiceAccountMatch]: ...
+    @_builtins.property
+    def extensions(self) -> _containers.RepeatedCompositeFieldContainer[_workload_pb2.Extension]:
+        """Extra match configuration newer istiods attach; a clause carrying it is treated fail-safe."""
+
     def __init__(
         self,
         *,
@@ -193,10 +205,11 @@ class Match(_message.Message):
         not_destination_ports: _abc.Iterable[_builtins.int] | None = ...,
         service_accounts: _abc.Iterable[Global___ServiceAccountMatch] | None = ...,
         not_service_accounts: _abc.Iterable[Global___ServiceAccountMatch] | None = ...,
+        extensions: _abc.Iterable[_workload_pb2.Extension] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_ips", b"destination_ips", "destination_ports", b"destination_ports", "namespaces", b"namespaces", "not_destination_ips", b"not_destination_ips", "not_destination_ports", b"not_destination_ports", "not_namespaces", b"not_namespaces", "not_principals", b"not_principals", "not_service_accounts", b"not_service_accounts", "not_source_ips", b"not_source_ips", "principals", b"principals", "service_accounts", b"service_accounts", "source_ips", b"source_ips"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination_ips", b"destination_ips", "destination_ports", b"destination_ports", "extensions", b"extensions", "namespaces", b"namespaces", "not_destination_ips", b"not_destination_ips", "not_destination_ports", b"not_destination_ports", "not_namespaces", b"not_namespaces", "not_principals", b"not_principals", "not_service_accounts", b"not_service_accounts", "not_source_ips", b"not_source_ips", "principals", b"principals", "service_accounts", b"service_accounts", "source_ips", b"source_ips"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

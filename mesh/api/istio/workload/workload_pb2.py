@@ -26,7 +26,7 @@ from google.protobuf import any_pb2 as google_dot_protobuf_dot_any__pb2
 from google.protobuf import wrappers_pb2 as google_dot_protobuf_dot_wrappers__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&mesh/api/istio/workload/workload.proto\x12\x0eistio.workload\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\"k\n\x07\x41\x64\x64ress\x12,\n\x08workload\x18\x01 \x01(\x0b\x32\x18.istio.workload.WorkloadH\x00\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x17.istio.workload.ServiceH\x00\x42\x06\n\x04type\"\xa9\x03\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x31\n\taddresses\x18\x04 \x03(\x0b\x32\x1e.istio.workload.NetworkAddress\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.istio.workload.Port\x12\x19\n\x11subject_alt_names\x18\x06 \x03(\t\x12\x30\n\x08waypoint\x18\x07 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x35\n\x0eload_balancing\x18\x08 \x01(\x0b\x32\x1d.istio.workload.LoadBalancing\x12/\n\x0bip_families\x18\t \x01(\x0e\x32\x1a.istio.workload.IPFamilies\x12-\n\nextensions\x18\n \x03(\x0b\x32\x19.istio.workload.Extension\x12\x11\n\tcanonical\x18\x0b \x01(\x08\x12\x1c\n\x14ingress_use_waypoint\x18\x0c \x01(\x08\"\xa6\x03\n\rLoadBalancing\x12?\n\x12routing_preference\x18\x01 \x03(\x0e\x32#.istio.workload.LoadBalancing.Scope\x12\x30\n\x04mode\x18\x02 \x01(\x0e\x32\".istio.workload.LoadBalancing.Mode\x12\x41\n\rhealth_policy\x18\x03 \x01(\x0e\x32*.istio.workload.LoadBalancing.HealthPolicy\"e\n\x05Scope\x12\x15\n\x11UNSPECIFIED_SCOPE\x10\x00\x12\n\n\x06REGION\x10\x01\x12\x08\n\x04ZONE\x10\x02\x12\x0b\n\x07SUBZONE\x10\x03\x12\x08\n\x04NODE\x10\x04\x12\x0b\n\x07\x43LUSTER\x10\x05\x12\x0b\n\x07NETWORK\x10\x06\"G\n\x04Mode\x12\x14\n\x10UNSPECIFIED_MODE\x10\x00\x12\n\n\x06STRICT\x10\x01\x12\x0c\n\x08\x46\x41ILOVER\x10\x02\x12\x0f\n\x0bPASSTHROUGH\x10\x03\"/\n\x0cHealthPolicy\x12\x10\n\x0cONLY_HEALTHY\x10\x00\x12\r\n\tALLOW_ALL\x10\x01\"\xd2\x07\n\x08Workload\x12\x0b\n\x03uid\x18\x14 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\x0c\x12\x10\n\x08hostname\x18\x15 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x37\n\x0ftunnel_protocol\x18\x05 \x01(\x0e\x32\x1e.istio.workload.TunnelProtocol\x12\x14\n\x0ctrust_domain\x18\x06 \x01(\t\x12\x17\n\x0fservice_account\x18\x07 \x01(\t\x12\x30\n\x08waypoint\x18\x08 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x37\n\x0fnetwork_gateway\x18\x13 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x0c\n\x04node\x18\t \x01(\t\x12\x16\n\x0e\x63\x61nonical_name\x18\n \x01(\t\x12\x1a\n\x12\x63\x61nonical_revision\x18\x0b \x01(\t\x12\x33\n\rworkload_type\x18\x0c \x01(\x0e\x32\x1c.istio.workload.WorkloadType\x12\x15\n\rworkload_name\x18\r \x01(\t\x12\x15\n\rnative_tunnel\x18\x0e \x01(\x08\x12=\n\x12\x61pplication_tunnel\x18\x17 \x01(\x0b\x32!.istio.workload.ApplicationTunnel\x12\x38\n\x08services\x18\x16 \x03(\x0b\x32&.istio.workload.Workload.ServicesEntry\x12\x1e\n\x16\x61uthorization_policies\x18\x10 \x03(\t\x12.\n\x06status\x18\x11 \x01(\x0e\x32\x1e.istio.workload.WorkloadStatus\x12\x12\n\ncluster_id\x18\x12 \x01(\t\x12*\n\x08locality\x18\x18 \x01(\x0b\x32\x18.istio.workload.Locality\x12\x31\n\x0cnetwork_mode\x18\x19 \x01(\x0e\x32\x1b.istio.workload.NetworkMode\x12-\n\nextensions\x18\x1a \x03(\x0b\x32\x19.istio.workload.Extension\x12.\n\x08\x63\x61pacity\x18\x1b \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x1aI\n\rServicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.istio.workload.PortList:\x02\x38\x01J\x04\x08\x0f\x10\x10\"9\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0f\n\x07subzone\x18\x03 \x01(\t\"\x80\x01\n\x11\x41pplicationTunnel\x12<\n\x08protocol\x18\x01 \x01(\x0e\x32*.istio.workload.ApplicationTunnel.Protocol\x12\x0c\n\x04port\x18\x02 \x01(\r\"\x1f\n\x08Protocol\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05PROXY\x10\x01\"/\n\x08PortList\x12#\n\x05ports\x18\x01 \x03(\x0b\x32\x14.istio.workload.Port\"d\n\x04Port\x12\x14\n\x0cservice_port\x18\x01 \x01(\r\x12\x13\n\x0btarget_port\x18\x02 \x01(\r\x12\x31\n\x0c\x61pp_protocol\x18\x03 \x01(\x0e\x32\x1b.istio.workload.AppProtocol\"\xa3\x01\n\x0eGatewayAddress\x12\x36\n\x08hostname\x18\x01 \x01(\x0b\x32\".istio.workload.NamespacedHostnameH\x00\x12\x31\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0b\x32\x1e.istio.workload.NetworkAddressH\x00\x12\x17\n\x0fhbone_mtls_port\x18\x03 \x01(\rB\r\n\x0b\x64\x65stination\"9\n\x12NamespacedHostname\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\"R\n\x0eNetworkAddress\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0c\x12\x13\n\x06length\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_length\"?\n\tExtension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any*C\n\nIPFamilies\x12\r\n\tAUTOMATIC\x10\x00\x12\r\n\tIPV4_ONLY\x10\x01\x12\r\n\tIPV6_ONLY\x10\x02\x12\x08\n\x04\x44UAL\x10\x03*,\n\x0eWorkloadStatus\x12\x0b\n\x07HEALTHY\x10\x00\x12\r\n\tUNHEALTHY\x10\x01*=\n\x0cWorkloadType\x12\x0e\n\nDEPLOYMENT\x10\x00\x12\x0b\n\x07\x43RONJOB\x10\x01\x12\x07\n\x03POD\x10\x02\x12\x07\n\x03JOB\x10\x03*-\n\x0bNetworkMode\x12\x0c\n\x08STANDARD\x10\x00\x12\x10\n\x0cHOST_NETWORK\x10\x01*;\n\x0b\x41ppProtocol\x12\x0b\n\x07UNKNOWN\x10\x00\x12\n\n\x06HTTP11\x10\x01\x12\t\n\x05HTTP2\x10\x02\x12\x08\n\x04GRPC\x10\x03*<\n\x0eTunnelProtocol\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05HBONE\x10\x01\x12\x15\n\x11LEGACY_ISTIO_MTLS\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n&mesh/api/istio/workload/workload.proto\x12\x0eistio.workload\x1a\x19google/protobuf/any.proto\x1a\x1egoogle/protobuf/wrappers.proto\"k\n\x07\x41\x64\x64ress\x12,\n\x08workload\x18\x01 \x01(\x0b\x32\x18.istio.workload.WorkloadH\x00\x12*\n\x07service\x18\x02 \x01(\x0b\x32\x17.istio.workload.ServiceH\x00\x42\x06\n\x04type\"\xc8\x04\n\x07Service\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x10\n\x08hostname\x18\x03 \x01(\t\x12\x31\n\taddresses\x18\x04 \x03(\x0b\x32\x1e.istio.workload.NetworkAddress\x12#\n\x05ports\x18\x05 \x03(\x0b\x32\x14.istio.workload.Port\x12\x19\n\x11subject_alt_names\x18\x06 \x03(\t\x12\x30\n\x08waypoint\x18\x07 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x35\n\x0eload_balancing\x18\x08 \x01(\x0b\x32\x1d.istio.workload.LoadBalancing\x12/\n\x0bip_families\x18\t \x01(\x0e\x32\x1a.istio.workload.IPFamilies\x12-\n\nextensions\x18\n \x03(\x0b\x32\x19.istio.workload.Extension\x12\x11\n\tcanonical\x18\x0b \x01(\x08\x12\x1c\n\x14ingress_use_waypoint\x18\x0c \x01(\x08\x12<\n\x12weighted_waypoints\x18\r \x03(\x0b\x32 .istio.workload.WeightedWaypoint\x12\x36\n\nvisibility\x18\x0e \x01(\x0e\x32\".istio.workload.Service.Visibility\"\'\n\nVisibility\x12\n\n\x06PUBLIC\x10\x00\x12\r\n\tNAMESPACE\x10\x01\"\xa6\x03\n\rLoadBalancing\x12?\n\x12routing_preference\x18\x01 \x03(\x0e\x32#.istio.workload.LoadBalancing.Scope\x12\x30\n\x04mode\x18\x02 \x01(\x0e\x32\".istio.workload.LoadBalancing.Mode\x12\x41\n\rhealth_policy\x18\x03 \x01(\x0e\x32*.istio.workload.LoadBalancing.HealthPolicy\"e\n\x05Scope\x12\x15\n\x11UNSPECIFIED_SCOPE\x10\x00\x12\n\n\x06REGION\x10\x01\x12\x08\n\x04ZONE\x10\x02\x12\x0b\n\x07SUBZONE\x10\x03\x12\x08\n\x04NODE\x10\x04\x12\x0b\n\x07\x43LUSTER\x10\x05\x12\x0b\n\x07NETWORK\x10\x06\"G\n\x04Mode\x12\x14\n\x10UNSPECIFIED_MODE\x10\x00\x12\n\n\x06STRICT\x10\x01\x12\x0c\n\x08\x46\x41ILOVER\x10\x02\x12\x0f\n\x0bPASSTHROUGH\x10\x03\"/\n\x0cHealthPolicy\x12\x10\n\x0cONLY_HEALTHY\x10\x00\x12\r\n\tALLOW_ALL\x10\x01\"\xd2\x07\n\x08Workload\x12\x0b\n\x03uid\x18\x14 \x01(\t\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x11\n\taddresses\x18\x03 \x03(\x0c\x12\x10\n\x08hostname\x18\x15 \x01(\t\x12\x0f\n\x07network\x18\x04 \x01(\t\x12\x37\n\x0ftunnel_protocol\x18\x05 \x01(\x0e\x32\x1e.istio.workload.TunnelProtocol\x12\x14\n\x0ctrust_domain\x18\x06 \x01(\t\x12\x17\n\x0fservice_account\x18\x07 \x01(\t\x12\x30\n\x08waypoint\x18\x08 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x37\n\x0fnetwork_gateway\x18\x13 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x0c\n\x04node\x18\t \x01(\t\x12\x16\n\x0e\x63\x61nonical_name\x18\n \x01(\t\x12\x1a\n\x12\x63\x61nonical_revision\x18\x0b \x01(\t\x12\x33\n\rworkload_type\x18\x0c \x01(\x0e\x32\x1c.istio.workload.WorkloadType\x12\x15\n\rworkload_name\x18\r \x01(\t\x12\x15\n\rnative_tunnel\x18\x0e \x01(\x08\x12=\n\x12\x61pplication_tunnel\x18\x17 \x01(\x0b\x32!.istio.workload.ApplicationTunnel\x12\x38\n\x08services\x18\x16 \x03(\x0b\x32&.istio.workload.Workload.ServicesEntry\x12\x1e\n\x16\x61uthorization_policies\x18\x10 \x03(\t\x12.\n\x06status\x18\x11 \x01(\x0e\x32\x1e.istio.workload.WorkloadStatus\x12\x12\n\ncluster_id\x18\x12 \x01(\t\x12*\n\x08locality\x18\x18 \x01(\x0b\x32\x18.istio.workload.Locality\x12\x31\n\x0cnetwork_mode\x18\x19 \x01(\x0e\x32\x1b.istio.workload.NetworkMode\x12-\n\nextensions\x18\x1a \x03(\x0b\x32\x19.istio.workload.Extension\x12.\n\x08\x63\x61pacity\x18\x1b \x01(\x0b\x32\x1c.google.protobuf.UInt32Value\x1aI\n\rServicesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\'\n\x05value\x18\x02 \x01(\x0b\x32\x18.istio.workload.PortList:\x02\x38\x01J\x04\x08\x0f\x10\x10\"9\n\x08Locality\x12\x0e\n\x06region\x18\x01 \x01(\t\x12\x0c\n\x04zone\x18\x02 \x01(\t\x12\x0f\n\x07subzone\x18\x03 \x01(\t\"\x80\x01\n\x11\x41pplicationTunnel\x12<\n\x08protocol\x18\x01 \x01(\x0e\x32*.istio.workload.ApplicationTunnel.Protocol\x12\x0c\n\x04port\x18\x02 \x01(\r\"\x1f\n\x08Protocol\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05PROXY\x10\x01\"/\n\x08PortList\x12#\n\x05ports\x18\x01 \x03(\x0b\x32\x14.istio.workload.Port\"d\n\x04Port\x12\x14\n\x0cservice_port\x18\x01 \x01(\r\x12\x13\n\x0btarget_port\x18\x02 \x01(\r\x12\x31\n\x0c\x61pp_protocol\x18\x03 \x01(\x0e\x32\x1b.istio.workload.AppProtocol\"\xc0\x01\n\x0eGatewayAddress\x12\x36\n\x08hostname\x18\x01 \x01(\x0b\x32\".istio.workload.NamespacedHostnameH\x00\x12\x31\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0b\x32\x1e.istio.workload.NetworkAddressH\x00\x12\x17\n\x0fhbone_mtls_port\x18\x03 \x01(\rB\r\n\x0b\x64\x65stinationJ\x04\x08\x04\x10\x05R\x15hbone_single_tls_port\"W\n\x10WeightedWaypoint\x12\x33\n\x0b\x64\x65stination\x18\x01 \x01(\x0b\x32\x1e.istio.workload.GatewayAddress\x12\x0e\n\x06weight\x18\x02 \x01(\r\"9\n\x12NamespacedHostname\x12\x11\n\tnamespace\x18\x01 \x01(\t\x12\x10\n\x08hostname\x18\x02 \x01(\t\"R\n\x0eNetworkAddress\x12\x0f\n\x07network\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\x0c\x12\x13\n\x06length\x18\x03 \x01(\rH\x00\x88\x01\x01\x42\t\n\x07_length\"?\n\tExtension\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x06\x63onfig\x18\x02 \x01(\x0b\x32\x14.google.protobuf.Any*C\n\nIPFamilies\x12\r\n\tAUTOMATIC\x10\x00\x12\r\n\tIPV4_ONLY\x10\x01\x12\r\n\tIPV6_ONLY\x10\x02\x12\x08\n\x04\x44UAL\x10\x03*,\n\x0eWorkloadStatus\x12\x0b\n\x07HEALTHY\x10\x00\x12\r\n\tUNHEALTHY\x10\x01*=\n\x0cWorkloadType\x12\x0e\n\nDEPLOYMENT\x10\x00\x12\x0b\n\x07\x43RONJOB\x10\x01\x12\x07\n\x03POD\x10\x02\x12\x07\n\x03JOB\x10\x03*-\n\x0bNetworkMode\x12\x0c\n\x08STANDARD\x10\x00\x12\x10\n\x0cHOST_NETWORK\x10\x01*M\n\x0b\x41ppProtocol\x12\x0b\n\x07UNKNOWN\x10\x00\x12\n\n\x06HTTP11\x10\x01\x12\t\n\x05HTTP2\x10\x02\x12\x08\n\x04GRPC\x10\x03\x12\x07\n\x03TCP\x10\x04\x12\x07\n\x03TLS\x10\x05*<\n\x0eTunnelProtocol\x12\x08\n\x04NONE\x10\x00\x12\t\n\x05HBONE\x10\x01\x12\x15\n\x11LEGACY_ISTIO_MTLS\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,50 +35,54 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WORKLOAD_SERVICESENTRY']._loaded_options = None
   _globals['_WORKLOAD_SERVICESENTRY']._serialized_options = b'8\001'
-  _globals['_IPFAMILIES']._serialized_start=2775
-  _globals['_IPFAMILIES']._serialized_end=2842
-  _globals['_WORKLOADSTATUS']._serialized_start=2844
-  _globals['_WORKLOADSTATUS']._serialized_end=2888
-  _globals['_WORKLOADTYPE']._serialized_start=2890
-  _globals['_WORKLOADTYPE']._serialized_end=2951
-  _globals['_NETWORKMODE']._serialized_start=2953
-  _globals['_NETWORKMODE']._serialized_end=2998
-  _globals['_APPPROTOCOL']._serialized_start=3000
-  _globals['_APPPROTOCOL']._serialized_end=3059
-  _globals['_TUNNELPROTOCOL']._serialized_start=3061
-  _globals['_TUNNELPROTOCOL']._serialized_end=3121
+  _globals['_IPFAMILIES']._serialized_start=3052
+  _globals['_IPFAMILIES']._serialized_end=3119
+  _globals['_WORKLOADSTATUS']._serialized_start=3121
+  _globals['_WORKLOADSTATUS']._serialized_end=3165
+  _globals['_WORKLOADTYPE']._serialized_start=3167
+  _globals['_WORKLOADTYPE']._serialized_end=3228
+  _globals['_NETWORKMODE']._serialized_start=3230
+  _globals['_NETWORKMODE']._serialized_end=3275
+  _globals['_APPPROTOCOL']._serialized_start=3277
+  _globals['_APPPROTOCOL']._serialized_end=3354
+  _globals['_TUNNELPROTOCOL']._serialized_start=3356
+  _globals['_TUNNELPROTOCOL']._serialized_end=3416
   _globals['_ADDRESS']._serialized_start=117
   _globals['_ADDRESS']._serialized_end=224
   _globals['_SERVICE']._serialized_start=227
-  _globals['_SERVICE']._serialized_end=652
-  _globals['_LOADBALANCING']._serialized_start=655
-  _globals['_LOADBALANCING']._serialized_end=1077
-  _globals['_LOADBALANCING_SCOPE']._serialized_start=854
-  _globals['_LOADBALANCING_SCOPE']._serialized_end=955
-  _globals['_LOADBALANCING_MODE']._serialized_start=957
-  _globals['_LOADBALANCING_MODE']._serialized_end=1028
-  _globals['_LOADBALANCING_HEALTHPOLICY']._serialized_start=1030
-  _globals['_LOADBALANCING_HEALTHPOLICY']._serialized_end=1077
-  _globals['_WORKLOAD']._serialized_start=1080
-  _globals['_WORKLOAD']._serialized_end=2058
-  _globals['_WORKLOAD_SERVICESENTRY']._serialized_start=1979
-  _globals['_WORKLOAD_SERVICESENTRY']._serialized_end=2052
-  _globals['_LOCALITY']._serialized_start=2060
-  _globals['_LOCALITY']._serialized_end=2117
-  _globals['_APPLICATIONTUNNEL']._serialized_start=2120
-  _globals['_APPLICATIONTUNNEL']._serialized_end=2248
-  _globals['_APPLICATIONTUNNEL_PROTOCOL']._serialized_start=2217
-  _globals['_APPLICATIONTUNNEL_PROTOCOL']._serialized_end=2248
-  _globals['_PORTLIST']._serialized_start=2250
-  _globals['_PORTLIST']._serialized_end=2297
-  _globals['_PORT']._serialized_start=2299
-  _globals['_PORT']._serialized_end=2399
-  _globals['_GATEWAYADDRESS']._serialized_start=2402
-  _globals['_GATEWAYADDRESS']._serialized_end=2565
-  _globals['_NAMESPACEDHOSTNAME']._serialized_start=2567
-  _globals['_NAMESPACEDHOSTNAME']._serialized_end=2624
-  _globals['_NETWORKADDRESS']._serialized_start=2626
-  _globals['_NETWORKADDRESS']._serialized_end=2708
-  _globals['_EXTENSION']._serialized_start=2710
-  _globals['_EXTENSION']._serialized_end=2773
+  _globals['_SERVICE']._serialized_end=811
+  _globals['_SERVICE_VISIBILITY']._serialized_start=772
+  _globals['_SERVICE_VISIBILITY']._serialized_end=811
+  _globals['_LOADBALANCING']._serialized_start=814
+  _globals['_LOADBALANCING']._serialized_end=1236
+  _globals['_LOADBALANCING_SCOPE']._serialized_start=1013
+  _globals['_LOADBALANCING_SCOPE']._serialized_end=1114
+  _globals['_LOADBALANCING_MODE']._serialized_start=1116
+  _globals['_LOADBALANCING_MODE']._serialized_end=1187
+  _globals['_LOADBALANCING_HEALTHPOLICY']._serialized_start=1189
+  _globals['_LOADBALANCING_HEALTHPOLICY']._serialized_end=1236
+  _globals['_WORKLOAD']._serialized_start=1239
+  _globals['_WORKLOAD']._serialized_end=2217
+  _globals['_WORKLOAD_SERVICESENTRY']._serialized_start=2138
+  _globals['_WORKLOAD_SERVICESENTRY']._serialized_end=2211
+  _globals['_LOCALITY']._serialized_start=2219
+  _globals['_LOCALITY']._serialized_end=2276
+  _globals['_APPLICATIONTUNNEL']._serialized_start=2279
+  _globals['_APPLICATIONTUNNEL']._serialized_end=2407
+  _globals['_APPLICATIONTUNNEL_PROTOCOL']._serialized_start=2376
+  _globals['_APPLICATIONTUNNEL_PROTOCOL']._serialized_end=2407
+  _globals['_PORTLIST']._serialized_start=2409
+  _globals['_PORTLIST']._serialized_end=2456
+  _globals['_PORT']._serialized_start=2458
+  _globals['_PORT']._serialized_end=2558
+  _globals['_GATEWAYADDRESS']._serialized_start=2561
+  _globals['_GATEWAYADDRESS']._serialized_end=2753
+  _globals['_WEIGHTEDWAYPOINT']._serialized_start=2755
+  _globals['_WEIGHTEDWAYPOINT']._serialized_end=2842
+  _globals['_NAMESPACEDHOSTNAME']._serialized_start=2844
+  _globals['_NAMESPACEDHOSTNAME']._serialized_end=2901
+  _globals['_NETWORKADDRESS']._serialized_start=2903
+  _globals['_NETWORKADDRESS']._serialized_end=2985
+  _globals['_EXTENSION']._serialized_start=2987
+  _globals['_EXTENSION']._serialized_end=3050
 # @@protoc_insertion_point(module_scope)

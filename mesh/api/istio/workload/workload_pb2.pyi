@@ -102,6 +102,8 @@ class _AppProtocolEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppProtoc
     HTTP11: _AppProtocol.ValueType  # 1
     HTTP2: _AppProtocol.ValueType  # 2
     GRPC: _AppProtocol.ValueType  # 3
+    TCP: _AppProtocol.ValueType  # 4
+    TLS: _AppProtocol.ValueType  # 5
 
 class AppProtocol(_AppProtocol, metaclass=_AppProtocolEnumTypeWrapper): ...
 
@@ -109,6 +111,8 @@ UNKNOWN: AppProtocol.ValueType  # 0
 HTTP11: AppProtocol.ValueType  # 1
 HTTP2: AppProtocol.ValueType  # 2
 GRPC: AppProtocol.ValueType  # 3
+TCP: AppProtocol.ValueType  # 4
+TLS: AppProtocol.ValueType  # 5
 Global___AppProtocol: _TypeAlias = AppProtocol  # noqa: Y015
 
 class _TunnelProtocol:
@@ -160,6 +164,21 @@ Global___Address: _TypeAlias = Address  # noqa: Y015
 class Service(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
+    class _Visibility:
+        ValueType = _typing.NewType("ValueType", _builtins.int)
+        V: _TypeAlias = ValueType  # noqa: Y015
+
+    class _VisibilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[Service._Visibility.ValueType], _builtins.type):
+        DESCRIPTOR: _descriptor.EnumDescriptor
+        PUBLIC: Service._Visibility.ValueType  # 0
+        NAMESPACE: Service._Visibility.ValueType  # 1
+
+    class Visibility(_Visibility, metaclass=_VisibilityEnumTypeWrapper):
+        """Who may see the service: every namespace, or only its own."""
+
+    PUBLIC: Service.Visibility.ValueType  # 0
+    NAMESPACE: Service.Visibility.ValueType  # 1
+
     NAME_FIELD_NUMBER: _builtins.int
     NAMESPACE_FIELD_NUMBER: _builtins.int
     HOSTNAME_FIELD_NUMBER: _builtins.int
@@ -172,6 +191,8 @@ class Service(_message.Message):
     EXTENSIONS_FIELD_NUMBER: _builtins.int
     CANONICAL_FIELD_NUMBER: _builtins.int
     INGRESS_USE_WAYPOINT_FIELD_NUMBER: _builtins.int
+    WEIGHTED_WAYPOINTS_FIELD_NUMBER: _builtins.int
+    VISIBILITY_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     namespace: _builtins.str
     hostname: _builtins.str
@@ -179,6 +200,7 @@ class Service(_message.Message):
     ip_families: Global___IPFamilies.ValueType
     canonical: _builtins.bool
     ingress_use_waypoint: _builtins.bool
+    visibility: Global___Service.Visibility.ValueType
     @_builtins.property
     def addresses(self) -> _containers.RepeatedCompositeFieldContainer[Global___NetworkAddress]: ...
     @_builtins.property
@@ -191,6 +213,10 @@ class Service(_message.Message):
     def load_balancing(self) -> Global___LoadBalancing: ...
     @_builtins.property
     def extensions(self) -> _containers.RepeatedCompositeFieldContainer[Global___Extension]: ...
+    @_builtins.property
+    def weighted_waypoints(self) -> _containers.RepeatedCompositeFieldContainer[Global___WeightedWaypoint]:
+        """Waypoints with weights, for a service split across several waypoints (newer Istio)."""
+
     def __init__(
         self,
         *,
@@ -206,10 +232,12 @@ class Service(_message.Message):
         extensions: _abc.Iterable[Global___Extension] | None = ...,
         canonical: _builtins.bool = ...,
         ingress_use_waypoint: _builtins.bool = ...,
+        weighted_waypoints: _abc.Iterable[Global___WeightedWaypoint] | None = ...,
+        visibility: Global___Service.Visibility.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["load_balancing", b"load_balancing", "waypoint", b"waypoint"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "canonical", b"canonical", "extensions", b"extensions", "hostname", b"hostname", "ingress_use_waypoint", b"ingress_use_waypoint", "ip_families", b"ip_families", "load_balancing", b"load_balancing", "name", b"name", "namespace", b"namespace", "ports", b"ports", "subject_alt_names", b"subject_alt_names", "waypoint", b"waypoint"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addresses", b"addresses", "canonical", b"canonical", "extensions", b"extensions", "hostname", b"hostname", "ingress_use_waypoint", b"ingress_use_waypoint", "ip_families", b"ip_families", "load_balancing", b"load_balancing", "name", b"name", "namespace", b"namespace", "ports", b"ports", "subject_alt_names", b"subject_alt_names", "visibility", b"visibility", "waypoint", b"waypoint", "weighted_waypoints", b"weighted_waypoints"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -560,6 +588,29 @@ class GatewayAddress(_message.Message):
     def WhichOneof(self, oneof_group: _WhichOneofArgType_destination) -> _WhichOneofReturnType_destination | None: ...
 
 Global___GatewayAddress: _TypeAlias = GatewayAddress  # noqa: Y015
+
+@_typing.final
+class WeightedWaypoint(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DESTINATION_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    weight: _builtins.int
+    @_builtins.property
+    def destination(self) -> Global___GatewayAddress: ...
+    def __init__(
+        self,
+        *,
+        destination: Global___GatewayAddress | None = ...,
+        weight: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["destination", b"destination", "weight", b"weight"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WeightedWaypoint: _TypeAlias = WeightedWaypoint  # noqa: Y015
 
 @_typing.final
 class NamespacedHostname(_message.Message):

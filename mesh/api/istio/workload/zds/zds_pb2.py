@@ -24,31 +24,31 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mesh/api/istio/workload/zds/zds.proto\x12\x12istio.workload.zds\"8\n\x08ZdsHello\x12,\n\x07version\x18\x01 \x01(\x0e\x32\x1b.istio.workload.zds.Version\"H\n\x0cWorkloadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\t\"S\n\x0b\x41\x64\x64Workload\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x37\n\rworkload_info\x18\x02 \x01(\x0b\x32 .istio.workload.zds.WorkloadInfo\"\x1b\n\x0cKeepWorkload\x12\x0b\n\x03uid\x18\x01 \x01(\t\"\x1a\n\x0b\x44\x65lWorkload\x12\x0b\n\x03uid\x18\x02 \x01(\t\"\x0e\n\x0cSnapshotSent\"\xe9\x01\n\x0fWorkloadRequest\x12.\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32\x1f.istio.workload.zds.AddWorkloadH\x00\x12\x30\n\x04keep\x18\x05 \x01(\x0b\x32 .istio.workload.zds.KeepWorkloadH\x00\x12.\n\x03\x64\x65l\x18\x02 \x01(\x0b\x32\x1f.istio.workload.zds.DelWorkloadH\x00\x12\x39\n\rsnapshot_sent\x18\x03 \x01(\x0b\x32 .istio.workload.zds.SnapshotSentH\x00\x42\t\n\x07payload\"\x14\n\x03\x41\x63k\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"E\n\x10WorkloadResponse\x12&\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x17.istio.workload.zds.AckH\x00\x42\t\n\x07payload*\x1f\n\x07Version\x12\x0c\n\x08NOT_USED\x10\x00\x12\x06\n\x02V1\x10\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n%mesh/api/istio/workload/zds/zds.proto\x12\x12istio.workload.zds\"8\n\x08ZdsHello\x12,\n\x07version\x18\x01 \x01(\x0e\x32\x1b.istio.workload.zds.Version\"\\\n\x0cWorkloadInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x11\n\tnamespace\x18\x02 \x01(\t\x12\x17\n\x0fservice_account\x18\x03 \x01(\tJ\x04\x08\x04\x10\x05R\x0ctrust_domain\"S\n\x0b\x41\x64\x64Workload\x12\x0b\n\x03uid\x18\x01 \x01(\t\x12\x37\n\rworkload_info\x18\x02 \x01(\x0b\x32 .istio.workload.zds.WorkloadInfo\"\x1b\n\x0cKeepWorkload\x12\x0b\n\x03uid\x18\x01 \x01(\t\"\x1a\n\x0b\x44\x65lWorkload\x12\x0b\n\x03uid\x18\x02 \x01(\t\"\x0e\n\x0cSnapshotSent\"\xe9\x01\n\x0fWorkloadRequest\x12.\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32\x1f.istio.workload.zds.AddWorkloadH\x00\x12\x30\n\x04keep\x18\x05 \x01(\x0b\x32 .istio.workload.zds.KeepWorkloadH\x00\x12.\n\x03\x64\x65l\x18\x02 \x01(\x0b\x32\x1f.istio.workload.zds.DelWorkloadH\x00\x12\x39\n\rsnapshot_sent\x18\x03 \x01(\x0b\x32 .istio.workload.zds.SnapshotSentH\x00\x42\t\n\x07payload\"\x14\n\x03\x41\x63k\x12\r\n\x05\x65rror\x18\x01 \x01(\t\"E\n\x10WorkloadResponse\x12&\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x17.istio.workload.zds.AckH\x00\x42\t\n\x07payload*\x1f\n\x07Version\x12\x0c\n\x08NOT_USED\x10\x00\x12\x06\n\x02V1\x10\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'mesh.api.istio.workload.zds.zds_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_VERSION']._serialized_start=680
-  _globals['_VERSION']._serialized_end=711
+  _globals['_VERSION']._serialized_start=700
+  _globals['_VERSION']._serialized_end=731
   _globals['_ZDSHELLO']._serialized_start=61
   _globals['_ZDSHELLO']._serialized_end=117
   _globals['_WORKLOADINFO']._serialized_start=119
-  _globals['_WORKLOADINFO']._serialized_end=191
-  _globals['_ADDWORKLOAD']._serialized_start=193
-  _globals['_ADDWORKLOAD']._serialized_end=276
-  _globals['_KEEPWORKLOAD']._serialized_start=278
-  _globals['_KEEPWORKLOAD']._serialized_end=305
-  _globals['_DELWORKLOAD']._serialized_start=307
-  _globals['_DELWORKLOAD']._serialized_end=333
-  _globals['_SNAPSHOTSENT']._serialized_start=335
-  _globals['_SNAPSHOTSENT']._serialized_end=349
-  _globals['_WORKLOADREQUEST']._serialized_start=352
-  _globals['_WORKLOADREQUEST']._serialized_end=585
-  _globals['_ACK']._serialized_start=587
-  _globals['_ACK']._serialized_end=607
-  _globals['_WORKLOADRESPONSE']._serialized_start=609
-  _globals['_WORKLOADRESPONSE']._serialized_end=678
+  _globals['_WORKLOADINFO']._serialized_end=211
+  _globals['_ADDWORKLOAD']._serialized_start=213
+  _globals['_ADDWORKLOAD']._serialized_end=296
+  _globals['_KEEPWORKLOAD']._serialized_start=298
+  _globals['_KEEPWORKLOAD']._serialized_end=325
+  _globals['_DELWORKLOAD']._serialized_start=327
+  _globals['_DELWORKLOAD']._serialized_end=353
+  _globals['_SNAPSHOTSENT']._serialized_start=355
+  _globals['_SNAPSHOTSENT']._serialized_end=369
+  _globals['_WORKLOADREQUEST']._serialized_start=372
+  _globals['_WORKLOADREQUEST']._serialized_end=605
+  _globals['_ACK']._serialized_start=607
+  _globals['_ACK']._serialized_end=627
+  _globals['_WORKLOADRESPONSE']._serialized_start=629
+  _globals['_WORKLOADRESPONSE']._serialized_end=698
 # @@protoc_insertion_point(module_scope)
