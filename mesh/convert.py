@@ -147,7 +147,7 @@ def _not_understood(message: Message, path: str = "") -> list[str]:
     paths suit a metric label."""
     found = [
         f"{path}.#{field.field_number}" if path else f"#{field.field_number}"
-        for field in UnknownFieldSet(message)
+        for field in list(UnknownFieldSet(message))  # type: ignore[call-overload]  # iterable, stubs say not
     ]
     for descriptor, value in message.ListFields():
         child = f"{path}.{descriptor.name}" if path else descriptor.name

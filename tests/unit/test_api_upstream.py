@@ -39,7 +39,7 @@ OURS = {
     "zds.proto": zds_pb2.DESCRIPTOR,
     "citadel.proto": ca_pb2.DESCRIPTOR,
 }
-_TYPES = {
+_TYPES: dict[int, str] = {
     value: name.removeprefix("TYPE_").lower()
     for name, value in descriptor_pb2.FieldDescriptorProto.Type.items()
 }
@@ -151,13 +151,12 @@ def _message(name: str) -> descriptor_pb2.DescriptorProto:
     oneofs: list[str] = []
     for number, field_name, kind, label, declared_oneof in MESSAGES[name]:
         field = proto.field.add(name=field_name, number=number, json_name=_json_name(field_name))
-        field.label = (
-            FieldDescriptor.LABEL_REPEATED if label == "repeated" else FieldDescriptor.LABEL_OPTIONAL
-        )
+        fdp = descriptor_pb2.FieldDescriptorProto
+        field.label = fdp.LABEL_REPEATED if label == "repeated" else fdp.LABEL_OPTIONAL
         if kind in ENUMS:
-            field.type, field.type_name = FieldDescriptor.TYPE_ENUM, f".{kind}"
+            field.type, field.type_name = fdp.TYPE_ENUM, f".{kind}"
         elif "." in kind:
-            field.type, field.type_name = FieldDescriptor.TYPE_MESSAGE, f".{kind}"
+            field.type, field.type_name = fdp.TYPE_MESSAGE, f".{kind}"
         else:
             field.type = descriptor_pb2.FieldDescriptorProto.Type.Value(f"TYPE_{kind.upper()}")
         oneof = declared_oneof
@@ -212,7 +211,7 @@ def _fill(message: Message, depth: int = 0, variant: int = 0) -> Message:
         )
         if not chosen:
             continue
-        _set(message, field, depth, variant)
+        _set(message, field, depth, variant)  # type: ignore[arg-type]  # upb's FieldDescriptor
     return message
 
 
@@ -262,7 +261,7 @@ def _scalar(field: FieldDescriptor) -> object:
 
 
 def _cases() -> list[tuple[str, int]]:
-    cases = []
+    cases: list[tuple[str, int]] = []
     for name in sorted(MESSAGES):
         if name.endswith("Entry"):
             continue

@@ -46,7 +46,7 @@ def connection(principal: str) -> ConnectionAttributes:
 
 
 def policy(
-    action: int, principals: list[str], change: Callable[[authz_pb.Rule], None]
+    action: authz_pb.Action.ValueType, principals: list[str], change: Callable[[authz_pb.Rule], None]
 ) -> authz_pb.Authorization:
     p = authz_pb.Authorization(name="p", namespace="demo", scope=authz_pb.NAMESPACE, action=action)
     rule = p.rules.add()
@@ -110,7 +110,7 @@ CASES = [
     ids=[case[0] for case in CASES],
 )
 def test_authorization_with_what_we_do_not_understand_fails_safe(
-    action: int,
+    action: authz_pb.Action.ValueType,
     principals: list[str],
     change: Callable[[authz_pb.Rule], None],
     client_allowed: bool,
