@@ -306,6 +306,13 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default=Path(os.environ.get("MESH_LAB_STATE", _DEFAULT_LAB_STATE)),
         help="lab state directory the pod index reads (default $MESH_LAB_STATE or %(default)s)",
     )
+    parser.add_argument(
+        "--drain-deadline",
+        type=float,
+        default=1.0,
+        help="on SIGTERM, how long in-flight calls may take before they are cut (default %(default)s s); "
+        "gRPC waits this long for any client connection left open, so keep it short",
+    )
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -378,7 +385,7 @@ async def _serve(args: argparse.Namespace) -> int:
         lambda: None if informers.synced else "the config sources are still listing"
     )
     informers.on_change(plane.mark_dirty)
-    drain = Drain()
+    drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())
     tasks = [asyncio.create_task(source.run())]
     if reporter is not None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -36,6 +38,16 @@ async def test_demo_prints_a_verified_certificate_and_cleans_up(tmp_path: Path) 
     assert stopped is not None
     assert not _alive(int(stopped.group(1)))
     assert not os.listdir(tmp_path), "the workspace is removed"
+
+
+def test_the_ca_demo_command_stops_istiod_with_sigterm_not_sigkill() -> None:
+    """``python -m meshctl.demo ca`` as a user runs it (under uvloop, whose TLS shutdown of the
+    demo's closed channel lingers): istiod-lite must exit 0 on SIGTERM, not be killed (-9)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "meshctl.demo", "ca"], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert re.search(r"stopped istiod-lite \(pid \d+, exit status 0\)", done.stdout), done.stdout
 
 
 async def test_a_server_that_cannot_start_is_reported_with_its_log(tmp_path: Path) -> None:
