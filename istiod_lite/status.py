@@ -10,6 +10,12 @@ Service parent under ``status.parents`` (as Gateway API controllers report, with
   the message lists each problem (``field: what, and what was done instead``), the same text
   istiod_lite logs as a ``translate.warning``.
 
+A Service that names a waypoint (its own or its namespace's ``istio.io/use-waypoint``) gets
+Istio's ``istio.io/WaypointBound`` condition: ``True``/``WaypointAccepted`` once its traffic goes
+through the waypoint, else ``False`` with why (``WaypointError``: no such waypoint, or a Gateway of
+another class; ``WaypointNotForServices``; ``WaypointNotReady``: no ready waypoint pod yet).
+Conditions of other types are left as they are.
+
 ``desired_statuses`` is pure; ``StatusReporter`` writes what changed, in a worker thread, and
 only the latest state (a slow write never queues up stale ones). ``LabStatusWriter`` writes into
 the lab's state directory with the lab's locking protocol (``mesh.rt.labstate``). On Kubernetes
@@ -25,6 +31,8 @@ from typing import Any, Protocol
 
 import structlog
 
+from istiod_lite.translate.l7 import object_waypoint, waypoint_for
+from istiod_lite.translate.l7.binding import USE_WAYPOINT_FIELD
 from istiod_lite.translate.model import TranslationWarning
 from istiod_lite.view import ClusterView, KubeObject, thaw
 from mesh.rt.labstate import LabState, LabStateError
@@ -32,6 +40,7 @@ from mesh.rt.labstate import LabState, LabStateError
 __all__ = [
     "CONTROLLER_NAME",
     "STATUS_KINDS",
+    "WAYPOINT_BOUND",
     "LabStatusWriter",
     "StatusReporter",
     "StatusWriter",
@@ -40,6 +49,7 @@ __all__ = [
 ]
 
 CONTROLLER_NAME = "istio.io/mesh-controller"
+WAYPOINT_BOUND = "istio.io/WaypointBound"
 STATUS_KINDS = ("VirtualService", "DestinationRule", "AuthorizationPolicy", "PeerAuthentication", "HTTPRoute")
 _MAX_MESSAGE = 1024
 
@@ -109,7 +119,58 @@ def desired_statuses(
                 out[key] = {"parents": parents}
             else:
                 out[key] = {"conditions": [condition]}
+    for service in view.services.values():
+        bound = _waypoint_bound(
+            view, service, by_object.get(("Service", service.namespace, service.name), []), now
+        )
+        if bound is not None:
+            out[("Service", service.namespace, service.name)] = {"conditions": [bound]}
+        elif _has_condition(service, WAYPOINT_BOUND):  # the label went away: so does the condition
+            out[("Service", service.namespace, service.name)] = {"remove_conditions": [WAYPOINT_BOUND]}
     return out
+
+
+def _has_condition(obj: KubeObject, kind: str) -> bool:
+    conditions = obj.status.get("conditions")
+    return isinstance(conditions, tuple) and any(
+        isinstance(c, Mapping) and c.get("type") == kind for c in conditions
+    )
+
+
+def _waypoint_bound(
+    view: ClusterView, service: KubeObject, problems: list[TranslationWarning], now: float
+) -> dict[str, Any] | None:
+    """Istio's ``istio.io/WaypointBound`` condition on a Service that names a waypoint, else None."""
+    key = object_waypoint(view, service)
+    if key is None:
+        return None
+    where = f"{key[0]}/{key[1]}"
+    gateway = view.gateways.get(key)
+    label_problems = [p.message for p in problems if p.field == USE_WAYPOINT_FIELD]
+    if label_problems or gateway is None:
+        ok, reason, message = False, "WaypointError", "; ".join(label_problems) or f"no waypoint {where}"
+    elif waypoint_for(gateway) not in ("service", "all"):
+        ok, reason = False, "WaypointNotForServices"
+        message = (
+            f"waypoint {where} takes workloads only (istio.io/waypoint-for); Service traffic goes to the pods"
+        )
+    elif not _programmed(gateway):
+        ok, reason = False, "WaypointNotReady"
+        message = f"waypoint {where} has no ready pod yet; traffic goes straight to the pods until it has"
+    else:
+        ok, reason, message = True, "WaypointAccepted", f"traffic goes through waypoint {where}"
+    return {
+        "type": WAYPOINT_BOUND,
+        "status": "True" if ok else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": _rfc3339(now),
+    }
+
+
+def _programmed(gateway: KubeObject) -> bool:
+    addresses = gateway.status.get("addresses")
+    return isinstance(addresses, tuple) and any(isinstance(a, Mapping) and a.get("value") for a in addresses)
 
 
 def _same_conditions(stored: Any, wanted: Any) -> bool:
@@ -134,11 +195,22 @@ def apply_status(obj: dict[str, Any], wanted: Mapping[str, Any]) -> bool:
         return False  # a status we cannot merge into; leave the object alone
     changed = False
     if "conditions" in wanted:
+        stored = [c for c in status.get("conditions") or () if isinstance(c, dict)]
+        types = {c["type"] for c in wanted["conditions"]}
+        ours = [c for c in stored if c.get("type") in types]
         conditions = [dict(c) for c in wanted["conditions"]]
-        if not _same_conditions(status.get("conditions"), conditions):
-            _keep_times(status.get("conditions"), conditions)
-            status["conditions"] = conditions
+        if not _same_conditions(ours, conditions):
+            _keep_times(ours, conditions)
+            status["conditions"] = [c for c in stored if c.get("type") not in types] + conditions
             changed = True
+    if "remove_conditions" in wanted:
+        current = status.get("conditions")
+        removed = set(wanted["remove_conditions"])
+        if isinstance(current, list):
+            kept = [c for c in current if not (isinstance(c, dict) and c.get("type") in removed)]
+            if len(kept) != len(current):
+                status["conditions"] = kept
+                changed = True
     if "parents" in wanted:
         mine = [p for p in status.get("parents") or () if isinstance(p, dict)]
         others = [p for p in mine if p.get("controllerName") != CONTROLLER_NAME]

@@ -16,7 +16,13 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from istiod_lite.translate._fields import FieldError, mapping, sequence
-from istiod_lite.translate.l7.binding import USE_WAYPOINT, not_a_waypoint, object_waypoint, waypoint_for
+from istiod_lite.translate.l7.binding import (
+    USE_WAYPOINT,
+    USE_WAYPOINT_FIELD,
+    not_a_waypoint,
+    object_waypoint,
+    waypoint_for,
+)
 from istiod_lite.translate.model import TranslateOptions, Warnings
 from istiod_lite.view import ClusterView, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2 as pb
@@ -51,7 +57,7 @@ class WaypointIndex:
             return None
         namespace, name = key
         gateway = self._view.gateways.get(key)
-        field = "metadata.labels[istio.io/use-waypoint]"
+        field = USE_WAYPOINT_FIELD
         # pods inherit their namespace's label too; only a Service, or a pod's own label, is warned about
         warn = binding == "service" or USE_WAYPOINT in obj.labels
         if gateway is None:

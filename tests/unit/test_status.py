@@ -5,10 +5,21 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+import pytest
+
 from istiod_lite.status import CONTROLLER_NAME, apply_status, desired_statuses
+from istiod_lite.translate import build_resources
 from istiod_lite.translate.l7 import translate_waypoint
 from istiod_lite.view import view_from_objects
-from tests.unit.l7_world import SUBSETS, backend, destination_rule, http_route, virtual_service, world
+from tests.unit.l7_world import (
+    SUBSETS,
+    backend,
+    destination_rule,
+    gateway,
+    http_route,
+    virtual_service,
+    world,
+)
 
 NOW = 1_900_000_000.0
 BROKEN_VS = virtual_service(
@@ -96,3 +107,55 @@ def test_merging_leaves_other_controllers_parents_and_unknown_status_alone() -> 
     assert obj["status"]["parents"][1]["controllerName"] == CONTROLLER_NAME
     assert not apply_status(obj, wanted)
     assert not apply_status(stored("not a mapping"), wanted)  # type: ignore[arg-type]
+
+
+def service_condition(*extra: dict[str, Any], gateway_status: dict[str, Any] | None = None) -> dict[str, Any]:
+    objects = world(*extra)
+    if gateway_status is not None:
+        gw = next(o for o in objects if o["kind"] == "Gateway")
+        gw["status"] = gateway_status
+    view = view_from_objects(objects)
+    problems = build_resources(view).warnings
+    (condition,) = desired_statuses(view, problems, now=NOW)[("Service", "demo", "reviews")]["conditions"]
+    assert isinstance(condition, dict)
+    return condition
+
+
+PROGRAMMED = {"addresses": [{"type": "Hostname", "value": "waypoint.demo.svc.cluster.local"}]}
+
+
+@pytest.mark.parametrize(
+    ("extra", "gateway_status", "status", "reason", "says"),
+    [
+        ([], PROGRAMMED, "True", "WaypointAccepted", "traffic goes through waypoint demo/waypoint"),
+        ([], None, "False", "WaypointNotReady", "has no ready pod yet"),
+        (
+            [gateway(**{"istio.io/waypoint-for": "workload"})],
+            PROGRAMMED,
+            "False",
+            "WaypointNotForServices",
+            "workloads only",
+        ),
+        ([gateway(cls="istio")], PROGRAMMED, "False", "WaypointError", "is not a waypoint"),
+    ],
+    ids=["bound", "not-ready", "workload-waypoint", "another-class"],
+)
+def test_a_service_using_a_waypoint_says_whether_it_is_bound(
+    extra: list[dict[str, Any]], gateway_status: dict[str, Any] | None, status: str, reason: str, says: str
+) -> None:
+    condition = service_condition(*extra, gateway_status=gateway_status)
+    assert condition["type"] == "istio.io/WaypointBound"
+    assert (condition["status"], condition["reason"]) == (status, reason) and says in condition["message"]
+
+
+def test_the_bound_condition_goes_when_the_label_does_and_other_conditions_stay() -> None:
+    obj = stored({"conditions": [{"type": "Other", "status": "True"}]})
+    wanted = {"conditions": [service_condition(gateway_status=PROGRAMMED)]}
+    assert apply_status(obj, wanted)
+    assert [c["type"] for c in obj["status"]["conditions"]] == ["Other", "istio.io/WaypointBound"]
+    service = copy.deepcopy(next(o for o in world(use_waypoint=None) if o["kind"] == "Service"))
+    service["status"] = copy.deepcopy(obj["status"])
+    view = view_from_objects([*world(service, use_waypoint=None)])
+    removal = desired_statuses(view, [], now=NOW)[("Service", "demo", "reviews")]
+    assert apply_status(obj, removal)
+    assert [c["type"] for c in obj["status"]["conditions"]] == ["Other"]

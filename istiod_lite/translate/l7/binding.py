@@ -18,6 +18,7 @@ __all__ = [
     "GATEWAY_API_GROUP",
     "GATEWAY_NAME_LABEL",
     "USE_WAYPOINT",
+    "USE_WAYPOINT_FIELD",
     "USE_WAYPOINT_NAMESPACE",
     "WAYPOINT_CLASS",
     "WAYPOINT_FOR",
@@ -33,6 +34,8 @@ WAYPOINT_CLASS = "istio-waypoint"
 GATEWAY_API_GROUP = "gateway.networking.k8s.io"
 USE_WAYPOINT = "istio.io/use-waypoint"
 USE_WAYPOINT_NAMESPACE = "istio.io/use-waypoint-namespace"
+USE_WAYPOINT_FIELD = "metadata.labels[istio.io/use-waypoint]"
+"""The field problems about an object's waypoint label are reported on."""
 WAYPOINT_FOR = "istio.io/waypoint-for"
 GATEWAY_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
 _WAYPOINT_FOR_VALUES = frozenset({"service", "workload", "all", "none"})
