@@ -8,7 +8,7 @@ import time
 from mesh.errors import MeshError
 from meshctl.lab import Lab, LabError, pod_ready
 from meshctl.nethttp import http_get
-from meshctl.ztunnel_config import fetch_admin
+from meshctl.ztunnel_config import HOST_ADMIN, fetch_admin
 
 __all__ = ["lagging", "wait_for_mesh"]
 
@@ -24,7 +24,7 @@ def lagging(lab: Lab) -> list[str]:
             if status != 200:
                 missing.append(f"ztunnel on {node.name} is not ready")
                 continue
-            dump = fetch_admin("127.0.0.1:15000", "/config_dump", netns=node.netns)
+            dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)
         except (OSError, MeshError) as exc:
             missing.append(f"ztunnel on {node.name} does not answer: {exc}")
             continue

@@ -23,7 +23,7 @@ from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshLayout
 from meshctl.nethttp import http_get
-from meshctl.ztunnel_config import fetch_admin, render_table
+from meshctl.ztunnel_config import HOST_ADMIN, fetch_admin, render_table
 
 __all__ = ["SAMPLE_CLUSTER", "run_mesh_demo"]
 
@@ -51,7 +51,7 @@ def run_mesh_demo(
     say(lab.status_text())
     node = lab.settings.nodes[0]
     wait_for_mesh(lab)
-    dump = fetch_admin("127.0.0.1:15000", "/config_dump", netns=node.netns)
+    dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)
     say(f"== meshctl ztunnel-config workloads --node {node.name}   (HBONE = enrolled, TCP = not)")
     say(render_table("workloads", dump["workloads"]))
     say(f"== meshctl ztunnel-config certificates --node {node.name}   (from istiod_lite, by impersonation)")

@@ -18,7 +18,10 @@ from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
 from meshctl.nethttp import http_request
 
-__all__ = ["fetch_admin", "register", "render_table"]
+__all__ = ["HOST_ADMIN", "choose_ztunnel", "fetch_admin", "register", "render_table"]
+
+HOST_ADMIN = "127.0.0.1:15000"
+"""Where ztunnel's admin endpoint listens: in its own network namespace (a lab node's), on loopback."""
 
 _VIEWS = ("workloads", "services", "policies", "certificates", "connections", "all", "log")
 
@@ -33,8 +36,11 @@ def register(subparsers: Any) -> None:
     parser.add_argument("view", choices=_VIEWS)
     where = parser.add_mutually_exclusive_group()
     where.add_argument("--node", help="lab node whose ztunnel to ask (enters that node's network namespace)")
-    where.add_argument("--admin", default="127.0.0.1:15000", help="admin address (default %(default)s)")
-    parser.add_argument("--state", default=default_state_dir(), help="lab state directory (with --node)")
+    where.add_argument(
+        "--admin",
+        help=f"admin address of a ztunnel outside the lab (default {HOST_ADMIN} when no lab is running)",
+    )
+    parser.add_argument("--state", default=default_state_dir(), help="lab state directory")
     parser.add_argument("-o", "--output", choices=["table", "json"], default="table")
     parser.add_argument("--workload-namespace", help="only workloads in this namespace")
     parser.add_argument("--level", choices=["debug", "info", "warning", "error"], help="with 'log': set it")
@@ -47,14 +53,13 @@ def run(args: argparse.Namespace) -> int:
         raise MeshError(
             f"--level goes with the log view, not {args.view}", hint="meshctl zc log --level debug"
         )
-    netns = Lab(args.state).settings.node(args.node).netns if args.node else None
-    admin = args.admin if not args.node else "127.0.0.1:15000"
+    admin, netns, name = choose_ztunnel(args)
     if args.view == "log":
         if args.level:
             data = fetch_admin(admin, f"/logging?level={args.level}", netns=netns, method="POST")
         else:
             data = fetch_admin(admin, "/logging", netns=netns)
-        print(f"{args.node or admin}: log level {data['level']}")
+        print(f"{name}: log level {data['level']}")
         return 0
     path = "/connections" if args.view == "connections" else "/config_dump"
     data = fetch_admin(admin, path, netns=netns)
@@ -72,6 +77,28 @@ def run(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(render_table(args.view, rows))
     return 0
+
+
+def choose_ztunnel(args: argparse.Namespace) -> tuple[str, str | None, str]:
+    """(admin address, network namespace or None, name to print) of the ztunnel to ask: ``--admin``,
+    else the lab node ``--node``, else the running lab's only node; with several nodes, an error
+    that lists them. With no lab running, the ztunnel on this host (``127.0.0.1:15000``)."""
+    if args.admin:
+        return args.admin, None, args.admin
+    lab = Lab(args.state)
+    node = args.node
+    if node is None:
+        if not lab.is_running():
+            return HOST_ADMIN, None, HOST_ADMIN
+        names = lab.settings.node_names()
+        if len(names) != 1:
+            raise MeshError(
+                f"the lab has {len(names)} nodes ({', '.join(names)}), each with its own ztunnel; "
+                "say which one to ask",
+                hint=f"meshctl ztunnel-config {args.view} --node {names[0]}",
+            )
+        node = names[0]
+    return HOST_ADMIN, lab.settings.node(node).netns, node
 
 
 def fetch_admin(

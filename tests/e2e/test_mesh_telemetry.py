@@ -107,3 +107,16 @@ def test_meshctl_reads_and_changes_a_running_ztunnels_log_level(mesh: MeshLab) -
     log = (mesh.lab.paths.root / "mesh" / "logs" / f"ztunnel-{CLIENT_NODE}.log").read_text()
     changes = [json.loads(line)["new_level"] for line in log.splitlines() if '"admin.log_level"' in line]
     assert changes[-2:] == ["debug", "info"], changes  # each change is logged
+
+
+def test_meshctl_zc_without_node_names_the_labs_nodes(mesh: MeshLab) -> None:
+    """Without ``--node`` in a lab of several nodes, zc lists the nodes and says how to choose;
+    it never falls back to a host address where no ztunnel listens."""
+    meshctl = str(Path(sys.executable).with_name("meshctl"))
+    argv = [meshctl, "ztunnel-config", "workloads", "--state", str(mesh.lab.paths.root)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+    nodes = mesh.lab.settings.node_names()
+    assert done.returncode != 0
+    assert f"the lab has {len(nodes)} nodes ({', '.join(nodes)})" in done.stderr
+    assert f"--node {nodes[0]}" in done.stderr
+    assert "cannot reach" not in done.stderr
