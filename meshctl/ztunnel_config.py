@@ -121,6 +121,19 @@ def fetch_admin(
     return decoded
 
 
+def _identity(uri: str) -> str:
+    """``ns/sa`` of a SPIFFE URI (the trust domain is the mesh's), or ``-`` for plaintext."""
+    return uri.split("/ns/", 1)[1].replace("/sa/", "/", 1) if "/ns/" in uri else (uri or "-")
+
+
+def _age(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f}s"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m{seconds % 60:02.0f}s"
+    return f"{seconds // 3600:.0f}h{seconds % 3600 // 60:02.0f}m"
+
+
 def _expiry(row: dict[str, Any]) -> str:
     return str(row.get("not_after") or "-")
 
@@ -156,10 +169,13 @@ _COLUMNS: dict[str, list[tuple[str, Callable[[dict[str, Any]], str]]]] = {
     ],
     "connections": [
         ("DIRECTION", lambda r: r["direction"]),
-        ("SOURCE", lambda r: r["src"]),
-        ("DESTINATION", lambda r: r["dst"]),
-        ("SOURCE IDENTITY", lambda r: r["srcIdentity"] or "-"),
-        ("WORKLOAD", lambda r: r["workload"]),
+        ("SOURCE", lambda r: r["src.addr"]),
+        ("DESTINATION", lambda r: r["dst.addr"]),
+        ("SOURCE IDENTITY", lambda r: _identity(r["src.identity"])),
+        ("DESTINATION IDENTITY", lambda r: _identity(r["dst.identity"])),
+        ("BYTES SENT", lambda r: str(r["bytes_sent"])),
+        ("BYTES RECV", lambda r: str(r["bytes_recv"])),
+        ("AGE", lambda r: _age(float(r["age_seconds"]))),
     ],
 }
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping
 
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
@@ -33,19 +34,8 @@ def admin_routes(
         return json_reply(config_dump(ctx.state, certificates=certificates, proxies=proxies))
 
     def connections(method: str, query: Mapping[str, str]) -> HttpReply:
-        rows = [
-            {
-                "id": c.id,
-                "direction": c.direction,
-                "workload": c.workload_uid,
-                "src": str(c.attributes.source_ip),
-                "dst": f"{c.attributes.destination_ip}:{c.attributes.destination_port}",
-                "srcIdentity": c.attributes.principal,
-                "started": c.started,
-            }
-            for c in ctx.registry
-        ]
-        return json_reply({"connections": rows})
+        now = time.time()
+        return json_reply({"connections": [c.row(now) for c in ctx.registry]})
 
     def logging_handler(method: str, query: Mapping[str, str]) -> HttpReply:
         level = query.get("level")

@@ -1,5 +1,6 @@
-"""Live connections: inbound ones registered so a policy change can close those it now denies, and the
-budget of downstream connections one ztunnel serves at once."""
+"""Live connections, both directions, for ``meshctl zc connections`` (inbound ones also so a policy
+change can close those it now denies), and the budget of downstream connections one ztunnel serves
+at once."""
 
 from __future__ import annotations
 
@@ -13,22 +14,58 @@ import structlog
 from mesh.clock import Clock
 from mesh.errors import ConfigError
 from mesh.policy import ConnectionAttributes, applicable_policies, authorize
+from mesh.rt.hbone.relay import RelayEnd
 from mesh.rt.metrics import CounterFamily, GaugeFamily, MetricFamily
 from ztunnel.state import ProxyState
+from ztunnel.telemetry import ConnectionRecord
 
-__all__ = ["ConnectionBudget", "ConnectionRegistry", "TrackedConnection"]
+__all__ = ["ConnectionBudget", "ConnectionRegistry", "PolicyHold", "TrackedConnection"]
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyHold:
+    """What re-checking an inbound connection against new policy needs, and how to end it."""
+
+    workload_uid: str
+    attributes: ConnectionAttributes
+    close: Callable[[str], None]
 
 
 @dataclass(slots=True)
 class TrackedConnection:
-    """One admitted inbound connection and how to end it."""
+    """One live connection: who talks to whom (as this ztunnel saw it), its two relay ends (their
+    byte counts grow while it runs) and, inbound, its policy hold."""
 
     id: int
-    workload_uid: str
-    attributes: ConnectionAttributes
-    close: Callable[[str], None]
-    direction: str
+    record: ConnectionRecord
+    client_end: RelayEnd
+    server_end: RelayEnd
+    policy: PolicyHold | None
     started: float = field(default_factory=time.time)
+
+    @property
+    def direction(self) -> str:
+        """``inbound`` (this ztunnel serves the destination) or ``outbound`` (the source)."""
+        return "inbound" if self.record.reporter == "destination" else "outbound"
+
+    def row(self, now: float) -> dict[str, object]:
+        """The connection as ``/connections`` lists it (Istio's access-log key names)."""
+        record = self.record
+        return {
+            "id": self.id,
+            "direction": self.direction,
+            "src.addr": record.source_addr,
+            "dst.addr": record.destination_addr,
+            "dst.hbone_addr": record.hbone_addr,
+            "src.identity": record.source_principal,
+            "dst.identity": record.destination_principal,
+            "src.workload": record.source.name if record.source else "",
+            "dst.workload": record.destination.name if record.destination else "",
+            "bytes_sent": self.client_end.bytes_in,
+            "bytes_recv": self.server_end.bytes_in,
+            "started": self.started,
+            "age_seconds": round(max(0.0, now - self.started), 3),
+        }
 
 
 class ConnectionRegistry:
@@ -46,15 +83,15 @@ class ConnectionRegistry:
 
     def add(
         self,
+        record: ConnectionRecord,
+        client_end: RelayEnd,
+        server_end: RelayEnd,
         *,
-        workload_uid: str,
-        attributes: ConnectionAttributes,
-        close: Callable[[str], None],
-        direction: str = "inbound",
+        policy: PolicyHold | None = None,
     ) -> int:
-        """Tracks a connection; returns its id for ``remove``."""
+        """Tracks a live connection; returns its id for ``remove``."""
         conn_id = next(self._ids)
-        self._connections[conn_id] = TrackedConnection(conn_id, workload_uid, attributes, close, direction)
+        self._connections[conn_id] = TrackedConnection(conn_id, record, client_end, server_end, policy)
         return conn_id
 
     def remove(self, conn_id: int) -> None:
@@ -65,16 +102,17 @@ class ConnectionRegistry:
         """Closes every inbound connection the new ``state`` denies; returns how many."""
         closed = 0
         for conn in list(self._connections.values()):
-            if conn.direction != "inbound":
+            hold = conn.policy
+            if hold is None:
                 continue
-            workload = state.workloads.get(conn.workload_uid)
+            workload = state.workloads.get(hold.workload_uid)
             allowed = (
                 workload is not None
-                and authorize(applicable_policies(workload, state.policies), conn.attributes).allowed
+                and authorize(applicable_policies(workload, state.policies), hold.attributes).allowed
             )
             if not allowed:
                 self._connections.pop(conn.id, None)
-                conn.close("closed due to policy change")
+                hold.close("closed due to policy change")
                 closed += 1
         return closed
 

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import ipaddress
 import random
 
 from mesh.model import IpAddress, Workload
 
-__all__ = ["baggage_for", "forwarded_for", "parse_baggage", "parse_forwarded_host", "traceparent"]
+__all__ = [
+    "baggage_for",
+    "forwarded_for",
+    "parse_baggage",
+    "parse_forwarded_for",
+    "parse_forwarded_host",
+    "traceparent",
+]
 
 _BAGGAGE_MAX = 8192
 
@@ -43,10 +51,29 @@ def forwarded_for(client: IpAddress, client_port: int, *, service_host: str = ""
 
 def parse_forwarded_host(header: str) -> str:
     """The ``host=`` parameter of the first Forwarded element, or empty."""
+    return _forwarded_parameter(header, "host")
+
+
+def parse_forwarded_for(header: str) -> tuple[str, int] | None:
+    """The client ``(ip, port)`` of the first Forwarded element's ``for="ip:port"`` (IPv6 in
+    brackets), or None when it is absent or malformed (an obfuscated or port-less ``for``)."""
+    value = _forwarded_parameter(header, "for")
+    host, sep, port = value.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        return None
+    host = host.removeprefix("[").removesuffix("]")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return None
+    return host, int(port)
+
+
+def _forwarded_parameter(header: str, name: str) -> str:
     first = header[:_BAGGAGE_MAX].split(",", 1)[0]
     for pair in first.split(";"):
         key, sep, value = pair.strip().partition("=")
-        if sep and key.lower() == "host":
+        if sep and key.lower() == name:
             return value.strip().strip('"')
     return ""
 

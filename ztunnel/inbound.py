@@ -17,8 +17,9 @@ from mesh.policy import ConnectionAttributes
 from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.hbone.server import InboundDecision, InboundRequest
 from mesh.rt.hbone.sockets import ConnectError
+from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
-from ztunnel.headers import parse_forwarded_host
+from ztunnel.headers import parse_forwarded_for, parse_forwarded_host
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
 from ztunnel.netns import InPodSocketFactory, ip_text, original_destination, parse_ip, peer_of, unmap
 from ztunnel.relays import refuse, relay_end, report_when_closed, socket_of
@@ -63,6 +64,11 @@ class PodInbound:
         )
         forwarded = next((value for name, value in request.headers if name == "forwarded"), "")
         host = parse_forwarded_host(forwarded)
+        client = parse_forwarded_for(forwarded)
+        # The tunnel's own source port is the pooled HBONE connection's, the same for every stream;
+        # the client's ztunnel names the app's address in Forwarded. Trusted for the log only when
+        # its IP is the tunnel's (which the sending ztunnel cannot spoof).
+        source_port = client[1] if client is not None and client[0] == peer_host else request.peer_address[1]
         record = ConnectionRecord(
             reporter="destination",
             source=state.workload_at(peer_ip),
@@ -71,7 +77,7 @@ class PodInbound:
             destination_principal=self.identity.uri,
             service=state.service_by_host(host) if host else None,
             mtls=True,
-            source_addr=f"{peer_host}:{request.peer_address[1]}",
+            source_addr=f"{peer_host}:{source_port}",
             destination_addr=request.authority,
             hbone_addr=f"{ip_text(local_ip)}:{INBOUND_HBONE_PORT}",
         )
@@ -191,11 +197,8 @@ class PodInbound:
             if upstream_end.transport is not None:
                 reset_transport(upstream_end.transport)
 
-        conn_id = self.ctx.registry.add(workload_uid=workload.uid, attributes=attributes, close=close)
-        try:
-            await report_when_closed(record, self.ctx, started, client_end, upstream_end)
-        finally:
-            self.ctx.registry.remove(conn_id)
+        hold = PolicyHold(workload.uid, attributes, close)
+        await report_when_closed(record, self.ctx, started, client_end, upstream_end, policy=hold)
 
 
 class _LinkOnAttach(RelayEnd):

@@ -9,6 +9,7 @@ import asyncio
 import socket
 
 from mesh.rt.hbone.relay import RelayEnd, reset_transport
+from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
 from ztunnel.telemetry import ConnectionRecord
 
@@ -23,10 +24,21 @@ async def relay_end(sock: socket.socket) -> RelayEnd:
 
 
 async def report_when_closed(
-    record: ConnectionRecord, ctx: NodeContext, started: float, client_end: RelayEnd, server_end: RelayEnd
+    record: ConnectionRecord,
+    ctx: NodeContext,
+    started: float,
+    client_end: RelayEnd,
+    server_end: RelayEnd,
+    *,
+    policy: PolicyHold | None = None,
 ) -> None:
-    """Waits until both ends have closed, then writes the connection's metrics and access-log line."""
-    results = await asyncio.gather(client_end.closed, server_end.closed, return_exceptions=True)
+    """Lists the connection as live (inbound ones with their ``policy`` hold) until both ends have
+    closed, then writes its metrics and access-log line."""
+    conn_id = ctx.registry.add(record, client_end, server_end, policy=policy)
+    try:
+        results = await asyncio.gather(client_end.closed, server_end.closed, return_exceptions=True)
+    finally:
+        ctx.registry.remove(conn_id)
     failed = next((r for r in results if isinstance(r, BaseException)), None)
     ctx.connection_done(
         record,

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -120,3 +121,71 @@ def test_meshctl_zc_without_node_names_the_labs_nodes(mesh: MeshLab) -> None:
     assert f"the lab has {len(nodes)} nodes ({', '.join(nodes)})" in done.stderr
     assert f"--node {nodes[0]}" in done.stderr
     assert "cannot reach" not in done.stderr
+
+
+HOLD_OPEN = """
+import socket, sys, time
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5)
+s.sendall(b"x" * 1000)
+print(s.getsockname()[1], flush=True)
+time.sleep(float(sys.argv[3]))
+"""
+
+
+def test_meshctl_zc_connections_lists_a_live_connection_on_both_nodes(mesh: MeshLab) -> None:
+    """A connection still open shows on the client's node as outbound and on the server's node as
+    inbound, with both identities, bytes and age; the inbound source is the client's own address
+    (from the tunnel's Forwarded header), not the pooled HBONE connection's."""
+    meshctl = str(Path(sys.executable).with_name("meshctl"))
+    client_ip, echo_ip = mesh.pod_ip("demo/client"), mesh.pod_ip("demo/tcpecho")
+    holder = subprocess.Popen(
+        mesh.lab.exec_argv("demo/client", ["python", "-c", HOLD_OPEN, echo_ip, str(ECHO_PORT), "8"]),
+        stdout=subprocess.PIPE,
+        text=True,
+        env=mesh.lab.exec_env(),
+    )
+    try:
+        assert holder.stdout is not None
+        client_port = int(holder.stdout.readline())
+
+        def listed(node: str, direction: str) -> dict[str, Any] | None:
+            argv = [
+                meshctl,
+                "zc",
+                "connections",
+                "--node",
+                node,
+                "--state",
+                str(mesh.lab.paths.root),
+                "-o",
+                "json",
+            ]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+            assert done.returncode == 0, done.stderr
+            rows = [
+                r
+                for r in json.loads(done.stdout)
+                if r["direction"] == direction
+                and r["src.addr"] == f"{client_ip}:{client_port}"
+                and r["dst.addr"] == f"{echo_ip}:{ECHO_PORT}"
+                and r["bytes_sent"] >= 1000
+            ]
+            return rows[0] if rows else None
+
+        outbound = mesh.wait_for(lambda: listed(CLIENT_NODE, "outbound"), what="the outbound row")
+        inbound = mesh.wait_for(lambda: listed(SERVER_NODE, "inbound"), what="the inbound row")
+        for row in (outbound, inbound):
+            assert row["src.identity"] == spiffe("demo", "client"), row
+            assert row["dst.identity"] == spiffe("demo", "server"), row
+            assert row["age_seconds"] >= 0, row
+        table = subprocess.run(
+            [meshctl, "zc", "connections", "--node", CLIENT_NODE, "--state", str(mesh.lab.paths.root)],
+            capture_output=True, text=True, timeout=30, check=True,
+        ).stdout  # fmt: skip
+        assert table.splitlines()[0].split()[:3] == ["DIRECTION", "SOURCE", "DESTINATION"]
+        assert any(
+            line.startswith("outbound") and f"{echo_ip}:{ECHO_PORT}" in line for line in table.splitlines()
+        )
+    finally:
+        holder.kill()
+        holder.wait()

@@ -11,7 +11,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.model import Workload
-from ztunnel.headers import baggage_for, forwarded_for, parse_baggage, parse_forwarded_host, traceparent
+from ztunnel.headers import (
+    baggage_for,
+    forwarded_for,
+    parse_baggage,
+    parse_forwarded_for,
+    parse_forwarded_host,
+    traceparent,
+)
 
 CLIENT = Workload(
     uid="Kubernetes//Pod/demo/client-1",
@@ -48,6 +55,25 @@ def test_parse_forwarded_host(header: str, host: str) -> None:
     assert parse_forwarded_host(header) == host
 
 
+@pytest.mark.parametrize(
+    ("header", "client"),
+    [
+        ('for="10.244.1.5:4242"', ("10.244.1.5", 4242)),
+        ('for="[fd00::1]:1";host=server.demo.svc.cluster.local', ("fd00::1", 1)),
+        ('FOR="10.244.1.5:80", for="10.0.0.1:1"', ("10.244.1.5", 80)),
+        ("for=10.244.1.5:4242", ("10.244.1.5", 4242)),
+        ('for="10.244.1.5"', None),  # no port
+        ('for="_hidden:4242"', None),  # obfuscated identifier
+        ('for="10.244.1.5:0"', None),
+        ('for="10.244.1.5:70000"', None),
+        ('host="a.b"', None),
+        ("", None),
+    ],
+)
+def test_parse_forwarded_for(header: str, client: tuple[str, int] | None) -> None:
+    assert parse_forwarded_for(header) == client
+
+
 def test_traceparent_is_w3c() -> None:
     value = traceparent(random.Random(7))
     assert re.fullmatch(r"00-[0-9a-f]{32}-[0-9a-f]{16}-00", value)
@@ -58,3 +84,4 @@ def test_traceparent_is_w3c() -> None:
 def test_parsers_never_fail(header: str) -> None:
     parse_baggage(header)
     parse_forwarded_host(header)
+    parse_forwarded_for(header)
