@@ -42,6 +42,7 @@ def translated_build(
         cluster_id=cluster_id, trust_domain=trust_domain, root_namespace=root_namespace
     )
     translator = Translator(options)
+    waypoints = _WaypointBuilds(options, log)
 
     def build() -> Mapping[str, Mapping[str, Message]]:
         view = informers.view()
@@ -50,7 +51,7 @@ def translated_build(
             ADDRESS_TYPE_URL: translated.addresses,
             AUTHORIZATION_TYPE_URL: translated.authorizations,
         }
-        waypoint_resources, problems = _waypoints(view, options)
+        waypoint_resources, problems = waypoints.build(view)
         resources.update(waypoint_resources)
         current = set(translated.warnings) | problems
         for warning in sorted(current - reported, key=str):
@@ -65,18 +66,42 @@ def translated_build(
     return build
 
 
-def _waypoints(
-    view: ClusterView, options: TranslateOptions
-) -> tuple[dict[str, Mapping[str, Message]], set[TranslationWarning]]:
-    """Every waypoint's resources under its scoped keys, and all their problems."""
-    resources: dict[str, Mapping[str, Message]] = {}
-    problems: set[TranslationWarning] = set()
-    for gateway in view.gateways.values():
-        if gateway.spec.get("gatewayClassName") != "istio-waypoint" or not_a_waypoint(gateway) is not None:
-            continue  # other classes are other controllers' Gateways, not problems
-        config = translate_waypoint(view, gateway, options=options)
-        problems.update(config.problems)
-        scope = f"{gateway.namespace}/{gateway.name}"
-        for type_url, by_name in config.resources.items():
-            resources[scoped_type(type_url, scope)] = by_name
-    return resources, problems
+class _WaypointBuilds:
+    """Every waypoint's translation, each isolated: one that fails keeps its last good config.
+
+    Translation is pure and fuzzed never to raise on config input; this guards the rest of the
+    mesh (ztunnel's config, the other waypoints) against a bug in it all the same.
+    """
+
+    def __init__(self, options: TranslateOptions, log: structlog.typing.FilteringBoundLogger) -> None:
+        self._options = options
+        self._log = log
+        self._last_good: dict[
+            str, tuple[Mapping[str, Mapping[str, Message]], tuple[TranslationWarning, ...]]
+        ] = {}
+
+    def build(self, view: ClusterView) -> tuple[dict[str, Mapping[str, Message]], set[TranslationWarning]]:
+        """Every waypoint's resources under its scoped keys, and all their problems."""
+        resources: dict[str, Mapping[str, Message]] = {}
+        problems: set[TranslationWarning] = set()
+        current: dict[str, tuple[Mapping[str, Mapping[str, Message]], tuple[TranslationWarning, ...]]] = {}
+        for gateway in view.gateways.values():
+            if (
+                gateway.spec.get("gatewayClassName") != "istio-waypoint"
+                or not_a_waypoint(gateway) is not None
+            ):
+                continue  # other classes are other controllers' Gateways, not problems
+            scope = f"{gateway.namespace}/{gateway.name}"
+            try:
+                config = translate_waypoint(view, gateway, options=self._options)
+                current[scope] = (config.resources, config.problems)
+            except Exception:  # a translation bug must not stop the rest of the mesh's config
+                self._log.exception("translate.waypoint_failed", waypoint=scope, kept="the last good config")
+                if scope in self._last_good:
+                    current[scope] = self._last_good[scope]
+        self._last_good = current
+        for scope, (by_type, found) in current.items():
+            problems.update(found)
+            for type_url, by_name in by_type.items():
+                resources[scoped_type(type_url, scope)] = by_name
+        return resources, problems

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from structlog.testing import capture_logs
 
+from istiod_lite.push import translated
 from istiod_lite.push.errors import SubscriberRejectedError
 from istiod_lite.push.projection import parse_node_id, select_projection, waypoint_projection
 from istiod_lite.push.snapshot import build_snapshot, scoped_type
-from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, ROUTE_TYPE_URL
+from istiod_lite.push.translated import translated_build
+from istiod_lite.translate.l7 import CLUSTER_TYPE_URL, ENDPOINT_TYPE_URL, ROUTE_TYPE_URL, translate_waypoint
+from istiod_lite.view import Informers, parse_object
 from mesh.api.istio.workload import workload_pb2
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from tests.unit.l7_world import gateway, world
+from tests.unit.test_translate_scenarios import pod
 
 NODE = "waypoint~10.244.1.99~waypoint-abc.demo~demo.svc.cluster.local"
 IDENTITY = "spiffe://cluster.local/ns/demo/sa/waypoint"
@@ -71,3 +79,31 @@ def test_the_projection_is_the_waypoints_own_scope_and_every_address() -> None:
     assert sent.type_url == ROUTE_TYPE_URL  # on the wire without the scope
     entry = discovery_pb2.DeltaDiscoveryResponse.FromString(sent.wire).resources[0]
     assert entry.resource.type_url == ROUTE_TYPE_URL and entry.name == mine
+
+
+def test_a_failing_waypoint_translation_keeps_its_last_config_and_the_rest_of_the_mesh(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    informers = Informers()
+    sink = informers.sink("t")
+    for obj in world(gateway("waypoint", "shop")):
+        sink.upsert(parse_object(obj))
+    sink.mark_synced()
+    build = translated_build(informers)
+    first = build()
+    mine = scoped_type(ROUTE_TYPE_URL, "demo/waypoint")
+    assert set(first[mine]) == {"demo/waypoint"}
+
+    def broken(view: Any, gw: Any, **kwargs: Any) -> Any:
+        if gw.namespace == "demo":
+            raise RuntimeError("a bug")
+        return translate_waypoint(view, gw, **kwargs)
+
+    monkeypatch.setattr(translated, "translate_waypoint", broken)
+    sink.upsert(parse_object(pod("late", ip="10.244.1.77")))
+    with capture_logs() as logs:
+        second = build()
+    assert second[mine] is first[mine]  # the last good config, as it was
+    assert scoped_type(ROUTE_TYPE_URL, "shop/waypoint") in second
+    assert "Kubernetes//Pod/demo/late" in second[ADDRESS_TYPE_URL]  # ztunnel's config still moves on
+    assert [e["waypoint"] for e in logs if e["event"] == "translate.waypoint_failed"] == ["demo/waypoint"]
