@@ -104,6 +104,21 @@ def test_a_bad_route_gets_a_status_condition_naming_the_problem(mesh: MeshLab) -
         found = mesh.wait_for(condition, what="istiod_lite's status on the VirtualService")
         assert (found["type"], found["reason"]) == ("Accepted", "Invalid")
         assert found["message"].startswith("spec.http[0].match[0].uri.regex: '/(?<=x)' is not a valid RE2")
+
+        def consistent() -> bool | None:
+            """WaypointBound is True exactly when the Gateway is programmed (it may take a build)."""
+            (service,) = [s for s in mesh.lab.objects("Service", "demo") if s["metadata"]["name"] == "routed"]
+            conditions = (service.get("status") or {}).get("conditions") or []
+            bound = next((c for c in conditions if c["type"] == "istio.io/WaypointBound"), None)
+            (gateway,) = [
+                g for g in mesh.lab.objects("Gateway", "demo") if g["metadata"]["name"] == "waypoint"
+            ]
+            programmed = bool((gateway.get("status") or {}).get("addresses"))
+            return (bound is not None and (bound["status"] == "True") is programmed) or None
+
+        mesh.wait_for(
+            consistent, what="the Service's istio.io/WaypointBound to match the Gateway's Programmed"
+        )
     finally:
         mesh.lab.delete(objects)
     mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")
