@@ -9,8 +9,9 @@ PYTEST_ARGS ?=
 setup:
 	@scripts/setup.sh
 
+# A running lab is kept and converged to the sample; FRESH=1 starts over.
 demo: setup
-	@$(BIN)/python -m meshctl.demo
+	@$(BIN)/python -m meshctl.demo $(if $(FRESH),--fresh)
 
 test: setup lint typecheck imports unit
 

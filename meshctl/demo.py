@@ -311,15 +311,19 @@ def run_foundation_demo(*, out: TextIO = sys.stdout) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m meshctl.demo [ca]``: the mesh on the lab (default), or only the CA (``ca``).
+    """``python -m meshctl.demo [ca | --fresh]``: the mesh on the lab (default; a running lab is kept
+    and converged, ``--fresh`` starts over), or only the CA (``ca``).
 
-    0 on success, 1 with a message saying what to do on failure."""
+    0 on success, 1 with a message saying what to do on failure, 2 for unknown arguments."""
     args = sys.argv[1:] if argv is None else argv
+    if args not in ([], ["ca"], ["--fresh"]):
+        print(f"usage: python -m meshctl.demo [ca | --fresh]; not {' '.join(args)!r}", file=sys.stderr)
+        return 2
     try:
         if args == ["ca"]:
             run_foundation_demo()
         else:
-            run_mesh_demo()
+            run_mesh_demo(fresh=args == ["--fresh"])
     except MeshError as err:
         print(f"demo failed: {err}", file=sys.stderr)
         return 1

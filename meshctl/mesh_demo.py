@@ -33,21 +33,42 @@ _MESHCTL = ".venv/bin/meshctl"
 
 
 def run_mesh_demo(
-    *, state_dir: str | Path | None = None, lab_id: str | None = None, out: TextIO = sys.stdout
+    *,
+    state_dir: str | Path | None = None,
+    lab_id: str | None = None,
+    fresh: bool = False,
+    out: TextIO = sys.stdout,
 ) -> int:
-    """Runs the demo; returns 0. The lab stays up (``meshctl lab down`` removes it)."""
+    """Runs the demo; returns 0. The lab stays up (``meshctl lab down`` removes it). A lab already
+    running is kept with everything applied to it and converged to the sample (apply is idempotent);
+    ``fresh`` takes it down first."""
 
     def say(text: str = "") -> None:
         print(text, file=out, flush=True)
 
     lab = Lab(state_dir, lab_id=lab_id, progress=lambda m: say(f"  {m}"))
-    if lab.is_running():
-        say(f"A lab is already running (state {lab.paths.root}); taking it down first.")
+    objects = load_objects(SAMPLE_CLUSTER)
+    if lab.is_running() and fresh:
+        say(f"A lab is running (state {lab.paths.root}); --fresh: taking it down first.")
         lab.down()
-    say("== meshctl lab up -f samples/cluster.yaml   (the mesh is on: istiod_lite, node agents, ztunnels)")
     started = time.monotonic()
-    lab.up(load_objects(SAMPLE_CLUSTER), timeout=120, mesh=True)
-    say(f"  the lab is up in {time.monotonic() - started:.1f} s\n")
+    if lab.is_running():
+        if not lab.settings.mesh:
+            raise LabError(
+                f"the lab running at {lab.paths.root} was started without the mesh",
+                hint="run 'make demo FRESH=1' (or 'meshctl lab down' first) to start over with the mesh",
+            )
+        say("== meshctl lab apply -f samples/cluster.yaml   (a lab is running: kept, with what you applied)")
+        changed = [message for message in lab.apply(objects) if not message.endswith("unchanged")]
+        lab.wait_ready(timeout=120)
+        say(f"  converged in {time.monotonic() - started:.1f} s: {len(changed)} sample objects changed back")
+        say("  (start over with: make demo FRESH=1)\n")
+    else:
+        say(
+            "== meshctl lab up -f samples/cluster.yaml   (the mesh is on: istiod_lite, node agents, ztunnels)"
+        )
+        lab.up(objects, timeout=120, mesh=True)
+        say(f"  the lab is up in {time.monotonic() - started:.1f} s\n")
     say(lab.status_text())
     node = lab.settings.nodes[0]
     wait_for_mesh(lab)
@@ -85,7 +106,18 @@ def run_mesh_demo(
     return 0
 
 
-_LOG_KEYS = ("direction", "src.identity", "dst.identity", "src.addr", "dst.addr", "dst.service", "bytes_sent")
+_LOG_KEYS = (
+    "timestamp",
+    "direction",
+    "src.identity",
+    "dst.identity",
+    "src.addr",
+    "dst.addr",
+    "dst.service",
+    "bytes_sent",
+)
+"""What the demo prints of each access-log line: the time and the client's own address (its port differs
+per connection, on both sides) tell apart lines that are otherwise alike."""
 
 
 def _hints(say: Any, first: dict[str, Any]) -> None:
