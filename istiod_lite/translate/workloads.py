@@ -31,6 +31,7 @@ __all__ = [
     "pod_ips",
     "pod_ready",
     "pod_workload",
+    "speaks_hbone",
     "workload_name_and_type",
     "workload_uid",
 ]
@@ -86,6 +87,11 @@ def workload_name_and_type(pod: KubeObject, view: ClusterView) -> tuple[str, pb.
         cron = _CRONJOB_JOB_NAME.match(owner.name)
         return (cron.group(1), pb.CRONJOB) if cron else (owner.name, pb.JOB)
     return pod.name, pb.POD
+
+
+def speaks_hbone(pod: KubeObject) -> bool:
+    """Reached over HBONE: enrolled by the node agent, or terminating HBONE itself."""
+    return pod.annotations.get(_REDIRECTION) == "enabled" or pod.labels.get(_TUNNEL_LABEL) == "http"
 
 
 def pod_ready(pod: KubeObject) -> bool:
@@ -177,10 +183,9 @@ def pod_workload(
     )
     if pod.spec.get("hostNetwork") is True:
         workload.network_mode = pb.HOST_NETWORK
-    if pod.annotations.get(_REDIRECTION) == "enabled":
+    if speaks_hbone(pod):
         workload.tunnel_protocol = pb.HBONE
     if pod.labels.get(_TUNNEL_LABEL) == "http":
-        workload.tunnel_protocol = pb.HBONE
         workload.native_tunnel = True
     if waypoint is not None:
         workload.waypoint.CopyFrom(waypoint)

@@ -301,7 +301,20 @@ def test_named_target_ports_are_resolved_per_pod_and_not_ready_pods_are_left_out
         ("10.244.2.21", 9090)
     ]
     meta = as_dict(config.resources[ENDPOINT_TYPE_URL][PLAIN])["endpoints"][0]["lb_endpoints"][0]["metadata"]
-    assert meta == {"filter_metadata": {"istio": {"workload": "reviews-v1;demo;reviews;v1;Kubernetes"}}}
+    assert meta == {
+        "filter_metadata": {
+            "istio": {"workload": "reviews-v1;demo;reviews;v1;Kubernetes"},
+            "envoy.transport_socket_match": {"tunnel": "http"},  # enrolled: reached over HBONE
+        }
+    }
+
+
+def test_a_pod_outside_the_mesh_is_reached_without_a_tunnel() -> None:
+    legacy = pod("reviews-v1", ip="10.244.1.11", labels={"app": "reviews", "version": "v1"}, enrolled=False)
+    config = translate(legacy)
+    lb_endpoints = as_dict(config.resources[ENDPOINT_TYPE_URL][PLAIN])["endpoints"][0]["lb_endpoints"]
+    tunnels = [lb["metadata"]["filter_metadata"].get("envoy.transport_socket_match") for lb in lb_endpoints]
+    assert tunnels == [None, {"tunnel": "http"}]  # reviews-v1 (10.244.1.11) plain, reviews-v2 over HBONE
 
 
 def test_a_service_without_ready_pods_has_an_empty_assignment() -> None:

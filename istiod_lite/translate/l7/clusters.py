@@ -33,6 +33,7 @@ from istiod_lite.view import Json
 __all__ = ["PodEndpoint", "build_cluster", "build_load_assignment"]
 
 _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+_SOCKET_MATCH = "envoy.transport_socket_match"
 _MAX = 2**32 - 1
 _CONNECT_TIMEOUT = duration_pb2.Duration(seconds=10)
 _LB = {
@@ -52,6 +53,8 @@ class PodEndpoint:
     labels: Mapping[str, str]
     workload: str
     """Istio's endpoint metadata: ``<workload>;<ns>;<canonical name>;<canonical revision>;<cluster id>``."""
+    hbone: bool = True
+    """Reached through an HBONE tunnel (an enrolled pod); else plain TCP to ``ip:port``."""
 
 
 def build_cluster(ref: ClusterRef, rule: DestinationRule | None, problems: Warnings) -> cluster_pb2.Cluster:
@@ -220,6 +223,8 @@ def build_load_assignment(
         istio = struct_pb2.Struct()
         istio.update({"workload": pod.workload})
         lb_endpoint.metadata.filter_metadata["istio"].CopyFrom(istio)
+        if pod.hbone:  # Istio's marker: this endpoint is reached through an HBONE tunnel (to its 15008)
+            lb_endpoint.metadata.filter_metadata[_SOCKET_MATCH].update({"tunnel": "http"})
     if not locality.lb_endpoints:
         del assignment.endpoints[:]
     return assignment

@@ -28,6 +28,7 @@ from istiod_lite.translate.workloads import (
     canonical_service,
     container_ports,
     pod_ips,
+    speaks_hbone,
     workload_name_and_type,
 )
 from istiod_lite.view import ClusterView, KubeObject, ObjectKey
@@ -236,6 +237,7 @@ def _endpoints(
         workload, _ = workload_name_and_type(pod, view)
         canonical, revision = canonical_service(pod.labels, workload)
         meta = f"{workload};{pod.namespace};{canonical};{revision};{options.cluster_id}"
+        hbone = speaks_hbone(pod)
         ip = str(ipaddress.ip_address(ips[0]))
         for info, uid in entries:
             if uid and pod.uid and uid != pod.uid:
@@ -244,5 +246,5 @@ def _endpoints(
                 target = named.get(port.target_port_name, 0) if port.target_port_name else port.target_port
                 if target:
                     key = (info.namespace, info.name, port.port)
-                    out.setdefault(key, []).append(PodEndpoint(ip, target, pod.labels, meta))
+                    out.setdefault(key, []).append(PodEndpoint(ip, target, pod.labels, meta, hbone))
     return out
