@@ -1,20 +1,25 @@
 """The push side's pages for the 15014 debug/metrics port, served by ``mesh.rt.http.HttpServer``.
 
 ``/debug/syncz``: per connected subscriber and type URL, the last version sent, ACKed and NACKed
-(with the agent's error); ``meshctl proxy-status`` reads it. ``/metrics``: the Prometheus text
-of the registry the push metrics live in.
+(with the agent's error); ``meshctl proxy-status`` reads it. ``/debug/waypointz``: the waypoints
+in the current snapshot with their resource counts, and with ``?waypoint=<ns>/<name>`` that
+waypoint's resources in Envoy's JSON form (what it is sent). ``/metrics``: the Prometheus text of
+the registry the push metrics live in.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from google.protobuf import json_format
+
 from istiod_lite.push.hub import Hub
+from istiod_lite.push.snapshot import SCOPE_SEPARATOR, ResourceSet, Snapshot
 from istiod_lite.push.status import syncz
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
 from mesh.rt.metrics import CONTENT_TYPE, Registry, render
 
-__all__ = ["debug_routes"]
+__all__ = ["debug_routes", "waypointz"]
 
 
 def _get_only(page: Handler) -> Handler:
@@ -26,9 +31,41 @@ def _get_only(page: Handler) -> Handler:
     return handler
 
 
+def waypointz(snapshot: Snapshot, waypoint: str = "") -> tuple[int, object]:
+    """(HTTP status, JSON body): every waypoint's resource counts, or one waypoint's resources."""
+    scoped: dict[str, dict[str, ResourceSet]] = {}
+    for key, resources in snapshot.resources.items():
+        type_url, separator, scope = key.partition(SCOPE_SEPARATOR)
+        if separator:
+            scoped.setdefault(scope, {})[type_url] = resources
+    if not waypoint:
+        counts = {s: {t: len(r) for t, r in by_type.items()} for s, by_type in sorted(scoped.items())}
+        return 200, {"version": snapshot.version, "waypoints": counts}
+    if waypoint not in scoped:
+        return 404, {
+            "error": f"no waypoint {waypoint!r} in snapshot {snapshot.version}",
+            "known": sorted(scoped),
+        }
+    dump = {
+        type_url: {
+            name: json_format.MessageToDict(resource.source, preserving_proto_field_name=True)
+            for name, resource in resources.items()
+            if resource.source is not None
+        }
+        for type_url, resources in sorted(scoped[waypoint].items())
+    }
+    return 200, {"version": snapshot.version, "waypoint": waypoint, "resources": dump}
+
+
+def _waypointz(hub: Hub, query: Mapping[str, str]) -> HttpReply:
+    status, body = waypointz(hub.current, query.get("waypoint", ""))
+    return json_reply(body, status=status)
+
+
 def debug_routes(hub: Hub, registry: Registry) -> dict[str, Handler]:
-    """``/debug/syncz`` (JSON) and ``/metrics`` (Prometheus text), for an ``HttpServer``."""
+    """The 15014 pages: ``/debug/syncz``, ``/debug/waypointz`` (JSON) and ``/metrics`` (Prometheus text)."""
     return {
         "/debug/syncz": _get_only(lambda _m, _q: json_reply(syncz(hub))),
+        "/debug/waypointz": _get_only(lambda _m, q: _waypointz(hub, q)),
         "/metrics": _get_only(lambda _m, _q: HttpReply(200, CONTENT_TYPE, render(registry))),
     }

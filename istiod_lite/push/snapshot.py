@@ -25,6 +25,7 @@ from istiod_lite.push._wire import encode_resource_entry
 from istiod_lite.push.errors import PushError
 
 __all__ = [
+    "SCOPE_SEPARATOR",
     "ResourceSet",
     "Snapshot",
     "VersionedResource",

@@ -11,6 +11,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from structlog.testing import capture_logs
 
 from istiod_lite.push import translated
+from istiod_lite.push.debug import waypointz
 from istiod_lite.push.errors import SubscriberRejectedError
 from istiod_lite.push.projection import parse_node_id, select_projection, waypoint_projection
 from istiod_lite.push.snapshot import build_snapshot, scoped_type
@@ -107,3 +108,25 @@ def test_a_failing_waypoint_translation_keeps_its_last_config_and_the_rest_of_th
     assert scoped_type(ROUTE_TYPE_URL, "shop/waypoint") in second
     assert "Kubernetes//Pod/demo/late" in second[ADDRESS_TYPE_URL]  # ztunnel's config still moves on
     assert [e["waypoint"] for e in logs if e["event"] == "translate.waypoint_failed"] == ["demo/waypoint"]
+
+
+def test_waypointz_lists_the_waypoints_and_dumps_one_as_envoy_json() -> None:
+    informers = Informers()
+    sink = informers.sink("t")
+    for obj in world(gateway("waypoint", "shop")):
+        sink.upsert(parse_object(obj))
+    sink.mark_synced()
+    snapshot = build_snapshot(translated_build(informers)(), counter=3, now=0.0)
+    status, listing = waypointz(snapshot)
+    assert status == 200 and isinstance(listing, dict)
+    assert listing["waypoints"]["demo/waypoint"][ROUTE_TYPE_URL] == 1
+    assert listing["waypoints"]["shop/waypoint"][CLUSTER_TYPE_URL] == 0
+    status, dump = waypointz(snapshot, "demo/waypoint")
+    assert status == 200 and isinstance(dump, dict)
+    route = dump["resources"][ROUTE_TYPE_URL]["demo/waypoint"]
+    assert route["name"] == "demo/waypoint" and route["validate_clusters"] is False
+    assert "inbound-vip|9080|http|reviews.demo.svc.cluster.local" in dump["resources"][CLUSTER_TYPE_URL]
+    status, missing = waypointz(snapshot, "demo/nope")
+    assert (
+        status == 404 and isinstance(missing, dict) and missing["known"] == ["demo/waypoint", "shop/waypoint"]
+    )
