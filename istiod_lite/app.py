@@ -37,6 +37,7 @@ from istiod_lite.ca.server import DEFAULT_MAX_MESSAGE_BYTES, ServingCertificates
 from istiod_lite.ca.service import CaPolicy, CertificateService
 from istiod_lite.ca.signing import DEFAULT_MAX_TTL
 from istiod_lite.ca.store import load_cacerts, load_or_create_root
+from istiod_lite.push.invalid import InvalidConfig
 from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.translated import translated_build
 from istiod_lite.sources import Source
@@ -364,7 +365,10 @@ async def _serve(args: argparse.Namespace) -> int:
     reporter = StatusReporter(LabStatusWriter(args.lab_state), now=clock.now) if args.auth == "lab" else None
     plane = PushPlane(
         translated_build(
-            informers, trust_domain=args.trust_domain, on_problems=reporter.submit if reporter else None
+            informers,
+            trust_domain=args.trust_domain,
+            on_problems=reporter.submit if reporter else None,
+            invalid=InvalidConfig(registry, log),
         ),
         clock=clock,
         registry=registry,

@@ -14,6 +14,7 @@ import structlog
 from google.protobuf.message import Message
 
 from istiod_lite.push.hub import BuildFn
+from istiod_lite.push.invalid import InvalidConfig
 from istiod_lite.push.snapshot import scoped_type
 from istiod_lite.translate import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, TranslationWarning
 from istiod_lite.translate.l7 import not_a_waypoint, translate_waypoint
@@ -31,11 +32,13 @@ def translated_build(
     trust_domain: str = "cluster.local",
     root_namespace: str = "istio-system",
     on_problems: Callable[[ClusterView, frozenset[TranslationWarning]], None] | None = None,
+    invalid: InvalidConfig | None = None,
 ) -> BuildFn:
     """A ``BuildFn`` translating the informers' current view (ztunnel's types and every waypoint's).
 
     One long-lived ``Translator`` reuses the results of objects that did not change. ``on_problems``
-    gets each build's view and all its warnings (e.g. ``StatusReporter.submit``)."""
+    gets each build's view and all its warnings (e.g. ``StatusReporter.submit``); ``invalid`` counts
+    and logs the objects that fail validation."""
     log = structlog.get_logger().bind(component="istiod_lite.push")
     reported: set[TranslationWarning] = set()
     options = TranslateOptions(
@@ -46,6 +49,8 @@ def translated_build(
 
     def build() -> Mapping[str, Mapping[str, Message]]:
         view = informers.view()
+        if invalid is not None:
+            invalid.check(view)
         translated = translator.build(view)
         resources: dict[str, Mapping[str, Message]] = {
             ADDRESS_TYPE_URL: translated.addresses,

@@ -60,6 +60,7 @@ __all__ = [
     "CompiledPolicy",
     "SelectorIndex",
     "compile_authorization_policy",
+    "compile_rule",
     "string_match",
 ]
 
@@ -215,8 +216,9 @@ def _clause(entries: tuple[Json, ...], field: str, build: _Builder) -> tuple[pb.
     return (None if always else pb.Clause(matches=matches)), l7
 
 
-def _compile_rule(rule: Json, field: str, namespace: str) -> tuple[pb.Rule, list[str]]:
-    """The L4 form of one rule with every L7 condition taken as satisfied, and the L7 fields seen."""
+def compile_rule(rule: Json, field: str, namespace: str) -> tuple[pb.Rule, list[str]]:
+    """The L4 form of one rule with every L7 condition taken as satisfied, and the L7 fields seen;
+    raises FieldError for an invalid rule."""
     body = mapping(rule, field)
     check_fields(body, frozenset({"from", "to", "when"}), field)
     clauses: list[pb.Clause] = []
@@ -245,7 +247,7 @@ def _compile_rules(obj: KubeObject, action: int, warnings: Warnings) -> list[pb.
     check_fields(spec, _SPEC_FIELDS, "spec")
     rules: list[pb.Rule] = []
     for i, raw in enumerate(sequence(spec.get("rules"), "spec.rules")):
-        rule, l7 = _compile_rule(raw, f"spec.rules[{i}]", obj.namespace)
+        rule, l7 = compile_rule(raw, f"spec.rules[{i}]", obj.namespace)
         if not l7:
             rules.append(rule)
             continue

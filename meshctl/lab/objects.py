@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 
 import yaml
 
+from istiod_lite.validation import MESH_KINDS, validate_mesh_object
 from meshctl.lab.errors import LabObjectError
 
 __all__ = [
@@ -49,6 +50,20 @@ _DAEMON_OWNED = {
     "ReplicaSet": "create a Deployment; the lab creates its ReplicaSet and Pods",
     "Node": "nodes come from the lab settings; use 'meshctl lab up --nodes N'",
 }
+LAB_KINDS = frozenset(
+    {
+        "Namespace",
+        "Pod",
+        "Deployment",
+        "Service",
+        "EndpointSlice",
+        "ServiceAccount",
+        "ConfigMap",
+        "Secret",
+        "GatewayClass",
+    }
+)
+"""The Kubernetes kinds the lab takes (besides the mesh's, ``istiod_lite.validation.MESH_KINDS``)."""
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 _PROTOCOLS = ("TCP", "UDP")
@@ -91,6 +106,7 @@ def parse_documents(
         raise LabObjectError(source=source, obj="", field="", problem=f"not valid YAML: {exc}") from exc
     nodes = frozenset(node_names) if node_names is not None else None
     result: list[dict[str, Any]] = []
+    errors: list[LabObjectError] = []
     for index, doc in enumerate(documents, start=1):
         if doc is None:
             continue
@@ -98,7 +114,21 @@ def parse_documents(
         if not isinstance(items, list):
             _Check(source, f"document {index}").fail("items", "a List must have a list of items")
         for item in items:
-            result.append(validate_object(item, source=source, index=index, node_names=nodes))
+            try:
+                result.append(validate_object(item, source=source, index=index, node_names=nodes))
+            except LabObjectError as exc:
+                errors.append(exc)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        listed = "".join(f"\n  {exc.message}" for exc in errors)
+        raise LabObjectError(
+            source=source,
+            obj="",
+            field="",
+            problem=f"{len(errors)} objects are invalid, so nothing was applied:{listed}",
+            hint=errors[0].hint or "fix them and apply the file again",
+        )
     return result
 
 
@@ -131,10 +161,30 @@ def validate_object(
         check.fail("kind", f"{kind} objects are managed by the lab", hint=_DAEMON_OWNED[kind])
     for field in ("labels", "annotations"):
         _string_map(check, out["metadata"].get(field), f"metadata.{field}")
+    if kind in MESH_KINDS:
+        _validate_mesh(check, out)
+    elif kind not in LAB_KINDS:
+        check.fail(
+            "kind",
+            f"{kind!r} (apiVersion {out['apiVersion']}) is not a kind the lab or the mesh knows",
+            hint=f"the lab takes {', '.join(sorted(LAB_KINDS))}; "
+            f"the mesh reads {', '.join(sorted(MESH_KINDS))}",
+        )
     validator = _VALIDATORS.get(kind)
     if validator is not None:
         validator(check, out, node_names)
     return out
+
+
+def _validate_mesh(check: _Check, obj: dict[str, Any]) -> None:
+    """The same checks istiod_lite's translation makes (Istio's webhook refuses these too)."""
+    problems = validate_mesh_object(obj)
+    hint = "fix it and apply again; nothing was applied (docs/validation.md)"
+    if len(problems) == 1:
+        check.fail(problems[0].field, problems[0].problem, hint=hint)
+    if problems:
+        listed = "".join(f"\n    {p.field}: {p.problem}" for p in problems)
+        check.fail("", f"{len(problems)} invalid fields:{listed}", hint=hint)
 
 
 class _Check:

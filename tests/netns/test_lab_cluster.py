@@ -140,3 +140,42 @@ def test_cli_status_exec_and_logs(lab: Lab) -> None:
     assert logs.returncode == 0 and "httpecho: listening on 0.0.0.0:8080" in logs.stdout
     ambiguous = run_cli(lab, "exec", "client", "--", "true")
     assert ambiguous.returncode == 1 and "matches several pods" in ambiguous.stderr
+
+
+INVALID_MIX = """
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: valid-neighbour, namespace: demo}
+data: {a: b}
+---
+apiVersion: security.istio.io/v1
+kind: PeerAuthentication
+metadata: {name: strict, namespace: demo}
+spec: {mtls: {mode: STRICTT}}
+---
+apiVersion: example.com/v1
+kind: Frobnicator
+metadata: {name: f, namespace: demo}
+"""
+
+
+def test_cli_apply_refuses_invalid_config_and_applies_nothing_from_the_file(lab: Lab, tmp_path: Path) -> None:
+    """As Istio's schemas and webhook do: the field, what is allowed, and not one object written."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(INVALID_MIX)
+    refused = run_cli(lab, "apply", "-f", str(bad))
+    assert refused.returncode == 1
+    assert "2 objects are invalid, so nothing was applied" in refused.stderr
+    assert "PeerAuthentication demo/strict" in refused.stderr
+    assert "spec.mtls.mode: 'STRICTT' is not one of UNSET, DISABLE, PERMISSIVE, STRICT" in refused.stderr
+    assert (
+        "'Frobnicator' (apiVersion example.com/v1) is not a kind the lab or the mesh knows" in refused.stderr
+    )
+    assert "created" not in refused.stdout
+    assert lab.objects("ConfigMap", "demo") == [] and lab.objects("PeerAuthentication", "demo") == []
+    bad.write_text(INVALID_MIX.replace("STRICTT", "STRICT").split("---\napiVersion: example.com")[0])
+    applied = run_cli(lab, "apply", "-f", str(bad))
+    assert applied.returncode == 0, applied.stderr
+    assert [o["metadata"]["name"] for o in lab.objects("PeerAuthentication", "demo")] == ["strict"]
+    deleted = run_cli(lab, "delete", "-f", str(bad))
+    assert deleted.returncode == 0, deleted.stderr

@@ -64,11 +64,14 @@ def test_cluster_ip_outside_range_or_taken_is_refused(vip: str) -> None:
 
 
 def test_same_kind_from_another_group_is_refused() -> None:
-    work, _ = apply(
-        {}, {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g"}}
-    )
+    spec = {
+        "gatewayClassName": "istio-waypoint",
+        "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}],
+    }
+    gateway = {"apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway", "metadata": {"name": "g"}}
+    work, _ = apply({}, {**gateway, "spec": spec})
     with pytest.raises(LabObjectError, match="already has a Gateway"):
-        apply(work, {"apiVersion": "networking.istio.io/v1", "kind": "Gateway", "metadata": {"name": "g"}})
+        apply(work, {**gateway, "apiVersion": "networking.istio.io/v1", "spec": spec})
 
 
 def test_resource_names_are_kubectl_style() -> None:

@@ -38,7 +38,7 @@ spec:
 apiVersion: security.istio.io/v1
 kind: AuthorizationPolicy
 metadata: {name: allow, namespace: demo}
-spec: {anything: [goes, here]}
+spec: {action: DENY, rules: [{from: [{source: {namespaces: [legacy]}}]}]}
 """
 
 
@@ -50,7 +50,10 @@ def test_valid_documents_are_parsed_and_namespaced() -> None:
         ("Service", "default", "server"),
         ("AuthorizationPolicy", "demo", "allow"),
     ]
-    assert objects[3]["spec"] == {"anything": ["goes", "here"]}
+    assert objects[3]["spec"] == {
+        "action": "DENY",
+        "rules": [{"from": [{"source": {"namespaces": ["legacy"]}}]}],
+    }
     assert describe(objects[1]) == "Deployment demo/server"
 
 

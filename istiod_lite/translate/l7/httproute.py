@@ -26,7 +26,7 @@ from istiod_lite.translate.l7._envoy import (
 from istiod_lite.translate.l7._values import duration, regex
 from istiod_lite.view import Json, JsonMap, KubeObject
 
-__all__ = ["http_route_routes", "service_parents"]
+__all__ = ["check_http_route_rule", "http_route_routes", "service_parents"]
 
 _PATH_RANK = {"Exact": 0, "PathPrefix": 1, "RegularExpression": 2}
 _FILTER_FIELDS = {
@@ -93,6 +93,24 @@ def _rule(
         _action(obj, rule, field, prefix=prefix, scope=scope, ctx=ctx, route=route)
         out.append((_sort_key(spec, raw is None), route))
     return out
+
+
+def check_http_route_rule(rule: JsonMap, field: str) -> None:
+    """Raises FieldError for what translation refuses in one rule's matches and filter types."""
+    for j, raw in enumerate(sequence(rule.get("matches"), f"{field}.matches")):
+        _match(mapping(raw, f"{field}.matches[{j}]"), f"{field}.matches[{j}]")
+    for k, raw in enumerate(sequence(rule.get("filters"), f"{field}.filters")):
+        _filter_kind(mapping(raw, f"{field}.filters[{k}]"), f"{field}.filters[{k}]")
+
+
+def _filter_kind(spec: JsonMap, field: str) -> str:
+    kind = string(spec.get("type"), f"{field}.type")
+    if kind not in _FILTER_FIELDS:
+        raise FieldError(
+            f"{field}.type",
+            f"filter {kind!r} is not supported; use one of {', '.join(sorted(_FILTER_FIELDS))}",
+        )
+    return kind
 
 
 def _sort_key(spec: JsonMap, no_match: bool) -> _SortKey:
@@ -186,12 +204,7 @@ def _action(
     for k, raw in enumerate(sequence(rule.get("filters"), f"{field}.filters")):
         where = f"{field}.filters[{k}]"
         spec = mapping(raw, where)
-        kind = string(spec.get("type"), f"{where}.type")
-        if kind not in _FILTER_FIELDS:
-            raise FieldError(
-                f"{where}.type",
-                f"filter {kind!r} is not supported; use one of {', '.join(sorted(_FILTER_FIELDS))}",
-            )
+        kind = _filter_kind(spec, where)
         body = mapping(spec.get(_FILTER_FIELDS[kind]), f"{where}.{_FILTER_FIELDS[kind]}")
         if kind == "RequestHeaderModifier":
             _modifier(body, f"{where}.requestHeaderModifier", requests, request=True)

@@ -31,7 +31,7 @@ from istiod_lite.translate.l7._envoy import (
 from istiod_lite.translate.l7._values import duration, fraction, regex
 from istiod_lite.view import Json, JsonMap, KubeObject
 
-__all__ = ["virtual_service_routes"]
+__all__ = ["destination_weight", "route_destinations", "route_match", "virtual_service_routes"]
 
 
 def virtual_service_routes(
@@ -82,7 +82,7 @@ def _rule(
             continue
         match_name = string(spec.get("name"), f"{where}.name")
         full_name = f"{name}.{match_name}" if name and match_name else name or match_name
-        route = _named(template, full_name, _match(spec, where))
+        route = _named(template, full_name, route_match(spec, where))
         routes.append(route)
         if is_catch_all(route.match):
             return routes, True
@@ -97,7 +97,8 @@ def _named(template: rc.Route, name: str, match: rc.RouteMatch) -> rc.Route:
     return route
 
 
-def _match(spec: JsonMap, field: str) -> rc.RouteMatch:
+def route_match(spec: JsonMap, field: str) -> rc.RouteMatch:
+    """The Envoy match of one VirtualService ``HTTPMatchRequest``; raises FieldError."""
     match = rc.RouteMatch()
     uri = mapping(spec.get("uri"), f"{field}.uri")
     matcher = string_matcher(uri, f"{field}.uri") if uri else None
@@ -128,6 +129,22 @@ def _match(spec: JsonMap, field: str) -> rc.RouteMatch:
     return match
 
 
+def route_destinations(http: JsonMap, field: str) -> tuple[Json, ...]:
+    """A forwarding rule's ``route`` list, which must not be empty; raises FieldError."""
+    destinations = sequence(http.get("route"), f"{field}.route")
+    if not destinations:
+        raise FieldError(f"{field}.route", "needs at least one destination (or a redirect or directResponse)")
+    return destinations
+
+
+def destination_weight(spec: JsonMap, field: str, *, only: bool) -> int:
+    """A destination's ``weight`` (100 when it is the only one, else 0 when unset); raises FieldError."""
+    weight = spec.get("weight", 100 if only else 0)
+    if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
+        raise FieldError(f"{field}.weight", f"{weight!r} is not a whole number >= 0")
+    return weight
+
+
 def _action(vs: KubeObject, http: JsonMap, field: str, *, scope: RouteScope, ctx: RouteContext) -> rc.Route:
     """Everything of a rule but its match and name."""
     route = rc.Route()
@@ -153,9 +170,7 @@ def _forward(
     vs: KubeObject, http: JsonMap, field: str, *, scope: RouteScope, ctx: RouteContext, route: rc.Route
 ) -> None:
     action = route.route
-    destinations = sequence(http.get("route"), f"{field}.route")
-    if not destinations:
-        raise FieldError(f"{field}.route", "needs at least one destination (or a redirect or directResponse)")
+    destinations = route_destinations(http, field)
     weighted: list[tuple[str, int, HeaderEdits, HeaderEdits]] = []
     hashes = None
     for k, raw in enumerate(destinations):
@@ -165,9 +180,7 @@ def _forward(
             vs, spec.get("destination"), f"{where}.destination", scope=scope, ctx=ctx
         )
         hashes = hash_policy if hashes is None or hashes == hash_policy else []
-        weight = spec.get("weight", 100 if len(destinations) == 1 else 0)
-        if isinstance(weight, bool) or not isinstance(weight, int) or weight < 0:
-            raise FieldError(f"{where}.weight", f"{weight!r} is not a whole number >= 0")
+        weight = destination_weight(spec, where, only=len(destinations) == 1)
         requests, responses = HeaderEdits(), HeaderEdits()
         _headers(spec.get("headers"), f"{where}.headers", requests, responses)
         weighted.append((name, weight, requests, responses))
