@@ -42,7 +42,7 @@ from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.translated import translated_build
 from istiod_lite.sources import Source
 from istiod_lite.sources.file import FileSource
-from istiod_lite.status import LabStatusWriter, StatusReporter
+from istiod_lite.status import LabStatusWriter, StatusReporter, StatusWriter
 from istiod_lite.view import Informers
 from mesh.clock import Clock
 from mesh.errors import MeshError
@@ -325,8 +325,9 @@ def _plugins(
     *,
     clock: Clock,
     log: structlog.typing.FilteringBoundLogger,
-) -> tuple[Authenticator, Source]:
-    """Caller authentication and the source that feeds the informers (lab files or Kubernetes)."""
+) -> tuple[Authenticator, Source, StatusWriter]:
+    """Caller authentication, the source that feeds the informers (lab files or Kubernetes) and
+    where status conditions are written."""
     if args.auth == "lab":
         if args.lab_tokens is None:
             raise MeshError(
@@ -335,14 +336,19 @@ def _plugins(
         authenticator = LabTokenAuthenticator.from_file(
             args.lab_tokens, trust_domain=args.trust_domain, clock=clock
         )
-        return authenticator, FileSource(args.lab_state, informers.sink("lab"), logger=log)
+        source = FileSource(args.lab_state, informers.sink("lab"), logger=log)
+        return authenticator, source, LabStatusWriter(args.lab_state)
     # Only the kubernetes mode pays for importing the kubernetes client.
     from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
     from istiod_lite.sources.kube import KubeSource, make_api_client  # noqa: PLC0415
+    from istiod_lite.sources.kube_status import KubeStatusWriter  # noqa: PLC0415
 
     api = make_api_client()
-    source = KubeSource(api, informers.sink("kubernetes"), logger=log)
-    return KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock), source
+    return (
+        KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock),
+        KubeSource(api, informers.sink("kubernetes"), logger=log),
+        KubeStatusWriter(api, logger=log),
+    )
 
 
 async def _serve(args: argparse.Namespace) -> int:
@@ -357,17 +363,17 @@ async def _serve(args: argparse.Namespace) -> int:
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
     informers = Informers()
-    authenticator, source = _plugins(args, informers, clock=clock, log=log)
+    authenticator, source, status_writer = _plugins(args, informers, clock=clock, log=log)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
     registry = build_registry(component="istiod")
-    reporter = StatusReporter(LabStatusWriter(args.lab_state), now=clock.now) if args.auth == "lab" else None
+    reporter = StatusReporter(status_writer, now=clock.now)
     plane = PushPlane(
         translated_build(
             informers,
             trust_domain=args.trust_domain,
-            on_problems=reporter.submit if reporter else None,
+            on_problems=reporter.submit,
             invalid=InvalidConfig(registry, log),
         ),
         clock=clock,
@@ -392,8 +398,7 @@ async def _serve(args: argparse.Namespace) -> int:
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())
     tasks = [asyncio.create_task(source.run())]
-    if reporter is not None:
-        tasks.append(asyncio.create_task(reporter.run()))
+    tasks.append(asyncio.create_task(reporter.run()))
     try:
         await istiod.start()
         tasks.append(asyncio.create_task(_push_when_synced(informers, plane)))

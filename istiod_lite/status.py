@@ -18,8 +18,9 @@ Conditions of other types are left as they are.
 
 ``desired_statuses`` is pure; ``StatusReporter`` writes what changed, in a worker thread, and
 only the latest state (a slow write never queues up stale ones). ``LabStatusWriter`` writes into
-the lab's state directory with the lab's locking protocol (``mesh.rt.labstate``). On Kubernetes
-no status is written yet; the warnings are logged either way.
+the lab's state directory with the lab's locking protocol (``mesh.rt.labstate``);
+``KubeStatusWriter`` (``istiod_lite.sources.kube_status``) through the Kubernetes API's status
+subresource. The warnings are logged either way.
 """
 
 from __future__ import annotations
