@@ -42,8 +42,7 @@ def api(kmock: kmock.KubernetesEmulator) -> Iterator[client.ApiClient]:
 
 
 def stored(server: kmock.KubernetesEmulator) -> dict[str, Any]:
-    obj: dict[str, Any] = server.objects[PA, "demo", "strict"]
-    return obj
+    return dict(server.objects[PA, "demo", "strict"])
 
 
 async def test_conditions_are_merged_into_the_objects_status(
