@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 
 from mesh.identity.principals import ServiceAccountMatch, StringMatch
+from mesh.ports import INBOUND_HBONE_PORT
 
 __all__ = [
     "DEFAULT_TRUST_DOMAIN",
@@ -82,7 +83,7 @@ class GatewayRef:
     address: IpAddress | None
     hostname: str
     namespace: str
-    hbone_port: int = 15008
+    hbone_port: int = INBOUND_HBONE_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 
 from mesh.errors import MeshError
+from mesh.ports import READINESS_PORT
 from meshctl.lab import Lab, LabError, pod_ready
 from meshctl.nethttp import http_get
 from meshctl.ztunnel_config import HOST_ADMIN, fetch_admin
@@ -20,7 +21,7 @@ def lagging(lab: Lab) -> list[str]:
     pods = [p for p in lab.pods() if (p.get("status") or {}).get("podIP")]
     for node in lab.settings.nodes:
         try:
-            status, _ = http_get("127.0.0.1", 15021, "/healthz/ready", netns=node.netns, timeout=1.0)
+            status, _ = http_get("127.0.0.1", READINESS_PORT, "/healthz/ready", netns=node.netns, timeout=1.0)
             if status != 200:
                 missing.append(f"ztunnel on {node.name} is not ready")
                 continue

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from mesh.identity import load_pem_certificates, verify_workload_chain
+from mesh.ports import METRICS_PORT
 from meshctl.converge import wait_for_mesh
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
@@ -180,7 +181,7 @@ def _access_lines(lab: Lab, marks: dict[str, int]) -> list[dict[str, Any]]:
 
 
 def _opened(netns: str) -> list[str]:
-    _, body = http_get("127.0.0.1", 15020, "/metrics", netns=netns)
+    _, body = http_get("127.0.0.1", METRICS_PORT, "/metrics", netns=netns)
     samples = []
     for line in body.decode().splitlines():
         if line.startswith("istio_tcp_connections_opened_total{"):

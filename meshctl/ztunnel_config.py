@@ -14,13 +14,14 @@ from collections.abc import Callable
 from typing import Any
 
 from mesh.errors import MeshError
+from mesh.ports import ADMIN_PORT
 from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
 from meshctl.nethttp import http_request
 
 __all__ = ["HOST_ADMIN", "choose_ztunnel", "fetch_admin", "register", "render_table"]
 
-HOST_ADMIN = "127.0.0.1:15000"
+HOST_ADMIN = f"127.0.0.1:{ADMIN_PORT}"
 """Where ztunnel's admin endpoint listens: in its own network namespace (a lab node's), on loopback."""
 
 _VIEWS = ("workloads", "services", "policies", "certificates", "connections", "all", "log")

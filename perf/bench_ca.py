@@ -35,7 +35,8 @@ import grpc
 from istiod_lite.ca.authority import create_root
 from istiod_lite.ca.csr import validate_csr
 from istiod_lite.ca.signing import cap_ttl, issue_workload_certificate
-from mesh.api.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from mesh.api.istio.v1.auth import ca_pb2
+from mesh.testing import ca_pb2_grpc
 from mesh.testing.pki import TestPki
 
 __all__ = ["Result", "bench_grpc", "bench_pure", "main"]

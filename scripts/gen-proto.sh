@@ -14,3 +14,7 @@ mapfile -t PROTOS < <(find mesh/api -name '*.proto' | sort)
   "${PROTOS[@]}"
 # grpc_tools writes an empty _grpc module for protos without services; drop them.
 find "$OUT/mesh/api" -name '*_pb2_grpc.py*' -print0 | xargs -0 grep -L 'Stub' | xargs -r rm -f
+# The one real stub (the CA service) imports grpc, which the pure mesh/ must not: only the tests use
+# it, as their gRPC client, so it goes to the test kit.
+mkdir -p "$OUT/mesh/testing"
+for f in "$OUT"/mesh/api/istio/v1/auth/ca_pb2_grpc.py*; do mv "$f" "$OUT/mesh/testing/"; done

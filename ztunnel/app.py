@@ -26,6 +26,7 @@ from mesh.convert import address_from_proto, authorization_from_proto
 from mesh.errors import MeshError
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Authorization, Service, Workload
+from mesh.ports import ADMIN_PORT, METRICS_PORT, READINESS_PORT
 from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
@@ -85,9 +86,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--cert-ttl", type=int, default=24 * 3600, help="requested workload certificate TTL, seconds"
     )
-    p.add_argument("--admin", default="127.0.0.1:15000")
-    p.add_argument("--metrics", default="0.0.0.0:15020")
-    p.add_argument("--readiness", default="0.0.0.0:15021")
+    p.add_argument("--admin", default=f"127.0.0.1:{ADMIN_PORT}")
+    p.add_argument("--metrics", default=f"0.0.0.0:{METRICS_PORT}")
+    p.add_argument("--readiness", default=f"0.0.0.0:{READINESS_PORT}")
     p.add_argument("--drain-deadline", type=float, default=5.0)
     p.add_argument(
         "--crl-file",

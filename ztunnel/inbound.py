@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import IpAddress, Workload
 from mesh.policy import ConnectionAttributes
+from mesh.ports import INBOUND_HBONE_PORT
 from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.hbone.server import InboundDecision, InboundRequest
 from mesh.rt.hbone.sockets import ConnectError
@@ -25,10 +26,7 @@ from ztunnel.netns import InPodSocketFactory, ip_text, original_destination, par
 from ztunnel.relays import refuse, relay_end, report_when_closed, socket_of
 from ztunnel.telemetry import ConnectionRecord
 
-__all__ = ["INBOUND_HBONE_PORT", "INBOUND_PLAINTEXT_PORT", "PodInbound"]
-
-INBOUND_PLAINTEXT_PORT = 15006
-INBOUND_HBONE_PORT = 15008
+__all__ = ["PodInbound"]
 
 
 class PodInbound:

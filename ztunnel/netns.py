@@ -20,7 +20,8 @@ from collections.abc import Iterator
 
 from mesh.errors import MeshError
 from mesh.model import IpAddress
-from mesh.rt.hbone.sockets import MESH_MARK, ConnectError, set_keepalive
+from mesh.ports import MESH_MARK
+from mesh.rt.hbone.sockets import ConnectError, set_keepalive
 
 __all__ = [
     "InPodSocketFactory",

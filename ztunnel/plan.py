@@ -18,10 +18,10 @@ from mesh.model import (
     TunnelProtocol,
     Workload,
 )
+from mesh.ports import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 from ztunnel.state import ProxyState
 
 __all__ = [
-    "HBONE_PORT",
     "PROXY_PORTS",
     "DirectTcp",
     "HboneTunnel",
@@ -30,8 +30,7 @@ __all__ = [
     "plan_outbound",
 ]
 
-HBONE_PORT = 15008
-PROXY_PORTS = frozenset({15001, 15006, 15008})
+PROXY_PORTS = frozenset({OUTBOUND_PORT, INBOUND_PLAINTEXT_PORT, INBOUND_HBONE_PORT})
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +132,7 @@ def _to_workload(workload: Workload, address: IpAddress, port: int, service: Ser
         return Refuse(f"port {port} is a ztunnel port and is never proxied to")
     if workload.protocol is TunnelProtocol.HBONE:
         authority = f"{_host(address)}:{port}"
-        return HboneTunnel(address, HBONE_PORT, authority, (workload.spiffe_uri,), workload, service)
+        return HboneTunnel(address, INBOUND_HBONE_PORT, authority, (workload.spiffe_uri,), workload, service)
     return DirectTcp(address, port, workload, service)
 
 

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import Workload
+from mesh.ports import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, OUTBOUND_PORT
 from mesh.revocation import Revocation
 from mesh.rt.certs import NoValidCertificate
 from mesh.rt.hbone.connection import HboneConnection
@@ -33,7 +34,7 @@ from mesh.rt.hbone.sockets import ConnectError
 from mesh.rt.tls import PeerRejectedError
 from ztunnel.context import NodeContext
 from ztunnel.headers import baggage_for, forwarded_for, traceparent
-from ztunnel.inbound import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, PodInbound
+from ztunnel.inbound import PodInbound
 from ztunnel.netns import (
     InPodSocketFactory,
     ip_text,
@@ -47,8 +48,6 @@ from ztunnel.relays import refuse, relay_end, report_when_closed, reset_end, soc
 from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["PodInfo", "PodProxy"]
-
-OUTBOUND_PORT = 15001
 
 
 @dataclass(frozen=True, slots=True)

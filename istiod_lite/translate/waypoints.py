@@ -26,10 +26,9 @@ from istiod_lite.translate.l7.binding import (
 from istiod_lite.translate.model import TranslateOptions, Warnings
 from istiod_lite.view import ClusterView, KubeObject, ObjectKey
 from mesh.api.istio.workload import workload_pb2 as pb
+from mesh.ports import INBOUND_HBONE_PORT
 
-__all__ = ["HBONE_PORT", "WaypointIndex"]
-
-HBONE_PORT = 15008
+__all__ = ["WaypointIndex"]
 _TAKES = {"service": ("service", "all"), "workload": ("workload", "all")}
 
 
@@ -78,7 +77,8 @@ class WaypointIndex:
             return None
         hostname = f"{name}.{namespace}.svc.{self._domain}"
         return pb.GatewayAddress(
-            hostname=pb.NamespacedHostname(namespace=namespace, hostname=hostname), hbone_mtls_port=HBONE_PORT
+            hostname=pb.NamespacedHostname(namespace=namespace, hostname=hostname),
+            hbone_mtls_port=INBOUND_HBONE_PORT,
         )
 
     def _programmed(self, gateway: KubeObject) -> bool:

@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from mesh.clock import Clock
+from mesh.ports import ISTIOD_DEBUG_PORT, ISTIOD_PORT, READINESS_PORT
 from meshctl.lab.errors import LabError
 from meshctl.lab.netops import ip_batch
 from meshctl.lab.settings import LabSettings, NodeSettings
@@ -44,7 +45,7 @@ __all__ = [
 
 AGENT_SOCKET = "@ztunnel-cni/pluginevent.sock"
 PLUGIN = "ztunnel-cni"
-CA_PORT, READY_PORT, MONITORING_PORT = 15012, 15021, 15014
+CA_PORT, READY_PORT, MONITORING_PORT = ISTIOD_PORT, READINESS_PORT, ISTIOD_DEBUG_PORT
 
 
 @dataclass(frozen=True, slots=True)

@@ -23,9 +23,10 @@ from istiod_lite.app import Istiod, IstiodSettings, build_server, load_authority
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
 from istiod_lite.ca.authority import SigningAuthority
 from istiod_lite.ca.pods import InMemoryPodIndex, PodPlacement
-from mesh.api.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from mesh.api.istio.v1.auth import ca_pb2
 from mesh.identity import WorkloadIdentity
 from mesh.rt.clock import SystemClock
+from mesh.testing import ca_pb2_grpc
 
 __all__ = [
     "EXPIRED",

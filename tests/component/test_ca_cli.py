@@ -16,7 +16,7 @@ import grpc
 import pytest
 import yaml
 
-from mesh.api.istio.v1.auth import ca_pb2_grpc
+from mesh.testing import ca_pb2_grpc
 from mesh.testing.pki import TestPki
 from tests.component.ca_support import bearer, channel_options, request
 

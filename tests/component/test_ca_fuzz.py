@@ -18,8 +18,9 @@ from google.protobuf import struct_pb2
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.api.istio.v1.auth import ca_pb2, ca_pb2_grpc
+from mesh.api.istio.v1.auth import ca_pb2
 from mesh.identity import identity_from_certificate
+from mesh.testing import ca_pb2_grpc
 from mesh.testing.pki import TestPki
 from tests.component.ca_support import METHOD, NODE_AGENT_N1, CaInThread, TestCa, request
 

@@ -24,9 +24,9 @@ from istiod_lite.app import IstiodSettings, build_server, load_authority
 from istiod_lite.ca.errors import AuthenticatorUnavailableError, UnauthenticatedError
 from istiod_lite.ca.kube_auth import KubernetesAuthenticator
 from istiod_lite.ca.pods import InMemoryPodIndex, PodPlacement
-from mesh.api.istio.v1.auth import ca_pb2_grpc
 from mesh.identity import verify_workload_chain
 from mesh.rt.clock import SystemClock
+from mesh.testing import ca_pb2_grpc
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import TestPki
 from tests.component.ca_support import TD, ZTUNNEL, bearer, channel_options, request

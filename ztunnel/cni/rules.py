@@ -12,6 +12,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from mesh.ports import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, MESH_MARK_MASK, OUTBOUND_PORT
+
 __all__ = [
     "CONNMARK",
     "PROBE_CHAIN",
@@ -27,7 +29,7 @@ __all__ = [
     "plan_probe_snat",
 ]
 
-ZTUNNEL_MARK = "0x539/0xfff"
+ZTUNNEL_MARK = f"{MESH_MARK:#x}/{MESH_MARK_MASK:#x}"
 CONNMARK = "0x111/0xfff"
 ROUTE_TABLE = 100
 RULE_PRIORITY = 32764
@@ -36,9 +38,6 @@ PROBE_CHAIN = "ISTIO_POSTRT"
 PROBE_HOOK = f"-A POSTROUTING -j {PROBE_CHAIN}"
 """The node's jump into the probe chain; it must be the first POSTROUTING rule, ahead of any
 masquerading, or a probe would leave with another source."""
-OUTBOUND_PORT = 15001
-INBOUND_PLAINTEXT_PORT = 15006
-INBOUND_HBONE_PORT = 15008
 
 _CHAINS = {"mangle": ("ISTIO_PRERT", "ISTIO_OUTPUT"), "nat": ("ISTIO_PRERT", "ISTIO_OUTPUT")}
 _HOOKS = {"ISTIO_PRERT": "PREROUTING", "ISTIO_OUTPUT": "OUTPUT"}

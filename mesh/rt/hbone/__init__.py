@@ -23,12 +23,11 @@ from mesh.rt.hbone.server import (
     InboundHandler,
     InboundRequest,
 )
-from mesh.rt.hbone.sockets import MESH_MARK, ConnectError, PlainSocketFactory, SocketFactory
+from mesh.rt.hbone.sockets import ConnectError, PlainSocketFactory, SocketFactory
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
 
 __all__ = [
-    "MESH_MARK",
     "PlainSocketFactory",
     "CertificateSource",
     "ConnectError",

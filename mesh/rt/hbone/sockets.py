@@ -15,10 +15,8 @@ from typing import Protocol
 
 from mesh.errors import MeshError
 
-__all__ = ["MESH_MARK", "ConnectError", "PlainSocketFactory", "SocketFactory", "set_keepalive"]
+__all__ = ["ConnectError", "PlainSocketFactory", "SocketFactory", "set_keepalive"]
 
-MESH_MARK = 0x539
-"""The mark every mesh-originated socket carries so the in-pod capture rules skip it."""
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _KEEPALIVE = ((socket.TCP_KEEPIDLE, 180), (socket.TCP_KEEPINTVL, 180), (socket.TCP_KEEPCNT, 9))
 
