@@ -35,7 +35,7 @@ import h2.events
 import h2.settings
 import hyperframe.frame
 
-from mesh.hbone import DataReceived, H2Config, H2Connection
+from mesh.h2 import DataReceived, H2Config, Http2Engine
 
 __all__ = ["Result", "main", "run_h2", "run_ours"]
 
@@ -68,7 +68,7 @@ def _reads(wire: bytes) -> list[bytes]:
 def run_ours(nbytes: int, *, frame_size: int = MiB) -> Result:
     """Client sends ``nbytes`` on one CONNECT stream to our server; both are our engine."""
     cfg = H2Config(max_frame_size=frame_size)
-    client, server = H2Connection(client_side=True, config=cfg), H2Connection(client_side=False, config=cfg)
+    client, server = Http2Engine(client_side=True, config=cfg), Http2Engine(client_side=False, config=cfg)
     client.initiate_connection()
     server.initiate_connection()
     sid = client.send_connect("10.0.0.1:80")
@@ -206,7 +206,7 @@ def main(argv: list[str] | None = None) -> dict[str, Result]:
             )
         ours, theirs = results[f"ours {label}"], results[f"h2 {label}"]
         ratio = ours.mb_per_s / theirs.mb_per_s
-        print(f"{'mesh.hbone, ' + label:<28}{ours.mb_per_s:>10.0f}{ours.cpu_s_per_gb:>11.3f}{ratio:>7.1f}x")
+        print(f"{'mesh.h2, ' + label:<28}{ours.mb_per_s:>10.0f}{ours.cpu_s_per_gb:>11.3f}{ratio:>7.1f}x")
         print(f"{'h2 4.x, ' + label:<28}{theirs.mb_per_s:>10.0f}{theirs.cpu_s_per_gb:>11.3f}{1:>7.1f}x")
     return results
 

@@ -18,7 +18,7 @@ import pstats
 import time
 from typing import Any
 
-from mesh.hbone import H2Connection
+from mesh.h2 import Http2Engine
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone import HboneServerConnection, InboundDecision, InboundRequest, RelayEnd, link
 
@@ -73,7 +73,7 @@ class _Server(HboneServerConnection):
         return _PEER
 
 
-async def _setup() -> tuple[H2Connection, _Server, _FakeTransport, RelayEnd, int]:
+async def _setup() -> tuple[Http2Engine, _Server, _FakeTransport, RelayEnd, int]:
     tls, tcp = _FakeTransport(), _FakeTransport()
     upstream = RelayEnd()
     upstream.connection_made(tcp)  # type: ignore[arg-type]
@@ -87,7 +87,7 @@ async def _setup() -> tuple[H2Connection, _Server, _FakeTransport, RelayEnd, int
     server = _Server(handler=handler, trust_domain="cluster.local")
     tls.ssl = True
     server.connection_made(tls)  # type: ignore[arg-type]
-    client = H2Connection(client_side=True)
+    client = Http2Engine(client_side=True)
     client.initiate_connection()
     sid = client.send_connect("127.0.0.1:8080")
     _feed(server, client.data_to_send())

@@ -10,7 +10,7 @@ import struct
 
 import pytest
 
-from mesh.hbone.config import H2Config
+from mesh.h2.config import H2Config
 from mesh.rt.hbone import HboneConfig, HboneServer, StreamLimitError, connect
 from mesh.rt.tls import client_context
 from mesh.testing.hbone import Collector, ForwardingHandler, eventually, hbone_rig, material_for

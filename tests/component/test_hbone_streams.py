@@ -11,7 +11,7 @@ from typing import cast
 
 import pytest
 
-from mesh.hbone.errors import ErrorCode
+from mesh.h2.errors import ErrorCode
 from mesh.rt.hbone import HboneStream, InboundDecision, InboundRequest, StreamResetError
 from mesh.rt.hbone.relay import RelayEnd
 from mesh.testing.hbone import Collector, EchoProtocol, TcpTunnelEntry, eventually, hbone_rig

@@ -21,16 +21,16 @@ from hpack import Encoder
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from mesh.hbone import (
+from mesh.h2 import (
     ConnectionTerminated,
     DataReceived,
     ErrorCode,
     Event,
     H2Config,
-    H2Connection,
+    Http2Engine,
 )
-from mesh.hbone import events as ev
-from mesh.hbone import frames as fr
+from mesh.h2 import events as ev
+from mesh.h2 import frames as fr
 
 CORPUS = Path(__file__).parent / "corpus" / "hbone"
 EXAMPLES = int(os.environ.get("MESH_FUZZ_EXAMPLES", "200"))
@@ -46,9 +46,9 @@ CLIENT_PREFIX = fr.CONNECTION_PREFACE + fr.settings_frame()
 SERVER_PREFIX = fr.settings_frame()
 
 
-def engine(role: str) -> H2Connection:
+def engine(role: str) -> Http2Engine:
     """A fresh engine; the client has two CONNECT streams open so responses have somewhere to go."""
-    conn = H2Connection(client_side=role == "client", config=H2Config())
+    conn = Http2Engine(client_side=role == "client", config=H2Config())
     conn.initiate_connection()
     if role == "client":
         conn.send_connect("10.0.0.1:80")
@@ -57,7 +57,7 @@ def engine(role: str) -> H2Connection:
     return conn
 
 
-def run(role: str, chunks: list[bytes], *, lone_first: bool = False) -> tuple[H2Connection, list[Event]]:
+def run(role: str, chunks: list[bytes], *, lone_first: bool = False) -> tuple[Http2Engine, list[Event]]:
     """Feeds the chunks without draining output, checking the invariants after each one.
 
     With ``lone_first`` each chunk is offered to ``receive_data_frame`` first, as the runtime does,
@@ -240,7 +240,7 @@ def _h2_client_session() -> bytes:
 
 def _ours_server_replies() -> bytes:
     """What our server sends back to a client with streams 1 and 3 open."""
-    server = H2Connection(client_side=False)
+    server = Http2Engine(client_side=False)
     server.initiate_connection()
     enc = Encoder()
     server.receive_data(CLIENT_PREFIX + _hdrs(enc, 1) + _hdrs(enc, 3))

@@ -20,4 +20,4 @@ def test_the_benchmark_prints_its_table(capsys: pytest.CaptureFixture[str]) -> N
     assert set(results) == {"ours 1 MiB frames", "h2 1 MiB frames", "ours 16 KiB frames", "h2 16 KiB frames"}
     assert all(r.nbytes == 2**20 for r in results.values())
     out = capsys.readouterr().out
-    assert "mesh.hbone, 1 MiB frames" in out and "h2 4.x, 16 KiB frames" in out
+    assert "mesh.h2, 1 MiB frames" in out and "h2 4.x, 16 KiB frames" in out

@@ -9,17 +9,17 @@ import pytest
 from hpack import Encoder
 
 from mesh.errors import ConfigError
-from mesh.hbone import (
+from mesh.h2 import (
     ConnectionTerminated,
     ConnectRequest,
     ErrorCode,
     Event,
     H2Config,
-    H2Connection,
     H2StreamLimitError,
+    Http2Engine,
     StreamReset,
 )
-from mesh.hbone import frames as fr
+from mesh.h2 import frames as fr
 from tests.unit.test_hbone_errors import CONNECT, hdrs, raw_client, raw_server
 from tests.unit.test_hbone_link import frame_list
 
@@ -125,7 +125,7 @@ def test_continuation_flood_is_cut_off(piece: int, max_frames: int) -> None:
 # --- HPACK bombs ------------------------------------------------------------------------------------
 
 
-def _peak_memory_of(server: H2Connection, wire: bytes) -> tuple[list[Event], int]:
+def _peak_memory_of(server: Http2Engine, wire: bytes) -> tuple[list[Event], int]:
     tracemalloc.start()
     try:
         events = server.receive_data(wire)

@@ -11,16 +11,16 @@ from dataclasses import dataclass
 import pytest
 from hpack import Encoder
 
-from mesh.hbone import ConnectionTerminated, ErrorCode, H2Config, H2Connection, StreamReset
-from mesh.hbone import frames as fr
+from mesh.h2 import ConnectionTerminated, ErrorCode, H2Config, Http2Engine, StreamReset
+from mesh.h2 import frames as fr
 from tests.unit.test_hbone_link import frame_list, ours
 
 E = ErrorCode
 CONNECT = [(b":method", b"CONNECT"), (b":authority", b"10.0.0.1:80")]
-Build = Callable[[H2Connection, Encoder], bytes]
+Build = Callable[[Http2Engine, Encoder], bytes]
 
 
-def raw_server(config: H2Config | None = None) -> H2Connection:
+def raw_server(config: H2Config | None = None) -> Http2Engine:
     """Our server after a raw client's preface, SETTINGS and SETTINGS ACK."""
     server = ours(client_side=False, config=config)
     assert server.receive_data(fr.CONNECTION_PREFACE + fr.settings_frame() + fr.settings_frame(ack=True))
@@ -28,7 +28,7 @@ def raw_server(config: H2Config | None = None) -> H2Connection:
     return server
 
 
-def raw_client() -> tuple[H2Connection, int]:
+def raw_client() -> tuple[Http2Engine, int]:
     """Our client after a raw server's SETTINGS and ACK, with one CONNECT stream sent."""
     client = ours(client_side=True)
     client.receive_data(fr.settings_frame() + fr.settings_frame(ack=True))
@@ -70,18 +70,18 @@ def malformed(extra: list[tuple[bytes, bytes]], base: list[tuple[bytes, bytes]] 
     return Case(lambda s, e: hdrs(e, 1, fields), E.PROTOCOL_ERROR, 1, reset_event=False)
 
 
-def _closed_normally(s: H2Connection, enc: Encoder) -> bytes:
+def _closed_normally(s: Http2Engine, enc: Encoder) -> bytes:
     s.receive_data(hdrs(enc, 1, flags=fr.END_HEADERS | fr.END_STREAM))
     s.send_response(1, 200, end_stream=True)
     return data(1)
 
 
-def _headers_after_close(s: H2Connection, enc: Encoder) -> bytes:
+def _headers_after_close(s: Http2Engine, enc: Encoder) -> bytes:
     _closed_normally(s, enc)
     return hdrs(enc, 1, [], flags=fr.END_HEADERS | fr.END_STREAM)
 
 
-def _after_peer_reset(s: H2Connection, enc: Encoder) -> bytes:
+def _after_peer_reset(s: Http2Engine, enc: Encoder) -> bytes:
     s.receive_data(hdrs(enc, 1) + fr.rst_stream_frame(1, E.CANCEL))
     return hdrs(enc, 1, [], flags=fr.END_HEADERS | fr.END_STREAM)
 
@@ -247,7 +247,7 @@ SERVER_CASES: dict[str, Case] = {
 }
 
 
-def _assert_outcome(conn: H2Connection, events: Sequence[object], case: Case) -> None:
+def _assert_outcome(conn: Http2Engine, events: Sequence[object], case: Case) -> None:
     out = frame_list(conn.data_to_send())
     if case.stream is None:
         assert conn.terminated

@@ -9,14 +9,14 @@ import h2.exceptions
 import h2.settings
 import pytest
 
-from mesh.hbone import DataReceived, H2Config, H2Connection, H2UsageError, WindowUpdated
-from mesh.hbone import frames as fr
+from mesh.h2 import DataReceived, H2Config, H2UsageError, Http2Engine, WindowUpdated
+from mesh.h2 import frames as fr
 from tests.unit.test_hbone_link import Link, frame_list, h2_peer, open_tunnel, ours, payload_by_stream
 
 KiB, MiB = 1024, 2**20
 
 
-def _pair(server_config: H2Config | None = None) -> tuple[Link, H2Connection, H2Connection, int]:
+def _pair(server_config: H2Config | None = None) -> tuple[Link, Http2Engine, Http2Engine, int]:
     client, server = ours(client_side=True), ours(client_side=False, config=server_config)
     link = Link(client, server)
     sid = open_tunnel(link, "10.0.0.1:80")
@@ -24,7 +24,7 @@ def _pair(server_config: H2Config | None = None) -> tuple[Link, H2Connection, H2
     return link, client, server, sid
 
 
-def _deliver(src: H2Connection, dst: H2Connection) -> list[Any]:
+def _deliver(src: Http2Engine, dst: Http2Engine) -> list[Any]:
     """One hop without acknowledging anything (the consumer is slow)."""
     return dst.receive_data(src.data_to_send())
 
@@ -88,7 +88,7 @@ def test_frames_are_split_at_the_h2_peer_default_max_frame_size() -> None:
     link = Link(ours(client_side=True), h2_peer(client_side=False, max_frame=16_384))
     sid = open_tunnel(link, "10.0.0.1:80")
     client = link.client
-    assert isinstance(client, H2Connection)
+    assert isinstance(client, Http2Engine)
     assert client.send_data(sid, b"c" * 40_000) == 40_000
     assert [n for t, _, _, n in frame_list(client.data_to_send()) if t == fr.DATA] == [16_384, 16_384, 7_232]
 
@@ -97,7 +97,7 @@ def test_peer_settings_change_the_send_window_of_open_streams() -> None:
     link = Link(ours(client_side=True), h2_peer(client_side=False, window=65_535))
     sid = open_tunnel(link, "10.0.0.1:80")
     client, server = link.client, link.server
-    assert isinstance(client, H2Connection)
+    assert isinstance(client, Http2Engine)
     assert client.send_window(sid) == 65_535
     server.update_settings({h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: 1_000_000})  # type: ignore[attr-defined]
     link.pump()
@@ -216,7 +216,7 @@ def test_frame_data_declines_what_only_send_data_can_do_and_takes_nothing(case: 
     assert client.send_window(sid) == window and client.bytes_to_send_pending() == queued
 
 
-def _state(conn: H2Connection, sid: int) -> tuple[int, ...]:
+def _state(conn: Http2Engine, sid: int) -> tuple[int, ...]:
     stream = conn._streams[sid]
     return (conn._recv_conn_window, conn._conn_unacked, stream.recv_window, stream.recv_unacked)
 

@@ -9,16 +9,16 @@ import h2.events
 import pytest
 from hpack import Encoder
 
-from mesh.hbone import (
+from mesh.h2 import (
     ConnectionTerminated,
     ConnectRequest,
     DataReceived,
     ErrorCode,
     H2Config,
-    H2Connection,
     H2StreamClosedError,
     H2StreamLimitError,
     H2UsageError,
+    Http2Engine,
     InvalidRequest,
     PingAcked,
     Response,
@@ -28,12 +28,12 @@ from mesh.hbone import (
     TrailersReceived,
     WindowUpdated,
 )
-from mesh.hbone import frames as fr
+from mesh.h2 import frames as fr
 from tests.unit.test_hbone_errors import CONNECT, hdrs, raw_server
 from tests.unit.test_hbone_link import Link, frame_list, h2_peer, open_tunnel, ours, payload_by_stream
 
 
-def _pair(server_config: H2Config | None = None) -> tuple[Link, H2Connection, H2Connection]:
+def _pair(server_config: H2Config | None = None) -> tuple[Link, Http2Engine, Http2Engine]:
     client, server = ours(client_side=True), ours(client_side=False, config=server_config)
     return Link(client, server), client, server
 
@@ -158,7 +158,7 @@ def test_requests_that_are_not_connect_are_surfaced_for_a_400() -> None:
     events = [e for e in link.take("server") if isinstance(e, (InvalidRequest, StreamEnded))]
     assert events == [InvalidRequest(1, "GET", "method GET is not CONNECT", ()), StreamEnded(1)]
     server = link.server
-    assert isinstance(server, H2Connection)
+    assert isinstance(server, Http2Engine)
     server.send_response(1, 400, end_stream=True)
     link.pump()
     responses = [e for e in link.take("client") if isinstance(e, h2.events.ResponseReceived)]
@@ -234,13 +234,13 @@ def test_send_request_refuses_what_is_not_an_ordinary_request(kwargs: dict[str, 
 
 def test_only_a_client_sends_requests() -> None:
     with pytest.raises(H2UsageError, match="only a client"):
-        H2Connection(client_side=False).send_request("POST", scheme="http", authority="a:1", path="/")
+        Http2Engine(client_side=False).send_request("POST", scheme="http", authority="a:1", path="/")
 
 
 def test_informational_responses_are_skipped() -> None:
     link = Link(ours(client_side=True), h2_peer(client_side=False))
     client = link.client
-    assert isinstance(client, H2Connection)
+    assert isinstance(client, Http2Engine)
     sid = client.send_connect("10.0.0.1:80")
     link.pump()
     peer: Any = link.server
@@ -306,7 +306,7 @@ def test_late_headers_on_a_stream_we_reset_are_ignored() -> None:
 
 def test_receive_data_before_initiate_connection_sends_our_preface_first() -> None:
     client = ours(client_side=True)
-    server = H2Connection(client_side=False)
+    server = Http2Engine(client_side=False)
     events = server.receive_data(client.data_to_send())
     assert not server.terminated and events
     assert frame_list(server.data_to_send())[0][0] == fr.SETTINGS

@@ -14,15 +14,15 @@ import h2.events
 import h2.settings
 import pytest
 
-from mesh.hbone import (
+from mesh.h2 import (
     ConnectRequest,
     DataReceived,
     H2Config,
-    H2Connection,
+    Http2Engine,
     Response,
     StreamEnded,
 )
-from mesh.hbone import frames as fr
+from mesh.h2 import frames as fr
 
 H2_MAX_FRAME = 2**24 - 1
 
@@ -33,9 +33,9 @@ class Endpoint(Protocol):
     def data_to_send(self) -> bytes: ...
 
 
-def ours(*, client_side: bool, config: H2Config | None = None) -> H2Connection:
+def ours(*, client_side: bool, config: H2Config | None = None) -> Http2Engine:
     """Our engine, preface queued."""
-    conn = H2Connection(client_side=client_side, config=config or H2Config())
+    conn = Http2Engine(client_side=client_side, config=config or H2Config())
     conn.initiate_connection()
     return conn
 
@@ -68,7 +68,7 @@ def feed(conn: Endpoint, data: bytes, *, chunk: int = 0) -> list[Any]:
     for piece in pieces:
         got = conn.receive_data(piece)
         for event in got:
-            if isinstance(event, DataReceived) and isinstance(conn, H2Connection):
+            if isinstance(event, DataReceived) and isinstance(conn, Http2Engine):
                 conn.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
             elif isinstance(event, h2.events.DataReceived) and event.stream_id:
                 conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)  # type: ignore[attr-defined]
@@ -168,7 +168,7 @@ PAIRS = {
 def open_tunnel(link: Link, authority: str, headers: list[tuple[str, str]] | None = None) -> int:
     """CONNECT from the client, 200 from the server; returns the stream id."""
     headers = headers or []
-    if isinstance(link.client, H2Connection):
+    if isinstance(link.client, Http2Engine):
         sid = link.client.send_connect(authority, headers)
     else:
         client: Any = link.client
@@ -177,7 +177,7 @@ def open_tunnel(link: Link, authority: str, headers: list[tuple[str, str]] | Non
     link.pump()
     requests = [e for e in link.server_events if getattr(e, "stream_id", None) == sid]
     assert requests, f"server saw nothing for stream {sid}"
-    if isinstance(link.server, H2Connection):
+    if isinstance(link.server, Http2Engine):
         assert isinstance(requests[0], ConnectRequest)
         assert requests[0].authority == authority
         assert list(requests[0].headers) == headers
@@ -197,7 +197,7 @@ def open_tunnel(link: Link, authority: str, headers: list[tuple[str, str]] | Non
 
 def send_all(conn: Endpoint, sid: int, data: bytes, *, end_stream: bool) -> int:
     """Sends what the window allows; returns bytes taken."""
-    if isinstance(conn, H2Connection):
+    if isinstance(conn, Http2Engine):
         return conn.send_data(sid, data, end_stream=end_stream)
     peer: Any = conn
     n: int = min(len(data), peer.local_flow_control_window(sid))
@@ -230,7 +230,7 @@ def test_handshake_settles_with_settings_acknowledged(pair: str) -> None:
     link = PAIRS[pair]()
     link.pump()
     for conn in (link.client, link.server):
-        if isinstance(conn, H2Connection):
+        if isinstance(conn, Http2Engine):
             assert conn.remote_max_concurrent_streams > 0
             assert conn.bytes_to_send_pending() == 0
             assert not conn.terminated
@@ -257,7 +257,7 @@ def test_many_concurrent_streams_carry_exact_bytes_both_ways(pair: str, chunk: i
     assert payload_by_stream(client_got) == {k: v for k, v in down.items() if v}
     assert ended(server_got) == set(sids) == ended(client_got)
     for conn in (link.client, link.server):
-        if isinstance(conn, H2Connection):
+        if isinstance(conn, Http2Engine):
             assert conn.open_streams == 0
 
 
@@ -279,7 +279,7 @@ def test_half_close_keeps_the_other_direction_open(pair: str, client_first: bool
 def test_connect_headers_and_response_headers_arrive_intact() -> None:
     link = _ours_ours()
     client, server = link.client, link.server
-    assert isinstance(client, H2Connection) and isinstance(server, H2Connection)
+    assert isinstance(client, Http2Engine) and isinstance(server, Http2Engine)
     sid = client.send_connect(
         "[fd00::1]:8080", [("forwarded", 'for="10.0.0.1:3333"'), ("traceparent", "00-ab-cd-00")]
     )
@@ -298,14 +298,14 @@ def test_connect_headers_and_response_headers_arrive_intact() -> None:
 def test_stream_ids_are_odd_and_increasing_from_the_client() -> None:
     link = _ours_ours()
     client = link.client
-    assert isinstance(client, H2Connection)
+    assert isinstance(client, Http2Engine)
     assert [client.send_connect(f"10.0.0.1:{p}") for p in (1, 2, 3)] == [1, 3, 5]
 
 
 def test_large_header_block_is_split_into_continuation_frames() -> None:
     link = _ours_ours()
     client = link.client
-    assert isinstance(client, H2Connection)
+    assert isinstance(client, Http2Engine)
     big = [(f"x-h{i}", "v" * 2000) for i in range(20)]  # ~40 KiB, above the 16 KiB default frame size
     sid = client.send_connect("10.0.0.9:9", big)
     wire = client.data_to_send()

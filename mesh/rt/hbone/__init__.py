@@ -1,6 +1,6 @@
 """HBONE over mTLS on asyncio: client and server connections, stream relays and the connection pool.
 
-The HTTP/2 work is done by the sans-I/O engine in :mod:`mesh.hbone`; this package adds TLS, sockets,
+The HTTP/2 work is done by the sans-I/O engine in :mod:`mesh.h2`; this package adds TLS, sockets,
 timers and backpressure. See ``client``, ``server``, ``relay`` and ``pool``.
 """
 

@@ -12,9 +12,9 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from mesh.hbone.connection import H2Connection
-from mesh.hbone.errors import ErrorCode, H2ProtocolError
-from mesh.hbone.events import ConnectionTerminated
+from mesh.h2.connection import Http2Engine
+from mesh.h2.errors import ErrorCode, H2ProtocolError
+from mesh.h2.events import ConnectionTerminated
 from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._log import EventLog
 from mesh.rt.hbone.config import HboneConfig
@@ -38,7 +38,7 @@ class ConnectionLifecycle:
     client_side: ClassVar[bool]
     config: HboneConfig
     log: EventLog
-    h2: H2Connection
+    h2: Http2Engine
     transport: asyncio.Transport | None
     streams: dict[int, HboneStream]
     keepalive: Keepalive

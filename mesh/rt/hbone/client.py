@@ -6,8 +6,8 @@ import asyncio
 import socket
 import ssl
 
-from mesh.hbone.errors import H2ProtocolError, H2StreamLimitError
-from mesh.hbone.events import Response
+from mesh.h2.errors import H2ProtocolError, H2StreamLimitError
+from mesh.h2.events import Response
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog
 from mesh.rt.hbone.config import HboneConfig

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from mesh.errors import ConfigError
-from mesh.hbone.config import H2Config
+from mesh.h2.config import H2Config
 
 __all__ = ["HboneConfig"]
 

@@ -14,9 +14,9 @@ import contextlib
 import ssl
 from typing import ClassVar, cast
 
-from mesh.hbone.connection import H2Connection
-from mesh.hbone.errors import ErrorCode, H2ProtocolError
-from mesh.hbone.events import (
+from mesh.h2.connection import Http2Engine
+from mesh.h2.errors import ErrorCode, H2ProtocolError
+from mesh.h2.events import (
     ConnectionTerminated,
     ConnectRequest,
     DataReceived,
@@ -29,7 +29,7 @@ from mesh.hbone.events import (
     StreamReset,
     WindowUpdated,
 )
-from mesh.hbone.frames import FRAME_HEADER
+from mesh.h2.frames import FRAME_HEADER
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._lifecycle import ConnectionLifecycle
@@ -67,7 +67,7 @@ class HboneConnection(ConnectionLifecycle, asyncio.BufferedProtocol):
         self.config = config or HboneConfig()
         self._scheduler = scheduler or LoopScheduler()
         self.log = log or default_log()
-        self.h2 = H2Connection(client_side=self.client_side, config=self.config.h2)
+        self.h2 = Http2Engine(client_side=self.client_side, config=self.config.h2)
         self.transport: asyncio.Transport | None = None
         self.peer_identity: WorkloadIdentity | None = None
         self.peer_serial: int | None = None

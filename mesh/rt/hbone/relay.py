@@ -23,7 +23,7 @@ import socket
 import struct
 from typing import cast
 
-from mesh.hbone.errors import ErrorCode
+from mesh.h2.errors import ErrorCode
 from mesh.rt.hbone.stream import HboneStream
 
 __all__ = ["RelayEnd", "link", "reset_transport", "splice"]

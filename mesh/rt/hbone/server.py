@@ -14,8 +14,8 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from mesh.hbone.errors import ErrorCode, H2ProtocolError
-from mesh.hbone.events import ConnectRequest
+from mesh.h2.errors import ErrorCode, H2ProtocolError
+from mesh.h2.events import ConnectRequest
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig

@@ -23,7 +23,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from mesh.hbone.errors import ErrorCode, H2ProtocolError
+from mesh.h2.errors import ErrorCode, H2ProtocolError
 from mesh.rt.hbone.errors import StreamResetError
 
 if TYPE_CHECKING:

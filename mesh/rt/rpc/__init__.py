@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 
-from mesh.hbone.config import H2Config
+from mesh.h2.config import H2Config
 from mesh.rpc import RpcError, StatusCode, timeout_value
 from mesh.rt.hbone.timers import LoopScheduler, Scheduler
 from mesh.rt.rpc._call import RpcCall

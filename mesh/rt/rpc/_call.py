@@ -8,8 +8,8 @@ from collections import deque
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from mesh.hbone.errors import H2ProtocolError
-from mesh.hbone.events import Response, TrailersReceived
+from mesh.h2.errors import H2ProtocolError
+from mesh.h2.events import Response, TrailersReceived
 from mesh.rpc import (
     MessageReader,
     RpcError,

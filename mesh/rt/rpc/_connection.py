@@ -6,10 +6,10 @@ import asyncio
 import contextlib
 from typing import cast
 
-from mesh.hbone.config import H2Config
-from mesh.hbone.connection import H2Connection
-from mesh.hbone.errors import ErrorCode, H2ProtocolError
-from mesh.hbone.events import (
+from mesh.h2.config import H2Config
+from mesh.h2.connection import Http2Engine
+from mesh.h2.errors import ErrorCode, H2ProtocolError
+from mesh.h2.events import (
     ConnectionTerminated,
     DataReceived,
     PingAcked,
@@ -40,7 +40,7 @@ class RpcConnection(asyncio.Protocol):
         scheduler: Scheduler,
         ping: tuple[float, float],
     ) -> None:
-        self.h2 = H2Connection(client_side=True, config=config)
+        self.h2 = Http2Engine(client_side=True, config=config)
         self._authority = authority
         self._scheme = scheme
         self.calls: dict[int, RpcCall] = {}

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mesh.hbone import frames as fr
-from mesh.hbone._control import ControlFrames
-from mesh.hbone._stream import CLOSED_LOCAL_RESET, CLOSED_REMOTE_RESET, Stream
-from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.hbone.events import ConnectRequest, InvalidRequest, Response, TrailersReceived
-from mesh.hbone.headers import (
+from mesh.h2 import frames as fr
+from mesh.h2._control import ControlFrames
+from mesh.h2._stream import CLOSED_LOCAL_RESET, CLOSED_REMOTE_RESET, Stream
+from mesh.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
+from mesh.h2.events import ConnectRequest, InvalidRequest, Response, TrailersReceived
+from mesh.h2.headers import (
     Fields,
     MalformedHeadersError,
     parse_request,

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from hpack import Decoder, Encoder, HPACKError, OversizedHeaderListError
 
-from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2ProtocolError, H2UsageError
+from mesh.h2.errors import ErrorCode, H2ConnectionError, H2ProtocolError, H2UsageError
 
 __all__ = [
     "HeaderCodec",

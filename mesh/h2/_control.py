@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import struct
 
-from mesh.hbone import frames as fr
-from mesh.hbone._core import Core
-from mesh.hbone._stream import CLOSED_REMOTE_RESET
-from mesh.hbone.config import MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, MIN_FRAME_SIZE
-from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.hbone.events import (
+from mesh.h2 import frames as fr
+from mesh.h2._core import Core
+from mesh.h2._stream import CLOSED_REMOTE_RESET
+from mesh.h2.config import MAX_FRAME_SIZE_LIMIT, MAX_WINDOW, MIN_FRAME_SIZE
+from mesh.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
+from mesh.h2.events import (
     ConnectionTerminated,
     PingAcked,
     SettingsAcknowledged,

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mesh.hbone import frames as fr
-from mesh.hbone._headers_in import HeaderFrames
-from mesh.hbone._stream import CLOSED_LOCAL_RESET, Stream
-from mesh.hbone.config import H2Config
-from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.hbone.events import DataReceived, Event
+from mesh.h2 import frames as fr
+from mesh.h2._headers_in import HeaderFrames
+from mesh.h2._stream import CLOSED_LOCAL_RESET, Stream
+from mesh.h2.config import H2Config
+from mesh.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
+from mesh.h2.events import DataReceived, Event
 
 __all__ = ["Inbound"]
 

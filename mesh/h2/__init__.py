@@ -1,4 +1,4 @@
-"""mesh.hbone: the sans-I/O HTTP/2 CONNECT engine HBONE tunnels run on (RFC 9113, both roles).
+"""mesh.h2: the sans-I/O HTTP/2 engine (RFC 9113, both roles): HBONE CONNECT streams, gRPC requests.
 
 The contract with a transport, in short:
 
@@ -18,9 +18,9 @@ The contract with a transport, in short:
 - Calls on closed streams raise ``H2StreamClosedError``; ``send_connect`` raises ``H2StreamLimitError``
   when this connection cannot take another stream (``can_open_stream``)."""
 
-from mesh.hbone.config import H2Config
-from mesh.hbone.connection import H2Connection
-from mesh.hbone.errors import (
+from mesh.h2.config import H2Config
+from mesh.h2.connection import Http2Engine
+from mesh.h2.errors import (
     ErrorCode,
     H2ConnectionError,
     H2ProtocolError,
@@ -29,7 +29,7 @@ from mesh.hbone.errors import (
     H2StreamLimitError,
     H2UsageError,
 )
-from mesh.hbone.events import (
+from mesh.h2.events import (
     ConnectionTerminated,
     ConnectRequest,
     DataReceived,
@@ -51,7 +51,7 @@ __all__ = [
     "ErrorCode",
     "Event",
     "H2Config",
-    "H2Connection",
+    "Http2Engine",
     "H2ConnectionError",
     "H2ProtocolError",
     "H2StreamClosedError",

@@ -1,6 +1,6 @@
 """The public HBONE engine: sans-I/O HTTP/2 (RFC 9113) for CONNECT tunnels, client or server role.
 
-conn = H2Connection(client_side=True)
+conn = Http2Engine(client_side=True)
 conn.initiate_connection()
 sid = conn.send_connect("10.0.0.2:8080")
 transport.write(conn.data_to_send())
@@ -11,19 +11,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from mesh.hbone import frames as fr
-from mesh.hbone._inbound import Inbound
-from mesh.hbone._stream import CLOSED_LOCAL_RESET, Stream
-from mesh.hbone.config import DEFAULT_WINDOW, H2Config
-from mesh.hbone.errors import (
+from mesh.h2 import frames as fr
+from mesh.h2._inbound import Inbound
+from mesh.h2._stream import CLOSED_LOCAL_RESET, Stream
+from mesh.h2.config import DEFAULT_WINDOW, H2Config
+from mesh.h2.errors import (
     ErrorCode,
     H2StreamClosedError,
     H2StreamLimitError,
     H2UsageError,
 )
-from mesh.hbone.headers import encode_fields
+from mesh.h2.headers import encode_fields
 
-__all__ = ["H2Connection"]
+__all__ = ["Http2Engine"]
 
 _DEFAULT_CONFIG = H2Config()
 _MAX_STREAM_ID = 2**31 - 1
@@ -31,7 +31,7 @@ _DEFAULT_HEADER_TABLE = 4096
 _pack_header = fr.FRAME_HEADER.pack
 
 
-class H2Connection(Inbound):
+class Http2Engine(Inbound):
     """One HTTP/2 connection; no I/O: feed ``receive_data``, write out ``data_to_send``."""
 
     def __init__(self, *, client_side: bool, config: H2Config = _DEFAULT_CONFIG) -> None:

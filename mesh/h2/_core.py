@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from mesh.hbone import frames as fr
-from mesh.hbone._stream import CLOSED_LOCAL_RESET, CLOSED_NORMAL, Stream
-from mesh.hbone.config import DEFAULT_WINDOW, MIN_FRAME_SIZE, H2Config
-from mesh.hbone.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.hbone.events import ConnectionTerminated, Event, StreamEnded, StreamReset
-from mesh.hbone.headers import HeaderCodec
+from mesh.h2 import frames as fr
+from mesh.h2._stream import CLOSED_LOCAL_RESET, CLOSED_NORMAL, Stream
+from mesh.h2.config import DEFAULT_WINDOW, MIN_FRAME_SIZE, H2Config
+from mesh.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
+from mesh.h2.events import ConnectionTerminated, Event, StreamEnded, StreamReset
+from mesh.h2.headers import HeaderCodec
 
 __all__ = ["Core"]
 
