@@ -54,14 +54,17 @@ _LOG_TAIL = 2000
 Progress = Callable[[str], None]
 
 
-def load_objects(path: str | Path, *, node_names: Sequence[str] | None = None) -> list[dict[str, Any]]:
-    """Every object in a YAML file, validated (errors name the file, the object and the field)."""
+def load_objects(
+    path: str | Path, *, node_names: Sequence[str] | None = None, check_spec: bool = True
+) -> list[dict[str, Any]]:
+    """Every object in a YAML file, validated (errors name the file, the object and the field);
+    ``check_spec=False`` for objects to delete."""
     path = Path(path)
     try:
         text = path.read_text()
     except OSError as exc:
         raise LabError(f"cannot read {path}: {exc.strerror}", hint="check the path given with -f") from exc
-    return parse_documents(text, source=str(path), node_names=node_names)
+    return parse_documents(text, source=str(path), node_names=node_names, check_spec=check_spec)
 
 
 class Lab:
@@ -235,9 +238,14 @@ class Lab:
             return "(no log)"
 
     # ------------------------------------------------------------------------------------ objects
-    def _validate(self, objects: Sequence[dict[str, Any]], node_names: Sequence[str]) -> list[dict[str, Any]]:
+    def _validate(
+        self, objects: Sequence[dict[str, Any]], node_names: Sequence[str], *, check_spec: bool = True
+    ) -> list[dict[str, Any]]:
         names = frozenset(node_names)
-        return [validate_object(o, source="api", index=i, node_names=names) for i, o in enumerate(objects, 1)]
+        return [
+            validate_object(o, source="api", index=i, node_names=names, check_spec=check_spec)
+            for i, o in enumerate(objects, 1)
+        ]
 
     def _write_apply(self, objects: Sequence[dict[str, Any]]) -> list[str]:
         with self.store.transaction() as txn:
@@ -264,7 +272,7 @@ class Lab:
     def delete(self, objects: Sequence[dict[str, Any]]) -> list[str]:
         """Deletes objects (a Namespace with everything in it); pods stop in the background."""
         self._require_running()
-        objects = self._validate(objects, self.settings.node_names())
+        objects = self._validate(objects, self.settings.node_names(), check_spec=False)
         with self.store.transaction() as txn:
             actions, messages = plan_delete(self.store.load_all(), objects, now=time.time(), graceful=True)
             apply_actions(txn, actions)

@@ -24,10 +24,12 @@ def _lab(args: argparse.Namespace) -> Lab:
     return Lab(args.state, lab_id=getattr(args, "lab_id", None), progress=_progress)
 
 
-def _load_all(files: list[str], node_names: tuple[str, ...]) -> list[dict[str, Any]]:
+def _load_all(
+    files: list[str], node_names: tuple[str, ...], *, check_spec: bool = True
+) -> list[dict[str, Any]]:
     objects: list[dict[str, Any]] = []
     for path in files:
-        objects.extend(load_objects(path, node_names=node_names))
+        objects.extend(load_objects(path, node_names=node_names, check_spec=check_spec))
     return objects
 
 
@@ -60,7 +62,7 @@ def _cmd_apply(args: argparse.Namespace) -> int:
 
 def _cmd_delete(args: argparse.Namespace) -> int:
     lab = _lab(args)
-    for message in lab.delete(_load_all(args.filename, lab.settings.node_names())):
+    for message in lab.delete(_load_all(args.filename, lab.settings.node_names(), check_spec=False)):
         print(message)
     return 0
 

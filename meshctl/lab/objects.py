@@ -88,7 +88,7 @@ def describe(obj: Mapping[str, Any]) -> str:
 
 
 def parse_documents(
-    text: str, *, source: str, node_names: Iterable[str] | None = None
+    text: str, *, source: str, node_names: Iterable[str] | None = None, check_spec: bool = True
 ) -> list[dict[str, Any]]:
     """Every object in a multi-document YAML text, validated and with namespaces filled in.
 
@@ -115,7 +115,9 @@ def parse_documents(
             _Check(source, f"document {index}").fail("items", "a List must have a list of items")
         for item in items:
             try:
-                result.append(validate_object(item, source=source, index=index, node_names=nodes))
+                result.append(
+                    validate_object(item, source=source, index=index, node_names=nodes, check_spec=check_spec)
+                )
             except LabObjectError as exc:
                 errors.append(exc)
     if len(errors) == 1:
@@ -133,9 +135,15 @@ def parse_documents(
 
 
 def validate_object(
-    obj: object, *, source: str, index: int = 1, node_names: frozenset[str] | None = None
+    obj: object,
+    *,
+    source: str,
+    index: int = 1,
+    node_names: frozenset[str] | None = None,
+    check_spec: bool = True,
 ) -> dict[str, Any]:
-    """A deep copy of ``obj`` with ``metadata.namespace`` filled in, or :class:`LabObjectError`."""
+    """A deep copy of ``obj`` with ``metadata.namespace`` filled in, or :class:`LabObjectError`.
+    ``check_spec=False`` (deletion) checks the kind and the names but not an Istio object's spec."""
     check = _Check(source, f"document {index}")
     if not isinstance(obj, dict):
         check.fail("", f"each document must be a mapping (an object), got {type(obj).__name__}")
@@ -162,7 +170,8 @@ def validate_object(
     for field in ("labels", "annotations"):
         _string_map(check, out["metadata"].get(field), f"metadata.{field}")
     if kind in MESH_KINDS:
-        _validate_mesh(check, out)
+        if check_spec:
+            _validate_mesh(check, out)
     elif kind not in LAB_KINDS:
         check.fail(
             "kind",

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import yaml
 
+from meshctl.lab.errors import LabObjectError
 from tests.e2e.conftest import MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -79,7 +80,7 @@ def test_a_bad_route_gets_a_status_condition_naming_the_problem(mesh: MeshLab) -
         "metadata": {"name": "routed", "namespace": "demo", "labels": {"istio.io/use-waypoint": "waypoint"}},
         "spec": {"selector": {"app": "nothing"}, "ports": [{"name": "http", "port": 80, "targetPort": 8080}]},
     }
-    bad = {
+    bad: dict[str, Any] = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "VirtualService",
         "metadata": {"name": "bad-regex", "namespace": "demo"},
@@ -91,7 +92,11 @@ def test_a_bad_route_gets_a_status_condition_naming_the_problem(mesh: MeshLab) -
         },
     }
     objects = [waypoint_gateway(), routed, bad]
-    mesh.lab.apply(objects)
+    with pytest.raises(LabObjectError, match=r"spec\.http\[0\]\.match\[0\]\.uri\.regex"):
+        mesh.lab.apply(objects)  # refused at apply time, as Istio's webhook refuses it
+    mesh.lab.apply(objects[:2])
+    with mesh.lab.store.transaction() as txn:  # as it reaches istiod_lite from a cluster without our webhook
+        txn.put({**bad, "metadata": {**bad["metadata"], "uid": "bad-regex-uid"}})
     try:
 
         def condition() -> dict[str, Any] | None:
