@@ -9,7 +9,7 @@ import socket
 from collections.abc import Iterator
 
 from mesh.errors import MeshError
-from ztunnel.netns import in_netns
+from mesh.rt.net.netns import in_netns
 
 __all__ = ["http_get", "http_request", "socket_in"]
 

@@ -20,7 +20,8 @@ from typing import Any
 
 from mesh.h2 import Http2Engine
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone import HboneServerConnection, InboundDecision, InboundRequest, RelayEnd, link
+from mesh.rt.hbone import HboneServerConnection, InboundDecision, InboundRequest
+from mesh.rt.net.relay import RelayEnd, link
 
 __all__ = ["main", "measure"]
 

@@ -29,14 +29,12 @@ from mesh.rt.hbone import (
     HboneStream,
     InboundDecision,
     InboundRequest,
-    PlainSocketFactory,
     PoolKey,
-    RelayEnd,
-    reset_transport,
 )
-from mesh.rt.hbone.memory import tune_malloc
-from mesh.rt.hbone.relay import splice
 from mesh.rt.loop import run
+from mesh.rt.net.memory import tune_malloc
+from mesh.rt.net.relay import RelayEnd, reset_transport, splice
+from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.tls import TlsMaterial
 
 __all__ = ["load_material", "main", "parse_address", "until_signalled", "write_ready"]

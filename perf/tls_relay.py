@@ -22,9 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone.memory import tune_malloc
-from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.loop import run
+from mesh.rt.net.memory import tune_malloc
+from mesh.rt.net.relay import RelayEnd, link, reset_transport
 from mesh.rt.tls import (
     PeerRejectedError,
     client_context,

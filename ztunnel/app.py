@@ -31,12 +31,12 @@ from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
-from mesh.rt.hbone.memory import trim_when_idle, tune_malloc
 from mesh.rt.http import HttpServer, ThreadedHttpServer
 from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import LoopTasks, build_registry
+from mesh.rt.net.memory import trim_when_idle, tune_malloc
 from mesh.rt.rpc import client_tls
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes

@@ -14,8 +14,8 @@ import structlog
 from mesh.clock import Clock
 from mesh.errors import ConfigError
 from mesh.policy import ConnectionAttributes, applicable_policies, authorize
-from mesh.rt.hbone.relay import RelayEnd
 from mesh.rt.metrics import CounterFamily, GaugeFamily, MetricFamily
+from mesh.rt.net.relay import RelayEnd
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import ConnectionRecord
 

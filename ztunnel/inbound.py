@@ -15,14 +15,14 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import IpAddress, Workload
 from mesh.policy import ConnectionAttributes
 from mesh.ports import INBOUND_HBONE_PORT
-from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.hbone.server import InboundDecision, InboundRequest
-from mesh.rt.hbone.sockets import ConnectError
+from mesh.rt.net.netns import InPodSocketFactory, ip_text, original_destination, parse_ip, peer_of, unmap
+from mesh.rt.net.relay import RelayEnd, link, reset_transport
+from mesh.rt.net.sockets import ConnectError
 from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
 from ztunnel.headers import parse_forwarded_for, parse_forwarded_host
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
-from ztunnel.netns import InPodSocketFactory, ip_text, original_destination, parse_ip, peer_of, unmap
 from ztunnel.relays import refuse, relay_end, report_when_closed, socket_of
 from ztunnel.telemetry import ConnectionRecord
 

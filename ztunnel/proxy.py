@@ -28,14 +28,8 @@ from mesh.revocation import Revocation
 from mesh.rt.certs import NoValidCertificate
 from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.pool import HbonePool, PoolKey
-from mesh.rt.hbone.relay import RelayEnd, link, splice
 from mesh.rt.hbone.server import HboneServer
-from mesh.rt.hbone.sockets import ConnectError
-from mesh.rt.tls import PeerRejectedError
-from ztunnel.context import NodeContext
-from ztunnel.headers import baggage_for, forwarded_for, traceparent
-from ztunnel.inbound import PodInbound
-from ztunnel.netns import (
+from mesh.rt.net.netns import (
     InPodSocketFactory,
     ip_text,
     listen_in_netns,
@@ -43,6 +37,12 @@ from ztunnel.netns import (
     parse_ip,
     peer_of,
 )
+from mesh.rt.net.relay import RelayEnd, link, splice
+from mesh.rt.net.sockets import ConnectError
+from mesh.rt.tls import PeerRejectedError
+from ztunnel.context import NodeContext
+from ztunnel.headers import baggage_for, forwarded_for, traceparent
+from ztunnel.inbound import PodInbound
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
 from ztunnel.relays import refuse, relay_end, report_when_closed, reset_end, socket_of
 from ztunnel.telemetry import ConnectionRecord

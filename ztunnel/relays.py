@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 
-from mesh.rt.hbone.relay import RelayEnd, reset_transport
+from mesh.rt.net.relay import RelayEnd, reset_transport
 from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
 from ztunnel.telemetry import ConnectionRecord

@@ -15,11 +15,11 @@ from typing import cast
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone.client import HboneClientConnection, connect
 from mesh.rt.hbone.config import HboneConfig
-from mesh.rt.hbone.relay import RelayEnd, reset_transport, splice
 from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundHandler, InboundRequest
-from mesh.rt.hbone.sockets import PlainSocketFactory
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import Scheduler
+from mesh.rt.net.relay import RelayEnd, reset_transport, splice
+from mesh.rt.net.sockets import PlainSocketFactory
+from mesh.rt.net.timers import Scheduler
 from mesh.rt.tls import TlsMaterial, client_context
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import IssuedCert, TestPki, chain_pem
@@ -52,7 +52,7 @@ class _FakeTimer:
 
 
 class FakeScheduler:
-    """A :class:`~mesh.rt.hbone.timers.Scheduler` on a :class:`FakeClock`: timers fire in ``advance``."""
+    """A :class:`~mesh.rt.net.timers.Scheduler` on a :class:`FakeClock`: timers fire in ``advance``."""
 
     def __init__(self, clock: FakeClock) -> None:
         self.clock = clock

@@ -106,7 +106,7 @@ async def test_paused_streams_past_the_read_cap_pause_the_whole_connection() -> 
 @pytest.mark.skipif(os.geteuid() != 0, reason="SO_MARK needs CAP_NET_ADMIN")
 async def test_socket_factory_marks_its_sockets() -> None:
     from mesh.ports import MESH_MARK  # noqa: PLC0415
-    from mesh.rt.hbone import PlainSocketFactory  # noqa: PLC0415
+    from mesh.rt.net.sockets import PlainSocketFactory  # noqa: PLC0415
 
     async with hbone_rig() as rig:
         sock = await PlainSocketFactory(mark=MESH_MARK).connect(rig.echo_address)

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from mesh.rt.hbone import ConnectError, HboneStream, KeepaliveTimeoutError, PlainSocketFactory
+from mesh.rt.hbone import HboneStream, KeepaliveTimeoutError
+from mesh.rt.net.sockets import ConnectError, PlainSocketFactory
 from mesh.testing.clock import FakeClock
 from mesh.testing.hbone import Collector, FakeScheduler, eventually, hbone_rig
 

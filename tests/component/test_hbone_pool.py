@@ -10,7 +10,8 @@ from dataclasses import dataclass, replace
 import pytest
 
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone import HbonePool, HboneStream, PlainSocketFactory, PoolConfig, PoolKey
+from mesh.rt.hbone import HbonePool, HboneStream, PoolConfig, PoolKey
+from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.tls import PeerRejectedError
 from mesh.testing.clock import FakeClock
 from mesh.testing.hbone import (

@@ -13,7 +13,7 @@ import pytest
 
 from mesh.h2.errors import ErrorCode
 from mesh.rt.hbone import HboneStream, InboundDecision, InboundRequest, StreamResetError
-from mesh.rt.hbone.relay import RelayEnd
+from mesh.rt.net.relay import RelayEnd
 from mesh.testing.hbone import Collector, EchoProtocol, TcpTunnelEntry, eventually, hbone_rig
 
 MiB = 1024 * 1024

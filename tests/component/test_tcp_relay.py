@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from mesh.rt.hbone.relay import RelayEnd, link
+from mesh.rt.net.relay import RelayEnd, link
 
 pytestmark = pytest.mark.timeout(20)
 

@@ -13,8 +13,8 @@ from ipaddress import ip_address
 
 import pytest
 
+from mesh.rt.net.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of
 from ztunnel.cni.rules import plan_capture
-from ztunnel.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of
 
 pytestmark = pytest.mark.netns
 

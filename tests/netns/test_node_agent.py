@@ -22,9 +22,9 @@ from typing import Any
 import pytest
 
 from mesh.rt.labstate import LabState
+from mesh.rt.net.netns import in_netns, listen_in_netns
 from tests.component.node_agent_fakes import FakeZtunnel, add_pod, eventually, make_lab, set_namespace_labels
 from ztunnel.cni.agent import parse_args, serve
-from ztunnel.netns import in_netns, listen_in_netns
 
 pytestmark = pytest.mark.netns
 

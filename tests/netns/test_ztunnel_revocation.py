@@ -18,6 +18,7 @@ import pytest
 from mesh.certs import IssuedCertificate
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone.pool import HbonePool
+from mesh.rt.net.netns import InPodSocketFactory
 from mesh.rt.tls import TlsMaterial
 from mesh.testing.pki import build_crl
 from tests.netns.ztunnel_support import (
@@ -28,7 +29,6 @@ from tests.netns.ztunnel_support import (
     running_mesh,
     tcp_echo,
 )
-from ztunnel.netns import InPodSocketFactory
 from ztunnel.revocation import CrlWatcher
 
 CLIENT = WorkloadIdentity("cluster.local", "demo", "client")

@@ -31,11 +31,11 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import Registry, build_registry, render
+from mesh.rt.net.netns import InPodSocketFactory
 from ztunnel.cni.rules import plan_capture
 from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import parse_local_config
 from ztunnel.manager import WorkloadManager
-from ztunnel.netns import InPodSocketFactory
 from ztunnel.state import ProxyState
 from ztunnel.telemetry import TcpMetrics
 from ztunnel.zds import ZdsChannel, decode_response

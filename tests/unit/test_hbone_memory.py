@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 
-from mesh.rt.hbone.memory import malloc_trim, trim_when_idle, tune_malloc
+from mesh.rt.net.memory import malloc_trim, trim_when_idle, tune_malloc
 
 
 def test_glibc_thresholds_and_trim_are_available_here() -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from ipaddress import IPv4Address, ip_address
 
-from ztunnel.netns import ip_text, original_destination, parse_ip, unmap
+from mesh.rt.net.netns import ip_text, original_destination, parse_ip, unmap
 
 
 class _RedirectedSocket:

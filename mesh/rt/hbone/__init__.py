@@ -1,7 +1,8 @@
 """HBONE over mTLS on asyncio: client and server connections, stream relays and the connection pool.
 
 The HTTP/2 work is done by the sans-I/O engine in :mod:`mesh.h2`; this package adds TLS, sockets,
-timers and backpressure. See ``client``, ``server``, ``relay`` and ``pool``.
+timers and backpressure. See ``client``, ``server``, ``stream`` and ``pool``; relays, sockets and
+timers are in :mod:`mesh.rt.net`.
 """
 
 from mesh.rt.hbone.client import HboneClientConnection, connect
@@ -15,7 +16,6 @@ from mesh.rt.hbone.errors import (
     StreamResetError,
 )
 from mesh.rt.hbone.pool import CertificateSource, HbonePool, PoolConfig, PoolKey
-from mesh.rt.hbone.relay import RelayEnd, link, reset_transport
 from mesh.rt.hbone.server import (
     HboneServer,
     HboneServerConnection,
@@ -23,14 +23,10 @@ from mesh.rt.hbone.server import (
     InboundHandler,
     InboundRequest,
 )
-from mesh.rt.hbone.sockets import ConnectError, PlainSocketFactory, SocketFactory
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
 
 __all__ = [
-    "PlainSocketFactory",
     "CertificateSource",
-    "ConnectError",
     "ConnectionClosedError",
     "HandshakeError",
     "HboneClientConnection",
@@ -44,16 +40,9 @@ __all__ = [
     "InboundHandler",
     "InboundRequest",
     "KeepaliveTimeoutError",
-    "LoopScheduler",
     "PoolConfig",
     "PoolKey",
-    "RelayEnd",
-    "Scheduler",
-    "SocketFactory",
     "StreamLimitError",
     "StreamResetError",
-    "TimerHandle",
     "connect",
-    "link",
-    "reset_transport",
 ]

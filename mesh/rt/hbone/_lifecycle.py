@@ -15,12 +15,12 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from mesh.h2.connection import Http2Engine
 from mesh.h2.errors import ErrorCode, H2ProtocolError
 from mesh.h2.events import ConnectionTerminated
-from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._log import EventLog
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.errors import ConnectionClosedError, KeepaliveTimeoutError
-from mesh.rt.hbone.keepalive import Keepalive
-from mesh.rt.hbone.timers import Scheduler
+from mesh.rt.net.buffers import SpareBuffers
+from mesh.rt.net.keepalive import Keepalive
+from mesh.rt.net.timers import Scheduler
 
 if TYPE_CHECKING:
     from mesh.rt.hbone.stream import HboneStream

@@ -14,7 +14,7 @@ from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.errors import ConnectionClosedError, HandshakeError, StreamLimitError
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import Scheduler
+from mesh.rt.net.timers import Scheduler
 from mesh.rt.tls import PeerRejectedError, verify_server_peer
 
 __all__ = ["HandshakeError", "HboneClientConnection", "StreamLimitError", "connect"]

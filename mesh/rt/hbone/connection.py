@@ -31,14 +31,14 @@ from mesh.h2.events import (
 )
 from mesh.h2.frames import FRAME_HEADER
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone._buffers import SpareBuffers
 from mesh.rt.hbone._lifecycle import ConnectionLifecycle
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.errors import ConnectionClosedError, KeepaliveTimeoutError
-from mesh.rt.hbone.keepalive import Keepalive
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler
+from mesh.rt.net.buffers import SpareBuffers
+from mesh.rt.net.keepalive import Keepalive
+from mesh.rt.net.timers import LoopScheduler, Scheduler
 from mesh.rt.tls import PeerRejectedError, peer_serial
 
 __all__ = ["ConnectionClosedError", "HboneConnection", "KeepaliveTimeoutError"]  # errors re-exported

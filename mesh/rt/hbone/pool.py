@@ -21,9 +21,9 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.client import HboneClientConnection, StreamLimitError, connect
 from mesh.rt.hbone.config import HboneConfig
-from mesh.rt.hbone.sockets import SocketFactory
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler, TimerHandle
+from mesh.rt.net.sockets import SocketFactory
+from mesh.rt.net.timers import LoopScheduler, Scheduler, TimerHandle
 from mesh.rt.tls import ContextCache, TlsMaterial
 
 __all__ = ["CertificateSource", "HbonePool", "PoolConfig", "PoolKey"]

@@ -20,10 +20,10 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.connection import HboneConnection
-from mesh.rt.hbone.relay import RelayEnd, splice
-from mesh.rt.hbone.sockets import set_keepalive
 from mesh.rt.hbone.stream import HboneStream
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler
+from mesh.rt.net.relay import RelayEnd, splice
+from mesh.rt.net.sockets import set_keepalive
+from mesh.rt.net.timers import LoopScheduler, Scheduler
 from mesh.rt.tls import ContextCache, TlsMaterial, verify_client_peer
 
 __all__ = ["HboneServer", "HboneServerConnection", "InboundDecision", "InboundHandler", "InboundRequest"]

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from mesh.h2.errors import ErrorCode, H2ProtocolError
 from mesh.rt.hbone.errors import StreamResetError
+from mesh.rt.net.relay import StreamTransport
 
 if TYPE_CHECKING:
     from mesh.rt.hbone.connection import HboneConnection
@@ -41,7 +42,7 @@ ACK_BATCH = 32 * 1024
 engine call. 100 streams hold back at most 3.2 MiB of the 16 MiB connection window."""
 
 
-class HboneStream(asyncio.Transport):
+class HboneStream(StreamTransport):
     """The transport of one CONNECT stream on an :class:`~mesh.rt.hbone.connection.HboneConnection`."""
 
     def __init__(self, conn: HboneConnection, stream_id: int, *, extra: dict[str, Any]) -> None:
@@ -195,6 +196,10 @@ class HboneStream(asyncio.Transport):
     def abort(self) -> None:
         """Resets the stream (CANCEL) and drops anything buffered."""
         self.reset(ErrorCode.CANCEL)
+
+    def reset_stream(self) -> None:
+        """Resets the stream with CONNECT_ERROR: what a TCP reset becomes (RFC 9113 section 8.5)."""
+        self.reset(ErrorCode.CONNECT_ERROR)
 
     def reset(self, error_code: int) -> None:
         """Resets the stream with ``error_code`` (CONNECT_ERROR for a TCP reset, RFC 9113 section 8.5)."""

@@ -1,14 +1,14 @@
 """HTTP/2 keepalive: a PING after every quiet interval, the connection presumed dead without an answer.
 
 ztunnel's defaults: a PING 10 s after the previous answer, and 20 s to answer it. Timers go through
-the injected :class:`~mesh.rt.hbone.timers.Scheduler`, so tests run them on a fake clock.
+the injected :class:`~mesh.rt.net.timers.Scheduler`, so tests run them on a fake clock.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from mesh.rt.hbone.timers import Scheduler, TimerHandle
+from mesh.rt.net.timers import Scheduler, TimerHandle
 
 __all__ = ["Keepalive"]
 

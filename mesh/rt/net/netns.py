@@ -21,7 +21,7 @@ from collections.abc import Iterator
 from mesh.errors import MeshError
 from mesh.model import IpAddress
 from mesh.ports import MESH_MARK
-from mesh.rt.hbone.sockets import ConnectError, set_keepalive
+from mesh.rt.net.sockets import ConnectError, set_keepalive
 
 __all__ = [
     "InPodSocketFactory",

@@ -23,12 +23,23 @@ import socket
 import struct
 from typing import cast
 
-from mesh.h2.errors import ErrorCode
-from mesh.rt.hbone.stream import HboneStream
-
-__all__ = ["RelayEnd", "link", "reset_transport", "splice"]
+__all__ = ["RelayEnd", "StreamTransport", "link", "reset_transport", "splice"]
 
 _LINGER_RST = struct.pack("ii", 1, 0)
+
+
+class StreamTransport(asyncio.Transport):
+    """A transport that is one stream of a multiplexed connection (an HBONE CONNECT stream): it
+    finishes by itself once both directions ended, hands data to the protocol :meth:`attach` gave
+    it (no ``set_protocol``), and ends abruptly with a stream reset rather than a TCP RST."""
+
+    def attach(self, protocol: asyncio.Protocol) -> None:
+        """Connects ``protocol`` and hands it anything already received."""
+        raise NotImplementedError
+
+    def reset_stream(self) -> None:
+        """Ends the stream abruptly (what a TCP RST is to a socket)."""
+        raise NotImplementedError
 
 
 class RelayEnd(asyncio.Protocol):
@@ -114,8 +125,8 @@ class RelayEnd(asyncio.Protocol):
 
 
 def _both_tcp(a: RelayEnd, b: RelayEnd) -> bool:
-    """Neither side is an HBONE stream (a stream finishes by itself once both directions ended)."""
-    return not isinstance(a.transport, HboneStream) and not isinstance(b.transport, HboneStream)
+    """Neither side is a stream (a stream finishes by itself once both directions ended)."""
+    return not isinstance(a.transport, StreamTransport) and not isinstance(b.transport, StreamTransport)
 
 
 def _end_peer(peer: RelayEnd, exc: BaseException | None) -> None:
@@ -180,11 +191,11 @@ def _short_circuit(src: RelayEnd, dst: RelayEnd) -> None:
         src.data_received = counted  # type: ignore[method-assign]
     else:
         src.data_received = write  # type: ignore[method-assign]
-    if not isinstance(src.transport, HboneStream):
+    if not isinstance(src.transport, StreamTransport):
         src.transport.set_protocol(src)
 
 
-def splice(end: RelayEnd, stream: HboneStream) -> RelayEnd:
+def splice(end: RelayEnd, stream: StreamTransport) -> RelayEnd:
     """Relays the transport behind ``end`` (e.g. an accepted TCP connection) through ``stream``.
 
     The stream's end counts bytes when ``end`` does."""
@@ -196,8 +207,8 @@ def splice(end: RelayEnd, stream: HboneStream) -> RelayEnd:
 
 def reset_transport(transport: asyncio.BaseTransport) -> None:
     """Ends ``transport`` abruptly: RST_STREAM CONNECT_ERROR for a stream, a TCP RST for a socket."""
-    if isinstance(transport, HboneStream):
-        transport.reset(ErrorCode.CONNECT_ERROR)
+    if isinstance(transport, StreamTransport):
+        transport.reset_stream()
         return
     sock = transport.get_extra_info("socket")
     if sock is not None:

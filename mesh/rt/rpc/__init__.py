@@ -21,7 +21,7 @@ import ssl
 
 from mesh.h2.config import H2Config
 from mesh.rpc import RpcError, StatusCode, timeout_value
-from mesh.rt.hbone.timers import LoopScheduler, Scheduler
+from mesh.rt.net.timers import LoopScheduler, Scheduler
 from mesh.rt.rpc._call import RpcCall
 from mesh.rt.rpc._connection import RpcConnection
 

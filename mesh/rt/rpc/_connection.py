@@ -20,9 +20,9 @@ from mesh.h2.events import (
     WindowUpdated,
 )
 from mesh.rpc import StatusCode, status_for_reset
-from mesh.rt.hbone.keepalive import Keepalive
-from mesh.rt.hbone.sockets import set_keepalive
-from mesh.rt.hbone.timers import Scheduler
+from mesh.rt.net.keepalive import Keepalive
+from mesh.rt.net.sockets import set_keepalive
+from mesh.rt.net.timers import Scheduler
 from mesh.rt.rpc._call import RpcCall, stream_of
 
 __all__ = ["RpcConnection"]
