@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ztunnel.cni.apply import NetnsRules, RuleChange
 from ztunnel.cni.rules import plan_capture, plan_release
 
 pytestmark = pytest.mark.netns
@@ -53,3 +54,17 @@ def test_apply_then_release_leaves_nothing(netns: str) -> None:
     after = _in_ns(netns, "iptables-save")
     assert "ISTIO" not in after
     assert _saved(netns) == before
+
+
+async def test_node_agent_rules_set_the_pod_sysctls_and_put_them_back(netns: str) -> None:
+    rules, path = NetnsRules(), f"/var/run/netns/{netns}"
+
+    def tw_reuse() -> str:
+        return _in_ns(netns, "sysctl", "-n", "net.ipv4.tcp_tw_reuse").strip()
+
+    assert tw_reuse() == "2"
+    assert await rules.ensure_capture(path) == RuleChange(iptables=True, ip_rule=True, sysctls=True)
+    assert tw_reuse() == "1"
+    assert await rules.ensure_capture(path) == RuleChange(iptables=False, ip_rule=False, sysctls=False)
+    assert await rules.release(path) == RuleChange(iptables=True, ip_rule=True, sysctls=True)
+    assert tw_reuse() == "2"

@@ -109,6 +109,7 @@ def build_pods(tag: str, *, capture: dict[str, bool]) -> list[Pod]:
                 str(plan.ip_rule.table),
                 ns=pod.netns,
             )
+            sh("sysctl", "-qw", *(f"{c.key}={c.value}" for c in plan.sysctls), ns=pod.netns)
     return pods
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from ztunnel.cni.rules import plan_capture, plan_probe_snat, plan_release
 
 
@@ -76,3 +78,11 @@ def test_probe_snat_per_pod() -> None:
         "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
         "-A ISTIO_POSTRT -d 10.244.1.7/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
     ]
+
+
+@pytest.mark.parametrize("bypass_inbound", [False, True])
+def test_every_plan_carries_the_pod_sysctls(bypass_inbound: bool) -> None:
+    """tcp_tw_reuse=1 in every enrolled pod (issue 16), put back to the namespace default (2) on release."""
+    sysctls = plan_capture(bypass_inbound=bypass_inbound).sysctls
+    assert [(s.key, s.value, s.released) for s in sysctls] == [("net.ipv4.tcp_tw_reuse", "1", "2")]
+    assert all("TIME_WAIT" in s.reason for s in sysctls)

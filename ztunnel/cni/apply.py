@@ -3,7 +3,8 @@
 One ``iptables-save`` reads what is there, then (only when something differs) one
 ``iptables-restore --noflush`` makes the ISTIO chains match the plan (see ``ruleset``); the policy
 rule ``fwmark 0x111/0xfff lookup 100`` (priority 32764) is added when missing and the route
-``local 0.0.0.0/0 dev lo table 100`` is replaced (both idempotent). Release removes all of it.
+``local 0.0.0.0/0 dev lo table 100`` is replaced (both idempotent), and the plan's sysctls are
+written where they differ. Release removes all of it and puts the sysctls back to their defaults.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class RuleChange:
 
     iptables: bool
     ip_rule: bool
+    sysctls: bool = False
 
 
 async def run_command(argv: Sequence[str], stdin: str | None = None) -> str:
@@ -90,7 +92,17 @@ class NetnsRules:
         if added:
             await self._in(netns, _rule_argv("add", rule))
         await self._in(netns, ["ip", "route", "replace", *rule.route.split(), "table", str(rule.table)])
-        return RuleChange(iptables=restore is not None, ip_rule=added)
+        written = await self._set_sysctls(netns, {s.key: s.value for s in plan.sysctls})
+        return RuleChange(iptables=restore is not None, ip_rule=added, sysctls=written)
+
+    async def _set_sysctls(self, netns: str, wanted: dict[str, str]) -> bool:
+        """Writes each sysctl whose value in the namespace differs; True when any was written."""
+        written = False
+        for key, value in wanted.items():
+            if (await self._in(netns, ["sysctl", "-n", key])).strip() != value:
+                await self._in(netns, ["sysctl", "-q", "-w", f"{key}={value}"])
+                written = True
+        return written
 
     async def has_capture(self, netns: str, plan: CapturePlan | None = None) -> bool:
         """Whether the namespace holds exactly the plan's chains and jumps."""
@@ -118,7 +130,8 @@ class NetnsRules:
         except RulesError as exc:
             if not any(marker in exc.message for marker in _GONE):
                 raise
-        return RuleChange(iptables=restore is not None, ip_rule=removed)
+        reset = await self._set_sysctls(netns, {s.key: s.released for s in plan.sysctls})
+        return RuleChange(iptables=restore is not None, ip_rule=removed, sysctls=reset)
 
 
 class HostProbeSnat:

@@ -155,7 +155,7 @@ class NodeAgent:
             except MeshError as exc:
                 self._pod_log(rec).error("agent.recover_rules_failed", error=str(exc))
                 continue
-            if change.iptables or change.ip_rule:
+            if change.iptables or change.ip_rule or change.sysctls:
                 self._pod_log(rec).warning("agent.recover_rules_repaired", netns=rec.netns)
         await self.sync_probes()
         phases = [r.phase for r in self.records.values()]

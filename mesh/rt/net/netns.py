@@ -39,6 +39,7 @@ __all__ = [
 _CLONE_NEWNET = 0x40000000
 _SO_ORIGINAL_DST = 80
 _IP_TRANSPARENT = 19
+_IP_BIND_ADDRESS_NO_PORT = 24
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -159,8 +160,7 @@ class InPodSocketFactory:
             set_keepalive(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
             if self._spoof and source_ip is not None:
-                sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
-                sock.bind((source_ip, 0))
+                _bind_spoofed(sock, source_ip)
             async with asyncio.timeout(self._timeout):
                 await asyncio.get_running_loop().sock_connect(sock, (host, port))
         except (OSError, TimeoutError) as exc:
@@ -171,6 +171,24 @@ class InPodSocketFactory:
             sock.close()
             raise
         return sock
+
+
+def _bind_spoofed(sock: socket.socket, source_ip: str) -> None:
+    """Binds a transparent socket to the client's IP, leaving the port to ``connect``.
+
+    Istio's ztunnel sets IP_TRANSPARENT and IP_FREEBIND and binds ``(client_ip, 0)``, which makes
+    the kernel pick a port at bind time, among every port bound to that address, TIME_WAIT ones
+    included: with all of one client's connections sharing its IP, that search grew to milliseconds
+    per call once thousands of TIME_WAIT sockets piled up in the server pod (issue 16). With
+    IP_BIND_ADDRESS_NO_PORT the port is chosen at ``connect`` by the 4-tuple alone, where the pod's
+    ``net.ipv4.tcp_tw_reuse=1`` (``ztunnel.cni.rules.POD_SYSCTLS``) lets a TIME_WAIT tuple be
+    reused; the two together keep the rate flat. The client's source port is not kept: the HBONE
+    peer's address carries the client's IP, not its port (the outer connection's port belongs to the
+    client's ztunnel and is shared by many streams).
+    """
+    sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
+    sock.setsockopt(socket.SOL_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source_ip, 0))
 
 
 def peer_of(sock: socket.socket) -> tuple[str, int]:
