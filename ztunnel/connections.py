@@ -16,8 +16,8 @@ from mesh.errors import ConfigError
 from mesh.policy import ConnectionAttributes, applicable_policies, authorize
 from mesh.rt.metrics import CounterFamily, GaugeFamily, MetricFamily
 from mesh.rt.net.relay import RelayEnd
+from mesh.telemetry import ConnectionRecord
 from ztunnel.state import ProxyState
-from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["ConnectionBudget", "ConnectionRegistry", "PolicyHold", "TrackedConnection"]
 

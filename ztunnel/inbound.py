@@ -19,12 +19,12 @@ from mesh.rt.hbone.server import InboundDecision, InboundRequest
 from mesh.rt.net.netns import InPodSocketFactory, ip_text, original_destination, parse_ip, peer_of, unmap
 from mesh.rt.net.relay import RelayEnd, link, reset_transport
 from mesh.rt.net.sockets import ConnectError
+from mesh.telemetry import ConnectionRecord
+from mesh.tunnel_headers import parse_forwarded_for, parse_forwarded_host
 from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
-from ztunnel.headers import parse_forwarded_for, parse_forwarded_host
 from ztunnel.inbound_plan import Admit, plan_inbound_hbone, plan_inbound_plaintext
 from ztunnel.relays import refuse, relay_end, report_when_closed, socket_of
-from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["PodInbound"]
 

@@ -40,12 +40,12 @@ from mesh.rt.net.netns import (
 from mesh.rt.net.relay import RelayEnd, link, splice
 from mesh.rt.net.sockets import ConnectError
 from mesh.rt.tls import PeerRejectedError
+from mesh.telemetry import ConnectionRecord
+from mesh.tunnel_headers import baggage_for, forwarded_for, traceparent
 from ztunnel.context import NodeContext
-from ztunnel.headers import baggage_for, forwarded_for, traceparent
 from ztunnel.inbound import PodInbound
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
 from ztunnel.relays import refuse, relay_end, report_when_closed, reset_end, socket_of
-from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["PodInfo", "PodProxy"]
 

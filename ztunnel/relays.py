@@ -9,9 +9,9 @@ import asyncio
 import socket
 
 from mesh.rt.net.relay import RelayEnd, reset_transport
+from mesh.telemetry import ConnectionRecord
 from ztunnel.connections import PolicyHold
 from ztunnel.context import NodeContext
-from ztunnel.telemetry import ConnectionRecord
 
 __all__ = ["refuse", "relay_end", "report_when_closed", "reset_end", "socket_of"]
 

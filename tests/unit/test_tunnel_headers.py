@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mesh.model import Workload
-from ztunnel.headers import (
+from mesh.tunnel_headers import (
     baggage_for,
     forwarded_for,
     parse_baggage,
