@@ -31,7 +31,6 @@ __all__ = [
     "ForwardingHandler",
     "HboneRig",
     "TcpTunnelEntry",
-    "eventually",
     "hbone_rig",
     "StaticCertificates",
     "material_for",
@@ -352,9 +351,3 @@ async def hbone_rig(
     finally:
         await server.close()
         echo.close()
-
-
-async def eventually(predicate: Callable[[], object], *, interval: float = 0.01) -> None:
-    """Polls ``predicate`` until it is true; wrap the call in ``asyncio.timeout`` for the deadline."""
-    while not predicate():  # noqa: ASYNC110 - polling state that has no event of its own
-        await asyncio.sleep(interval)

@@ -25,7 +25,6 @@ __all__ = [
     "RecordingRules",
     "Seen",
     "add_pod",
-    "eventually",
     "make_lab",
     "set_namespace_labels",
 ]
@@ -197,12 +196,3 @@ def set_namespace_labels(state: LabState, namespace: str, labels: dict[str, str]
 
     with state.transaction() as txn:
         txn.update(("Namespace", "", namespace), change)
-
-
-async def eventually(check: Callable[[], bool], *, within: float = 5.0, what: str = "condition") -> None:
-    """Polls ``check`` until it holds; fails the test after ``within`` seconds."""
-    end = time.monotonic() + within
-    while not check():
-        if time.monotonic() > end:
-            raise AssertionError(f"{what} did not hold within {within} s")
-        await asyncio.sleep(0.02)

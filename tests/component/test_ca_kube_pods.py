@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
 from typing import Any
 
 import kmock
@@ -20,6 +19,7 @@ from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, authorize
 from istiod_lite.sources.kube import RESOURCES, KubeSource, WatchSettings
 from istiod_lite.view import Informers
 from mesh.identity import WorkloadIdentity
+from mesh.testing.polling import wait_until
 
 TD = "cluster.local"
 PODS = kmock.resource("", "v1", "pods")
@@ -37,14 +37,6 @@ def _pod(name: str, node: str) -> dict[str, Any]:
     }
 
 
-async def _until(condition: Callable[[], bool], *, seconds: float = 10.0) -> None:
-    """Polls ``condition`` until it holds; fails after ``seconds``."""
-    deadline = asyncio.get_running_loop().time() + seconds
-    while not condition():
-        assert asyncio.get_running_loop().time() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.02)
-
-
 async def test_impersonation_follows_pods_from_the_api_server(kmock: kmock.KubernetesEmulator) -> None:
     kmock.objects[PODS, "default", "sleep-1"] = _pod("sleep-1", "n2")
     informers = Informers()
@@ -55,7 +47,7 @@ async def test_impersonation_follows_pods_from_the_api_server(kmock: kmock.Kuber
         source = KubeSource(api, sink, resources=pods_only, settings=settings, logger=structlog.get_logger())
         feeder = asyncio.create_task(source.run())
         try:
-            await _until(lambda: informers.synced)
+            await wait_until(lambda: informers.synced)
 
             def allowed() -> bool:
                 decision = authorize(
@@ -69,7 +61,7 @@ async def test_impersonation_follows_pods_from_the_api_server(kmock: kmock.Kuber
 
             assert not allowed(), "sleep runs only on n2"
             await kmock.post("/api/v1/namespaces/default/pods", json=_pod("sleep-2", "n1"))
-            await _until(allowed)
+            await wait_until(allowed)
         finally:
             feeder.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -13,8 +13,9 @@ import pytest
 from mesh.h2.config import H2Config
 from mesh.rt.hbone import HboneConfig, HboneServer, StreamLimitError, connect
 from mesh.rt.tls import client_context
-from mesh.testing.hbone import Collector, ForwardingHandler, eventually, hbone_rig, material_for
+from mesh.testing.hbone import Collector, ForwardingHandler, hbone_rig, material_for
 from mesh.testing.pki import TestPki
+from mesh.testing.polling import wait_until
 
 MiB = 1024 * 1024
 
@@ -91,7 +92,9 @@ async def test_paused_streams_past_the_read_cap_pause_the_whole_connection() -> 
         for stream, _ in collectors:  # both echo 3 MiB back: 6 MiB arrive for paused streams
             stream.write(payload)
         async with asyncio.timeout(10):
-            await eventually(lambda: conn._read_paused)  # more than 2 MiB held: TLS reading stops
+            await wait_until(
+                lambda: conn._read_paused, within=None
+            )  # more than 2 MiB held: TLS reading stops
         assert conn.buffered_bytes <= 2 * MiB + 512 * 1024  # one read past the cap at most
         for stream, _ in collectors:
             stream.resume_reading()

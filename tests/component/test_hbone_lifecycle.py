@@ -10,7 +10,8 @@ import pytest
 from mesh.rt.hbone import HboneStream, KeepaliveTimeoutError
 from mesh.rt.net.sockets import ConnectError, PlainSocketFactory
 from mesh.testing.clock import FakeClock
-from mesh.testing.hbone import Collector, FakeScheduler, eventually, hbone_rig
+from mesh.testing.hbone import Collector, FakeScheduler, hbone_rig
+from mesh.testing.polling import wait_until
 
 
 async def _attach(stream: HboneStream) -> Collector:
@@ -27,7 +28,9 @@ async def test_keepalive_pings_a_live_peer_and_keeps_the_connection() -> None:
             scheduler.advance(10)  # a PING goes out
             assert conn.keepalive.sent == round_trip
             async with asyncio.timeout(5):
-                await eventually(lambda: conn.keepalive.outstanding is None)  # answered over the wire
+                await wait_until(
+                    lambda: conn.keepalive.outstanding is None, within=None
+                )  # answered over the wire
             scheduler.advance(19.9)  # the timeout was cancelled by the answer
         assert not conn.is_closed
         conn.close()
@@ -63,8 +66,7 @@ async def test_drain_sends_goaway_refuses_new_connections_and_lets_streams_finis
         assert status == 200
         collector = await _attach(stream)
         drain = asyncio.create_task(rig.server.drain(deadline=30))
-        async with asyncio.timeout(5):
-            await eventually(lambda: conn.going_away)  # GOAWAY received
+        await wait_until(lambda: conn.going_away, within=5)  # GOAWAY received
         assert not conn.usable
         with pytest.raises(ConnectError):
             await PlainSocketFactory(connect_timeout=1).connect(rig.address)  # the listener is closed
@@ -86,8 +88,7 @@ async def test_drain_closes_what_is_left_at_the_deadline() -> None:
         streams = [await conn.open_stream(rig.echo_authority) for _ in range(3)]
         collectors = [await _attach(stream) for _, stream in streams]
         drain = asyncio.create_task(rig.server.drain(deadline=5))
-        async with asyncio.timeout(5):
-            await eventually(lambda: conn.going_away)
+        await wait_until(lambda: conn.going_away, within=5)
         assert not drain.done()
         scheduler.advance(5)
         async with asyncio.timeout(5):
@@ -104,7 +105,7 @@ async def test_client_stream_refused_after_goaway_opens_nothing() -> None:
         server_conn.h2.close()  # graceful GOAWAY from the server
         server_conn.flush()
         async with asyncio.timeout(5):
-            await eventually(lambda: conn.going_away)
+            await wait_until(lambda: conn.going_away, within=None)
             await conn.closed  # no streams: the client lets the connection go
         assert rig.handler.requests == []
 
@@ -124,10 +125,11 @@ async def test_an_idle_connection_gives_its_bulk_read_buffers_back_and_grows_the
                 await collector.eof
             assert bytes(collector.data) == payload
             assert conn.read_buffer_bytes >= 256 * 1024, "bulk reads use the full-size buffer"
-            async with asyncio.timeout(5):
-                await eventually(lambda: not conn.streams)
+            await wait_until(lambda: not conn.streams, within=5)
             scheduler.advance(10)  # a keepalive interval without streams
             assert conn.read_buffer_bytes == 4096
             async with asyncio.timeout(5):
-                await eventually(lambda: conn.keepalive.outstanding is None)  # the PING answer fits
+                await wait_until(
+                    lambda: conn.keepalive.outstanding is None, within=None
+                )  # the PING answer fits
         conn.close()

@@ -19,10 +19,10 @@ from mesh.testing.hbone import (
     FakeScheduler,
     HboneRig,
     StaticCertificates,
-    eventually,
     hbone_rig,
     material_for,
 )
+from mesh.testing.polling import wait_until
 
 
 @dataclass
@@ -121,8 +121,9 @@ async def _advance(p: PoolRig, seconds: float) -> None:
     """Moves fake time in 5 s steps and lets keepalive PINGs be answered over the wire in between."""
     for _ in range(int(seconds // 5)):
         p.scheduler.advance(5)
-        async with asyncio.timeout(5):
-            await eventually(lambda: all(c.keepalive.outstanding is None for c in p.pool.connections(p.key)))
+        await wait_until(
+            lambda: all(c.keepalive.outstanding is None for c in p.pool.connections(p.key)), within=5
+        )
     p.scheduler.advance(seconds % 5)
 
 
@@ -141,7 +142,7 @@ async def test_idle_connection_is_released_after_five_minutes() -> None:
         assert p.pool.connections(p.key) == []
         async with asyncio.timeout(5):
             await conn.closed
-            await eventually(lambda: not p.rig.server.connections)  # GOAWAY + close reached the server
+            await wait_until(lambda: not p.rig.server.connections)  # GOAWAY + close reached the server
         await _finish(*await p.echo())
         assert p.pool.connections_opened == 2
 
@@ -181,5 +182,4 @@ async def test_refused_streams_release_their_slot(status: int) -> None:
         for _ in range(3):
             got, _ = await p.pool.open_stream(p.key, p.rig.echo_authority)
             assert got == status
-        async with asyncio.timeout(5):
-            await eventually(lambda: p.pool.stream_counts(p.key) == [0])
+        await wait_until(lambda: p.pool.stream_counts(p.key) == [0], within=5)

@@ -14,7 +14,8 @@ import pytest
 from mesh.h2.errors import ErrorCode
 from mesh.rt.hbone import HboneStream, InboundDecision, InboundRequest, StreamResetError
 from mesh.rt.net.relay import RelayEnd
-from mesh.testing.hbone import Collector, EchoProtocol, TcpTunnelEntry, eventually, hbone_rig
+from mesh.testing.hbone import Collector, EchoProtocol, TcpTunnelEntry, hbone_rig
+from mesh.testing.polling import wait_until
 
 MiB = 1024 * 1024
 
@@ -195,8 +196,7 @@ async def test_stream_protocol_error_closes_the_upstream_at_once() -> None:
         assert status == 200
         stream.attach(Collector())
         stream.write(b"abc")
-        async with asyncio.timeout(5):
-            await eventually(lambda: upstreams and upstreams[0].data == b"abc")
+        await wait_until(lambda: upstreams and upstreams[0].data == b"abc", within=5)
         # WINDOW_UPDATE with increment 0 on the stream: a stream error (RFC 9113 section 6.9)
         assert conn.transport is not None
         conn.transport.write(struct.pack(">BHBBLL", 0, 4, 0x8, 0, stream.stream_id, 0))
@@ -225,8 +225,7 @@ async def test_tcp_reset_becomes_connect_error_and_back() -> None:
         entry_address = await entry.listen()
         client = socket.create_connection(entry_address)
         client.sendall(b"ping")
-        async with asyncio.timeout(5):
-            await eventually(lambda: upstreams and upstreams[0].data == b"ping")
+        await wait_until(lambda: upstreams and upstreams[0].data == b"ping", within=5)
         client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         client.close()  # RST
         async with asyncio.timeout(2):
@@ -299,7 +298,7 @@ async def test_slow_upstream_pauses_the_sender_and_bounds_memory() -> None:
         sinks[0].transport.resume_reading()  # type: ignore[union-attr]
         expected = hashlib.sha256(chunk * (written // len(chunk)))
         async with asyncio.timeout(10):
-            await eventually(lambda: not stream.get_write_buffer_size())
+            await wait_until(lambda: not stream.get_write_buffer_size(), within=None)
             stream.write_eof()
             await sinks[0].eof
         assert sinks[0].count == written

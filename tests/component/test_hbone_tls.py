@@ -10,7 +10,6 @@ import ssl
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -23,13 +22,9 @@ from mesh.rt.tls import (
     client_context,
     server_context,
 )
-from mesh.testing.hbone import Collector, eventually, hbone_rig, material_for
+from mesh.testing.hbone import Collector, hbone_rig, material_for
 from mesh.testing.pki import TestPki, write_pem_files
-
-
-async def _until(predicate: Callable[[], object]) -> None:
-    async with asyncio.timeout(5):
-        await eventually(predicate)
+from mesh.testing.polling import wait_until
 
 
 @pytest.mark.parametrize("factory", [server_context, client_context])
@@ -90,7 +85,7 @@ async def test_server_refuses_a_client_from_another_ca() -> None:
         stranger = material_for(TestPki.create(), "client-ns", "client", roots_pem=rig.pki.root_pem)
         with pytest.raises(HandshakeError):
             await rig.client(material=stranger)
-        await _until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
+        await wait_until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
         assert rig.handler.requests == []
 
 
@@ -100,7 +95,7 @@ async def test_server_refuses_a_client_in_another_trust_domain() -> None:
         same_ca_other_domain = material_for(foreign, "client-ns", "client")
         with pytest.raises(HandshakeError):
             await rig.client(material=same_ca_other_domain)
-        await _until(lambda: rig.server.peer_rejections >= 1)
+        await wait_until(lambda: rig.server.peer_rejections >= 1)
         assert rig.handler.requests == []
 
 
@@ -119,7 +114,7 @@ async def test_server_refuses_a_certificate_with_two_uri_sans() -> None:
         )
         with pytest.raises(HandshakeError):
             await rig.client(material=material_for(rig.pki, "client-ns", "client", leaf=two))
-        await _until(lambda: rig.server.peer_rejections >= 1)
+        await wait_until(lambda: rig.server.peer_rejections >= 1)
 
 
 _AES256_ONLY = "TLS_AES_256_GCM_SHA384"
@@ -208,7 +203,7 @@ async def test_server_refuses_tls12_and_missing_h2(alpn: list[str], tls12: bool,
                 assert await reader.read() == b""  # closed right after it
             writer.close()
         assert rig.handler.requests == []
-        await _until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
+        await wait_until(lambda: rig.server.handshake_failures + rig.server.peer_rejections >= 1)
 
 
 @pytest.mark.parametrize("trickle", [False, True])
@@ -232,7 +227,7 @@ async def test_handshake_timeout_closes_silent_and_trickling_clients(trickle: bo
         sock.close()
         assert data == b""
         assert 0.3 <= elapsed <= 2.0
-        await _until(lambda: rig.server.handshake_failures == 1)
+        await wait_until(lambda: rig.server.handshake_failures == 1)
 
 
 async def test_a_slowloris_crowd_is_cut_at_the_handshake_timeout_while_a_real_client_is_served() -> None:
@@ -297,10 +292,9 @@ async def test_a_slowloris_crowd_is_cut_at_the_handshake_timeout_while_a_real_cl
             sock.close()
         assert max(served) < 1.0, served
         assert min(lifetimes) >= 0.9 and max(lifetimes) <= 2.5, (min(lifetimes), max(lifetimes))
-        await _until(lambda: rig.server.handshake_failures >= 330)
-        await _until(lambda: not rig.server.connections)  # a failed handshake leaves nothing tracked
-        async with asyncio.timeout(5):
-            await eventually(lambda: len(os.listdir("/proc/self/fd")) <= baseline)
+        await wait_until(lambda: rig.server.handshake_failures >= 330)
+        await wait_until(lambda: not rig.server.connections)  # a failed handshake leaves nothing tracked
+        await wait_until(lambda: len(os.listdir("/proc/self/fd")) <= baseline, within=5)
 
 
 async def test_rotated_server_credentials_apply_to_new_connections() -> None:

@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 
 from mesh.rt.labstate import LabState
+from mesh.testing.polling import wait_until
 from tests.component.node_agent_fakes import (
     FakeZtunnel,
     RecordingProbes,
     RecordingRules,
     add_pod,
-    eventually,
     make_lab,
     set_namespace_labels,
 )
@@ -75,7 +75,7 @@ async def node(tmp_path: Path) -> AsyncIterator[Node]:
     task = asyncio.get_running_loop().create_task(
         serve(args, stop=stop, rules=node.rules, probes=node.probes)
     )
-    await eventually(lambda: os.path.exists(node.plugin_socket) or task.done(), what="agent listening")
+    await wait_until(lambda: os.path.exists(node.plugin_socket) or task.done(), what="agent listening")
     try:
         yield node
     finally:
@@ -115,7 +115,7 @@ async def test_add_enrolls_the_pod_with_its_netns_fd_and_annotation(node: Node) 
     uid = add_pod(node.state, "web-0")
     ztunnel = await FakeZtunnel(node.zds_socket).start()
     try:
-        await eventually(lambda: ztunnel.kinds() == ["snapshot_sent"])
+        await wait_until(lambda: ztunnel.kinds() == ["snapshot_sent"])
         status, out = await cni(node, "ADD", "web-0", uid=uid)
         assert status == 0 and out["ips"][0]["address"] == "10.244.1.5/32"  # prevResult passed through
         add = ztunnel.seen[-1]
@@ -151,7 +151,7 @@ async def test_add_fails_when_ztunnel_refuses_or_does_not_answer(node: Node, mod
     uid = add_pod(node.state, "web-0")
     ztunnel = await FakeZtunnel(node.zds_socket).start()
     try:
-        await eventually(lambda: ztunnel.kinds() == ["snapshot_sent"])
+        await wait_until(lambda: ztunnel.kinds() == ["snapshot_sent"])
         ztunnel.mode = mode
         status, out = await cni(node, "ADD", "web-0", uid=uid)
         assert status == 1 and out["code"] == 11
@@ -183,14 +183,14 @@ async def test_relabelling_the_namespace_enrolls_then_releases_the_running_pod(n
     try:
         assert (await cni(node, "ADD", "web-0", uid=uid))[0] == 0
         set_namespace_labels(node.state, "demo", {"istio.io/dataplane-mode": "ambient"})
-        await eventually(lambda: node.redirection("web-0") == "enabled", what="runtime enrollment")
+        await wait_until(lambda: node.redirection("web-0") == "enabled", what="runtime enrollment")
         assert ztunnel.kinds() == ["snapshot_sent", "add"]
         assert node.rules.captured == {node.sandbox("web-0")}
         assert node.probes.current == ("10.244.1.5",)
         set_namespace_labels(node.state, "demo", {})
-        await eventually(lambda: ztunnel.kinds()[-1:] == ["del"], what="runtime release")
+        await wait_until(lambda: ztunnel.kinds()[-1:] == ["del"], what="runtime release")
         assert node.redirection("web-0") is None and node.rules.captured == set()
-        await eventually(lambda: node.probes.current == (), what="the probe SNAT to drop the pod")
+        await wait_until(lambda: node.probes.current == (), what="the probe SNAT to drop the pod")
     finally:
         await ztunnel.close()
 
@@ -201,10 +201,10 @@ async def test_pending_pod_is_enrolled_once_ztunnel_connects(node: Node) -> None
     uid = add_pod(node.state, "web-0")
     assert (await cni(node, "ADD", "web-0", uid=uid))[0] == 0
     set_namespace_labels(node.state, "demo", {"istio.io/dataplane-mode": "ambient"})
-    await eventually(lambda: node.redirection("web-0") == "pending", what="fail-closed pending")
+    await wait_until(lambda: node.redirection("web-0") == "pending", what="fail-closed pending")
     ztunnel = await FakeZtunnel(node.zds_socket).start()
     try:
-        await eventually(lambda: node.redirection("web-0") == "enabled", what="enrollment after connect")
+        await wait_until(lambda: node.redirection("web-0") == "enabled", what="enrollment after connect")
         assert ztunnel.kinds() == ["snapshot_sent", "add"]
     finally:
         await ztunnel.close()
@@ -219,7 +219,7 @@ async def test_reconnecting_ztunnel_gets_the_snapshot(node: Node) -> None:
     os.unlink(node.sandbox("web-1"))  # a namespace the agent cannot open is kept, not dropped
     second = await FakeZtunnel(node.zds_socket).start()
     try:
-        await eventually(lambda: second.kinds()[-1:] == ["snapshot_sent"], what="snapshot")
+        await wait_until(lambda: second.kinds()[-1:] == ["snapshot_sent"], what="snapshot")
         assert sorted((s.kind, s.uid) for s in second.seen[:-1]) == [
             ("add", "Kubernetes//Pod/demo/web-0"),
             ("keep", "Kubernetes//Pod/demo/web-1"),
@@ -235,7 +235,7 @@ async def test_deleted_pod_is_dropped_from_ztunnel(node: Node) -> None:
         assert (await cni(node, "ADD", "web-0", uid=uid))[0] == 0
         with node.state.transaction() as txn:
             txn.remove(("Pod", "demo", "web-0"))
-        await eventually(lambda: ztunnel.kinds()[-1:] == ["del"], what="del after pod deletion")
+        await wait_until(lambda: ztunnel.kinds()[-1:] == ["del"], what="del after pod deletion")
         assert not list((node.run_dir / "pods").glob("*.json"))
     finally:
         await ztunnel.close()
@@ -251,7 +251,7 @@ async def test_agent_process_logs_json_and_stops_cleanly_on_sigterm(tmp_path: Pa
     )  # fmt: skip
     try:
         node = Node(state, run_dir, RecordingRules(), tmp_path)
-        await eventually(
+        await wait_until(
             lambda: os.path.exists(node.plugin_socket), within=15, what="agent process listening"
         )
         assert (await cni(node, "ADD", "legacy-0", uid=uid))[0] == 0
@@ -283,7 +283,7 @@ async def test_abstract_plugin_socket(tmp_path: Path) -> None:
         serve(args, stop=stop, rules=node.rules, probes=node.probes)
     )
     try:
-        await eventually(lambda: _exists(node.zds_socket), what="agent listening")
+        await wait_until(lambda: _exists(node.zds_socket), what="agent listening")
         status, out = await _retry_cni(node, "legacy-0", uid, name)
         assert status == 0, out
         assert not (node.run_dir / "pluginevent.sock").exists()

@@ -13,7 +13,8 @@ import pytest
 import structlog
 
 from mesh.api.istio.workload.zds import zds_pb2
-from tests.component.node_agent_fakes import FakeZtunnel, eventually
+from mesh.testing.polling import wait_until
+from tests.component.node_agent_fakes import FakeZtunnel
 from ztunnel.cni.zds_server import ZdsRejectedError, ZdsServer, ZdsUnavailableError, ZdsWorkload
 
 
@@ -65,11 +66,11 @@ async def test_connect_replays_snapshot_with_fresh_fds_and_keep_for_missing_name
     snapshot += [present, missing]
     ztunnel = await FakeZtunnel(zds.path).start()
     try:
-        await eventually(lambda: ztunnel.kinds() == ["add", "keep", "snapshot_sent"], what="snapshot")
+        await wait_until(lambda: ztunnel.kinds() == ["add", "keep", "snapshot_sent"], what="snapshot")
         add, keep = ztunnel.seen[0], ztunnel.seen[1]
         assert (add.uid, add.workload, add.netns) == (present.uid, ("a", "demo", "web"), _ino(present.netns))
         assert keep.uid == missing.uid
-        await eventually(lambda: ready == ["ready"], what="on_ready")
+        await wait_until(lambda: ready == ["ready"], what="on_ready")
     finally:
         await ztunnel.close()
 
@@ -79,9 +80,9 @@ async def test_add_goes_to_the_newest_ztunnel_and_del_to_all(
 ) -> None:
     zds, _, ready = server
     old = await FakeZtunnel(zds.path).start()
-    await eventually(lambda: len(ready) == 1)
+    await wait_until(lambda: len(ready) == 1)
     new = await FakeZtunnel(zds.path).start()
-    await eventually(lambda: len(ready) == 2)
+    await wait_until(lambda: len(ready) == 2)
     try:
         workload = _workload(tmp_path, "a")
         await zds.add(workload)
@@ -106,7 +107,7 @@ async def test_without_ztunnel_add_fails_at_once(
 async def test_nack_is_a_rejection(server: tuple[ZdsServer, Snapshot, list[str]], tmp_path: Path) -> None:
     zds, _, ready = server
     ztunnel = await FakeZtunnel(zds.path).start()
-    await eventually(lambda: bool(ready))
+    await wait_until(lambda: bool(ready))
     ztunnel.mode = "nack"
     try:
         with pytest.raises(ZdsRejectedError, match="fake ztunnel refuses"):
@@ -121,14 +122,14 @@ async def test_silent_ztunnel_times_out_and_is_dropped(
 ) -> None:
     zds, _, ready = server
     ztunnel = await FakeZtunnel(zds.path).start()
-    await eventually(lambda: bool(ready))
+    await wait_until(lambda: bool(ready))
     ztunnel.mode = "silent"
     try:
         async with asyncio.timeout(3):
             with pytest.raises(ZdsUnavailableError, match="did not ack"):
                 await zds.add(_workload(tmp_path, "a"))
         assert not zds.connected
-        await eventually(ztunnel.gone.is_set, what="the agent closing the connection")
+        await wait_until(ztunnel.gone.is_set, what="the agent closing the connection")
     finally:
         await ztunnel.close()
 
@@ -136,10 +137,10 @@ async def test_silent_ztunnel_times_out_and_is_dropped(
 async def test_disconnect_is_noticed_while_idle(server: tuple[ZdsServer, Snapshot, list[str]]) -> None:
     zds, _, ready = server
     ztunnel = await FakeZtunnel(zds.path).start()
-    await eventually(lambda: bool(ready))
+    await wait_until(lambda: bool(ready))
     assert zds.connected
     await ztunnel.close()
-    await eventually(lambda: not zds.connected, within=2, what="disconnect detection")
+    await wait_until(lambda: not zds.connected, within=2, what="disconnect detection")
 
 
 @pytest.mark.parametrize(
@@ -175,8 +176,8 @@ async def test_unsolicited_message_drops_the_connection(
         snapshot_sent = await asyncio.to_thread(sock.recv, 1024)
         assert zds_pb2.WorkloadRequest.FromString(snapshot_sent).HasField("snapshot_sent")
         sock.send(zds_pb2.WorkloadResponse(ack=zds_pb2.Ack()).SerializeToString())
-        await eventually(lambda: zds.connected)
+        await wait_until(lambda: zds.connected)
         sock.send(b"\x0a\x00")  # nobody asked
-        await eventually(lambda: not zds.connected, within=2, what="protocol violation handling")
+        await wait_until(lambda: not zds.connected, within=2, what="protocol violation handling")
     finally:
         sock.close()

@@ -13,6 +13,7 @@ from istiod_lite.status import LabStatusWriter, StatusReporter
 from istiod_lite.translate.l7 import translate_waypoint
 from istiod_lite.view import view_from_objects
 from mesh.rt.labstate import LabState
+from mesh.testing.polling import wait_until
 from tests.unit.l7_world import virtual_service, world
 
 pytestmark = pytest.mark.timeout(20)
@@ -26,13 +27,6 @@ class CountingWriter(LabStatusWriter):
     def write(self, statuses: Any) -> int:
         self.batches.append(len(statuses))
         return super().write(statuses)
-
-
-async def until(check: Any, within: float = 5.0) -> None:
-    deadline = time.monotonic() + within
-    while not check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.02)
 
 
 async def test_statuses_land_in_the_object_files_once(tmp_path: Path) -> None:
@@ -55,7 +49,7 @@ async def test_statuses_land_in_the_object_files_once(tmp_path: Path) -> None:
         def written() -> bool:
             return bool((state.read(key) or {}).get("status"))
 
-        await until(written)
+        await wait_until(written)
         (condition,) = (state.read(key) or {})["status"]["conditions"]
         assert condition["status"] == "False" and "is not a valid RE2" in condition["message"]
         assert state.current_rv() == rv_before + 1  # one write, the counter moved: watchers see it

@@ -23,7 +23,8 @@ import pytest
 
 from mesh.rt.labstate import LabState
 from mesh.rt.net.netns import in_netns, listen_in_netns
-from tests.component.node_agent_fakes import FakeZtunnel, add_pod, eventually, make_lab, set_namespace_labels
+from mesh.testing.polling import wait_until
+from tests.component.node_agent_fakes import FakeZtunnel, add_pod, make_lab, set_namespace_labels
 from ztunnel.cni.agent import parse_args, serve
 
 pytestmark = pytest.mark.netns
@@ -119,7 +120,7 @@ async def agent_in_process(node: Node, *extra: str) -> AsyncIterator[None]:
     args = parse_args(argv)
     stop = asyncio.Event()
     task = asyncio.get_running_loop().create_task(serve(args, stop=stop))
-    await eventually(lambda: _listening(node, args.plugin_socket) or task.done(), what="agent listening")
+    await wait_until(lambda: _listening(node, args.plugin_socket) or task.done(), what="agent listening")
     try:
         yield
     finally:
@@ -246,13 +247,13 @@ async def test_relabelling_enrolls_then_releases_the_running_pod(pod: Pod, node:
             assert (await cni_add(node, pod, uid))[0] == 0
             assert capture_state(pod) == ([], [], [])
             set_namespace_labels(node.state, "demo", {"istio.io/dataplane-mode": "ambient"})
-            await eventually(lambda: node.redirection() == "enabled", what="runtime enrollment")
+            await wait_until(lambda: node.redirection() == "enabled", what="runtime enrollment")
             istio, rules, routes = capture_state(pod)
             assert len(istio) == 12 and len(rules) == 1 and len(routes) == 1
             assert ztunnel.kinds()[-1] == "add"
             set_namespace_labels(node.state, "demo", {})
-            await eventually(lambda: ztunnel.kinds()[-1] == "del", what="runtime release")
-            await eventually(lambda: node.redirection() is None, what="annotation removed")
+            await wait_until(lambda: ztunnel.kinds()[-1] == "del", what="runtime release")
+            await wait_until(lambda: node.redirection() is None, what="annotation removed")
             assert capture_state(pod) == ([], [], [])
             assert "ISTIO" not in _sh("iptables-save", ns=pod.name)
         finally:
@@ -299,10 +300,10 @@ async def test_killed_agent_restarts_replays_the_snapshot_and_leaves_rules_alone
 
         procs[0].send_signal(signal.SIGKILL)
         await procs[0].wait()
-        await eventually(ztunnels[0].gone.is_set, what="ztunnel noticing the agent died")
+        await wait_until(ztunnels[0].gone.is_set, what="ztunnel noticing the agent died")
         procs.append(await start_agent_process(node, tmp_path / "agent.log"))
         ztunnels.append(await FakeZtunnel(node.zds_socket).start(deadline=15))
-        await eventually(lambda: ztunnels[1].kinds() == ["add", "snapshot_sent"], within=10, what="snapshot")
+        await wait_until(lambda: ztunnels[1].kinds() == ["add", "snapshot_sent"], within=10, what="snapshot")
 
         st = os.stat(pod.netns)
         assert ztunnels[1].seen[0].uid == "Kubernetes//Pod/demo/web-0"

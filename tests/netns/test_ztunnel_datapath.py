@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,7 @@ from mesh.model import Action, Authorization, Match, Scope, StringMatch
 from mesh.rt.certs import NoValidCertificate
 from mesh.rt.http import HttpServer
 from mesh.rt.metrics import Registry
+from mesh.testing.polling import wait_until
 from meshctl.ztunnel_config import fetch_admin, render_table
 from tests.netns.ztunnel_support import (
     Pod,
@@ -165,7 +165,7 @@ async def test_byte_counts_in_metrics_equal_what_was_sent(pods: list[Pod], tmp_p
         )
         assert code == 0, err
         assert int(out) == 100_000
-        await _eventually(
+        await wait_until(
             lambda: (
                 metric_total(mesh.registry, "istio_tcp_connections_closed_total", reporter="destination") >= 1
             )
@@ -303,7 +303,7 @@ async def test_policy_change_closes_live_connections(pods: list[Pod], tmp_path: 
     client, server = pods
     async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
         holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip, "50"))
-        await _eventually(lambda: _inbound(mesh.ctx.registry) == 50)  # catalogue 10: 50 live connections
+        await wait_until(lambda: _inbound(mesh.ctx.registry) == 50)  # catalogue 10: 50 live connections
         deny = Authorization(
             "deny-all", "demo", Scope.NAMESPACE, Action.DENY, (((Match(destination_ports=(9000,)),),),)
         )
@@ -322,14 +322,6 @@ def _assert_balanced(registry: Registry) -> None:
         opened = metric_total(registry, "istio_tcp_connections_opened_total", reporter=reporter)
         closed = metric_total(registry, "istio_tcp_connections_closed_total", reporter=reporter)
         assert opened == closed, (reporter, opened, closed)
-
-
-async def _eventually(check: Callable[[], bool], *, within: float = 5.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.02)
 
 
 async def test_admin_config_dump_and_ztunnel_config_views(pods: list[Pod], tmp_path: Path) -> None:
@@ -368,7 +360,7 @@ async def test_drain_stops_new_connections_and_ends_old_ones_by_the_deadline(
     client, server = pods
     async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
         holder = asyncio.ensure_future(run_in(client, sys.executable, "-c", _HOLD, server.ip, "50"))
-        await _eventually(lambda: _inbound(mesh.ctx.registry) == 50)  # 50 live tunnels
+        await wait_until(lambda: _inbound(mesh.ctx.registry) == 50)  # 50 live tunnels
         started = asyncio.get_running_loop().time()
         drain = asyncio.ensure_future(mesh.manager.stop_all(deadline=1.0))
         await asyncio.sleep(0.2)
