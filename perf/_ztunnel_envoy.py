@@ -8,7 +8,9 @@ runs in the server pod's namespace on ``0.0.0.0:15008``, terminates CONNECT and 
 server on ``127.0.0.1``. Both run ``--concurrency 1 --disable-hot-restart`` with a distinct
 ``--base-id``, in their own session, and are stopped by PID (calibration traps 2-4).
 
-Unlike ztunnel, Envoy captures nothing: the client connects to Envoy A explicitly.
+Unlike ztunnel, the bare pair captures nothing: the client connects to Envoy A explicitly. With
+``equal=True`` the pair does ztunnel's per-connection work (:mod:`perf._ztunnel_envoy_equal`): the
+client connects to the server's address and is captured.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from mesh.testing.envoy_hbone import envoy_binary, hbone_client_config, hbone_se
 from mesh.testing.pki import TestPki, chain_pem
 from mesh.testing.processes import stop_process
 from meshctl.nethttp import http_get
+from perf._ztunnel_envoy_equal import equal_client_config, equal_server_config
 
 __all__ = ["ENVOY_A_PORT", "ENVOY_B_PORT", "EnvoyPair", "PairSpec", "envoy_pair", "make_materials"]
 
@@ -147,11 +150,10 @@ class _Envoy:
         stop_process(self.process)
 
 
-@contextlib.contextmanager
-def envoy_pair(
-    spec: PairSpec, *, client: TlsMaterial, server: TlsMaterial, workdir: Path
-) -> Iterator[EnvoyPair]:
-    """Starts Envoy B then Envoy A for ``spec``, yields them ready, and always stops both."""
+def _configs(
+    spec: PairSpec, *, client: TlsMaterial, server: TlsMaterial, workdir: Path, equal: bool
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(A's, B's) bootstrap; the equal-work ones only when the pods are captured (see ``captured``)."""
     b_config = hbone_server_config(
         material=server, upstream=("127.0.0.1", spec.target_port), clients=frozenset({client.identity})
     )
@@ -161,8 +163,26 @@ def envoy_pair(
         expected=frozenset({server.identity}),
         authority=f"{spec.server_ip}:{spec.target_port}",
     )
+    b_config = _with_listener(b_config, "0.0.0.0", ENVOY_B_PORT)
+    if not equal:
+        return _with_listener(a_config, "127.0.0.1", ENVOY_A_PORT), b_config
+    upstream = (spec.server_ip, spec.target_port)
+    return (
+        equal_client_config(a_config, log_path=workdir / "envoy-a-access.log"),
+        equal_server_config(
+            b_config, client=client.identity, upstream=upstream, log_path=workdir / "envoy-b-access.log"
+        ),
+    )
+
+
+@contextlib.contextmanager
+def envoy_pair(
+    spec: PairSpec, *, client: TlsMaterial, server: TlsMaterial, workdir: Path, equal: bool = False
+) -> Iterator[EnvoyPair]:
+    """Starts Envoy B then Envoy A for ``spec``, yields them ready, and always stops both."""
+    a_config, b_config = _configs(spec, client=client, server=server, workdir=workdir, equal=equal)
     envoy_b = _Envoy(
-        _with_listener(b_config, "0.0.0.0", ENVOY_B_PORT),
+        b_config,
         netns=spec.server_netns,
         workdir=workdir,
         name="envoy-b",
@@ -170,16 +190,15 @@ def envoy_pair(
     try:
         envoy_b.wait_ready()
         envoy_a = _Envoy(
-            _with_listener(a_config, "127.0.0.1", ENVOY_A_PORT),
+            a_config,
             netns=spec.client_netns,
             workdir=workdir,
             name="envoy-a",
         )
         try:
             envoy_a.wait_ready()
-            yield EnvoyPair(
-                pids=(envoy_a.process.pid, envoy_b.process.pid), listener=("127.0.0.1", ENVOY_A_PORT)
-            )
+            target = (spec.server_ip, spec.target_port) if equal else ("127.0.0.1", ENVOY_A_PORT)
+            yield EnvoyPair(pids=(envoy_a.process.pid, envoy_b.process.pid), listener=target)
         finally:
             envoy_a.stop()
     finally:

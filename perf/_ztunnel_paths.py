@@ -9,6 +9,7 @@ from pathlib import Path
 
 from perf import _ztunnel_measure as m
 from perf._ztunnel_envoy import EnvoyPair, PairSpec, envoy_pair, make_materials
+from perf._ztunnel_envoy_equal import captured
 from perf._ztunnel_lab import ENROLLED, PLAIN, REDIS_PORT, BenchLab, Endpoints, proc_sample
 from perf._ztunnel_report import PathRun
 
@@ -66,23 +67,26 @@ def _memory(pids: list[int]) -> tuple[float, float, float]:
 
 
 @contextlib.contextmanager
-def _envoys(ep: Endpoints, port: int, work: Path) -> Iterator[EnvoyPair]:
+def _envoys(ep: Endpoints, port: int, work: Path, *, equal: bool) -> Iterator[EnvoyPair]:
     client, server = make_materials((PLAIN, "client"), (PLAIN, "server"))
     spec = PairSpec(
         client_netns=ep.client_netns, server_netns=ep.server_netns, server_ip=ep.server_ip, target_port=port
     )
-    with envoy_pair(spec, client=client, server=server, workdir=work / "envoy") as pair:
+    workdir = work / ("envoy-equal" if equal else "envoy")
+    with envoy_pair(spec, client=client, server=server, workdir=workdir, equal=equal) as pair:
         yield pair
 
 
-def _via_envoy(bench: BenchLab, s: Sizes, ep: Endpoints, work: Path) -> _Measured:
-    """A fresh Envoy pair per server: the echo server first, then redis."""
-    with _envoys(ep, ep.echo_port, work) as pair:
-        lat, thr = _echo(bench, s, ep.client_netns, pair.listener, list(pair.pids))
-        echo_memory = _memory(list(pair.pids))
-    with _envoys(ep, REDIS_PORT, work) as pair:
-        rps, conns = _rates(bench, s, ep.client_netns, pair.listener, list(pair.pids))
-        redis_memory = _memory(list(pair.pids))
+def _via_envoy(bench: BenchLab, s: Sizes, ep: Endpoints, work: Path, *, equal: bool) -> _Measured:
+    """A fresh Envoy pair per server: the echo server first, then redis (equal work: with both pods
+    captured by ztunnel's rules for the duration)."""
+    with captured(ep.client_netns, ep.server_netns) if equal else contextlib.nullcontext():
+        with _envoys(ep, ep.echo_port, work, equal=equal) as pair:
+            lat, thr = _echo(bench, s, ep.client_netns, pair.listener, list(pair.pids))
+            echo_memory = _memory(list(pair.pids))
+        with _envoys(ep, REDIS_PORT, work, equal=equal) as pair:
+            rps, conns = _rates(bench, s, ep.client_netns, pair.listener, list(pair.pids))
+            redis_memory = _memory(list(pair.pids))
     return _Measured(lat, thr, rps, conns, max(echo_memory, redis_memory))
 
 
@@ -93,10 +97,10 @@ def _direct_or_ztunnel(bench: BenchLab, s: Sizes, ep: Endpoints, pids: list[int]
 
 
 def run_path(bench: BenchLab, sizes: Sizes, path: str, *, repeat: int, work: Path) -> PathRun:
-    """One repeat of ``direct``, ``ztunnel`` or ``envoy``."""
+    """One repeat of ``direct``, ``ztunnel``, ``envoy`` or ``envoy-equal``."""
     ep = bench.endpoints(ENROLLED if path == "ztunnel" else PLAIN)
-    if path == "envoy":
-        got = _via_envoy(bench, sizes, ep, work)
+    if path in ("envoy", "envoy-equal"):
+        got = _via_envoy(bench, sizes, ep, work, equal=path == "envoy-equal")
     else:
         got = _direct_or_ztunnel(bench, sizes, ep, bench.ztunnel_pids() if path == "ztunnel" else [])
     return PathRun(

@@ -16,7 +16,7 @@ from perf.bench_ztunnel import QUICK, main
 
 pytestmark = [pytest.mark.e2e, pytest.mark.envoy, pytest.mark.timeout(150)]
 
-PATHS = {"direct", "ztunnel", "envoy"}
+PATHS = {"direct", "ztunnel", "envoy", "envoy-equal"}
 
 
 def _check_run(run: dict[str, Any]) -> None:
