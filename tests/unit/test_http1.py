@@ -1,0 +1,86 @@
+"""mesh.http1: requests and responses parsed with llhttp, Envoy's limits, and smuggling refused."""
+
+from __future__ import annotations
+
+import pytest
+
+from mesh.http1 import Http1Error, RequestParser, ResponseParser, serialize_request, serialize_response
+
+
+def test_pipelined_keep_alive_and_chunked_requests_come_out_in_order() -> None:
+    parser = RequestParser()
+    raw = (
+        b"GET /a?x=1 HTTP/1.1\r\nHost: server\r\nX-Tag: 1\r\nX-Tag: 2\r\n\r\n"
+        b"POST /b HTTP/1.1\r\nHost: server\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+        b"GET /c HTTP/1.0\r\n\r\n"
+    )
+    first = parser.feed(raw[:30])
+    rest = parser.feed(raw[30:])
+    a, b, c = first + rest
+    assert (a.method, a.target, a.values("x-tag"), a.keep_alive) == ("GET", "/a?x=1", ("1", "2"), True)
+    assert (b.method, b.body, b.header("transfer-encoding")) == ("POST", b"abcde", "chunked")
+    assert (c.version, c.keep_alive) == ("1.0", False)
+    assert ("transfer-encoding", "chunked") not in b.end_to_end_headers()
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (
+            b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3\r\nabc\r\n0\r\n\r\n",
+            400,
+        ),
+        (b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd", 400),
+        (b"GET / HTTP/1.1\r\nHo st: a\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\nHost: a\x01b\r\n\r\n", 400),
+        (b"GET / HTTP/1.1\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(101)) + b"\r\n", 431),
+        (b"GET / HTTP/1.1\r\nX-Big: " + b"a" * (61 * 1024) + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nContent-Length: 20\r\n\r\n" + b"x" * 20, 413),
+    ],
+    ids=[
+        "cl-and-te",
+        "two-content-lengths",
+        "space-in-name",
+        "control-char",
+        "101-headers",
+        "61-KiB",
+        "body-limit",
+    ],
+)
+def test_malformed_or_oversized_requests_name_their_status(raw: bytes, status: int) -> None:
+    with pytest.raises(Http1Error) as info:
+        RequestParser(max_body=10).feed(raw)
+    assert info.value.status == status
+
+
+def test_responses_including_head_and_to_the_end_of_the_connection() -> None:
+    parser = ResponseParser()
+    (ok,) = parser.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nhi")
+    assert (ok.status, ok.reason, ok.body) == (200, "OK", b"hi")
+    (head,) = ResponseParser(head_only=True).feed(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n")
+    assert head.status == 200 and head.body == b""
+    eof = ResponseParser()
+    assert eof.feed(b"HTTP/1.0 200 OK\r\n\r\nall of it") == []
+    (until_close,) = eof.finish()
+    assert until_close.body == b"all of it"
+
+
+def test_serialized_messages_parse_back() -> None:
+    raw = serialize_request("PUT", "/x", [("host", "s"), ("x-a", "1")], b"body")
+    (request,) = RequestParser().feed(raw)
+    assert (request.method, request.target, request.body, request.header("x-a")) == (
+        "PUT",
+        "/x",
+        b"body",
+        "1",
+    )
+    (response,) = ResponseParser().feed(serialize_response(503, "", [("x-b", "2")], b"no", keep_alive=False))
+    assert (response.status, response.reason, response.body, response.keep_alive) == (
+        503,
+        "Service Unavailable",
+        b"no",
+        False,
+    )
+    assert b"content-length" not in serialize_response(204, "", [], b"ignored")
