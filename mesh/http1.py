@@ -91,6 +91,7 @@ class _Parser:
         self._failure: Http1Error | None = None
         self._stopped = False
         self._in_body = False
+        self._in_message = False
 
     def feed(self, data: bytes) -> list[Message]:
         """Parses ``data``; returns the messages it completed (possibly none), in order."""
@@ -112,6 +113,7 @@ class _Parser:
 
     # httptools callbacks
     def on_message_begin(self) -> None:
+        self._in_message = True
         self._current = Message()
         self._body, self._body_size, self._header_bytes = [], 0, 0
 
@@ -144,7 +146,7 @@ class _Parser:
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._in_body = False
+        self._in_message = self._in_body = False
         self._current.body = b"".join(self._body)
         self._done.append(self._current)
 
@@ -162,6 +164,11 @@ class RequestParser(_Parser):
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
         super().__init__(httptools.HttpRequestParser, max_body=max_body)
+
+    @property
+    def in_message(self) -> bool:
+        """True between the first byte of a request and its end (a slow client is timed here)."""
+        return self._in_message
 
     def _complete_head(self, message: Message) -> None:
         message.method = self._parser.get_method().decode("ascii")

@@ -1,0 +1,346 @@
+"""The waypoint's HTTP/1.1 data path: accept requests, route them with Envoy's semantics
+(``mesh.l7``), apply faults, forward to an endpoint of the chosen cluster over pooled keep-alive
+connections with the route's timeout and retries, and report each request.
+
+Bodies are buffered (a retry needs the request again; Envoy buffers for retries too), up to the
+codec's limit. Response flags follow Envoy: NR (no route), NC (no such cluster), UH (no endpoint),
+UF (connect failure), UC (upstream closed early), UT (timeout), URX (retries exhausted), FI (fault
+abort), DI (fault delay).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from dataclasses import dataclass
+
+import structlog
+
+from mesh.http1 import (
+    Http1Error,
+    Message,
+    RequestParser,
+    ResponseParser,
+    serialize_request,
+    serialize_response,
+)
+from mesh.l7.balancing import Endpoint, EndpointPicker
+from mesh.l7.faults import FaultDecision, decide_fault
+from mesh.l7.retries import Outcome, backoff, should_retry
+from mesh.l7.router import HeaderEdits, Request, RouteDecision
+from waypoint.config import WaypointConfig
+from waypoint.telemetry import RequestMetrics, RequestRecord
+
+__all__ = ["Answer", "Upstreams", "WaypointProxy"]
+
+_READ = 65536
+_IDLE_TIMEOUT = 3600.0
+"""Envoy's default HTTP connection idle timeout."""
+_HEADERS_TIMEOUT = 60.0
+"""How long a client may take to send a request once it started (slowloris)."""
+
+
+class UpstreamError(Exception):
+    """One try failed without a response: ``connect`` (never connected) or a reset/early close."""
+
+    def __init__(self, *, connect: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.connect = connect
+
+
+@dataclass(slots=True)
+class Answer:
+    """The response the waypoint sends for one request, and how it was produced."""
+
+    status: int
+    headers: list[tuple[str, str]]
+    body: bytes
+    flags: str = ""
+    cluster: str = ""
+    upstream: str = ""
+
+
+class Upstreams:
+    """Keep-alive HTTP/1.1 connections to endpoints, each used by one request at a time."""
+
+    def __init__(self, *, max_idle: int = 32) -> None:
+        self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._max_idle = max_idle
+
+    async def exchange(self, endpoint: Endpoint, raw: bytes, *, head: bool) -> Message:
+        """Sends ``raw`` to ``endpoint`` and reads the whole response; raises UpstreamError."""
+        key = (endpoint.host, endpoint.port)
+        idle = self._idle.get(key)
+        if idle:
+            reader, writer = idle.pop()
+            try:  # a pooled connection the server closed meanwhile: once more on a fresh one
+                return await self._over(key, reader, writer, raw, head=head)
+            except UpstreamError:
+                pass
+        try:
+            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
+        except OSError as exc:
+            raise UpstreamError(
+                connect=True, detail=f"connect to {endpoint.host}:{endpoint.port}: {exc}"
+            ) from None
+        return await self._over(key, reader, writer, raw, head=head)
+
+    async def _over(
+        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes,
+        *, head: bool,
+    ) -> Message:  # fmt: skip
+        parser = ResponseParser(head_only=head)
+        try:
+            writer.write(raw)
+            await writer.drain()
+            while True:
+                data = await reader.read(_READ)
+                responses = parser.feed(data) if data else parser.finish()
+                if responses:
+                    response = responses[0]
+                    break
+                if not data:
+                    raise UpstreamError(connect=False, detail="upstream closed before a whole response")
+        except (OSError, Http1Error) as exc:
+            writer.close()
+            raise UpstreamError(connect=False, detail=str(exc)) from None
+        except BaseException:
+            writer.close()  # cancelled (a timeout): the connection is mid-exchange, never reused
+            raise
+        if response.keep_alive and data and len(self._idle.get(key, ())) < self._max_idle:
+            self._idle.setdefault(key, []).append((reader, writer))
+        else:
+            writer.close()
+        return response
+
+    def close(self) -> None:
+        """Closes every idle connection."""
+        for connections in self._idle.values():
+            for _, writer in connections:
+                writer.close()
+        self._idle.clear()
+
+
+class WaypointProxy:
+    """Serves HTTP/1.1 clients with the routes of the current config (swapped in whole by ``config``)."""
+
+    def __init__(
+        self,
+        config: Callable[[], WaypointConfig],
+        metrics: RequestMetrics,
+        *,
+        route_config: str = "",
+        rng: random.Random | None = None,
+        log: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
+        self._config = config
+        self._metrics = metrics
+        self._route_config = route_config
+        self._rng = rng or random.Random()
+        self._log = log or structlog.get_logger().bind(component="waypoint")
+        self.upstreams = Upstreams()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def serve(self, host: str, port: int) -> asyncio.Server:
+        """Listens for plain HTTP/1.1 clients (``--http-listen``)."""
+        return await asyncio.start_server(self._client, host, port)
+
+    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        parser = RequestParser()
+        pending: list[Message] = []
+        try:
+            while True:
+                timeout = _HEADERS_TIMEOUT if pending or parser_busy(parser) else _IDLE_TIMEOUT
+                try:
+                    data = await asyncio.wait_for(reader.read(_READ), timeout)
+                except TimeoutError:
+                    break
+                if not data:
+                    break
+                try:
+                    pending += parser.feed(data)
+                except Http1Error as exc:
+                    body = f"{exc.message}\n".encode()
+                    writer.write(serialize_response(exc.status, "", [("content-type", "text/plain")], body,
+                                                    keep_alive=False))  # fmt: skip
+                    break
+                while pending:
+                    request = pending.pop(0)
+                    answer = await self.handle(request)
+                    keep = request.keep_alive and not request.upgrade
+                    writer.write(
+                        serialize_response(answer.status, "", answer.headers, answer.body, keep_alive=keep)
+                    )
+                    await writer.drain()
+                    if not keep:
+                        return
+        except (ConnectionError, OSError):
+            pass
+        finally:
+            with contextlib.suppress(Exception):
+                writer.close()
+
+    async def handle(self, request: Message) -> Answer:
+        """Routes, faults and forwards one request; reports it; returns the answer."""
+        started = time.monotonic()
+        authority = request.header("host") or ""
+        decision = self._route(request, authority)
+        if decision is None:
+            answer = Answer(404, [], b"", flags="NR")
+        else:
+            answer = await self._decided(request, decision)
+            _edit(answer.headers, decision.response_headers)
+        self._metrics.done(
+            RequestRecord(
+                method=request.method, path=request.target, authority=authority, protocol="http",
+                status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
+                cluster=answer.cluster, upstream=answer.upstream,
+                duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
+                response_bytes=len(answer.body),
+            )
+        )  # fmt: skip
+        return answer
+
+    def _route(self, request: Message, authority: str) -> RouteDecision | None:
+        config = self._config()
+        router = config.routers.get(self._route_config) or next(iter(config.routers.values()), None)
+        if router is None:
+            return None
+        headers: dict[str, tuple[str, ...]] = {}
+        for name, value in request.headers:
+            headers[name] = (*headers.get(name, ()), value)
+        return router.route(Request(request.method, request.target, authority, headers), self._rng)
+
+    async def _decided(self, request: Message, decision: RouteDecision) -> Answer:
+        fault = decide_fault(decision.fault, self._rng) if decision.fault else FaultDecision()
+        flags = "DI" if fault.delay else ""
+        if fault.delay:
+            await asyncio.sleep(fault.delay)
+        if fault.abort_http is not None:
+            return Answer(fault.abort_http, [("content-type", "text/plain")], b"fault filter abort",
+                          flags=_join(flags, "FI"), cluster=decision.cluster)  # fmt: skip
+        if fault.abort_grpc is not None:
+            grpc = [("content-type", "application/grpc"), ("grpc-status", str(fault.abort_grpc))]
+            return Answer(200, grpc, b"", flags=_join(flags, "FI"), cluster=decision.cluster)
+        if decision.redirect:
+            location = decision.redirect
+            if location.startswith("//"):
+                location = f"http:{location}"
+            elif location.startswith("/"):  # Envoy answers an absolute URL on the request's own host
+                location = f"http://{request.header('host') or ''}{location}"
+            return Answer(decision.redirect_status, [("location", location)], b"", flags=flags)
+        if decision.direct_status:
+            return Answer(decision.direct_status, [], decision.direct_body, flags=flags)
+        answer = await self._forward(request, decision)
+        answer.flags = _join(flags, answer.flags)
+        return answer
+
+    async def _forward(self, request: Message, decision: RouteDecision) -> Answer:
+        picker = self._config().clusters.get(decision.cluster)
+        if picker is None:
+            return Answer(503, [], b"no cluster match for URL\n", flags="NC", cluster=decision.cluster)
+        for mirror, fraction in decision.mirrors:
+            if self._rng.random() < fraction:
+                self._spawn(self._mirror(request, decision, mirror))
+        raw = self._upstream_request(request, decision)
+        try:
+            async with asyncio.timeout(decision.timeout):
+                return await self._tries(raw, request, decision, picker)
+        except TimeoutError:
+            return Answer(504, [], b"upstream request timeout", flags="UT", cluster=decision.cluster)
+
+    async def _tries(
+        self, raw: bytes, request: Message, decision: RouteDecision, picker: EndpointPicker
+    ) -> Answer:
+        policy = decision.retry
+        retries = 0
+        tried: Endpoint | None = None
+        while True:
+            endpoint = picker.pick(self._rng, exclude=tried)
+            if endpoint is None:
+                return Answer(503, [], b"no healthy upstream", flags="UH", cluster=decision.cluster)
+            tried = endpoint
+            address = f"{endpoint.host}:{endpoint.port}"
+            endpoint.active += 1
+            response: Message | None = None
+            try:
+                async with asyncio.timeout(policy.per_try_timeout if policy else None):
+                    response = await self.upstreams.exchange(endpoint, raw, head=request.method == "HEAD")
+                outcome = Outcome(status=response.status)
+            except UpstreamError as exc:
+                outcome = Outcome(connect_failure=exc.connect, reset=not exc.connect)
+            except TimeoutError:  # the per-try timeout: what Envoy counts as a 504 from this try
+                outcome = Outcome(status=504)
+            finally:
+                endpoint.active -= 1
+            if policy is not None and should_retry(policy, outcome, retries):
+                await asyncio.sleep(backoff(policy, retries, self._rng))
+                retries += 1
+                continue
+            exhausted = "URX" if policy is not None and retries and retries >= policy.num_retries else ""
+            if response is not None and outcome.status == response.status:
+                headers = response.end_to_end_headers()
+                return Answer(response.status, headers, response.body, flags=exhausted,
+                              cluster=decision.cluster, upstream=address)  # fmt: skip
+            if outcome.status == 504:
+                return Answer(504, [], b"upstream request timeout", flags=_join("UT", exhausted),
+                              cluster=decision.cluster, upstream=address)  # fmt: skip
+            flag = "UF" if outcome.connect_failure else "UC"
+            body = b"upstream connect error or disconnect/reset before headers"
+            return Answer(
+                503, [], body, flags=_join(flag, exhausted), cluster=decision.cluster, upstream=address
+            )
+
+    def _upstream_request(self, request: Message, decision: RouteDecision) -> bytes:
+        headers = request.end_to_end_headers()
+        _edit(headers, decision.request_headers)
+        if decision.host_rewrite:
+            headers = [(k, v) for k, v in headers if k != "host"] + [("host", decision.host_rewrite)]
+        if not any(k == "x-request-id" for k, _ in headers):
+            headers.append(("x-request-id", str(uuid.UUID(int=self._rng.getrandbits(128), version=4))))
+        headers.append(("x-forwarded-proto", "http"))
+        return serialize_request(
+            request.method, decision.upstream_path or request.target, headers, request.body
+        )
+
+    async def _mirror(self, request: Message, decision: RouteDecision, cluster: str) -> None:
+        """Fire and forget: the copy's answer is dropped; its Host carries ``-shadow`` as Envoy's does."""
+        picker = self._config().clusters.get(cluster)
+        endpoint = picker.pick(self._rng) if picker else None
+        if endpoint is None:
+            return
+        headers = [(k, f"{v}-shadow" if k == "host" else v) for k, v in request.end_to_end_headers()]
+        raw = serialize_request(
+            request.method, decision.upstream_path or request.target, headers, request.body
+        )
+        with contextlib.suppress(UpstreamError, TimeoutError):
+            async with asyncio.timeout(decision.timeout):
+                await self.upstreams.exchange(endpoint, raw, head=request.method == "HEAD")
+
+    def _spawn(self, coro: Coroutine[object, object, None]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+
+def parser_busy(parser: RequestParser) -> bool:
+    """True while a request has started but not ended (its headers must arrive in time)."""
+    return parser.in_message
+
+
+def _edit(headers: list[tuple[str, str]], edits: HeaderEdits) -> None:
+    """Applies a route's header edits in place: removals, then additions (append or replace)."""
+    if edits.remove:
+        headers[:] = [(k, v) for k, v in headers if k not in edits.remove]
+    for name, value, append in edits.add:
+        if not append:
+            headers[:] = [(k, v) for k, v in headers if k != name]
+        headers.append((name, value))
+
+
+def _join(*flags: str) -> str:
+    return ",".join(f for f in flags if f)
