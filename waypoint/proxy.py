@@ -15,7 +15,7 @@ import contextlib
 import random
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 
 import structlog
@@ -32,6 +32,7 @@ from mesh.l7.balancing import Endpoint, EndpointPicker
 from mesh.l7.faults import FaultDecision, decide_fault
 from mesh.l7.retries import Outcome, backoff, should_retry
 from mesh.l7.router import HeaderEdits, Request, RouteDecision
+from mesh.rt.hbone.errors import StreamResetError
 from waypoint.config import WaypointConfig
 from waypoint.telemetry import RequestMetrics, RequestRecord
 
@@ -64,12 +65,25 @@ class Answer:
     upstream: str = ""
 
 
-class Upstreams:
-    """Keep-alive HTTP/1.1 connections to endpoints, each used by one request at a time."""
+Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+"""Opens a connection to ``host:port`` (a TCP connection, or an HBONE stream through a ztunnel)."""
 
-    def __init__(self, *, max_idle: int = 32) -> None:
+
+async def _tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    try:
+        return await asyncio.open_connection(host, port)
+    except OSError as exc:
+        raise UpstreamError(connect=True, detail=f"connect to {host}:{port}: {exc}") from None
+
+
+class Upstreams:
+    """Keep-alive HTTP/1.1 connections to endpoints, each used by one request at a time: plain TCP,
+    or HBONE streams (``tunnel``) for endpoints that are reached through their ztunnel."""
+
+    def __init__(self, *, tunnel: Connector | None = None, max_idle: int = 32) -> None:
         self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
         self._max_idle = max_idle
+        self.tunnel = tunnel
 
     async def exchange(self, endpoint: Endpoint, raw: bytes, *, head: bool) -> Message:
         """Sends ``raw`` to ``endpoint`` and reads the whole response; raises UpstreamError."""
@@ -81,12 +95,12 @@ class Upstreams:
                 return await self._over(key, reader, writer, raw, head=head)
             except UpstreamError:
                 pass
-        try:
-            reader, writer = await asyncio.open_connection(endpoint.host, endpoint.port)
-        except OSError as exc:
+        if endpoint.hbone and self.tunnel is None:
             raise UpstreamError(
-                connect=True, detail=f"connect to {endpoint.host}:{endpoint.port}: {exc}"
-            ) from None
+                connect=True, detail=f"{endpoint.host} is reached over HBONE, which is off here"
+            )
+        connect = self.tunnel if endpoint.hbone and self.tunnel is not None else _tcp
+        reader, writer = await connect(endpoint.host, endpoint.port)
         return await self._over(key, reader, writer, raw, head=head)
 
     async def _over(
@@ -147,9 +161,19 @@ class WaypointProxy:
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
         """Listens for plain HTTP/1.1 clients (``--http-listen``)."""
-        return await asyncio.start_server(self._client, host, port)
+        return await asyncio.start_server(self.serve_connection, host, port)
 
-    async def _client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def serve_connection(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        *,
+        tunnel_authority: str = "",
+        source_principal: str = "",
+    ) -> None:
+        """Serves one client connection's requests in order. Through HBONE, ``tunnel_authority`` (the
+        CONNECT authority, ``VIP:port``) chooses the virtual host and ``source_principal`` is the
+        client's verified identity."""
         parser = RequestParser()
         pending: list[Message] = []
         try:
@@ -170,7 +194,9 @@ class WaypointProxy:
                     break
                 while pending:
                     request = pending.pop(0)
-                    answer = await self.handle(request)
+                    answer = await self.handle(
+                        request, tunnel_authority=tunnel_authority, source_principal=source_principal
+                    )
                     keep = request.keep_alive and not request.upgrade
                     writer.write(
                         serialize_response(answer.status, "", answer.headers, answer.body, keep_alive=keep)
@@ -178,17 +204,19 @@ class WaypointProxy:
                     await writer.drain()
                     if not keep:
                         return
-        except (ConnectionError, OSError):
-            pass
+        except (ConnectionError, OSError, StreamResetError):
+            pass  # the client went away (a TCP reset, or its HBONE stream was reset)
         finally:
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def handle(self, request: Message) -> Answer:
+    async def handle(
+        self, request: Message, *, tunnel_authority: str = "", source_principal: str = ""
+    ) -> Answer:
         """Routes, faults and forwards one request; reports it; returns the answer."""
         started = time.monotonic()
         authority = request.header("host") or ""
-        decision = self._route(request, authority)
+        decision = self._route(request, tunnel_authority or authority)
         if decision is None:
             answer = Answer(404, [], b"", flags="NR")
         else:
@@ -200,7 +228,8 @@ class WaypointProxy:
                 status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
                 cluster=answer.cluster, upstream=answer.upstream,
                 duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
-                response_bytes=len(answer.body),
+                response_bytes=len(answer.body), source_principal=source_principal,
+                mtls=bool(source_principal),
             )
         )  # fmt: skip
         return answer

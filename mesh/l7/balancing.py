@@ -15,10 +15,12 @@ __all__ = ["Endpoint", "EndpointPicker"]
 
 @dataclass(slots=True)
 class Endpoint:
-    """One upstream address and the requests in flight to it (for LEAST_REQUEST)."""
+    """One upstream address, whether it is reached over HBONE (an enrolled pod: through its
+    ztunnel), and the requests in flight to it (for LEAST_REQUEST)."""
 
     host: str
     port: int
+    hbone: bool = False
     active: int = 0
 
 
