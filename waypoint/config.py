@@ -23,7 +23,14 @@ from mesh.errors import ConfigError
 from mesh.l7.balancing import Endpoint, EndpointPicker
 from mesh.l7.router import RouteConfigError, Router, compile_routes
 
-__all__ = ["CLUSTER_TYPE", "ENDPOINTS_TYPE", "ROUTES_TYPE", "WaypointConfig", "load_local_config"]
+__all__ = [
+    "CLUSTER_TYPE",
+    "ENDPOINTS_TYPE",
+    "ROUTES_TYPE",
+    "WaypointConfig",
+    "endpoints_of",
+    "load_local_config",
+]
 
 ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
@@ -33,6 +40,8 @@ _TYPES: Mapping[str, type[Message]] = {
     CLUSTER_TYPE: cluster_pb2.Cluster,
     ENDPOINTS_TYPE: endpoint_pb2.ClusterLoadAssignment,
 }
+_SOCKET_MATCH = "envoy.transport_socket_match"
+"""Istio marks an endpoint reached through an HBONE tunnel with ``{tunnel: http}`` under this filter."""
 
 
 @dataclass(slots=True)
@@ -63,11 +72,13 @@ class WaypointConfig:
         for name, cluster in config.resources.get(CLUSTER_TYPE, {}).items():
             assert isinstance(cluster, cluster_pb2.Cluster)
             assignment = assignments.get(name) or cluster.load_assignment
-            config.clusters[name] = EndpointPicker(cluster.lb_policy, _endpoints(assignment, name))
+            config.clusters[name] = EndpointPicker(cluster.lb_policy, endpoints_of(assignment, name))
         return config
 
 
-def _endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, cluster: str) -> list[Endpoint]:
+def endpoints_of(assignment: endpoint_pb2.ClusterLoadAssignment, cluster: str) -> list[Endpoint]:
+    """The endpoints of ``cluster``'s assignment, each marked ``hbone`` when its metadata says it is
+    reached through an HBONE tunnel; raises ConfigError for an endpoint without an address."""
     endpoints = []
     for locality in assignment.endpoints:
         for lb in locality.lb_endpoints:
@@ -77,7 +88,13 @@ def _endpoints(assignment: endpoint_pb2.ClusterLoadAssignment, cluster: str) -> 
                     f"cluster {cluster!r}: an endpoint without socket_address address and port_value",
                     hint="give each endpoint an address and a port",
                 )
-            endpoints.append(Endpoint(address.address, address.port_value))
+            match = lb.metadata.filter_metadata.get(_SOCKET_MATCH)
+            hbone = (
+                match is not None
+                and "tunnel" in match.fields
+                and match.fields["tunnel"].string_value == "http"
+            )
+            endpoints.append(Endpoint(address.address, address.port_value, hbone=hbone))
     return endpoints
 
 
