@@ -16,11 +16,13 @@ import contextlib
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from perf._ztunnel_lab import BenchLab, proc_sample
 
@@ -31,6 +33,7 @@ __all__ = [
     "hold_connections",
     "idle_cpu",
     "latency",
+    "machine_busy_s",
     "request_rate",
     "set_value",
     "throughput",
@@ -162,6 +165,14 @@ def request_rate(
         proxy_cpu_us_per_req=used / requests * 1e6 if pids else None,
         loadgen_cpu_share=cpu / wall,
     )
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has been busy since boot (all cores; /proc/stat minus idle and
+    iowait): on a shared machine, how much of it other work took."""
+    fields = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def idle_cpu(pids: list[int], *, seconds: float) -> float:

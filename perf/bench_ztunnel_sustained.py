@@ -10,7 +10,9 @@ and ``--connections`` were made. Every connection the server's ztunnel delivers 
 client's IP, so TIME_WAIT sockets pile up in the server pod (tens of thousands a minute).
 
 Reported per repeat: connections per second over the first and the last 10 s and their ratio (the
-issue asks for last within 10 % of first), failures, the CPU of each ztunnel per connection, the
+issue asks for last within 10 % of first), failures, the CPU of each ztunnel per connection (over
+the run, and the server's in the first and the last 10 s: a rate that falls while that stays flat
+was taken by other work on the machine, whose busy cores are sampled too), the
 TIME_WAIT sockets in the server pod at the end, and the server pod's ``net.ipv4.tcp_tw_reuse`` (the
 node agent sets it; see ``ztunnel.cni.rules.POD_SYSCTLS``). Each repeat gets a fresh lab, so one
 repeat's TIME_WAIT sockets do not slow the next. The report is the median of the repeats.
@@ -26,12 +28,16 @@ import platform
 import statistics
 import sys
 import tempfile
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from meshctl.lab.testkit import unique_lab_id
 from perf import _ztunnel_measure as m
 from perf._ztunnel_lab import ENROLLED, REDIS_PORT, BenchLab, proc_sample
+from perf._ztunnel_measure import machine_busy_s
 
 __all__ = ["Sustained", "main", "run_once"]
 
@@ -90,6 +96,10 @@ class Sustained:
     """Each ztunnel's CPU per connection (client's node1, server's node2)."""
     load_cpu_share: float
     """The load tool's CPU per wall second (1.0 = a core)."""
+    server_ms_per_conn_windows: tuple[float, float]
+    """The server's ztunnel CPU per connection in the first and the last ``WINDOW_S`` seconds."""
+    machine_busy_windows: tuple[float, float]
+    """Busy cores of the whole machine (everyone's work) in the same two windows."""
     time_wait: int
     """TIME_WAIT sockets in the server pod right after the load."""
     tw_reuse: str
@@ -105,6 +115,40 @@ def _log(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
+class _Sampler(threading.Thread):
+    """Every second: (monotonic time, the server ztunnel's CPU seconds, the machine's busy seconds)."""
+
+    def __init__(self, server_pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = server_pid
+        self.samples: list[tuple[float, float, float]] = []
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            self.samples.append((time.monotonic(), proc_sample(self.pid).cpu_s, machine_busy_s()))
+            if self.done.wait(1.0):
+                return
+
+    def window(self, start: float, end: float) -> tuple[float, float, float]:
+        """(seconds, server CPU seconds, machine busy seconds) between the samples nearest the bounds."""
+        first = min(self.samples, key=lambda s: abs(s[0] - start))
+        last = min(self.samples, key=lambda s: abs(s[0] - end))
+        return last[0] - first[0], last[1] - first[1], last[2] - first[2]
+
+
+def _windows(
+    sampler: _Sampler, started: float, per_second: list[int]
+) -> tuple[tuple[float, float], tuple[float, float]]:
+    """Server ms per connection and machine busy cores, in the first and the last window."""
+    ms, busy = [], []
+    for lo in (0, len(per_second) - WINDOW_S):
+        span, cpu, machine = sampler.window(started + lo, started + lo + WINDOW_S)
+        ms.append(cpu / max(1, sum(per_second[lo : lo + WINDOW_S])) * 1e3)
+        busy.append(machine / span if span else 0.0)
+    return (ms[0], ms[1]), (busy[0], busy[1])
+
+
 def run_once(bench: BenchLab, *, seconds: float, connections: int, concurrency: int) -> Sustained:
     """The sustained load once, in a lab that is up."""
     ep = bench.endpoints(ENROLLED)
@@ -113,7 +157,14 @@ def run_once(bench: BenchLab, *, seconds: float, connections: int, concurrency: 
     before = [proc_sample(pid).cpu_s for pid in pids]
     argv = [sys.executable, "-c", _LOAD, ep.server_ip, str(REDIS_PORT), str(seconds), str(connections),
             str(concurrency)]  # fmt: skip
-    out, _ = bench.run_in(ep.client_netns, argv, timeout=seconds * 10 + 120)
+    sampler = _Sampler(pids[1])
+    sampler.start()
+    started = time.monotonic()
+    try:
+        out, _ = bench.run_in(ep.client_netns, argv, timeout=seconds * 10 + 120)
+    finally:
+        sampler.done.set()
+        sampler.join()
     used = [proc_sample(pid).cpu_s - cpu for pid, cpu in zip(pids, before, strict=True)]
     time_wait, _ = bench.run_in(ep.server_netns, ["ss", "-Htan", "state", "time-wait"], timeout=30)
     tw_reuse, _ = bench.run_in(ep.server_netns, ["sysctl", "-n", "net.ipv4.tcp_tw_reuse"], timeout=10)
@@ -121,12 +172,14 @@ def run_once(bench: BenchLab, *, seconds: float, connections: int, concurrency: 
     per_second: list[int] = load["per_second"]
     full = per_second[: int(load["seconds"])]  # the last bucket is a partial second
     done = sum(per_second)
+    ms_windows, busy_windows = _windows(sampler, started, full)
     return Sustained(
         connections=done, failed=load["failed"], first_error=load["first_error"], seconds=load["seconds"],
         per_second=per_second, first_rate=sum(full[:WINDOW_S]) / WINDOW_S,
         last_rate=sum(full[-WINDOW_S:]) / WINDOW_S,
         cpu_ms_per_conn=(used[0] / done * 1e3, used[1] / done * 1e3),
-        load_cpu_share=load["cpu_s"] / load["seconds"],
+        load_cpu_share=load["cpu_s"] / load["seconds"], server_ms_per_conn_windows=ms_windows,
+        machine_busy_windows=busy_windows,
         time_wait=len(time_wait.splitlines()), tw_reuse=tw_reuse.strip(),
     )  # fmt: skip
 
@@ -149,32 +202,38 @@ def run_benchmark(*, repeats: int, seconds: float, connections: int, concurrency
     return runs
 
 
-def report(runs: list[Sustained], *, header: str) -> str:
-    """Markdown: one row per repeat, then the median."""
-    lines = [
-        header,
-        "",
-        "| run | connections | s | failed | first 10 s /s | last 10 s /s | last/first | "
-        "ztunnel CPU ms/conn (client, server) | load tool CPU | TIME_WAIT in server pod | tw_reuse |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+_COLUMNS: tuple[tuple[str, Callable[[Sustained], tuple[float, ...]], str], ...] = (
+    ("connections", lambda r: (r.connections,), ".0f"),
+    ("s", lambda r: (r.seconds,), ".1f"),
+    ("failed", lambda r: (r.failed,), ".0f"),
+    ("first 10 s /s", lambda r: (r.first_rate,), ".0f"),
+    ("last 10 s /s", lambda r: (r.last_rate,), ".0f"),
+    ("last/first", lambda r: (r.ratio,), ".2f"),
+    ("ztunnel CPU ms/conn (client, server)", lambda r: r.cpu_ms_per_conn, ".2f"),
+    ("server ms/conn first, last 10 s", lambda r: r.server_ms_per_conn_windows, ".2f"),
+    ("machine busy cores first, last 10 s", lambda r: r.machine_busy_windows, ".2f"),
+    ("load tool CPU", lambda r: (r.load_cpu_share,), ".2f"),
+    ("TIME_WAIT in server pod", lambda r: (r.time_wait,), ".0f"),
+)
+
+
+def _row(label: str, values: list[tuple[float, ...]], tw_reuse: str) -> str:
+    cells = [
+        ", ".join(format(v, fmt) for v in vals) for vals, (_, _, fmt) in zip(values, _COLUMNS, strict=True)
     ]
-    for i, r in enumerate(runs, 1):
-        lines.append(
-            f"| {i} | {r.connections} | {r.seconds:.1f} | {r.failed} | {r.first_rate:.0f} | "
-            f"{r.last_rate:.0f} | {r.ratio:.2f} | {r.cpu_ms_per_conn[0]:.2f}, {r.cpu_ms_per_conn[1]:.2f} | "
-            f"{r.load_cpu_share:.2f} | {r.time_wait} | {r.tw_reuse} |"
-        )
+    return "| " + " | ".join([label, *cells, tw_reuse]) + " |"
 
-    def med(values: list[float]) -> float:
-        return statistics.median(values)
 
-    lines.append(
-        f"| median | {med([r.connections for r in runs]):.0f} | {med([r.seconds for r in runs]):.1f} | "
-        f"{med([r.failed for r in runs]):.0f} | {med([r.first_rate for r in runs]):.0f} | "
-        f"{med([r.last_rate for r in runs]):.0f} | {med([r.ratio for r in runs]):.2f} | "
-        f"{med([r.cpu_ms_per_conn[0] for r in runs]):.2f}, {med([r.cpu_ms_per_conn[1] for r in runs]):.2f} | "
-        f"{med([r.load_cpu_share for r in runs]):.2f} | {med([r.time_wait for r in runs]):.0f} | |"
-    )
+def report(runs: list[Sustained], *, header: str) -> str:
+    """Markdown: one row per repeat, then the median of each column."""
+    names = ["run", *(name for name, _, _ in _COLUMNS), "tw_reuse"]
+    lines = [header, "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    lines += [_row(str(i), [get(r) for _, get, _ in _COLUMNS], r.tw_reuse) for i, r in enumerate(runs, 1)]
+    medians = [
+        tuple(statistics.median(parts) for parts in zip(*(get(r) for r in runs), strict=True))
+        for _, get, _ in _COLUMNS
+    ]
+    lines.append(_row("median", medians, ""))
     errors = [r.first_error for r in runs if r.first_error]
     if errors:
         lines += ["", f"first errors: {errors}"]
