@@ -24,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import copy
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from mesh.identity.spiffe import WorkloadIdentity
 from ztunnel.cni.apply import NetnsRules
+from ztunnel.cni.rules import POD_SYSCTLS
 
 __all__ = ["MESH_MARK", "captured", "equal_client_config", "equal_server_config"]
 
@@ -106,13 +108,25 @@ def equal_server_config(
 
 @contextlib.contextmanager
 def captured(*netns_names: str) -> Iterator[None]:
-    """ztunnel's capture rules and pod sysctls in each namespace, removed again at the end."""
+    """ztunnel's capture rules and pod sysctls in each namespace, removed again at the end, with the
+    sysctls put back to what they were (release would write the kernel defaults: the benchmark sets
+    ``tcp_tw_reuse`` in its client pods, and the direct path runs in these same pods)."""
     rules = NetnsRules()
-    paths = [f"/var/run/netns/{name}" for name in netns_names]
+    keys = [sysctl.key for sysctl in POD_SYSCTLS]
+    before = {name: {key: _sysctl(name, key) for key in keys} for name in netns_names}
     try:
-        for path in paths:
-            asyncio.run(rules.ensure_capture(path))
+        for name in netns_names:
+            asyncio.run(rules.ensure_capture(f"/var/run/netns/{name}"))
         yield
     finally:
-        for path in paths:
-            asyncio.run(rules.release(path))
+        for name in netns_names:
+            asyncio.run(rules.release(f"/var/run/netns/{name}"))
+            for key, value in before[name].items():
+                _sysctl(name, key, value)
+
+
+def _sysctl(netns: str, key: str, value: str | None = None) -> str:
+    """Reads ``key`` in the namespace, or writes ``value`` to it."""
+    argv = ["sysctl", "-n", key] if value is None else ["sysctl", "-qw", f"{key}={value}"]
+    done = subprocess.run(["ip", "netns", "exec", netns, *argv], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
