@@ -1,10 +1,12 @@
 """The ``waypoint`` command: the per-namespace L7 proxy.
 
-Today it runs from a local config (``--local-config FILE``: Envoy v3 RouteConfiguration, Cluster and
-ClusterLoadAssignment resources in Envoy's own JSON/YAML) and serves plain HTTP/1.1 clients on
-``--http-listen``, so its routing can be compared with a real Envoy loading the same file. HBONE on
-15008 and config from istiod_lite over Delta ADS are the next step (issue 15); asked for them, it
-says so and exits. Admin (``/config_dump``) on 15000, metrics on 15020, readiness on 15021;
+Its config comes from istiod_lite over Delta ADS (``--xds-address``, TLS with ``--root-cert`` and
+the bearer token of ``--token-file``; the pod's POD_NAME, POD_NAMESPACE, INSTANCE_IP and
+WAYPOINT_NAME from the environment, as the lab sets them) or from a local file (``--local-config
+FILE``: Envoy v3 RouteConfiguration, Cluster and ClusterLoadAssignment resources in Envoy's own
+JSON/YAML, so its routing can be compared with a real Envoy loading the same file). It serves plain
+HTTP/1.1 clients on ``--http-listen``; HBONE on 15008 is not served by this command yet. Admin
+(``/config_dump``) on 15000, metrics on 15020, readiness on 15021 (ready once the config is in);
 SIGTERM drains: listeners close, in-flight requests get ``--drain-deadline`` seconds.
 """
 
@@ -13,6 +15,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
+import random
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -21,14 +25,17 @@ from google.protobuf import json_format
 
 from mesh.errors import MeshError
 from mesh.ports import ADMIN_PORT, METRICS_PORT, READINESS_PORT
+from mesh.rt.ca_client import token_from_file
 from mesh.rt.drain import Drain
 from mesh.rt.http import HttpReply, HttpServer, json_reply, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
+from mesh.rt.rpc import client_tls
 from waypoint.config import WaypointConfig, load_local_config
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestMetrics
+from waypoint.xds import WaypointPod, WaypointXds
 
 __all__ = ["main", "parse_args"]
 
@@ -41,9 +48,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--http-listen", default="127.0.0.1:15080", help="plain HTTP/1.1 address (default %(default)s)"
     )
     p.add_argument("--route-config", default="", help="the RouteConfiguration to serve (default: the first)")
-    p.add_argument("--xds-address", help="istiod_lite host:port (Delta ADS); not supported yet")
-    p.add_argument("--root-cert", type=Path)
-    p.add_argument("--token-file", type=Path)
+    p.add_argument("--xds-address", help="istiod_lite host:port (Delta ADS over TLS) to get the config from")
+    p.add_argument("--root-cert", type=Path, help="PEM roots that istiod_lite's certificate chains to")
+    p.add_argument("--token-file", type=Path, help="the bearer token for istiod_lite")
+    p.add_argument(
+        "--istiod-name", default="istiod.istio-system.svc", help="the DNS name istiod_lite's cert carries"
+    )
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--cluster-id", default="Kubernetes")
     p.add_argument("--admin", default=f"127.0.0.1:{ADMIN_PORT}")
@@ -72,31 +82,60 @@ def _config_dump(config: WaypointConfig) -> dict[str, object]:
     }
 
 
+def _xds(args: argparse.Namespace) -> WaypointXds:
+    """The Delta ADS client for ``--xds-address``: TLS to istiod_lite, the pod's bearer token."""
+    if args.root_cert is None or args.token_file is None:
+        raise MeshError(
+            "--xds-address needs --root-cert and --token-file", hint="the lab passes both (docs/waypoints.md)"
+        )
+    try:
+        roots = args.root_cert.read_bytes()
+    except OSError as exc:
+        raise MeshError(f"cannot read {args.root_cert}: {exc.strerror}", hint="check --root-cert") from None
+    token = token_from_file(args.token_file)()
+    return WaypointXds(
+        args.xds_address,
+        node=WaypointPod.from_env(os.environ).node(),
+        rng=random.Random(),
+        tls=client_tls(roots),
+        server_name=args.istiod_name,
+        call_metadata=(("authorization", f"Bearer {token}"), ("clusterid", args.cluster_id)),
+    )
+
+
 async def _serve(args: argparse.Namespace) -> int:
     log = get_logger("waypoint")
-    if args.local_config is None:
+    xds: WaypointXds | None = None
+    if args.local_config is not None:
+        local = load_local_config(args.local_config)
+
+        def config() -> WaypointConfig:
+            return local
+    elif args.xds_address:
+        xds = _xds(args)
+        config = xds.config
+    else:
         raise MeshError(
-            "this waypoint serves only a local config so far: HBONE and config from istiod_lite come next",
-            hint="run 'waypoint --local-config FILE --http-listen ADDR' with Envoy v3 resources "
+            "no config: give --xds-address (istiod_lite) or --local-config FILE",
+            hint="e.g. 'waypoint --local-config FILE --http-listen ADDR' with Envoy v3 resources "
             "(docs/waypoints.md)",
         )
-    config = load_local_config(args.local_config)
     registry: Registry = build_registry(component="waypoint")
-    proxy = WaypointProxy(
-        lambda: config, RequestMetrics(registry, log), route_config=args.route_config, log=log
-    )
+    proxy = WaypointProxy(config, RequestMetrics(registry, log), route_config=args.route_config, log=log)
     ready = False
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())  # before "started": a SIGTERM is never lost
 
     def readiness(method: str, query: Mapping[str, str]) -> HttpReply:
+        if xds is not None and not xds.synced:
+            return text_reply("not ready: config not received from istiod_lite yet\n", status=503)
         return text_reply("ready\n") if ready else text_reply("not ready\n", status=503)
 
     def metrics(method: str, query: Mapping[str, str]) -> HttpReply:
         return HttpReply(200, CONTENT_TYPE, render(registry))
 
     servers = {
-        "admin": (args.admin, HttpServer({"/config_dump": lambda m, q: json_reply(_config_dump(config))})),
+        "admin": (args.admin, HttpServer({"/config_dump": lambda m, q: json_reply(_config_dump(config()))})),
         "metrics": (args.metrics, HttpServer({"/metrics": metrics, "/stats/prometheus": metrics})),
         "readiness": (args.readiness, HttpServer({"/healthz/ready": readiness})),
     }
@@ -104,18 +143,22 @@ async def _serve(args: argparse.Namespace) -> int:
     for role, (address, server) in servers.items():
         host, port = _split(address)
         ports[role] = await server.start(host, port)
+    xds_task = asyncio.create_task(xds.run()) if xds is not None else None
     host, port = _split(args.http_listen)
     listener = await proxy.serve(host, port)
     bound = listener.sockets[0].getsockname()[1]
     ready = True
-    log.info("waypoint.started", **{"http.port": bound, "routes": sorted(config.routers),
-                                    "clusters": sorted(config.clusters), "ports": ports})  # fmt: skip
+    log.info("waypoint.started", **{"http.port": bound, "config": "xds" if xds else "local",
+                                    "routes": sorted(config().routers), "ports": ports})  # fmt: skip
     await drain.wait_triggered()
     ready = False
     listener.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(listener.wait_closed(), args.drain_deadline)
     proxy.upstreams.close()
+    if xds_task is not None:
+        xds_task.cancel()
+        await asyncio.gather(xds_task, return_exceptions=True)
     for _, server in servers.values():
         await server.close()
     log.info("waypoint.stopped")

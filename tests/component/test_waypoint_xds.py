@@ -6,23 +6,38 @@ as the VirtualService says, follows changes, and keeps its last good config when
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import random
-from collections.abc import AsyncIterator, Mapping
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
 from envoy.config.route.v3 import route_pb2
 from google.protobuf.message import Message
 
+from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
 from istiod_lite.push.snapshot import scoped_type
 from istiod_lite.push.status import syncz
+from mesh.identity import WorkloadIdentity
 from mesh.l7.router import Request
 from mesh.model import Service, Workload
+from mesh.rt.clock import SystemClock
+from mesh.testing.pki import TestPki
 from mesh.testing.polling import wait_until
+from tests.component.test_waypoint_local import free_port
 from tests.component.test_xds_push import Plane, start_plane
 from tests.component.test_xds_waypoint import InformerSource
-from tests.unit.l7_world import SUBSETS, destination_rule, virtual_service, world
-from tests.unit.test_translate_scenarios import pod
+from tests.unit.l7_world import SUBSETS, destination_rule, gateway, virtual_service, world
+from tests.unit.test_translate_scenarios import endpoint_slice, namespace, pod, service
 from waypoint.config import ROUTES_TYPE, WaypointConfig
 from waypoint.xds import WaypointPod, WaypointXds
 
@@ -150,3 +165,185 @@ async def test_a_bad_route_configuration_is_nacked_and_the_last_good_config_stay
     source.tamper(None)  # a good one again, with new weights: applied
     source.put(weighted(0, 100))
     await wait_until(lambda: routed(xds.config()) == V2, what="the next good config")
+
+
+SERVER_NAME = "istiod.istio-system.svc"
+ECHOES = (("v1", "127.0.0.2"), ("v2", "127.0.0.3"))
+
+
+def http_get(port: int, host: str, path: str = "/") -> tuple[int, str]:
+    """A GET to 127.0.0.1:``port`` with ``Host: host``; (status, body), errors included."""
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers={"Host": host})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as reply:
+            return int(reply.status), reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+
+
+@pytest.fixture
+def echo_port() -> Iterator[int]:
+    """httpecho for reviews v1 and v2 on two loopback addresses, one port."""
+    port = free_port()
+    echoes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "meshctl.apps.httpecho",
+                "--host",
+                ip,
+                "--port",
+                str(port),
+                "--version",
+                version,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        for version, ip in ECHOES
+    ]
+    yield port
+    for echo in echoes:
+        echo.terminate()
+        echo.wait()
+
+
+class WaypointProcess:
+    """``waypoint --xds-address`` as the lab runs it: TLS to istiod_lite, a bearer token, the pod's
+    environment; logs in a file."""
+
+    def __init__(self, tmp: Path, xds_port: int, root_pem: bytes) -> None:
+        (tmp / "root.pem").write_bytes(root_pem)
+        (tmp / "token").write_text("tok-waypoint\n")
+        self.log = tmp / "waypoint.log"
+        env = {**os.environ, "POD_NAME": POD.name, "POD_NAMESPACE": POD.namespace, "INSTANCE_IP": POD.ip,
+               "WAYPOINT_NAME": POD.waypoint}  # fmt: skip
+        with self.log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "waypoint.app", "--xds-address", f"127.0.0.1:{xds_port}",
+                 "--root-cert", str(tmp / "root.pem"), "--token-file", str(tmp / "token"),
+                 "--http-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
+                 "--readiness", "127.0.0.1:0"],
+                stderr=sink, stdout=subprocess.DEVNULL, env=env,
+            )  # fmt: skip
+
+    def started(self) -> dict[str, Any] | None:
+        """The ``waypoint.started`` log event once it is there."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f"the waypoint exited: {self.log.read_text()[-2000:]}")
+        for line in self.log.read_text().splitlines():
+            if '"waypoint.started"' in line:
+                return dict(json.loads(line))
+        return None
+
+    def stop(self) -> int:
+        """SIGTERM; its exit code."""
+        self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(10)
+
+
+def reviews_world(port: int, v1: int, v2: int) -> list[dict[str, Any]]:
+    """Service reviews (9080 -> ``port``) with pods v1 and v2 out of the mesh, on the echoes."""
+    return [
+        namespace("demo", {"istio.io/use-waypoint": "waypoint"}),
+        gateway(),
+        service("reviews", ip="10.96.0.20", ports=[{"name": "http", "port": 9080, "targetPort": port}]),
+        *(
+            pod(f"reviews-{v}", ip=ip, labels={"app": "reviews", "version": v}, enrolled=False)
+            for v, ip in ECHOES
+        ),
+        endpoint_slice("reviews", endpoints=[(f"reviews-{v}", ip, True) for v, ip in ECHOES]),
+        weighted(v1, v2),
+        destination_rule(subsets=SUBSETS),
+    ]
+
+
+async def test_the_waypoint_process_takes_its_config_from_istiod_lite(tmp_path: Path, echo_port: int) -> None:
+    """Not ready until the config is in; then it routes plain HTTP as the VirtualService says, and
+    follows a change."""
+    pki = TestPki.create()
+    leaf = pki.issue_leaf(
+        uri_sans=["spiffe://cluster.local/ns/istio-system/sa/istiod"], dns_sans=[SERVER_NAME]
+    )
+    xds_port = free_port()
+    waypoint = WaypointProcess(tmp_path, xds_port, pki.root_pem)
+    plane = None
+    try:
+        await wait_until(waypoint.started, within=30, what="the waypoint starting")
+        started = waypoint.started()
+        assert started is not None
+        http, ready = started["http.port"], started["ports"]["readiness"]
+
+        def readiness() -> tuple[int, str]:
+            return http_get(ready, "localhost", "/healthz/ready")
+
+        def version() -> str:
+            status, body = http_get(http, f"{REVIEWS}:9080")
+            return str(json.loads(body)["version"]) if status == 200 else f"status {status}: {body}"
+
+        assert await asyncio.to_thread(readiness) == (
+            503,
+            "not ready: config not received from istiod_lite yet\n",
+        )
+        source = InformerSource(reviews_world(echo_port, 100, 0))
+        plane = await start_plane(
+            source,  # type: ignore[arg-type]
+            port=xds_port,
+            credentials=grpc.ssl_server_credentials([(leaf.key_pem, leaf.cert_pem)]),
+            authenticator=LabTokenAuthenticator(
+                {"tok-waypoint": Caller(WorkloadIdentity("cluster.local", "demo", "waypoint"))},
+                clock=SystemClock(),
+            ),
+        )
+        await wait_until_async(lambda: asyncio.to_thread(readiness), (200, "ready\n"), what="readiness")
+        await wait_until_async(lambda: asyncio.to_thread(version), "v1", what="routing to v1")
+        source.put(weighted(0, 100))
+        await wait_until_async(lambda: asyncio.to_thread(version), "v2", what="the new weights")
+    finally:
+        assert await asyncio.to_thread(waypoint.stop) == 0
+        if plane is not None:
+            await plane.stop()
+
+
+async def wait_until_async(
+    get: Callable[[], Awaitable[object]], wanted: object, *, what: str, within: float = 10.0
+) -> None:
+    """Polls ``get`` (blocking work runs in a thread, so the plane keeps serving) until it is ``wanted``."""
+    deadline = time.monotonic() + within
+    while (got := await get()) != wanted:
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: still {got!r} after {within} s")
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "error"),
+    [
+        ([], {}, "no config: give --xds-address (istiod_lite) or --local-config FILE"),
+        (["--xds-address", "127.0.0.1:1"], {}, "--xds-address needs --root-cert and --token-file"),
+        (
+            ["--xds-address", "127.0.0.1:1", "--root-cert", "ROOT", "--token-file", "TOKEN"],
+            {"POD_NAME": "waypoint-abc", "POD_NAMESPACE": "demo"},
+            "the waypoint needs INSTANCE_IP, WAYPOINT_NAME in its environment",
+        ),
+    ],
+    ids=["no-config", "no-credentials", "no-pod-environment"],
+)
+def test_what_is_missing_for_xds_is_named(
+    tmp_path: Path, args: list[str], env: dict[str, str], error: str
+) -> None:
+    (tmp_path / "root.pem").write_bytes(TestPki.create().root_pem)
+    (tmp_path / "token").write_text("tok-waypoint\n")
+    paths = {"ROOT": str(tmp_path / "root.pem"), "TOKEN": str(tmp_path / "token")}
+    base = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in {"POD_NAME", "POD_NAMESPACE", "INSTANCE_IP", "WAYPOINT_NAME"}
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "waypoint.app", *(paths.get(a, a) for a in args)],
+        capture_output=True, text=True, timeout=30, check=False, env={**base, **env},
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert error in done.stderr, done.stderr
