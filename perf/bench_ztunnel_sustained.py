@@ -2,6 +2,7 @@
 
     .venv/bin/python -m perf.bench_ztunnel_sustained [--seconds 60] [--connections 60000]
                                                      [--concurrency 16] [--repeats 3] [--json PATH]
+                                                     [--quick]
 
 The benchmark lab of :mod:`perf.bench_ztunnel`, enrolled namespace only: from the client pod on
 node1, ``--concurrency`` loops each open a connection to redis in the server pod on node2 (through
@@ -43,6 +44,7 @@ __all__ = ["Sustained", "main", "run_once"]
 
 _RESULTS = Path(__file__).resolve().parent / "results"
 WINDOW_S = 10
+QUICK_SECONDS = 12.0
 
 # The load, run in the client pod: prints one JSON line with per-second completion counts.
 _LOAD = r"""
@@ -252,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", type=Path, help="where to write the raw results (default: perf/results/)")
+    parser.add_argument(
+        "--quick", action="store_true", help=f"smoke run: one repeat of {QUICK_SECONDS:g} s, any count"
+    )
     args = parser.parse_args(argv)
+    if args.quick:
+        args.seconds, args.connections, args.repeats = QUICK_SECONDS, 1, 1
     runs = run_benchmark(
         repeats=args.repeats, seconds=args.seconds, connections=args.connections, concurrency=args.concurrency
     )
