@@ -5,8 +5,10 @@ the bearer token of ``--token-file``; the pod's POD_NAME, POD_NAMESPACE, INSTANC
 WAYPOINT_NAME from the environment, as the lab sets them) or from a local file (``--local-config
 FILE``: Envoy v3 RouteConfiguration, Cluster and ClusterLoadAssignment resources in Envoy's own
 JSON/YAML, so its routing can be compared with a real Envoy loading the same file). It serves plain
-HTTP/1.1 clients on ``--http-listen``; HBONE on 15008 is not served by this command yet. Admin
-(``/config_dump``) on 15000, metrics on 15020, readiness on 15021 (ready once the config is in);
+HTTP/1.1 clients on ``--http-listen`` and, with istiod_lite, HBONE on 15008 (``--hbone-listen``)
+with its own certificate from the CA, tunnelling to enrolled pods over HBONE too. Admin
+(``/config_dump``) on 15000, metrics on 15020, readiness on 15021 (ready once the config and, in
+the mesh, the certificate are in);
 SIGTERM drains: listeners close, in-flight requests get ``--drain-deadline`` seconds.
 """
 
@@ -19,20 +21,28 @@ import os
 import random
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from google.protobuf import json_format
 
 from mesh.errors import MeshError
-from mesh.ports import ADMIN_PORT, METRICS_PORT, READINESS_PORT
-from mesh.rt.ca_client import token_from_file
+from mesh.identity.spiffe import WorkloadIdentity
+from mesh.model import Workload
+from mesh.ports import ADMIN_PORT, INBOUND_HBONE_PORT, METRICS_PORT, READINESS_PORT
+from mesh.rt.ca_client import CaClient, token_from_file
+from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
+from mesh.rt.hbone.pool import HbonePool
 from mesh.rt.http import HttpReply, HttpServer, json_reply, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
+from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.rpc import client_tls
 from waypoint.config import WaypointConfig, load_local_config
+from waypoint.hbone import HboneFront, HboneUpstream
+from waypoint.identity import WaypointCredentials
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestMetrics
 from waypoint.xds import WaypointPod, WaypointXds
@@ -53,6 +63,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--token-file", type=Path, help="the bearer token for istiod_lite")
     p.add_argument(
         "--istiod-name", default="istiod.istio-system.svc", help="the DNS name istiod_lite's cert carries"
+    )
+    p.add_argument(
+        "--hbone-listen",
+        default=f"0.0.0.0:{INBOUND_HBONE_PORT}",
+        help="HBONE address, with --xds-address (default %(default)s)",
+    )
+    p.add_argument(
+        "--ca-address", help="CA host:port for the waypoint's certificate (default: --xds-address)"
     )
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--cluster-id", default="Kubernetes")
@@ -103,6 +121,45 @@ def _xds(args: argparse.Namespace) -> WaypointXds:
     )
 
 
+@dataclass
+class _Mesh:
+    """The waypoint in the mesh: its certificate, HBONE in on 15008, HBONE out to enrolled pods."""
+
+    credentials: WaypointCredentials
+    front: HboneFront
+    pool: HbonePool
+
+    async def close(self) -> None:
+        await self.front.close()
+        await self.pool.close()
+        await self.credentials.close()
+
+
+def _mesh(args: argparse.Namespace, proxy: WaypointProxy, xds: WaypointXds) -> _Mesh:
+    pod = WaypointPod.from_env(os.environ)
+    account = os.environ.get("SERVICE_ACCOUNT") or pod.waypoint  # the lab runs it as the Gateway's account
+    identity = WorkloadIdentity(args.trust_domain, pod.namespace, account)
+    ca = CaClient(
+        args.ca_address or args.xds_address,
+        roots_pem=args.root_cert.read_bytes(),
+        token=token_from_file(args.token_file),
+        cluster_id=args.cluster_id,
+        server_name=args.istiod_name,
+    )
+    credentials = WaypointCredentials(identity, ca)
+    pool = HbonePool(sockets=PlainSocketFactory(), certs=credentials, clock=SystemClock())
+
+    def expected(ip: str) -> frozenset[WorkloadIdentity]:
+        """The identity the pod at ``ip`` must present, from the workload API (none: refused)."""
+        for value in xds.addresses.values():
+            if isinstance(value, Workload) and any(str(a) == ip for a in value.addresses):
+                return frozenset({WorkloadIdentity.parse(value.spiffe_uri)})
+        return frozenset()
+
+    proxy.upstreams.tunnel = HboneUpstream(pool, identity, expected, source_ip=pod.ip).connect
+    return _Mesh(credentials, HboneFront(proxy, credentials.server_material), pool)
+
+
 async def _serve(args: argparse.Namespace) -> int:
     log = get_logger("waypoint")
     xds: WaypointXds | None = None
@@ -122,6 +179,7 @@ async def _serve(args: argparse.Namespace) -> int:
         )
     registry: Registry = build_registry(component="waypoint")
     proxy = WaypointProxy(config, RequestMetrics(registry, log), route_config=args.route_config, log=log)
+    mesh = _mesh(args, proxy, xds) if xds is not None else None
     ready = False
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())  # before "started": a SIGTERM is never lost
@@ -129,6 +187,10 @@ async def _serve(args: argparse.Namespace) -> int:
     def readiness(method: str, query: Mapping[str, str]) -> HttpReply:
         if xds is not None and not xds.synced:
             return text_reply("not ready: config not received from istiod_lite yet\n", status=503)
+        if mesh is not None and not mesh.credentials.ready:
+            return text_reply(
+                f"not ready: no certificate for {mesh.credentials.identity.uri} yet\n", status=503
+            )
         return text_reply("ready\n") if ready else text_reply("not ready\n", status=503)
 
     def metrics(method: str, query: Mapping[str, str]) -> HttpReply:
@@ -144,6 +206,9 @@ async def _serve(args: argparse.Namespace) -> int:
         host, port = _split(address)
         ports[role] = await server.start(host, port)
     xds_task = asyncio.create_task(xds.run()) if xds is not None else None
+    if mesh is not None:
+        host, port = _split(args.hbone_listen)
+        ports["hbone"] = (await mesh.front.listen(host, port))[1]
     host, port = _split(args.http_listen)
     listener = await proxy.serve(host, port)
     bound = listener.sockets[0].getsockname()[1]
@@ -155,6 +220,8 @@ async def _serve(args: argparse.Namespace) -> int:
     listener.close()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(listener.wait_closed(), args.drain_deadline)
+    if mesh is not None:
+        await mesh.close()
     proxy.upstreams.close()
     if xds_task is not None:
         xds_task.cancel()

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,7 +128,11 @@ class TestCa:
 
 
 def _build(
-    tmp_path: Path, *, authority: SigningAuthority | None, settings: IstiodSettings | None
+    tmp_path: Path,
+    *,
+    authority: SigningAuthority | None,
+    settings: IstiodSettings | None,
+    tokens: Mapping[str, Caller] | None = None,
 ) -> tuple[Istiod, InMemoryPodIndex]:
     clock = SystemClock()
     authority = authority or load_authority(
@@ -138,7 +142,7 @@ def _build(
     istiod = build_server(
         settings or IstiodSettings(listen="127.0.0.1:0", readiness_listen="127.0.0.1:0"),
         authority=authority,
-        authenticator=LabTokenAuthenticator(_tokens(clock), clock=clock),
+        authenticator=LabTokenAuthenticator({**_tokens(clock), **(tokens or {})}, clock=clock),
         pods=pods,
         clock=clock,
         log=structlog.get_logger(),
@@ -148,10 +152,15 @@ def _build(
 
 @contextlib.asynccontextmanager
 async def running_ca(
-    tmp_path: Path, *, authority: SigningAuthority | None = None, settings: IstiodSettings | None = None
+    tmp_path: Path,
+    *,
+    authority: SigningAuthority | None = None,
+    settings: IstiodSettings | None = None,
+    tokens: Mapping[str, Caller] | None = None,
 ) -> AsyncIterator[TestCa]:
-    """A started CA (self-signed root under ``tmp_path`` unless ``authority`` is given), stopped on exit."""
-    istiod, pods = _build(tmp_path, authority=authority, settings=settings)
+    """A started CA (self-signed root under ``tmp_path`` unless ``authority`` is given; ``tokens``
+    adds callers to the test ones), stopped on exit."""
+    istiod, pods = _build(tmp_path, authority=authority, settings=settings, tokens=tokens)
     await istiod.start()
     try:
         yield TestCa(istiod, pods)

@@ -33,6 +33,7 @@ from mesh.model import Service, Workload
 from mesh.rt.clock import SystemClock
 from mesh.testing.pki import TestPki
 from mesh.testing.polling import wait_until
+from tests.component.ca_support import running_ca
 from tests.component.test_waypoint_local import free_port
 from tests.component.test_xds_push import Plane, start_plane
 from tests.component.test_xds_waypoint import InformerSource
@@ -213,7 +214,7 @@ class WaypointProcess:
     """``waypoint --xds-address`` as the lab runs it: TLS to istiod_lite, a bearer token, the pod's
     environment; logs in a file."""
 
-    def __init__(self, tmp: Path, xds_port: int, root_pem: bytes) -> None:
+    def __init__(self, tmp: Path, xds_port: int, root_pem: bytes, ca_address: str) -> None:
         (tmp / "root.pem").write_bytes(root_pem)
         (tmp / "token").write_text("tok-waypoint\n")
         self.log = tmp / "waypoint.log"
@@ -224,7 +225,7 @@ class WaypointProcess:
                 [sys.executable, "-m", "waypoint.app", "--xds-address", f"127.0.0.1:{xds_port}",
                  "--root-cert", str(tmp / "root.pem"), "--token-file", str(tmp / "token"),
                  "--http-listen", "127.0.0.1:0", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-                 "--readiness", "127.0.0.1:0"],
+                 "--readiness", "127.0.0.1:0", "--ca-address", ca_address, "--hbone-listen", "127.0.0.1:0"],
                 stderr=sink, stdout=subprocess.DEVNULL, env=env,
             )  # fmt: skip
 
@@ -260,14 +261,21 @@ def reviews_world(port: int, v1: int, v2: int) -> list[dict[str, Any]]:
 
 
 async def test_the_waypoint_process_takes_its_config_from_istiod_lite(tmp_path: Path, echo_port: int) -> None:
-    """Not ready until the config is in; then it routes plain HTTP as the VirtualService says, and
-    follows a change."""
+    """Not ready until the config and its certificate are in; then it routes plain HTTP as the
+    VirtualService says, and follows a change."""
     pki = TestPki.create()
     leaf = pki.issue_leaf(
         uri_sans=["spiffe://cluster.local/ns/istio-system/sa/istiod"], dns_sans=[SERVER_NAME]
     )
     xds_port = free_port()
-    waypoint = WaypointProcess(tmp_path, xds_port, pki.root_pem)
+    waypoint_caller = {"tok-waypoint": Caller(WorkloadIdentity("cluster.local", "demo", "waypoint"))}
+    async with running_ca(tmp_path / "ca", tokens=waypoint_caller) as ca:
+        # One trust bundle for both: the xDS server's test root and the CA's own.
+        waypoint = WaypointProcess(tmp_path, xds_port, pki.root_pem + ca.root_pem, ca.address)
+        await _run_waypoint(waypoint, xds_port, leaf, echo_port)
+
+
+async def _run_waypoint(waypoint: WaypointProcess, xds_port: int, leaf: Any, echo_port: int) -> None:
     plane = None
     try:
         await wait_until(waypoint.started, within=30, what="the waypoint starting")
