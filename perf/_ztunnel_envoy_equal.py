@@ -30,12 +30,12 @@ from pathlib import Path
 from typing import Any
 
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.ports import MESH_MARK
 from ztunnel.cni.apply import NetnsRules
 from ztunnel.cni.rules import POD_SYSCTLS
 
-__all__ = ["MESH_MARK", "captured", "equal_client_config", "equal_server_config"]
+__all__ = ["captured", "equal_client_config", "equal_server_config"]
 
-MESH_MARK = 0x539
 _SOL_SOCKET, _SO_MARK = 1, 36
 _ORIGINAL_DST = "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst"
 _ORIGINAL_SRC = "type.googleapis.com/envoy.extensions.filters.http.original_src.v3.OriginalSrc"

@@ -6,9 +6,10 @@ from pathlib import Path
 from typing import Any
 
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.ports import MESH_MARK
 from mesh.rt.tls import TlsMaterial
 from mesh.testing.envoy_hbone import hbone_client_config, hbone_server_config
-from perf._ztunnel_envoy_equal import MESH_MARK, equal_client_config, equal_server_config
+from perf._ztunnel_envoy_equal import equal_client_config, equal_server_config
 
 CLIENT = WorkloadIdentity("cluster.local", "plain", "client")
 SERVER = WorkloadIdentity("cluster.local", "plain", "server")
