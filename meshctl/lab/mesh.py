@@ -30,7 +30,7 @@ from meshctl.lab.netops import ip_batch
 from meshctl.lab.settings import LabSettings, NodeSettings
 from meshctl.lab.store import StateDir, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, ProcessSpec, SupervisedProcess
-from meshctl.lab.topology import BRIDGE
+from meshctl.lab.topology import control_plane_lines
 from meshctl.lab.waypoints import WaypointTemplate
 from meshctl.nethttp import http_get
 
@@ -233,7 +233,7 @@ class MeshRuntime:
     async def start(self, *, ready_within: float = 20.0) -> None:
         """Brings istiod_lite up and ready, then the node agents and ztunnels."""
         cp = control_plane_address(self.settings)
-        await ip_batch([f"addr add {cp}/24 dev {BRIDGE}"], netns=self.settings.bridge_netns)
+        await ip_batch(control_plane_lines(self.settings, cp), netns=self.settings.bridge_netns)
         write_tokens(self.settings, self.layout)
         self._install_plugin()
         specs = plan_processes(

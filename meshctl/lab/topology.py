@@ -18,6 +18,7 @@ __all__ = [
     "BRIDGE_SYSCTLS",
     "NODE_SYSCTLS",
     "bridge_lines",
+    "control_plane_lines",
     "node_lines",
     "pod_lines",
     "pod_node_lines",
@@ -35,6 +36,16 @@ def bridge_lines(settings: LabSettings) -> list[str]:
     for node in settings.nodes:
         lines.append(f"link add {node.uplink} type veth peer name eth0 netns {node.netns}")
         lines.append(f"link set {node.uplink} master {BRIDGE} up")
+    return lines
+
+
+def control_plane_lines(settings: LabSettings, address: str) -> list[str]:
+    """Run in the lab namespace when the mesh is on: the control plane's address on the bridge, and
+    a route to each node's pod range via that node, so pods (a waypoint: not captured) reach
+    istiod_lite and its answers find their way back."""
+    prefix = ipaddress.ip_network(settings.node_cidr).prefixlen
+    lines = [f"addr add {address}/{prefix} dev {BRIDGE}"]
+    lines += [f"route add {node.pod_cidr} via {node.address} dev {BRIDGE}" for node in settings.nodes]
     return lines
 
 

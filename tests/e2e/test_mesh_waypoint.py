@@ -10,8 +10,9 @@ from typing import Any
 import pytest
 import yaml
 
+from meshctl.lab import builders as b
 from meshctl.lab.errors import LabObjectError
-from tests.e2e.conftest import MeshLab
+from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -127,3 +128,98 @@ def test_a_bad_route_gets_a_status_condition_naming_the_problem(mesh: MeshLab) -
     finally:
         mesh.lab.delete(objects)
     mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")
+
+
+def reviews_objects(*, use_waypoint: bool) -> list[dict[str, Any]]:
+    """reviews v1 and v2 (real HTTP servers) behind one Service, the Service on the waypoint."""
+    service = b.service("reviews", "demo", selector={"app": "reviews"}, port=80, target_port=8080)
+    if use_waypoint:
+        service["metadata"]["labels"] = {"istio.io/use-waypoint": "waypoint"}
+    return [
+        b.httpecho_deployment(
+            "reviews-v1", "demo", labels={"app": "reviews", "version": "v1"}, node=SERVER_NODE
+        ),
+        b.httpecho_deployment(
+            "reviews-v2", "demo", labels={"app": "reviews", "version": "v2"}, node=CLIENT_NODE
+        ),
+        service,
+    ]
+
+
+ROUTING = [
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "DestinationRule",
+        "metadata": {"name": "reviews", "namespace": "demo"},
+        "spec": {
+            "host": "reviews",
+            "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")],
+        },
+    },
+    {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "VirtualService",
+        "metadata": {"name": "reviews", "namespace": "demo"},
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {"match": [{"headers": {"x-canary-test": {"exact": "true"}}}],
+                 "route": [{"destination": {"host": "reviews", "subset": "v2"}}]},
+                {"route": [{"destination": {"host": "reviews", "subset": "v1"}, "weight": 100}]},
+            ],
+        },
+    },
+]  # fmt: skip
+
+
+def versions(mesh: MeshLab, count: int, *headers: str) -> list[str]:
+    """The version of the reviews pod that answered each of ``count`` requests from demo/client."""
+    extra = [arg for header in headers for arg in ("-H", header)]
+    done = mesh.exec(
+        "demo/client", "curl", "-sS", "-m", "5", *extra, *["http://reviews/"] * count, timeout=60
+    )
+    assert done.returncode == 0, f"{done.stderr[-300:]}\n{_waypoint_diagnostics(mesh)}"
+    return [line.split('"')[3] for line in done.stdout.splitlines() if line.strip().startswith('"version"')]
+
+
+def test_traffic_through_the_waypoint_follows_the_virtual_service(mesh: MeshLab) -> None:
+    """client -> ztunnel -> waypoint (HBONE) -> ztunnel -> reviews: the VirtualService's header route
+    and its 100 % to v1 hold; without the use-waypoint label the Service spreads over both again."""
+    gateway = waypoint_gateway()
+    mesh.lab.apply([gateway, *reviews_objects(use_waypoint=True), *ROUTING])
+    try:
+        mesh.lab.wait_ready(timeout=60)
+
+        def programmed() -> bool | None:
+            (gw,) = [g for g in mesh.lab.objects("Gateway", "demo") if g["metadata"]["name"] == "waypoint"]
+            return bool((gw.get("status") or {}).get("addresses")) or None
+
+        mesh.wait_for(programmed, what="the waypoint programmed (its pod ready)", timeout=40)
+
+        def on_waypoint() -> bool | None:
+            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
+            return bool(services and services[0].get("waypoint")) or None
+
+        mesh.wait_for(on_waypoint, what="the client's ztunnel sending reviews to the waypoint", timeout=30)
+        # L4 balances connections, not requests: every request here gets its own connection, so
+        # only the waypoint can make all of them follow the VirtualService.
+        close = "Connection: close"
+        canary = lambda: versions(mesh, 5, "x-canary-test: true", close) == ["v2"] * 5 or None  # noqa: E731
+        mesh.wait_for(canary, what="the header route through the waypoint", timeout=30)
+        answered = versions(mesh, 30, close)
+        assert answered == ["v1"] * 30, f"{answered}\n{_waypoint_diagnostics(mesh)}"
+        assert versions(mesh, 10, "x-canary-test: true", close) == ["v2"] * 10
+        mesh.lab.apply(reviews_objects(use_waypoint=False))  # label removed: straight to ztunnel again
+        spread = lambda: set(versions(mesh, 20, close)) == {"v1", "v2"} or None  # noqa: E731
+        mesh.wait_for(spread, what="both versions again, without the waypoint", timeout=30)
+    finally:
+        mesh.lab.delete([*ROUTING, *reviews_objects(use_waypoint=False), gateway])
+
+
+def _waypoint_diagnostics(mesh: MeshLab) -> str:
+    """The waypoint pod's log and what the client's ztunnel knows of reviews, for a failure message."""
+    waypoint = next(
+        p["metadata"]["name"] for p in mesh.lab.pods("demo") if p["metadata"]["name"].startswith("waypoint")
+    )
+    services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
+    return f"{services}\n{mesh.lab.logs('demo/' + waypoint)[-3000:]}"
