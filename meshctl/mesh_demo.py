@@ -103,6 +103,7 @@ def run_mesh_demo(
     say(f"  answered by {legacy['pod']}; the destination ztunnel's line has no source identity:")
     for line in _access_lines(lab, marks):
         say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
+    _waypoint_demo(lab, say)
     _hints(say, first)
     return 0
 
@@ -145,6 +146,57 @@ def _verified(lab: Lab, certificate: dict[str, Any]) -> str:
         f"  {identity.uri}: chain verified against istiod_lite's root ({roots[0].subject.rfc4514_string()}); "
         f"issuer {leaf.issuer.rfc4514_string()}, valid {hours:.1f} h\n"
     )
+
+
+SAMPLE_WAYPOINT = SAMPLE_CLUSTER.with_name("waypoint.yaml")
+_CANARY_REQUESTS = 100
+
+
+def _waypoint_demo(lab: Lab, say: Any) -> None:
+    """L7 through a waypoint: the VirtualService's 90/10 canary split and its header route."""
+    say("\n== meshctl lab apply -f samples/waypoint.yaml   (a waypoint for demo; server uses it, L7 routes)")
+    lab.apply(load_objects(SAMPLE_WAYPOINT, node_names=lab.settings.node_names()))
+    (server,) = [s for s in lab.objects("Service", "demo") if s["metadata"]["name"] == "server"]
+    server["metadata"].setdefault("labels", {})["istio.io/use-waypoint"] = "waypoint"
+    lab.apply([server])
+    lab.wait_ready(timeout=60)
+    deadline = time.monotonic() + 60
+    while not _uses_waypoint(lab, "server"):
+        if time.monotonic() > deadline:
+            raise LabError(
+                "the ztunnels did not start sending server's traffic to the waypoint within 60 s",
+                hint="see the waypoint pod's log: meshctl lab logs demo/waypoint",
+            )
+        time.sleep(0.5)
+    split = Counter(_versions(lab, _CANARY_REQUESTS))
+    say(
+        f"  {_CANARY_REQUESTS} requests, a new connection each, through the waypoint (VirtualService: 90/10):"
+    )
+    for version, count in sorted(split.items()):
+        say(f"  {count:3d}  {version}")
+    header = Counter(_versions(lab, 10, "x-canary-test: true"))
+    say(f"  with x-canary-test: true (the header route): {dict(header)}")
+    say(f"  remove it: {_MESHCTL} lab delete -f samples/waypoint.yaml")
+
+
+def _uses_waypoint(lab: Lab, service: str) -> bool:
+    """True when every node's ztunnel sends ``service`` to its waypoint."""
+    for node in lab.settings.nodes:
+        services = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)["services"]
+        if not any(s["name"] == service and s.get("waypoint") for s in services):
+            return False
+    return True
+
+
+def _versions(lab: Lab, count: int, *headers: str) -> list[str]:
+    """The version that answered each of ``count`` requests from demo/client, one connection each."""
+    extra = [arg for header in (*headers, "Connection: close") for arg in ("-H", header)]
+    result = lab.exec_in_pod("demo/client", ["curl", "-sS", "-m", "5", *extra, *["http://server/"] * count])
+    if result.returncode != 0:
+        raise LabError(f"curl through the waypoint failed: {result.stderr.strip()[-300:]}",
+                       hint="see the waypoint pod's log: meshctl lab logs demo/waypoint")  # fmt: skip
+    return [json.loads(f"{{{line.strip().rstrip(',')}}}")["version"] for line in result.stdout.splitlines()
+            if line.strip().startswith('"version"')]  # fmt: skip
 
 
 def _ask(lab: Lab, pod: str, url: str) -> dict[str, Any]:

@@ -50,4 +50,6 @@ def test_the_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     assert '{"timestamp": "' in text  # what tells otherwise alike lines apart
     assert "connection_security_policy=mutual_tls" in text
     assert "Tear it down with:  .venv/bin/meshctl lab down" in text
+    assert "through the waypoint (VirtualService: 90/10)" in text
+    assert "with x-canary-test: true (the header route): {'v2': 10}" in text
     assert SystemSnapshot.take(lab_id).leftovers(before, lab_id=lab_id) == []
