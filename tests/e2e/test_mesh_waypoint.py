@@ -4,6 +4,7 @@ a token istiod_lite knows and a status; deleting the Gateway removes what it own
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Any
 
@@ -223,3 +224,73 @@ def _waypoint_diagnostics(mesh: MeshLab) -> str:
     )
     services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
     return f"{services}\n{mesh.lab.logs('demo/' + waypoint)[-3000:]}"
+
+
+RESILIENCE = {
+    "apiVersion": "networking.istio.io/v1",
+    "kind": "VirtualService",
+    "metadata": {"name": "reviews", "namespace": "demo"},
+    "spec": {
+        "hosts": ["reviews"],
+        "http": [
+            {"match": [{"uri": {"prefix": "/abort"}}], "route": [{"destination": {"host": "reviews"}}],
+             "fault": {"abort": {"httpStatus": 503, "percentage": {"value": 50}}}},
+            {"match": [{"uri": {"prefix": "/delay/"}}], "route": [{"destination": {"host": "reviews"}}],
+             "timeout": "1s"},
+            {"match": [{"uri": {"prefix": "/status/503"}}], "route": [{"destination": {"host": "reviews"}}],
+             "retries": {"attempts": 2, "retryOn": "5xx"}},
+            {"route": [{"destination": {"host": "reviews"}}]},
+        ],
+    },
+}  # fmt: skip
+
+
+def codes(mesh: MeshLab, path: str, count: int) -> list[int]:
+    """Status codes of ``count`` requests from demo/client to reviews ``path``."""
+    discard = ["-o", "/dev/null"] * count
+    urls = [f"http://reviews{path}"] * count
+    done = mesh.exec(
+        "demo/client", "curl", "-s", "-m", "5", *discard, "-w", "%{http_code}\\n", *urls, timeout=120
+    )
+    return [int(code) for code in done.stdout.split()]
+
+
+def waypoint_metrics(mesh: MeshLab) -> str:
+    """The waypoint pod's /metrics (15020), read inside its network namespace."""
+    pod = next(
+        p["metadata"]["name"] for p in mesh.lab.pods("demo") if p["metadata"]["name"].startswith("waypoint")
+    )
+    done = mesh.exec(f"demo/{pod}", "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics")
+    return done.stdout
+
+
+def test_faults_timeouts_and_retries_through_the_waypoint(mesh: MeshLab) -> None:
+    """A VirtualService's abort (50 %, flag FI), timeout (1 s -> 504 UT) and retries (a backend that
+    keeps failing -> its 503 with URX) hold for real clients through the waypoint in the lab."""
+    gateway = waypoint_gateway()
+    mesh.lab.apply([gateway, *reviews_objects(use_waypoint=True), RESILIENCE])
+    try:
+        mesh.lab.wait_ready(timeout=60)
+
+        def on_waypoint() -> bool | None:
+            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
+            return bool(services and services[0].get("waypoint")) or None
+
+        mesh.wait_for(on_waypoint, what="the client's ztunnel sending reviews to the waypoint", timeout=40)
+        mesh.wait_for(
+            lambda: 503 in codes(mesh, "/abort", 20) or None, what="the fault abort in force", timeout=30
+        )
+        aborted = codes(mesh, "/abort", 400)
+        assert set(aborted) == {200, 503}
+        share = aborted.count(503) / len(aborted)
+        assert abs(share - 0.5) <= 3.3 * (0.25 / len(aborted)) ** 0.5, share
+        started = time.monotonic()
+        assert codes(mesh, "/delay/3", 1) == [504]
+        assert time.monotonic() - started < 2.5
+        assert codes(mesh, "/status/503", 2) == [503, 503]
+        text = waypoint_metrics(mesh)
+        assert 'response_code="503",response_flags="FI"' in text
+        assert 'response_code="504",response_flags="UT"' in text
+        assert 'response_code="503",response_flags="URX"' in text
+    finally:
+        mesh.lab.delete([RESILIENCE, *reviews_objects(use_waypoint=False), gateway])
