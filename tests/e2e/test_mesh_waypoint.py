@@ -173,6 +173,16 @@ ROUTING = [
 ]  # fmt: skip
 
 
+def wait_on_waypoint(mesh: MeshLab) -> None:
+    """Until the client's ztunnel sends reviews to the waypoint (its pod ready, the workload API says so)."""
+
+    def on_waypoint() -> bool | None:
+        services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
+        return bool(services and services[0].get("waypoint")) or None
+
+    mesh.wait_for(on_waypoint, what="the client's ztunnel sending reviews to the waypoint", timeout=40)
+
+
 def versions(mesh: MeshLab, count: int, *headers: str) -> list[str]:
     """The version of the reviews pod that answered each of ``count`` requests from demo/client."""
     extra = [arg for header in headers for arg in ("-H", header)]
@@ -196,12 +206,7 @@ def test_traffic_through_the_waypoint_follows_the_virtual_service(mesh: MeshLab)
             return bool((gw.get("status") or {}).get("addresses")) or None
 
         mesh.wait_for(programmed, what="the waypoint programmed (its pod ready)", timeout=40)
-
-        def on_waypoint() -> bool | None:
-            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
-            return bool(services and services[0].get("waypoint")) or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending reviews to the waypoint", timeout=30)
+        wait_on_waypoint(mesh)
         # L4 balances connections, not requests: every request here gets its own connection, so
         # only the waypoint can make all of them follow the VirtualService.
         close = "Connection: close"
@@ -271,12 +276,7 @@ def test_faults_timeouts_and_retries_through_the_waypoint(mesh: MeshLab) -> None
     mesh.lab.apply([gateway, *reviews_objects(use_waypoint=True), RESILIENCE])
     try:
         mesh.lab.wait_ready(timeout=60)
-
-        def on_waypoint() -> bool | None:
-            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "reviews"]
-            return bool(services and services[0].get("waypoint")) or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending reviews to the waypoint", timeout=40)
+        wait_on_waypoint(mesh)
         mesh.wait_for(
             lambda: 503 in codes(mesh, "/abort", 20) or None, what="the fault abort in force", timeout=30
         )
@@ -294,3 +294,46 @@ def test_faults_timeouts_and_retries_through_the_waypoint(mesh: MeshLab) -> None
         assert 'response_code="503",response_flags="URX"' in text
     finally:
         mesh.lab.delete([RESILIENCE, *reviews_objects(use_waypoint=False), gateway])
+
+
+def http_route_split() -> list[dict[str, Any]]:
+    """Gateway API's way: one Service per version, and an HTTPRoute on reviews splitting 80/20."""
+    per_version = [
+        b.service(
+            f"reviews-{v}", "demo", selector={"app": "reviews", "version": v}, port=80, target_port=8080
+        )
+        for v in ("v1", "v2")
+    ]
+    route = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "reviews", "namespace": "demo"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "reviews", "port": 80}],
+            "rules": [
+                {"backendRefs": [{"name": "reviews-v1", "port": 80, "weight": 80},
+                                 {"name": "reviews-v2", "port": 80, "weight": 20}]}
+            ],
+        },
+    }  # fmt: skip
+    return [*per_version, route]
+
+
+def test_an_http_route_splits_80_20_over_2000_requests(mesh: MeshLab) -> None:
+    gateway = waypoint_gateway()
+    split = http_route_split()
+    mesh.lab.apply([gateway, *reviews_objects(use_waypoint=True), *split])
+    try:
+        mesh.lab.wait_ready(timeout=60)
+        wait_on_waypoint(mesh)
+
+        def split_in_force() -> bool | None:
+            return {"v1", "v2"} <= set(versions(mesh, 40, "Connection: close")) or None
+
+        mesh.wait_for(split_in_force, what="the HTTPRoute split through the waypoint", timeout=40)
+        answered = versions(mesh, 2000, "Connection: close")
+        assert len(answered) == 2000
+        v2 = answered.count("v2")
+        assert abs(v2 - 400) <= 3.3 * (2000 * 0.2 * 0.8) ** 0.5, v2
+    finally:
+        mesh.lab.delete([*split, *reviews_objects(use_waypoint=False), gateway])
