@@ -16,7 +16,12 @@ from mesh.errors import MeshError
 
 __all__ = ["COMMAND_MODULES", "build_parser", "main"]
 
-COMMAND_MODULES: tuple[str, ...] = ("meshctl.lab.cli", "meshctl.ztunnel_config", "meshctl.proxy_status")
+COMMAND_MODULES: tuple[str, ...] = (
+    "meshctl.lab.cli",
+    "meshctl.ztunnel_config",
+    "meshctl.proxy_status",
+    "meshctl.waypoint",
+)
 
 
 def build_parser(modules: Sequence[str] = COMMAND_MODULES) -> argparse.ArgumentParser:

@@ -4,6 +4,8 @@ a token istiod_lite knows and a status; deleting the Gateway removes what it own
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -337,3 +339,29 @@ def test_an_http_route_splits_80_20_over_2000_requests(mesh: MeshLab) -> None:
         assert abs(v2 - 400) <= 3.3 * (2000 * 0.2 * 0.8) ** 0.5, v2
     finally:
         mesh.lab.delete([*split, *reviews_objects(use_waypoint=False), gateway])
+
+
+def test_meshctl_waypoint_apply_list_status_delete(mesh: MeshLab) -> None:
+    """``meshctl waypoint`` as ``istioctl waypoint``: apply (and wait until programmed), list,
+    status, delete; the real CLI against the running lab."""
+    meshctl = str(Path(sys.executable).with_name("meshctl"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [meshctl, "waypoint", *args[:1], "--state", str(mesh.lab.paths.root), *args[1:]]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
+
+    applied = run("apply", "-n", "demo", "--wait", "--timeout", "60")
+    assert applied.returncode == 0, applied.stderr
+    assert (
+        "gateway.gateway.networking.k8s.io/waypoint created" in applied.stdout or "created" in applied.stdout
+    )
+    assert "waypoint demo/waypoint is programmed" in applied.stdout
+    listed = run("list", "-n", "demo").stdout.splitlines()
+    assert listed[0].split() == ["NAMESPACE", "NAME", "FOR", "PROGRAMMED", "ADDRESS"]
+    assert listed[1].split()[:4] == ["demo", "waypoint", "service", "True"]
+    assert "Programmed: True (Programmed)" in run("status", "-n", "demo").stdout
+    deleted = run("delete", "-n", "demo")
+    assert deleted.returncode == 0, deleted.stderr
+    mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")
+    missing = run("status", "-n", "demo")
+    assert missing.returncode == 1 and "no waypoint demo/waypoint" in missing.stderr
