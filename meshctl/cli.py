@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meshctl.ztunnel_config",
     "meshctl.proxy_status",
     "meshctl.waypoint",
+    "meshctl.proxy_config",
 )
 
 

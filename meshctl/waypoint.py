@@ -21,6 +21,7 @@ from typing import Any
 from mesh.errors import MeshError
 from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
+from meshctl.tables import format_table
 
 __all__ = ["gateway", "register"]
 
@@ -130,11 +131,7 @@ def _list(args: argparse.Namespace) -> int:
                 ",".join(addresses) or "-",
             )
         )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    for row in rows:
-        sys.stdout.write(
-            "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() + "\n"
-        )
+    sys.stdout.write(format_table(rows))
     return 0
 
 

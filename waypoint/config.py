@@ -16,6 +16,8 @@ import yaml
 from envoy.config.cluster.v3 import cluster_pb2
 from envoy.config.endpoint.v3 import endpoint_pb2
 from envoy.config.route.v3 import route_pb2
+from envoy.extensions.retry.host.previous_hosts.v3 import previous_hosts_pb2
+from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2
 from google.protobuf import any_pb2, json_format
 from google.protobuf.message import Message
 
@@ -35,6 +37,9 @@ __all__ = [
 ROUTES_TYPE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER_TYPE = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 ENDPOINTS_TYPE = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
+KNOWN_EXTENSIONS = (previous_hosts_pb2, http_protocol_options_pb2)
+"""Types istiod_lite packs into ``Any`` fields (retry host predicates, upstream HTTP options):
+imported so the waypoint can decode and dump them (the fault filter's comes with mesh.l7)."""
 _TYPES: Mapping[str, type[Message]] = {
     ROUTES_TYPE: route_pb2.RouteConfiguration,
     CLUSTER_TYPE: cluster_pb2.Cluster,

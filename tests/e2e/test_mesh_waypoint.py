@@ -341,16 +341,17 @@ def test_an_http_route_splits_80_20_over_2000_requests(mesh: MeshLab) -> None:
         mesh.lab.delete([*split, *reviews_objects(use_waypoint=False), gateway])
 
 
-def test_meshctl_waypoint_apply_list_status_delete(mesh: MeshLab) -> None:
-    """``meshctl waypoint`` as ``istioctl waypoint``: apply (and wait until programmed), list,
-    status, delete; the real CLI against the running lab."""
+def test_meshctl_waypoint_and_proxy_config(mesh: MeshLab) -> None:
+    """``meshctl waypoint`` as ``istioctl waypoint``: apply --enroll-namespace (and wait until
+    programmed), list, status, delete; ``meshctl proxy-config`` shows the waypoint's routes,
+    clusters and endpoints; the real CLI against the running lab."""
     meshctl = str(Path(sys.executable).with_name("meshctl"))
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
         argv = [meshctl, "waypoint", *args[:1], "--state", str(mesh.lab.paths.root), *args[1:]]
         return subprocess.run(argv, capture_output=True, text=True, timeout=90, check=False)
 
-    applied = run("apply", "-n", "demo", "--wait", "--timeout", "60")
+    applied = run("apply", "-n", "demo", "--enroll-namespace", "--wait", "--timeout", "60")
     assert applied.returncode == 0, applied.stderr
     assert (
         "gateway.gateway.networking.k8s.io/waypoint created" in applied.stdout or "created" in applied.stdout
@@ -360,8 +361,28 @@ def test_meshctl_waypoint_apply_list_status_delete(mesh: MeshLab) -> None:
     assert listed[0].split() == ["NAMESPACE", "NAME", "FOR", "PROGRAMMED", "ADDRESS"]
     assert listed[1].split()[:4] == ["demo", "waypoint", "service", "True"]
     assert "Programmed: True (Programmed)" in run("status", "-n", "demo").stdout
+    pod = next(
+        p["metadata"]["name"] for p in mesh.lab.pods("demo") if p["metadata"]["name"].startswith("waypoint")
+    )
+
+    def proxy_config(view: str) -> list[list[str]]:
+        argv = [meshctl, "proxy-config", view, f"demo/{pod}", "--state", str(mesh.lab.paths.root)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=30, check=False)
+        assert done.returncode == 0, done.stderr
+        return [line.split() for line in done.stdout.splitlines()]
+
+    mesh.wait_for(lambda: len(proxy_config("routes")) > 1 or None, what="the waypoint's routes", timeout=30)
+    assert proxy_config("routes")[0] == ["ROUTE", "CONFIG", "VIRTUAL", "HOST", "DOMAINS", "ROUTES"]
+    assert any(
+        row[0] == "demo/waypoint" and row[1].startswith("server.demo") for row in proxy_config("routes")[1:]
+    )
+    assert any(row[0].startswith("inbound-vip|80|http|server.demo") for row in proxy_config("clusters")[1:])
+    assert any(row[2] == "yes" for row in proxy_config("endpoints")[1:])  # server pods are enrolled: HBONE
     deleted = run("delete", "-n", "demo")
     assert deleted.returncode == 0, deleted.stderr
     mesh.wait_for(lambda: not owned(mesh) or None, what="the waypoint's objects to go with its Gateway")
+    (namespace,) = [n for n in mesh.lab.objects("Namespace") if n["metadata"]["name"] == "demo"]
+    del namespace["metadata"]["labels"]["istio.io/use-waypoint"]
+    mesh.lab.apply([namespace])
     missing = run("status", "-n", "demo")
     assert missing.returncode == 1 and "no waypoint demo/waypoint" in missing.stderr
