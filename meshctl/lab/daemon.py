@@ -79,6 +79,7 @@ class LabDaemon:
             hosts_for=self._hosts_for,
             write_status=self._write_status,
             bin_dirs=(os.path.dirname(sys.executable),),
+            python_path=os.environ.get("PYTHONPATH", ""),
         )
 
     async def run(self) -> int:

@@ -58,6 +58,8 @@ class RuntimeContext:
     hosts_for: Callable[[dict[str, Any], str], str]
     write_status: Callable[[dict[str, Any], dict[str, Any]], None]
     bin_dirs: tuple[str, ...]
+    python_path: str = ""
+    """The lab's PYTHONPATH, so pods run the same code as the lab (a checkout under test)."""
     backoff: Backoff = _SANDBOX_BACKOFF
 
 
@@ -212,7 +214,12 @@ class PodRunner:
         meta = self.pod["metadata"]
         state = self._containers[index]
         env = container_env(
-            self.pod, container, pod_ip=self.ip or "", host_ip=self.node.address, bin_dirs=self.ctx.bin_dirs
+            self.pod,
+            container,
+            pod_ip=self.ip or "",
+            host_ip=self.node.address,
+            bin_dirs=self.ctx.bin_dirs,
+            python_path=self.ctx.python_path,
         )
         spec = ProcessSpec(
             name=f"{meta['namespace']}/{meta['name']}/{container['name']}",

@@ -48,8 +48,10 @@ def container_env(
     pod_ip: str,
     host_ip: str,
     bin_dirs: Sequence[str],
+    python_path: str = "",
 ) -> dict[str, str]:
-    """The container's environment: PATH (with the lab's Python first), HOSTNAME, and ``env``.
+    """The container's environment: PATH (with the lab's Python first), the lab's PYTHONPATH when it
+    has one (pods then run the same code as the lab), HOSTNAME, and ``env``.
 
     ``valueFrom.fieldRef`` works as the downward API does for name, namespace, uid, labels,
     annotations, nodeName, serviceAccountName, podIP and hostIP; ``$(VAR)`` refers to earlier vars.
@@ -59,6 +61,8 @@ def container_env(
         "HOME": "/root",
         "HOSTNAME": pod["metadata"]["name"],
     }
+    if python_path:
+        env["PYTHONPATH"] = python_path
     for var in container.get("env") or ():
         if "valueFrom" in var:
             path = var["valueFrom"]["fieldRef"]["fieldPath"]
