@@ -38,7 +38,7 @@ def test_env_has_path_hostname_downward_api_and_references() -> None:
     assert env["GREETING"] == "hi web-1 on $(NODE)"  # unknown references stay as written, as in Kubernetes
     assert container_argv({"command": ["echo"], "args": ["$(POD)", "x"]}, env) == ("echo", "web-1", "x")
     assert "PYTHONPATH" not in env
-    checkout = container_env(POD, container, pod_ip="", host_ip="", bin_dirs=["/venv/bin"], python_path="/src")
+    checkout = container_env(POD, container, pod_ip="", host_ip="", bin_dirs=[], python_path="/src")
     assert checkout["PYTHONPATH"] == "/src"  # pods run the same code as the lab that started them
 
 
