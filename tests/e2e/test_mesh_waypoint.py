@@ -386,3 +386,46 @@ def test_meshctl_waypoint_and_proxy_config(mesh: MeshLab) -> None:
     mesh.lab.apply([namespace])
     missing = run("status", "-n", "demo")
     assert missing.returncode == 1 and "no waypoint demo/waypoint" in missing.stderr
+
+
+def test_a_virtual_service_canary_95_5_over_2000_requests(mesh: MeshLab) -> None:
+    """Istio's canary: a VirtualService sends 95 % to v1 and 5 % to v2, within a binomial 99.9 %
+    bound over 2,000 requests on new connections through the waypoint."""
+    canary = {
+        **ROUTING[1],
+        "spec": {
+            "hosts": ["reviews"],
+            "http": [
+                {
+                    "route": [
+                        {"destination": {"host": "reviews", "subset": "v1"}, "weight": 95},
+                        {"destination": {"host": "reviews", "subset": "v2"}, "weight": 5},
+                    ]
+                }
+            ],
+        },
+    }
+    gateway = waypoint_gateway()
+    mesh.lab.apply([gateway, *reviews_objects(use_waypoint=True), ROUTING[0], canary])
+    try:
+        mesh.lab.wait_ready(timeout=60)
+        wait_on_waypoint(mesh)
+
+        def weights_in() -> bool | None:
+            pod = next(
+                p["metadata"]["name"]
+                for p in mesh.lab.pods("demo")
+                if p["metadata"]["name"].startswith("waypoint")
+            )
+            dump = mesh.exec(
+                f"demo/{pod}", "curl", "-s", "-m", "5", "http://127.0.0.1:15000/config_dump"
+            ).stdout
+            return '"weight": 95' in dump or None
+
+        mesh.wait_for(weights_in, what="the 95/5 weights in the waypoint's config", timeout=30)
+        answered = versions(mesh, 2000, "Connection: close")
+        assert len(answered) == 2000
+        v2 = answered.count("v2")
+        assert abs(v2 - 100) <= 3.3 * (2000 * 0.05 * 0.95) ** 0.5, v2
+    finally:
+        mesh.lab.delete([canary, ROUTING[0], *reviews_objects(use_waypoint=False), gateway])
