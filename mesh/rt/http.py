@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.http1 import Http1Error, Message, RequestParser
+
 __all__ = ["Handler", "HttpReply", "HttpServer", "ThreadedHttpServer", "json_reply", "text_reply"]
 
 _MAX_HEAD = 8 * 1024
@@ -79,7 +81,7 @@ class HttpServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             reply, head_only = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, ValueError):
+        except (TimeoutError, Http1Error):
             reply, head_only = text_reply("bad request\n", status=400), False
         head = (
             f"HTTP/1.1 {reply.status} {_REASONS.get(reply.status, 'Unknown')}\r\n"
@@ -94,20 +96,32 @@ class HttpServer:
             await writer.wait_closed()
 
     async def _answer(self, reader: asyncio.StreamReader) -> tuple[HttpReply, bool]:
-        head = await reader.readuntil(b"\r\n\r\n")
-        method, _, rest = head.split(b"\r\n", 1)[0].decode("latin-1").partition(" ")
-        target = rest.partition(" ")[0]
-        path, _, query = target.partition("?")
+        request = await _read_request(reader)
+        path, _, query = request.target.partition("?")
         handler = self._routes.get(path)
         if handler is None:
             known = "\n".join(sorted(self._routes))
             return text_reply(f"no such page; try one of:\n{known}\n", status=404), False
         params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
         try:
-            reply = handler("GET" if method == "HEAD" else method, params)
+            reply = handler("GET" if request.method == "HEAD" else request.method, params)
         except Exception as exc:  # a broken page must not take the port down
             reply = text_reply(f"internal error: {exc}\n", status=500)
-        return reply, method == "HEAD"
+        return reply, request.method == "HEAD"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> Message:
+    """The first request on the connection, at most ``_MAX_HEAD`` bytes; raises Http1Error."""
+    parser = RequestParser(max_body=_MAX_HEAD)
+    received = 0
+    while True:
+        data = await reader.read(_MAX_HEAD)
+        received += len(data)
+        if not data or received > _MAX_HEAD:
+            raise Http1Error(400, "request incomplete or over the admin port's 8 KiB")
+        requests = parser.feed(data)
+        if requests:
+            return requests[0]
 
 
 class ThreadedHttpServer:

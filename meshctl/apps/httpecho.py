@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from typing import Any, cast
 from urllib.parse import urlsplit
 
+from mesh.http1 import Http1Error, Message, RequestParser, serialize_response
 from mesh.rt.loop import run as run_loop
-from meshctl.apps.http1 import HttpParseError, Request, RequestParser, render_response
 
 __all__ = ["Identity", "Reply", "handle", "main", "serve", "start_server"]
 
@@ -49,7 +49,7 @@ class Reply:
     delay: float = 0.0
 
 
-def handle(request: Request, *, identity: Identity, client: str, server: str) -> Reply:
+def handle(request: Message, *, identity: Identity, client: str, server: str) -> Reply:
     """The reply to one request (pure)."""
     url = urlsplit(request.target)
     path = url.path or "/"
@@ -96,7 +96,7 @@ class _EchoProtocol(asyncio.Protocol):
     def __init__(self, identity: Identity) -> None:
         self._identity = identity
         self._parser = RequestParser()
-        self._queue: deque[Request] = deque()
+        self._queue: deque[Message] = deque()
         self._busy = False
         self._transport: asyncio.Transport | None = None
         self._client = self._server = ""
@@ -109,9 +109,10 @@ class _EchoProtocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         try:
             self._queue.extend(self._parser.feed(data))
-        except HttpParseError as exc:
+        except Http1Error as exc:
+            body = f"{exc.message}\n".encode()
             self._write(
-                render_response(400, [("content-type", "text/plain")], f"{exc}\n".encode(), keep_alive=False)
+                serialize_response(exc.status, "", [("content-type", "text/plain")], body, keep_alive=False)
             )
             self._close()
             return
@@ -127,19 +128,19 @@ class _EchoProtocol(asyncio.Protocol):
                 return
             self._send(request, reply)
 
-    def _finish(self, request: Request, reply: Reply) -> None:
+    def _finish(self, request: Message, reply: Reply) -> None:
         self._busy = False
         self._send(request, reply)
         self._drain()
 
-    def _send(self, request: Request, reply: Reply) -> None:
+    def _send(self, request: Message, reply: Reply) -> None:
         headers = [
             ("content-type", reply.content_type),
             ("server", "httpecho"),
             ("x-pod", self._identity.pod),
         ]
         body = b"" if request.method == "HEAD" else reply.body
-        self._write(render_response(reply.status, headers, body, keep_alive=request.keep_alive))
+        self._write(serialize_response(reply.status, "", headers, body, keep_alive=request.keep_alive))
         if not request.keep_alive:
             self._close()
 

@@ -81,7 +81,7 @@ def test_service_reachable_by_every_name_and_by_vip(lab: Lab, host: str) -> None
     vip = lab.objects("Service", "demo")[0]["spec"]["clusterIP"]
     doc = curl_json(lab, "demo/client", f"http://{host.replace('<vip>', vip)}/")
     assert doc["namespace"] == "demo" and doc["version"] in ("v1", "v2")
-    assert doc["headers"]["Host"] == host.replace("<vip>", vip)
+    assert doc["headers"]["host"] == host.replace("<vip>", vip)
 
 
 def test_service_spreads_connections_over_ready_endpoints(lab: Lab) -> None:

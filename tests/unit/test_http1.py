@@ -24,6 +24,20 @@ def test_pipelined_keep_alive_and_chunked_requests_come_out_in_order() -> None:
     assert ("transfer-encoding", "chunked") not in b.end_to_end_headers()
 
 
+def test_chunk_extensions_and_trailers_split_into_small_reads() -> None:
+    parser = RequestParser()
+    raw = (
+        b"PUT /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b"3\r\nabc\r\n2;ext=1\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
+        b"GET /d HTTP/1.1\r\nConnection: close\r\n\r\n"
+    )
+    requests = [r for i in range(0, len(raw), 7) for r in parser.feed(raw[i : i + 7])]
+    assert [(r.method, r.target, r.body, r.keep_alive) for r in requests] == [
+        ("PUT", "/c", b"abcde", True),
+        ("GET", "/d", b"", False),
+    ]
+
+
 @pytest.mark.parametrize(
     ("raw", "status"),
     [
