@@ -113,6 +113,7 @@ class Lab:
         wait: bool = True,
         mesh: bool = False,
         cert_ttl: int = DEFAULT_CERT_TTL,
+        observability: bool = False,
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -124,7 +125,9 @@ class Lab:
                 hint="change it with 'meshctl lab apply', or stop it with 'meshctl lab down'",
             )
         lab_id = self._lab_id or self.lab_id
-        settings = build_settings(lab_id=lab_id, node_count=nodes, mesh=mesh, cert_ttl=cert_ttl)
+        settings = build_settings(
+            lab_id=lab_id, node_count=nodes, mesh=mesh, cert_ttl=cert_ttl, observability=observability
+        )
         objects = self._validate(objects, settings.node_names())
         _preflight()
         self.store.check_writable()

@@ -180,9 +180,9 @@ def reset_state(paths: StateDir, *, keep_logs: bool) -> None:
     """Removes objects, runtime files and lab.yaml (and logs unless ``keep_logs``); keeps cni/.
 
     The mesh's files (``mesh/``: istiod's root, node tokens, sockets, pids) go too, but for its logs
-    when ``keep_logs``."""
+    when ``keep_logs``, and so does the lab Prometheus's (``prometheus/``, its data)."""
     mesh = paths.root / "mesh"
-    targets: list[Path] = [paths.objects, paths.run]
+    targets: list[Path] = [paths.objects, paths.run, paths.root / "prometheus"]
     if keep_logs:
         targets += [p for p in mesh.glob("*") if p.name != "logs"]
     else:

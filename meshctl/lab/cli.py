@@ -45,6 +45,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         wait=not args.no_wait,
         mesh=args.mesh,
         cert_ttl=args.cert_ttl,
+        observability=args.observability,
     )
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
@@ -151,6 +152,11 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=DEFAULT_CERT_TTL,
         help="workload certificate TTL in seconds the ztunnels ask for (default 86400; renewed at half life)",
+    )
+    up.add_argument(
+        "--observability",
+        action="store_true",
+        help="also run Prometheus scraping the mesh (see it with 'meshctl dashboard')",
     )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")

@@ -31,10 +31,11 @@ from meshctl.lab.cni import CniRunner
 from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_hosts, render_nat, service_ports
-from meshctl.lab.mesh import MeshRuntime
+from meshctl.lab.mesh import MeshRuntime, control_plane_address
 from meshctl.lab.netops import netns_exec
 from meshctl.lab.network import NETNS_ANNOTATION, PodIpam, build_network, node_object, remove_network
 from meshctl.lab.objects import ObjKey
+from meshctl.lab.observability import PrometheusRuntime
 from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, process_start_time
@@ -69,6 +70,17 @@ class LabDaemon:
             if self.settings.mesh
             else None
         )
+        self.prometheus = (
+            PrometheusRuntime(
+                self.settings,
+                paths,
+                control_plane_address(self.settings),
+                clock=clock,
+                on_event=self._mesh_event,
+            )
+            if self.settings.observability
+            else None
+        )
         self.ctx = RuntimeContext(
             settings=self.settings,
             paths=paths,
@@ -98,6 +110,9 @@ class LabDaemon:
             if self.mesh is not None:
                 await self.mesh.start()
                 self.log.info("lab.mesh.started")
+            if self.prometheus is not None:
+                await self.prometheus.start(self.store.load_all())
+                self.log.info("lab.prometheus.started", targets=str(self.prometheus.targets_file))
             await self._loop()
             return 0
         except Exception:
@@ -161,6 +176,8 @@ class LabDaemon:
         ]
         self._sync_pods(objects)
         await self._sync_rules(objects)
+        if self.prometheus is not None:
+            self.prometheus.sync(objects)
         return False
 
     def _sync_pods(self, objects: dict[ObjKey, dict[str, Any]]) -> None:
@@ -256,6 +273,8 @@ class LabDaemon:
             self._stop_runner(key)
         if self._stopping:
             await asyncio.gather(*self._stopping, return_exceptions=True)
+        if self.prometheus is not None:
+            await self.prometheus.stop()
         if self.mesh is not None:
             await self.mesh.stop()
         await remove_network(self.settings)

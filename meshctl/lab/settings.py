@@ -85,6 +85,8 @@ class LabSettings:
     """Whether the lab runs the mesh (istiod_lite, node agents, ztunnels) with its CNI plugin."""
     cert_ttl: int = DEFAULT_CERT_TTL
     """The workload certificate TTL, in seconds, the ztunnels ask the CA for."""
+    observability: bool = False
+    """Whether the lab runs a Prometheus server scraping the mesh (``lab up --observability``)."""
 
     @property
     def prefix(self) -> str:
@@ -124,6 +126,7 @@ class LabSettings:
             "bridgeNetns": self.bridge_netns,
             "mesh": self.mesh,
             "workloadCertTTL": self.cert_ttl,
+            "observability": self.observability,
             "nodes": [
                 {
                     "name": n.name,
@@ -161,6 +164,7 @@ class LabSettings:
                 cluster_id=str(data["clusterId"]),
                 mesh=bool(data.get("mesh", False)),
                 cert_ttl=int(data.get("workloadCertTTL", DEFAULT_CERT_TTL)),
+                observability=bool(data.get("observability", False)),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -170,7 +174,12 @@ class LabSettings:
 
 
 def build_settings(
-    *, lab_id: str = DEFAULT_LAB_ID, node_count: int = 2, mesh: bool = False, cert_ttl: int = DEFAULT_CERT_TTL
+    *,
+    lab_id: str = DEFAULT_LAB_ID,
+    node_count: int = 2,
+    mesh: bool = False,
+    cert_ttl: int = DEFAULT_CERT_TTL,
+    observability: bool = False,
 ) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
@@ -192,7 +201,16 @@ def build_settings(
         )
         for i in range(1, node_count + 1)
     )
-    return LabSettings(lab_id=lab_id, nodes=nodes, bridge_netns=f"{lab_id}-net", mesh=mesh, cert_ttl=cert_ttl)
+    if observability and not mesh:
+        raise LabError("--observability watches the mesh", hint="drop --no-mesh, or --observability")
+    return LabSettings(
+        lab_id=lab_id,
+        nodes=nodes,
+        bridge_netns=f"{lab_id}-net",
+        mesh=mesh,
+        cert_ttl=cert_ttl,
+        observability=observability,
+    )
 
 
 def _short(uid: str) -> str:
