@@ -4,11 +4,14 @@
 (with the agent's error); ``meshctl proxy-status`` reads it. ``/debug/waypointz``: the waypoints
 in the current snapshot with their resource counts, and with ``?waypoint=<ns>/<name>`` that
 waypoint's resources in Envoy's JSON form (what it is sent). ``/metrics``: the Prometheus text of
-the registry the push metrics live in.
+the registry the push metrics live in. ``/debug/workloadz``: every workload and Service in the
+current snapshot with what the mesh does for it (tunnel protocol, waypoint, policies), for
+``meshctl dashboard``.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Mapping
 
 from google.protobuf import json_format
@@ -16,10 +19,12 @@ from google.protobuf import json_format
 from istiod_lite.push.hub import Hub
 from istiod_lite.push.snapshot import SCOPE_SEPARATOR, ResourceSet, Snapshot
 from istiod_lite.push.status import syncz
+from mesh.api.istio.workload import workload_pb2
 from mesh.rt.http import Handler, HttpReply, json_reply, text_reply
 from mesh.rt.metrics import CONTENT_TYPE, Registry, render
+from mesh.rt.xds import ADDRESS_TYPE_URL
 
-__all__ = ["debug_routes", "waypointz"]
+__all__ = ["debug_routes", "waypointz", "workloadz"]
 
 
 def _get_only(page: Handler) -> Handler:
@@ -57,15 +62,52 @@ def waypointz(snapshot: Snapshot, waypoint: str = "") -> tuple[int, object]:
     return 200, {"version": snapshot.version, "waypoint": waypoint, "resources": dump}
 
 
+def workloadz(snapshot: Snapshot) -> dict[str, object]:
+    """Every workload and Service of the snapshot's address set: who is enrolled (tunnel protocol
+    HBONE), which waypoint each uses, and the authorization policies that select each workload."""
+    workloads: list[dict[str, object]] = []
+    services: list[dict[str, object]] = []
+    for resource in snapshot.resources.get(ADDRESS_TYPE_URL, {}).values():
+        address = resource.source
+        if not isinstance(address, workload_pb2.Address):
+            continue
+        if address.HasField("workload"):
+            w = address.workload
+            workloads.append({
+                "uid": w.uid, "namespace": w.namespace, "name": w.name, "workload": w.workload_name,
+                "canonicalName": w.canonical_name, "serviceAccount": w.service_account, "node": w.node,
+                "protocol": workload_pb2.TunnelProtocol.Name(w.tunnel_protocol),
+                "waypoint": _gateway(w.waypoint) if w.HasField("waypoint") else "",
+                "policies": sorted(w.authorization_policies),
+            })  # fmt: skip
+        elif address.HasField("service"):
+            svc = address.service
+            services.append({
+                "namespace": svc.namespace, "name": svc.name, "hostname": svc.hostname,
+                "waypoint": _gateway(svc.waypoint) if svc.HasField("waypoint") else "",
+            })  # fmt: skip
+    workloads.sort(key=lambda w: (str(w["namespace"]), str(w["name"])))
+    services.sort(key=lambda s: (str(s["namespace"]), str(s["name"])))
+    return {"version": snapshot.version, "workloads": workloads, "services": services}
+
+
+def _gateway(gateway: workload_pb2.GatewayAddress) -> str:
+    if gateway.HasField("hostname"):
+        return f"{gateway.hostname.namespace}/{gateway.hostname.hostname}"
+    return str(ipaddress.ip_address(gateway.address.address)) if gateway.address.address else ""
+
+
 def _waypointz(hub: Hub, query: Mapping[str, str]) -> HttpReply:
     status, body = waypointz(hub.current, query.get("waypoint", ""))
     return json_reply(body, status=status)
 
 
 def debug_routes(hub: Hub, registry: Registry) -> dict[str, Handler]:
-    """The 15014 pages: ``/debug/syncz``, ``/debug/waypointz`` (JSON) and ``/metrics`` (Prometheus text)."""
+    """The 15014 pages: ``/debug/syncz``, ``/debug/waypointz``, ``/debug/workloadz`` (JSON) and
+    ``/metrics`` (Prometheus text)."""
     return {
         "/debug/syncz": _get_only(lambda _m, _q: json_reply(syncz(hub))),
         "/debug/waypointz": _get_only(lambda _m, q: _waypointz(hub, q)),
+        "/debug/workloadz": _get_only(lambda _m, _q: json_reply(workloadz(hub.current))),
         "/metrics": _get_only(lambda _m, _q: HttpReply(200, CONTENT_TYPE, render(registry))),
     }

@@ -11,7 +11,7 @@ from envoy.service.discovery.v3 import discovery_pb2
 from structlog.testing import capture_logs
 
 from istiod_lite.push import translated
-from istiod_lite.push.debug import waypointz
+from istiod_lite.push.debug import waypointz, workloadz
 from istiod_lite.push.errors import SubscriberRejectedError
 from istiod_lite.push.projection import parse_node_id, select_projection, waypoint_projection
 from istiod_lite.push.snapshot import build_snapshot, scoped_type
@@ -21,7 +21,7 @@ from istiod_lite.view import Informers, parse_object
 from mesh.api.istio.workload import workload_pb2
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
 from tests.unit.l7_world import gateway, world
-from tests.unit.test_translate_scenarios import pod
+from tests.unit.test_translate_scenarios import namespace, pod
 
 NODE = "waypoint~10.244.1.99~waypoint-abc.demo~demo.svc.cluster.local"
 IDENTITY = "spiffe://cluster.local/ns/demo/sa/waypoint"
@@ -130,3 +130,24 @@ def test_waypointz_lists_the_waypoints_and_dumps_one_as_envoy_json() -> None:
     assert (
         status == 404 and isinstance(missing, dict) and missing["known"] == ["demo/waypoint", "shop/waypoint"]
     )
+
+
+def test_workloadz_lists_workloads_with_their_enrolment_and_the_services() -> None:
+    informers = Informers()
+    sink = informers.sink("t")
+    objects = world()
+    objects[0] = namespace("demo", {"istio.io/dataplane-mode": "ambient"})
+    for obj in objects:
+        sink.upsert(parse_object(obj))
+    sink.mark_synced()
+    listing = workloadz(build_snapshot(translated_build(informers)(), counter=1, now=0.0))
+    by_name = {w["name"]: w for w in listing["workloads"]}
+    assert sorted(by_name) == ["ratings-1", "reviews-v1", "reviews-v2"]
+    ratings = by_name["ratings-1"]
+    assert (ratings["namespace"], ratings["node"], ratings["canonicalName"]) == ("demo", "node2", "ratings")
+    assert (ratings["protocol"], ratings["serviceAccount"], ratings["policies"]) == ("HBONE", "web", [])
+    hostnames = [(s["name"], s["hostname"]) for s in listing["services"]]
+    assert hostnames == [
+        ("ratings", "ratings.demo.svc.cluster.local"),
+        ("reviews", "reviews.demo.svc.cluster.local"),
+    ]
