@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Mapping
+from typing import Any
 
 from google.protobuf import json_format
 
@@ -62,11 +63,11 @@ def waypointz(snapshot: Snapshot, waypoint: str = "") -> tuple[int, object]:
     return 200, {"version": snapshot.version, "waypoint": waypoint, "resources": dump}
 
 
-def workloadz(snapshot: Snapshot) -> dict[str, object]:
+def workloadz(snapshot: Snapshot) -> dict[str, Any]:
     """Every workload and Service of the snapshot's address set: who is enrolled (tunnel protocol
     HBONE), which waypoint each uses, and the authorization policies that select each workload."""
-    workloads: list[dict[str, object]] = []
-    services: list[dict[str, object]] = []
+    workloads: list[dict[str, Any]] = []
+    services: list[dict[str, Any]] = []
     for resource in snapshot.resources.get(ADDRESS_TYPE_URL, {}).values():
         address = resource.source
         if not isinstance(address, workload_pb2.Address):
