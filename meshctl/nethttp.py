@@ -9,6 +9,7 @@ import socket
 from collections.abc import Iterator
 
 from mesh.errors import MeshError
+from mesh.http1 import Http1Error, Message, ResponseParser
 from mesh.rt.net.netns import in_netns
 
 __all__ = ["http_get", "http_request", "socket_in"]
@@ -50,18 +51,22 @@ def http_request(
     when nothing answers."""
     length = "" if method == "GET" else "Content-Length: 0\r\n"
     request = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n{length}Connection: close\r\n\r\n"
-    with socket_in(netns) as sock:
-        sock.settimeout(timeout)
-        sock.connect((host, port))
-        sock.sendall(request.encode())
-        chunks, size = [], 0
-        while chunk := sock.recv(65536):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > _MAX_BODY:
-                raise MeshError(f"the answer from {host}:{port}{path} is larger than {_MAX_BODY} bytes")
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    parts = head.split(b" ", 2)
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise MeshError(f"{host}:{port} did not answer HTTP", hint="is this the right port?")
-    return int(parts[1]), body
+    parser = ResponseParser(max_body=_MAX_BODY, head_only=method == "HEAD")
+    responses: list[Message] = []
+    try:
+        with socket_in(netns) as sock:
+            sock.settimeout(timeout)
+            sock.connect((host, port))
+            sock.sendall(request.encode())
+            while not responses:
+                chunk = sock.recv(65536)
+                responses = parser.feed(chunk) if chunk else parser.finish()
+                if not chunk:
+                    break
+    except Http1Error as exc:
+        raise MeshError(
+            f"{host}:{port}{path} did not answer HTTP/1.1: {exc.message}", hint="is this the right port?"
+        ) from None
+    if not responses:
+        raise MeshError(f"{host}:{port}{path} closed the connection before a whole answer", hint="try again")
+    return responses[0].status, responses[0].body
