@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meshctl.proxy_status",
     "meshctl.waypoint",
     "meshctl.proxy_config",
+    "meshctl.dashboard.cli",
 )
 
 

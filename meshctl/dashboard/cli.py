@@ -1,0 +1,93 @@
+"""``meshctl dashboard``: serves the service-graph page locally and prints its URL (opens nothing).
+
+Prometheus is ``--prometheus URL``, else the running lab's (``lab up --observability``, reached
+inside the lab's namespace); the live mesh is ``--istiod URL``, else the lab's istiod_lite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+
+from aiohttp import web
+
+from mesh.errors import MeshError
+from mesh.ports import ISTIOD_DEBUG_PORT
+from mesh.rt.loop import run as run_loop
+from meshctl.dashboard.server import Dashboard
+from meshctl.dashboard.sources import Endpoint, LiveMesh, Prometheus
+from meshctl.lab.api import Lab
+from meshctl.lab.mesh import control_plane_address
+from meshctl.lab.observability import PROMETHEUS_PORT
+from meshctl.lab.settings import default_state_dir
+
+__all__ = ["register", "run"]
+
+DEFAULT_PORT = 20001
+"""Kiali's port."""
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``dashboard`` to the meshctl CLI."""
+    parser = subparsers.add_parser("dashboard", help="serve the mesh's service graph as a web page")
+    parser.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help=f"port to serve on (default {DEFAULT_PORT})"
+    )
+    parser.add_argument("--address", default="127.0.0.1", help="address to serve on (default 127.0.0.1)")
+    parser.add_argument("--prometheus", default=None, help="Prometheus URL (default: the running lab's)")
+    parser.add_argument("--istiod", default=None, help="istiod_lite debug URL (default: the running lab's)")
+    parser.add_argument("--state", default=default_state_dir(), help="lab state directory")
+    parser.set_defaults(func=run)
+
+
+def sources(args: argparse.Namespace) -> tuple[Endpoint, Endpoint | None]:
+    """Prometheus's and istiod_lite's endpoints from the flags, else from the running lab."""
+    lab = Lab(args.state)
+    running = lab.is_running()
+    netns = lab.settings.bridge_netns if running else None
+    cp = control_plane_address(lab.settings) if running and lab.settings.mesh else ""
+    if args.prometheus:
+        prometheus = Endpoint(args.prometheus)
+    elif running and lab.settings.observability:
+        prometheus = Endpoint(f"http://{cp}:{PROMETHEUS_PORT}", netns)
+    else:
+        raise MeshError(
+            "no Prometheus to read the mesh's metrics from",
+            hint="start the lab with 'meshctl lab up --observability', or pass --prometheus URL",
+        )
+    if args.istiod:
+        return prometheus, Endpoint(args.istiod)
+    return prometheus, Endpoint(f"http://{cp}:{ISTIOD_DEBUG_PORT}", netns) if cp else None
+
+
+def run(args: argparse.Namespace) -> int:
+    """Serves until interrupted."""
+    prometheus, istiod = sources(args)
+    dashboard = Dashboard(Prometheus(prometheus), LiveMesh(istiod) if istiod else None)
+    try:
+        run_loop(_serve(dashboard, args.address, args.port, prometheus, istiod))
+    except KeyboardInterrupt:
+        print("dashboard: stopped")
+    return 0
+
+
+async def _serve(
+    dashboard: Dashboard, address: str, port: int, prometheus: Endpoint, istiod: Endpoint | None
+) -> None:
+    runner = web.AppRunner(dashboard.app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, address, port)
+    try:
+        await site.start()
+    except OSError as exc:
+        await runner.cleanup()
+        raise MeshError(
+            f"cannot serve on {address}:{port}: {exc.strerror}", hint="pick another --port"
+        ) from None
+    where = f" in {prometheus.netns}" if prometheus.netns else ""
+    print(f"dashboard: http://{address}:{port}/  (Prometheus {prometheus.url}{where}", end="")
+    print(f", live mesh {istiod.url})" if istiod else ", no live mesh)", "- Ctrl-C to stop", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()
