@@ -56,7 +56,7 @@ class ConnectionRecord:
     destination_addr: str = ""
     hbone_addr: str = ""
 
-    def label_values(self, response_flags: str) -> tuple[str, ...]:
+    def label_values(self, response_flags: str, *, request_protocol: str = "tcp") -> tuple[str, ...]:
         """Values in ``LABELS`` order."""
         src, dst, svc = self.source, self.destination, self.service
         return tuple(
@@ -82,7 +82,7 @@ class ConnectionRecord:
                 dst.canonical_name if dst else "",
                 dst.canonical_revision if dst else "",
                 dst.cluster_id if dst else "",
-                "tcp",
+                request_protocol,
                 response_flags or "-",
                 "mutual_tls" if self.mtls else "unknown",
             )

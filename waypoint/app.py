@@ -28,7 +28,6 @@ from google.protobuf import json_format
 
 from mesh.errors import MeshError
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.model import Workload
 from mesh.ports import ADMIN_PORT, INBOUND_HBONE_PORT, METRICS_PORT, READINESS_PORT
 from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.clock import SystemClock
@@ -44,7 +43,7 @@ from waypoint.config import WaypointConfig, load_local_config
 from waypoint.hbone import HboneFront, HboneUpstream
 from waypoint.identity import WaypointCredentials
 from waypoint.proxy import WaypointProxy
-from waypoint.telemetry import RequestMetrics
+from waypoint.telemetry import AddressBook, RequestMetrics
 from waypoint.xds import WaypointPod, WaypointXds
 
 __all__ = ["main", "parse_args"]
@@ -135,7 +134,7 @@ class _Mesh:
         await self.credentials.close()
 
 
-def _mesh(args: argparse.Namespace, proxy: WaypointProxy, xds: WaypointXds) -> _Mesh:
+def _mesh(args: argparse.Namespace, proxy: WaypointProxy, book: AddressBook) -> _Mesh:
     pod = WaypointPod.from_env(os.environ)
     account = os.environ.get("SERVICE_ACCOUNT") or pod.waypoint  # the lab runs it as the Gateway's account
     identity = WorkloadIdentity(args.trust_domain, pod.namespace, account)
@@ -151,10 +150,8 @@ def _mesh(args: argparse.Namespace, proxy: WaypointProxy, xds: WaypointXds) -> _
 
     def expected(ip: str) -> frozenset[WorkloadIdentity]:
         """The identity the pod at ``ip`` must present, from the workload API (none: refused)."""
-        for value in xds.addresses.values():
-            if isinstance(value, Workload) and any(str(a) == ip for a in value.addresses):
-                return frozenset({WorkloadIdentity.parse(value.spiffe_uri)})
-        return frozenset()
+        workload = book.workload_at(ip)
+        return frozenset({WorkloadIdentity.parse(workload.spiffe_uri)}) if workload else frozenset()
 
     proxy.upstreams.tunnel = HboneUpstream(pool, identity, expected, source_ip=pod.ip).connect
     return _Mesh(credentials, HboneFront(proxy, credentials.server_material), pool)
@@ -178,8 +175,11 @@ async def _serve(args: argparse.Namespace) -> int:
             "(docs/waypoints.md)",
         )
     registry: Registry = build_registry(component="waypoint")
-    proxy = WaypointProxy(config, RequestMetrics(registry, log), route_config=args.route_config, log=log)
-    mesh = _mesh(args, proxy, xds) if xds is not None else None
+    book = AddressBook(lambda: xds.addresses) if xds is not None else None
+    proxy = WaypointProxy(
+        config, RequestMetrics(registry, log, book), route_config=args.route_config, log=log
+    )
+    mesh = _mesh(args, proxy, book) if xds is not None and book is not None else None
     ready = False
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())  # before "started": a SIGTERM is never lost

@@ -40,6 +40,7 @@ class HboneFront:
             self._proxy.serve_connection,
             tunnel_authority=request.authority,
             source_principal=request.peer_identity.uri,
+            source_addr=request.peer_address[0],
         )
         reader = asyncio.StreamReader()
         return InboundDecision(200, protocol=asyncio.StreamReaderProtocol(reader, serve))

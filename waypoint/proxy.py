@@ -170,10 +170,13 @@ class WaypointProxy:
         *,
         tunnel_authority: str = "",
         source_principal: str = "",
+        source_addr: str = "",
     ) -> None:
         """Serves one client connection's requests in order. Through HBONE, ``tunnel_authority`` (the
-        CONNECT authority, ``VIP:port``) chooses the virtual host and ``source_principal`` is the
-        client's verified identity."""
+        CONNECT authority, ``VIP:port``) chooses the virtual host, ``source_principal`` is the
+        client's verified identity and ``source_addr`` its IP (else the TCP peer's)."""
+        peer = writer.get_extra_info("peername")
+        source_addr = source_addr or (str(peer[0]) if isinstance(peer, tuple) else "")
         parser = RequestParser()
         pending: list[Message] = []
         try:
@@ -195,8 +198,9 @@ class WaypointProxy:
                 while pending:
                     request = pending.pop(0)
                     answer = await self.handle(
-                        request, tunnel_authority=tunnel_authority, source_principal=source_principal
-                    )
+                        request, tunnel_authority=tunnel_authority, source_principal=source_principal,
+                        source_addr=source_addr,
+                    )  # fmt: skip
                     keep = request.keep_alive and not request.upgrade
                     writer.write(
                         serialize_response(answer.status, "", answer.headers, answer.body, keep_alive=keep)
@@ -211,7 +215,12 @@ class WaypointProxy:
                 writer.close()
 
     async def handle(
-        self, request: Message, *, tunnel_authority: str = "", source_principal: str = ""
+        self,
+        request: Message,
+        *,
+        tunnel_authority: str = "",
+        source_principal: str = "",
+        source_addr: str = "",
     ) -> Answer:
         """Routes, faults and forwards one request; reports it; returns the answer."""
         started = time.monotonic()
@@ -229,7 +238,7 @@ class WaypointProxy:
                 cluster=answer.cluster, upstream=answer.upstream,
                 duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
                 response_bytes=len(answer.body), source_principal=source_principal,
-                mtls=bool(source_principal),
+                mtls=bool(source_principal), source_addr=source_addr,
             )
         )  # fmt: skip
         return answer

@@ -1,33 +1,27 @@
 """The waypoint's request telemetry with Istio's names and labels (``reporter="waypoint"``):
 ``istio_requests_total``, ``istio_request_duration_milliseconds``, ``istio_request_bytes`` and
-``istio_response_bytes`` (histograms), and one JSON access-log line per request."""
+``istio_response_bytes`` (histograms), and one JSON access-log line per request.
+
+The labels are Istio's standard set (``mesh.telemetry.LABELS`` plus ``response_code`` and
+``grpc_response_status``). Who the client and the chosen endpoint are comes from the workload API
+the waypoint receives (an :class:`AddressBook`): the client by its IP, the endpoint by the
+address the request went to, the service by the cluster's hostname; without it, ``unknown``.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import structlog
 
+from mesh.model import Service, Workload
 from mesh.rt.metrics import Counter, Histogram, Registry
+from mesh.telemetry import LABELS, ConnectionRecord
 
-__all__ = ["REQUEST_LABELS", "RequestMetrics", "RequestRecord"]
+__all__ = ["REQUEST_LABELS", "AddressBook", "RequestMetrics", "RequestRecord"]
 
-REQUEST_LABELS = (
-    "reporter",
-    "source_workload",
-    "source_workload_namespace",
-    "source_principal",
-    "destination_service",
-    "destination_service_name",
-    "destination_service_namespace",
-    "destination_workload",
-    "destination_cluster",
-    "request_protocol",
-    "response_code",
-    "grpc_response_status",
-    "response_flags",
-    "connection_security_policy",
-)
+REQUEST_LABELS = (*LABELS, "response_code", "grpc_response_status")
 _MS_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000, 300000, 600000,
                1800000, 3600000)  # fmt: skip
 _BYTE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000)
@@ -51,12 +45,46 @@ class RequestRecord:
     response_bytes: int
     source_principal: str = ""
     mtls: bool = False
+    source_addr: str = ""
+    """The client's IP (the HBONE peer: the client pod's ztunnel connects from the pod's address)."""
+    grpc_status: str = ""
+
+
+class AddressBook:
+    """Workloads by IP and Services by hostname, from the workload API the waypoint receives
+    (re-indexed when ``addresses()`` returns a new mapping)."""
+
+    def __init__(self, addresses: Callable[[], Mapping[str, Workload | Service]]) -> None:
+        self._addresses = addresses
+        self._indexed: Mapping[str, Workload | Service] | None = None
+        self._by_ip: dict[str, Workload] = {}
+        self._by_host: dict[str, Service] = {}
+
+    def workload_at(self, ip: str) -> Workload | None:
+        """The workload with address ``ip``, if known."""
+        self._index()
+        return self._by_ip.get(ip)
+
+    def service_named(self, hostname: str) -> Service | None:
+        """The Service with this hostname (``name.namespace.svc.<domain>``), if known."""
+        self._index()
+        return self._by_host.get(hostname)
+
+    def _index(self) -> None:
+        current = self._addresses()
+        if current is self._indexed:
+            return
+        self._indexed = current
+        self._by_ip = {str(a): v for v in current.values() if isinstance(v, Workload) for a in v.addresses}
+        self._by_host = {v.hostname: v for v in current.values() if isinstance(v, Service)}
 
 
 class RequestMetrics:
     """Counts and logs finished requests."""
 
-    def __init__(self, registry: Registry, log: structlog.typing.FilteringBoundLogger) -> None:
+    def __init__(
+        self, registry: Registry, log: structlog.typing.FilteringBoundLogger, book: AddressBook | None = None
+    ) -> None:
         self.requests = Counter("istio_requests_total", "Requests handled", REQUEST_LABELS, registry=registry)
         self.duration = Histogram(
             "istio_request_duration_milliseconds", "Request duration", REQUEST_LABELS, registry=registry,
@@ -69,25 +97,32 @@ class RequestMetrics:
             "istio_response_bytes", "Response sizes", REQUEST_LABELS, registry=registry, buckets=_BYTE_BUCKETS
         )
         self._log = log
+        self._book = book
 
     def done(self, record: RequestRecord) -> None:
         """Counts ``record`` and writes its access-log line."""
-        service = record.cluster.split("|")[-1] if "|" in record.cluster else record.cluster
+        hostname = record.cluster.split("|")[-1] if "|" in record.cluster else record.cluster
+        book = self._book
+        destination = (
+            book.workload_at(record.upstream.rpartition(":")[0]) if book and record.upstream else None
+        )
+        service = book.service_named(hostname) if book and hostname else None
+        if service is None and hostname.count(".") >= 2:  # known by name only: Istio's labels still apply
+            name, namespace = hostname.split(".")[:2]
+            service = Service(name=name, namespace=namespace, hostname=hostname, vips=(), ports=())
+        connection = ConnectionRecord(
+            reporter="waypoint",
+            source=book.workload_at(record.source_addr) if book and record.source_addr else None,
+            source_principal=record.source_principal,
+            destination=destination,
+            destination_principal=destination.spiffe_uri if destination else "",
+            service=service,
+            mtls=record.mtls,
+        )
         labels = (
-            "waypoint",
-            "unknown",
-            "unknown",
-            record.source_principal or "unknown",
-            service or "unknown",
-            service.split(".")[0] if service else "unknown",
-            service.split(".")[1] if service.count(".") >= 2 else "unknown",
-            "unknown",
-            "Kubernetes",
-            record.protocol,
+            *connection.label_values(record.flags, request_protocol=record.protocol),
             str(record.status),
-            "-",
-            record.flags or "-",
-            "mutual_tls" if record.mtls else "unknown",
+            record.grpc_status or "-",
         )
         self.requests.labels(*labels).inc()
         self.duration.labels(*labels).observe(record.duration_ms)
