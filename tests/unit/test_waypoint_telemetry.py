@@ -4,6 +4,7 @@ resolved from the workload API by address (``unknown`` where nothing is known)."
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Mapping
 from types import MappingProxyType
 
 import structlog
@@ -45,7 +46,7 @@ def request_labels(metrics_text: bytes) -> list[dict[str, str]]:
 
 def test_labels_are_istios_with_client_and_endpoint_resolved_by_address() -> None:
     registry = build_registry(component="waypoint")
-    addresses = MappingProxyType({"c": CLIENT, "s": SERVER, "svc": SERVICE})
+    addresses: Mapping[str, Workload | Service] = MappingProxyType({"c": CLIENT, "s": SERVER, "svc": SERVICE})
     RequestMetrics(registry, structlog.get_logger(), AddressBook(lambda: addresses)).done(record())
     (labels,) = request_labels(render(registry))
     assert set(labels) == set(REQUEST_LABELS) and set(LABELS) < set(labels)
