@@ -48,7 +48,7 @@ __all__ = [
 T = TypeVar("T")
 
 CLIENT_NODE, SERVER_NODE = "node1", "node2"
-TOOLS = ("curl", "redis-server", "redis-cli", "tshark", "promtool", "iptables-save")
+TOOLS = ("curl", "redis-server", "redis-cli", "tshark", "promtool", "prometheus", "chromium", "iptables-save")
 REDIRECTION = "ambient.istio.io/redirection"
 SINK_PORT, ECHO_PORT, HTTP_PORT = 9100, 9000, 8080
 ECHO_PREFIX = "hello"
@@ -321,7 +321,7 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
     before = SystemSnapshot.take(lab_id)
     lab = Lab(tmp_path_factory.mktemp("e2e-lab"), lab_id=lab_id)
     try:
-        lab.up(cluster_objects(), mesh=True, timeout=60)
+        lab.up(cluster_objects(), mesh=True, observability=True, timeout=60)
         mesh = MeshLab(lab)
         mesh.wait_converged()
         yield mesh
