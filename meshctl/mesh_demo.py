@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from mesh.identity import load_pem_certificates, verify_workload_chain
 from mesh.ports import METRICS_PORT
 from meshctl.converge import wait_for_mesh
+from meshctl.dashboard.cli import DEFAULT_PORT as DASHBOARD_PORT
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshLayout
@@ -66,9 +67,10 @@ def run_mesh_demo(
         say("  (start over with: make demo FRESH=1)\n")
     else:
         say(
-            "== meshctl lab up -f samples/cluster.yaml   (the mesh is on: istiod_lite, node agents, ztunnels)"
+            "== meshctl lab up --observability -f samples/cluster.yaml"
+            "   (the mesh is on: istiod_lite, node agents, ztunnels; and Prometheus)"
         )
-        lab.up(objects, timeout=120, mesh=True)
+        lab.up(objects, timeout=120, mesh=True, observability=True)
         say(f"  the lab is up in {time.monotonic() - started:.1f} s\n")
     say(lab.status_text())
     node = lab.settings.nodes[0]
@@ -104,7 +106,7 @@ def run_mesh_demo(
     for line in _access_lines(lab, marks):
         say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
     _waypoint_demo(lab, say)
-    _hints(say, first)
+    _hints(say, first, lab_observed=lab.settings.observability)
     return 0
 
 
@@ -122,12 +124,16 @@ _LOG_KEYS = (
 per connection, on both sides) tell apart lines that are otherwise alike."""
 
 
-def _hints(say: Any, first: dict[str, Any]) -> None:
+def _hints(say: Any, first: dict[str, Any], *, lab_observed: bool) -> None:
     say("\nThe lab keeps running. Explore it:")
     say(f"  {_MESHCTL} lab status")
     say(f"  {_MESHCTL} lab exec demo/client -- curl -s http://server/")
     say(f"  {_MESHCTL} ztunnel-config workloads|services|policies|certificates|connections --node node1")
     say(f"  {_MESHCTL} proxy-status")
+    if lab_observed:
+        say(f"  {_MESHCTL} dashboard   then open http://127.0.0.1:{DASHBOARD_PORT}/ (the service graph)")
+    else:
+        say("  (the service graph needs Prometheus: make demo FRESH=1 starts the lab with it)")
     say(f"  {_MESHCTL} lab logs demo/{first['pod']}")
     say(f"  {_MESHCTL} lab apply -f FILE   (e.g. a PeerAuthentication STRICT or an AuthorizationPolicy)")
     say(f"Tear it down with:  {_MESHCTL} lab down")

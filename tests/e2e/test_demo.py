@@ -29,6 +29,7 @@ def test_the_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     again = io.StringIO()
     try:
         assert run_mesh_demo(state_dir=state, lab_id=lab_id, out=out) == 0
+        assert lab.settings.observability
         # What the user applies between two runs survives the second run, and the lab is not rebuilt.
         lab.apply([USER_CONFIG])
         daemon = lab.daemon_pid()
@@ -50,6 +51,7 @@ def test_the_demo_shows_the_mesh_working(tmp_path: Path) -> None:
     assert '{"timestamp": "' in text  # what tells otherwise alike lines apart
     assert "connection_security_policy=mutual_tls" in text
     assert "Tear it down with:  .venv/bin/meshctl lab down" in text
+    assert "dashboard   then open http://127.0.0.1:20001/" in text  # the lab runs Prometheus
     assert "through the waypoint (VirtualService: 90/10)" in text
     assert "with x-canary-test: true (the header route): {'v2': 10}" in text
     assert SystemSnapshot.take(lab_id).leftovers(before, lab_id=lab_id) == []
