@@ -176,9 +176,13 @@ async def _serve(args: argparse.Namespace) -> int:
         )
     registry: Registry = build_registry(component="waypoint")
     book = AddressBook(lambda: xds.addresses) if xds is not None else None
-    proxy = WaypointProxy(
-        config, RequestMetrics(registry, log, book), route_config=args.route_config, log=log
-    )
+
+    def cluster_hosts(name: str) -> list[str]:
+        picker = config().clusters.get(name)
+        return [e.host for e in picker.endpoints] if picker else []
+
+    requests = RequestMetrics(registry, log, book, cluster_hosts=cluster_hosts)
+    proxy = WaypointProxy(config, requests, route_config=args.route_config, log=log)
     mesh = _mesh(args, proxy, book) if xds is not None and book is not None else None
     ready = False
     drain = Drain(deadline=args.drain_deadline)

@@ -6,11 +6,14 @@ The labels are Istio's standard set (``mesh.telemetry.LABELS`` plus ``response_c
 ``grpc_response_status``). Who the client and the chosen endpoint are comes from the workload API
 the waypoint receives (an :class:`AddressBook`): the client by its IP, the endpoint by the
 address the request went to, the service by the cluster's hostname; without it, ``unknown``.
+A request answered without an upstream (an injected abort) after its route chose a cluster
+whose endpoints are all one workload (a subset: one version) is reported against that workload,
+so a fault injected into a canary's traffic shows in that version's signals.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 import structlog
@@ -83,8 +86,15 @@ class RequestMetrics:
     """Counts and logs finished requests."""
 
     def __init__(
-        self, registry: Registry, log: structlog.typing.FilteringBoundLogger, book: AddressBook | None = None
+        self,
+        registry: Registry,
+        log: structlog.typing.FilteringBoundLogger,
+        book: AddressBook | None = None,
+        *,
+        cluster_hosts: Callable[[str], Sequence[str]] = lambda _: (),
     ) -> None:
+        """``cluster_hosts`` gives a cluster's endpoint IPs (to name the workload an injected abort
+        was routed to)."""
         self.requests = Counter("istio_requests_total", "Requests handled", REQUEST_LABELS, registry=registry)
         self.duration = Histogram(
             "istio_request_duration_milliseconds", "Request duration", REQUEST_LABELS, registry=registry,
@@ -98,14 +108,25 @@ class RequestMetrics:
         )
         self._log = log
         self._book = book
+        self._cluster_hosts = cluster_hosts
+
+    def _destination(self, record: RequestRecord) -> Workload | None:
+        book = self._book
+        if book is None:
+            return None
+        if record.upstream:
+            return book.workload_at(record.upstream.rpartition(":")[0])
+        if not record.cluster:
+            return None
+        workloads = [book.workload_at(ip) for ip in self._cluster_hosts(record.cluster)]
+        names = {(w.namespace, w.workload_name) if w else None for w in workloads}
+        return workloads[0] if len(names) == 1 and None not in names else None
 
     def done(self, record: RequestRecord) -> None:
         """Counts ``record`` and writes its access-log line."""
         hostname = record.cluster.split("|")[-1] if "|" in record.cluster else record.cluster
         book = self._book
-        destination = (
-            book.workload_at(record.upstream.rpartition(":")[0]) if book and record.upstream else None
-        )
+        destination = self._destination(record)
         service = book.service_named(hostname) if book and hostname else None
         if service is None and hostname.count(".") >= 2:  # known by name only: Istio's labels still apply
             name, namespace = hostname.split(".")[:2]

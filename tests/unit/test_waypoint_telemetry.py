@@ -71,3 +71,20 @@ def test_without_the_workload_api_the_peers_are_unknown_but_the_service_is_named
     assert (labels["source_workload"], labels["destination_workload"]) == ("unknown", "unknown")
     assert (labels["destination_service_name"], labels["destination_service_namespace"]) == ("server", "demo")
     assert labels["connection_security_policy"] == "unknown"
+
+
+def test_an_injected_abort_counts_against_the_one_workload_its_route_chose() -> None:
+    registry = build_registry(component="waypoint")
+    addresses: Mapping[str, Workload | Service] = MappingProxyType({"c": CLIENT, "s": SERVER})
+    hosts = {"v2": ["10.244.2.3"], "mixed": ["10.244.2.3", "10.244.1.2"]}
+    metrics = RequestMetrics(
+        registry,
+        structlog.get_logger(),
+        AddressBook(lambda: addresses),
+        cluster_hosts=lambda c: hosts.get(c, []),
+    )
+    metrics.done(record(upstream="", cluster="v2", flags="FI", status=503))
+    metrics.done(record(upstream="", cluster="mixed", flags="FI", status=500))
+    by_code = {labels["response_code"]: labels for labels in request_labels(render(registry))}
+    assert by_code["503"]["destination_workload"] == "server-v2"
+    assert by_code["500"]["destination_workload"] == "unknown"  # two workloads: no one to blame
