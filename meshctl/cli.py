@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meshctl.waypoint",
     "meshctl.proxy_config",
     "meshctl.dashboard.cli",
+    "meshctl.canary",
 )
 
 

@@ -21,7 +21,7 @@ from meshctl.lab.mesh import control_plane_address
 from meshctl.lab.observability import PROMETHEUS_PORT
 from meshctl.lab.settings import default_state_dir
 
-__all__ = ["register", "run"]
+__all__ = ["DEFAULT_PORT", "prometheus_endpoint", "register", "run"]
 
 DEFAULT_PORT = 20001
 """Kiali's port."""
@@ -40,21 +40,27 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.set_defaults(func=run)
 
 
+def prometheus_endpoint(state: str, url: str | None) -> Endpoint:
+    """``url``, else the running lab's Prometheus (inside its namespace); raises MeshError."""
+    if url:
+        return Endpoint(url)
+    lab = Lab(state)
+    if lab.is_running() and lab.settings.observability:
+        cp = control_plane_address(lab.settings)
+        return Endpoint(f"http://{cp}:{PROMETHEUS_PORT}", lab.settings.bridge_netns)
+    raise MeshError(
+        "no Prometheus to read the mesh's metrics from",
+        hint="start the lab with 'meshctl lab up --observability', or pass --prometheus URL",
+    )
+
+
 def sources(args: argparse.Namespace) -> tuple[Endpoint, Endpoint | None]:
     """Prometheus's and istiod_lite's endpoints from the flags, else from the running lab."""
+    prometheus = prometheus_endpoint(args.state, args.prometheus)
     lab = Lab(args.state)
     running = lab.is_running()
     netns = lab.settings.bridge_netns if running else None
     cp = control_plane_address(lab.settings) if running and lab.settings.mesh else ""
-    if args.prometheus:
-        prometheus = Endpoint(args.prometheus)
-    elif running and lab.settings.observability:
-        prometheus = Endpoint(f"http://{cp}:{PROMETHEUS_PORT}", netns)
-    else:
-        raise MeshError(
-            "no Prometheus to read the mesh's metrics from",
-            hint="start the lab with 'meshctl lab up --observability', or pass --prometheus URL",
-        )
     if args.istiod:
         return prometheus, Endpoint(args.istiod)
     return prometheus, Endpoint(f"http://{cp}:{ISTIOD_DEBUG_PORT}", netns) if cp else None
