@@ -129,7 +129,7 @@ class CanaryController:
             )
         else:
             state = CanaryState(spec=dataclasses.asdict(self.spec))
-        window = max(math.ceil(self.spec.interval), 10)
+        window = math.ceil(self.spec.interval) + 10  # at least two scrapes of each series
         while True:
             weight = self.spec.steps[state.step]
             self._write(ref, weight, state)

@@ -1,0 +1,160 @@
+"""``meshctl canary`` on the lab with its real Prometheus and a waypoint: a healthy v2 is promoted
+to 100 % with no failed client request, and a v2 receiving the mesh's own fault injection (30 %
+aborts, VirtualService ``fault``) is rolled back to 100/0 at the first check after the fault; the
+weight history and the decisions are read back from the route object."""
+
+from __future__ import annotations
+
+import copy
+import subprocess
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from meshctl.canary_plan import read_state
+from meshctl.lab import builders as b
+from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
+
+NS = "canary"
+LOAD = (
+    'for i in $(seq {n}); do curl -s -o /dev/null -m 5 -w "%{{http_code}}\\n" http://web/; sleep 0.05; done'
+)
+
+
+def objects() -> list[dict[str, Any]]:
+    """web v1 and v2 behind one Service on the namespace's waypoint, routed 100/0, and a client."""
+    service = b.service("web", NS, selector={"app": "web"}, port=80, target_port=8080)
+    service["metadata"]["labels"] = {"istio.io/use-waypoint": "waypoint"}
+    return [
+        b.namespace(NS, labels={"istio.io/dataplane-mode": "ambient"}),
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
+            "metadata": {"name": "waypoint", "namespace": NS, "labels": {"istio.io/waypoint-for": "service"}},
+            "spec": {"gatewayClassName": "istio-waypoint",
+                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
+        },
+        b.httpecho_deployment("web-v1", NS, labels={"app": "web", "version": "v1"}, node=SERVER_NODE),
+        b.httpecho_deployment("web-v2", NS, labels={"app": "web", "version": "v2"}, node=CLIENT_NODE),
+        service,
+        b.deployment("client", NS, command=b.SLEEPER, node=CLIENT_NODE),
+        {
+            "apiVersion": "networking.istio.io/v1", "kind": "DestinationRule",
+            "metadata": {"name": "web", "namespace": NS},
+            "spec": {"host": "web", "subsets": [{"name": v, "labels": {"version": v}} for v in ("v1", "v2")]},
+        },
+        virtual_service(),
+    ]  # fmt: skip
+
+
+def virtual_service(fault: dict[str, Any] | None = None) -> dict[str, Any]:
+    rule: dict[str, Any] = {
+        "name": "split",
+        "route": [
+            {"destination": {"host": "web", "subset": "v1"}, "weight": 100},
+            {"destination": {"host": "web", "subset": "v2"}, "weight": 0},
+        ],
+    }
+    if fault:
+        rule["fault"] = fault
+    return {
+        "apiVersion": "networking.istio.io/v1", "kind": "VirtualService",
+        "metadata": {"name": "web", "namespace": NS}, "spec": {"hosts": ["web"], "http": [rule]},
+    }  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def shop(mesh: MeshLab) -> Iterator[MeshLab]:
+    mesh.lab.apply(objects())
+    try:
+        mesh.lab.wait_ready(timeout=90)
+
+        def on_waypoint() -> bool | None:
+            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "web"]
+            return bool(services and services[0].get("waypoint")) or None
+
+        mesh.wait_for(on_waypoint, what="the client's ztunnel sending web to the waypoint", timeout=60)
+        mesh.wait_for(lambda: codes(mesh, 5) == ["200"] * 5, what="web answering through the waypoint")
+        yield mesh
+    finally:
+        mesh.lab.delete([b.namespace(NS)])
+
+
+def codes(mesh: MeshLab, n: int) -> list[str]:
+    done = mesh.exec(f"{NS}/client", "sh", "-c", LOAD.format(n=n), timeout=60)
+    return done.stdout.split()
+
+
+def canary(mesh: MeshLab) -> subprocess.CompletedProcess[str]:
+    argv = [
+        sys.executable, "-m", "meshctl.cli", "canary", "start", "web", "-n", NS, "--from", "v1", "--to", "v2",
+        "--steps", "50,100", "--interval", "10s", "--max-error-rate", "1%", "--max-p99", "2000ms",
+        "--state", str(mesh.lab.paths.root),
+    ]  # fmt: skip
+    return subprocess.run(argv, capture_output=True, text=True, timeout=150, check=False)
+
+
+def route(mesh: MeshLab) -> dict[str, Any]:
+    (found,) = [o for o in mesh.lab.objects("VirtualService", NS) if o["metadata"]["name"] == "web"]
+    return found
+
+
+def weights(obj: dict[str, Any]) -> dict[str, int]:
+    return {d["destination"]["subset"]: d["weight"] for d in obj["spec"]["http"][0]["route"]}
+
+
+def test_a_healthy_canary_is_promoted_without_a_failed_request(shop: MeshLab) -> None:
+    load = subprocess.Popen(
+        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
+         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=2000)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        done = canary(shop)
+    finally:
+        load.kill()
+        out, _ = load.communicate()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "promoted: v2 at 100 %" in done.stdout
+    obj = route(shop)
+    assert weights(obj) == {"v1": 0, "v2": 100}
+    state = read_state(obj)
+    assert state is not None and state.phase == "Promoted"
+    assert [(h["weight"], h["decision"]) for h in state.history if h["decision"] != "hold"] == [
+        (50, "advance"),
+        (100, "advance"),
+    ]
+    assert all(h["requestsPerSecond"] > 0 for h in state.history if h["decision"] == "advance")
+    answered = out.split()
+    assert len(answered) > 100 and set(answered) == {"200"}, f"failed client requests: {set(answered)}"
+
+
+def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: MeshLab) -> None:
+    faulty = virtual_service({"abort": {"httpStatus": 503, "percentage": {"value": 30}}})
+    shop.lab.apply([faulty])  # also clears the previous canary's state annotation
+    assert read_state(route(shop)) is None and weights(route(shop)) == {"v1": 100, "v2": 0}
+    load = subprocess.Popen(
+        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
+         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=1000)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        done = canary(shop)
+    finally:
+        load.kill()
+        load.wait()
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "rolled back: v1 at 100 % (error rate of v2" in done.stdout
+    obj = route(shop)
+    assert weights(obj) == {"v1": 100, "v2": 0}
+    state = read_state(obj)
+    assert state is not None and state.phase == "RolledBack" and state.message.startswith("error rate of v2")
+    decided = [h for h in state.history if h["decision"] != "hold"]
+    assert [(h["weight"], h["decision"]) for h in decided] == [(50, "rollback")]  # within one interval
+    assert decided[0]["errorRate"] > 0.01  # the threshold (rates over a short window: not exactly 30 %)
+    assert (
+        copy.deepcopy(obj)["spec"]["http"][0]["fault"]["abort"]["httpStatus"] == 503
+    )  # the user's fault kept
