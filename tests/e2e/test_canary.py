@@ -6,8 +6,10 @@ weight history and the decisions are read back from the route object."""
 from __future__ import annotations
 
 import copy
+import json
 import subprocess
 import sys
+import urllib.parse
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +17,9 @@ import pytest
 
 from meshctl.canary_plan import read_state
 from meshctl.lab import builders as b
+from meshctl.lab.mesh import control_plane_address
+from meshctl.lab.observability import PROMETHEUS_PORT
+from meshctl.nethttp import http_get
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
@@ -97,6 +102,19 @@ def canary(mesh: MeshLab) -> subprocess.CompletedProcess[str]:
     return subprocess.run(argv, capture_output=True, text=True, timeout=150, check=False)
 
 
+def prometheus(mesh: MeshLab, query: str) -> list[dict[str, Any]]:
+    """The result of an instant query to the lab's Prometheus (Istio's documented queries, unchanged)."""
+    cp = control_plane_address(mesh.lab.settings)
+    status, body = http_get(
+        cp, PROMETHEUS_PORT, "/api/v1/query?" + urllib.parse.urlencode({"query": query}),
+        netns=mesh.lab.settings.bridge_netns,
+    )  # fmt: skip
+    assert status == 200, body[:300]
+    result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
+    assert result, f"no result for {query}"
+    return result
+
+
 def route(mesh: MeshLab) -> dict[str, Any]:
     (found,) = [o for o in mesh.lab.objects("VirtualService", NS) if o["metadata"]["name"] == "web"]
     return found
@@ -130,6 +148,23 @@ def test_a_healthy_canary_is_promoted_without_a_failed_request(shop: MeshLab) ->
     assert all(h["requestsPerSecond"] > 0 for h in state.history if h["decision"] == "advance")
     answered = out.split()
     assert len(answered) > 100 and set(answered) == {"200"}, f"failed client requests: {set(answered)}"
+    # The queries of Istio's docs and Grafana dashboards, unchanged:
+    select = f'reporter=~"destination|waypoint",destination_service=~"web.{NS}.svc.cluster.local"'
+    requests = f"istio_requests_total{{{select}}}"
+    by_workload = prometheus(shop, f"sum(rate({requests}[1m])) by (destination_workload)")
+    assert {r["metric"]["destination_workload"] for r in by_workload} == {"web-v1", "web-v2"}
+    ok = f'istio_requests_total{{{select},response_code!~"5.*"}}'
+    success = prometheus(shop, f"sum(irate({ok}[1m])) / sum(irate({requests}[1m]))")
+    assert float(success[0]["value"][1]) == 1.0
+    buckets = f"istio_request_duration_milliseconds_bucket{{{select}}}"
+    p99 = prometheus(
+        shop, f"histogram_quantile(0.99, sum(irate({buckets}[1m])) by (le, destination_workload))"
+    )
+    assert all(0 < float(r["value"][1]) < 2000 for r in p99 if r["value"][1] != "NaN")
+    tcp = prometheus(
+        shop, 'sum(rate(istio_tcp_sent_bytes_total{reporter="destination"}[1m])) by (destination_workload)'
+    )
+    assert {"web-v1", "web-v2"} <= {r["metric"].get("destination_workload") for r in tcp}
 
 
 def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: MeshLab) -> None:

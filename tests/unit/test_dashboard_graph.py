@@ -3,11 +3,14 @@ into the HTTP edges that name it, mTLS and unmeshed callers, and Prometheus's hi
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
+from typing import Any
 
 import pytest
 
-from meshctl.dashboard.graph import Sample, build_graph, histogram_quantile, parse_vector
+from meshctl.dashboard.graph import QUERIES, Sample, build_graph, histogram_quantile, parse_vector
 
 
 def pair(src: str, dst: str, reporter: str, **labels: str) -> dict[str, str]:
@@ -104,3 +107,57 @@ def test_tcp_edges_count_one_reporter_and_mark_the_unmeshed_caller() -> None:
 def test_a_prometheus_answer_that_is_not_a_vector_is_refused(answer: dict[str, object], problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_vector(answer)
+
+
+def recorded() -> dict[str, Any]:
+    """Prometheus's answers to the graph's queries (and istiod_lite's workloadz) recorded on the lab
+    during ``make demo``'s traffic through the waypoint (200s, /status/503s, legacy plaintext)."""
+    document: dict[str, Any] = json.loads(
+        (Path(__file__).parent / "data" / "prometheus_graph.json").read_text()
+    )
+    return document
+
+
+def raw(document: dict[str, Any], query: str, **labels: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (r["metric"], float(r["value"][1]))
+        for r in document[query]["answer"]["data"]["result"]
+        if all(r["metric"].get(k) == v for k, v in labels.items())
+    ]
+
+
+def test_the_graph_of_recorded_prometheus_answers_matches_values_computed_by_hand() -> None:
+    document = recorded()
+    results = {name: parse_vector(document[name]["answer"]) for name in QUERIES}
+    graph = build_graph(results, workloads=document["workloadz"]["workloads"]).to_json()
+    edges = {e["id"]: e for e in graph["edges"]}
+    assert sorted(edges) == [
+        "demo/client->demo/server-v1:http",
+        "demo/client->demo/server-v2:http",
+        "legacy/client->demo/server-v1:tcp",
+        "legacy/client->demo/server-v2:tcp",
+    ]  # the waypoint's own TCP legs are the HTTP edges' transport
+    v1 = edges["demo/client->demo/server-v1:http"]
+    ok = sum(v for _, v in raw(document, "http_rate", destination_workload="server-v1", response_code="200"))
+    failed = sum(
+        v for _, v in raw(document, "http_rate", destination_workload="server-v1", response_code="503")
+    )
+    assert v1["rate"] == pytest.approx(ok + failed, abs=1e-3)
+    assert v1["errorPercent"] == pytest.approx(100 * failed / (ok + failed), abs=0.01)
+    # p99 by hand: the rank 0.99 * total falls in the bucket (10, 25]; interpolate linearly inside it.
+    buckets = {float(m["le"]): v for m, v in raw(document, "http_buckets", destination_workload="server-v1")}
+    rank = 0.99 * buckets[math.inf]
+    assert buckets[10.0] < rank <= buckets[25.0]
+    by_hand = 10.0 + (25.0 - 10.0) * (rank - buckets[10.0]) / (buckets[25.0] - buckets[10.0])
+    assert v1["p99Ms"] == pytest.approx(by_hand, abs=0.01)
+    assert v1["mtls"] and v1["via"] == ["demo/waypoint"]
+    legacy = edges["legacy/client->demo/server-v1:tcp"]
+    assert not legacy["mtls"] and legacy["rate"] > 0
+    nodes = {n["id"]: (n["kind"], n["unmeshed"]) for n in graph["nodes"]}
+    assert nodes == {
+        "demo/client": ("workload", False),
+        "demo/server-v1": ("workload", False),
+        "demo/server-v2": ("workload", False),
+        "demo/waypoint": ("waypoint", False),
+        "legacy/client": ("workload", True),
+    }
