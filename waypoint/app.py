@@ -20,10 +20,11 @@ import contextlib
 import os
 import random
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import structlog
 from google.protobuf import json_format
 
 from mesh.errors import MeshError
@@ -44,6 +45,7 @@ from waypoint.hbone import HboneFront, HboneUpstream
 from waypoint.identity import WaypointCredentials
 from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import AddressBook, RequestMetrics
+from waypoint.tracing import Tracer, TracingSettings, exporter_for
 from waypoint.xds import WaypointPod, WaypointXds
 
 __all__ = ["main", "parse_args"]
@@ -77,9 +79,60 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument("--metrics", default=f"0.0.0.0:{METRICS_PORT}")
     p.add_argument("--readiness", default=f"0.0.0.0:{READINESS_PORT}")
     p.add_argument("--drain-deadline", type=float, default=5.0)
+    p.add_argument(
+        "--tracing-otlp",
+        metavar="URL",
+        help="export spans with OTLP/HTTP, e.g. http://collector:4318/v1/traces",
+    )
+    p.add_argument(
+        "--tracing-zipkin", metavar="URL", help="export spans to Zipkin, e.g. http://zipkin:9411/api/v2/spans"
+    )
+    p.add_argument(
+        "--tracing-sampling", type=float, default=1.0, metavar="PERCENT",
+        help="percent of requests traced when neither the caller nor the route decides (default 1, as Istio)",
+    )  # fmt: skip
+    p.add_argument("--mesh-id", default="cluster.local", help="the istio.mesh_id span tag")
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
+
+
+def _proxy(
+    args: argparse.Namespace,
+    config: Callable[[], WaypointConfig],
+    registry: Registry,
+    book: AddressBook | None,
+    log: structlog.typing.FilteringBoundLogger,
+) -> WaypointProxy:
+    """The proxy with its request metrics (peers named from ``book``) and tracer."""
+
+    def cluster_hosts(name: str) -> list[str]:
+        picker = config().clusters.get(name)
+        return [e.host for e in picker.endpoints] if picker else []
+
+    requests = RequestMetrics(registry, log, book, cluster_hosts=cluster_hosts)
+    return WaypointProxy(
+        config, requests, route_config=args.route_config, log=log, tracer=_tracer(args, registry)
+    )
+
+
+def _tracer(args: argparse.Namespace, registry: Registry) -> Tracer | None:
+    """The span exporter of ``--tracing-otlp`` or ``--tracing-zipkin`` (none: no tracing)."""
+    if args.tracing_otlp and args.tracing_zipkin:
+        raise MeshError(
+            "give one of --tracing-otlp and --tracing-zipkin", hint="a waypoint exports to one collector"
+        )
+    if not 0 <= args.tracing_sampling <= 100:
+        raise MeshError(f"--tracing-sampling {args.tracing_sampling} is not a percentage", hint="0 to 100")
+    settings = TracingSettings(
+        service_name=os.environ.get("GATEWAY_NAME")
+        or os.environ.get("POD_NAME", "waypoint").rsplit("-", 2)[0],
+        namespace=os.environ.get("POD_NAMESPACE", ""),
+        mesh_id=args.mesh_id,
+        default_sampling=args.tracing_sampling,
+    )
+    kind, url = ("otlp", args.tracing_otlp) if args.tracing_otlp else ("zipkin", args.tracing_zipkin)
+    return Tracer(settings, exporter_for(kind, url, settings), registry) if url else None
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -176,13 +229,8 @@ async def _serve(args: argparse.Namespace) -> int:
         )
     registry: Registry = build_registry(component="waypoint")
     book = AddressBook(lambda: xds.addresses) if xds is not None else None
-
-    def cluster_hosts(name: str) -> list[str]:
-        picker = config().clusters.get(name)
-        return [e.host for e in picker.endpoints] if picker else []
-
-    requests = RequestMetrics(registry, log, book, cluster_hosts=cluster_hosts)
-    proxy = WaypointProxy(config, requests, route_config=args.route_config, log=log)
+    proxy = _proxy(args, config, registry, book, log)
+    tracer = proxy.tracer
     mesh = _mesh(args, proxy, book) if xds is not None and book is not None else None
     ready = False
     drain = Drain(deadline=args.drain_deadline)
@@ -227,6 +275,8 @@ async def _serve(args: argparse.Namespace) -> int:
     if mesh is not None:
         await mesh.close()
     proxy.upstreams.close()
+    if tracer is not None:
+        await tracer.close()
     if xds_task is not None:
         xds_task.cancel()
         await asyncio.gather(xds_task, return_exceptions=True)

@@ -35,6 +35,7 @@ from mesh.l7.router import HeaderEdits, Request, RouteDecision
 from mesh.rt.hbone.errors import StreamResetError
 from waypoint.config import WaypointConfig
 from waypoint.telemetry import RequestMetrics, RequestRecord
+from waypoint.tracing import Tracer
 
 __all__ = ["Answer", "Upstreams", "WaypointProxy"]
 
@@ -150,6 +151,7 @@ class WaypointProxy:
         route_config: str = "",
         rng: random.Random | None = None,
         log: structlog.typing.FilteringBoundLogger | None = None,
+        tracer: Tracer | None = None,
     ) -> None:
         self._config = config
         self._metrics = metrics
@@ -157,6 +159,7 @@ class WaypointProxy:
         self._rng = rng or random.Random()
         self._log = log or structlog.get_logger().bind(component="waypoint")
         self.upstreams = Upstreams()
+        self.tracer = tracer
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
@@ -226,21 +229,23 @@ class WaypointProxy:
         started = time.monotonic()
         authority = request.header("host") or ""
         decision = self._route(request, tunnel_authority or authority)
+        span = self.tracer.begin(request.headers, decision) if self.tracer else None
         if decision is None:
             answer = Answer(404, [], b"", flags="NR")
         else:
             answer = await self._decided(request, decision)
             _edit(answer.headers, decision.response_headers)
-        self._metrics.done(
-            RequestRecord(
-                method=request.method, path=request.target, authority=authority, protocol="http",
-                status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
-                cluster=answer.cluster, upstream=answer.upstream,
-                duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
-                response_bytes=len(answer.body), source_principal=source_principal,
-                mtls=bool(source_principal), source_addr=source_addr,
-            )
+        record = RequestRecord(
+            method=request.method, path=request.target, authority=authority, protocol="http",
+            status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
+            cluster=answer.cluster, upstream=answer.upstream,
+            duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
+            response_bytes=len(answer.body), source_principal=source_principal,
+            mtls=bool(source_principal), source_addr=source_addr,
         )  # fmt: skip
+        self._metrics.done(record)
+        if span is not None and self.tracer is not None:
+            self.tracer.end(span, record, request.headers, decision)
         return answer
 
     def _route(self, request: Message, authority: str) -> RouteDecision | None:

@@ -11,6 +11,7 @@ matcher); the query string is not part of the path matched. Weighted clusters: o
 
 from __future__ import annotations
 
+import os
 import random
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -78,6 +79,11 @@ class RouteDecision:
     response_headers: HeaderEdits = HeaderEdits()
     mirrors: tuple[tuple[str, float], ...] = ()
     """(cluster, fraction of requests) to copy the request to, fire and forget."""
+    sampling_percent: float | None = None
+    """The route's ``tracing.random_sampling`` in percent; None: the proxy's default."""
+    trace_tags: tuple[tuple[str, str, str], ...] = ()
+    """The route's tracing custom tags: (tag, ``header`` or ``literal``, header name or value);
+    environment tags are resolved to literals when the routes are compiled."""
 
 
 _Matcher = Callable[[Request, str, Mapping[str, tuple[str, ...]]], bool]
@@ -204,48 +210,59 @@ def _route(route: rc.Route, where: str) -> _Route:
         fault = compile_fault(config)
     requests = _edits(route.request_headers_to_add, route.request_headers_to_remove)
     responses = _edits(route.response_headers_to_add, route.response_headers_to_remove)
+    common = RouteDecision(name, fault=fault, response_headers=responses, **_tracing(route))
     kind = route.WhichOneof("action")
     if kind == "route":
         prefix = route.match.prefix if route.match.WhichOneof("path_specifier") == "prefix" else ""
         decide = _forward(
-            route.route, name, f"{where}.route", fault=fault, requests=requests, responses=responses,
-            matched_prefix=prefix,
+            route.route, common, f"{where}.route", requests=requests, matched_prefix=prefix
         )  # fmt: skip
         return _Route(name, matches, decide)
     if kind == "redirect":
         redirect = route.redirect
         code = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}[redirect.response_code]
-        decision = RouteDecision(name, redirect_status=code, fault=fault, response_headers=responses)
+        decision = replace(common, redirect_status=code)
         return _Route(name, matches, lambda rng, path: _redirected(decision, redirect, path))
     if kind == "direct_response":
         direct = route.direct_response
         body = direct.body.inline_string.encode() or direct.body.inline_bytes
-        decision = RouteDecision(
-            name, direct_status=direct.status, direct_body=body, fault=fault, response_headers=responses
-        )
+        decision = replace(common, direct_status=direct.status, direct_body=body)
         return _Route(name, matches, lambda rng, path: decision)
     raise RouteConfigError(where, f"action {kind!r} is not supported; use route, redirect or direct_response")
 
 
+def _tracing(route: rc.Route) -> dict[str, Any]:
+    """The route's ``tracing``: its random sampling in percent and its custom tags."""
+    if not route.HasField("tracing"):
+        return {}
+    tracing = route.tracing
+    percent = None
+    if tracing.HasField("random_sampling"):
+        percent = 100 * _fraction(tracing.random_sampling)
+    tags: list[tuple[str, str, str]] = []
+    for tag in tracing.custom_tags:
+        kind = tag.WhichOneof("type")
+        if kind == "literal":
+            tags.append((tag.tag, "literal", tag.literal.value))
+        elif kind == "environment":
+            tags.append(
+                (tag.tag, "literal", os.environ.get(tag.environment.name, tag.environment.default_value))
+            )
+        elif kind == "request_header":
+            tags.append((tag.tag, "header", tag.request_header.name.lower()))
+    return {"sampling_percent": percent, "trace_tags": tuple(tags)}
+
+
 def _forward(
-    action: rc.RouteAction,
-    name: str,
-    where: str,
-    *,
-    fault: FaultConfig | None,
-    requests: HeaderEdits,
-    responses: HeaderEdits,
-    matched_prefix: str,
+    action: rc.RouteAction, common: RouteDecision, where: str, *, requests: HeaderEdits, matched_prefix: str
 ) -> _Decide:
     timeout = action.timeout.ToTimedelta().total_seconds() if action.HasField("timeout") else 15.0
-    base = RouteDecision(
-        name,
+    base = replace(
+        common,
         timeout=timeout or None,
         retry=compile_retry(action.retry_policy) if action.HasField("retry_policy") else None,
-        fault=fault,
         host_rewrite=action.host_rewrite_literal,
         request_headers=requests,
-        response_headers=responses,
         mirrors=tuple(
             (
                 m.cluster,
