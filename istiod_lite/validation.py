@@ -33,6 +33,7 @@ from istiod_lite.translate.l7._envoy import fault_config, istio_retry_policy, re
 from istiod_lite.translate.l7._values import duration, fraction
 from istiod_lite.translate.l7.destinations import DestinationRule, load_balancer
 from istiod_lite.translate.l7.httproute import check_http_route_rule
+from istiod_lite.translate.l7.telemetry import telemetry_errors
 from istiod_lite.translate.l7.virtualservice import destination_weight, route_destinations, route_match
 from istiod_lite.translate.peerauth import parse_peer_authentication
 from istiod_lite.view import JsonMap, KubeObject
@@ -44,6 +45,7 @@ _NETWORKING = frozenset(
     {"networking.istio.io/v1", "networking.istio.io/v1beta1", "networking.istio.io/v1alpha3"}
 )
 _GATEWAY_API = frozenset({"gateway.networking.k8s.io/v1", "gateway.networking.k8s.io/v1beta1"})
+_TELEMETRY = frozenset({"telemetry.istio.io/v1", "telemetry.istio.io/v1alpha1"})
 _AP_ACTIONS = ("ALLOW", "DENY", "AUDIT", "CUSTOM")
 
 
@@ -203,6 +205,7 @@ _VALIDATORS: Mapping[str, tuple[frozenset[str], Callable[[KubeObject], list[Fiel
         "DestinationRule": (_NETWORKING, _destination_rule),
         "Gateway": (_GATEWAY_API, _gateway),
         "HTTPRoute": (_GATEWAY_API, _http_route),
+        "Telemetry": (_TELEMETRY, telemetry_errors),
     }
 )
 

@@ -32,6 +32,7 @@ from istiod_lite.sources.objects import (
     REPLICA_SET,
     SERVICE,
     SERVICE_ACCOUNT,
+    TELEMETRY,
     VIRTUAL_SERVICE,
     Json,
     JsonMap,
@@ -167,6 +168,11 @@ class ClusterView:
     def http_routes(self) -> Mapping[ObjectKey, KubeObject]:
         """gateway.networking.k8s.io HTTPRoutes."""
         return self.of_kind(HTTP_ROUTE)
+
+    @property
+    def telemetries(self) -> Mapping[ObjectKey, KubeObject]:
+        """telemetry.istio.io Telemetries."""
+        return self.of_kind(TELEMETRY)
 
     def service_account_on_node(self, namespace: str, service_account: str, node: str) -> bool:
         """True when a non-terminated pod running as ``namespace/service_account`` is on ``node``.

@@ -95,6 +95,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("DestinationRule", "networking.istio.io", "v1", "destinationrules", ("v1beta1", "v1alpha3")),
     Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", ("v1beta1",)),
     Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", ("v1beta1",)),
+    Resource("Telemetry", "telemetry.istio.io", "v1", "telemetries", ("v1alpha1",)),
 )
 
 

@@ -53,6 +53,7 @@ GATEWAY = "Gateway"
 """gateway.networking.k8s.io Gateways (Istio's networking.istio.io Gateway has the same kind name;
 translation tells them apart by ``apiVersion``)."""
 HTTP_ROUTE = "HTTPRoute"
+TELEMETRY = "Telemetry"
 KINDS: tuple[str, ...] = (
     NAMESPACE,
     POD,
@@ -66,6 +67,7 @@ KINDS: tuple[str, ...] = (
     DESTINATION_RULE,
     GATEWAY,
     HTTP_ROUTE,
+    TELEMETRY,
 )
 _CLUSTER_SCOPED = frozenset({NAMESPACE, "Node"})
 

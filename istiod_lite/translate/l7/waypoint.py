@@ -22,6 +22,7 @@ from istiod_lite.translate.l7.binding import (
 from istiod_lite.translate.l7.clusters import PodEndpoint, build_cluster, build_load_assignment
 from istiod_lite.translate.l7.destinations import ClusterRef, DestinationRules, HostIndex
 from istiod_lite.translate.l7.routes import RouteSources, http_ports, virtual_host
+from istiod_lite.translate.l7.telemetry import apply_tracing, tracing_for
 from istiod_lite.translate.model import TranslateOptions, TranslationWarning, Warnings
 from istiod_lite.translate.services import ServiceInfo, parse_service, ready_endpoints
 from istiod_lite.translate.workloads import (
@@ -100,6 +101,9 @@ def translate_waypoint(
         for port in http_ports(info):
             route_config.virtual_hosts.append(virtual_host(RouteScope(info, port), obj, ctx, sources))
         _serve_clusters(info, ctx)
+    apply_tracing(
+        route_config, tracing_for(view.telemetries.values(), gateway, options.root_namespace, problems)
+    )
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
         ROUTE_TYPE_URL: MappingProxyType({route_config.name: route_config}),
