@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 
 from mesh.errors import ConfigError
 from mesh.l7.balancing import Endpoint, EndpointPicker
+from mesh.l7.resilience import Limits, OutlierPolicy
 from mesh.l7.router import RouteConfigError, Router, compile_routes
 
 __all__ = [
@@ -46,7 +47,37 @@ _TYPES: Mapping[str, type[Message]] = {
     ENDPOINTS_TYPE: endpoint_pb2.ClusterLoadAssignment,
 }
 _SOCKET_MATCH = "envoy.transport_socket_match"
+_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 """Istio marks an endpoint reached through an HBONE tunnel with ``{tunnel: http}`` under this filter."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterPolicy:
+    """How a cluster's upstream is used: its circuit breakers, outlier detection and connections."""
+
+    limits: Limits = field(default_factory=Limits)
+    outlier: OutlierPolicy | None = None
+    http2: bool = False
+    max_requests_per_connection: int = 0
+    """0: no limit."""
+    idle_timeout: float = 3600.0
+    """Seconds an idle upstream connection is kept (Envoy: 1 h)."""
+
+    @classmethod
+    def of(cls, cluster: cluster_pb2.Cluster) -> ClusterPolicy:
+        """The policy of ``cluster`` (its upstream HTTP protocol options included)."""
+        options = http_protocol_options_pb2.HttpProtocolOptions()
+        packed = cluster.typed_extension_protocol_options.get(_HTTP_OPTIONS)
+        if packed is not None:
+            packed.Unpack(options)
+        explicit = options.explicit_http_config
+        http2 = explicit.HasField("http2_protocol_options")
+        common = options.common_http_protocol_options
+        idle = (
+            common.idle_timeout.ToTimedelta().total_seconds() if common.HasField("idle_timeout") else 3600.0
+        )
+        per_connection = common.max_requests_per_connection.value
+        return cls(Limits.of(cluster), OutlierPolicy.of(cluster), http2, per_connection, idle)
 
 
 @dataclass(slots=True)
@@ -55,6 +86,7 @@ class WaypointConfig:
 
     routers: dict[str, Router] = field(default_factory=dict)
     clusters: dict[str, EndpointPicker] = field(default_factory=dict)
+    policies: dict[str, ClusterPolicy] = field(default_factory=dict)
     resources: dict[str, dict[str, Message]] = field(default_factory=dict)
     """The resources as received (for ``/config_dump``), by type URL and name."""
 
@@ -78,6 +110,7 @@ class WaypointConfig:
             assert isinstance(cluster, cluster_pb2.Cluster)
             assignment = assignments.get(name) or cluster.load_assignment
             config.clusters[name] = EndpointPicker(cluster.lb_policy, endpoints_of(assignment, name))
+            config.policies[name] = ClusterPolicy.of(cluster)
         return config
 
 

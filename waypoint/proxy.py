@@ -33,13 +33,15 @@ from mesh.l7.faults import FaultDecision, decide_fault
 from mesh.l7.retries import Outcome, backoff, should_retry
 from mesh.l7.router import HeaderEdits, Request, RouteDecision
 from mesh.rt.hbone.errors import StreamResetError
-from waypoint.config import WaypointConfig
+from waypoint.config import ClusterPolicy, WaypointConfig
+from waypoint.resilience import Guards
 from waypoint.telemetry import RequestMetrics, RequestRecord
 from waypoint.tracing import Tracer
 
 __all__ = ["Answer", "Upstreams", "WaypointProxy"]
 
 _READ = 65536
+_DEFAULT_POLICY = ClusterPolicy()
 _IDLE_TIMEOUT = 3600.0
 """Envoy's default HTTP connection idle timeout."""
 _HEADERS_TIMEOUT = 60.0
@@ -77,38 +79,55 @@ async def _tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
         raise UpstreamError(connect=True, detail=f"connect to {host}:{port}: {exc}") from None
 
 
+@dataclass(slots=True)
+class _Pooled:
+    """An upstream connection with the requests it carried and when it became idle."""
+
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    uses: int = 0
+    idle_since: float = 0.0
+
+
 class Upstreams:
     """Keep-alive HTTP/1.1 connections to endpoints, each used by one request at a time: plain TCP,
-    or HBONE streams (``tunnel``) for endpoints that are reached through their ztunnel."""
+    or HBONE streams (``tunnel``) for endpoints that are reached through their ztunnel. A cluster's
+    ``max_requests_per_connection`` and ``idle_timeout`` retire pooled connections."""
 
     def __init__(self, *, tunnel: Connector | None = None, max_idle: int = 32) -> None:
-        self._idle: dict[tuple[str, int], list[tuple[asyncio.StreamReader, asyncio.StreamWriter]]] = {}
+        self._idle: dict[tuple[str, int], list[_Pooled]] = {}
         self._max_idle = max_idle
         self.tunnel = tunnel
 
-    async def exchange(self, endpoint: Endpoint, raw: bytes, *, head: bool) -> Message:
+    async def exchange(
+        self, endpoint: Endpoint, raw: bytes, *, head: bool, policy: ClusterPolicy | None = None
+    ) -> Message:
         """Sends ``raw`` to ``endpoint`` and reads the whole response; raises UpstreamError."""
         key = (endpoint.host, endpoint.port)
+        policy = policy or _DEFAULT_POLICY
         idle = self._idle.get(key)
-        if idle:
-            reader, writer = idle.pop()
+        while idle:
+            pooled = idle.pop()
+            if time.monotonic() - pooled.idle_since > policy.idle_timeout:
+                pooled.writer.close()
+                continue
             try:  # a pooled connection the server closed meanwhile: once more on a fresh one
-                return await self._over(key, reader, writer, raw, head=head)
+                return await self._over(key, pooled, raw, head=head, policy=policy)
             except UpstreamError:
-                pass
+                break
         if endpoint.hbone and self.tunnel is None:
             raise UpstreamError(
                 connect=True, detail=f"{endpoint.host} is reached over HBONE, which is off here"
             )
         connect = self.tunnel if endpoint.hbone and self.tunnel is not None else _tcp
         reader, writer = await connect(endpoint.host, endpoint.port)
-        return await self._over(key, reader, writer, raw, head=head)
+        return await self._over(key, _Pooled(reader, writer), raw, head=head, policy=policy)
 
     async def _over(
-        self, key: tuple[str, int], reader: asyncio.StreamReader, writer: asyncio.StreamWriter, raw: bytes,
-        *, head: bool,
-    ) -> Message:  # fmt: skip
+        self, key: tuple[str, int], pooled: _Pooled, raw: bytes, *, head: bool, policy: ClusterPolicy
+    ) -> Message:
         parser = ResponseParser(head_only=head)
+        reader, writer = pooled.reader, pooled.writer
         try:
             writer.write(raw)
             await writer.drain()
@@ -126,8 +145,11 @@ class Upstreams:
         except BaseException:
             writer.close()  # cancelled (a timeout): the connection is mid-exchange, never reused
             raise
-        if response.keep_alive and data and len(self._idle.get(key, ())) < self._max_idle:
-            self._idle.setdefault(key, []).append((reader, writer))
+        pooled.uses += 1
+        spent = bool(policy.max_requests_per_connection) and pooled.uses >= policy.max_requests_per_connection
+        if response.keep_alive and data and not spent and len(self._idle.get(key, ())) < self._max_idle:
+            pooled.idle_since = time.monotonic()
+            self._idle.setdefault(key, []).append(pooled)
         else:
             writer.close()
         return response
@@ -135,8 +157,8 @@ class Upstreams:
     def close(self) -> None:
         """Closes every idle connection."""
         for connections in self._idle.values():
-            for _, writer in connections:
-                writer.close()
+            for pooled in connections:
+                pooled.writer.close()
         self._idle.clear()
 
 
@@ -159,6 +181,7 @@ class WaypointProxy:
         self._rng = rng or random.Random()
         self._log = log or structlog.get_logger().bind(component="waypoint")
         self.upstreams = Upstreams()
+        self.guards = Guards()
         self.tracer = tracer
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -269,6 +292,11 @@ class WaypointProxy:
         if fault.abort_grpc is not None:
             grpc = [("content-type", "application/grpc"), ("grpc-status", str(fault.abort_grpc))]
             return Answer(200, grpc, b"", flags=_join(flags, "FI"), cluster=decision.cluster)
+        if decision.rate_limit is not None:
+            allowed, limit_headers = self.guards.rate_limit(decision.route_name, decision.rate_limit)
+            if not allowed:
+                return Answer(decision.rate_limit.status, limit_headers, b"local_rate_limited",
+                              flags=_join(flags, "RL"), cluster=decision.cluster)  # fmt: skip
         if decision.redirect:
             location = decision.redirect
             if location.startswith("//"):
@@ -283,27 +311,39 @@ class WaypointProxy:
         return answer
 
     async def _forward(self, request: Message, decision: RouteDecision) -> Answer:
-        picker = self._config().clusters.get(decision.cluster)
+        config = self._config()
+        picker = config.clusters.get(decision.cluster)
         if picker is None:
             return Answer(503, [], b"no cluster match for URL\n", flags="NC", cluster=decision.cluster)
+        cluster = config.policies.get(decision.cluster, _DEFAULT_POLICY)
         for mirror, fraction in decision.mirrors:
             if self._rng.random() < fraction:
                 self._spawn(self._mirror(request, decision, mirror))
         raw = self._upstream_request(request, decision)
         try:
             async with asyncio.timeout(decision.timeout):
-                return await self._tries(raw, request, decision, picker)
+                if not await self.guards.admit(decision.cluster, cluster):
+                    body = (
+                        b"upstream connect error or disconnect/reset before headers. reset reason: overflow"
+                    )
+                    return Answer(503, [], body, flags="UO", cluster=decision.cluster)
+                try:
+                    return await self._tries(raw, request, decision, picker, cluster)
+                finally:
+                    self.guards.release(decision.cluster)
         except TimeoutError:
             return Answer(504, [], b"upstream request timeout", flags="UT", cluster=decision.cluster)
 
     async def _tries(
-        self, raw: bytes, request: Message, decision: RouteDecision, picker: EndpointPicker
-    ) -> Answer:
+        self, raw: bytes, request: Message, decision: RouteDecision, picker: EndpointPicker,
+        cluster: ClusterPolicy,
+    ) -> Answer:  # fmt: skip
         policy = decision.retry
         retries = 0
         tried: Endpoint | None = None
         while True:
-            endpoint = picker.pick(self._rng, exclude=tried)
+            ejected = self.guards.ejected(decision.cluster, cluster)
+            endpoint = picker.pick(self._rng, exclude=tried, ejected=ejected)
             if endpoint is None:
                 return Answer(503, [], b"no healthy upstream", flags="UH", cluster=decision.cluster)
             tried = endpoint
@@ -312,7 +352,9 @@ class WaypointProxy:
             response: Message | None = None
             try:
                 async with asyncio.timeout(policy.per_try_timeout if policy else None):
-                    response = await self.upstreams.exchange(endpoint, raw, head=request.method == "HEAD")
+                    response = await self.upstreams.exchange(
+                        endpoint, raw, head=request.method == "HEAD", policy=cluster
+                    )
                 outcome = Outcome(status=response.status)
             except UpstreamError as exc:
                 outcome = Outcome(connect_failure=exc.connect, reset=not exc.connect)
@@ -320,7 +362,15 @@ class WaypointProxy:
                 outcome = Outcome(status=504)
             finally:
                 endpoint.active -= 1
-            if policy is not None and should_retry(policy, outcome, retries):
+                if retries:
+                    self.guards.retry_done(decision.cluster)
+            addresses = [f"{e.host}:{e.port}" for e in picker.endpoints]
+            self.guards.report(decision.cluster, cluster, address, outcome, addresses)
+            if (
+                policy is not None
+                and should_retry(policy, outcome, retries)
+                and self.guards.retry_allowed(decision.cluster)
+            ):
                 await asyncio.sleep(backoff(policy, retries, self._rng))
                 retries += 1
                 continue

@@ -32,9 +32,13 @@ class EndpointPicker:
     endpoints: Sequence[Endpoint] = ()
     _turn: itertools.count[int] = field(default_factory=itertools.count)
 
-    def pick(self, rng: random.Random, exclude: Endpoint | None = None) -> Endpoint | None:
-        """An endpoint (another than ``exclude`` when there is one, for a retry), or None if empty."""
-        choices = [e for e in self.endpoints if e is not exclude] or list(self.endpoints)
+    def pick(
+        self, rng: random.Random, exclude: Endpoint | None = None, ejected: frozenset[str] = frozenset()
+    ) -> Endpoint | None:
+        """An endpoint (another than ``exclude`` when there is one, for a retry; none of the
+        ``ejected`` ``host:port`` ones unless all are: Envoy's panic mode), or None if empty."""
+        healthy = [e for e in self.endpoints if f"{e.host}:{e.port}" not in ejected] or list(self.endpoints)
+        choices = [e for e in healthy if e is not exclude] or healthy
         if not choices:
             return None
         if self.policy == cluster_pb2.Cluster.RANDOM:

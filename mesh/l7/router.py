@@ -23,10 +23,12 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from mesh.errors import ConfigError
 from mesh.l7.faults import FAULT_FILTER, FaultConfig, compile_fault
+from mesh.l7.ratelimit import RATE_LIMIT_FILTER, RateLimitConfig, compile_rate_limit
 from mesh.l7.retries import RetryConfig, compile_retry
 
 __all__ = ["HeaderEdits", "Request", "RouteConfigError", "RouteDecision", "Router", "compile_routes"]
@@ -81,6 +83,8 @@ class RouteDecision:
     """(cluster, fraction of requests) to copy the request to, fire and forget."""
     sampling_percent: float | None = None
     """The route's ``tracing.random_sampling`` in percent; None: the proxy's default."""
+    rate_limit: RateLimitConfig | None = None
+    """The route's local rate limit (a token bucket per route), if any."""
     trace_tags: tuple[tuple[str, str, str], ...] = ()
     """The route's tracing custom tags: (tag, ``header`` or ``literal``, header name or value);
     environment tags are resolved to literals when the routes are compiled."""
@@ -210,7 +214,8 @@ def _route(route: rc.Route, where: str) -> _Route:
         fault = compile_fault(config)
     requests = _edits(route.request_headers_to_add, route.request_headers_to_remove)
     responses = _edits(route.response_headers_to_add, route.response_headers_to_remove)
-    common = RouteDecision(name, fault=fault, response_headers=responses, **_tracing(route))
+    limit = _rate_limit(route, where)
+    common = RouteDecision(name, fault=fault, response_headers=responses, rate_limit=limit, **_tracing(route))
     kind = route.WhichOneof("action")
     if kind == "route":
         prefix = route.match.prefix if route.match.WhichOneof("path_specifier") == "prefix" else ""
@@ -229,6 +234,21 @@ def _route(route: rc.Route, where: str) -> _Route:
         decision = replace(common, direct_status=direct.status, direct_body=body)
         return _Route(name, matches, lambda rng, path: decision)
     raise RouteConfigError(where, f"action {kind!r} is not supported; use route, redirect or direct_response")
+
+
+def _rate_limit(route: rc.Route, where: str) -> RateLimitConfig | None:
+    if RATE_LIMIT_FILTER not in route.typed_per_filter_config:
+        return None
+    packed = route.typed_per_filter_config[RATE_LIMIT_FILTER]
+    config = local_rate_limit_pb2.LocalRateLimit()
+    if not packed.Unpack(config):
+        raise RouteConfigError(
+            where, f"typed_per_filter_config[{RATE_LIMIT_FILTER}] is a {packed.TypeName()}"
+        )
+    try:
+        return compile_rate_limit(config, f"typed_per_filter_config[{RATE_LIMIT_FILTER}]")
+    except ValueError as exc:
+        raise RouteConfigError(where, str(exc)) from None
 
 
 def _tracing(route: rc.Route) -> dict[str, Any]:
