@@ -33,6 +33,8 @@ from istiod_lite.translate.l7._envoy import fault_config, istio_retry_policy, re
 from istiod_lite.translate.l7._values import duration, fraction
 from istiod_lite.translate.l7.destinations import DestinationRule, load_balancer
 from istiod_lite.translate.l7.httproute import check_http_route_rule
+from istiod_lite.translate.l7.ratelimit import API_GROUP as RATE_LIMIT_GROUP
+from istiod_lite.translate.l7.ratelimit import rate_limit_errors
 from istiod_lite.translate.l7.telemetry import telemetry_errors
 from istiod_lite.translate.l7.virtualservice import destination_weight, route_destinations, route_match
 from istiod_lite.translate.peerauth import parse_peer_authentication
@@ -206,6 +208,7 @@ _VALIDATORS: Mapping[str, tuple[frozenset[str], Callable[[KubeObject], list[Fiel
         "Gateway": (_GATEWAY_API, _gateway),
         "HTTPRoute": (_GATEWAY_API, _http_route),
         "Telemetry": (_TELEMETRY, telemetry_errors),
+        "LocalRateLimit": (frozenset({f"{RATE_LIMIT_GROUP}/v1alpha1"}), rate_limit_errors),
     }
 )
 

@@ -26,6 +26,7 @@ from istiod_lite.sources.objects import (
     GATEWAY,
     HTTP_ROUTE,
     KINDS,
+    LOCAL_RATE_LIMIT,
     NAMESPACE,
     PEER_AUTHENTICATION,
     POD,
@@ -168,6 +169,11 @@ class ClusterView:
     def http_routes(self) -> Mapping[ObjectKey, KubeObject]:
         """gateway.networking.k8s.io HTTPRoutes."""
         return self.of_kind(HTTP_ROUTE)
+
+    @property
+    def local_rate_limits(self) -> Mapping[ObjectKey, KubeObject]:
+        """policy.mesh.dev LocalRateLimits."""
+        return self.of_kind(LOCAL_RATE_LIMIT)
 
     @property
     def telemetries(self) -> Mapping[ObjectKey, KubeObject]:

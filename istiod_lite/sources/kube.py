@@ -96,6 +96,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", ("v1beta1",)),
     Resource("HTTPRoute", "gateway.networking.k8s.io", "v1", "httproutes", ("v1beta1",)),
     Resource("Telemetry", "telemetry.istio.io", "v1", "telemetries", ("v1alpha1",)),
+    Resource("LocalRateLimit", "policy.mesh.dev", "v1alpha1", "localratelimits"),
 )
 
 

@@ -20,6 +20,7 @@ __all__ = [
     "ENDPOINT_SLICE",
     "GATEWAY",
     "HTTP_ROUTE",
+    "LOCAL_RATE_LIMIT",
     "KINDS",
     "NAMESPACE",
     "PEER_AUTHENTICATION",
@@ -54,6 +55,8 @@ GATEWAY = "Gateway"
 translation tells them apart by ``apiVersion``)."""
 HTTP_ROUTE = "HTTPRoute"
 TELEMETRY = "Telemetry"
+LOCAL_RATE_LIMIT = "LocalRateLimit"
+"""policy.mesh.dev LocalRateLimits (the mesh's own resource)."""
 KINDS: tuple[str, ...] = (
     NAMESPACE,
     POD,
@@ -68,6 +71,7 @@ KINDS: tuple[str, ...] = (
     GATEWAY,
     HTTP_ROUTE,
     TELEMETRY,
+    LOCAL_RATE_LIMIT,
 )
 _CLUSTER_SCOPED = frozenset({NAMESPACE, "Node"})
 

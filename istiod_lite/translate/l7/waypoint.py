@@ -21,6 +21,7 @@ from istiod_lite.translate.l7.binding import (
 )
 from istiod_lite.translate.l7.clusters import PodEndpoint, build_cluster, build_load_assignment
 from istiod_lite.translate.l7.destinations import ClusterRef, DestinationRules, HostIndex
+from istiod_lite.translate.l7.ratelimit import apply_rate_limits
 from istiod_lite.translate.l7.routes import RouteSources, http_ports, virtual_host
 from istiod_lite.translate.l7.telemetry import apply_tracing, tracing_for
 from istiod_lite.translate.model import TranslateOptions, TranslationWarning, Warnings
@@ -104,6 +105,7 @@ def translate_waypoint(
     apply_tracing(
         route_config, tracing_for(view.telemetries.values(), gateway, options.root_namespace, problems)
     )
+    apply_rate_limits(route_config, view.local_rate_limits.values(), options.cluster_domain, problems)
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
         ROUTE_TYPE_URL: MappingProxyType({route_config.name: route_config}),
