@@ -1,7 +1,7 @@
 """Istio's telemetry vocabulary, pure: the ``istio_tcp_*`` label names, the record of who talked to
 whom as one proxy saw it, and the access-log line of one connection with Istio's dotted keys.
 
-Both proxies share it (ztunnel's counters are in ``ztunnel.telemetry``). Missing label values are
+Both proxies share it (the counters are in ``mesh.rt.tcp_metrics``). Missing label values are
 ``unknown`` as in Istio.
 """
 

@@ -38,6 +38,7 @@ from mesh.rt.loop import run
 from mesh.rt.metrics import LoopTasks, build_registry
 from mesh.rt.net.memory import trim_when_idle, tune_malloc
 from mesh.rt.rpc import client_tls
+from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import NodeContext
@@ -47,7 +48,6 @@ from ztunnel.proxy import PodProxy
 from ztunnel.revocation import CrlWatcher
 from ztunnel.skew import IgnoredFields
 from ztunnel.state import ProxyState
-from ztunnel.telemetry import TcpMetrics
 
 __all__ = ["main", "state_from_xds"]
 

@@ -15,11 +15,11 @@ from mesh.model import TunnelProtocol
 from mesh.revocation import NO_REVOCATION, Revocation
 from mesh.rt.certs import CertificateManager
 from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.tls import TlsMaterial
 from mesh.telemetry import ConnectionRecord, access_log_fields
 from ztunnel.connections import ConnectionBudget, ConnectionRegistry
 from ztunnel.state import ProxyState
-from ztunnel.telemetry import TcpMetrics
 
 __all__ = ["DEFAULT_MAX_CONNECTIONS", "NodeContext"]
 

@@ -32,12 +32,12 @@ from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import Registry, build_registry, render
 from mesh.rt.net.netns import InPodSocketFactory
+from mesh.rt.tcp_metrics import TcpMetrics
 from ztunnel.cni.rules import plan_capture
 from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import parse_local_config
 from ztunnel.manager import WorkloadManager
 from ztunnel.state import ProxyState
-from ztunnel.telemetry import TcpMetrics
 from ztunnel.zds import ZdsChannel, decode_response
 
 TD = "cluster.local"

@@ -16,12 +16,12 @@ from mesh.identity.spiffe import WorkloadIdentity
 from mesh.revocation import NO_REVOCATION, parse_crls
 from mesh.rt.certs import CertificateManager
 from mesh.rt.metrics import build_registry
+from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.tls import PeerRejectedError, TlsMaterial, self_check
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import TestPki, build_crl, chain_pem
 from ztunnel.context import NodeContext
 from ztunnel.revocation import CrlWatcher
-from ztunnel.telemetry import TcpMetrics
 
 _ID = WorkloadIdentity("cluster.local", "demo", "server")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import dataclasses
 
 from mesh.rt.metrics import build_registry, render
+from mesh.rt.tcp_metrics import TcpMetrics
 from perf._ztunnel_lab import count_mtls_opened
 from perf.soak_ztunnel import _unbalanced
 from tests.unit.test_ztunnel_telemetry import RECORD
-from ztunnel.telemetry import TcpMetrics
 
 
 def test_only_the_label_set_opened_and_never_closed_is_reported() -> None:

@@ -10,8 +10,8 @@ import pytest
 
 from mesh.model import Service, Workload
 from mesh.rt.metrics import build_registry, render
+from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.telemetry import LABELS, ConnectionRecord, access_log_fields
-from ztunnel.telemetry import TcpMetrics
 
 CLIENT = Workload(
     uid="Kubernetes//Pod/demo/client-1",

@@ -1,4 +1,4 @@
-"""ztunnel's L4 counters with Istio's names (``istio_tcp_*``); the labels, the connection record
+"""The proxies' L4 counters with Istio's names (``istio_tcp_*``); the labels, the connection record
 and the access-log line are pure, in ``mesh.telemetry``. Byte counters follow Istio's quirk: for
 ``reporter=source`` received and sent are flipped (the counter is from the destination's point of
 view); access logs are not.
@@ -15,7 +15,7 @@ _Series = tuple[CounterChild, CounterChild, CounterChild, CounterChild]
 
 
 class TcpMetrics:
-    """The four stable ztunnel counters, registered in the given registry."""
+    """The four stable L4 counters (ztunnel's, and a waypoint's for TCP it passes through)."""
 
     def __init__(self, registry: Registry) -> None:
         self.opened = Counter(
