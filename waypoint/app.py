@@ -40,10 +40,12 @@ from mesh.rt.loop import run
 from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
 from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.rpc import client_tls
+from mesh.rt.tcp_metrics import TcpMetrics
 from waypoint.config import WaypointConfig, load_local_config
 from waypoint.hbone import HboneFront, HboneUpstream
 from waypoint.identity import WaypointCredentials
 from waypoint.proxy import WaypointProxy
+from waypoint.tcp import TcpPassthrough
 from waypoint.telemetry import AddressBook, RequestMetrics
 from waypoint.tracing import Tracer, TracingSettings, exporter_for
 from waypoint.xds import WaypointPod, WaypointXds
@@ -187,7 +189,7 @@ class _Mesh:
         await self.credentials.close()
 
 
-def _mesh(args: argparse.Namespace, proxy: WaypointProxy, book: AddressBook) -> _Mesh:
+def _mesh(args: argparse.Namespace, proxy: WaypointProxy, book: AddressBook, tcp: TcpPassthrough) -> _Mesh:
     pod = WaypointPod.from_env(os.environ)
     account = os.environ.get("SERVICE_ACCOUNT") or pod.waypoint  # the lab runs it as the Gateway's account
     identity = WorkloadIdentity(args.trust_domain, pod.namespace, account)
@@ -207,6 +209,7 @@ def _mesh(args: argparse.Namespace, proxy: WaypointProxy, book: AddressBook) -> 
         return frozenset({WorkloadIdentity.parse(workload.spiffe_uri)}) if workload else frozenset()
 
     proxy.upstreams.tunnel = HboneUpstream(pool, identity, expected, source_ip=pod.ip).connect
+    proxy.tcp = tcp
     return _Mesh(credentials, HboneFront(proxy, credentials.server_material), pool)
 
 
@@ -231,7 +234,11 @@ async def _serve(args: argparse.Namespace) -> int:
     book = AddressBook(lambda: xds.addresses) if xds is not None else None
     proxy = _proxy(args, config, registry, book, log)
     tracer = proxy.tracer
-    mesh = _mesh(args, proxy, book) if xds is not None and book is not None else None
+    mesh = (
+        _mesh(args, proxy, book, TcpPassthrough(config, book, TcpMetrics(registry), proxy.upstreams.open))
+        if xds is not None and book is not None
+        else None
+    )
     ready = False
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())  # before "started": a SIGTERM is never lost

@@ -35,6 +35,7 @@ from mesh.l7.router import HeaderEdits, Request, RouteDecision
 from mesh.rt.hbone.errors import StreamResetError
 from waypoint.config import ClusterPolicy, WaypointConfig
 from waypoint.resilience import Guards
+from waypoint.tcp import SNIFF_TIMEOUT, TcpPassthrough, looks_like_http
 from waypoint.telemetry import RequestMetrics, RequestRecord
 from waypoint.tracing import Tracer
 
@@ -115,13 +116,17 @@ class Upstreams:
                 return await self._over(key, pooled, raw, head=head, policy=policy)
             except UpstreamError:
                 break
+        reader, writer = await self.open(endpoint)
+        return await self._over(key, _Pooled(reader, writer), raw, head=head, policy=policy)
+
+    async def open(self, endpoint: Endpoint) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        """A new connection to ``endpoint``: TCP, or an HBONE stream through its ztunnel."""
         if endpoint.hbone and self.tunnel is None:
             raise UpstreamError(
                 connect=True, detail=f"{endpoint.host} is reached over HBONE, which is off here"
             )
         connect = self.tunnel if endpoint.hbone and self.tunnel is not None else _tcp
-        reader, writer = await connect(endpoint.host, endpoint.port)
-        return await self._over(key, _Pooled(reader, writer), raw, head=head, policy=policy)
+        return await connect(endpoint.host, endpoint.port)
 
     async def _over(
         self, key: tuple[str, int], pooled: _Pooled, raw: bytes, *, head: bool, policy: ClusterPolicy
@@ -183,6 +188,8 @@ class WaypointProxy:
         self.upstreams = Upstreams()
         self.guards = Guards()
         self.tracer = tracer
+        self.tcp: TcpPassthrough | None = None
+        """Set in the mesh: passes tunnelled non-HTTP connections through (see waypoint.tcp)."""
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def serve(self, host: str, port: int) -> asyncio.Server:
@@ -203,13 +210,25 @@ class WaypointProxy:
         client's verified identity and ``source_addr`` its IP (else the TCP peer's)."""
         peer = writer.get_extra_info("peername")
         source_addr = source_addr or (str(peer[0]) if isinstance(peer, tuple) else "")
+        first = b""
+        if tunnel_authority and self.tcp is not None:
+            route = self.tcp.route(tunnel_authority)
+            if route.kind == "sniff":
+                with contextlib.suppress(TimeoutError):
+                    first = await asyncio.wait_for(reader.read(_READ), SNIFF_TIMEOUT)
+            if route.kind == "tcp" or (route.kind == "sniff" and not looks_like_http(first)):
+                await self.tcp.relay(
+                    route, reader, writer, first, source_principal=source_principal, source_addr=source_addr
+                )
+                return
         parser = RequestParser()
         pending: list[Message] = []
         try:
             while True:
                 timeout = _HEADERS_TIMEOUT if pending or parser_busy(parser) else _IDLE_TIMEOUT
                 try:
-                    data = await asyncio.wait_for(reader.read(_READ), timeout)
+                    data = first or await asyncio.wait_for(reader.read(_READ), timeout)
+                    first = b""
                 except TimeoutError:
                     break
                 if not data:

@@ -62,11 +62,17 @@ class AddressBook:
         self._indexed: Mapping[str, Workload | Service] | None = None
         self._by_ip: dict[str, Workload] = {}
         self._by_host: dict[str, Service] = {}
+        self._by_vip: dict[str, Service] = {}
 
     def workload_at(self, ip: str) -> Workload | None:
         """The workload with address ``ip``, if known."""
         self._index()
         return self._by_ip.get(ip)
+
+    def service_at(self, ip: str) -> Service | None:
+        """The Service with the virtual IP ``ip``, if known."""
+        self._index()
+        return self._by_vip.get(ip)
 
     def service_named(self, hostname: str) -> Service | None:
         """The Service with this hostname (``name.namespace.svc.<domain>``), if known."""
@@ -80,6 +86,7 @@ class AddressBook:
         self._indexed = current
         self._by_ip = {str(a): v for v in current.values() if isinstance(v, Workload) for a in v.addresses}
         self._by_host = {v.hostname: v for v in current.values() if isinstance(v, Service)}
+        self._by_vip = {str(ip): v for v in self._by_host.values() for _, ip in v.vips}
 
 
 class RequestMetrics:
