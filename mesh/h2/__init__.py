@@ -14,7 +14,9 @@ The contract with a transport, in short:
 - ``StreamReset(remote=False)`` means the engine reset a stream for a peer's protocol error: close the
   upstream socket of that stream. ``InvalidRequest`` asks for a 400 answer.
 - A client may also open ordinary requests (``send_request``, as gRPC needs); their trailer block
-  arrives as ``TrailersReceived`` before ``StreamEnded``.
+  arrives as ``TrailersReceived`` before ``StreamEnded``. A server configured with
+  ``accept_requests`` gets ordinary requests as ``RequestReceived`` and may end its answer with
+  ``send_trailers``.
 - Calls on closed streams raise ``H2StreamClosedError``; ``send_connect`` raises ``H2StreamLimitError``
   when this connection cannot take another stream (``can_open_stream``)."""
 
@@ -36,6 +38,7 @@ from mesh.h2.events import (
     Event,
     InvalidRequest,
     PingAcked,
+    RequestReceived,
     Response,
     SettingsAcknowledged,
     StreamEnded,
@@ -60,6 +63,7 @@ __all__ = [
     "H2UsageError",
     "InvalidRequest",
     "PingAcked",
+    "RequestReceived",
     "Response",
     "SettingsAcknowledged",
     "StreamEnded",

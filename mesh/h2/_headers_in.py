@@ -6,7 +6,7 @@ from mesh.h2 import frames as fr
 from mesh.h2._control import ControlFrames
 from mesh.h2._stream import CLOSED_LOCAL_RESET, CLOSED_REMOTE_RESET, Stream
 from mesh.h2.errors import ErrorCode, H2ConnectionError, H2StreamError
-from mesh.h2.events import ConnectRequest, InvalidRequest, Response, TrailersReceived
+from mesh.h2.events import ConnectRequest, InvalidRequest, RequestReceived, Response, TrailersReceived
 from mesh.h2.headers import (
     Fields,
     MalformedHeadersError,
@@ -112,6 +112,11 @@ class HeaderFrames(ControlFrames):
         stream = self._new_stream(sid, local=False)
         if head.method == "CONNECT" and head.authority:
             self._events.append(ConnectRequest(sid, head.authority, head.headers))
+        elif head.method != "CONNECT" and self.config.accept_requests:
+            authority = head.authority or _host(head.headers)
+            self._events.append(
+                RequestReceived(sid, head.method, head.scheme, authority, head.path, head.headers)
+            )
         else:
             reason = (
                 "missing :authority" if head.method == "CONNECT" else f"method {head.method} is not CONNECT"
@@ -141,3 +146,8 @@ class HeaderFrames(ControlFrames):
             raise H2StreamError(sid, f"malformed header block: {err.message}") from err
         if end_stream:
             self._end_remote(stream)
+
+
+def _host(headers: tuple[tuple[str, str], ...]) -> str:
+    """A request's ``host`` header, for one without ``:authority`` (RFC 9113 section 8.3.1)."""
+    return next((value for name, value in headers if name == "host"), "")

@@ -52,6 +52,9 @@ class H2Config:
     """Consecutive DATA frames without payload or END_STREAM tolerated (CPU flood)."""
     max_closed_streams: int = 1000
     """How many recently closed streams are remembered to judge late frames on them."""
+    accept_requests: bool = False
+    """Server side: ordinary requests become ``RequestReceived`` (a proxy for HTTP/2 clients);
+    when False (an HBONE server) they are ``InvalidRequest``, answered 400."""
 
     def __post_init__(self) -> None:
         _require(

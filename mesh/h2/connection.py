@@ -219,6 +219,17 @@ class Http2Engine(Inbound):
         if end_stream:
             self._end_local(stream)
 
+    def send_trailers(self, stream_id: int, headers: Sequence[tuple[str, str]]) -> None:
+        """Ends our side of a stream with a trailer block (after the response headers and data),
+        as a gRPC server sends ``grpc-status``."""
+        stream = self._stream_for_send(stream_id)
+        if not stream.headers_sent:
+            raise H2UsageError(
+                f"stream {stream_id} has no headers yet", hint="send the response or request first"
+            )
+        self._queue_headers(stream_id, encode_fields([], headers), end_stream=True)
+        self._end_local(stream)
+
     def send_data(
         self, stream_id: int, data: bytes | bytearray | memoryview, *, end_stream: bool = False
     ) -> int:

@@ -11,6 +11,7 @@ __all__ = [
     "Event",
     "InvalidRequest",
     "PingAcked",
+    "RequestReceived",
     "Response",
     "SettingsAcknowledged",
     "StreamEnded",
@@ -39,6 +40,20 @@ class InvalidRequest:
     stream_id: int
     method: str
     reason: str
+    headers: tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    """Server side, with ``H2Config(accept_requests=True)``: a peer opened a stream with an ordinary
+    request (not CONNECT). Its body follows as ``DataReceived``, then ``TrailersReceived`` (if
+    any) and ``StreamEnded``."""
+
+    stream_id: int
+    method: str
+    scheme: str
+    authority: str
+    path: str
     headers: tuple[tuple[str, str], ...]
 
 
@@ -121,6 +136,7 @@ class ConnectionTerminated:
 Event = (
     ConnectRequest
     | InvalidRequest
+    | RequestReceived
     | Response
     | DataReceived
     | TrailersReceived

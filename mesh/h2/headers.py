@@ -54,6 +54,8 @@ class RequestHead:
     method: str
     authority: str | None
     headers: StrHeaders
+    scheme: str = ""
+    path: str = ""
 
 
 class HeaderCodec:
@@ -121,6 +123,8 @@ def parse_request(fields: Fields) -> RequestHead:
         method=method.decode("latin-1"),
         authority=None if authority is None else authority.decode("latin-1"),
         headers=headers,
+        scheme=pseudo.get(b":scheme", b"").decode("latin-1"),
+        path=pseudo.get(b":path", b"").decode("latin-1"),
     )
 
 
