@@ -60,6 +60,8 @@ class Message:
     body: bytes = b""
     keep_alive: bool = True
     upgrade: bool = False
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    """An HTTP/2 message's trailer block (gRPC's status); HTTP/1.1 trailers are not kept."""
 
     def header(self, name: str) -> str | None:
         """The first value of header ``name`` (lower-case), or None."""

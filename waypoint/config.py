@@ -58,6 +58,8 @@ class ClusterPolicy:
     limits: Limits = field(default_factory=Limits)
     outlier: OutlierPolicy | None = None
     http2: bool = False
+    http2_if_downstream: bool = False
+    """Envoy's ``use_downstream_protocol_config``: HTTP/2 upstream when the client spoke it."""
     max_requests_per_connection: int = 0
     """0: no limit."""
     idle_timeout: float = 3600.0
@@ -72,12 +74,13 @@ class ClusterPolicy:
             packed.Unpack(options)
         explicit = options.explicit_http_config
         http2 = explicit.HasField("http2_protocol_options")
+        downstream = options.use_downstream_protocol_config.HasField("http2_protocol_options")
         common = options.common_http_protocol_options
         idle = (
             common.idle_timeout.ToTimedelta().total_seconds() if common.HasField("idle_timeout") else 3600.0
         )
         per_connection = common.max_requests_per_connection.value
-        return cls(Limits.of(cluster), OutlierPolicy.of(cluster), http2, per_connection, idle)
+        return cls(Limits.of(cluster), OutlierPolicy.of(cluster), http2, downstream, per_connection, idle)
 
 
 @dataclass(slots=True)

@@ -16,10 +16,11 @@ import random
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
+from mesh.h2 import H2ProtocolError
 from mesh.http1 import (
     Http1Error,
     Message,
@@ -34,6 +35,7 @@ from mesh.l7.retries import Outcome, backoff, should_retry
 from mesh.l7.router import HeaderEdits, Request, RouteDecision
 from mesh.rt.hbone.errors import StreamResetError
 from waypoint.config import ClusterPolicy, WaypointConfig
+from waypoint.h2 import H2_PREFACE, H2Answer, H2Front, H2Upstream
 from waypoint.resilience import Guards
 from waypoint.tcp import SNIFF_TIMEOUT, TcpPassthrough, looks_like_http
 from waypoint.telemetry import RequestMetrics, RequestRecord
@@ -67,6 +69,7 @@ class Answer:
     flags: str = ""
     cluster: str = ""
     upstream: str = ""
+    trailers: list[tuple[str, str]] = field(default_factory=list)
 
 
 Connector = Callable[[str, int], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
@@ -78,6 +81,18 @@ async def _tcp(host: str, port: int) -> tuple[asyncio.StreamReader, asyncio.Stre
         return await asyncio.open_connection(host, port)
     except OSError as exc:
         raise UpstreamError(connect=True, detail=f"connect to {host}:{port}: {exc}") from None
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """The request the waypoint sends upstream (after the route's edits)."""
+
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    downstream_http2: bool = False
+    grpc: bool = False
 
 
 @dataclass(slots=True)
@@ -97,15 +112,21 @@ class Upstreams:
 
     def __init__(self, *, tunnel: Connector | None = None, max_idle: int = 32) -> None:
         self._idle: dict[tuple[str, int], list[_Pooled]] = {}
+        self._h2: dict[tuple[str, int], H2Upstream] = {}
         self._max_idle = max_idle
         self.tunnel = tunnel
 
     async def exchange(
-        self, endpoint: Endpoint, raw: bytes, *, head: bool, policy: ClusterPolicy | None = None
+        self, endpoint: Endpoint, outgoing: Outgoing, *, policy: ClusterPolicy | None = None
     ) -> Message:
-        """Sends ``raw`` to ``endpoint`` and reads the whole response; raises UpstreamError."""
+        """Sends ``outgoing`` to ``endpoint`` and reads the whole response; raises UpstreamError.
+        HTTP/2 when the cluster says so (or says "as downstream" and the client spoke it)."""
         key = (endpoint.host, endpoint.port)
         policy = policy or _DEFAULT_POLICY
+        if policy.http2 or (policy.http2_if_downstream and outgoing.downstream_http2):
+            return await self._exchange_h2(endpoint, outgoing)
+        raw = serialize_request(outgoing.method, outgoing.target, outgoing.headers, outgoing.body)
+        head = outgoing.method == "HEAD"
         idle = self._idle.get(key)
         while idle:
             pooled = idle.pop()
@@ -159,12 +180,30 @@ class Upstreams:
             writer.close()
         return response
 
+    async def _exchange_h2(self, endpoint: Endpoint, outgoing: Outgoing) -> Message:
+        key = (endpoint.host, endpoint.port)
+        connection = self._h2.get(key)
+        if connection is None or not connection.usable:
+            reader, writer = await self.open(endpoint)
+            connection = self._h2[key] = H2Upstream(reader, writer)
+        host = next((v for k, v in outgoing.headers if k == "host"), f"{endpoint.host}:{endpoint.port}")
+        headers = [(k, v) for k, v in outgoing.headers if k != "host"]
+        if outgoing.grpc:
+            headers.append(("te", "trailers"))  # gRPC servers require it; it is hop-by-hop in HTTP/1.1
+        try:
+            return await connection.request(outgoing.method, host, outgoing.target, headers, outgoing.body)
+        except (ConnectionError, OSError, StreamResetError, H2ProtocolError) as exc:
+            raise UpstreamError(connect=False, detail=f"HTTP/2 to {key[0]}:{key[1]}: {exc}") from None
+
     def close(self) -> None:
         """Closes every idle connection."""
         for connections in self._idle.values():
             for pooled in connections:
                 pooled.writer.close()
         self._idle.clear()
+        for connection in self._h2.values():
+            connection.close()
+        self._h2.clear()
 
 
 class WaypointProxy:
@@ -210,17 +249,12 @@ class WaypointProxy:
         client's verified identity and ``source_addr`` its IP (else the TCP peer's)."""
         peer = writer.get_extra_info("peername")
         source_addr = source_addr or (str(peer[0]) if isinstance(peer, tuple) else "")
-        first = b""
-        if tunnel_authority and self.tcp is not None:
-            route = self.tcp.route(tunnel_authority)
-            if route.kind == "sniff":
-                with contextlib.suppress(TimeoutError):
-                    first = await asyncio.wait_for(reader.read(_READ), SNIFF_TIMEOUT)
-            if route.kind == "tcp" or (route.kind == "sniff" and not looks_like_http(first)):
-                await self.tcp.relay(
-                    route, reader, writer, first, source_principal=source_principal, source_addr=source_addr
-                )
-                return
+        first = await self._other_protocols(
+            reader, writer, tunnel_authority=tunnel_authority, source_principal=source_principal,
+            source_addr=source_addr,
+        )  # fmt: skip
+        if first is None:
+            return
         parser = RequestParser()
         pending: list[Message] = []
         try:
@@ -259,6 +293,42 @@ class WaypointProxy:
             with contextlib.suppress(Exception):
                 writer.close()
 
+    async def _other_protocols(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *, tunnel_authority: str,
+        source_principal: str, source_addr: str,
+    ) -> bytes | None:  # fmt: skip
+        """Serves the connection when it is not HTTP/1.1 (TCP passthrough, h2c) and returns None;
+        else returns the first bytes read, for the HTTP/1.1 parser."""
+        first = b""
+        if tunnel_authority and self.tcp is not None:
+            route = self.tcp.route(tunnel_authority)
+            if route.kind == "sniff":
+                with contextlib.suppress(TimeoutError):
+                    first = await asyncio.wait_for(reader.read(_READ), SNIFF_TIMEOUT)
+            if route.kind == "tcp" or (route.kind == "sniff" and not looks_like_http(first)):
+                await self.tcp.relay(
+                    route, reader, writer, first, source_principal=source_principal, source_addr=source_addr
+                )
+                return None
+        if not first:
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
+                first = await asyncio.wait_for(reader.read(_READ), _IDLE_TIMEOUT)
+        if not first:
+            writer.close()
+            return None
+        if not first.startswith(H2_PREFACE[: min(len(first), len(H2_PREFACE))]):
+            return first
+
+        async def answer_h2(request: Message) -> H2Answer:
+            answer = await self.handle(
+                request, tunnel_authority=tunnel_authority, source_principal=source_principal,
+                source_addr=source_addr,
+            )  # fmt: skip
+            return H2Answer(answer.status, answer.headers, answer.body, answer.trailers)
+
+        await H2Front(answer_h2).serve(reader, writer, first)
+        return None
+
     async def handle(
         self,
         request: Message,
@@ -277,8 +347,11 @@ class WaypointProxy:
         else:
             answer = await self._decided(request, decision)
             _edit(answer.headers, decision.response_headers)
+        grpc = (request.header("content-type") or "").startswith("application/grpc")
+        grpc_status = next((v for k, v in (*answer.trailers, *answer.headers) if k == "grpc-status"), "")
         record = RequestRecord(
-            method=request.method, path=request.target, authority=authority, protocol="http",
+            method=request.method, path=request.target, authority=authority,
+            protocol="grpc" if grpc else "http", grpc_status=grpc_status,
             status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
             cluster=answer.cluster, upstream=answer.upstream,
             duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
@@ -338,7 +411,7 @@ class WaypointProxy:
         for mirror, fraction in decision.mirrors:
             if self._rng.random() < fraction:
                 self._spawn(self._mirror(request, decision, mirror))
-        raw = self._upstream_request(request, decision)
+        outgoing = self._upstream_request(request, decision)
         try:
             async with asyncio.timeout(decision.timeout):
                 if not await self.guards.admit(decision.cluster, cluster):
@@ -347,15 +420,14 @@ class WaypointProxy:
                     )
                     return Answer(503, [], body, flags="UO", cluster=decision.cluster)
                 try:
-                    return await self._tries(raw, request, decision, picker, cluster)
+                    return await self._tries(outgoing, decision, picker, cluster)
                 finally:
                     self.guards.release(decision.cluster)
         except TimeoutError:
             return Answer(504, [], b"upstream request timeout", flags="UT", cluster=decision.cluster)
 
     async def _tries(
-        self, raw: bytes, request: Message, decision: RouteDecision, picker: EndpointPicker,
-        cluster: ClusterPolicy,
+        self, outgoing: Outgoing, decision: RouteDecision, picker: EndpointPicker, cluster: ClusterPolicy,
     ) -> Answer:  # fmt: skip
         policy = decision.retry
         retries = 0
@@ -371,9 +443,7 @@ class WaypointProxy:
             response: Message | None = None
             try:
                 async with asyncio.timeout(policy.per_try_timeout if policy else None):
-                    response = await self.upstreams.exchange(
-                        endpoint, raw, head=request.method == "HEAD", policy=cluster
-                    )
+                    response = await self.upstreams.exchange(endpoint, outgoing, policy=cluster)
                 outcome = Outcome(status=response.status)
             except UpstreamError as exc:
                 outcome = Outcome(connect_failure=exc.connect, reset=not exc.connect)
@@ -397,7 +467,8 @@ class WaypointProxy:
             if response is not None and outcome.status == response.status:
                 headers = response.end_to_end_headers()
                 return Answer(response.status, headers, response.body, flags=exhausted,
-                              cluster=decision.cluster, upstream=address)  # fmt: skip
+                              cluster=decision.cluster, upstream=address,
+                              trailers=response.trailers)  # fmt: skip
             if outcome.status == 504:
                 return Answer(504, [], b"upstream request timeout", flags=_join("UT", exhausted),
                               cluster=decision.cluster, upstream=address)  # fmt: skip
@@ -407,7 +478,7 @@ class WaypointProxy:
                 503, [], body, flags=_join(flag, exhausted), cluster=decision.cluster, upstream=address
             )
 
-    def _upstream_request(self, request: Message, decision: RouteDecision) -> bytes:
+    def _upstream_request(self, request: Message, decision: RouteDecision) -> Outgoing:
         headers = request.end_to_end_headers()
         _edit(headers, decision.request_headers)
         if decision.host_rewrite:
@@ -415,23 +486,20 @@ class WaypointProxy:
         if not any(k == "x-request-id" for k, _ in headers):
             headers.append(("x-request-id", str(uuid.UUID(int=self._rng.getrandbits(128), version=4))))
         headers.append(("x-forwarded-proto", "http"))
-        return serialize_request(
-            request.method, decision.upstream_path or request.target, headers, request.body
-        )
+        return _outgoing(request, decision, headers)
 
     async def _mirror(self, request: Message, decision: RouteDecision, cluster: str) -> None:
         """Fire and forget: the copy's answer is dropped; its Host carries ``-shadow`` as Envoy's does."""
-        picker = self._config().clusters.get(cluster)
+        config = self._config()
+        picker = config.clusters.get(cluster)
         endpoint = picker.pick(self._rng) if picker else None
         if endpoint is None:
             return
         headers = [(k, f"{v}-shadow" if k == "host" else v) for k, v in request.end_to_end_headers()]
-        raw = serialize_request(
-            request.method, decision.upstream_path or request.target, headers, request.body
-        )
         with contextlib.suppress(UpstreamError, TimeoutError):
             async with asyncio.timeout(decision.timeout):
-                await self.upstreams.exchange(endpoint, raw, head=request.method == "HEAD")
+                outgoing = _outgoing(request, decision, headers)
+                await self.upstreams.exchange(endpoint, outgoing, policy=config.policies.get(cluster))
 
     def _spawn(self, coro: Coroutine[object, object, None]) -> None:
         task = asyncio.ensure_future(coro)
@@ -452,6 +520,14 @@ def _edit(headers: list[tuple[str, str]], edits: HeaderEdits) -> None:
         if not append:
             headers[:] = [(k, v) for k, v in headers if k != name]
         headers.append((name, value))
+
+
+def _outgoing(request: Message, decision: RouteDecision, headers: list[tuple[str, str]]) -> Outgoing:
+    content_type = request.header("content-type") or ""
+    return Outgoing(
+        request.method, decision.upstream_path or request.target, headers, request.body,
+        downstream_http2=request.version == "2", grpc=content_type.startswith("application/grpc"),
+    )  # fmt: skip
 
 
 def _join(*flags: str) -> str:
