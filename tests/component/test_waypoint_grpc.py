@@ -62,7 +62,8 @@ def config(v1: int, v2: int, echo: int) -> dict[str, Any]:
         "@type": ROUTES, "name": "waypoint",
         "virtual_hosts": [
             {"name": "grpc", "domains": ["echo-grpc", "echo-grpc:50051"], "routes": [
-                {"match": {"prefix": "/", "headers": [header("x-canary", "true")]}, "route": {"cluster": "v2"}},
+                {"match": {"prefix": "/", "headers": [header("x-canary", "true")]},
+                 "route": {"cluster": "v2"}},
                 {"match": {"prefix": "/", "headers": [header("x-fault", "abort")]},
                  "route": {"cluster": "v1"}, "typed_per_filter_config": {"envoy.filters.http.fault": abort}},
                 {"match": {"prefix": "/"}, "route": {"cluster": "v1"}},
@@ -113,9 +114,9 @@ def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
 def call(port: int, payload: bytes, *metadata: tuple[str, str]) -> tuple[bytes, dict[str, str]]:
     options = [("grpc.default_authority", "echo-grpc:50051")]
     with grpc.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
-        say = channel.unary_unary(METHOD)
+        say = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
         reply, rpc = say.with_call(payload, metadata=metadata, timeout=10)
-        return reply, dict(rpc.trailing_metadata() or ())
+        return reply, {str(k): str(v) for k, v in rpc.trailing_metadata() or ()}
 
 
 def test_grpc_calls_follow_the_header_route(waypoint: Running) -> None:
