@@ -37,7 +37,7 @@ from mesh.rt.hbone.errors import StreamResetError
 from waypoint.config import ClusterPolicy, WaypointConfig
 from waypoint.h2 import H2_PREFACE, H2Answer, H2Front, H2Upstream
 from waypoint.resilience import Guards
-from waypoint.tcp import SNIFF_TIMEOUT, TcpPassthrough, looks_like_http
+from waypoint.tcp import SNIFF_TIMEOUT, TcpPassthrough, looks_like_http, pipe
 from waypoint.telemetry import RequestMetrics, RequestRecord
 from waypoint.tracing import Tracer
 
@@ -276,6 +276,12 @@ class WaypointProxy:
                     break
                 while pending:
                     request = pending.pop(0)
+                    if request.upgrade:  # WebSocket and the like: bytes both ways after the 101
+                        await self._upgrade(
+                            request, reader, writer, tunnel_authority=tunnel_authority,
+                            source_principal=source_principal, source_addr=source_addr,
+                        )  # fmt: skip
+                        return
                     answer = await self.handle(
                         request, tunnel_authority=tunnel_authority, source_principal=source_principal,
                         source_addr=source_addr,
@@ -347,21 +353,87 @@ class WaypointProxy:
         else:
             answer = await self._decided(request, decision)
             _edit(answer.headers, decision.response_headers)
-        grpc = (request.header("content-type") or "").startswith("application/grpc")
-        grpc_status = next((v for k, v in (*answer.trailers, *answer.headers) if k == "grpc-status"), "")
-        record = RequestRecord(
-            method=request.method, path=request.target, authority=authority,
-            protocol="grpc" if grpc else "http", grpc_status=grpc_status,
-            status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
-            cluster=answer.cluster, upstream=answer.upstream,
-            duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
-            response_bytes=len(answer.body), source_principal=source_principal,
-            mtls=bool(source_principal), source_addr=source_addr,
-        )  # fmt: skip
+        record = _record(
+            request,
+            authority,
+            decision,
+            answer,
+            started,
+            source_principal=source_principal,
+            source_addr=source_addr,
+        )
         self._metrics.done(record)
         if span is not None and self.tracer is not None:
             self.tracer.end(span, record, request.headers, decision)
         return answer
+
+    async def _upgrade(
+        self, request: Message, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, *,
+        tunnel_authority: str, source_principal: str, source_addr: str,
+    ) -> None:  # fmt: skip
+        """An HTTP/1.1 Upgrade (WebSocket), routed like any request; the upstream's answer goes back
+        as it is and, after a 101, the connection carries the new protocol both ways as bytes."""
+        started = time.monotonic()
+        authority = request.header("host") or ""
+        decision = self._route(request, tunnel_authority or authority)
+        picker = self._config().clusters.get(decision.cluster) if decision is not None else None
+        endpoint = picker.pick(self._rng) if picker else None
+        answer = Answer(404 if decision is None else 503, [], b"", flags="NR" if decision is None else "UH")
+        if decision is not None and endpoint is not None:
+            answer = Answer(
+                503,
+                [],
+                b"",
+                flags="UF",
+                cluster=decision.cluster,
+                upstream=f"{endpoint.host}:{endpoint.port}",
+            )
+            try:
+                up_reader, up_writer = await self.upstreams.open(endpoint)
+                headers = [(k, v) for k, v in request.headers if k != "content-length"]
+                _edit(headers, decision.request_headers)
+                up_writer.write(
+                    serialize_request(request.method, decision.upstream_path or request.target, headers, b"")
+                )
+                async with asyncio.timeout(decision.timeout):
+                    head = await up_reader.readuntil(b"\r\n\r\n")
+                answer.status, answer.flags = int(head.split(b" ", 2)[1]), ""
+                writer.write(head)
+                await pipe(reader, writer, up_reader, up_writer)
+                self._metrics.done(
+                    _record(
+                        request,
+                        authority,
+                        decision,
+                        answer,
+                        started,
+                        source_principal=source_principal,
+                        source_addr=source_addr,
+                    )
+                )
+                return
+            except (
+                UpstreamError,
+                OSError,
+                TimeoutError,
+                ValueError,
+                IndexError,
+                asyncio.IncompleteReadError,
+            ):
+                pass
+        writer.write(serialize_response(answer.status, "", [], answer.body, keep_alive=False))
+        writer.close()
+        self._metrics.done(
+            _record(
+                request,
+                authority,
+                decision,
+                answer,
+                started,
+                source_principal=source_principal,
+                source_addr=source_addr,
+            )
+        )
 
     def _route(self, request: Message, authority: str) -> RouteDecision | None:
         config = self._config()
@@ -520,6 +592,24 @@ def _edit(headers: list[tuple[str, str]], edits: HeaderEdits) -> None:
         if not append:
             headers[:] = [(k, v) for k, v in headers if k != name]
         headers.append((name, value))
+
+
+def _record(
+    request: Message, authority: str, decision: RouteDecision | None, answer: Answer, started: float,
+    *, source_principal: str, source_addr: str,
+) -> RequestRecord:  # fmt: skip
+    """What telemetry and tracing get for one finished request."""
+    grpc = (request.header("content-type") or "").startswith("application/grpc")
+    grpc_status = next((v for k, v in (*answer.trailers, *answer.headers) if k == "grpc-status"), "")
+    return RequestRecord(
+        method=request.method, path=request.target, authority=authority,
+        protocol="grpc" if grpc else "http", grpc_status=grpc_status,
+        status=answer.status, flags=answer.flags, route=decision.route_name if decision else "",
+        cluster=answer.cluster, upstream=answer.upstream,
+        duration_ms=(time.monotonic() - started) * 1000, request_bytes=len(request.body),
+        response_bytes=len(answer.body), source_principal=source_principal,
+        mtls=bool(source_principal), source_addr=source_addr,
+    )  # fmt: skip
 
 
 def _outgoing(request: Message, decision: RouteDecision, headers: list[tuple[str, str]]) -> Outgoing:

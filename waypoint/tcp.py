@@ -25,7 +25,7 @@ from mesh.telemetry import ConnectionRecord
 from waypoint.config import WaypointConfig
 from waypoint.telemetry import AddressBook
 
-__all__ = ["SNIFF_TIMEOUT", "PortRoute", "TcpPassthrough", "looks_like_http"]
+__all__ = ["SNIFF_TIMEOUT", "PortRoute", "TcpPassthrough", "looks_like_http", "pipe"]
 
 SNIFF_TIMEOUT = 0.1
 """Seconds to wait for a client's first bytes on a port of unknown protocol (Istio's old default)."""
@@ -37,6 +37,45 @@ _READ = 65536
 def looks_like_http(first: bytes) -> bool:
     """Whether a connection's first bytes start an HTTP/1.1 request or the HTTP/2 preface."""
     return bool(_REQUEST_LINE.match(first)) or first.startswith(_H2_PREFACE)
+
+
+async def pipe(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    up_reader: asyncio.StreamReader,
+    up_writer: asyncio.StreamWriter,
+    first: bytes = b"",
+) -> tuple[int, int]:
+    """Relays bytes both ways (``first``: client bytes already read) with half-close, until both
+    sides are done; closes both; returns (bytes from the client, bytes to the client)."""
+    received = sent = 0
+
+    async def client_to_upstream() -> None:
+        nonlocal received
+        received += len(first)
+        up_writer.write(first)
+        while data := await reader.read(_READ):
+            received += len(data)
+            up_writer.write(data)
+            await up_writer.drain()
+        if up_writer.can_write_eof():
+            up_writer.write_eof()
+
+    async def upstream_to_client() -> None:
+        nonlocal sent
+        while data := await up_reader.read(_READ):
+            sent += len(data)
+            writer.write(data)
+            await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+
+    with contextlib.suppress(ConnectionError, OSError, StreamResetError):
+        await asyncio.gather(client_to_upstream(), upstream_to_client())
+    for side in (up_writer, writer):
+        with contextlib.suppress(Exception):
+            side.close()
+    return received, sent
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,33 +158,7 @@ class TcpPassthrough:
             writer.close()
             return
         self._metrics.connection_opened(record)
-        sent = received = 0
-
-        async def client_to_upstream() -> None:
-            nonlocal received
-            received += len(first)
-            up_writer.write(first)
-            while data := await reader.read(_READ):
-                received += len(data)
-                up_writer.write(data)
-                await up_writer.drain()
-            if up_writer.can_write_eof():
-                up_writer.write_eof()
-
-        async def upstream_to_client() -> None:
-            nonlocal sent
-            while data := await up_reader.read(_READ):
-                sent += len(data)
-                writer.write(data)
-                await writer.drain()
-            if writer.can_write_eof():
-                writer.write_eof()
-
-        with contextlib.suppress(ConnectionError, OSError, StreamResetError):
-            await asyncio.gather(client_to_upstream(), upstream_to_client())
-        for side in (up_writer, writer):
-            with contextlib.suppress(Exception):
-                side.close()
+        received, sent = await pipe(reader, writer, up_reader, up_writer, first)
         self._metrics.connection_closed(
             record, bytes_from_client=received, bytes_to_client=sent, response_flags="-"
         )
