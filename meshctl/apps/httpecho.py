@@ -4,7 +4,9 @@ its version label, the request's method, path and headers, and the peer addresse
     python -m meshctl.apps.httpecho --port 8080   # identity from POD_NAME/HOSTNAME, POD_NAMESPACE, VERSION
 
 Paths: ``/status/<code>`` answers that status, ``/delay/<seconds>`` waits (at most 10 s) first,
-``/healthz`` answers ``ok``; anything else is echoed.
+``/flaky/<n>/<key>`` answers 503 to the first ``n`` requests for ``key`` (then it echoes, with
+``attempt``: how many requests for ``key`` this pod saw), ``/healthz`` answers ``ok``; anything else
+is echoed.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ from mesh.rt.loop import run as run_loop
 __all__ = ["Identity", "Reply", "handle", "main", "serve", "start_server"]
 
 _MAX_DELAY = 10.0
+_MAX_KEYS = 10_000
+"""How many /flaky keys a server remembers (then it starts over)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,8 +53,10 @@ class Reply:
     delay: float = 0.0
 
 
-def handle(request: Message, *, identity: Identity, client: str, server: str) -> Reply:
-    """The reply to one request (pure)."""
+def handle(
+    request: Message, *, identity: Identity, client: str, server: str, seen: dict[str, int] | None = None
+) -> Reply:
+    """The reply to one request (pure but for ``seen``, the per-key request counts of ``/flaky``)."""
     url = urlsplit(request.target)
     path = url.path or "/"
     if path == "/healthz":
@@ -59,6 +65,16 @@ def handle(request: Message, *, identity: Identity, client: str, server: str) ->
     head, _, arg = path.strip("/").partition("/")
     if head == "status" and arg.isdigit() and 100 <= int(arg) <= 599:
         status = int(arg)
+    elif head == "flaky":
+        count, _, key = arg.partition("/")
+        if not count.isdigit() or not key:
+            return Reply(400, b'{"error": "use /flaky/<failures>/<key>, e.g. /flaky/2/abc"}\n')
+        seen = {} if seen is None else seen
+        if len(seen) > _MAX_KEYS:
+            seen.clear()
+        seen[key] = attempt = seen.get(key, 0) + 1
+        if attempt <= int(count):
+            return Reply(503, json.dumps({"attempt": attempt, "failing": True}).encode() + b"\n")
     elif head == "delay":
         try:
             delay = min(max(float(arg), 0.0), _MAX_DELAY)
@@ -80,6 +96,8 @@ def handle(request: Message, *, identity: Identity, client: str, server: str) ->
         "server": server,
         "body_bytes": len(request.body),
     }
+    if head == "flaky" and seen is not None:
+        doc["attempt"] = seen[arg.partition("/")[2]]
     return Reply(status, (json.dumps(doc, indent=2) + "\n").encode(), delay=delay)
 
 
@@ -93,8 +111,9 @@ def _addr(sockname: Any) -> str:
 class _EchoProtocol(asyncio.Protocol):
     """One connection: parse, answer in order (delays keep the order), keep alive."""
 
-    def __init__(self, identity: Identity) -> None:
+    def __init__(self, identity: Identity, seen: dict[str, int]) -> None:
         self._identity = identity
+        self._seen = seen
         self._parser = RequestParser()
         self._queue: deque[Message] = deque()
         self._busy = False
@@ -121,7 +140,9 @@ class _EchoProtocol(asyncio.Protocol):
     def _drain(self) -> None:
         while self._queue and not self._busy and self._transport is not None:
             request = self._queue.popleft()
-            reply = handle(request, identity=self._identity, client=self._client, server=self._server)
+            reply = handle(
+                request, identity=self._identity, client=self._client, server=self._server, seen=self._seen
+            )
             if reply.delay > 0:
                 self._busy = True
                 asyncio.get_running_loop().call_later(reply.delay, self._finish, request, reply)
@@ -171,8 +192,9 @@ def identity_from_env(*, name: str | None, version: str | None) -> Identity:
 async def start_server(host: str, port: int, identity: Identity) -> asyncio.Server:
     """Listens on ``host:port`` (0: any free port) and serves in the background."""
     loop = asyncio.get_running_loop()
+    seen: dict[str, int] = {}  # /flaky's request counts, shared by the connections
     return await loop.create_server(
-        lambda: _EchoProtocol(identity), host, port, reuse_address=True, backlog=1024
+        lambda: _EchoProtocol(identity, seen), host, port, reuse_address=True, backlog=1024
     )
 
 

@@ -62,3 +62,17 @@ async def test_httpecho_serves_keepalive_requests_on_loopback() -> None:
     first, second = data.split(b"HTTP/1.1 ")[1:]
     assert first.startswith(b"418 ") and second.startswith(b"200 ")
     assert json.loads(second.split(b"\r\n\r\n", 1)[1])["path"] == "/x"
+
+
+def test_flaky_fails_the_first_requests_of_a_key_then_counts_attempts() -> None:
+    seen: dict[str, int] = {}
+    replies = [
+        handle(Message(method="GET", target="/flaky/2/k1"), identity=ME, client="", server="", seen=seen)
+        for _ in range(3)
+    ]
+    assert [r.status for r in replies] == [503, 503, 200]
+    assert json.loads(replies[2].body)["attempt"] == 3
+    other = handle(Message(method="GET", target="/flaky/2/k2"), identity=ME, client="", server="", seen=seen)
+    assert other.status == 503  # another key starts over
+    bad = handle(Message(method="GET", target="/flaky/x/k"), identity=ME, client="", server="", seen=seen)
+    assert bad.status == 400
