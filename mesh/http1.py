@@ -18,6 +18,7 @@ import httptools
 from mesh.errors import MeshError
 
 __all__ = [
+    "CONTINUE",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "Http1Error",
@@ -33,6 +34,7 @@ MAX_HEADERS = 100
 MAX_HEADER_BYTES = 60 * 1024
 """Envoy's default ``max_request_headers_kb``."""
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 )
@@ -166,6 +168,9 @@ class RequestParser(_Parser):
 
     def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
         super().__init__(httptools.HttpRequestParser, max_body=max_body)
+        self.continue_wanted = False
+        """A request head asked ``Expect: 100-continue`` and its body has not come yet: answer
+        ``100 Continue`` (see :data:`CONTINUE`) and clear this, or the client waits (curl: 1 s)."""
 
     @property
     def in_message(self) -> bool:
@@ -174,6 +179,12 @@ class RequestParser(_Parser):
 
     def _complete_head(self, message: Message) -> None:
         message.method = self._parser.get_method().decode("ascii")
+        if (message.header("expect") or "").lower() == "100-continue":
+            self.continue_wanted = True
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.continue_wanted = False  # the body came anyway: no 100 is owed
 
 
 class ResponseParser(_Parser):

@@ -22,6 +22,7 @@ import structlog
 
 from mesh.h2 import H2ProtocolError
 from mesh.http1 import (
+    CONTINUE,
     Http1Error,
     Message,
     RequestParser,
@@ -269,6 +270,9 @@ class WaypointProxy:
                     break
                 try:
                     pending += parser.feed(data)
+                    if parser.continue_wanted:  # the route's answer needs the body: ask for it
+                        parser.continue_wanted = False
+                        writer.write(CONTINUE)
                 except Http1Error as exc:
                     body = f"{exc.message}\n".encode()
                     writer.write(serialize_response(exc.status, "", [("content-type", "text/plain")], body,
