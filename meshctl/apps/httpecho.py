@@ -4,7 +4,7 @@ its version label, the request's method, path and headers, and the peer addresse
     python -m meshctl.apps.httpecho --port 8080   # identity from POD_NAME/HOSTNAME, POD_NAMESPACE, VERSION
 
 Paths: ``/status/<code>`` answers that status, ``/delay/<seconds>`` waits (at most 10 s) first,
-``/flaky/<n>/<key>`` answers 503 to the first ``n`` requests for ``key`` (then it echoes, with
+``/fail-first/<n>/<key>`` answers 503 to the first ``n`` requests for ``key`` (then it echoes, with
 ``attempt``: how many requests for ``key`` this pod saw), ``/healthz`` answers ``ok``; anything else
 is echoed.
 """
@@ -30,7 +30,7 @@ __all__ = ["Identity", "Reply", "handle", "main", "serve", "start_server"]
 
 _MAX_DELAY = 10.0
 _MAX_KEYS = 10_000
-"""How many /flaky keys a server remembers (then it starts over)."""
+"""How many /fail-first keys a server remembers (then it starts over)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,7 +56,7 @@ class Reply:
 def handle(
     request: Message, *, identity: Identity, client: str, server: str, seen: dict[str, int] | None = None
 ) -> Reply:
-    """The reply to one request (pure but for ``seen``, the per-key request counts of ``/flaky``)."""
+    """The reply to one request (pure but for ``seen``, the per-key request counts of ``/fail-first``)."""
     url = urlsplit(request.target)
     path = url.path or "/"
     if path == "/healthz":
@@ -65,10 +65,10 @@ def handle(
     head, _, arg = path.strip("/").partition("/")
     if head == "status" and arg.isdigit() and 100 <= int(arg) <= 599:
         status = int(arg)
-    elif head == "flaky":
+    elif head == "fail-first":
         count, _, key = arg.partition("/")
         if not count.isdigit() or not key:
-            return Reply(400, b'{"error": "use /flaky/<failures>/<key>, e.g. /flaky/2/abc"}\n')
+            return Reply(400, b'{"error": "use /fail-first/<failures>/<key>, e.g. /fail-first/2/abc"}\n')
         seen = {} if seen is None else seen
         if len(seen) > _MAX_KEYS:
             seen.clear()
@@ -96,7 +96,7 @@ def handle(
         "server": server,
         "body_bytes": len(request.body),
     }
-    if head == "flaky" and seen is not None:
+    if head == "fail-first" and seen is not None:
         doc["attempt"] = seen[arg.partition("/")[2]]
     return Reply(status, (json.dumps(doc, indent=2) + "\n").encode(), delay=delay)
 
@@ -192,7 +192,7 @@ def identity_from_env(*, name: str | None, version: str | None) -> Identity:
 async def start_server(host: str, port: int, identity: Identity) -> asyncio.Server:
     """Listens on ``host:port`` (0: any free port) and serves in the background."""
     loop = asyncio.get_running_loop()
-    seen: dict[str, int] = {}  # /flaky's request counts, shared by the connections
+    seen: dict[str, int] = {}  # /fail-first's request counts, shared by the connections
     return await loop.create_server(
         lambda: _EchoProtocol(identity, seen), host, port, reuse_address=True, backlog=1024
     )

@@ -323,7 +323,8 @@ def test_a_bad_config_is_refused_naming_the_resource(tmp_path: Path) -> None:
 
 def test_expect_100_continue_is_answered_before_the_body(waypoint: Waypoint) -> None:
     with socket.create_connection(("127.0.0.1", waypoint.http), timeout=5) as sock:
-        sock.sendall(b"POST /api/x HTTP/1.1\r\nHost: server\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        head = b"POST /api/x HTTP/1.1\r\nHost: server\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        sock.sendall(head)
         assert sock.recv(100) == b"HTTP/1.1 100 Continue\r\n\r\n"  # not a wait for the body first
         sock.sendall(b"hello")
         answer = b""

@@ -59,7 +59,7 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
 
         mesh.wait_for(on_waypoint, what="the client's ztunnel sending flaky to the waypoint", timeout=60)
         mesh.wait_for(
-            lambda: curl(shop_mesh=mesh, path="/flaky/2/warm-up")[0] == 200, what="retries in force"
+            lambda: curl(shop_mesh=mesh, path="/fail-first/2/warm-up")[0] == 200, what="retries in force"
         )
         yield mesh
     finally:
@@ -78,13 +78,13 @@ def curl(shop_mesh: MeshLab, path: str) -> tuple[int, str, float]:
 
 def test_retries_turn_two_failures_into_success_with_three_attempts(shop: MeshLab) -> None:
     for _ in range(10):
-        status, body, _ = curl(shop, f"/flaky/2/{uuid.uuid4().hex}")
+        status, body, _ = curl(shop, f"/fail-first/2/{uuid.uuid4().hex}")
         assert status == 200 and '"attempt": 3' in body, body
 
 
 def test_retries_give_up_with_503_urx_when_the_backend_keeps_failing(shop: MeshLab) -> None:
     key = uuid.uuid4().hex
-    status, body, _ = curl(shop, f"/flaky/10/{key}")
+    status, body, _ = curl(shop, f"/fail-first/10/{key}")
     assert status == 503 and '"attempt": 4' in body  # the first try and 3 retries
     pod = next(
         p["metadata"]["name"] for p in shop.lab.pods(NS) if p["metadata"]["name"].startswith("waypoint")

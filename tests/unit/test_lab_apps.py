@@ -67,12 +67,16 @@ async def test_httpecho_serves_keepalive_requests_on_loopback() -> None:
 def test_flaky_fails_the_first_requests_of_a_key_then_counts_attempts() -> None:
     seen: dict[str, int] = {}
     replies = [
-        handle(Message(method="GET", target="/flaky/2/k1"), identity=ME, client="", server="", seen=seen)
+        handle(Message(method="GET", target="/fail-first/2/k1"), identity=ME, client="", server="", seen=seen)
         for _ in range(3)
     ]
     assert [r.status for r in replies] == [503, 503, 200]
     assert json.loads(replies[2].body)["attempt"] == 3
-    other = handle(Message(method="GET", target="/flaky/2/k2"), identity=ME, client="", server="", seen=seen)
+    other = handle(
+        Message(method="GET", target="/fail-first/2/k2"), identity=ME, client="", server="", seen=seen
+    )
     assert other.status == 503  # another key starts over
-    bad = handle(Message(method="GET", target="/flaky/x/k"), identity=ME, client="", server="", seen=seen)
+    bad = handle(
+        Message(method="GET", target="/fail-first/x/k"), identity=ME, client="", server="", seen=seen
+    )
     assert bad.status == 400
