@@ -23,7 +23,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import structlog
@@ -53,9 +53,12 @@ from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
 
+if TYPE_CHECKING:
+    from istiod_lite.sources.kube_waypoints import KubeWaypointDeployer
 __all__ = ["Istiod", "IstiodSettings", "build_server", "load_authority", "main", "parse_args"]
 
 _DEFAULT_LAB_STATE = "/var/lib/mesh-lab/state"
+_WAYPOINT_SYNC_EVERY = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +279,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--listen", default="0.0.0.0:15012", help="gRPC over TLS address (default %(default)s)"
     )
+    parser.add_argument(
+        "--waypoint-image",
+        default="",
+        help="on Kubernetes: deploy the waypoint of each istio-waypoint Gateway with this image",
+    )
     parser.add_argument("--readiness-listen", default="0.0.0.0:15021", help="readiness HTTP address")
     parser.add_argument(
         "--monitoring-listen",
@@ -325,9 +333,9 @@ def _plugins(
     *,
     clock: Clock,
     log: structlog.typing.FilteringBoundLogger,
-) -> tuple[Authenticator, Source, StatusWriter]:
-    """Caller authentication, the source that feeds the informers (lab files or Kubernetes) and
-    where status conditions are written."""
+) -> tuple[Authenticator, Source, StatusWriter, Any]:
+    """Caller authentication, the source that feeds the informers (lab files or Kubernetes), where
+    status conditions are written, and the Kubernetes API client (None in the lab)."""
     if args.auth == "lab":
         if args.lab_tokens is None:
             raise MeshError(
@@ -337,7 +345,7 @@ def _plugins(
             args.lab_tokens, trust_domain=args.trust_domain, clock=clock
         )
         source = FileSource(args.lab_state, informers.sink("lab"), logger=log)
-        return authenticator, source, LabStatusWriter(args.lab_state)
+        return authenticator, source, LabStatusWriter(args.lab_state), None
     # Only the kubernetes mode pays for importing the kubernetes client.
     from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
     from istiod_lite.sources.kube import KubeSource, make_api_client  # noqa: PLC0415
@@ -348,6 +356,7 @@ def _plugins(
         KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock),
         KubeSource(api, informers.sink("kubernetes"), logger=log),
         KubeStatusWriter(api, logger=log),
+        api,
     )
 
 
@@ -363,7 +372,7 @@ async def _serve(args: argparse.Namespace) -> int:
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
     informers = Informers()
-    authenticator, source, status_writer = _plugins(args, informers, clock=clock, log=log)
+    authenticator, source, status_writer, api = _plugins(args, informers, clock=clock, log=log)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
@@ -402,6 +411,9 @@ async def _serve(args: argparse.Namespace) -> int:
     try:
         await istiod.start()
         tasks.append(asyncio.create_task(_push_when_synced(informers, plane)))
+        if api is not None and args.waypoint_image:
+            deployer = _waypoint_deployer(args, api, authority.root_bundle_pem, log)
+            tasks.append(asyncio.create_task(_deploy_waypoints(informers, deployer, status_writer)))
         await drain.wait_triggered()
         await istiod.stop(grace=drain.deadline)
     finally:
@@ -409,6 +421,30 @@ async def _serve(args: argparse.Namespace) -> int:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
     return 0
+
+
+def _waypoint_deployer(
+    args: argparse.Namespace, api: Any, root_pem: str, log: structlog.typing.FilteringBoundLogger
+) -> KubeWaypointDeployer:
+    from istiod_lite.sources.kube_waypoints import (  # noqa: PLC0415 - Kubernetes mode only
+        KubeWaypointDeployer,
+        KubeWaypointSettings,
+    )
+
+    settings = KubeWaypointSettings(image=args.waypoint_image, trust_domain=args.trust_domain)
+    return KubeWaypointDeployer(api, settings, root_pem, logger=log)
+
+
+async def _deploy_waypoints(
+    informers: Informers, deployer: KubeWaypointDeployer, status_writer: StatusWriter
+) -> None:
+    """Keeps every waypoint's objects and its Gateway's status right (repairs drift every 10 s)."""
+    await informers.wait_synced()
+    while True:
+        gateways = list(informers.view().gateways.values())
+        statuses = await asyncio.to_thread(deployer.sync, gateways)
+        await asyncio.to_thread(status_writer.write, statuses)
+        await asyncio.sleep(_WAYPOINT_SYNC_EVERY)
 
 
 async def _push_when_synced(informers: Informers, plane: PushPlane) -> None:

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
 from meshctl.lab._meta import controller_uid, is_terminating, new_uid, owner_ref, rfc3339
 from meshctl.lab.actions import Action, Put, Remove, SetStatus
 from meshctl.lab.ipam import allocate_service_ip
@@ -33,19 +34,8 @@ from meshctl.lab.objects import ObjKey
 
 __all__ = ["WaypointTemplate", "plan_waypoint_status", "plan_waypoints", "waypoint_gateways"]
 
-WAYPOINT_CLASS = "istio-waypoint"
 _GATEWAY_API = "gateway.networking.k8s.io/"
-_NAME_LABEL = "gateway.networking.k8s.io/gateway-name"
-_CLASS_LABEL = "gateway.networking.k8s.io/gateway-class-name"
-_MANAGED = {"gateway.istio.io/managed": "istio.io-mesh-controller"}
 _OWNED_KINDS = ("ServiceAccount", "Deployment", "Service")
-_DOWNWARD = {
-    "POD_NAME": "metadata.name",
-    "POD_NAMESPACE": "metadata.namespace",
-    "INSTANCE_IP": "status.podIP",
-    "SERVICE_ACCOUNT": "spec.serviceAccountName",
-    "NODE_NAME": "spec.nodeName",
-}
 Objects = dict[ObjKey, dict[str, Any]]
 
 
@@ -104,92 +94,16 @@ def _gateway_owned(obj: Mapping[str, Any]) -> bool:
     return any(r.get("controller") and r.get("kind") == "Gateway" for r in refs)
 
 
-def _labels(gateway: dict[str, Any]) -> dict[str, str]:
-    return {_NAME_LABEL: gateway["metadata"]["name"], _CLASS_LABEL: WAYPOINT_CLASS}
-
-
 def _desired(gateway: dict[str, Any], template: WaypointTemplate) -> list[dict[str, Any]]:
     meta = gateway["metadata"]
-    name, namespace = meta["name"], meta["namespace"]
-    owned_meta = {"name": name, "namespace": namespace, "labels": {**_labels(gateway), **_MANAGED}}
-    account = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": copy.deepcopy(owned_meta)}
-    service = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": copy.deepcopy(owned_meta),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": {_NAME_LABEL: name},
-            "ports": [
-                {
-                    "name": "status-port",
-                    "port": 15021,
-                    "targetPort": 15021,
-                    "protocol": "TCP",
-                    "appProtocol": "tcp",
-                },
-                {
-                    "name": "mesh",
-                    "port": 15008,
-                    "targetPort": 15008,
-                    "protocol": "TCP",
-                    "appProtocol": "hbone",
-                },
-            ],
-        },
-    }
-    deployment = {
-        "apiVersion": "apps/v1",
-        "kind": "Deployment",
-        "metadata": copy.deepcopy(owned_meta),
-        "spec": {
-            "replicas": 1,
-            "selector": {"matchLabels": {_NAME_LABEL: name}},
-            "template": _pod_template(gateway, template),
-        },
-    }
-    return [account, deployment, service]
-
-
-def _pod_template(gateway: dict[str, Any], template: WaypointTemplate) -> dict[str, Any]:
-    name, namespace = gateway["metadata"]["name"], gateway["metadata"]["namespace"]
-    env: list[dict[str, Any]] = [
-        {"name": k, "valueFrom": {"fieldRef": {"fieldPath": v}}} for k, v in _DOWNWARD.items()
-    ]
-    env.append({"name": "WAYPOINT_NAME", "value": name})
-    container = {
-        "name": "istio-proxy",
-        "command": ["waypoint"],
-        "args": [
-            "--xds-address", template.xds_address,
-            "--root-cert", template.root_cert,
-            "--token-file", template.token_file(namespace, name),
-            "--trust-domain", template.trust_domain,
-            "--cluster-id", template.cluster_id,
-        ],
-        "env": env,
-        "ports": [
-            {"name": "mesh", "containerPort": 15008, "protocol": "TCP"},
-            {"name": "metrics", "containerPort": 15020, "protocol": "TCP"},
-            {"name": "status-port", "containerPort": 15021, "protocol": "TCP"},
-        ],
-    }  # fmt: skip
-    labels = {
-        **_labels(gateway),
-        "sidecar.istio.io/inject": "false",
-        "istio.io/dataplane-mode": "none",
-        "service.istio.io/canonical-name": name,
-        "service.istio.io/canonical-revision": "latest",
-    }
-    annotations = {
-        "prometheus.io/scrape": "true",
-        "prometheus.io/port": "15020",
-        "prometheus.io/path": "/stats/prometheus",
-    }
-    return {
-        "metadata": {"labels": labels, "annotations": annotations},
-        "spec": {"serviceAccountName": name, "containers": [container]},
-    }
+    mesh = PodMesh(
+        xds_address=template.xds_address,
+        root_cert=template.root_cert,
+        token_file=template.token_file(meta["namespace"], meta["name"]),
+        trust_domain=template.trust_domain,
+        cluster_id=template.cluster_id,
+    )
+    return waypoint_objects(gateway, mesh)
 
 
 def _created(
