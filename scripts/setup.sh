@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-APT_PACKAGES=(iptables iproute2 curl redis-server redis-tools tshark prometheus chromium conntrack socat procps python3-venv)
+APT_PACKAGES=(iptables iproute2 curl redis-server redis-tools tshark prometheus chromium wrk nghttp2-client conntrack socat procps python3-venv)
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing+=("$pkg")

@@ -1,0 +1,433 @@
+"""The waypoint's L7 work against Envoy's, with the very same Envoy v3 routes and clusters.
+
+    .venv/bin/python -m perf.bench_waypoint [--seconds 5] [--repeats 3] [--connections 16]
+
+Paths (each proxy one process, ``--concurrency 1`` for Envoy; all on this machine's loopback):
+
+- **direct**: load generator -> backend (an Envoy answering 200 with a 100-byte body from a
+  ``direct_response``, so the backend never limits either proxy);
+- **ours**: load generator -> ``waypoint --local-config FILE --http-listen`` -> backend;
+- **envoy**: load generator -> Envoy with the same RouteConfiguration and Clusters (one HCM, codec
+  AUTO) -> backend.
+
+The routes are a waypoint's usual work: a header match, a 90/10 weighted split over two clusters,
+a retry policy and a timeout; the clusters use the backend over HTTP/1.1. Rows: HTTP/1.1
+keep-alive at fixed concurrency (``wrk``, latency percentiles); HTTP/2 prior knowledge (``h2load``,
+``--connections`` clients with 10 streams each); HTTP/1.1 at a fixed rate (``h2load --h1 --rps``).
+Per row and path: requests/s, p50/p99 (wrk) or mean latency (h2load), added latency over direct,
+the proxy's CPU per request (utime+stime from /proc) and its peak RSS (VmHWM). Paths take turns in
+each repeat; the report is the median of the repeats. What this omits on purpose: HBONE in and out
+(``perf.bench_hbone`` and ``perf.bench_ztunnel`` measure that part) -- here both proxies do plain
+HTTP so the comparison is the L7 work alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import math
+import platform
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.testing.envoy_hbone import proc_stats, start_envoy
+from mesh.testing.processes import stop_process
+
+__all__ = ["Result", "main", "run_benchmark"]
+
+_REPO = Path(__file__).resolve().parent.parent
+HOST = "svc.bench.svc.cluster.local"
+ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate")
+
+
+def routes_and_clusters(backend: int) -> list[dict[str, Any]]:
+    """The Envoy v3 resources both proxies load."""
+
+    def cluster(name: str) -> dict[str, Any]:
+        endpoint = {
+            "endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": backend}}}
+        }
+        return {
+            "@type": "type.googleapis.com/envoy.config.cluster.v3.Cluster",
+            "name": name,
+            "type": "STATIC",
+            "connect_timeout": "1s",
+            "lb_policy": "ROUND_ROBIN",
+            "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [endpoint]}]},
+        }
+
+    retry = {"retry_on": "connect-failure,refused-stream,unavailable", "num_retries": 2}
+    routes = {
+        "@type": "type.googleapis.com/envoy.config.route.v3.RouteConfiguration",
+        "name": "waypoint",
+        "virtual_hosts": [
+            {
+                "name": "svc",
+                "domains": [HOST, f"{HOST}:80", "*"],
+                "routes": [
+                    {
+                        "name": "canary-header",
+                        "match": {
+                            "prefix": "/",
+                            "headers": [{"name": "x-canary", "string_match": {"exact": "true"}}],
+                        },
+                        "route": {"cluster": "v2", "timeout": "10s"},
+                    },
+                    {
+                        "name": "split",
+                        "match": {"prefix": "/"},
+                        "route": {
+                            "weighted_clusters": {
+                                "clusters": [{"name": "v1", "weight": 90}, {"name": "v2", "weight": 10}]
+                            },
+                            "timeout": "10s",
+                            "retry_policy": retry,
+                        },
+                    },
+                ],
+            }
+        ],
+    }
+    return [routes, cluster("v1"), cluster("v2")]
+
+
+_HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
+
+
+def _listener(name: str, http_filters: list[dict[str, Any]], route_config: dict[str, Any]) -> dict[str, Any]:
+    hcm = {
+        "@type": _HCM,
+        "stat_prefix": name,
+        "codec_type": "AUTO",
+        "route_config": route_config,
+        "http_filters": http_filters,
+    }
+    return {
+        "name": name,
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [
+            {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
+        ],
+    }
+
+
+_ROUTER = [
+    {
+        "name": "envoy.filters.http.router",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+    }
+]
+_ADMIN = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+
+
+def backend_config() -> dict[str, Any]:
+    """An Envoy that answers every request 200 with 100 bytes (a backend that is never the limit)."""
+    route = {
+        "virtual_hosts": [
+            {
+                "name": "all",
+                "domains": ["*"],
+                "routes": [
+                    {
+                        "match": {"prefix": "/"},
+                        "direct_response": {"status": 200, "body": {"inline_string": "b" * 100}},
+                    }
+                ],
+            }
+        ]
+    }
+    return {"admin": _ADMIN, "static_resources": {"listeners": [_listener("backend", _ROUTER, route)]}}
+
+
+def envoy_waypoint_config(resources: list[dict[str, Any]]) -> dict[str, Any]:
+    """Envoy loading the same RouteConfiguration (inline) and Clusters (static)."""
+    routes = {k: v for k, v in resources[0].items() if k != "@type"}
+    clusters = [{k: v for k, v in c.items() if k != "@type"} for c in resources[1:]]
+    return {
+        "admin": _ADMIN,
+        "static_resources": {"listeners": [_listener("waypoint", _ROUTER, routes)], "clusters": clusters},
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class Result:
+    """One row, one path, one repeat."""
+
+    row: str
+    path: str
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    mean_ms: float
+    proxy_cpu_us_per_req: float | None
+    proxy_rss_mb: float | None
+
+
+def _wrk(port: int, seconds: float, connections: int) -> tuple[float, float, float, float, int]:
+    """(req/s, p50 ms, p99 ms, mean ms, requests) of an HTTP/1.1 keep-alive run."""
+    out = subprocess.run(
+        [
+            "wrk",
+            "-t1",
+            f"-c{connections}",
+            f"-d{max(1, round(seconds))}s",
+            "--latency",
+            "-H",
+            f"Host: {HOST}",
+            f"http://127.0.0.1:{port}/",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+        check=True,
+    ).stdout
+
+    def millis(text: str) -> float:
+        value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
+        return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
+
+    latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
+    mean = re.search(r"Latency\s+(\S+)", out)
+    requests = re.search(r"(\d+) requests in", out)
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    if not (latency and mean and requests and rps):
+        raise RuntimeError(f"wrk printed no result:\n{out[-800:]}")
+    return (
+        float(rps.group(1)),
+        millis(latency["50"]),
+        millis(latency["99"]),
+        millis(mean.group(1)),
+        int(requests.group(1)),
+    )
+
+
+def _h2load(port: int, seconds: float, connections: int, *, h1_rps: int = 0) -> tuple[float, float, int]:
+    """(req/s, mean ms, requests) of an h2c run (or an HTTP/1.1 fixed-rate run with ``h1_rps``)."""
+    argv = [
+        "h2load",
+        "-D",
+        f"{seconds:g}",
+        "-c",
+        str(connections),
+        "-H",
+        f"Host: {HOST}",
+        f"http://127.0.0.1:{port}/",
+    ]
+    argv += ["--h1", "--rps", str(max(1, h1_rps // connections))] if h1_rps else ["-m", "10"]
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=True).stdout
+    done = re.search(r"requests: \d+ total, \d+ started, (\d+) done, (\d+) succeeded", out)
+    rps = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", out)
+    mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
+    if not (done and rps and mean):
+        raise RuntimeError(f"h2load printed no result:\n{out[-800:]}")
+    value, unit = re.match(r"([\d.]+)(us|ms|s)", mean.group(1)).groups()  # type: ignore[union-attr]
+    return float(rps.group(1)), float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], int(done.group(2))
+
+
+@contextmanager
+def _ours(workdir: Path, resources: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
+    """Our waypoint on loopback, logging warnings only (no access log, as the Envoy here): (pid, port)."""
+    config = workdir / "waypoint.yaml"
+    config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    log = workdir / "waypoint.log"
+    argv = [
+        sys.executable,
+        "-m",
+        "waypoint.app",
+        "--local-config",
+        str(config),
+        "--http-listen",
+        f"127.0.0.1:{port}",
+        "--admin",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--readiness",
+        "127.0.0.1:0",
+        "--log-level",
+        "warning",
+    ]
+    with log.open("w") as sink:
+        proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink, cwd=_REPO)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            with socket.socket() as sock:
+                if sock.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            if proc.poll() is not None:
+                raise RuntimeError(f"the waypoint exited:\n{log.read_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                raise TimeoutError("the waypoint did not listen within 30 s")
+            time.sleep(0.05)
+        yield proc.pid, port
+    finally:
+        stop_process(proc)
+
+
+def run_benchmark(
+    *, seconds: float, repeats: int, connections: int, rate: int, progress: Any = print
+) -> list[Result]:
+    """Every row for every path, ``repeats`` times, paths taking turns."""
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory(prefix="bench-waypoint-") as tmp, ExitStack() as stack:
+        workdir = Path(tmp)
+        backend = start_envoy(backend_config(), workdir, name="backend")
+        stack.callback(backend.stop)
+        resources = routes_and_clusters(backend.listener[1])
+        envoy = start_envoy(envoy_waypoint_config(resources), workdir, name="envoy-waypoint")
+        stack.callback(envoy.stop)
+        ours_pid, ours_port = stack.enter_context(_ours(workdir, resources))
+        paths = {
+            "direct": (None, backend.listener[1]),
+            "ours": (ours_pid, ours_port),
+            "envoy": (envoy.pid, envoy.listener[1]),
+        }
+        for repeat in range(repeats):
+            for row in ROWS:
+                for path, (pid, port) in paths.items():
+                    progress(f"  repeat {repeat + 1}/{repeats}: {row} via {path}")
+                    cpu_before = proc_stats(pid)[0] if pid else 0.0
+                    if row == "h1-keepalive":
+                        rps, p50, p99, mean, requests = _wrk(port, seconds, connections)
+                    else:
+                        rps, mean, requests = _h2load(
+                            port,
+                            seconds,
+                            connections if row == "h2c" else 4,
+                            h1_rps=rate if row == "h1-fixed-rate" else 0,
+                        )
+                        p50 = p99 = float("nan")
+                    cpu, rss = proc_stats(pid) if pid else (0.0, 0.0)
+                    per_request = (cpu - cpu_before) / requests * 1e6 if pid and requests else None
+                    results.append(Result(row, path, rps, p50, p99, mean, per_request, rss if pid else None))
+    return results
+
+
+def summarize(results: list[Result]) -> list[dict[str, Any]]:
+    """Medians per row and path, with the added latency over direct."""
+    table = []
+    for row in ROWS:
+        medians = {
+            path: {f: _median([r for r in results if r.row == row and r.path == path], f) for f in _FIELDS}
+            for path in ("direct", "ours", "envoy")
+        }
+        direct = medians["direct"]
+        for path in ("ours", "envoy"):
+            m = medians[path]
+            table.append({
+                "row": row, "path": path, **m,
+                "added_p50_ms": _minus(m["p50_ms"], direct["p50_ms"]),
+                "added_p99_ms": _minus(m["p99_ms"], direct["p99_ms"]),
+                "added_mean_ms": _minus(m["mean_ms"], direct["mean_ms"]),
+            })  # fmt: skip
+    return table
+
+
+_FIELDS = ("rps", "p50_ms", "p99_ms", "mean_ms", "proxy_cpu_us_per_req", "proxy_rss_mb")
+
+
+def _median(runs: list[Result], name: str) -> float | None:
+    values = [v for r in runs if (v := getattr(r, name)) is not None and not math.isnan(v)]
+    return statistics.median(values) if values else None
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None or math.isnan(a) or math.isnan(b) else round(a - b, 3)
+
+
+_COLUMNS = (
+    ("req/s", "rps", "9.0f"), ("p50 ms", "p50_ms", "8.2f"), ("p99 ms", "p99_ms", "8.2f"),
+    ("mean ms", "mean_ms", "9.2f"), ("+p99 ms", "added_p99_ms", "9.2f"), ("+mean", "added_mean_ms", "7.2f"),
+    ("CPU us/req", "proxy_cpu_us_per_req", "11.0f"), ("RSS MB", "proxy_rss_mb", "8.1f"),
+)  # fmt: skip
+
+
+def _render(table: list[dict[str, Any]]) -> str:
+    """The summary as a text table (``-`` where a tool gives no such number)."""
+
+    def cell(value: float | None, spec: str) -> str:
+        width = int(spec.split(".", maxsplit=1)[0])
+        return "-".rjust(width) if value is None or math.isnan(value) else format(value, spec)
+
+    head = "".join(title.rjust(int(spec.split(".", maxsplit=1)[0])) for title, _, spec in _COLUMNS)
+    lines = ["row".ljust(14) + "path".ljust(7) + head]
+    for line in table:
+        cells = "".join(cell(line[key], spec) for _, key, spec in _COLUMNS)
+        lines.append(f"{line['row']:<14}{line['path']:<7}{cells}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Runs the benchmark, prints the table and writes ``perf/results/waypoint-<time>.json``."""
+    parser = argparse.ArgumentParser(
+        prog="bench_waypoint", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    parser.add_argument("--seconds", type=float, default=5.0, help="per run (default 5)")
+    parser.add_argument("--repeats", type=int, default=3, help="repeats; medians are reported (default 3)")
+    parser.add_argument("--connections", type=int, default=16, help="concurrent connections (default 16)")
+    parser.add_argument(
+        "--rate", type=int, default=1000, help="requests/s of the fixed-rate row (default 1000)"
+    )
+    parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    args = parser.parse_args(argv)
+    missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
+    if missing:
+        print(
+            f"bench_waypoint: {', '.join(missing)} missing; "
+            "'make setup' installs them (Debian wrk, nghttp2-client)",
+            file=sys.stderr,
+        )
+        return 2
+    print(
+        f"bench_waypoint: {args.repeats} x {len(ROWS)} rows x 3 paths, {args.seconds:g} s each",
+        file=sys.stderr,
+    )
+    results = run_benchmark(
+        seconds=args.seconds,
+        repeats=args.repeats,
+        connections=args.connections,
+        rate=args.rate,
+        progress=lambda m: print(m, file=sys.stderr),
+    )
+    table = summarize(results)
+    print(_render(table))
+    target = (
+        args.json or _REPO / "perf" / "results" / f"waypoint-{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}.json"
+    )
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(
+        json.dumps(
+            {
+                "machine": platform.node(),
+                "args": vars(args) | {"json": str(args.json)},
+                "table": table,
+                "runs": [asdict(r) for r in results],
+            },
+            indent=1,
+            default=str,
+        )
+    )
+    print(f"results: {target}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
