@@ -8,7 +8,8 @@ from ztunnel's ``istio_tcp_*`` (``reporter="destination"``, which also sees unme
 ``source``). The TCP legs into and out of a waypoint are the transport of the HTTP edges that name
 it (``via``), so they are not drawn twice. An edge is locked when its traffic was mutual TLS
 (``connection_security_policy="mutual_tls"``); a caller is unmeshed when the live mesh says its
-pods are not enrolled, or, without the live mesh, when none of its traffic is mutual TLS.
+pods are not enrolled, or, without the live mesh, when none of its traffic is mutual TLS. From the
+live mesh each node also carries ``enrolled`` and the authorization ``policies`` selecting it.
 """
 
 from __future__ import annotations
@@ -237,9 +238,11 @@ def _nodes(
     edges: Sequence[_Edge], waypoints: set[str], workloads: Sequence[Mapping[str, Any]] | None
 ) -> dict[str, dict[str, Any]]:
     enrolled: dict[str, bool] = {}
+    policies: dict[str, set[str]] = {}
     for w in workloads or ():
         node = _node_id(str(w.get("namespace", "")), str(w.get("workload") or w.get("name") or ""))
         enrolled[node] = enrolled.get(node, False) or w.get("protocol") == "HBONE"
+        policies.setdefault(node, set()).update(str(p) for p in w.get("policies") or ())
     sends_mtls: dict[str, bool] = {}
     for e in edges:
         sends_mtls[e.source] = sends_mtls.get(e.source, False) or _edge_json(e)["mtls"]
@@ -254,6 +257,8 @@ def _nodes(
             "workload": workload,
             "kind": "waypoint" if node in waypoints else ("unknown" if workload == "unknown" else "workload"),
             "unmeshed": unmeshed and node not in waypoints,
+            "enrolled": enrolled.get(node),
+            "policies": sorted(policies.get(node, ())),
         }
     return nodes
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import signal
 import subprocess
 import sys
 import urllib.parse
@@ -94,12 +95,15 @@ def codes(mesh: MeshLab, n: int) -> list[str]:
 
 
 def canary(mesh: MeshLab) -> subprocess.CompletedProcess[str]:
-    argv = [
+    return subprocess.run(canary_argv(mesh), capture_output=True, text=True, timeout=150, check=False)
+
+
+def canary_argv(mesh: MeshLab) -> list[str]:
+    return [
         sys.executable, "-m", "meshctl.cli", "canary", "start", "web", "-n", NS, "--from", "v1", "--to", "v2",
         "--steps", "50,100", "--interval", "10s", "--max-error-rate", "1%", "--max-p99", "2000ms",
         "--state", str(mesh.lab.paths.root),
     ]  # fmt: skip
-    return subprocess.run(argv, capture_output=True, text=True, timeout=150, check=False)
 
 
 def prometheus(mesh: MeshLab, query: str) -> list[dict[str, Any]]:
@@ -193,3 +197,34 @@ def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: M
     assert (
         copy.deepcopy(obj)["spec"]["http"][0]["fault"]["abort"]["httpStatus"] == 503
     )  # the user's fault kept
+
+
+def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> None:
+    shop.lab.apply([virtual_service()])  # a fresh route: no fault, no canary state
+    assert read_state(route(shop)) is None
+    load = subprocess.Popen(
+        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
+         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=2000)],
+        stdout=subprocess.DEVNULL,
+    )  # fmt: skip
+    first = subprocess.Popen(canary_argv(shop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+
+        def advanced_once() -> bool | None:
+            state = read_state(route(shop))
+            return (state is not None and state.step == 1) or None
+
+        shop.wait_for(advanced_once, what="the canary's first step to pass", timeout=60)
+        first.send_signal(signal.SIGINT)  # meshctl stops (a laptop closed, a CI job cancelled)
+        first.wait(10)
+        assert read_state(route(shop)).phase == "Progressing"  # type: ignore[union-attr]
+        done = subprocess.run(canary_argv(shop), capture_output=True, text=True, timeout=150, check=False)
+    finally:
+        for proc in (first, load):
+            proc.kill()
+            proc.wait()
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "resuming the canary of web at step 2 (100 %)" in done.stdout
+    state = read_state(route(shop))
+    assert state is not None and state.phase == "Promoted"
+    assert [h["weight"] for h in state.history if h["decision"] == "advance"] == [50, 100]

@@ -129,6 +129,9 @@ def test_the_page_draws_the_graph_the_traffic_makes(mesh: MeshLab, browser: Brow
             page.wait_for_selector("#detail .plot canvas", timeout=15000)
             assert page.locator("#detail .plot").count() >= 2
             assert page.locator("#error").is_hidden()
+            page.evaluate("() => window.meshGraph.cy.getElementById('demo/client').emit('tap')")
+            detail = page.locator("#detail").inner_text()
+            assert "enrolled (HBONE)" in detail and "authorization policies" in detail
     finally:
         for sender in senders:
             sender.kill()

@@ -146,7 +146,16 @@ async function showEdge(data) {
   }
 }
 
+function showNode(data) {
+  const detail = byId("detail");
+  const enrolled = data.enrolled === null || data.enrolled === undefined ? "not in the live mesh" :
+    (data.enrolled ? "enrolled (HBONE)" : "not enrolled");
+  const policies = data.policies && data.policies.length ? data.policies.join(", ") : "none";
+  detail.innerHTML = `<h3>${data.id}</h3><p>${data.kind}, ${enrolled}</p><p>authorization policies: ${policies}</p>`;
+}
+
 cy.on("tap", "edge", (event) => showEdge(event.target.data()));
+cy.on("tap", "node", (event) => { if (!event.target.hasClass("namespace")) showNode(event.target.data()); });
 byId("namespace").addEventListener("change", (event) => { state.namespace = event.target.value; refresh(); });
 byId("window").addEventListener("change", (event) => { state.window = event.target.value; refresh(); });
 const initial = new URLSearchParams(location.search);
