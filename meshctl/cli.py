@@ -24,6 +24,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meshctl.proxy_config",
     "meshctl.dashboard.cli",
     "meshctl.canary",
+    "meshctl.analyze",
 )
 
 

@@ -1,0 +1,94 @@
+"""``meshctl analyze``: finds mesh configuration that is accepted but does not do what was meant
+(like ``istioctl analyze``), in YAML files (``-f``, offline) or in the running lab.
+
+    meshctl analyze -f samples/ [-f more.yaml] [-o json]
+    meshctl analyze            # the running lab's objects
+
+Exit code 1 when there is an Error finding, else 0. Each finding has a stable code (``MSH...``),
+the object, what is wrong and how to fix it (see ``meshctl.analysis``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from mesh.errors import MeshError
+from meshctl.analysis import ERROR, analyze
+from meshctl.lab.api import Lab
+from meshctl.lab.settings import default_state_dir
+from meshctl.tables import format_table
+
+__all__ = ["load_files", "register", "run"]
+
+_LIVE_KINDS = (
+    "Namespace",
+    "Pod",
+    "Service",
+    "Deployment",
+    "PeerAuthentication",
+    "AuthorizationPolicy",
+    "VirtualService",
+    "DestinationRule",
+    "Gateway",
+    "HTTPRoute",
+    "Telemetry",
+    "LocalRateLimit",
+)
+
+
+def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Adds ``analyze`` to the meshctl CLI."""
+    parser = subparsers.add_parser("analyze", help="find mesh configuration that does not do what was meant")
+    parser.add_argument(
+        "-f", "--filename", action="append", default=[], help="YAML file or directory (repeatable)"
+    )
+    parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
+    parser.add_argument("--state", default=default_state_dir(), help="lab state directory (without -f)")
+    parser.set_defaults(func=run)
+
+
+def load_files(paths: list[str]) -> list[dict[str, Any]]:
+    """Every object in the YAML files (directories: their ``*.yaml``/``*.yml``); raises MeshError
+    naming a file that cannot be read or parsed."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        files += sorted([*path.glob("*.yaml"), *path.glob("*.yml")]) if path.is_dir() else [path]
+    objects: list[dict[str, Any]] = []
+    for path in files:
+        try:
+            documents = list(yaml.safe_load_all(path.read_text()))
+        except OSError as exc:
+            raise MeshError(
+                f"cannot read {path}: {exc.strerror}", hint="check the path given with -f"
+            ) from None
+        except yaml.YAMLError as exc:
+            raise MeshError(f"{path} is not valid YAML: {exc}", hint="fix the file") from None
+        objects += [d for d in documents if isinstance(d, dict)]
+    return objects
+
+
+def run(args: argparse.Namespace) -> int:
+    """Prints the findings; 1 when one is an Error."""
+    if args.filename:
+        objects = load_files(args.filename)
+    else:
+        lab = Lab(args.state)
+        if not lab.is_running():
+            raise MeshError("no lab is running to analyze", hint="pass -f FILE to analyze YAML files")
+        objects = [o for kind in _LIVE_KINDS for o in lab.objects(kind)]
+    findings = analyze(objects)
+    if args.output == "json":
+        print(json.dumps([f.to_json() for f in findings], indent=1))
+    elif findings:
+        rows = [["CODE", "SEVERITY", "RESOURCE", "MESSAGE", "FIX"]]
+        rows += [[f.code, f.severity, f.resource, f.message, f.fix] for f in findings]
+        print(format_table(rows), end="")
+    else:
+        print(f"no problems found in {len(objects)} objects")
+    return 1 if any(f.severity == ERROR for f in findings) else 0
