@@ -86,19 +86,6 @@ def _with_listener(config: dict[str, Any], host: str, port: int) -> dict[str, An
     return config
 
 
-def _dechunk(body: bytes) -> bytes:
-    """The payload of an HTTP/1.1 chunked body (Envoy's admin answers chunked)."""
-    out, rest = [], body
-    while rest:
-        size_line, _, rest = rest.partition(b"\r\n")
-        size = int(size_line.split(b";")[0] or b"0", 16)
-        if size == 0:
-            break
-        out.append(rest[:size])
-        rest = rest[size + 2 :]
-    return b"".join(out)
-
-
 class _Envoy:
     """One Envoy started with ``ip netns exec`` (which execs, so the PID is Envoy's)."""
 
@@ -137,12 +124,12 @@ class _Envoy:
         host, _, port = text.rpartition(":")
         try:
             status, body = http_get(host, int(port), "/ready", netns=self.netns, timeout=2)
-            if status != 200 or _dechunk(body).strip() != b"LIVE":
+            if status != 200 or body.strip() != b"LIVE":
                 return False
             _, listeners = http_get(host, int(port), "/listeners?format=json", netns=self.netns, timeout=2)
         except OSError:
             return False
-        statuses = json.loads(_dechunk(listeners)).get("listener_statuses", [])
+        statuses = json.loads(listeners).get("listener_statuses", [])
         return any(s.get("local_address", {}).get("socket_address", {}).get("port_value") for s in statuses)
 
     def stop(self) -> None:
