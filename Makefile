@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test lint typecheck imports unit proto perf clean
+.PHONY: setup demo test lint typecheck imports unit proto perf image clean
 
 setup:
 	@scripts/setup.sh
@@ -38,6 +38,15 @@ proto: setup
 
 perf: setup
 	@$(BIN)/python -m perf.run_all
+
+# One image for every component (Dockerfile), with docker or podman if the machine has one.
+IMAGE ?= ambient-mesh:0.1.0
+image:
+	@builder=$$(command -v docker || command -v podman); \
+	if [ -z "$$builder" ]; then \
+	  echo "make image: no container builder (docker or podman) on this machine; install one, or build the Dockerfile elsewhere" >&2; exit 1; \
+	fi; \
+	echo "== $$builder build -t $(IMAGE) ."; $$builder build -t $(IMAGE) .
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache build *.egg-info

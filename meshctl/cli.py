@@ -25,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "meshctl.dashboard.cli",
     "meshctl.canary",
     "meshctl.analyze",
+    "meshctl.install",
 )
 
 

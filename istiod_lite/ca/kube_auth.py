@@ -19,10 +19,17 @@ from kubernetes import client as k8s
 
 from istiod_lite.ca.auth import Caller
 from istiod_lite.ca.errors import AuthenticatorUnavailableError, UnauthenticatedError
+from istiod_lite.sources.rbac import ApiCall
 from mesh.clock import Clock
 from mesh.identity import IdentityError, WorkloadIdentity
 
-__all__ = ["CA_AUDIENCE", "KubernetesAuthenticator"]
+__all__ = ["API_CALLS", "CA_AUDIENCE", "KubernetesAuthenticator"]
+
+API_CALLS = (
+    ApiCall("authentication.k8s.io", "tokenreviews", ("create",)),  # create_token_review
+    ApiCall("", "pods", ("get",)),  # read_namespaced_pod: a node agent may act only for its node's pods
+)
+"""What the authenticator calls (RBAC: see istiod_lite.sources.rbac)."""
 
 CA_AUDIENCE = "istio-ca"
 _SA_PREFIX = "system:serviceaccount:"

@@ -38,6 +38,7 @@ from kubernetes import config as k8s_config
 
 from istiod_lite.sources import CacheSink
 from istiod_lite.sources.objects import KubeObject, ObjectError, parse_object
+from istiod_lite.sources.rbac import ApiCall
 from mesh.errors import MeshError
 
 __all__ = [
@@ -98,6 +99,10 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("Telemetry", "telemetry.istio.io", "v1", "telemetries", ("v1alpha1",)),
     Resource("LocalRateLimit", "policy.mesh.dev", "v1alpha1", "localratelimits"),
 )
+
+
+API_CALLS = tuple(ApiCall(r.group, r.plural, ("list", "watch")) for r in RESOURCES)
+"""What the informers call (RBAC: see istiod_lite.sources.rbac)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,11 +10,19 @@ from typing import Any
 import structlog
 
 from istiod_lite.sources.kube import RESOURCES, Resource
+from istiod_lite.sources.rbac import ApiCall
 from istiod_lite.status import ObjectKey3, apply_status
+from istiod_lite.validation import MESH_KINDS
 
 __all__ = ["KubeStatusWriter"]
 
-_BY_KIND = {r.kind: r for r in RESOURCES}
+_BY_KIND = {r.kind: r for r in RESOURCES if r.kind in MESH_KINDS}
+"""Only the mesh's own kinds get status conditions from istiod_lite."""
+API_CALLS = (
+    *(ApiCall(r.group, r.plural, ("get",)) for r in _BY_KIND.values()),
+    *(ApiCall(r.group, f"{r.plural}/status", ("patch",)) for r in _BY_KIND.values()),
+)
+"""Status writes: read the object, merge-patch its status subresource."""
 _TIMEOUT = (5.0, 10.0)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 import structlog
 
 from istiod_lite.sources.objects import KubeObject, thaw
+from istiod_lite.sources.rbac import ApiCall
 from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
 
 __all__ = ["KubeWaypointDeployer", "KubeWaypointSettings", "kubernetes_pod_mesh"]
@@ -31,6 +32,11 @@ _COLLECTIONS = {
     "ConfigMap": ("api/v1", "configmaps"),
     "Deployment": ("apis/apps/v1", "deployments"),
 }
+API_CALLS = tuple(
+    ApiCall("apps" if path.startswith("apis/apps") else "", plural, ("get", "create", "patch"))
+    for path, plural in _COLLECTIONS.values()
+)
+"""What the waypoint deployment controller calls."""
 
 
 @dataclass(frozen=True, slots=True)

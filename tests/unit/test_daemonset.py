@@ -1,0 +1,97 @@
+"""daemonset/: every rendered object of the base and of each overlay passes kubernetes-validate for a
+pinned Kubernetes version; istiod's ClusterRole grants exactly the API calls its code declares
+(a call added without its rule fails here); the overlays change what they say."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+
+from istiod_lite.ca import kube_auth
+from istiod_lite.sources import kube, kube_status, kube_waypoints
+from istiod_lite.sources.rbac import ApiCall, rules_for
+from mesh.errors import MeshError
+from meshctl.cli import main
+from meshctl.install import overlays, render
+
+KUBERNETES = "1.30.0"
+REPO = Path(__file__).resolve().parents[2]
+ISTIOD_CALLS = [*kube.API_CALLS, *kube_status.API_CALLS, *kube_waypoints.API_CALLS, *kube_auth.API_CALLS]
+
+
+@pytest.mark.parametrize("overlay", overlays())
+def test_every_object_is_valid_kubernetes(overlay: str) -> None:
+    objects = render(overlay)
+    assert {o["kind"] for o in objects} >= {
+        "Namespace",
+        "Deployment",
+        "DaemonSet",
+        "ClusterRole",
+        "CustomResourceDefinition",
+    }
+    for obj in objects:
+        kubernetes_validate.validate(obj, KUBERNETES, strict=True)
+
+
+def cluster_role(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any]] | None:
+    found = [o for o in objects if o["kind"] == "ClusterRole" and o["metadata"]["name"] == name]
+    return found[0]["rules"] if found else None
+
+
+def test_istiods_rules_are_exactly_its_declared_calls() -> None:
+    objects = render()
+    assert cluster_role(objects, "istiod") == rules_for(ISTIOD_CALLS)
+    assert all("*" not in str(rule) for rule in cluster_role(objects, "istiod") or ())
+    extra = ApiCall("", "secrets", ("list", "watch"))  # a watch someone adds without its rule
+    assert rules_for([*ISTIOD_CALLS, extra]) != cluster_role(objects, "istiod")
+    assert cluster_role(objects, "ztunnel") is None and cluster_role(objects, "istio-cni") is None
+
+
+def test_every_module_calling_the_api_declares_its_calls() -> None:
+    for path in [*REPO.glob("istiod_lite/**/*.py"), *REPO.glob("ztunnel/**/*.py")]:
+        tree = ast.parse(path.read_text())
+        names = {getattr(n, "attr", None) for n in ast.walk(tree)} | {
+            getattr(n, "id", None) for n in ast.walk(tree)
+        }
+        calls_api = "call_api" in names or any(
+            n and ("_namespaced_" in n or n.startswith("create_token")) for n in names
+        )
+        if calls_api:
+            declared = any(
+                isinstance(n, ast.Assign) and any(getattr(t, "id", "") == "API_CALLS" for t in n.targets)
+                for n in tree.body
+            )
+            assert declared, f"{path.relative_to(REPO)} calls the Kubernetes API but declares no API_CALLS"
+
+
+def test_the_overlays_change_what_they_say() -> None:
+    def container(objects: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+        (obj,) = [o for o in objects if o["kind"] == kind and o["metadata"]["name"] == name]
+        return dict(obj["spec"]["template"]["spec"]["containers"][0])
+
+    plugin = render("plugin-ca")
+    istiod = container(plugin, "Deployment", "istiod")
+    assert "--cacerts" in istiod["args"] and {"cacerts", "state"} <= {
+        m["name"] for m in istiod["volumeMounts"]
+    }
+    trust = render("trust-domain")
+    for kind, name in (("Deployment", "istiod"), ("DaemonSet", "ztunnel")):
+        args = container(trust, kind, name)["args"]
+        assert args[args.index("--trust-domain") + 1] == "example.org"
+    pinned = {container(render("image-pin"), "DaemonSet", "ztunnel")["image"]}
+    assert pinned == {"registry.example.com/mesh/ambient-mesh:0.1.0-20261205"}
+    assert container(render(), "DaemonSet", "ztunnel")["image"] == "ambient-mesh:0.1.0"
+    assert container(render(image="my/mesh:dev"), "Deployment", "istiod")["image"] == "my/mesh:dev"
+
+
+def test_install_renders_and_says_what_it_does_not_do(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["install", "--dry-run", "-o", "yaml", "--set", "image=my/mesh:dev"]) == 0
+    assert "image: my/mesh:dev" in capsys.readouterr().out
+    assert main(["install"]) == 1
+    assert "--dry-run" in capsys.readouterr().err
+    with pytest.raises(MeshError, match="no overlay 'nope'"):
+        render("nope")
