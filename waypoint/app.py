@@ -29,6 +29,7 @@ from google.protobuf import json_format
 
 from mesh.errors import MeshError
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.l7.normalize import MODES
 from mesh.ports import ADMIN_PORT, INBOUND_HBONE_PORT, METRICS_PORT, READINESS_PORT
 from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.clock import SystemClock
@@ -94,6 +95,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="percent of requests traced when neither the caller nor the route decides (default 1, as Istio)",
     )  # fmt: skip
     p.add_argument("--mesh-id", default="cluster.local", help="the istio.mesh_id span tag")
+    p.add_argument(
+        "--path-normalization", choices=MODES, default="BASE",
+        help="Istio's meshConfig.pathNormalization for routing and the forwarded path (default BASE)",
+    )  # fmt: skip
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info")
     return p.parse_args(argv)
@@ -114,8 +119,9 @@ def _proxy(
 
     requests = RequestMetrics(registry, log, book, cluster_hosts=cluster_hosts)
     return WaypointProxy(
-        config, requests, route_config=args.route_config, log=log, tracer=_tracer(args, registry)
-    )
+        config, requests, route_config=args.route_config, log=log, tracer=_tracer(args, registry),
+        path_normalization=args.path_normalization,
+    )  # fmt: skip
 
 
 def _tracer(args: argparse.Namespace, registry: Registry) -> Tracer | None:

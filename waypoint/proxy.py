@@ -32,6 +32,7 @@ from mesh.http1 import (
 )
 from mesh.l7.balancing import Endpoint, EndpointPicker
 from mesh.l7.faults import FaultDecision, decide_fault
+from mesh.l7.normalize import NormalizationError, normalize_method, normalize_target
 from mesh.l7.retries import Outcome, backoff, should_retry
 from mesh.l7.router import HeaderEdits, Request, RouteDecision
 from mesh.rt.hbone.errors import StreamResetError
@@ -219,7 +220,9 @@ class WaypointProxy:
         rng: random.Random | None = None,
         log: structlog.typing.FilteringBoundLogger | None = None,
         tracer: Tracer | None = None,
+        path_normalization: str = "BASE",
     ) -> None:
+        """``path_normalization`` is Istio's ``meshConfig.pathNormalization`` (see mesh.l7.normalize)."""
         self._config = config
         self._metrics = metrics
         self._route_config = route_config
@@ -228,6 +231,7 @@ class WaypointProxy:
         self.upstreams = Upstreams()
         self.guards = Guards()
         self.tracer = tracer
+        self.path_normalization = path_normalization
         self.tcp: TcpPassthrough | None = None
         """Set in the mesh: passes tunnelled non-HTTP connections through (see waypoint.tcp)."""
         self._tasks: set[asyncio.Task[None]] = set()
@@ -350,6 +354,15 @@ class WaypointProxy:
         """Routes, faults and forwards one request; reports it; returns the answer."""
         started = time.monotonic()
         authority = request.header("host") or ""
+        try:  # routing, policy and the backend all see the normalized path (CVE-2021-31920)
+            request.method = normalize_method(request.method)
+            request.target = normalize_target(request.target, self.path_normalization)
+        except NormalizationError as exc:
+            answer = Answer(exc.status, [("content-type", "text/plain")], f"{exc.message}\n".encode())
+            record = _record(request, authority, None, answer, started, source_principal=source_principal,
+                             source_addr=source_addr)  # fmt: skip
+            self._metrics.done(record)
+            return answer
         decision = self._route(request, tunnel_authority or authority)
         span = self.tracer.begin(request.headers, decision) if self.tracer else None
         if decision is None:

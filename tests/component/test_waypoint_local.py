@@ -333,3 +333,9 @@ def test_expect_100_continue_is_answered_before_the_body(waypoint: Waypoint) -> 
             assert chunk, answer
             answer += chunk
     assert answer.startswith(b"HTTP/1.1 200 OK")
+
+
+def test_paths_are_normalized_before_routing_and_forwarding(waypoint: Waypoint) -> None:
+    done = waypoint.curl("/public/../api/%61bc", "--path-as-is")
+    assert '"path": "/v1/abc"' in done.stdout  # routed by /api/ and rewritten: the backend sees the clean path
+    assert waypoint.codes("/api/x%00", 1) == [400]
