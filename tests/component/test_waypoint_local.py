@@ -337,5 +337,6 @@ def test_expect_100_continue_is_answered_before_the_body(waypoint: Waypoint) -> 
 
 def test_paths_are_normalized_before_routing_and_forwarding(waypoint: Waypoint) -> None:
     done = waypoint.curl("/public/../api/%61bc", "--path-as-is")
-    assert '"path": "/v1/abc"' in done.stdout  # routed by /api/ and rewritten: the backend sees the clean path
+    # routed by /api/ and rewritten: the backend sees the clean path
+    assert '"path": "/v1/abc"' in done.stdout
     assert waypoint.codes("/api/x%00", 1) == [400]
