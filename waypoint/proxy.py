@@ -327,10 +327,17 @@ class WaypointProxy:
         if not first:
             with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
                 first = await asyncio.wait_for(reader.read(_READ), _IDLE_TIMEOUT)
+        while first and len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
+            more = b""  # a short first read that may be the h2 preface's start: read until it is clear
+            with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
+                more = await asyncio.wait_for(reader.read(_READ), _HEADERS_TIMEOUT)
+            if not more:
+                break
+            first += more
         if not first:
             writer.close()
             return None
-        if not first.startswith(H2_PREFACE[: min(len(first), len(H2_PREFACE))]):
+        if not first.startswith(H2_PREFACE):
             return first
 
         async def answer_h2(request: Message) -> H2Answer:

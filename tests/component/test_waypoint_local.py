@@ -340,3 +340,11 @@ def test_paths_are_normalized_before_routing_and_forwarding(waypoint: Waypoint) 
     # routed by /api/ and rewritten: the backend sees the clean path
     assert '"path": "/v1/abc"' in done.stdout
     assert waypoint.codes("/api/x%00", 1) == [400]
+
+
+def test_a_request_line_arriving_a_byte_at_a_time_is_http1(waypoint: Waypoint) -> None:
+    with socket.create_connection(("127.0.0.1", waypoint.http), timeout=5) as sock:
+        for byte in b"PUT /api/x HTTP/1.1\r\nHost: server\r\nContent-Length: 0\r\n\r\n":
+            sock.sendall(bytes([byte]))  # "P" could start the HTTP/2 preface: the proxy must wait
+        answer = sock.recv(65536)
+    assert answer.startswith(b"HTTP/1.1 200 OK")
