@@ -423,19 +423,7 @@ class WaypointProxy:
                     head = await up_reader.readuntil(b"\r\n\r\n")
                 answer.status, answer.flags = int(head.split(b" ", 2)[1]), ""
                 writer.write(head)
-                await pipe(reader, writer, up_reader, up_writer)
-                self._metrics.done(
-                    _record(
-                        request,
-                        authority,
-                        decision,
-                        answer,
-                        started,
-                        source_principal=source_principal,
-                        source_addr=source_addr,
-                    )
-                )
-                return
+                await pipe(reader, writer, up_reader, up_writer)  # the upstream's answer, then the bytes
             except (
                 UpstreamError,
                 OSError,
@@ -444,9 +432,10 @@ class WaypointProxy:
                 IndexError,
                 asyncio.IncompleteReadError,
             ):
-                pass
-        writer.write(serialize_response(answer.status, "", [], answer.body, keep_alive=False))
-        writer.close()
+                answer.status, answer.flags = 503, "UF"
+        if answer.flags:  # no upstream answer: ours, and the connection ends
+            writer.write(serialize_response(answer.status, "", [], answer.body, keep_alive=False))
+            writer.close()
         self._metrics.done(
             _record(
                 request,

@@ -22,6 +22,7 @@ from meshctl.lab.mesh import control_plane_address
 from meshctl.lab.observability import PROMETHEUS_PORT
 from meshctl.nethttp import http_get
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
+from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -36,13 +37,7 @@ def objects() -> list[dict[str, Any]]:
     service = b.service("web", NS, selector={"app": "web"}, port=80, target_port=8080)
     service["metadata"]["labels"] = {"istio.io/use-waypoint": "waypoint"}
     return [
-        b.namespace(NS, labels={"istio.io/dataplane-mode": "ambient"}),
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "waypoint", "namespace": NS, "labels": {"istio.io/waypoint-for": "service"}},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-        },
+        *enrolled_namespace_with_waypoint(NS),
         b.httpecho_deployment("web-v1", NS, labels={"app": "web", "version": "v1"}, node=SERVER_NODE),
         b.httpecho_deployment("web-v2", NS, labels={"app": "web", "version": "v2"}, node=CLIENT_NODE),
         service,
@@ -78,11 +73,7 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
     try:
         mesh.lab.wait_ready(timeout=90)
 
-        def on_waypoint() -> bool | None:
-            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "web"]
-            return bool(services and services[0].get("waypoint")) or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending web to the waypoint", timeout=60)
+        wait_on_waypoint(mesh, "web")
         mesh.wait_for(lambda: codes(mesh, 5) == ["200"] * 5, what="web answering through the waypoint")
         yield mesh
     finally:

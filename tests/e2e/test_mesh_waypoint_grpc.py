@@ -13,6 +13,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
+from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -33,13 +34,7 @@ def objects() -> list[dict[str, Any]]:
     ]  # fmt: skip
     v1, v2 = ({"destination": {"host": "echo", "subset": s}, "weight": 50} for s in ("v1", "v2"))
     return [
-        b.namespace(NS, labels={"istio.io/dataplane-mode": "ambient"}),
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "waypoint", "namespace": NS, "labels": {"istio.io/waypoint-for": "service"}},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-        },
+        *enrolled_namespace_with_waypoint(NS),
         *deployments,
         service,
         b.deployment("client", NS, command=b.SLEEPER, node=CLIENT_NODE),
@@ -69,11 +64,7 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
     try:
         mesh.lab.wait_ready(timeout=90)
 
-        def on_waypoint() -> bool | None:
-            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "echo"]
-            return bool(services and services[0].get("waypoint")) or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending echo to the waypoint", timeout=60)
+        wait_on_waypoint(mesh, "echo")
         mesh.wait_for(
             lambda: calls(mesh, 3, "x-canary=true") == ["ok v2"] * 3, what="the routes in the waypoint"
         )

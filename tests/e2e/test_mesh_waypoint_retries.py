@@ -13,6 +13,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
+from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -23,13 +24,7 @@ def objects() -> list[dict[str, Any]]:
     service = b.service("flaky", NS, selector={"app": "flaky"}, port=80, target_port=8080)
     service["metadata"]["labels"] = {"istio.io/use-waypoint": "waypoint"}
     return [
-        b.namespace(NS, labels={"istio.io/dataplane-mode": "ambient"}),
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "waypoint", "namespace": NS, "labels": {"istio.io/waypoint-for": "service"}},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-        },
+        *enrolled_namespace_with_waypoint(NS),
         b.httpecho_deployment("flaky", NS, labels={"app": "flaky", "version": "v1"}, node=SERVER_NODE),
         service,
         b.deployment("client", NS, command=b.SLEEPER, node=CLIENT_NODE),
@@ -53,11 +48,7 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
     try:
         mesh.lab.wait_ready(timeout=90)
 
-        def on_waypoint() -> bool | None:
-            services = [s for s in mesh.zc(CLIENT_NODE, "services") if s.get("name") == "flaky"]
-            return bool(services and services[0].get("waypoint")) or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending flaky to the waypoint", timeout=60)
+        wait_on_waypoint(mesh, "flaky")
         mesh.wait_for(
             lambda: curl(shop_mesh=mesh, path="/fail-first/2/warm-up")[0] == 200, what="retries in force"
         )

@@ -11,6 +11,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
+from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint, waypoint_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -27,13 +28,7 @@ def objects() -> list[dict[str, Any]]:
     for svc in (declared, unknown):
         svc["metadata"]["labels"] = {"istio.io/use-waypoint": "waypoint"}
     return [
-        b.namespace(NS, labels={"istio.io/dataplane-mode": "ambient"}),
-        {
-            "apiVersion": "gateway.networking.k8s.io/v1", "kind": "Gateway",
-            "metadata": {"name": "waypoint", "namespace": NS, "labels": {"istio.io/waypoint-for": "service"}},
-            "spec": {"gatewayClassName": "istio-waypoint",
-                     "listeners": [{"name": "mesh", "port": 15008, "protocol": "HBONE"}]},
-        },
+        *enrolled_namespace_with_waypoint(NS),
         b.deployment("redis", NS, command=command, ports=[REDIS_PORT], node=SERVER_NODE),
         b.deployment("client", NS, command=b.SLEEPER, node=CLIENT_NODE),
         declared,
@@ -47,11 +42,7 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
     try:
         mesh.lab.wait_ready(timeout=90)
 
-        def on_waypoint() -> bool | None:
-            names = {s.get("name") for s in mesh.zc(CLIENT_NODE, "services") if s.get("waypoint")}
-            return {"db", "db-any"} <= names or None
-
-        mesh.wait_for(on_waypoint, what="the client's ztunnel sending db to the waypoint", timeout=60)
+        wait_on_waypoint(mesh, "db", "db-any")
         yield mesh
     finally:
         mesh.lab.delete([b.namespace(NS)])
@@ -63,13 +54,6 @@ def redis(mesh: MeshLab, host: str, *command: str) -> str:
     return done.stdout.strip()
 
 
-def waypoint_metrics(mesh: MeshLab) -> str:
-    pod = next(
-        p["metadata"]["name"] for p in mesh.lab.pods(NS) if p["metadata"]["name"].startswith("waypoint")
-    )
-    return mesh.exec(f"{NS}/{pod}", "curl", "-s", "-m", "5", "http://127.0.0.1:15020/metrics").stdout
-
-
 @pytest.mark.parametrize("service", ["db", "db-any"])
 def test_redis_works_through_the_waypoint_as_tcp(shop: MeshLab, service: str) -> None:
     assert shop.wait_for(lambda: redis(shop, service, "PING") == "PONG" or None, what=f"redis via {service}")
@@ -78,7 +62,7 @@ def test_redis_works_through_the_waypoint_as_tcp(shop: MeshLab, service: str) ->
     hostname = f'destination_service="{service}.{NS}.svc.cluster.local"'
     opened = [
         line
-        for line in waypoint_metrics(shop).splitlines()
+        for line in waypoint_metrics(shop, NS).splitlines()
         if line.startswith("istio_tcp_connections_opened_total{") and hostname in line
     ]
     assert (
