@@ -158,10 +158,11 @@ def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Waypoint]:
             p.wait()
 
 
-def start_command(config: Path) -> list[str]:
+def start_command(config: Path, *, http: str = "127.0.0.1:0", extra: tuple[str, ...] = ()) -> list[str]:
+    """The waypoint process with a local config, listening for HTTP at ``http``, the rest on free ports."""
     return [
-        sys.executable, "-m", "waypoint.app", "--local-config", str(config), "--http-listen", "127.0.0.1:0",
-        "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--readiness", "127.0.0.1:0",
+        sys.executable, "-m", "waypoint.app", "--local-config", str(config), "--http-listen", http,
+        "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--readiness", "127.0.0.1:0", *extra,
     ]  # fmt: skip
 
 

@@ -21,7 +21,13 @@ import aiohttp
 import pytest
 import yaml
 
-from tests.component.test_waypoint_local import _started_in, _wait_listening, cluster, free_port
+from tests.component.test_waypoint_local import (
+    _started_in,
+    _wait_listening,
+    cluster,
+    free_port,
+    start_command,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -130,9 +136,7 @@ def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     path = tmp / "waypoint.yaml"
     path.write_text(yaml.safe_dump(config(echo_port, failing.port, slow.port), sort_keys=False))
     log = tmp / "waypoint.log"
-    argv = [sys.executable, "-m", "waypoint.app", "--local-config", str(path), "--http-listen",
-            f"127.0.0.1:{port}", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-            "--readiness", "127.0.0.1:0"]  # fmt: skip
+    argv = start_command(path, http=f"127.0.0.1:{port}")
     with log.open("w") as sink:
         proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
     try:

@@ -24,7 +24,13 @@ import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.component.test_waypoint_local import _started_in, _wait_listening, cluster, free_port
+from tests.component.test_waypoint_local import (
+    _started_in,
+    _wait_listening,
+    cluster,
+    free_port,
+    start_command,
+)
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -144,11 +150,8 @@ def start(tmp: Path, collector: Collector) -> Iterator[Traced]:
     resources = [routes(), cluster("app", app.server_address[1]), cluster("echo", echo_port)]
     config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
     log = tmp / "waypoint.log"
-    argv = [
-        sys.executable, "-m", "waypoint.app", "--local-config", str(config),
-        "--http-listen", f"127.0.0.1:{waypoint_port}", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-        "--readiness", "127.0.0.1:0", "--tracing-otlp", f"http://127.0.0.1:{collector.port}/v1/traces",
-    ]  # fmt: skip
+    otlp = f"http://127.0.0.1:{collector.port}/v1/traces"
+    argv = start_command(config, http=f"127.0.0.1:{waypoint_port}", extra=("--tracing-otlp", otlp))
     with log.open("w") as sink:
         proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
     try:

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import subprocess
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -15,7 +14,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.component.test_waypoint_local import _started_in, cluster, free_port
+from tests.component.test_waypoint_local import _started_in, cluster, free_port, start_command
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -60,9 +59,7 @@ async def waypoint(tmp_path: Path) -> AsyncIterator[int]:
     path.write_text(yaml.safe_dump({"resources": [routes, cluster("chat", backend), empty]}, sort_keys=False))
     port = free_port()
     log = tmp_path / "waypoint.log"
-    argv = [sys.executable, "-m", "waypoint.app", "--local-config", str(path), "--http-listen",
-            f"127.0.0.1:{port}", "--admin", "127.0.0.1:0", "--metrics", "127.0.0.1:0",
-            "--readiness", "127.0.0.1:0"]  # fmt: skip
+    argv = start_command(path, http=f"127.0.0.1:{port}")
     proc = await asyncio.to_thread(start, argv, log)
     try:
         await asyncio.to_thread(_started_in, log, proc)
