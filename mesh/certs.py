@@ -4,7 +4,8 @@ Pure: the caller passes ``now`` (Unix seconds) and a seeded ``random.Random``. T
 ``mesh.rt.certs`` feeds each identity's state machine with fetch results and sleeps until the time
 it names, as ztunnel's secret manager does:
 
-- a certificate is refreshed at half its lifetime (``not_before + (not_after - not_before) / 2``);
+- a certificate is refreshed at half its lifetime (``not_before + (not_after - not_before) / 2``),
+  give or take 5 % of it at random, so that renewals of many identities are spread out;
 - a failed fetch is retried after a per-identity exponential backoff (x2, +/-20 % jitter, capped at 150 s);
 - the old certificate is served until it expires, never after.
 """
@@ -35,12 +36,15 @@ __all__ = [
     "is_usable",
     "next_backoff",
     "phase",
+    "REFRESH_JITTER",
     "refresh_at",
     "split_ca_answer",
     "split_pem_certificates",
     "start",
 ]
 
+REFRESH_JITTER = 0.05
+"""A refresh happens between 45 % and 55 % of a certificate's lifetime (spread, not in step)."""
 BACKOFF_INITIAL = 0.5
 """Seconds before the first retry of a failed fetch (before jitter)."""
 BACKOFF_FACTOR = 2.0
@@ -186,10 +190,17 @@ def fetch_started(state: RenewalState) -> RenewalState:
     return replace(state, fetching=True)
 
 
-def fetch_succeeded(state: RenewalState, validity: Validity, *, now: float) -> RenewalState:
-    """A new certificate arrived: serve it, forget past failures, refresh it at half life."""
-    due = max(refresh_at(validity.not_before, validity.not_after), now + MIN_REFRESH_DELAY)
-    return RenewalState(next_attempt=due, validity=validity)
+def fetch_succeeded(
+    state: RenewalState, validity: Validity, *, now: float, rng: random.Random | None = None
+) -> RenewalState:
+    """A new certificate arrived: serve it, forget past failures, refresh it at half life, moved by
+    up to +/- ``REFRESH_JITTER`` of its lifetime when ``rng`` is given, so that the certificates of
+    many identities issued together (a node's pods starting at once) do not come back for renewal
+    in one burst."""
+    due = refresh_at(validity.not_before, validity.not_after)
+    if rng is not None:
+        due += (validity.not_after - validity.not_before) * REFRESH_JITTER * (2 * rng.random() - 1)
+    return RenewalState(next_attempt=max(due, now + MIN_REFRESH_DELAY), validity=validity)
 
 
 def fetch_failed(state: RenewalState, *, now: float, rng: random.Random, error: str) -> RenewalState:

@@ -3,8 +3,9 @@
 A thin asyncio driver around the pure state machine in :mod:`mesh.certs`: it starts fetches, records
 their results, and sleeps (on an injected ``sleep`` and ``clock``) until the time the machine names.
 Concurrent callers of :meth:`CertificateManager.get` share one fetch; a certificate is refreshed at half
-life; failed fetches back off per identity (x2, +/-20 % jitter, capped at 150 s); the old certificate is
-served until it expires and never after: no certificate means no connection.
+life (+/- 5 % of it at random); failed fetches back off per identity (x2, +/-20 % jitter, capped at
+150 s); the old certificate is served until it expires and never after: no certificate means no
+connection.
 """
 
 from __future__ import annotations
@@ -224,7 +225,7 @@ class CertificateManager:
             self._log.warning("certs.fetch_failed", identity=uri, error=str(err), retry_in=round(delay, 3))
             raise
         else:
-            entry.state = fetch_succeeded(entry.state, cert.validity, now=self._clock.now())
+            entry.state = fetch_succeeded(entry.state, cert.validity, now=self._clock.now(), rng=self._rng)
             entry.cert = cert
             self._log.info("certs.issued", identity=uri, serial=f"{cert.serial:x}", not_after=cert.not_after)
             return cert

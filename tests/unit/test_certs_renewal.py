@@ -208,3 +208,12 @@ def test_long_outage_retries_settle_at_the_cap() -> None:
     late_gaps = [b - a for a, b in itertools.pairwise(times[-10:])]
     assert all(120.0 <= g <= BACKOFF_CAP for g in late_gaps)
     assert len(times) < 150, "no retry storm"
+
+
+def test_renewals_of_many_identities_issued_together_are_spread() -> None:
+    rng = random.Random(3)
+    lifetime = Validity(not_before=0.0, not_after=1000.0)
+    dues = [fetch_succeeded(start(now=0.0), lifetime, now=0.0, rng=rng).next_attempt for _ in range(30)]
+    assert all(450.0 <= due <= 550.0 for due in dues)  # half life, give or take 5 % of the lifetime
+    assert max(dues) - min(dues) > 50.0  # not one burst
+    assert fetch_succeeded(start(now=0.0), lifetime, now=0.0).next_attempt == 500.0  # no rng: exactly half
