@@ -257,3 +257,13 @@ async def test_current_never_waits_and_starts_a_fetch() -> None:
     await vt.advance(200.0)
     assert manager.current(_SERVER).not_after > clock.now()
     await manager.close()
+
+
+async def test_110_pods_over_30_service_accounts_fetch_30_certificates() -> None:
+    _, vt, ca, manager = _setup(ttl=3600.0)
+    pods = [WorkloadIdentity("cluster.local", f"ns{i % 3}", f"sa{i % 30}") for i in range(110)]
+    manager.prefetch(pods)
+    await asyncio.gather(*(manager.get(identity) for identity in pods))
+    await vt.settle()
+    assert len(ca.calls) == 30 and len({uri for _, uri in ca.calls}) == 30  # once per identity, not per pod
+    await manager.close()
