@@ -9,7 +9,9 @@ what the application sees (CVE-2021-31920).
 - ``MERGE_SLASHES``: BASE, then runs of slashes become one.
 - ``DECODE_AND_MERGE_SLASHES``: ``%2f``/``%5c`` are decoded first, then MERGE_SLASHES.
 
-``%00`` is always refused (400), as is a method that is not upper case. The query (after ``?``)
+``%00`` is always refused (400), as is a method that is not upper case. For policy, the authority
+is compared in lower case without a trailing dot on the host (CVE-2021-39155), and a header value
+with NUL/CR/LF or a second Host is refused (CVE-2019-9900, request smuggling). The query (after ``?``)
 is kept as it is; a fragment (``#``) is dropped.
 """
 
@@ -19,7 +21,14 @@ import re
 
 from mesh.errors import MeshError
 
-__all__ = ["MODES", "NormalizationError", "normalize_method", "normalize_target"]
+__all__ = [
+    "MODES",
+    "NormalizationError",
+    "check_headers",
+    "normalize_authority",
+    "normalize_method",
+    "normalize_target",
+]
 
 MODES = ("NONE", "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES")
 _UNRESERVED = re.compile(r"%(2[dDeE]|3[0-9]|[46][1-9a-fA-F]|[57][0-9aA]|5[fF]|7[eE])")
@@ -79,3 +88,26 @@ def normalize_method(method: str) -> str:
     if method != method.upper():
         raise NormalizationError(f"method {method!r} is not upper case", hint="send the method in capitals")
     return method
+
+
+def normalize_authority(authority: str) -> str:
+    """``Secret.COM.:80`` -> ``secret.com:80``: lower case, no trailing dot on the host."""
+    authority = authority.strip().lower()
+    if authority.startswith("["):  # an IPv6 literal keeps its brackets and port
+        return authority
+    host, colon, port = authority.rpartition(":")
+    if not colon or not port.isdigit():
+        host, colon, port = authority, "", ""
+    return f"{host.rstrip('.')}{colon}{port}"
+
+
+def check_headers(headers: list[tuple[str, str]]) -> None:
+    """Refuses (400) what a policy cannot judge safely: NUL/CR/LF in a header value, or more than
+    one Host header."""
+    hosts = 0
+    for name, value in headers:
+        if any(c in value for c in "\x00\r\n"):
+            raise NormalizationError(f"header {name!r} has a NUL, CR or LF in its value")
+        hosts += name.lower() == "host"
+    if hosts > 1:
+        raise NormalizationError("the request has more than one Host header", hint="send one Host")
