@@ -22,7 +22,7 @@ OTHER = "spiffe://cluster.local/ns/demo/sa/other"
 B, M, D, N = "BASE", "MERGE_SLASHES", "DECODE_AND_MERGE_SLASHES", "NONE"
 
 
-def rbac(action: str, **policies: dict[str, Any]) -> rbac_pb2.RBAC:
+def rbac(action: str, **policies: Any) -> rbac_pb2.RBAC:
     return json_format.ParseDict({"rules": {"action": action, "policies": policies}}, rbac_pb2.RBAC())
 
 
