@@ -32,6 +32,7 @@ from mesh.errors import ConfigError
 from mesh.l7.normalize import normalize_authority
 
 __all__ = [
+    "RBAC_FILTERS",
     "AuthzConfigError",
     "AuthzDecision",
     "RbacEngine",
@@ -39,6 +40,14 @@ __all__ = [
     "compile_rbac",
     "request_attributes",
 ]
+
+RBAC_FILTERS = (
+    "envoy.filters.http.rbac.deny",
+    "envoy.filters.http.rbac.audit",
+    "envoy.filters.http.rbac.allow",
+)
+"""The waypoint's RBAC filters in chain order (as Istio's: DENY, then AUDIT, then ALLOW); a virtual
+host's ``typed_per_filter_config`` carries each one's ``RBACPerRoute`` under these names."""
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 MetadataValue = str | bool | float | tuple[str, ...]

@@ -24,9 +24,11 @@ from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
+from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.type.matcher.v3 import string_pb2
 
 from mesh.errors import ConfigError
+from mesh.l7.authz import RBAC_FILTERS, AuthzConfigError, RbacEngine, compile_rbac
 from mesh.l7.faults import FAULT_FILTER, FaultConfig, compile_fault
 from mesh.l7.ratelimit import RATE_LIMIT_FILTER, RateLimitConfig, compile_rate_limit
 from mesh.l7.retries import RetryConfig, compile_retry
@@ -108,6 +110,7 @@ class _Route:
 class _VirtualHost:
     name: str
     routes: tuple[_Route, ...]
+    authz: RbacEngine
 
 
 class Router:
@@ -131,6 +134,11 @@ class Router:
         """The name of the virtual host serving ``authority``, or None (Envoy answers 404)."""
         vhost = self._vhost(authority)
         return vhost.name if vhost is not None else None
+
+    def authorization(self, authority: str) -> RbacEngine | None:
+        """The L7 policy of the virtual host serving ``authority`` (None: no virtual host)."""
+        vhost = self._vhost(authority)
+        return vhost.authz if vhost is not None else None
 
     def route(self, request: Request, rng: random.Random) -> RouteDecision | None:
         """The decision of the first route that matches, or None (no route: Envoy answers 404 NR)."""
@@ -182,7 +190,9 @@ def compile_routes(config: route_pb2.RouteConfiguration) -> Router:
     for i, vh in enumerate(config.virtual_hosts):
         where = f"virtual_hosts[{i}] {vh.name!r}"
         vhost = _VirtualHost(
-            vh.name, tuple(_route(r, f"{where}.routes[{j}]") for j, r in enumerate(vh.routes))
+            vh.name,
+            tuple(_route(r, f"{where}.routes[{j}]") for j, r in enumerate(vh.routes)),
+            _authz(vh, where),
         )
         for domain in (d.lower() for d in vh.domains):
             if domain == "*":
@@ -200,6 +210,23 @@ def compile_routes(config: route_pb2.RouteConfiguration) -> Router:
     suffixes.sort(key=lambda item: -len(item[0]))
     prefixes.sort(key=lambda item: -len(item[0]))
     return Router(config.name, exact, suffixes, prefixes, default)
+
+
+def _authz(vh: rc.VirtualHost, where: str) -> RbacEngine:
+    """The virtual host's RBAC filters (RBAC_FILTERS, in chain order) from its per-filter config."""
+    filters = []
+    for name in RBAC_FILTERS:
+        if name not in vh.typed_per_filter_config:
+            continue
+        per_route = rbac_pb2.RBACPerRoute()
+        if not vh.typed_per_filter_config[name].Unpack(per_route):
+            packed = vh.typed_per_filter_config[name]
+            raise RouteConfigError(where, f"typed_per_filter_config[{name}] is a {packed.TypeName()}")
+        filters.append(per_route.rbac)
+    try:
+        return compile_rbac(filters)
+    except AuthzConfigError as exc:
+        raise RouteConfigError(where, exc.message) from None
 
 
 def _route(route: rc.Route, where: str) -> _Route:

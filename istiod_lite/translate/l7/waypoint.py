@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from istiod_lite.translate._fields import FieldError
 from istiod_lite.translate.l7._context import RouteContext, RouteScope
+from istiod_lite.translate.l7.authz import apply_authorization
 from istiod_lite.translate.l7.binding import (
     api_group,
     not_a_waypoint,
@@ -106,6 +107,9 @@ def translate_waypoint(
         route_config, tracing_for(view.telemetries.values(), gateway, options.root_namespace, problems)
     )
     apply_rate_limits(route_config, view.local_rate_limits.values(), options.cluster_domain, problems)
+    apply_authorization(
+        route_config, view.authorization_policies.values(), gateway, options.cluster_domain, problems
+    )
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
         ROUTE_TYPE_URL: MappingProxyType({route_config.name: route_config}),
