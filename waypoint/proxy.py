@@ -32,10 +32,11 @@ from mesh.http1 import (
 )
 from mesh.l7.balancing import Endpoint, EndpointPicker
 from mesh.l7.faults import FaultDecision, decide_fault
-from mesh.l7.normalize import NormalizationError, normalize_method, normalize_target
+from mesh.l7.normalize import NormalizationError, check_headers, normalize_method, normalize_target
 from mesh.l7.retries import Outcome, backoff, should_retry
-from mesh.l7.router import HeaderEdits, Request, RouteDecision
+from mesh.l7.router import HeaderEdits, Request, RouteDecision, Router
 from mesh.rt.hbone.errors import StreamResetError
+from waypoint.authz import DENIED_BODY, authorize
 from waypoint.config import ClusterPolicy, WaypointConfig
 from waypoint.h2 import H2_PREFACE, H2Answer, H2Front, H2Upstream
 from waypoint.resilience import Guards
@@ -361,11 +362,9 @@ class WaypointProxy:
         """Routes, faults and forwards one request; reports it; returns the answer."""
         started = time.monotonic()
         authority = request.header("host") or ""
-        try:  # routing, policy and the backend all see the normalized path (CVE-2021-31920)
-            request.method = normalize_method(request.method)
-            request.target = normalize_target(request.target, self.path_normalization)
-        except NormalizationError as exc:
-            answer = Answer(exc.status, [("content-type", "text/plain")], f"{exc.message}\n".encode())
+        refused = self._admit(request, tunnel_authority or authority, source_principal, source_addr)
+        if refused is not None:
+            answer = refused
             record = _record(request, authority, None, answer, started, source_principal=source_principal,
                              source_addr=source_addr)  # fmt: skip
             self._metrics.done(record)
@@ -399,10 +398,13 @@ class WaypointProxy:
         as it is and, after a 101, the connection carries the new protocol both ways as bytes."""
         started = time.monotonic()
         authority = request.header("host") or ""
-        decision = self._route(request, tunnel_authority or authority)
+        refused = self._admit(request, tunnel_authority or authority, source_principal, source_addr)
+        decision = self._route(request, tunnel_authority or authority) if refused is None else None
         picker = self._config().clusters.get(decision.cluster) if decision is not None else None
         endpoint = picker.pick(self._rng) if picker else None
         answer = Answer(404 if decision is None else 503, [], b"", flags="NR" if decision is None else "UH")
+        if refused is not None:
+            answer = refused
         if decision is not None and endpoint is not None:
             answer = Answer(
                 503,
@@ -433,8 +435,8 @@ class WaypointProxy:
                 asyncio.IncompleteReadError,
             ):
                 answer.status, answer.flags = 503, "UF"
-        if answer.flags:  # no upstream answer: ours, and the connection ends
-            writer.write(serialize_response(answer.status, "", [], answer.body, keep_alive=False))
+        if answer.flags or refused is not None:  # no upstream answer: ours, and the connection ends
+            writer.write(serialize_response(answer.status, "", answer.headers, answer.body, keep_alive=False))
             writer.close()
         self._metrics.done(
             _record(
@@ -448,9 +450,29 @@ class WaypointProxy:
             )
         )
 
-    def _route(self, request: Message, authority: str) -> RouteDecision | None:
+    def _admit(
+        self, request: Message, vhost_authority: str, source_principal: str, source_addr: str
+    ) -> Answer | None:
+        """Normalizes ``request`` in place (routing, policy and the backend all see the normalized
+        path: CVE-2021-31920) and judges it by L7 policy; the answer when it is refused (400, 403)."""
+        try:
+            request.method = normalize_method(request.method)
+            request.target = normalize_target(request.target, self.path_normalization)
+            check_headers(request.headers)
+        except NormalizationError as exc:
+            return Answer(exc.status, [("content-type", "text/plain")], f"{exc.message}\n".encode())
+        denied = authorize(self._router(), request, vhost_authority=vhost_authority,
+                           source_principal=source_principal, source_addr=source_addr)  # fmt: skip
+        if denied:
+            return Answer(403, [("content-type", "text/plain")], DENIED_BODY, flags="RBAC")
+        return None
+
+    def _router(self) -> Router | None:
         config = self._config()
-        router = config.routers.get(self._route_config) or next(iter(config.routers.values()), None)
+        return config.routers.get(self._route_config) or next(iter(config.routers.values()), None)
+
+    def _route(self, request: Message, authority: str) -> RouteDecision | None:
+        router = self._router()
         if router is None:
             return None
         headers: dict[str, tuple[str, ...]] = {}

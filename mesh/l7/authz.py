@@ -35,6 +35,7 @@ __all__ = [
     "RBAC_FILTERS",
     "AuthzConfigError",
     "AuthzDecision",
+    "IpAddress",
     "RbacEngine",
     "RequestAttributes",
     "compile_rbac",

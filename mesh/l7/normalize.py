@@ -47,8 +47,8 @@ def normalize_target(target: str, mode: str = "BASE") -> str:
     NormalizationError for ``%00``."""
     if mode not in MODES:
         raise ValueError(f"unknown path normalization {mode!r}; use one of {', '.join(MODES)}")
+    target = target.partition("#")[0]  # Envoy drops a fragment wherever it is (CVE-2021-39156)
     path, question, query = target.partition("?")
-    path = path.partition("#")[0]
     if _NUL.search(path):
         raise NormalizationError(
             "the path has an encoded NUL (%00)", hint="the request is refused, as Istio does"
