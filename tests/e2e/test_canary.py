@@ -188,6 +188,14 @@ def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: M
     assert (
         copy.deepcopy(obj)["spec"]["http"][0]["fault"]["abort"]["httpStatus"] == 503
     )  # the user's fault kept
+    status = subprocess.run(
+        [sys.executable, "-m", "meshctl.cli", "canary", "status", "web", "-n", NS,
+         "--from", "v1", "--to", "v2", "--state", str(shop.lab.paths.root)],
+        capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    assert status.returncode == 1, status.stderr  # rolled back
+    assert "VirtualService/web: RolledBack" in status.stdout and "error rate of v2" in status.stdout
+    assert "DECISION" in status.stdout and "rollback" in status.stdout
 
 
 def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> None:
