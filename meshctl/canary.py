@@ -46,6 +46,7 @@ __all__ = ["CanaryController", "register"]
 _KINDS = ("VirtualService", "HTTPRoute", "DestinationRule")
 _SERVER_FIELDS = ("resourceVersion", "uid", "creationTimestamp", "generation", "managedFields")
 _PROGRESS_EVERY = 5.0
+_MIN_WINDOW = 10
 
 
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -129,12 +130,16 @@ class CanaryController:
             )
         else:
             state = CanaryState(spec=dataclasses.asdict(self.spec))
-        window = math.ceil(self.spec.interval) + 10  # at least two scrapes of each series
+        step_started = time.monotonic()
         while True:
             weight = self.spec.steps[state.step]
             self._write(ref, weight, state)
             self.say(f"step {state.step + 1}/{len(self.spec.steps)}: {self.spec.to_version} at {weight} %")
+            step_started = time.monotonic() if state.failed_checks == 0 else step_started
             await self._wait(self.spec.interval)
+            # Only this step's traffic (what came before it is another weight's, or another canary's),
+            # and at least two scrapes of each series.
+            window = max(math.ceil(time.monotonic() - step_started), _MIN_WINDOW)
             signals = await self.measure(ref, window)
             decision = judge(self.spec, signals, failed_checks=state.failed_checks)
             state.history.append({
