@@ -31,6 +31,7 @@ from istiod_lite.sources.objects import (
     PEER_AUTHENTICATION,
     POD,
     REPLICA_SET,
+    REQUEST_AUTHENTICATION,
     SERVICE,
     SERVICE_ACCOUNT,
     TELEMETRY,
@@ -149,6 +150,11 @@ class ClusterView:
     def authorization_policies(self) -> Mapping[ObjectKey, KubeObject]:
         """security.istio.io AuthorizationPolicies."""
         return self.of_kind(AUTHORIZATION_POLICY)
+
+    @property
+    def request_authentications(self) -> Mapping[ObjectKey, KubeObject]:
+        """security.istio.io RequestAuthentications."""
+        return self.of_kind(REQUEST_AUTHENTICATION)
 
     @property
     def virtual_services(self) -> Mapping[ObjectKey, KubeObject]:

@@ -1,41 +1,65 @@
-"""The waypoint's L7 authorization step: the request (already normalized) against the RBAC filters
-of the virtual host that serves it (mesh.l7.authz), before routing. A denial is Envoy's answer:
-403 ``RBAC: access denied`` with response flag ``RBAC``; the request goes nowhere."""
+"""The waypoint's authentication and authorization step, before routing: the request (already
+normalized) against the JWT providers and the RBAC filters of the virtual host that serves it
+(mesh.l7.jwt, mesh.l7.authz). Answers as Envoy's: 401 ``Jwt verification fails`` for a token no
+provider accepts, 403 ``RBAC: access denied`` (flag ``RBAC``) for a denial; the request goes
+nowhere. An accepted token's header is dropped unless forwarded and its claim headers added."""
 
 from __future__ import annotations
 
 import ipaddress
+from dataclasses import dataclass
 
 from mesh.http1 import Message
 from mesh.l7.authz import IpAddress, request_attributes
 from mesh.l7.router import Router
 
-__all__ = ["DENIED_BODY", "authorize"]
+__all__ = ["DENIED_BODY", "Refusal", "authorize"]
 
 DENIED_BODY = b"RBAC: access denied"
 _UNKNOWN = ipaddress.ip_address("0.0.0.0")
 
 
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why a request is refused: the status, body and response flag, and the deciding policy."""
+
+    status: int
+    body: bytes
+    flags: str = ""
+    policy: str = ""
+
+
 def authorize(
-    router: Router | None, request: Message, *, vhost_authority: str, source_principal: str, source_addr: str
-) -> str:
-    """The policy that denies ``request`` (``-`` when no ALLOW matched), or empty when allowed.
-    ``vhost_authority`` chooses the virtual host (the tunnel's ``VIP:port``, else the Host)."""
-    engine = router.authorization(vhost_authority) if router is not None else None
+    router: Router | None, request: Message, *, vhost_authority: str, source_principal: str,
+    source_addr: str, now: float,
+) -> Refusal | None:  # fmt: skip
+    """None when ``request`` may go on (its headers edited in place as the token requires), else
+    the refusal. ``vhost_authority`` chooses the virtual host (the tunnel's ``VIP:port``, else the
+    Host); ``now`` is the wall clock in seconds, for token expiry."""
+    found = router.authorization(vhost_authority) if router is not None else None
+    if found is None:
+        return None
+    verifier, engine = found
+    metadata = {}
+    if verifier:
+        outcome = verifier.verify(request.headers, request.target.partition("?")[2], now=now)
+        if outcome.status == 401:
+            return Refusal(401, outcome.reason.encode())
+        if outcome.status == 200:
+            metadata = {"istio_authn": outcome.metadata}
+            gone = {*outcome.remove_headers, *(name for name, _ in outcome.add_headers)}
+            request.headers[:] = [(k, v) for k, v in request.headers if k.lower() not in gone]
+            request.headers.extend(outcome.add_headers)
     if not engine:
-        return ""
+        return None
     host, _, port = vhost_authority.rpartition(":")
     attributes = request_attributes(
-        request.method,
-        request.target,
-        request.headers,
-        source_ip=_ip(source_addr),
-        destination_ip=_ip(host.strip("[]")),
-        destination_port=int(port) if port.isdigit() else 80,
-        principal=source_principal,
-    )
+        request.method, request.target, request.headers, source_ip=_ip(source_addr),
+        destination_ip=_ip(host.strip("[]")), destination_port=int(port) if port.isdigit() else 80,
+        principal=source_principal, metadata=metadata,
+    )  # fmt: skip
     decision = engine.decide(attributes)
-    return "" if decision.allowed else decision.policy or "-"
+    return None if decision.allowed else Refusal(403, DENIED_BODY, "RBAC", decision.policy)
 
 
 def _ip(text: str) -> IpAddress:

@@ -36,7 +36,7 @@ from mesh.l7.normalize import NormalizationError, check_headers, normalize_metho
 from mesh.l7.retries import Outcome, backoff, should_retry
 from mesh.l7.router import HeaderEdits, Request, RouteDecision, Router
 from mesh.rt.hbone.errors import StreamResetError
-from waypoint.authz import DENIED_BODY, authorize
+from waypoint.authz import authorize
 from waypoint.config import ClusterPolicy, WaypointConfig
 from waypoint.h2 import H2_PREFACE, H2Answer, H2Front, H2Upstream
 from waypoint.resilience import Guards
@@ -461,10 +461,10 @@ class WaypointProxy:
             check_headers(request.headers)
         except NormalizationError as exc:
             return Answer(exc.status, [("content-type", "text/plain")], f"{exc.message}\n".encode())
-        denied = authorize(self._router(), request, vhost_authority=vhost_authority,
-                           source_principal=source_principal, source_addr=source_addr)  # fmt: skip
-        if denied:
-            return Answer(403, [("content-type", "text/plain")], DENIED_BODY, flags="RBAC")
+        refusal = authorize(self._router(), request, vhost_authority=vhost_authority, now=time.time(),
+                            source_principal=source_principal, source_addr=source_addr)  # fmt: skip
+        if refusal is not None:
+            return Answer(refusal.status, [("content-type", "text/plain")], refusal.body, flags=refusal.flags)
         return None
 
     def _router(self) -> Router | None:

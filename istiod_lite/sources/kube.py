@@ -92,6 +92,7 @@ RESOURCES: tuple[Resource, ...] = (
     Resource("ReplicaSet", "apps", "v1", "replicasets"),
     Resource("PeerAuthentication", "security.istio.io", "v1", "peerauthentications"),
     Resource("AuthorizationPolicy", "security.istio.io", "v1", "authorizationpolicies"),
+    Resource("RequestAuthentication", "security.istio.io", "v1", "requestauthentications"),
     Resource("VirtualService", "networking.istio.io", "v1", "virtualservices", ("v1beta1", "v1alpha3")),
     Resource("DestinationRule", "networking.istio.io", "v1", "destinationrules", ("v1beta1", "v1alpha3")),
     Resource("Gateway", "gateway.networking.k8s.io", "v1", "gateways", ("v1beta1",)),

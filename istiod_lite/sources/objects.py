@@ -21,6 +21,7 @@ __all__ = [
     "GATEWAY",
     "HTTP_ROUTE",
     "LOCAL_RATE_LIMIT",
+    "REQUEST_AUTHENTICATION",
     "KINDS",
     "NAMESPACE",
     "PEER_AUTHENTICATION",
@@ -57,6 +58,7 @@ HTTP_ROUTE = "HTTPRoute"
 TELEMETRY = "Telemetry"
 LOCAL_RATE_LIMIT = "LocalRateLimit"
 """policy.mesh.dev LocalRateLimits (the mesh's own resource)."""
+REQUEST_AUTHENTICATION = "RequestAuthentication"
 KINDS: tuple[str, ...] = (
     NAMESPACE,
     POD,
@@ -72,6 +74,7 @@ KINDS: tuple[str, ...] = (
     HTTP_ROUTE,
     TELEMETRY,
     LOCAL_RATE_LIMIT,
+    REQUEST_AUTHENTICATION,
 )
 _CLUSTER_SCOPED = frozenset({NAMESPACE, "Node"})
 

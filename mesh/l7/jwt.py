@@ -27,7 +27,10 @@ from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2
 
 from mesh.errors import ConfigError
 
-__all__ = ["JwtConfigError", "JwtOutcome", "JwtVerifier", "compile_jwt"]
+__all__ = ["JWT_FILTER", "JwtConfigError", "JwtOutcome", "JwtVerifier", "compile_jwt"]
+
+JWT_FILTER = "envoy.filters.http.jwt_authn"
+"""The key of a virtual host's ``JwtAuthentication`` in its ``typed_per_filter_config``."""
 
 _ALGORITHMS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"}

@@ -23,6 +23,7 @@ from envoy.config.core.v3 import base_pb2
 from envoy.config.route.v3 import route_components_pb2 as rc
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.fault.v3 import fault_pb2
+from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2 as jwt_pb2
 from envoy.extensions.filters.http.local_ratelimit.v3 import local_rate_limit_pb2
 from envoy.extensions.filters.http.rbac.v3 import rbac_pb2
 from envoy.type.matcher.v3 import string_pb2
@@ -30,6 +31,7 @@ from envoy.type.matcher.v3 import string_pb2
 from mesh.errors import ConfigError
 from mesh.l7.authz import RBAC_FILTERS, AuthzConfigError, RbacEngine, compile_rbac
 from mesh.l7.faults import FAULT_FILTER, FaultConfig, compile_fault
+from mesh.l7.jwt import JWT_FILTER, JwtConfigError, JwtVerifier, compile_jwt
 from mesh.l7.ratelimit import RATE_LIMIT_FILTER, RateLimitConfig, compile_rate_limit
 from mesh.l7.retries import RetryConfig, compile_retry
 
@@ -111,6 +113,7 @@ class _VirtualHost:
     name: str
     routes: tuple[_Route, ...]
     authz: RbacEngine
+    jwt: JwtVerifier
 
 
 class Router:
@@ -135,10 +138,11 @@ class Router:
         vhost = self._vhost(authority)
         return vhost.name if vhost is not None else None
 
-    def authorization(self, authority: str) -> RbacEngine | None:
-        """The L7 policy of the virtual host serving ``authority`` (None: no virtual host)."""
+    def authorization(self, authority: str) -> tuple[JwtVerifier, RbacEngine] | None:
+        """The request authentication and L7 policy of the virtual host serving ``authority``
+        (None: no virtual host)."""
         vhost = self._vhost(authority)
-        return vhost.authz if vhost is not None else None
+        return (vhost.jwt, vhost.authz) if vhost is not None else None
 
     def route(self, request: Request, rng: random.Random) -> RouteDecision | None:
         """The decision of the first route that matches, or None (no route: Envoy answers 404 NR)."""
@@ -193,6 +197,7 @@ def compile_routes(config: route_pb2.RouteConfiguration) -> Router:
             vh.name,
             tuple(_route(r, f"{where}.routes[{j}]") for j, r in enumerate(vh.routes)),
             _authz(vh, where),
+            _jwt(vh, where),
         )
         for domain in (d.lower() for d in vh.domains):
             if domain == "*":
@@ -226,6 +231,18 @@ def _authz(vh: rc.VirtualHost, where: str) -> RbacEngine:
     try:
         return compile_rbac(filters)
     except AuthzConfigError as exc:
+        raise RouteConfigError(where, exc.message) from None
+
+
+def _jwt(vh: rc.VirtualHost, where: str) -> JwtVerifier:
+    """The virtual host's JWT providers (mesh.l7.jwt), none when it has no jwt_authn config."""
+    config = jwt_pb2.JwtAuthentication()
+    if JWT_FILTER in vh.typed_per_filter_config and not vh.typed_per_filter_config[JWT_FILTER].Unpack(config):
+        packed = vh.typed_per_filter_config[JWT_FILTER]
+        raise RouteConfigError(where, f"typed_per_filter_config[{JWT_FILTER}] is a {packed.TypeName()}")
+    try:
+        return compile_jwt(config)
+    except JwtConfigError as exc:
         raise RouteConfigError(where, exc.message) from None
 
 

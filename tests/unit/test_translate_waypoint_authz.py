@@ -33,8 +33,9 @@ def policy(name: str, action: str, rules: list[Obj], *, target: Obj | None = Non
 def decide(policies: list[Obj], request: dict[str, Any], *, authority: str = f"{REVIEWS}:9080") -> str:
     config = translate(*policies)
     assert config.route_configuration is not None
-    engine = compile_routes(config.route_configuration).authorization(authority)
-    assert engine is not None
+    found = compile_routes(config.route_configuration).authorization(authority)
+    assert found is not None
+    _, engine = found
     headers = [("host", request.get("host", "reviews:9080")), *request.get("headers", [])]
     attributes = request_attributes(
         request.get("method", "GET"),

@@ -36,7 +36,7 @@ from istiod_lite.translate.model import Warnings
 from istiod_lite.view import Json, KubeObject
 from mesh.l7.authz import RBAC_FILTERS
 
-__all__ = ["apply_authorization", "waypoint_rbac"]
+__all__ = ["apply_authorization", "covers", "policy_targets", "waypoint_rbac"]
 
 _ACTIONS = {"": rbac_pb2.RBAC.ALLOW, "ALLOW": rbac_pb2.RBAC.ALLOW, "DENY": rbac_pb2.RBAC.DENY,
             "AUDIT": rbac_pb2.RBAC.LOG}  # fmt: skip
@@ -53,8 +53,9 @@ _TEMPLATE = re.compile(r"\{\*\*?\}")
 Dict = dict[str, Any]
 
 
-def _targets(obj: KubeObject, gateway: KubeObject) -> set[str] | None:
-    """The Service names the policy targets in this waypoint (empty set: every Service), or None."""
+def policy_targets(obj: KubeObject, gateway: KubeObject) -> set[str] | None:
+    """The Service names a policy (or RequestAuthentication) targets in this waypoint (an empty
+    set: every Service), or None when it targets nothing here."""
     spec = mapping(obj.spec, "spec")
     refs = [*sequence(spec.get("targetRefs"), "spec.targetRefs")]
     if spec.get("targetRef") is not None:
@@ -259,6 +260,12 @@ def _when_builder(key: str, field: str) -> Any:
     raise FieldError(f"{field}.key", f"{key!r} is not a condition the waypoint supports")
 
 
+def covers(vhost: Any, services: set[str], namespace: str, cluster_domain: str) -> bool:
+    """Whether a virtual host serves one of ``services`` of ``namespace`` (empty set: every one)."""
+    hosts = {f"{name}.{namespace}.svc.{cluster_domain}" for name in services}
+    return not hosts or vhost.name.rsplit(":", 1)[0] in hosts
+
+
 def apply_authorization(
     route_config: route_pb2.RouteConfiguration,
     policies: Iterable[KubeObject],
@@ -271,16 +278,15 @@ def apply_authorization(
     per_host: dict[str, dict[int, rbac_pb2.RBAC]] = {}
     for obj in sorted(policies, key=lambda o: (o.namespace, o.name)):
         try:
-            services = _targets(obj, gateway)
+            services = policy_targets(obj, gateway)
         except FieldError as exc:
             problems.add(obj, exc.field, exc.problem)
             continue
         if services is None:
             continue
         action, rules = waypoint_rbac(obj, problems)
-        hosts = {f"{name}.{obj.namespace}.svc.{cluster_domain}" for name in services}
         for vhost in route_config.virtual_hosts:
-            if hosts and vhost.name.rsplit(":", 1)[0] not in hosts:
+            if not covers(vhost, services, obj.namespace, cluster_domain):
                 continue
             rbac = per_host.setdefault(vhost.name, {}).setdefault(action, rbac_pb2.RBAC(action=action))
             for i, policy in enumerate(rules):

@@ -12,6 +12,7 @@ from google.protobuf.message import Message
 
 from istiod_lite.translate._fields import FieldError
 from istiod_lite.translate.l7._context import RouteContext, RouteScope
+from istiod_lite.translate.l7.authn import apply_request_authentication
 from istiod_lite.translate.l7.authz import apply_authorization
 from istiod_lite.translate.l7.binding import (
     api_group,
@@ -109,6 +110,9 @@ def translate_waypoint(
     apply_rate_limits(route_config, view.local_rate_limits.values(), options.cluster_domain, problems)
     apply_authorization(
         route_config, view.authorization_policies.values(), gateway, options.cluster_domain, problems
+    )
+    apply_request_authentication(
+        route_config, view.request_authentications.values(), gateway, options.cluster_domain, problems
     )
     clusters, assignments = _clusters(view, ctx, services, options)
     resources = {
