@@ -31,6 +31,7 @@ from istiod_lite.translate._fields import (
 from istiod_lite.translate.authz import compile_rule
 from istiod_lite.translate.l7._envoy import fault_config, istio_retry_policy, redirect_code
 from istiod_lite.translate.l7._values import duration, fraction
+from istiod_lite.translate.l7.authn import request_authentication_errors
 from istiod_lite.translate.l7.destinations import DestinationRule, load_balancer
 from istiod_lite.translate.l7.httproute import check_http_route_rule
 from istiod_lite.translate.l7.ratelimit import API_GROUP as RATE_LIMIT_GROUP
@@ -203,6 +204,7 @@ _VALIDATORS: Mapping[str, tuple[frozenset[str], Callable[[KubeObject], list[Fiel
     {
         "PeerAuthentication": (_SECURITY, _one(_peer_authentication)),
         "AuthorizationPolicy": (_SECURITY, _authorization_policy),
+        "RequestAuthentication": (_SECURITY, request_authentication_errors),
         "VirtualService": (_NETWORKING, _virtual_service),
         "DestinationRule": (_NETWORKING, _destination_rule),
         "Gateway": (_GATEWAY_API, _gateway),

@@ -14,6 +14,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from istiod_lite.validation import validate_mesh_object
 from mesh.http1 import Message
 from mesh.l7.router import compile_routes
 from tests.unit.l7_world import REVIEWS, Obj, problems_text, translate
@@ -127,3 +128,9 @@ def test_unreadable_rules_are_reported_and_accept_nothing(rule: Obj, field: str)
     authn = request_authentication("bad", [rule])
     assert any(field in text for text in problems_text(translate(authn)))
     assert run([authn, REQUIRE], [("authorization", f"Bearer {token()}")])[0] == 403
+
+
+def test_validation_names_the_bad_rule() -> None:
+    bad = request_authentication("bad", [RULE, {"issuer": ISSUER, "jwksUri": "https://x/jwks"}])
+    assert [e.field for e in validate_mesh_object(bad)] == ["spec.jwtRules[1].jwksUri"]
+    assert validate_mesh_object(AUTHN) == []

@@ -28,7 +28,7 @@ from istiod_lite.translate.model import Warnings
 from istiod_lite.view import Json, KubeObject
 from mesh.l7.jwt import JWT_FILTER
 
-__all__ = ["apply_request_authentication"]
+__all__ = ["apply_request_authentication", "request_authentication_errors"]
 
 _RULE_FIELDS = frozenset(
     {"issuer", "audiences", "jwks", "jwksUri", "fromHeaders", "fromParams", "forwardOriginalToken",
@@ -74,6 +74,23 @@ def _provider(raw: Json, field: str) -> config_pb2.JwtProvider:
             raise FieldError(f"{field}.outputClaimToHeaders[{i}]", "give header and claim")
         provider.claim_to_headers.add(header_name=header_name, claim_name=claim)
     return provider
+
+
+def request_authentication_errors(obj: KubeObject) -> list[FieldError]:
+    """What is wrong with a RequestAuthentication (validation): its fields and every JWT rule."""
+    errors = []
+    try:
+        spec = mapping(obj.spec, "spec")
+        check_fields(spec, frozenset({"selector", "targetRef", "targetRefs", "jwtRules"}), "spec")
+        rules = sequence(spec.get("jwtRules"), "spec.jwtRules")
+    except FieldError as exc:
+        return [exc]
+    for i, raw in enumerate(rules):
+        try:
+            _provider(raw, f"spec.jwtRules[{i}]")
+        except FieldError as exc:
+            errors.append(exc)
+    return errors
 
 
 def apply_request_authentication(
