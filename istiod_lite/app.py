@@ -46,6 +46,7 @@ from istiod_lite.status import LabStatusWriter, StatusReporter, StatusWriter
 from istiod_lite.view import Informers
 from mesh.clock import Clock
 from mesh.errors import MeshError
+from mesh.l7.normalize import MODES
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
 from mesh.rt.http import Handler, HttpReply, HttpServer, text_reply
@@ -284,6 +285,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         default="",
         help="on Kubernetes: deploy the waypoint of each istio-waypoint Gateway with this image",
     )
+    parser.add_argument(
+        "--path-normalization",
+        choices=MODES,
+        default="BASE",
+        help="meshConfig.pathNormalization of every waypoint (default %(default)s)",
+    )
     parser.add_argument("--readiness-listen", default="0.0.0.0:15021", help="readiness HTTP address")
     parser.add_argument(
         "--monitoring-listen",
@@ -431,7 +438,9 @@ def _waypoint_deployer(
         KubeWaypointSettings,
     )
 
-    settings = KubeWaypointSettings(image=args.waypoint_image, trust_domain=args.trust_domain)
+    settings = KubeWaypointSettings(
+        image=args.waypoint_image, trust_domain=args.trust_domain, path_normalization=args.path_normalization
+    )
     return KubeWaypointDeployer(api, settings, root_pem, logger=log)
 
 

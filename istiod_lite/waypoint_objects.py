@@ -43,6 +43,8 @@ class PodMesh:
     token_file: str
     trust_domain: str
     cluster_id: str
+    path_normalization: str = "BASE"
+    """Istio's ``meshConfig.pathNormalization`` (the waypoint's ``--path-normalization``)."""
     container: Mapping[str, Any] = field(default_factory=dict)
     """Merged into the container (e.g. ``image``, ``volumeMounts``, ``readinessProbe``)."""
     pod: Mapping[str, Any] = field(default_factory=dict)
@@ -94,6 +96,7 @@ def _pod_template(name: str, mesh: PodMesh) -> dict[str, Any]:
         "args": [
             "--xds-address", mesh.xds_address, "--root-cert", mesh.root_cert, "--token-file", mesh.token_file,
             "--trust-domain", mesh.trust_domain, "--cluster-id", mesh.cluster_id,
+            *(("--path-normalization", mesh.path_normalization) if mesh.path_normalization != "BASE" else ()),
         ],
         "env": env,
         "ports": [

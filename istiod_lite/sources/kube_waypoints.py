@@ -48,6 +48,8 @@ class KubeWaypointSettings:
     trust_domain: str = "cluster.local"
     cluster_id: str = "Kubernetes"
     cluster_domain: str = "cluster.local"
+    path_normalization: str = "BASE"
+    """Istio's ``meshConfig.pathNormalization`` for every waypoint."""
 
 
 def kubernetes_pod_mesh(settings: KubeWaypointSettings) -> PodMesh:
@@ -80,6 +82,7 @@ def kubernetes_pod_mesh(settings: KubeWaypointSettings) -> PodMesh:
         token_file=f"{_TOKEN_DIR}/istio-token",
         trust_domain=settings.trust_domain,
         cluster_id=settings.cluster_id,
+        path_normalization=settings.path_normalization,
         container=container,
         pod=pod,
     )

@@ -114,6 +114,7 @@ class Lab:
         mesh: bool = False,
         cert_ttl: int = DEFAULT_CERT_TTL,
         observability: bool = False,
+        path_normalization: str = "BASE",
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -126,7 +127,12 @@ class Lab:
             )
         lab_id = self._lab_id or self.lab_id
         settings = build_settings(
-            lab_id=lab_id, node_count=nodes, mesh=mesh, cert_ttl=cert_ttl, observability=observability
+            lab_id=lab_id,
+            node_count=nodes,
+            mesh=mesh,
+            cert_ttl=cert_ttl,
+            observability=observability,
+            path_normalization=path_normalization,
         )
         objects = self._validate(objects, settings.node_names())
         _preflight()

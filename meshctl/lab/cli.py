@@ -8,6 +8,7 @@ import sys
 import time
 from typing import Any
 
+from mesh.l7.normalize import MODES
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.settings import DEFAULT_CERT_TTL, build_settings, default_state_dir
 
@@ -46,6 +47,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         mesh=args.mesh,
         cert_ttl=args.cert_ttl,
         observability=args.observability,
+        path_normalization=args.path_normalization,
     )
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
@@ -157,6 +159,12 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
         "--observability",
         action="store_true",
         help="also run Prometheus scraping the mesh (see it with 'meshctl dashboard')",
+    )
+    up.add_argument(
+        "--path-normalization",
+        choices=MODES,
+        default="BASE",
+        help="Istio's meshConfig.pathNormalization for every waypoint (default %(default)s)",
     )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")

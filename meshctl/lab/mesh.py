@@ -263,6 +263,7 @@ class MeshRuntime:
             cluster_id=settings.cluster_id,
             cluster_domain=settings.cluster_domain,
             service_cidr=settings.service_cidr,
+            path_normalization=settings.path_normalization,
         )
 
     def ensure_waypoint_tokens(self, gateways: list[dict[str, Any]]) -> None:

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mesh.l7.normalize import MODES
 from meshctl.lab.errors import LabError
 
 __all__ = [
@@ -87,6 +88,8 @@ class LabSettings:
     """The workload certificate TTL, in seconds, the ztunnels ask the CA for."""
     observability: bool = False
     """Whether the lab runs a Prometheus server scraping the mesh (``lab up --observability``)."""
+    path_normalization: str = "BASE"
+    """Istio's ``meshConfig.pathNormalization.normalization`` for every waypoint (mesh.l7.normalize)."""
 
     @property
     def prefix(self) -> str:
@@ -127,6 +130,7 @@ class LabSettings:
             "mesh": self.mesh,
             "workloadCertTTL": self.cert_ttl,
             "observability": self.observability,
+            "pathNormalization": self.path_normalization,
             "nodes": [
                 {
                     "name": n.name,
@@ -165,6 +169,7 @@ class LabSettings:
                 mesh=bool(data.get("mesh", False)),
                 cert_ttl=int(data.get("workloadCertTTL", DEFAULT_CERT_TTL)),
                 observability=bool(data.get("observability", False)),
+                path_normalization=str(data.get("pathNormalization", "BASE")),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -180,6 +185,7 @@ def build_settings(
     mesh: bool = False,
     cert_ttl: int = DEFAULT_CERT_TTL,
     observability: bool = False,
+    path_normalization: str = "BASE",
 ) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
@@ -203,6 +209,10 @@ def build_settings(
     )
     if observability and not mesh:
         raise LabError("--observability watches the mesh", hint="drop --no-mesh, or --observability")
+    if path_normalization not in MODES:
+        raise LabError(
+            f"path normalization {path_normalization!r} is unknown", hint=f"use one of {', '.join(MODES)}"
+        )
     return LabSettings(
         lab_id=lab_id,
         nodes=nodes,
@@ -210,6 +220,7 @@ def build_settings(
         mesh=mesh,
         cert_ttl=cert_ttl,
         observability=observability,
+        path_normalization=path_normalization,
     )
 
 

@@ -50,6 +50,7 @@ class WaypointTemplate:
     cluster_id: str
     cluster_domain: str
     service_cidr: str
+    path_normalization: str = "BASE"
 
     def token_file(self, namespace: str, name: str) -> str:
         """The lab token file of the waypoint ``namespace/name`` (its service account)."""
@@ -102,6 +103,7 @@ def _desired(gateway: dict[str, Any], template: WaypointTemplate) -> list[dict[s
         token_file=template.token_file(meta["namespace"], meta["name"]),
         trust_domain=template.trust_domain,
         cluster_id=template.cluster_id,
+        path_normalization=template.path_normalization,
     )
     return waypoint_objects(gateway, mesh)
 

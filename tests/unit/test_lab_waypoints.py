@@ -4,6 +4,7 @@ Service and status, as istiod's deployment controller makes them (pure planning,
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 from pathlib import Path
 from typing import Any
@@ -15,9 +16,10 @@ from mesh.testing.clock import FakeClock
 from meshctl.lab import builders as b
 from meshctl.lab.actions import apply_local
 from meshctl.lab.controllers import plan
+from meshctl.lab.errors import LabError
 from meshctl.lab.mesh import MeshRuntime, write_tokens
 from meshctl.lab.podspec import container_argv, container_env
-from meshctl.lab.settings import build_settings
+from meshctl.lab.settings import LabSettings, build_settings
 from meshctl.lab.store import StateDir
 from meshctl.lab.waypoints import WaypointTemplate
 from tests.unit.test_lab_controllers import NODES, NOW, Objects, of_kind, run_pods, store
@@ -180,3 +182,24 @@ def test_each_waypoint_gets_a_token_istiod_accepts_for_its_service_account(tmp_p
     runtime.ensure_waypoint_tokens([{"metadata": {"namespace": "demo", "name": "waypoint"}}])
     assert token_file.read_text().strip() == token  # ...and the running waypoint's token stays good
     assert asyncio.run(authenticator.authenticate(token)).identity.service_account == "waypoint"
+
+
+@pytest.mark.parametrize(
+    ("mode", "extra"),
+    [("BASE", ()), ("MERGE_SLASHES", ("--path-normalization", "MERGE_SLASHES"))],
+)
+def test_the_mesh_path_normalization_reaches_each_waypoint(mode: str, extra: tuple[str, ...]) -> None:
+    template = dataclasses.replace(TEMPLATE, path_normalization=mode)
+    objects = store(b.namespace("demo"), gateway())
+    for _ in range(6):
+        for action in plan(objects, nodes=NODES, rng=random.Random(1), now=NOW, waypoints=template):
+            apply_local(objects, action)
+    (container,) = objects[("Deployment", "demo", "waypoint")]["spec"]["template"]["spec"]["containers"]
+    assert tuple(container["args"][10:]) == extra
+
+
+def test_lab_settings_keep_the_path_normalization_and_refuse_unknown_modes() -> None:
+    settings = build_settings(lab_id="pn", mesh=True, path_normalization="DECODE_AND_MERGE_SLASHES")
+    assert LabSettings.from_dict(settings.to_dict()).path_normalization == "DECODE_AND_MERGE_SLASHES"
+    with pytest.raises(LabError, match="MERGE"):
+        build_settings(lab_id="pn", mesh=True, path_normalization="MERGE")
