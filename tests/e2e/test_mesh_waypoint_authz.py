@@ -2,13 +2,16 @@
 identities from the mesh) -> ztunnel -> waypoint -> httpecho. A DENY of ``/admin`` holds against the
 bypass forms Istio's default normalization (BASE) resolves and lets what it keeps apart through, as
 Istio does; a principal-scoped ALLOW admits one client and answers 403 to another; a JWT-required
-Service answers 401/403/200 for bad, missing and good tokens (signed in the test). The MERGE and
-DECODE modes are exercised in tests/component/test_waypoint_authz.py."""
+Service answers 401/403/200 for bad, missing and good tokens (signed in the test). A second lab
+with meshConfig.pathNormalization DECODE_AND_MERGE_SLASHES also denies the slash forms (``//admin``,
+``%2F``, ``%5C``)."""
 
 from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
@@ -16,6 +19,8 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from meshctl.lab import builders as b
+from meshctl.lab.api import Lab
+from meshctl.lab.testkit import SystemSnapshot, unique_lab_id
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
 from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
 
@@ -92,18 +97,39 @@ def token(**claims: Any) -> str:
     return jwt.encode(payload, KEY, algorithm="RS256", headers={"kid": "e2e"})
 
 
+def in_force(mesh: MeshLab) -> None:
+    """Until the Services go through the waypoint and its DENY policy answers."""
+    mesh.lab.wait_ready(timeout=90)
+    wait_on_waypoint(mesh, "admin-app", "private-app", "jwt-app", timeout=90)
+    mesh.wait_for(lambda: status(mesh, "good", "http://admin-app/admin") == 403 or None,
+                  what="the DENY policy in force in the waypoint", timeout=60)  # fmt: skip
+
+
 @pytest.fixture(scope="module")
-def lab(mesh: MeshLab) -> Any:
+def lab(mesh: MeshLab) -> Iterator[MeshLab]:
     applied = objects()
     mesh.lab.apply(applied)
     try:
-        mesh.lab.wait_ready(timeout=90)
-        wait_on_waypoint(mesh, "admin-app", "private-app", "jwt-app", timeout=90)
-        mesh.wait_for(lambda: status(mesh, "good", "http://admin-app/admin") == 403 or None,
-                      what="the DENY policy in force in the waypoint", timeout=60)  # fmt: skip
+        in_force(mesh)
         yield mesh
     finally:
         mesh.lab.delete(list(reversed(applied)))
+
+
+@pytest.fixture(scope="module")
+def decoding_lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    """A lab of its own whose waypoints decode %2F/%5C and merge slashes (meshConfig)."""
+    lab_id = unique_lab_id("az")
+    before = SystemSnapshot.take(lab_id)
+    lab = Lab(Path(tmp_path_factory.mktemp("authz-decode")), lab_id=lab_id)
+    try:
+        lab.up(objects(), mesh=True, path_normalization="DECODE_AND_MERGE_SLASHES", timeout=90)
+        mesh = MeshLab(lab)
+        in_force(mesh)
+        yield mesh
+    finally:
+        lab.down()
+        assert SystemSnapshot.take(lab_id).leftovers(before, lab_id=lab_id) == []
 
 
 DENIED = [
@@ -140,3 +166,16 @@ def test_jwt_required(lab: MeshLab) -> None:
         status(lab, "good", "http://jwt-app/", f"Authorization: Bearer {token(exp=time.time() - 60)}") == 401
     )
     assert status(lab, "good", "http://jwt-app/", f"Authorization: Bearer {token()}") == 200
+
+
+DENIED_DECODED = ["//admin", "///admin/x", "/admin%2Fx", "/admin%2fx", "/x%2F..%2Fadmin", "/x%5C..%5Cadmin"]
+
+
+@pytest.mark.parametrize("path", DENIED_DECODED)
+def test_decode_and_merge_slashes_denies_the_slash_forms(decoding_lab: MeshLab, path: str) -> None:
+    assert status(decoding_lab, "good", f"http://admin-app{path}") == 403
+
+
+def test_decode_and_merge_slashes_still_lets_the_rest_through(decoding_lab: MeshLab) -> None:
+    assert status(decoding_lab, "good", "http://admin-app/administrator") == 200
+    assert body(decoding_lab, "good", "http://admin-app//public%2Fpage")["path"] == "/public/page"
