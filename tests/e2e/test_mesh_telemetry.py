@@ -139,7 +139,7 @@ def test_meshctl_zc_connections_lists_a_live_connection_on_both_nodes(mesh: Mesh
     meshctl = str(Path(sys.executable).with_name("meshctl"))
     client_ip, echo_ip = mesh.pod_ip("demo/client"), mesh.pod_ip("demo/tcpecho")
     holder = subprocess.Popen(
-        mesh.lab.exec_argv("demo/client", ["python", "-c", HOLD_OPEN, echo_ip, str(ECHO_PORT), "8"]),
+        mesh.lab.exec_argv("demo/client", ["python", "-c", HOLD_OPEN, echo_ip, str(ECHO_PORT), "30"]),
         stdout=subprocess.PIPE,
         text=True,
         env=mesh.lab.exec_env(),
@@ -172,8 +172,9 @@ def test_meshctl_zc_connections_lists_a_live_connection_on_both_nodes(mesh: Mesh
             ]
             return rows[0] if rows else None
 
-        outbound = mesh.wait_for(lambda: listed(CLIENT_NODE, "outbound"), what="the outbound row")
-        inbound = mesh.wait_for(lambda: listed(SERVER_NODE, "inbound"), what="the inbound row")
+        # held open for 30 s: long enough for a listing on a busy machine (each is a meshctl process)
+        outbound = mesh.wait_for(lambda: listed(CLIENT_NODE, "outbound"), what="the outbound row", timeout=25)
+        inbound = mesh.wait_for(lambda: listed(SERVER_NODE, "inbound"), what="the inbound row", timeout=25)
         for row in (outbound, inbound):
             assert row["src.identity"] == spiffe("demo", "client"), row
             assert row["dst.identity"] == spiffe("demo", "server"), row
