@@ -13,7 +13,10 @@ Paths (each proxy one process, ``--concurrency 1`` for Envoy; all on this machin
 The routes are a waypoint's usual work: a header match, a 90/10 weighted split over two clusters,
 a retry policy and a timeout; the clusters use the backend over HTTP/1.1. Rows: HTTP/1.1
 keep-alive at fixed concurrency (``wrk``, latency percentiles); HTTP/2 prior knowledge (``h2load``,
-``--connections`` clients with 10 streams each); HTTP/1.1 at a fixed rate (``h2load --h1 --rps``).
+``--connections`` clients with 10 streams each); HTTP/1.1 at a fixed rate (``h2load --h1 --rps``);
+HTTP/1.1 keep-alive again with an ALLOW AuthorizationPolicy of 100 rules on the virtual host, as
+Istio renders one (100 RBAC policies; the request matches only the last, so every rule is tried),
+judged by Envoy's RBAC filter and by ours (a second pair of proxies loads that configuration).
 Per row and path: requests/s, p50/p99 (wrk) or mean latency (h2load), added latency over direct,
 the proxy's CPU per request (utime+stime from /proc) and its peak RSS (VmHWM). Paths take turns in
 each repeat; the report is the median of the repeats. What this omits on purpose: HBONE in and out
@@ -51,7 +54,8 @@ __all__ = ["Result", "main", "run_benchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 HOST = "svc.bench.svc.cluster.local"
-ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate")
+ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate", "h1-authz-100")
+AUTHZ_RULES = 100
 
 
 def routes_and_clusters(backend: int) -> list[dict[str, Any]]:
@@ -105,6 +109,41 @@ def routes_and_clusters(backend: int) -> list[dict[str, Any]]:
     return [routes, cluster("v1"), cluster("v2")]
 
 
+_RBAC_ALLOW = "envoy.filters.http.rbac.allow"
+_RBAC = "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC"
+
+
+def with_authorization(resources: list[dict[str, Any]], rules: int = AUTHZ_RULES) -> list[dict[str, Any]]:
+    """The resources with an ALLOW policy of ``rules`` rules on the virtual host, rendered as Istio
+    renders an AuthorizationPolicy (one RBAC policy per rule): each of the first ``rules - 1`` wants
+    a path, a method and a tenant header the load does not send; the last allows GET on ``/*``."""
+
+    def header(name: str, exact: str) -> dict[str, Any]:
+        return {"header": {"name": name, "string_match": {"exact": exact}}}
+
+    def policy(permission: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"permissions": [{"and_rules": {"rules": permission}}], "principals": [{"any": True}]}
+
+    policies = {
+        f"ns[bench]-policy[api]-rule[{i}]": policy([
+            {"url_path": {"path": {"exact": f"/api/v{i}/items"}}},
+            header(":method", "GET"),
+            header("x-tenant", f"tenant-{i}"),
+        ])
+        for i in range(rules - 1)
+    } | {f"ns[bench]-policy[api]-rule[{rules - 1}]": policy([
+        {"url_path": {"path": {"prefix": "/"}}}, header(":method", "GET")
+    ])}  # fmt: skip
+    routes = json.loads(json.dumps(resources[0]))
+    routes["virtual_hosts"][0]["typed_per_filter_config"] = {
+        _RBAC_ALLOW: {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBACPerRoute",
+            "rbac": {"rules": {"action": "ALLOW", "policies": policies}},
+        }
+    }
+    return [routes, *resources[1:]]
+
+
 _HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 
 
@@ -154,12 +193,19 @@ def backend_config() -> dict[str, Any]:
 
 
 def envoy_waypoint_config(resources: list[dict[str, Any]]) -> dict[str, Any]:
-    """Envoy loading the same RouteConfiguration (inline) and Clusters (static)."""
+    """Envoy loading the same RouteConfiguration (inline) and Clusters (static); an RBAC filter with
+    no rules of its own sits before the router when a virtual host configures it, as in Istio's
+    waypoint."""
     routes = {k: v for k, v in resources[0].items() if k != "@type"}
     clusters = [{k: v for k, v in c.items() if k != "@type"} for c in resources[1:]]
+    rbac = any(_RBAC_ALLOW in vh.get("typed_per_filter_config", {}) for vh in routes["virtual_hosts"])
+    filters = [{"name": _RBAC_ALLOW, "typed_config": {"@type": _RBAC}}] if rbac else []
     return {
         "admin": _ADMIN,
-        "static_resources": {"listeners": [_listener("waypoint", _ROUTER, routes)], "clusters": clusters},
+        "static_resources": {
+            "listeners": [_listener("waypoint", filters + _ROUTER, routes)],
+            "clusters": clusters,
+        },
     }
 
 
@@ -200,6 +246,10 @@ def _wrk(port: int, seconds: float, connections: int) -> tuple[float, float, flo
         value, unit = re.match(r"([\d.]+)(us|ms|s)", text).groups()  # type: ignore[union-attr]
         return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit]
 
+    refused = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    if refused:
+        # A proxy answering 403 or 503 would look fast; the run counts only when every answer is 2xx.
+        raise RuntimeError(f"{refused.group(1)} answers through port {port} were not 2xx:\n{out[-800:]}")
     latency = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     mean = re.search(r"Latency\s+(\S+)", out)
     requests = re.search(r"(\d+) requests in", out)
@@ -224,7 +274,7 @@ def _h2load(port: int, seconds: float, connections: int, *, h1_rps: int = 0) -> 
         "-c",
         str(connections),
         "-H",
-        f"Host: {HOST}",
+        f":authority: {HOST}",  # with --h1, "Host:" would be sent twice, a 400 by RFC 9112
         f"http://127.0.0.1:{port}/",
     ]
     argv += ["--h1", "--rps", str(max(1, h1_rps // connections))] if h1_rps else ["-m", "10"]
@@ -234,19 +284,22 @@ def _h2load(port: int, seconds: float, connections: int, *, h1_rps: int = 0) -> 
     mean = re.search(r"time for request:\s+\S+\s+\S+\s+(\S+)", out)
     if not (done and rps and mean):
         raise RuntimeError(f"h2load printed no result:\n{out[-800:]}")
+    ok = re.search(r"status codes: (\d+) 2xx", out)
+    if not ok or int(ok.group(1)) != int(done.group(1)):
+        raise RuntimeError(f"answers through port {port} were not all 2xx:\n{out[-800:]}")
     value, unit = re.match(r"([\d.]+)(us|ms|s)", mean.group(1)).groups()  # type: ignore[union-attr]
     return float(rps.group(1)), float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0}[unit], int(done.group(2))
 
 
 @contextmanager
-def _ours(workdir: Path, resources: list[dict[str, Any]]) -> Iterator[tuple[int, int]]:
+def _ours(workdir: Path, resources: list[dict[str, Any]], name: str) -> Iterator[tuple[int, int]]:
     """Our waypoint on loopback, logging warnings only (no access log, as the Envoy here): (pid, port)."""
-    config = workdir / "waypoint.yaml"
+    config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = int(probe.getsockname()[1])
-    log = workdir / "waypoint.log"
+    log = workdir / f"{name}.log"
     argv = [
         sys.executable,
         "-m",
@@ -294,18 +347,24 @@ def run_benchmark(
         resources = routes_and_clusters(backend.listener[1])
         envoy = start_envoy(envoy_waypoint_config(resources), workdir, name="envoy-waypoint")
         stack.callback(envoy.stop)
-        ours_pid, ours_port = stack.enter_context(_ours(workdir, resources))
-        paths = {
+        ours_pid, ours_port = stack.enter_context(_ours(workdir, resources, "waypoint"))
+        guarded = with_authorization(resources)
+        envoy_authz = start_envoy(envoy_waypoint_config(guarded), workdir, name="envoy-waypoint-authz")
+        stack.callback(envoy_authz.stop)
+        authz_pid, authz_port = stack.enter_context(_ours(workdir, guarded, "waypoint-authz"))
+        plain = {
             "direct": (None, backend.listener[1]),
             "ours": (ours_pid, ours_port),
             "envoy": (envoy.pid, envoy.listener[1]),
         }
+        authz = plain | {"ours": (authz_pid, authz_port), "envoy": (envoy_authz.pid, envoy_authz.listener[1])}
         for repeat in range(repeats):
             for row in ROWS:
+                paths = authz if row == "h1-authz-100" else plain
                 for path, (pid, port) in paths.items():
                     progress(f"  repeat {repeat + 1}/{repeats}: {row} via {path}")
                     cpu_before = proc_stats(pid)[0] if pid else 0.0
-                    if row == "h1-keepalive":
+                    if row in ("h1-keepalive", "h1-authz-100"):
                         rps, p50, p99, mean, requests = _wrk(port, seconds, connections)
                     else:
                         rps, mean, requests = _h2load(
