@@ -16,7 +16,9 @@ keep-alive at fixed concurrency (``wrk``, latency percentiles); HTTP/2 prior kno
 ``--connections`` clients with 10 streams each); HTTP/1.1 at a fixed rate (``h2load --h1 --rps``);
 HTTP/1.1 keep-alive again with an ALLOW AuthorizationPolicy of 100 rules on the virtual host, as
 Istio renders one (100 RBAC policies; the request matches only the last, so every rule is tried),
-judged by Envoy's RBAC filter and by ours (a second pair of proxies loads that configuration).
+judged by Envoy's RBAC filter and by ours (a second pair of proxies loads that configuration); and
+with every request traced (a span each, exported with OTLP/HTTP to a collector that answers 200:
+Envoy's OpenTelemetry tracer with its HTTP exporter, ours with ``--tracing-otlp``; a third pair).
 Per row and path: requests/s, p50/p99 (wrk) or mean latency (h2load), added latency over direct,
 the proxy's CPU per request (utime+stime from /proc) and its peak RSS (VmHWM). Paths take turns in
 each repeat; the report is the median of the repeats. What this omits on purpose: HBONE in and out
@@ -39,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
@@ -47,14 +50,14 @@ from typing import Any
 
 import yaml
 
-from mesh.testing.envoy_hbone import proc_stats, start_envoy
+from mesh.testing.envoy_hbone import EnvoyProcess, proc_stats, start_envoy
 from mesh.testing.processes import stop_process
 
 __all__ = ["Result", "main", "run_benchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 HOST = "svc.bench.svc.cluster.local"
-ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate", "h1-authz-100")
+ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate", "h1-authz-100", "h1-tracing-100")
 AUTHZ_RULES = 100
 
 
@@ -192,21 +195,56 @@ def backend_config() -> dict[str, Any]:
     return {"admin": _ADMIN, "static_resources": {"listeners": [_listener("backend", _ROUTER, route)]}}
 
 
-def envoy_waypoint_config(resources: list[dict[str, Any]]) -> dict[str, Any]:
+def envoy_waypoint_config(resources: list[dict[str, Any]], *, collector: int = 0) -> dict[str, Any]:
     """Envoy loading the same RouteConfiguration (inline) and Clusters (static); an RBAC filter with
     no rules of its own sits before the router when a virtual host configures it, as in Istio's
-    waypoint."""
+    waypoint; with a ``collector`` port, every request is traced to it (OTLP/HTTP)."""
     routes = {k: v for k, v in resources[0].items() if k != "@type"}
     clusters = [{k: v for k, v in c.items() if k != "@type"} for c in resources[1:]]
     rbac = any(_RBAC_ALLOW in vh.get("typed_per_filter_config", {}) for vh in routes["virtual_hosts"])
     filters = [{"name": _RBAC_ALLOW, "typed_config": {"@type": _RBAC}}] if rbac else []
+    listener = _listener("waypoint", filters + _ROUTER, routes)
+    if collector:
+        clusters.append(_collector_cluster(collector))
+        hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+        hcm["tracing"] = {
+            "random_sampling": {"value": 100},
+            "provider": {
+                "name": "envoy.tracers.opentelemetry",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.config.trace.v3.OpenTelemetryConfig",
+                    "http_service": {
+                        "http_uri": {
+                            "uri": f"http://127.0.0.1:{collector}/v1/traces",
+                            "cluster": "collector",
+                            "timeout": "1s",
+                        }
+                    },
+                    "service_name": "waypoint",
+                },
+            },
+        }
+    return {"admin": _ADMIN, "static_resources": {"listeners": [listener], "clusters": clusters}}
+
+
+def _collector_cluster(port: int) -> dict[str, Any]:
+    endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
     return {
-        "admin": _ADMIN,
-        "static_resources": {
-            "listeners": [_listener("waypoint", filters + _ROUTER, routes)],
-            "clusters": clusters,
-        },
+        "name": "collector",
+        "type": "STATIC",
+        "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": "collector", "endpoints": [{"lb_endpoints": [endpoint]}]},
     }
+
+
+def _requests_served(envoy: EnvoyProcess) -> int:
+    """How many requests a direct-response Envoy (the backend config) has answered."""
+    with urllib.request.urlopen(
+        f"http://127.0.0.1:{envoy.admin[1]}/stats?filter=^http.backend.downstream_rq_completed$", timeout=5
+    ) as answer:
+        text = answer.read().decode()
+    found = re.search(r"downstream_rq_completed: (\d+)", text)
+    return int(found.group(1)) if found else 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -292,7 +330,9 @@ def _h2load(port: int, seconds: float, connections: int, *, h1_rps: int = 0) -> 
 
 
 @contextmanager
-def _ours(workdir: Path, resources: list[dict[str, Any]], name: str) -> Iterator[tuple[int, int]]:
+def _ours(
+    workdir: Path, resources: list[dict[str, Any]], name: str, *extra: str
+) -> Iterator[tuple[int, int]]:
     """Our waypoint on loopback, logging warnings only (no access log, as the Envoy here): (pid, port)."""
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
@@ -316,6 +356,7 @@ def _ours(workdir: Path, resources: list[dict[str, Any]], name: str) -> Iterator
         "127.0.0.1:0",
         "--log-level",
         "warning",
+        *extra,
     ]
     with log.open("w") as sink:
         proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=sink, cwd=_REPO)
@@ -358,13 +399,39 @@ def run_benchmark(
             "envoy": (envoy.pid, envoy.listener[1]),
         }
         authz = plain | {"ours": (authz_pid, authz_port), "envoy": (envoy_authz.pid, envoy_authz.listener[1])}
+        # One collector per tracer, so each one's exports can be seen to arrive.
+        collectors = {
+            path: start_envoy(backend_config(), workdir, name=f"collector-{path}") for path in plain
+        }
+        for collector in collectors.values():
+            stack.callback(collector.stop)
+        envoy_traced = start_envoy(
+            envoy_waypoint_config(resources, collector=collectors["envoy"].listener[1]),
+            workdir,
+            name="envoy-waypoint-traced",
+        )
+        stack.callback(envoy_traced.stop)
+        traced_pid, traced_port = stack.enter_context(
+            _ours(
+                workdir,
+                resources,
+                "waypoint-traced",
+                f"--tracing-otlp=http://127.0.0.1:{collectors['ours'].listener[1]}/v1/traces",
+                "--tracing-sampling=100",
+            )
+        )
+        traced = plain | {
+            "ours": (traced_pid, traced_port),
+            "envoy": (envoy_traced.pid, envoy_traced.listener[1]),
+        }
+        variants = {"h1-authz-100": authz, "h1-tracing-100": traced}
         for repeat in range(repeats):
             for row in ROWS:
-                paths = authz if row == "h1-authz-100" else plain
+                paths = variants.get(row, plain)
                 for path, (pid, port) in paths.items():
                     progress(f"  repeat {repeat + 1}/{repeats}: {row} via {path}")
                     cpu_before = proc_stats(pid)[0] if pid else 0.0
-                    if row in ("h1-keepalive", "h1-authz-100"):
+                    if row.startswith("h1-") and row != "h1-fixed-rate":
                         rps, p50, p99, mean, requests = _wrk(port, seconds, connections)
                     else:
                         rps, mean, requests = _h2load(
@@ -377,7 +444,17 @@ def run_benchmark(
                     cpu, rss = proc_stats(pid) if pid else (0.0, 0.0)
                     per_request = (cpu - cpu_before) / requests * 1e6 if pid and requests else None
                     results.append(Result(row, path, rps, p50, p99, mean, per_request, rss if pid else None))
+        _await_exports(collectors["ours"], collectors["envoy"])
     return results
+
+
+def _await_exports(*collectors: EnvoyProcess) -> None:
+    """Both tracers batch (Envoy flushes every 5 s): give them 10 s to show their spans arrived."""
+    deadline = time.monotonic() + 10
+    while any(_requests_served(c) == 0 for c in collectors):
+        if time.monotonic() > deadline:
+            raise RuntimeError("a traced proxy exported no spans to its collector in 10 s")
+        time.sleep(0.2)
 
 
 def summarize(results: list[Result]) -> list[dict[str, Any]]:
@@ -427,10 +504,10 @@ def _render(table: list[dict[str, Any]]) -> str:
         return "-".rjust(width) if value is None or math.isnan(value) else format(value, spec)
 
     head = "".join(title.rjust(int(spec.split(".", maxsplit=1)[0])) for title, _, spec in _COLUMNS)
-    lines = ["row".ljust(14) + "path".ljust(7) + head]
+    lines = ["row".ljust(16) + "path".ljust(7) + head]
     for line in table:
         cells = "".join(cell(line[key], spec) for _, key, spec in _COLUMNS)
-        lines.append(f"{line['row']:<14}{line['path']:<7}{cells}")
+        lines.append(f"{line['row']:<16}{line['path']:<7}{cells}")
     return "\n".join(lines)
 
 
