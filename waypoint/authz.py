@@ -2,12 +2,16 @@
 normalized) against the JWT providers and the RBAC filters of the virtual host that serves it
 (mesh.l7.jwt, mesh.l7.authz). Answers as Envoy's: 401 ``Jwt verification fails`` for a token no
 provider accepts, 403 ``RBAC: access denied`` (flag ``RBAC``) for a denial; the request goes
-nowhere. An accepted token's header is dropped unless forwarded and its claim headers added."""
+nowhere. An accepted token's header is dropped unless forwarded and its claim headers added. A
+request an AUDIT policy matches is logged (``rbac.audit``, the policies, the request, the decision),
+as Istio's AUDIT action marks it for the access log."""
 
 from __future__ import annotations
 
 import ipaddress
 from dataclasses import dataclass
+
+import structlog
 
 from mesh.http1 import Message
 from mesh.l7.authz import IpAddress, request_attributes
@@ -59,6 +63,12 @@ def authorize(
         principal=source_principal, metadata=metadata,
     )  # fmt: skip
     decision = engine.decide(attributes)
+    if decision.logged:
+        structlog.get_logger().info(  # looked up per call: the logging set-up runs after import
+            "rbac.audit", component="waypoint", policies=list(decision.logged), method=request.method,
+            path=request.target, authority=vhost_authority, source_principal=source_principal,
+            source_address=source_addr, allowed=decision.allowed,
+        )  # fmt: skip
     return None if decision.allowed else Refusal(403, DENIED_BODY, "RBAC", decision.policy)
 
 

@@ -1,11 +1,12 @@
 """The waypoint process enforcing L7 policy (Envoy HTTP RBAC on the virtual host) between raw
 clients and a backend that records every request it gets: bypass forms of ``/admin`` are answered
 403 ``RBAC: access denied`` and reach nothing; what is allowed reaches the backend normalized, as
-judged; a WebSocket upgrade is judged like any request."""
+judged; a WebSocket upgrade is judged like any request; an AUDIT match is logged and let through."""
 
 from __future__ import annotations
 
 import http.server
+import json
 import socket
 import subprocess
 import threading
@@ -75,13 +76,15 @@ def config(backend: int) -> dict[str, Any]:
             }
         ],
     )
+    audit = rbac("LOG", [{"url_path": {"path": {"prefix": "/audited/"}}}])
     allow = rbac("ALLOW", [{"header": {"name": "x-team", "string_match": {"exact": "blue"}}}])
     everything = {"match": {"prefix": "/"}, "route": {"cluster": "app"}}
     routes = {
         "@type": ROUTES, "name": "waypoint",
         "virtual_hosts": [
             {"name": "app", "domains": ["app"], "routes": [everything],
-             "typed_per_filter_config": {"envoy.filters.http.rbac.deny": deny}},
+             "typed_per_filter_config": {"envoy.filters.http.rbac.deny": deny,
+                                         "envoy.filters.http.rbac.audit": audit}},
             {"name": "team", "domains": ["team"], "routes": [everything],
              "typed_per_filter_config": {"envoy.filters.http.rbac.allow": allow}},
         ],
@@ -93,6 +96,7 @@ def config(backend: int) -> dict[str, Any]:
 class Running:
     port: int
     backend: Recorder
+    log: Path
 
 
 @pytest.fixture(scope="module")
@@ -111,7 +115,7 @@ def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
         proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
     try:
         _started_in(log, proc)
-        yield Running(port, backend)
+        yield Running(port, backend, log)
     finally:
         proc.kill()
         proc.wait()
@@ -177,3 +181,10 @@ def test_a_second_host_is_refused(waypoint: Running) -> None:
     before = len(waypoint.backend.paths)
     assert send(waypoint.port, "/public", extra="Host: secret\r\n")[0] == 400
     assert len(waypoint.backend.paths) == before
+
+
+def test_an_audit_match_is_logged_and_let_through(waypoint: Running) -> None:
+    assert send(waypoint.port, "/audited/../audited/report")[0] == 200
+    assert send(waypoint.port, "/plain")[0] == 200
+    events = [json.loads(line) for line in waypoint.log.read_text().splitlines() if "rbac.audit" in line]
+    assert [(e["policies"], e["path"], e["allowed"]) for e in events] == [(["p"], "/audited/report", True)]
