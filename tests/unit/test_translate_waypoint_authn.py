@@ -45,7 +45,9 @@ REQUIRE = policy("require-jwt", "ALLOW", [{"from": [{"source": {"requestPrincipa
 
 
 def token(key: Any = KEY, **claims: Any) -> str:
-    body = {"iss": ISSUER, "sub": "alice", "aud": "reviews", "exp": time.time() + 60, **claims}
+    """A signed token; valid for an hour, as the parameters below are made when the suite is collected
+    and the full suite runs for many minutes before they are used."""
+    body = {"iss": ISSUER, "sub": "alice", "aud": "reviews", "exp": time.time() + 3600, **claims}
     return jwt.encode(body, key, algorithm="RS256", headers={"kid": "k"})
 
 
