@@ -19,13 +19,15 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-import jwt
 from envoy.extensions.filters.http.jwt_authn.v3 import config_pb2
 
 from mesh.errors import ConfigError
+
+if TYPE_CHECKING:
+    import jwt  # at run time imported where a token or a JWKS is read: PyJWT loads cryptography (MBs)
 
 __all__ = ["JWT_FILTER", "JwtConfigError", "JwtOutcome", "JwtVerifier", "compile_jwt"]
 
@@ -103,6 +105,8 @@ def _tokens(provider: _Provider, headers: Sequence[tuple[str, str]], query: str)
 
 
 def _verified(provider: _Provider, token: str, now: float) -> dict[str, Any] | None:
+    import jwt  # noqa: PLC0415 - only in a waypoint that verifies tokens (see the import above)
+
     try:
         header = jwt.get_unverified_header(token)
         unverified = jwt.decode(token, options={"verify_signature": False})
@@ -182,6 +186,8 @@ def compile_jwt(config: config_pb2.JwtAuthentication) -> JwtVerifier:
 
 
 def _keys(source: Any, where: str) -> tuple[jwt.PyJWK, ...]:
+    import jwt  # noqa: PLC0415 - only in a waypoint that verifies tokens (see the import above)
+
     kind = source.WhichOneof("specifier")
     try:
         if kind == "inline_string":

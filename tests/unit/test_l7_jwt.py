@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -135,3 +137,10 @@ def test_bad_providers_are_named(provider: dict[str, Any], problem: str) -> None
     with pytest.raises(JwtConfigError, match=problem) as info:
         compile_jwt(json_format.ParseDict({"providers": {"p": spec}}, config_pb2.JwtAuthentication()))
     assert "providers[p]" in str(info.value)
+
+
+def test_a_waypoint_without_token_providers_loads_no_jwt_library() -> None:
+    """PyJWT loads cryptography (about 10 MB of the waypoint's RSS budget): only verifying loads it."""
+    code = "import sys; import waypoint.app; print('jwt' in sys.modules, 'cryptography' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
