@@ -13,6 +13,7 @@ COPY waypoint waypoint
 COPY istiod_lite istiod_lite
 COPY meshctl meshctl
 COPY daemonset daemonset
-RUN pip install --no-cache-dir . && useradd --uid 1337 --user-group --no-create-home istio-proxy
+COPY scripts/otlp-protos.sh scripts/
+RUN pip install --no-cache-dir . && scripts/otlp-protos.sh python && useradd --uid 1337 --user-group --no-create-home istio-proxy
 USER 1337:1337
 ENTRYPOINT []

@@ -31,3 +31,4 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install -q --disable-pip-version-check -e '.[test,perf]'
   touch "$stamp"
 fi
+scripts/otlp-protos.sh .venv/bin/python

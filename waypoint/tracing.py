@@ -34,6 +34,12 @@ from mesh.rt.metrics import Counter, Registry
 from mesh.tracing import Span, child_context, extract, inject, keep
 from waypoint.telemetry import RequestRecord
 
+if not hasattr(trace_pb2, "ScopeSpans"):  # an install problem: say how to mend it
+    raise ImportError(
+        f"{trace_pb2.__file__} is the pre-1.0 copy of OpenTelemetry's protos that xds-protos ships, "
+        "not opentelemetry-proto's: run scripts/otlp-protos.sh with this Python (make setup does)"
+    )
+
 __all__ = ["SpanExporter", "Tracer", "TracingSettings", "encode_otlp", "encode_zipkin", "exporter_for"]
 
 _BATCH = 512
