@@ -130,7 +130,9 @@ class RecordingRules:
         self.captured: set[str] = set()
         self.calls: list[tuple[str, str]] = []
 
-    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange:
+    async def ensure_capture(
+        self, netns: str, plan: CapturePlan | None = None, *, fresh: bool = False
+    ) -> RuleChange:
         self.calls.append(("ensure", netns))
         changed = netns not in self.captured
         self.captured.add(netns)

@@ -5,6 +5,7 @@ in-process, and a fake node agent that hands the pods' netns fds over a real ZDS
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import random
 import socket
@@ -31,8 +32,10 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import Registry, build_registry, render
+from mesh.rt.net.memory import freeze_startup_heap
 from mesh.rt.net.netns import InPodSocketFactory
 from mesh.rt.tcp_metrics import TcpMetrics
+from ztunnel.cni.apply import ensure_routing, write_sysctls
 from ztunnel.cni.rules import plan_capture
 from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import parse_local_config
@@ -98,18 +101,8 @@ def build_pods(tag: str, *, capture: dict[str, bool]) -> list[Pod]:
         if capture.get(pod.name, True):
             plan = plan_capture()
             sh("iptables-restore", "--noflush", ns=pod.netns, stdin=plan.iptables_restore)
-            sh("ip", "rule", "add", "fwmark", plan.ip_rule.fwmark, "pref", str(plan.ip_rule.priority),
-               "lookup", str(plan.ip_rule.table), ns=pod.netns)  # fmt: skip
-            sh(
-                "ip",
-                "route",
-                "add",
-                *plan.ip_rule.route.split(),
-                "table",
-                str(plan.ip_rule.table),
-                ns=pod.netns,
-            )
-            sh("sysctl", "-qw", *(f"{c.key}={c.value}" for c in plan.sysctls), ns=pod.netns)
+            ensure_routing(f"/var/run/netns/{pod.netns}", plan.ip_rule)  # as the node agent does
+            write_sysctls(f"/var/run/netns/{pod.netns}", {c.key: c.value for c in plan.sysctls})
     return pods
 
 
@@ -225,8 +218,10 @@ async def running_mesh(
         for pod in pods:
             if pod not in uncertified:
                 await ctx.certs.get(WorkloadIdentity(TD, pod.namespace, pod.service_account))
+        freeze_startup_heap()  # as the ztunnel process does once started (this heap is pytest's too)
         yield Mesh(ctx, manager, registry, pods, authority)
     finally:
+        gc.unfreeze()
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
         await manager.stop_all(deadline=0.5)

@@ -76,7 +76,9 @@ class FakeRules:
         self.journal = journal
         self.captured: set[str] = set()
 
-    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange:
+    async def ensure_capture(
+        self, netns: str, plan: CapturePlan | None = None, *, fresh: bool = False
+    ) -> RuleChange:
         changed = netns not in self.captured
         self.captured.add(netns)
         self.journal.append("rules" if changed else "rules-unchanged")

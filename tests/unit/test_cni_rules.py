@@ -49,7 +49,6 @@ def test_connmark_return_path() -> None:
     assert "-A ISTIO_PRERT -m mark --mark 0x539/0xfff -j CONNMARK --set-xmark 0x111/0xfff" in mangle
     assert any("--restore-mark" in r and "connmark --mark 0x111/0xfff" in r for r in mangle)
     assert (plan.ip_rule.fwmark, plan.ip_rule.table, plan.ip_rule.priority) == ("0x111/0xfff", 100, 32764)
-    assert plan.ip_rule.route == "local 0.0.0.0/0 dev lo"
 
 
 def test_bypass_inbound_captures_outbound_only() -> None:
@@ -72,11 +71,10 @@ def test_release_removes_jumps_and_chains() -> None:
         ]
 
 
-def test_probe_snat_per_pod() -> None:
-    rules = _rules(plan_probe_snat(["10.244.1.7", "10.244.1.3"]), "nat")
-    assert rules == [
-        "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
-        "-A ISTIO_POSTRT -d 10.244.1.7/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127",
+def test_probe_snat_is_one_rule_over_the_probe_set() -> None:
+    assert _rules(plan_probe_snat(), "nat") == [
+        "-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst "
+        "-j SNAT --to-source 169.254.7.127"
     ]
 
 

@@ -5,11 +5,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import pytest
-
-from ztunnel.cni.apply import HostProbeSnat, RulesError
+from ztunnel.cni.apply import HostProbeSnat, ProbeSet, RulesError
 from ztunnel.cni.rules import plan_capture, plan_release
-from ztunnel.cni.ruleset import capture_input, ip_rule_present, parse_save, probe_snat_input, release_input
+from ztunnel.cni.ruleset import capture_input, parse_save, probe_snat_input, release_input
 
 PLAN = plan_capture().iptables_restore
 EMPTY = (
@@ -119,24 +117,10 @@ def test_release_of_a_damaged_capture_removes_what_is_there() -> None:
     assert "-X ISTIO_OUTPUT" in mangle and "-X ISTIO_PRERT" in mangle
 
 
-@pytest.mark.parametrize(
-    ("shown", "present"),
-    [
-        ("32764:\tfrom all fwmark 0x111/0xfff lookup 100 \n", True),
-        (
-            "32764:\tfrom all fwmark 0x111/0xfff lookup 100\n" * 2,
-            True,
-        ),
-        ("", False),
-        ("32764:\tfrom all fwmark 0x111/0xfff lookup 101\n", False),
-        ("32765:\tfrom all fwmark 0x111/0xfff lookup 100\n", False),
-        ("32764:\tfrom all fwmark 0x539/0xfff lookup 100\n", False),
-    ],
+RULE = (
+    "-A ISTIO_POSTRT -p tcp -m owner --socket-exists -m set --match-set istio-inpod-probes-v4 dst "
+    "-j SNAT --to-source 169.254.7.127"
 )
-def test_ip_rule_present(shown: str, present: bool) -> None:
-    assert ip_rule_present(shown, fwmark="0x111/0xfff", table=100, priority=32764) is present
-
-
 PROBE_SAVED = (  # what iptables-save (1.8.9, nf_tables) prints after probe_snat_input on a fresh node
     "*nat\n"
     ":PREROUTING ACCEPT [0:0]\n"
@@ -146,8 +130,7 @@ PROBE_SAVED = (  # what iptables-save (1.8.9, nf_tables) prints after probe_snat
     ":ISTIO_POSTRT - [0:0]\n"
     "-A POSTROUTING -j ISTIO_POSTRT\n"
     "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n"
-    "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127\n"
-    "-A ISTIO_POSTRT -d 10.244.1.7/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127\n"
+    f"{RULE}\n"
     "COMMIT\n"
 )
 
@@ -159,23 +142,20 @@ def _lines(restore: str | None) -> list[str]:
 
 def test_probe_snat_on_a_fresh_node_builds_the_chain_and_jumps_to_it_first() -> None:
     fresh = "*nat\n:POSTROUTING ACCEPT [0:0]\n-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\nCOMMIT\n"
-    lines = _lines(probe_snat_input(["10.244.1.7", "10.244.1.3", "fd00::3"], fresh))
-    assert lines[0] == ":ISTIO_POSTRT - [0:0]"
-    assert lines[-1] == "-I POSTROUTING 1 -j ISTIO_POSTRT"
-    assert [line.split()[3] for line in lines[1:-1]] == ["10.244.1.3/32", "10.244.1.7/32"]  # IPv4 only
+    assert _lines(probe_snat_input(fresh)) == [
+        ":ISTIO_POSTRT - [0:0]",
+        RULE,
+        "-I POSTROUTING 1 -j ISTIO_POSTRT",
+    ]
 
 
 def test_probe_snat_in_place_changes_nothing() -> None:
-    assert probe_snat_input(["10.244.1.3", "10.244.1.7"], PROBE_SAVED) is None
+    assert probe_snat_input(PROBE_SAVED) is None
 
 
-def test_a_new_pod_rebuilds_the_chain_but_leaves_the_jump() -> None:
-    lines = _lines(probe_snat_input(["10.244.1.3", "10.244.1.7", "10.244.1.9"], PROBE_SAVED))
-    assert len(lines) == 4 and not any("POSTROUTING" in line for line in lines)
-
-
-def test_no_pods_left_empties_the_chain() -> None:
-    assert _lines(probe_snat_input([], PROBE_SAVED)) == [":ISTIO_POSTRT - [0:0]"]
+def test_a_changed_rule_rebuilds_the_chain_but_leaves_the_jump() -> None:
+    lines = _lines(probe_snat_input(PROBE_SAVED.replace("169.254.7.127", "169.254.7.1")))
+    assert lines == [":ISTIO_POSTRT - [0:0]", RULE]
 
 
 def test_a_jump_that_is_not_first_or_twice_is_moved_to_the_front() -> None:
@@ -184,8 +164,7 @@ def test_a_jump_that_is_not_first_or_twice_is_moved_to_the_front() -> None:
         "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE\n-A POSTROUTING -j ISTIO_POSTRT\n"
         "-A POSTROUTING -j ISTIO_POSTRT\n",
     )
-    lines = _lines(probe_snat_input(["10.244.1.3", "10.244.1.7"], late))
-    assert lines[-3:] == [
+    assert _lines(probe_snat_input(late))[-3:] == [
         "-D POSTROUTING -j ISTIO_POSTRT",
         "-D POSTROUTING -j ISTIO_POSTRT",
         "-I POSTROUTING 1 -j ISTIO_POSTRT",
@@ -212,15 +191,38 @@ class _Iptables:
         return ""
 
 
-async def test_host_probe_snat_builds_the_chain_on_a_fresh_node_and_then_leaves_it_alone() -> None:
+class _Members(ProbeSet):
+    """The probe set without the kernel (a test double of its netlink calls): records the members."""
+
+    def __init__(self, members: set[str]) -> None:
+        super().__init__()
+        self.members, self.created = set(members), 0
+
+    async def create(self) -> None:
+        self.created += 1
+
+    async def sync(self, wanted: frozenset[str]) -> bool:
+        changed = wanted != self.members
+        self.members = set(wanted)
+        return changed
+
+
+async def test_host_probe_snat_builds_the_chain_on_a_fresh_node_then_only_changes_the_set() -> None:
     masquerade = "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE"
-    fresh = _Iptables([masquerade], None)
-    assert await HostProbeSnat(run=fresh).ensure(["10.244.1.3"])
+    fresh, members = _Iptables([masquerade], None), _Members(set())
+    snat = HostProbeSnat(run=fresh, members=members)
+    assert await snat.ensure(["10.244.1.3", "fd00::3"])
     (restore,) = fresh.restores
-    assert "-I POSTROUTING 1 -j ISTIO_POSTRT" in restore and "-d 10.244.1.3/32" in restore
-    rule = (
-        "-A ISTIO_POSTRT -d 10.244.1.3/32 -p tcp -m owner --socket-exists -j SNAT --to-source 169.254.7.127"
+    assert "-I POSTROUTING 1 -j ISTIO_POSTRT" in restore and RULE in restore
+    assert members.members == {"10.244.1.3"} and members.created == 1  # IPv4 only
+    assert await snat.ensure(["10.244.1.3", "10.244.1.7"])
+    assert not await snat.ensure(["10.244.1.7", "10.244.1.3"])
+    assert len(fresh.restores) == 1 and members.created == 1  # the rule is written once
+
+
+async def test_host_probe_snat_in_place_touches_nothing() -> None:
+    in_place = _Iptables(
+        ["-A POSTROUTING -j ISTIO_POSTRT", "-A POSTROUTING -s 10.244.1.0/24 -j MASQUERADE"], [RULE]
     )
-    in_place = _Iptables(["-A POSTROUTING -j ISTIO_POSTRT", masquerade], [rule])
-    assert not await HostProbeSnat(run=in_place).ensure(["10.244.1.3"])
+    assert not await HostProbeSnat(run=in_place, members=_Members({"10.244.1.3"})).ensure(["10.244.1.3"])
     assert in_place.restores == []

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import dataclasses
 import os
+import time
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
@@ -21,7 +22,7 @@ import structlog
 
 from mesh.clock import Clock
 from mesh.errors import MeshError
-from ztunnel.cni.apply import RuleChange
+from ztunnel.cni.apply import RuleChange, StepClock
 from ztunnel.cni.enroll import should_enroll
 from ztunnel.cni.plugin_server import CniEvent, CniVerdict
 from ztunnel.cni.pods import PodInfo, PodSource
@@ -51,7 +52,9 @@ Logger = structlog.typing.FilteringBoundLogger
 class Rules(Protocol):
     """Installs and removes the capture in a namespace (``apply.NetnsRules``)."""
 
-    async def ensure_capture(self, netns: str, plan: CapturePlan | None = None) -> RuleChange: ...
+    async def ensure_capture(
+        self, netns: str, plan: CapturePlan | None = None, *, fresh: bool = False
+    ) -> RuleChange: ...
 
     async def release(self, netns: str) -> RuleChange: ...
 
@@ -172,6 +175,7 @@ class NodeAgent:
             return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=str(exc))
 
     async def _handle(self, event: CniEvent) -> CniVerdict:
+        received = time.perf_counter()
         if event.command == "DEL":
             return await self._cni_del(event)
         if not (event.namespace and event.name):
@@ -189,9 +193,9 @@ class NodeAgent:
             )
         if event.command == "CHECK":
             return self._cni_check(pod)
-        return await self._cni_add(event, pod)
+        return await self._cni_add(event, pod, received=received)
 
-    async def _cni_add(self, event: CniEvent, pod: PodInfo) -> CniVerdict:
+    async def _cni_add(self, event: CniEvent, pod: PodInfo, *, received: float) -> CniVerdict:
         async with self._lock(pod.uid):
             old = self.records.get(pod.uid)
             rec = PodRecord(
@@ -220,11 +224,14 @@ class NodeAgent:
                 log.info("cni.add_not_enrolled")
                 return CniVerdict(ok=True, msg=f"not enrolled: {reason}")
             try:
-                await self._enroll(rec, pod)
+                # a namespace this agent never knew has no rules of ours: they need not be read
+                steps = await self._enroll(rec, pod, fresh=old is None)
             except MeshError as exc:
                 log.warning("cni.add_failed", error=str(exc))
                 return CniVerdict(ok=False, code=TRY_AGAIN_LATER, msg=f"pod not enrolled: {exc}")
-            log.info("cni.add_enrolled")
+            # cni_ms: from the plugin's request to this verdict (the pod's lock wait and its fetch too)
+            cni_ms = round((time.perf_counter() - received) * 1e3, 3)
+            log.info("cni.add_enrolled", cni_ms=cni_ms, steps_ms=steps)
             return CniVerdict(ok=True, msg="enrolled")
 
     def _cni_check(self, pod: PodInfo) -> CniVerdict:
@@ -253,21 +260,30 @@ class NodeAgent:
         self._pod_log(rec).info("cni.del")
         return CniVerdict(ok=True, msg="forgotten")
 
-    async def _enroll(self, rec: PodRecord, pod: PodInfo) -> None:
-        """Rules, pending, ZDS add + ack, enabled; the record ends pending on any failure."""
+    async def _enroll(self, rec: PodRecord, pod: PodInfo, *, fresh: bool = False) -> dict[str, float]:
+        """Rules, pending, probe SNAT, ZDS add + ack, enabled; the record ends pending on any failure.
+        Returns the milliseconds of each step (logged with the enrolment; bench_enrol reads them)."""
         now = self._clock.monotonic()
+        clock = StepClock()
         try:
-            await self._rules.ensure_capture(rec.netns, _plan_for(pod))
+            change = await self._rules.ensure_capture(rec.netns, _plan_for(pod), fresh=fresh)
+            clock.steps_ms.update(change.steps_ms)
+            clock.restart()
             if pod.redirection != "pending":
                 await self._source.set_redirection(pod, "pending")
             self.records[rec.uid] = failed(rec, now=now, policy=self._retry)  # until the ack
+            clock.done("annotate_pending")
             await self.sync_probes()  # captured from now on: probes must already bypass ztunnel
+            clock.done("probe_snat")
             await self._zds.add(self.workload(rec))
+            clock.done("zds_add")
             await self._source.set_redirection(pod, "enabled")
+            clock.done("annotate_enabled")
         except MeshError:
             self.records[rec.uid] = failed(rec, now=now, policy=self._retry)
             raise
         self.records[rec.uid] = enrolled(rec)
+        return {**clock.steps_ms, "total": clock.total()}
 
     async def _release(self, rec: PodRecord, pod: PodInfo) -> None:
         """Rules out, annotation removed, ZDS del to every ztunnel."""

@@ -10,7 +10,6 @@ mesh needs (``POD_SYSCTLS``), each with its reason.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from mesh.ports import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, MESH_MARK_MASK, OUTBOUND_PORT
@@ -18,6 +17,7 @@ from mesh.ports import INBOUND_HBONE_PORT, INBOUND_PLAINTEXT_PORT, MESH_MARK, ME
 __all__ = [
     "CONNMARK",
     "PROBE_CHAIN",
+    "PROBE_SET",
     "PROBE_HOOK",
     "PROBE_SOURCE",
     "ROUTE_TABLE",
@@ -38,6 +38,8 @@ ROUTE_TABLE = 100
 RULE_PRIORITY = 32764
 PROBE_SOURCE = "169.254.7.127"
 PROBE_CHAIN = "ISTIO_POSTRT"
+PROBE_SET = "istio-inpod-probes-v4"
+"""The node's ipset of captured pods' IPv4 addresses (the capture rules are IPv4 only)."""
 PROBE_HOOK = f"-A POSTROUTING -j {PROBE_CHAIN}"
 """The node's jump into the probe chain; it must be the first POSTROUTING rule, ahead of any
 masquerading, or a probe would leave with another source."""
@@ -48,12 +50,12 @@ _HOOKS = {"ISTIO_PRERT": "PREROUTING", "ISTIO_OUTPUT": "OUTPUT"}
 
 @dataclass(frozen=True, slots=True)
 class IpRule:
-    """An ``ip rule`` plus the route that makes marked replies local."""
+    """An ``ip rule``: replies marked ``fwmark`` look up ``table``, whose one route
+    (``local 0.0.0.0/0 dev lo``) makes them local, so they reach ztunnel's transparent sockets."""
 
     fwmark: str
     table: int
     priority: int
-    route: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,8 +121,7 @@ def plan_capture(*, bypass_inbound: bool = False) -> CapturePlan:
     ]
     text = _table("mangle", _declare("mangle") + _jumps("mangle", "-A") + mangle)
     text += _table("nat", _declare("nat") + _jumps("nat", "-A") + nat)
-    route = "local 0.0.0.0/0 dev lo"
-    return CapturePlan(text, IpRule(CONNMARK, ROUTE_TABLE, RULE_PRIORITY, route))
+    return CapturePlan(text, IpRule(CONNMARK, ROUTE_TABLE, RULE_PRIORITY))
 
 
 def plan_release() -> str:
@@ -134,20 +135,17 @@ def plan_release() -> str:
     return text
 
 
-def plan_probe_snat(pod_ips: Iterable[str]) -> str:
-    """Node-side rules (``iptables-restore --noflush`` input) that SNAT node-local traffic to
-    enrolled pods to 169.254.7.127, so kubelet probes bypass ztunnel (Istio's ``hostprobe``).
-
-    The chain is rebuilt whole from the current pod list on every change; IPv6 addresses are left
-    out (the capture rules are IPv4 only). Rules are written as ``iptables-save`` prints them, so
-    what is in place compares equal."""
-    lines = [f":{PROBE_CHAIN} - [0:0]", f"-F {PROBE_CHAIN}"]
-    lines += [
-        f"-A {PROBE_CHAIN} -d {ip}/32 -p tcp -m owner --socket-exists -j SNAT --to-source {PROBE_SOURCE}"
-        for ip in sorted(set(pod_ips))
-        if ":" not in ip
-    ]
-    return _table("nat", lines)
+def plan_probe_snat() -> str:
+    """Node-side rules (``iptables-restore --noflush`` input) that SNAT node-local TCP to the
+    addresses in the ipset ``PROBE_SET`` to 169.254.7.127, so kubelet probes bypass ztunnel (Istio's
+    ``hostprobe``, with its set name). The rule is written once; enrolling or releasing a pod adds
+    or removes its address in the set (one netlink message, however many pods the node runs).
+    Rules are written as ``iptables-save`` prints them, so what is in place compares equal."""
+    rule = (
+        f"-A {PROBE_CHAIN} -p tcp -m owner --socket-exists -m set --match-set {PROBE_SET} dst "
+        f"-j SNAT --to-source {PROBE_SOURCE}"
+    )
+    return _table("nat", [f":{PROBE_CHAIN} - [0:0]", rule])
 
 
 def _declare(table: str) -> list[str]:

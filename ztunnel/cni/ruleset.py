@@ -10,7 +10,6 @@ duplicates), all in one restore transaction.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from ztunnel.cni.rules import PROBE_CHAIN, PROBE_HOOK, plan_probe_snat, plan_release
@@ -18,7 +17,6 @@ from ztunnel.cni.rules import PROBE_CHAIN, PROBE_HOOK, plan_probe_snat, plan_rel
 __all__ = [
     "SavedRules",
     "capture_input",
-    "ip_rule_present",
     "parse_save",
     "probe_snat_input",
     "release_input",
@@ -125,11 +123,11 @@ def release_input(plan_text: str, saved_text: str) -> str | None:
     return out or None
 
 
-def probe_snat_input(pod_ips: Iterable[str], saved_nat: str) -> str | None:
-    """The ``iptables-restore --noflush`` input that makes the node's nat table SNAT local traffic to
-    exactly ``pod_ips`` (:func:`~ztunnel.cni.rules.plan_probe_snat`) with the jump into that chain
-    first in POSTROUTING, or None when it already does."""
-    plan, saved = parse_save(plan_probe_snat(pod_ips)), parse_save(saved_nat)
+def probe_snat_input(saved_nat: str) -> str | None:
+    """The ``iptables-restore --noflush`` input that puts the node's probe SNAT rule
+    (:func:`~ztunnel.cni.rules.plan_probe_snat`) in place with the jump into its chain first in
+    POSTROUTING, or None when it already is."""
+    plan, saved = parse_save(plan_probe_snat()), parse_save(saved_nat)
     have = saved.table_rules("nat")
     chain = PROBE_CHAIN
     postrouting = [rule for rule in have if _chain_of(rule) == "POSTROUTING"]
@@ -149,17 +147,3 @@ def probe_snat_input(pod_ips: Iterable[str], saved_nat: str) -> str | None:
 def _jump_target(rule: str) -> str:
     words = rule.split()
     return words[words.index("-j") + 1] if "-j" in words[:-1] else ""
-
-
-def ip_rule_present(ip_rule_show: str, *, fwmark: str, table: int, priority: int) -> bool:
-    """Whether ``ip rule show`` output has the capture's policy rule."""
-    for line in ip_rule_show.splitlines():
-        pref, _, rest = line.partition(":")
-        words = rest.split()
-        if (
-            pref.strip() == str(priority)
-            and f"fwmark {fwmark}" in rest
-            and words[-2:] == ["lookup", str(table)]
-        ):
-            return True
-    return False
