@@ -39,6 +39,7 @@ from mesh.rt.http import HttpReply, HttpServer, json_reply, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
+from mesh.rt.net.memory import freeze_startup_heap
 from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.rpc import client_tls
 from mesh.rt.tcp_metrics import TcpMetrics
@@ -279,7 +280,9 @@ async def _serve(args: argparse.Namespace) -> int:
     bound = listener.sockets[0].getsockname()[1]
     ready = True
     log.info("waypoint.started", **{"http.port": bound, "config": "xds" if xds else "local",
-                                    "routes": sorted(config().routers), "ports": ports})  # fmt: skip
+                                    "routes": sorted(config().routers), "ports": ports,
+                                    # full collections then walk only what requests made
+                                    "gc.frozen": freeze_startup_heap()})  # fmt: skip
     await drain.wait_triggered()
     ready = False
     listener.close()

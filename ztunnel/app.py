@@ -36,7 +36,7 @@ from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
 from mesh.rt.metrics import LoopTasks, build_registry
-from mesh.rt.net.memory import trim_when_idle, tune_malloc
+from mesh.rt.net.memory import freeze_startup_heap, trim_when_idle, tune_malloc
 from mesh.rt.rpc import client_tls
 from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
@@ -247,6 +247,7 @@ class Ztunnel:
             zds=self.args.zds_socket,
             xds=self.args.xds_address,
             max_connections=self.ctx.budget.limit,
+            **{"gc.frozen": freeze_startup_heap()},  # full collections then walk only what traffic made
         )
         await self.drain.wait_triggered()
         self.ctx.log.info("ztunnel.draining", deadline=self.args.drain_deadline)

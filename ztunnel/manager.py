@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import os
 import random
+import time
 from collections.abc import Callable
 
 import structlog
@@ -121,10 +122,17 @@ class WorkloadManager:
             return f"add {add.uid} came without a netns file descriptor"
         info = add.workload_info
         pod = PodInfo(add.uid, info.name, info.namespace, info.service_account or "default")
-        existing = self.proxies.pop(add.uid, None)
-        if existing is not None:  # a replay after an agent restart: rebind with the fresh fd
+        existing = self.proxies.get(add.uid)
+        if existing is not None and existing.serves_namespace_of(fd):
+            # a replay (the node agent restarted): the pod's listeners and connections stay as they are
+            os.close(fd)
+            self._log.info("proxy.kept", uid=add.uid, pod=f"{info.namespace}/{info.name}")
+            return ""
+        if existing is not None:  # the pod's sandbox was made again: rebind in its new namespace
+            del self.proxies[add.uid]
             await existing.stop(deadline=0.1)
         proxy = self._factory(pod, fd, self.ctx)
+        started = time.perf_counter()
         try:
             await proxy.start()
         except Exception as exc:
@@ -134,7 +142,8 @@ class WorkloadManager:
             return f"cannot start the proxy for {add.uid}: {exc}"
         self.proxies[add.uid] = proxy
         self.proxies_started += 1
-        self._log.info("proxy.started", uid=add.uid, pod=f"{info.namespace}/{info.name}")
+        took_ms = round((time.perf_counter() - started) * 1e3, 3)  # listeners bound, before the ack
+        self._log.info("proxy.started", uid=add.uid, pod=f"{info.namespace}/{info.name}", took_ms=took_ms)
         return ""
 
     async def _remove(self, uid: str) -> None:

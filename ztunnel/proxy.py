@@ -87,6 +87,11 @@ class PodProxy:
         self._tasks: set[asyncio.Task[None]] = set()
         self.active = 0
 
+    def serves_namespace_of(self, netns_fd: int) -> bool:
+        """Whether ``netns_fd`` is the network namespace this proxy listens in (same inode)."""
+        theirs, ours = os.fstat(netns_fd), os.fstat(self._netns_fd)
+        return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+
     async def start(self) -> None:
         """Binds the three listeners inside the pod and starts serving."""
         self.ctx.certs.prefetch([self.identity])

@@ -17,10 +17,11 @@ import asyncio
 import ctypes
 import ctypes.util
 import functools
+import gc
 import time
 from collections.abc import Callable
 
-__all__ = ["malloc_trim", "trim_when_idle", "tune_malloc"]
+__all__ = ["freeze_startup_heap", "malloc_trim", "trim_when_idle", "tune_malloc"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_THRESHOLD = -3
@@ -84,3 +85,14 @@ async def trim_when_idle(
             trim()
             trims_left -= 1
         last = now
+
+
+def freeze_startup_heap() -> int:
+    """Collects once, then moves every object alive now (modules, protobuf descriptors, the parsed
+    config) out of the cycle collector's reach, so a full collection walks only what traffic made.
+    Without it, a full collection under a flood of connections held the GIL for 100-250 ms, and with
+    it the readiness thread (perf/README.md, issue 20). Call once, when start-up is done; returns
+    how many objects were frozen."""
+    gc.collect()
+    gc.freeze()
+    return gc.get_freeze_count()
