@@ -108,3 +108,21 @@ def test_broken_files_are_errors_that_name_the_file(tmp_path: Path) -> None:
     path.write_text("a: [")
     with pytest.raises(LabStateError, match=r"x\.yaml"):
         state.read(("Pod", "demo", "x"))
+
+
+def test_shared_listing_parses_only_changed_files_and_forgets_deleted_ones(tmp_path: Path) -> None:
+    state = LabState(tmp_path)
+    with state.transaction() as txn:
+        txn.put(_pod("a"))
+        txn.put(_pod("b", uid="u2"))
+    first = state.list("Pod", shared=True)
+    again = state.list("Pod", shared=True)
+    assert [id(o) for o in again] == [id(o) for o in first]  # unchanged files: the same objects
+    assert patch_pod_annotations(state, "demo", "b", {"x": "1"}, uid="u2")
+    changed = state.list("Pod", shared=True)
+    assert changed[0] is first[0] and changed[1] is not first[1]
+    assert changed[1]["metadata"]["annotations"] == {"x": "1"}
+    with state.transaction() as txn:
+        txn.remove(("Pod", "demo", "a"))
+    assert [p["metadata"]["name"] for p in state.list("Pod", shared=True)] == ["b"]
+    assert state.list("Pod") == state.list("Pod", shared=True)  # the same content as a fresh read

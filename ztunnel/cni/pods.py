@@ -147,7 +147,8 @@ class LabPodSource:
         return self._rv
 
     def _read(self) -> dict[str, PodInfo]:
-        return pods_on_node(self.state.list("Pod"), self.state.list("Namespace"), node=self._node)
+        pods, namespaces = self.state.list("Pod", shared=True), self.state.list("Namespace", shared=True)
+        return pods_on_node(pods, namespaces, node=self._node)
 
     async def refresh(self, *, force: bool = False) -> bool:
         """Re-reads the pods when the counter moved (or ``force``); True when the view changed."""
