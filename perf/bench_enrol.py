@@ -1,7 +1,7 @@
 """Enrolment at node scale (issue 20): CNI ADD latency for 110 pods on one node, its steps, and
 what enrolment costs the node agent and ztunnel.
 
-    .venv/bin/python -m perf.bench_enrol [--pods 110] [--burst 10] [--smoke] [--json PATH]
+    .venv/bin/python -m perf.bench_enrol [--pods 110] [--burst 10] [--runs 3] [--smoke] [--json PATH]
 
 In the lab (2 nodes, mesh on), namespace ``enrol`` (ambient) gets ``--pods`` sleeper pods on node1
 in Deployments of ``--burst`` replicas, one service account each (so certificates are fetched per
@@ -272,6 +272,18 @@ def compare_routing(count: int) -> dict[str, dict[str, float]]:
     return {name: _spread(values) for name, values in times.items()}
 
 
+def _medians(modes: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Per mode, the median over the runs of CNI ADD's p50, p99 and max and of the agent's CPU."""
+    out = {}
+    for mode in ("bursts", "all"):
+        runs = [m for m in modes if m["mode"] == mode]
+        out[mode] = {
+            **{q: round(statistics.median(m["cni_ms"][q] for m in runs), 1) for q in ("p50", "p99", "max")},
+            "agent_cpu_ms_per_pod": round(statistics.median(m["agent_cpu_ms_per_pod"] for m in runs), 1),
+        }
+    return out
+
+
 def _describe(summary: dict[str, Any]) -> str:
     cni, steps = summary["cni_ms"], summary["steps_p50_ms"]
     return (
@@ -290,13 +302,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--pods", type=int, default=110, help="pods enrolled on node1 (default 110)")
     parser.add_argument("--burst", type=int, default=10, help="pods starting together in the bursts mode")
-    parser.add_argument("--smoke", action="store_true", help="20 pods (for the test suite)")
+    parser.add_argument("--runs", type=int, default=3, help="runs of both modes (medians reported)")
+    parser.add_argument("--smoke", action="store_true", help="20 pods, one run (for the test suite)")
     parser.add_argument("--json", type=Path, help="also write the summary to this file")
     args = parser.parse_args(argv)
-    pods = 20 if args.smoke else args.pods
+    pods, runs = (20, 1) if args.smoke else (args.pods, args.runs)
     deployments = _deployments(pods, args.burst)
     timeout = 60.0 + pods  # a second per pod on top: the all-at-once start of 110 pods takes a while
-    summary: dict[str, Any] = {"pods": pods, "burst": args.burst, "modes": []}
+    summary: dict[str, Any] = {"pods": pods, "burst": args.burst, "runs": runs, "modes": []}
     with tempfile.TemporaryDirectory(prefix="bench-enrol-") as tmp:
         lab = EnrolLab(Path(tmp) / "lab")
         print("bench_enrol: bringing the lab up", flush=True)
@@ -305,18 +318,21 @@ def main(argv: Sequence[str] | None = None) -> int:
             idle = proc_sample(lab.pid("ztunnel"))
             summary["ztunnel_rss_mb_idle"] = round(idle.rss_mb, 1)
             summary["ztunnel_anon_mb_idle"] = round(idle.anon_mb, 1)
-            for mode in ("bursts", "all"):
-                print(f"bench_enrol: {mode} of {pods} pods", flush=True)
-                result = lab.run_mode(mode, deployments, timeout=timeout)
-                mode_summary = result.summary()
-                if mode == "all":
-                    crowded = proc_sample(lab.pid("ztunnel"))
-                    summary["ztunnel_rss_mb_at_pods"] = round(crowded.rss_mb, 1)
-                    summary["ztunnel_anon_mb_at_pods"] = round(crowded.anon_mb, 1)
-                    summary["ztunnel_rss_kb_per_pod"] = round(1024 * (crowded.rss_mb - idle.rss_mb) / pods, 1)
-                summary["modes"].append(mode_summary)
-                print(f"  {_describe(mode_summary)}", flush=True)
-                lab.empty(deployments, timeout=timeout)
+            for run in range(1, runs + 1):
+                for mode in ("bursts", "all"):
+                    print(f"bench_enrol: run {run}/{runs}, {mode} of {pods} pods", flush=True)
+                    mode_summary = lab.run_mode(mode, deployments, timeout=timeout).summary()
+                    if mode == "all":
+                        crowded = proc_sample(lab.pid("ztunnel"))
+                        summary["ztunnel_rss_mb_at_pods"] = round(crowded.rss_mb, 1)
+                        summary["ztunnel_anon_mb_at_pods"] = round(crowded.anon_mb, 1)
+                        per_pod = 1024 * (crowded.rss_mb - idle.rss_mb) / pods
+                        summary["ztunnel_rss_kb_per_pod"] = round(per_pod, 1)
+                    summary["modes"].append(mode_summary)
+                    print(f"  {_describe(mode_summary)}", flush=True)
+                    lab.empty(deployments, timeout=timeout)
+            summary["medians"] = _medians(summary["modes"])
+            print(f"bench_enrol: medians of {runs} runs: {summary['medians']}", flush=True)
         finally:
             lab.lab.down()
     summary["plugin_start_ms"] = round(plugin_start_ms(), 2)

@@ -15,8 +15,8 @@ import contextlib
 import dataclasses
 import os
 import time
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Awaitable, Iterable, Mapping
+from typing import Protocol, TypeVar
 
 import structlog
 
@@ -47,6 +47,8 @@ __all__ = ["NodeAgent", "Rules", "Zds"]
 TRY_AGAIN_LATER = 11
 BYPASS_INBOUND = "ambient.istio.io/bypass-inbound-capture"
 Logger = structlog.typing.FilteringBoundLogger
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Rules(Protocol):
@@ -266,13 +268,15 @@ class NodeAgent:
         now = self._clock.monotonic()
         clock = StepClock()
         try:
-            change = await self._rules.ensure_capture(rec.netns, _plan_for(pod), fresh=fresh)
+            # the rules and the annotation together: either way round, a failure leaves the pod pending
+            change, pending_ms = await _both(
+                self._rules.ensure_capture(rec.netns, _plan_for(pod), fresh=fresh),
+                self._annotate(pod, "pending"),
+            )
             clock.steps_ms.update(change.steps_ms)
+            clock.steps_ms["annotate_pending"] = pending_ms
             clock.restart()
-            if pod.redirection != "pending":
-                await self._source.set_redirection(pod, "pending")
             self.records[rec.uid] = failed(rec, now=now, policy=self._retry)  # until the ack
-            clock.done("annotate_pending")
             await self.sync_probes()  # captured from now on: probes must already bypass ztunnel
             clock.done("probe_snat")
             await self._zds.add(self.workload(rec))
@@ -284,6 +288,13 @@ class NodeAgent:
             raise
         self.records[rec.uid] = enrolled(rec)
         return {**clock.steps_ms, "total": clock.total()}
+
+    async def _annotate(self, pod: PodInfo, value: str) -> float:
+        """Sets the redirection annotation unless it already has ``value``; returns the milliseconds."""
+        started = time.perf_counter()
+        if pod.redirection != value:
+            await self._source.set_redirection(pod, value)
+        return round((time.perf_counter() - started) * 1e3, 3)
 
     async def _release(self, rec: PodRecord, pod: PodInfo) -> None:
         """Rules out, annotation removed, ZDS del to every ztunnel."""
@@ -375,6 +386,16 @@ class NodeAgent:
         while True:
             await self._source.wait_changed()
             self._wake.set()
+
+
+async def _both(first: Awaitable[A], second: Awaitable[B]) -> tuple[A, B]:
+    """Runs both to the end (neither is left running) and raises the first one's error if any."""
+    a, b = await asyncio.gather(first, second, return_exceptions=True)
+    if isinstance(a, BaseException):
+        raise a
+    if isinstance(b, BaseException):
+        raise b
+    return a, b
 
 
 def _plan_for(pod: PodInfo) -> CapturePlan:
