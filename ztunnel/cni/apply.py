@@ -136,15 +136,8 @@ class NetnsRules:
         plan = plan or plan_capture()
         clock = StepClock()
         restore = capture_input(plan.iptables_restore, "" if fresh else await self._saved(netns))
-        if restore is not None:
-            await self._in(netns, ["iptables-restore", "--noflush"], restore)
-        clock.done("iptables")
-        added = ensure_routing(netns, plan.ip_rule)
-        clock.done("routes")
-        written = write_sysctls(netns, {s.key: s.value for s in plan.sysctls})
-        clock.done("sysctls")
-        changed = restore is not None
-        return RuleChange(iptables=changed, ip_rule=added, sysctls=written, steps_ms=clock.steps_ms)
+        rule, sysctls = plan.ip_rule, {s.key: s.value for s in plan.sysctls}
+        return await self._converge(netns, clock, restore, lambda: ensure_routing(netns, rule), sysctls)
 
     async def has_capture(self, netns: str, plan: CapturePlan | None = None) -> bool:
         """Whether the namespace holds exactly the plan's chains and jumps."""
@@ -157,15 +150,27 @@ class NetnsRules:
         plan = plan_capture()
         clock = StepClock()
         restore = release_input(plan.iptables_restore, await self._saved(netns))
+        rule, sysctls = plan.ip_rule, {s.key: s.released for s in plan.sysctls}
+        return await self._converge(netns, clock, restore, lambda: _remove_routing(netns, rule), sysctls)
+
+    async def _converge(
+        self,
+        netns: str,
+        clock: StepClock,
+        restore: str | None,
+        routing: Callable[[], bool],
+        sysctls: Mapping[str, str],
+    ) -> RuleChange:
+        """Applies the iptables change (None: none needed), then the routing, then the sysctls."""
         if restore is not None:
             await self._in(netns, ["iptables-restore", "--noflush"], restore)
         clock.done("iptables")
-        removed = _remove_routing(netns, plan.ip_rule)
+        routed = routing()
         clock.done("routes")
-        reset = write_sysctls(netns, {s.key: s.released for s in plan.sysctls})
+        written = write_sysctls(netns, sysctls)
         clock.done("sysctls")
         changed = restore is not None
-        return RuleChange(iptables=changed, ip_rule=removed, sysctls=reset, steps_ms=clock.steps_ms)
+        return RuleChange(iptables=changed, ip_rule=routed, sysctls=written, steps_ms=clock.steps_ms)
 
 
 class StepClock:
