@@ -19,9 +19,9 @@ from kubernetes import client as k8s
 
 from istiod_lite.ca.auth import Caller
 from istiod_lite.ca.errors import AuthenticatorUnavailableError, UnauthenticatedError
-from istiod_lite.sources.rbac import ApiCall
 from mesh.clock import Clock
 from mesh.identity import IdentityError, WorkloadIdentity
+from mesh.rt.kube.rbac import ApiCall
 
 __all__ = ["API_CALLS", "CA_AUDIENCE", "KubernetesAuthenticator"]
 
@@ -29,7 +29,7 @@ API_CALLS = (
     ApiCall("authentication.k8s.io", "tokenreviews", ("create",)),  # create_token_review
     ApiCall("", "pods", ("get",)),  # read_namespaced_pod: a node agent may act only for its node's pods
 )
-"""What the authenticator calls (RBAC: see istiod_lite.sources.rbac)."""
+"""What the authenticator calls (RBAC: see mesh.rt.kube.rbac)."""
 
 CA_AUDIENCE = "istio-ca"
 _SA_PREFIX = "system:serviceaccount:"

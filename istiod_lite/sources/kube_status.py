@@ -9,10 +9,11 @@ from typing import Any
 
 import structlog
 
-from istiod_lite.sources.kube import RESOURCES, Resource
-from istiod_lite.sources.rbac import ApiCall
+from istiod_lite.sources.kube import RESOURCES
 from istiod_lite.status import ObjectKey3, apply_status
 from istiod_lite.validation import MESH_KINDS
+from mesh.rt.kube.rbac import ApiCall
+from mesh.rt.kube.watch import Resource
 
 __all__ = ["KubeStatusWriter"]
 

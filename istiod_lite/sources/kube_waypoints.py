@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 
 from istiod_lite.sources.objects import KubeObject, thaw
-from istiod_lite.sources.rbac import ApiCall
 from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
+from mesh.rt.kube.rbac import ApiCall
 
 __all__ = ["KubeWaypointDeployer", "KubeWaypointSettings", "kubernetes_pod_mesh"]
 

@@ -16,9 +16,10 @@ from kubernetes import client
 
 from istiod_lite.ca.auth import Caller
 from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, authorize
-from istiod_lite.sources.kube import RESOURCES, KubeSource, WatchSettings
+from istiod_lite.sources.kube import RESOURCES, KubeSource
 from istiod_lite.view import Informers
 from mesh.identity import WorkloadIdentity
+from mesh.rt.kube.watch import WatchSettings
 from mesh.testing.polling import wait_until
 
 TD = "cluster.local"

@@ -27,9 +27,10 @@ import structlog
 import structlog.testing
 from kubernetes import client
 
-from istiod_lite.sources.kube import RESOURCES, KubeSource, Resource, WatchSettings, backoff_delay
+from istiod_lite.sources.kube import RESOURCES, KubeSource
 from istiod_lite.translate import build_resources
 from istiod_lite.view import ClusterView, Informers, view_from_objects
+from mesh.rt.kube.watch import Resource, WatchSettings, backoff_delay
 from tests.unit.test_translate_scenarios import SCENARIOS, Scenario, namespace, pod
 
 SERVED = tuple(r for r in RESOURCES if r.kind != "Namespace")

@@ -13,8 +13,8 @@ import pytest
 
 from istiod_lite.ca import kube_auth
 from istiod_lite.sources import kube, kube_status, kube_waypoints
-from istiod_lite.sources.rbac import ApiCall, rules_for
 from mesh.errors import MeshError
+from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
 from meshctl.install import overlays, render
 
