@@ -1,6 +1,6 @@
 """daemonset/: every rendered object of the base and of each overlay passes kubernetes-validate for a
-pinned Kubernetes version; istiod's ClusterRole grants exactly the API calls its code declares
-(a call added without its rule fails here); the overlays change what they say."""
+pinned Kubernetes version; istiod's and the node agent's ClusterRoles grant exactly the API calls
+their code declares (a call added without its rule fails here); the overlays change what they say."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from mesh.errors import MeshError
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
 from meshctl.install import overlays, render
+from ztunnel.cni import kube_pods
 
 KUBERNETES = "1.30.0"
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,16 @@ def test_istiods_rules_are_exactly_its_declared_calls() -> None:
     assert all("*" not in str(rule) for rule in cluster_role(objects, "istiod") or ())
     extra = ApiCall("", "secrets", ("list", "watch"))  # a watch someone adds without its rule
     assert rules_for([*ISTIOD_CALLS, extra]) != cluster_role(objects, "istiod")
-    assert cluster_role(objects, "ztunnel") is None and cluster_role(objects, "istio-cni") is None
+    assert cluster_role(objects, "ztunnel") is None
+
+
+def test_the_node_agents_rules_are_exactly_its_declared_calls() -> None:
+    objects = render()
+    assert cluster_role(objects, "istio-cni") == rules_for(kube_pods.API_CALLS)
+    extra = ApiCall("", "pods/exec", ("create",))
+    assert rules_for([*kube_pods.API_CALLS, extra]) != cluster_role(objects, "istio-cni")
+    (agent,) = [o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "istio-cni-node"]
+    assert "--kube" in agent["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
 def test_every_module_calling_the_api_declares_its_calls() -> None:

@@ -1,10 +1,12 @@
 """``ztunnel-node-agent``: the node agent process (CNI role), one per node. Composition root.
 
     ztunnel-node-agent --node n1 --state-dir /var/lib/mesh-lab/state --run-dir /var/run/ztunnel
+    ztunnel-node-agent --node "$NODE_NAME" --kube   # in its DaemonSet (in-cluster service account)
 
 Listens on ``<run-dir>/pluginevent.sock`` (``--plugin-socket``; ``@name`` = abstract) for the CNI
 plugin and on ``<run-dir>/ztunnel.sock`` (``--zds-socket``, SEQPACKET) for ztunnel; remembers
-sandboxes in ``<run-dir>/pods/``. Pods come from the lab state directory. On start it rebuilds its
+sandboxes in ``<run-dir>/pods/``. Pods come from the lab state directory, or with ``--kube`` from
+the Kubernetes API (the node's pods and the namespaces, watched). On start it rebuilds its
 enrolled set (pod annotations + sandbox cache + existing namespaces) before listening, so a
 reconnecting ztunnel gets the full snapshot. SIGTERM/SIGINT stop it; rules and enrollments stay.
 """
@@ -18,18 +20,21 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 import structlog
 
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
+from mesh.rt.kube.watch import make_api_client
 from mesh.rt.labstate import LabState
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run as run_loop
 from ztunnel.cni.apply import HostProbeSnat, NetnsRules
+from ztunnel.cni.kube_pods import KubePodSource
 from ztunnel.cni.node_agent import NodeAgent, ProbeSnat, Rules
 from ztunnel.cni.plugin_server import PluginServer
-from ztunnel.cni.pods import LabPodSource
+from ztunnel.cni.pods import LabPodSource, PodSource
 from ztunnel.cni.sandboxes import SandboxCache
 from ztunnel.cni.zds_server import ZdsServer, ZdsWorkload
 
@@ -42,7 +47,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="ztunnel-node-agent", description=__doc__.splitlines()[0])
     parser.add_argument("--node", required=True, help="this node's name (pods with spec.nodeName == NODE)")
-    parser.add_argument("--state-dir", required=True, type=Path, help="the lab state directory")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--state-dir", type=Path, help="the lab state directory")
+    where.add_argument(
+        "--kube", action="store_true", help="watch the Kubernetes API (in-cluster or kubeconfig)"
+    )
+    parser.add_argument("--kubeconfig", help="with --kube outside a cluster: the kubeconfig file")
     parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
     parser.add_argument("--plugin-socket", help="default <run-dir>/pluginevent.sock; @name = abstract")
     parser.add_argument("--zds-socket", help="default <run-dir>/ztunnel.sock")
@@ -61,14 +71,33 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+class RunningPodSource(PodSource, Protocol):
+    """A pod source the agent runs: loaded once before recovery, then kept current."""
+
+    async def wait_loaded(self) -> None: ...
+
+    async def run(self) -> None: ...
+
+
+def _source(args: argparse.Namespace, log: Logger) -> RunningPodSource:
+    if args.kube:
+        api = make_api_client(kubeconfig=args.kubeconfig)
+        return KubePodSource(api, node=args.node, log=log.bind(component="pod-source"))
+    return LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
+
+
 def _build(
-    args: argparse.Namespace, *, source: LabPodSource, rules: Rules, probes: ProbeSnat | None, log: Logger
+    args: argparse.Namespace,
+    *,
+    source: RunningPodSource,
+    rules: Rules,
+    probes: ProbeSnat | None,
+    log: Logger,
 ) -> tuple[NodeAgent, ZdsServer, PluginServer]:
     """Wires the agent, its ZDS server and its plugin server (they refer to each other)."""
     run_dir: Path = args.run_dir
-    cluster = args.cluster_id or str(
-        LabState(args.state_dir).read_settings().get("clusterId") or "Kubernetes"
-    )
+    lab_cluster = LabState(args.state_dir).read_settings().get("clusterId") if args.state_dir else None
+    cluster = args.cluster_id or str(lab_cluster or "Kubernetes")
     agent: NodeAgent
 
     def snapshot() -> list[ZdsWorkload]:
@@ -99,24 +128,25 @@ async def serve(
     stop: asyncio.Event,
     rules: Rules | None = None,
     probes: ProbeSnat | None = None,
+    source: RunningPodSource | None = None,
 ) -> None:
-    """Runs the agent until ``stop`` is set (``rules`` and ``probes`` replace the iptables appliers)."""
+    """Runs the agent until ``stop`` is set (``rules`` and ``probes`` replace the iptables appliers,
+    ``source`` the pod source the arguments name)."""
     log = get_logger("ztunnel-node-agent").bind(node=args.node)
-    source = LabPodSource(args.state_dir, node=args.node, poll_interval=args.poll_interval)
-    await source.refresh(force=True)
-    if probes is None and not args.no_probe_snat:
-        probes = HostProbeSnat()
-    agent, zds, plugin = _build(args, source=source, rules=rules or NetnsRules(), probes=probes, log=log)
-    await agent.recover()
-    await zds.start()
-    tasks: list[asyncio.Task[None]] = []
+    source = source or _source(args, log)
+    loop = asyncio.get_running_loop()
+    tasks = [loop.create_task(source.run(), name="pod source")]
+    zds: ZdsServer | None = None
+    plugin: PluginServer | None = None
     try:
+        await _loaded(source, tasks[0])
+        if probes is None and not args.no_probe_snat:
+            probes = HostProbeSnat()
+        agent, zds, plugin = _build(args, source=source, rules=rules or NetnsRules(), probes=probes, log=log)
+        await agent.recover()
+        await zds.start()
         await plugin.start()
-        loop = asyncio.get_running_loop()
-        tasks = [
-            loop.create_task(source.run(), name="pod source"),
-            loop.create_task(agent.run(), name="reconciler"),
-        ]
+        tasks.append(loop.create_task(agent.run(), name="reconciler"))
         log.info(
             "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
         )
@@ -127,9 +157,27 @@ async def serve(
         for task in tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        await plugin.close()
-        await zds.close()
+        if plugin is not None:
+            await plugin.close()
+        if zds is not None:
+            await zds.close()
         log.info("agent.stopped")
+
+
+async def _loaded(source: RunningPodSource, running: asyncio.Task[None], *, within: float = 60.0) -> None:
+    """Waits for the source's first complete view (the agent must not judge pods on an empty one)."""
+    loading = asyncio.ensure_future(source.wait_loaded())
+    done, _ = await asyncio.wait([loading, running], timeout=within, return_when=asyncio.FIRST_COMPLETED)
+    if loading in done:
+        loading.result()
+        return
+    loading.cancel()
+    error = running.exception() if running in done and not running.cancelled() else None
+    raise AgentCrashedError(
+        f"the pods of this node could not be listed within {within:g} s" + (f": {error!r}" if error else ""),
+        hint="check that the API server is reachable and that the agent's ClusterRole allows list/watch "
+        "on pods and namespaces (see its log)",
+    )
 
 
 class AgentCrashedError(MeshError):

@@ -3,9 +3,8 @@ it writes their enrollment status (the ``ambient.istio.io/redirection`` annotati
 
 ``PodSource`` is the interface; ``LabPodSource`` reads the lab's state directory
 (docs/lab-state.md), polling the resourceVersion counter (default every 200 ms, plus a full
-re-read every few seconds) and patching annotations with the lab's writers' protocol. A Kubernetes
-source (list/watch pods by ``spec.nodeName``, patch ``pods/status``) plugs in behind the same
-interface.
+re-read every few seconds) and patching annotations with the lab's writers' protocol;
+``kube_pods.KubePodSource`` watches the Kubernetes API.
 """
 
 from __future__ import annotations
@@ -21,7 +20,7 @@ from typing import Any, Protocol
 from mesh.rt.labstate import LabState, LabStateError, patch_pod_annotations
 from ztunnel.cni.enroll import REDIRECTION, PodFacts
 
-__all__ = ["LabPodSource", "PodInfo", "PodSource", "pod_info", "pods_on_node"]
+__all__ = ["LabPodSource", "PodInfo", "PodSource", "int_or_zero", "pod_info", "pods_on_node", "str_map"]
 
 _FULL_EVERY = 25
 
@@ -46,7 +45,8 @@ class PodInfo:
         return str(self.facts.annotations.get(REDIRECTION, ""))
 
 
-def _str_map(value: Any) -> dict[str, str]:
+def str_map(value: Any) -> dict[str, str]:
+    """A mapping's keys and values as strings ({} for anything else: labels, annotations)."""
     return {str(k): str(v) for k, v in value.items()} if isinstance(value, dict) else {}
 
 
@@ -58,8 +58,8 @@ def pod_info(obj: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> Pod
         return None
     facts = PodFacts(
         namespace_labels=dict(namespace_labels),
-        labels=_str_map(meta.get("labels")),
-        annotations=_str_map(meta.get("annotations")),
+        labels=str_map(meta.get("labels")),
+        annotations=str_map(meta.get("annotations")),
         host_network=bool(spec.get("hostNetwork", False)),
         deleted=bool(meta.get("deletionTimestamp")),
     )
@@ -70,11 +70,12 @@ def pod_info(obj: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> Pod
         node=str(spec.get("nodeName") or ""),
         service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
         facts=facts,
-        resource_version=_int(meta.get("resourceVersion")),
+        resource_version=int_or_zero(meta.get("resourceVersion")),
     )
 
 
-def _int(value: Any) -> int:
+def int_or_zero(value: Any) -> int:
+    """``value`` as an int, 0 when it is not one (a resourceVersion)."""
     try:
         return int(value)
     except (TypeError, ValueError):
@@ -86,7 +87,7 @@ def pods_on_node(
 ) -> dict[str, PodInfo]:
     """The node's pods by uid, each with its namespace's labels."""
     labels = {
-        str((ns.get("metadata") or {}).get("name")): _str_map((ns.get("metadata") or {}).get("labels"))
+        str((ns.get("metadata") or {}).get("name")): str_map((ns.get("metadata") or {}).get("labels"))
         for ns in namespaces
     }
     result: dict[str, PodInfo] = {}
@@ -163,6 +164,10 @@ class LabPodSource:
         self._changed.set()
         return True
 
+    async def wait_loaded(self) -> None:
+        """Reads the state directory once (the view the agent recovers from)."""
+        await self.refresh(force=True)
+
     async def run(self) -> None:
         """Polls until cancelled; a malformed state file is skipped until the next change."""
         while True:
@@ -188,10 +193,10 @@ class LabPodSource:
                 return None
             ns = self.state.read(("Namespace", "", namespace)) or {}
             meta = ns.get("metadata") or {}
-            info = pod_info(obj, _str_map(meta.get("labels")))
+            info = pod_info(obj, str_map(meta.get("labels")))
             if info is None:
                 return None
-            seen = max(counter, info.resource_version, _int(meta.get("resourceVersion")))
+            seen = max(counter, info.resource_version, int_or_zero(meta.get("resourceVersion")))
             return dataclasses.replace(info, resource_version=seen)
 
         return await asyncio.to_thread(read)
