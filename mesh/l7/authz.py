@@ -190,17 +190,43 @@ def _policy_check(permissions: list[_Check], principals: list[_Check]) -> _Check
     return lambda r: any(p(r) for p in permissions) and any(p(r) for p in principals)
 
 
-def _permission(p: rbac_pb2.Permission, where: str, lenient: bool) -> _Check:
-    kind = p.WhichOneof("rule")
+@dataclass(frozen=True, slots=True)
+class _Logic:
+    """The names of the boolean cases of a Permission or a Principal (the same shape in each)."""
+
+    oneof: str
+    all_of: str
+    any_of: str
+    negated: str
+    items: str
+
+
+_PERMISSION_LOGIC = _Logic("rule", "and_rules", "or_rules", "not_rule", "rules")
+_PRINCIPAL_LOGIC = _Logic("identifier", "and_ids", "or_ids", "not_id", "ids")
+
+
+def _logic(
+    p: Any, names: _Logic, where: str, lenient: bool, build: Callable[[Any, str, bool], _Check]
+) -> _Check | None:
+    """``any``, and/or lists and ``not`` of a Permission or Principal; None for its other cases. A
+    ``not`` flips leniency: what is left out of a negated rule must not widen what it matches."""
+    kind = p.WhichOneof(names.oneof)
     if kind == "any":
-        return lambda r: p.any
-    if kind in ("and_rules", "or_rules"):
-        rules = getattr(p, kind).rules
-        parts = [_permission(x, f"{where}.{kind}", lenient) for x in rules]
-        return _all(parts) if kind == "and_rules" else _any(parts)
-    if kind == "not_rule":
-        inner = _permission(p.not_rule, f"{where}.not_rule", not lenient)
+        matched = p.any
+        return lambda r: matched
+    if kind in (names.all_of, names.any_of):
+        parts = [build(x, f"{where}.{kind}", lenient) for x in getattr(getattr(p, kind), names.items)]
+        return _all(parts) if kind == names.all_of else _any(parts)
+    if kind == names.negated:
+        inner = build(getattr(p, kind), f"{where}.{kind}", not lenient)
         return lambda r: not inner(r)
+    return None
+
+
+def _permission(p: rbac_pb2.Permission, where: str, lenient: bool) -> _Check:
+    if (logic := _logic(p, _PERMISSION_LOGIC, where, lenient, _permission)) is not None:
+        return logic
+    kind = p.WhichOneof("rule")
     if kind == "header":
         return _header(p.header, f"{where}.header", lenient)
     if kind == "url_path":
@@ -222,16 +248,9 @@ def _permission(p: rbac_pb2.Permission, where: str, lenient: bool) -> _Check:
 
 
 def _principal(p: rbac_pb2.Principal, where: str, lenient: bool) -> _Check:
+    if (logic := _logic(p, _PRINCIPAL_LOGIC, where, lenient, _principal)) is not None:
+        return logic
     kind = p.WhichOneof("identifier")
-    if kind == "any":
-        return lambda r: p.any
-    if kind in ("and_ids", "or_ids"):
-        ids = getattr(p, kind).ids
-        parts = [_principal(x, f"{where}.{kind}", lenient) for x in ids]
-        return _all(parts) if kind == "and_ids" else _any(parts)
-    if kind == "not_id":
-        inner = _principal(p.not_id, f"{where}.not_id", not lenient)
-        return lambda r: not inner(r)
     if kind == "authenticated":
         if not p.authenticated.HasField("principal_name"):
             return lambda r: bool(r.principal)
