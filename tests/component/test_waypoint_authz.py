@@ -8,7 +8,6 @@ from __future__ import annotations
 import http.server
 import json
 import socket
-import subprocess
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -16,9 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from tests.component.test_waypoint_local import _started_in, cluster, free_port, start_command
+from tests.component.test_waypoint_local import cluster, free_port, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -101,24 +99,17 @@ class Running:
 
 @pytest.fixture(scope="module")
 def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
-    tmp: Path = tmp_path_factory.mktemp("authz")
     backend = Recorder()
     server = backend.start()
     port = free_port()
-    path = tmp / "waypoint.yaml"
-    path.write_text(yaml.safe_dump(config(backend.port), sort_keys=False))
-    log = tmp / "waypoint.log"
-    argv = start_command(
-        path, http=f"127.0.0.1:{port}", extra=("--path-normalization", "DECODE_AND_MERGE_SLASHES")
-    )
-    with log.open("w") as sink:
-        proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
+    normalization = ("--path-normalization", "DECODE_AND_MERGE_SLASHES")
+    tmp = tmp_path_factory.mktemp("authz")
     try:
-        _started_in(log, proc)
-        yield Running(port, backend, log)
+        with local_waypoint(
+            tmp, config(backend.port), http=f"127.0.0.1:{port}", extra=normalization
+        ) as running:
+            yield Running(port, backend, running.log)
     finally:
-        proc.kill()
-        proc.wait()
         server.shutdown()
 
 

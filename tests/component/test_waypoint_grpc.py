@@ -6,7 +6,6 @@ prior knowledge to an HTTP/1.1 server (the waypoint translating between the two)
 from __future__ import annotations
 
 import subprocess
-import sys
 import urllib.request
 from collections.abc import Iterator
 from concurrent import futures
@@ -16,15 +15,8 @@ from typing import Any
 
 import grpc
 import pytest
-import yaml
 
-from tests.component.test_waypoint_local import (
-    _started_in,
-    _wait_listening,
-    cluster,
-    free_port,
-    start_command,
-)
+from tests.component.test_waypoint_local import cluster, free_port, httpecho, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -92,25 +84,13 @@ def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp: Path = tmp_path_factory.mktemp("grpc")
     (s1, v1), (s2, v2) = grpc_server("v1"), grpc_server("v2")
     echo_port, port = free_port(), free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.apps.httpecho", "--host", "127.0.0.1", "--port", str(echo_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    path = tmp / "waypoint.yaml"
-    path.write_text(yaml.safe_dump(config(v1, v2, echo_port), sort_keys=False))
-    log = tmp / "waypoint.log"
-    argv = start_command(path, http=f"127.0.0.1:{port}")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
     try:
-        started = _started_in(log, proc)
-        _wait_listening(echo_port)
-        yield Running(port, started["ports"]["metrics"])
+        with (
+            httpecho(echo_port),
+            local_waypoint(tmp, config(v1, v2, echo_port), http=f"127.0.0.1:{port}") as wp,
+        ):
+            yield Running(port, wp.started["ports"]["metrics"])
     finally:
-        proc.kill()
-        proc.wait()
-        echo.kill()
-        echo.wait()
         s1.stop(0)
         s2.stop(0)
 

@@ -5,6 +5,7 @@ timeouts, a redirect and a direct response, Envoy's limits, Istio's request metr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import signal
@@ -131,31 +132,13 @@ class Waypoint:
 def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Waypoint]:
     tmp = tmp_path_factory.mktemp("waypoint")
     v1, v2, dead = free_port(), free_port(), free_port()
-    echo = [sys.executable, "-m", "meshctl.apps.httpecho", "--host", "127.0.0.1"]
-    servers = [
-        subprocess.Popen(
-            [*echo, "--port", str(port), "--version", version, "--name", f"server-{version}"],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        for port, version in ((v1, "v1"), (v2, "v2"))
-    ]
-    config = tmp / "waypoint.yaml"
-    config.write_text(yaml.safe_dump(local_config(v1, v2, dead), sort_keys=False))
-    log = tmp / "waypoint.log"
-    with log.open("w") as sink:  # a file, not a pipe: one access-log line per request must never block it
-        proc = subprocess.Popen(start_command(config), stderr=sink, stdout=subprocess.DEVNULL)
-    try:
-        started = _started_in(log, proc)
-        ports = started["ports"]
-        wp = Waypoint(proc, started["http.port"], ports["metrics"], ports["admin"])
-        _wait_listening(v1)
-        _wait_listening(v2)
-        yield wp
-    finally:
-        for p in (proc, *servers):
-            p.kill()
-            p.wait()
+    with (
+        httpecho(v1, "--version", "v1", "--name", "server-v1"),
+        httpecho(v2, "--version", "v2", "--name", "server-v2"),
+        local_waypoint(tmp, local_config(v1, v2, dead)) as running,
+    ):
+        ports = running.started["ports"]
+        yield Waypoint(running.proc, running.started["http.port"], ports["metrics"], ports["admin"])
 
 
 def start_command(config: Path, *, http: str = "127.0.0.1:0", extra: tuple[str, ...] = ()) -> list[str]:
@@ -199,6 +182,48 @@ def _wait_listening(port: int) -> None:
                 return
         time.sleep(0.05)
     raise AssertionError(f"nothing listens on {port}")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalWaypoint:
+    """A waypoint process on a local config: its ``waypoint.started`` log line and its log file."""
+
+    proc: subprocess.Popen[bytes]
+    started: dict[str, Any]
+    log: Path
+
+
+@contextlib.contextmanager
+def local_waypoint(
+    tmp: Path, config: dict[str, Any], *, http: str = "127.0.0.1:0", extra: tuple[str, ...] = ()
+) -> Iterator[LocalWaypoint]:
+    """Runs the waypoint on ``config`` (written to ``tmp``) until the block ends. Its log goes to a
+    file, not a pipe: one access-log line per request must never block it."""
+    path = tmp / "waypoint.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    log = tmp / "waypoint.log"
+    with log.open("w") as sink:
+        proc = subprocess.Popen(
+            start_command(path, http=http, extra=extra), stderr=sink, stdout=subprocess.DEVNULL
+        )
+    try:
+        yield LocalWaypoint(proc, _started_in(log, proc), log)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+@contextlib.contextmanager
+def httpecho(port: int, *extra: str) -> Iterator[None]:
+    """The sample HTTP echo server on 127.0.0.1:``port`` (listening) until the block ends."""
+    argv = [sys.executable, "-m", "meshctl.apps.httpecho", "--host", "127.0.0.1", "--port", str(port), *extra]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        _wait_listening(port)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def within_binomial(hits: int, n: int, p: float) -> bool:

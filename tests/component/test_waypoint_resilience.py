@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import http.server
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -19,15 +17,8 @@ from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 
-from tests.component.test_waypoint_local import (
-    _started_in,
-    _wait_listening,
-    cluster,
-    free_port,
-    start_command,
-)
+from tests.component.test_waypoint_local import cluster, free_port, httpecho, local_waypoint
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -127,26 +118,15 @@ class Running:
 def waypoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     tmp: Path = tmp_path_factory.mktemp("resilience")
     echo_port, port = free_port(), free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.apps.httpecho", "--host", "127.0.0.1", "--port", str(echo_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     failing, slow = Failing(), Failing(delay=0.05)
     servers = [failing.start(), slow.start()]
-    path = tmp / "waypoint.yaml"
-    path.write_text(yaml.safe_dump(config(echo_port, failing.port, slow.port), sort_keys=False))
-    log = tmp / "waypoint.log"
-    argv = start_command(path, http=f"127.0.0.1:{port}")
-    with log.open("w") as sink:
-        proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
     try:
-        _started_in(log, proc)
-        _wait_listening(echo_port)
-        yield Running(port, failing, slow)
+        with (
+            httpecho(echo_port),
+            local_waypoint(tmp, config(echo_port, failing.port, slow.port), http=f"127.0.0.1:{port}"),
+        ):
+            yield Running(port, failing, slow)
     finally:
-        for p in (proc, echo):
-            p.kill()
-            p.wait()
         for server in servers:
             server.shutdown()
 

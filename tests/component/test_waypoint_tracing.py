@@ -9,8 +9,6 @@ import contextlib
 import http.client
 import http.server
 import math
-import subprocess
-import sys
 import threading
 import time
 import urllib.request
@@ -20,17 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.component.test_waypoint_local import (
-    _started_in,
-    _wait_listening,
-    cluster,
-    free_port,
-    start_command,
-)
+from tests.component.test_waypoint_local import cluster, free_port, httpecho, local_waypoint
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -141,27 +132,18 @@ class Traced:
 @contextlib.contextmanager
 def start(tmp: Path, collector: Collector) -> Iterator[Traced]:
     echo_port, waypoint_port = free_port(), free_port()
-    echo = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.apps.httpecho", "--host", "127.0.0.1", "--port", str(echo_port)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
     app = app_calling_back(waypoint_port)
-    config = tmp / "waypoint.yaml"
     resources = [routes(), cluster("app", app.server_address[1]), cluster("echo", echo_port)]
-    config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
-    log = tmp / "waypoint.log"
-    otlp = f"http://127.0.0.1:{collector.port}/v1/traces"
-    argv = start_command(config, http=f"127.0.0.1:{waypoint_port}", extra=("--tracing-otlp", otlp))
-    with log.open("w") as sink:
-        proc = subprocess.Popen(argv, stderr=sink, stdout=subprocess.DEVNULL)
+    otlp = ("--tracing-otlp", f"http://127.0.0.1:{collector.port}/v1/traces")
     try:
-        started = _started_in(log, proc)
-        _wait_listening(echo_port)
-        yield Traced(waypoint_port, started["ports"]["metrics"], collector, app)
+        with (
+            httpecho(echo_port),
+            local_waypoint(
+                tmp, {"resources": resources}, http=f"127.0.0.1:{waypoint_port}", extra=otlp
+            ) as wp,
+        ):
+            yield Traced(waypoint_port, wp.started["ports"]["metrics"], collector, app)
     finally:
-        for p in (proc, echo):
-            p.kill()
-            p.wait()
         app.shutdown()
         collector.stop()
 
