@@ -22,7 +22,7 @@ from meshctl.lab.mesh import control_plane_address
 from meshctl.lab.observability import PROMETHEUS_PORT
 from meshctl.nethttp import http_get
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
-from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
+from tests.e2e.waypoint_lab import applied_behind_waypoint, enrolled_namespace_with_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -69,15 +69,13 @@ def virtual_service(fault: dict[str, Any] | None = None) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def shop(mesh: MeshLab) -> Iterator[MeshLab]:
-    mesh.lab.apply(objects())
-    try:
-        mesh.lab.wait_ready(timeout=90)
+    def ready() -> bool:
+        return codes(mesh, 5) == ["200"] * 5
 
-        wait_on_waypoint(mesh, "web")
-        mesh.wait_for(lambda: codes(mesh, 5) == ["200"] * 5, what="web answering through the waypoint")
-        yield mesh
-    finally:
-        mesh.lab.delete([b.namespace(NS)])
+    with applied_behind_waypoint(
+        mesh, NS, objects(), "web", ready=ready, what="web answering through the waypoint"
+    ) as applied:
+        yield applied
 
 
 def codes(mesh: MeshLab, n: int) -> list[str]:

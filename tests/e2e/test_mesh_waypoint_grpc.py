@@ -13,7 +13,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
-from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
+from tests.e2e.waypoint_lab import applied_behind_waypoint, enrolled_namespace_with_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -60,17 +60,13 @@ def objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def shop(mesh: MeshLab) -> Iterator[MeshLab]:
-    mesh.lab.apply(objects())
-    try:
-        mesh.lab.wait_ready(timeout=90)
+    def ready() -> bool:
+        return calls(mesh, 3, "x-canary=true") == ["ok v2"] * 3
 
-        wait_on_waypoint(mesh, "echo")
-        mesh.wait_for(
-            lambda: calls(mesh, 3, "x-canary=true") == ["ok v2"] * 3, what="the routes in the waypoint"
-        )
-        yield mesh
-    finally:
-        mesh.lab.delete([b.namespace(NS)])
+    with applied_behind_waypoint(
+        mesh, NS, objects(), "echo", ready=ready, what="the routes in the waypoint"
+    ) as applied:
+        yield applied
 
 
 def calls(mesh: MeshLab, count: int, *metadata: str) -> list[str]:

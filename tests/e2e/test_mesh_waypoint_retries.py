@@ -13,7 +13,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
-from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint
+from tests.e2e.waypoint_lab import applied_behind_waypoint, enrolled_namespace_with_waypoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -44,17 +44,13 @@ def objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def shop(mesh: MeshLab) -> Iterator[MeshLab]:
-    mesh.lab.apply(objects())
-    try:
-        mesh.lab.wait_ready(timeout=90)
+    def ready() -> bool:
+        return curl(shop_mesh=mesh, path="/fail-first/2/warm-up")[0] == 200
 
-        wait_on_waypoint(mesh, "flaky")
-        mesh.wait_for(
-            lambda: curl(shop_mesh=mesh, path="/fail-first/2/warm-up")[0] == 200, what="retries in force"
-        )
-        yield mesh
-    finally:
-        mesh.lab.delete([b.namespace(NS)])
+    with applied_behind_waypoint(
+        mesh, NS, objects(), "flaky", ready=ready, what="retries in force"
+    ) as applied:
+        yield applied
 
 
 def curl(shop_mesh: MeshLab, path: str) -> tuple[int, str, float]:

@@ -11,7 +11,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, SERVER_NODE, MeshLab
-from tests.e2e.waypoint_lab import enrolled_namespace_with_waypoint, wait_on_waypoint, waypoint_metrics
+from tests.e2e.waypoint_lab import applied_behind_waypoint, enrolled_namespace_with_waypoint, waypoint_metrics
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -38,14 +38,8 @@ def objects() -> list[dict[str, Any]]:
 
 @pytest.fixture(scope="module")
 def shop(mesh: MeshLab) -> Iterator[MeshLab]:
-    mesh.lab.apply(objects())
-    try:
-        mesh.lab.wait_ready(timeout=90)
-
-        wait_on_waypoint(mesh, "db", "db-any")
-        yield mesh
-    finally:
-        mesh.lab.delete([b.namespace(NS)])
+    with applied_behind_waypoint(mesh, NS, objects(), "db", "db-any") as applied:
+        yield applied
 
 
 def redis(mesh: MeshLab, host: str, *command: str) -> str:

@@ -3,12 +3,19 @@ client node's ztunnel sends a Service to it, and the waypoint's metrics."""
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from meshctl.lab import builders as b
 from tests.e2e.conftest import CLIENT_NODE, MeshLab
 
-__all__ = ["enrolled_namespace_with_waypoint", "wait_on_waypoint", "waypoint_metrics"]
+__all__ = [
+    "applied_behind_waypoint",
+    "enrolled_namespace_with_waypoint",
+    "wait_on_waypoint",
+    "waypoint_metrics",
+]
 
 
 def enrolled_namespace_with_waypoint(namespace: str) -> list[dict[str, Any]]:
@@ -37,6 +44,29 @@ def wait_on_waypoint(mesh: MeshLab, *services: str, timeout: float = 60.0) -> No
         what=f"the client's ztunnel sending {', '.join(services)} to the waypoint",
         timeout=timeout,
     )
+
+
+@contextlib.contextmanager
+def applied_behind_waypoint(
+    mesh: MeshLab,
+    namespace: str,
+    objects: list[dict[str, Any]],
+    *services: str,
+    ready: Callable[[], bool] | None = None,
+    what: str = "",
+) -> Iterator[MeshLab]:
+    """Applies ``objects`` (``namespace`` with its waypoint and apps) and waits until its pods are
+    ready, the client's ztunnel sends ``services`` to the waypoint and ``ready`` holds (``what``);
+    deletes the namespace at the end."""
+    mesh.lab.apply(objects)
+    try:
+        mesh.lab.wait_ready(timeout=90)
+        wait_on_waypoint(mesh, *services)
+        if ready is not None:
+            mesh.wait_for(ready, what=what)
+        yield mesh
+    finally:
+        mesh.lab.delete([b.namespace(namespace)])
 
 
 def waypoint_metrics(mesh: MeshLab, namespace: str) -> str:
