@@ -92,6 +92,11 @@ def annotation(server: kmock.KubernetesEmulator, name: str) -> Any:
     )
 
 
+def kube_node(tmp: Path) -> Node:
+    """The lab tests' Node for its sockets, sandboxes and recorders (its lab state is never read)."""
+    return Node(LabState(tmp / "unused"), tmp / "run", RecordingRules(), tmp, RecordingProbes())
+
+
 @contextlib.asynccontextmanager
 async def running(source: KubePodSource) -> AsyncIterator[KubePodSource]:
     task = asyncio.create_task(source.run())
@@ -142,9 +147,7 @@ async def test_a_pod_labelled_while_the_agent_is_down_is_enrolled_when_it_is_bac
     server: kmock.KubernetesEmulator, api: client.ApiClient, tmp_path: Path, agent_args: Any
 ) -> None:
     # the lab-style Node of the lab tests, for its sockets, sandboxes and recorders (no lab state is read)
-    node = Node(
-        LabState(tmp_path / "unused"), tmp_path / "run", RecordingRules(), tmp_path, RecordingProbes()
-    )
+    node = kube_node(tmp_path)
     put(server, pod("web-0"))  # neither the pod nor its namespace is labelled for ambient yet
 
     async def agent_running() -> tuple[asyncio.Event, asyncio.Task[None]]:
@@ -179,3 +182,47 @@ async def test_a_pod_labelled_while_the_agent_is_down_is_enrolled_when_it_is_bac
         stop.set()
         await asyncio.wait_for(task, 10)
         await ztunnel.close()
+
+
+@pytest.mark.parametrize("daemonset", ["kept", "deleted"])
+async def test_at_sigterm_pods_are_released_only_when_the_agents_daemonset_is_gone(
+    server: kmock.KubernetesEmulator, api: client.ApiClient, tmp_path: Path, daemonset: str
+) -> None:
+    """An upgrade restarts the agent with its DaemonSet in place: the pods stay captured. An
+    uninstall deletes the DaemonSet: each agent takes its node's pods out of the mesh as it exits."""
+    server.resources["apps/v1/daemonsets"] = kmock.ResourceInfo(kind="DaemonSet", namespaced=True)
+    if daemonset == "kept":
+        server.objects["apps/v1/daemonsets", "istio-system", "istio-cni-node"] = {
+            "apiVersion": "apps/v1", "kind": "DaemonSet",
+            "metadata": {"name": "istio-cni-node", "namespace": "istio-system"},
+        }  # fmt: skip
+    node = kube_node(tmp_path)
+    put(server, pod("web-0", labels=AMBIENT))
+    args = parse_args(
+        [
+            "--node",
+            "n1",
+            "--kube",
+            "--daemonset",
+            "istio-system/istio-cni-node",
+            "--run-dir",
+            str(node.run_dir),
+        ]
+    )
+    stop = asyncio.Event()
+    source = KubePodSource(api, node="n1", settings=FAST, rng=random.Random(7))
+    task = asyncio.create_task(serve(args, stop=stop, rules=node.rules, probes=node.probes, source=source))
+    await wait_until(lambda: os.path.exists(node.plugin_socket) or task.done(), what="agent listening")
+    ztunnel = await FakeZtunnel(node.zds_socket).start()
+    try:
+        assert (await cni(node, "ADD", "web-0", uid="uid-web-0"))[0] == 0
+        assert annotation(server, "web-0") == "enabled" and node.rules.captured == {node.sandbox("web-0")}
+        stop.set()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await ztunnel.close()
+    if daemonset == "kept":
+        assert node.rules.captured == {node.sandbox("web-0")} and annotation(server, "web-0") == "enabled"
+    else:
+        assert node.rules.captured == set() and annotation(server, "web-0") is None
+        assert ztunnel.kinds()[-1] == "del"

@@ -53,6 +53,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--kube", action="store_true", help="watch the Kubernetes API (in-cluster or kubeconfig)"
     )
     parser.add_argument("--kubeconfig", help="with --kube outside a cluster: the kubeconfig file")
+    parser.add_argument(
+        "--daemonset",
+        metavar="NAMESPACE/NAME",
+        help="with --kube, the agent's own DaemonSet: when it is gone or being deleted at SIGTERM, the "
+        "mesh is being uninstalled and every pod is released (rules removed); otherwise rules stay",
+    )
     parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
     parser.add_argument("--plugin-socket", help="default <run-dir>/pluginevent.sock; @name = abstract")
     parser.add_argument("--zds-socket", help="default <run-dir>/ztunnel.sock")
@@ -151,12 +157,13 @@ async def serve(
             "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
         )
         await _until_stopped(stop, tasks)
+        if args.daemonset and isinstance(source, KubePodSource):
+            namespace, _, name = args.daemonset.partition("/")
+            if await source.uninstalling(namespace, name):
+                await _cancel(tasks[1:])  # the reconciler must not enrol again what is released
+                await agent.release_all()
     finally:
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await _cancel(tasks)
         if plugin is not None:
             await plugin.close()
         if zds is not None:
@@ -178,6 +185,14 @@ async def _loaded(source: RunningPodSource, running: asyncio.Task[None], *, with
         hint="check that the API server is reachable and that the agent's ClusterRole allows list/watch "
         "on pods and namespaces (see its log)",
     )
+
+
+async def _cancel(tasks: list[asyncio.Task[None]]) -> None:
+    for task in tasks:
+        task.cancel()
+    for task in tasks:
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class AgentCrashedError(MeshError):

@@ -35,6 +35,7 @@ API_CALLS = (
     ApiCall("", "pods", ("list", "watch")),  # the informer, this node's pods only
     ApiCall("", "pods", ("get", "patch")),  # fetch; the redirection annotation
     ApiCall("", "namespaces", ("list", "watch", "get")),  # their dataplane-mode labels
+    ApiCall("apps", "daemonsets", ("get",)),  # on SIGTERM: is its own DaemonSet being uninstalled?
 )
 """What the node agent calls (RBAC: the istio-cni ClusterRole grants exactly these)."""
 
@@ -173,6 +174,18 @@ class KubePodSource:
                 raise PodSourceError(f"cannot annotate {pod.namespace}/{pod.name}: {exc}") from None
 
         await asyncio.to_thread(patch)
+
+    async def uninstalling(self, namespace: str, name: str) -> bool:
+        """Whether the DaemonSet ``namespace/name`` (the agent's own) is gone or being deleted: the
+        mesh is being uninstalled, not upgraded. Unknown (the API cannot be read) counts as no, so
+        pods stay captured: an unreachable API never opens a way around the mesh."""
+        apps = k8s.AppsV1Api(self._api)
+        try:
+            found = await asyncio.to_thread(self._read, apps.read_namespaced_daemon_set, name, namespace)
+        except PodSourceError as exc:
+            self._log.warning("agent.uninstall_check_failed", error=str(exc))
+            return False
+        return found is None or bool((found.get("metadata") or {}).get("deletionTimestamp"))
 
     def netns_hint(self, uid: str) -> str | None:
         """Unknown: the API does not say where a pod's network namespace is (see the module doc)."""

@@ -305,6 +305,29 @@ class NodeAgent:
         self.records[rec.uid] = released(rec)
         await self.sync_probes()
 
+    async def release_all(self) -> int:
+        """Takes every captured pod out of the mesh (the mesh is being uninstalled): rules removed,
+        annotation removed, ZDS del. A failure is logged and the next pod goes on; returns how many
+        pods were released."""
+        pods = self._source.pods()
+        released = 0
+        for uid in sorted(self.records):
+            async with self._lock(uid):
+                rec = self.records.get(uid)
+                if rec is None or rec.phase == "unenrolled":
+                    continue
+                try:
+                    if (pod := pods.get(uid)) is not None:
+                        await self._release(rec, pod)
+                    elif _netns_exists(rec.netns):  # the pod object is gone: its rules only
+                        await self._rules.release(rec.netns)
+                except MeshError as exc:
+                    self._pod_log(rec).error("agent.uninstall_release_failed", error=str(exc))
+                    continue
+                released += 1
+        self._log.info("agent.released_all", pods=released)
+        return released
+
     async def _forget(self, rec: PodRecord) -> None:
         if rec.phase != "unenrolled":
             await self._zds.delete(self.workload(rec).uid)
