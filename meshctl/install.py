@@ -1,5 +1,7 @@
-"""``meshctl install --dry-run -o yaml``: the mesh's Kubernetes objects rendered from ``daemonset/``
-(the base, or an overlay) in pure Python, the subset of kustomize the manifests use:
+"""``meshctl install|upgrade|uninstall``: the mesh's Kubernetes objects rendered from ``daemonset/``
+(the base, or an overlay) in pure Python, printed (``--dry-run -o yaml``) or applied to the cluster of
+the kubeconfig (server-side apply, ``mesh.rt.kube.apply``). The renderer is the subset of kustomize
+the manifests use:
 ``resources`` (files, or directories with a kustomization), ``images`` (newName/newTag by image
 name) and ``patches`` (merged into the object of the same kind and name; lists of named items such
 as containers, volumes and ports merged by name, other lists replaced). ``kubectl apply -k
@@ -10,15 +12,20 @@ from __future__ import annotations
 
 import argparse
 import copy
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import yaml
+from kubernetes import client as k8s
+from kubernetes.config import ConfigException
 
 from mesh.errors import MeshError
+from mesh.rt.kube.apply import apply_object, delete_object, describe, read_object
+from mesh.rt.kube.watch import make_api_client
 
-__all__ = ["DAEMONSET", "overlays", "register", "render"]
+__all__ = ["DAEMONSET", "apply_all", "install_order", "overlays", "register", "render", "uninstall"]
 
 DAEMONSET = Path(__file__).resolve().parent.parent / "daemonset"
 Obj = dict[str, Any]
@@ -112,30 +119,109 @@ def _containers(objects: list[Obj]) -> Iterator[Obj]:
         yield from spec.get("initContainers") or ()
 
 
+_INSTALL_ORDER = (
+    "Namespace", "CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
+    "Role", "RoleBinding", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "Deployment", "DaemonSet",
+)  # fmt: skip
+NODE_AGENT = ("DaemonSet", "istio-cni-node")
+"""Deleted first on uninstall, and waited for: its agents release every pod while ztunnel still runs."""
+
+
+def install_order(objects: list[Obj]) -> list[Obj]:
+    """Dependencies first: namespaces, CRDs, identities and RBAC, then the workloads."""
+    rank = {kind: i for i, kind in enumerate(_INSTALL_ORDER)}
+    return sorted(objects, key=lambda o: rank.get(str(o.get("kind")), len(rank)))
+
+
+def apply_all(api: k8s.ApiClient, objects: list[Obj], *, verb: str = "applied") -> None:
+    """Server-side applies every object in install order, printing one line each."""
+    for obj in install_order(objects):
+        apply_object(api, obj)
+        print(f"{verb} {describe(obj)}", flush=True)
+
+
+def uninstall(api: k8s.ApiClient, objects: list[Obj], *, purge: bool = False, timeout: float = 120.0) -> None:
+    """Deletes the node agent's DaemonSet and waits until it is gone (each agent takes its node's pods
+    out of the mesh as it stops), then the rest in reverse install order; CRDs only with ``purge``."""
+    agent = [o for o in objects if (o.get("kind"), (o.get("metadata") or {}).get("name")) == NODE_AGENT]
+    rest = [o for o in reversed(install_order(objects)) if o not in agent]
+    for obj in agent:
+        if delete_object(api, obj):
+            print(f"deleting {describe(obj)}: its agents release every pod of their node", flush=True)
+        _wait_gone(api, obj, timeout=timeout)
+    for obj in rest:
+        if obj.get("kind") == "CustomResourceDefinition" and not purge:
+            print(f"kept {describe(obj)} (--purge deletes it, and every object of its kind)")
+            continue
+        print(f"{'deleted' if delete_object(api, obj) else 'absent'} {describe(obj)}", flush=True)
+
+
+def _wait_gone(api: k8s.ApiClient, obj: Obj, *, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while read_object(api, obj) is not None:
+        if time.monotonic() > deadline:
+            raise MeshError(
+                f"{describe(obj)} was not gone within {timeout:g} s",
+                hint="its pods may be stuck terminating: kubectl -n istio-system get pods; "
+                "run meshctl uninstall again when they are gone",
+            )
+        time.sleep(1.0)
+
+
 def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Adds ``install`` to the meshctl CLI."""
-    parser = subparsers.add_parser("install", help="render the mesh's Kubernetes objects (daemonset/)")
-    parser.add_argument("--dry-run", action="store_true", help="print the objects instead of applying them")
-    parser.add_argument("-o", "--output", choices=("yaml",), default="yaml")
-    parser.add_argument(
-        "--overlay", default="base", help="base, or an overlay: plugin-ca, trust-domain, image-pin"
-    )
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="image=REPO:TAG")
-    parser.set_defaults(func=run)
+    """Adds ``install``, ``upgrade`` and ``uninstall`` to the meshctl CLI."""
+    for name, text in (
+        ("install", "render the mesh's Kubernetes objects (daemonset/) and apply them"),
+        ("upgrade", "apply the objects of this version over an installed mesh (DaemonSets roll)"),
+        ("uninstall", "remove the mesh: node agents release every pod first"),
+    ):
+        parser = subparsers.add_parser(name, help=text)
+        if name != "uninstall":
+            parser.add_argument(
+                "--dry-run", action="store_true", help="print the objects instead of applying them"
+            )
+            parser.add_argument("-o", "--output", choices=("yaml",), default="yaml")
+        else:
+            parser.add_argument(
+                "--purge", action="store_true", help="also delete the CRDs (and all their objects)"
+            )
+            parser.add_argument(
+                "--timeout", type=float, default=120.0, help="seconds to wait for the node agents"
+            )
+        parser.add_argument(
+            "--overlay", default="base", help="base, or an overlay: plugin-ca, trust-domain, image-pin"
+        )
+        parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="image=REPO:TAG")
+        parser.add_argument(
+            "--kubeconfig", help="the cluster's kubeconfig (default: in cluster, or ~/.kube/config)"
+        )
+        parser.add_argument("--context", help="the kubeconfig context")
+        parser.set_defaults(func=run, action=name)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Prints the rendered objects (``--dry-run``); applying them is not built yet."""
+def run(args: argparse.Namespace, *, api: k8s.ApiClient | None = None) -> int:
+    """Prints (``--dry-run``) or applies/deletes the rendered objects on the kubeconfig's cluster."""
     settings = dict(item.partition("=")[::2] for item in args.set)
     unknown = sorted(set(settings) - {"image"})
     if unknown:
         raise MeshError(
-            f"unknown --set {', '.join(unknown)}", hint="meshctl install takes --set image=REPO:TAG"
+            f"unknown --set {', '.join(unknown)}", hint=f"meshctl {args.action} takes --set image=REPO:TAG"
         )
-    if not args.dry_run:
-        raise MeshError(
-            "meshctl install applies nothing yet (issue 17 part 3)",
-            hint="render with --dry-run -o yaml and apply with kubectl, or: kubectl apply -k daemonset/base",
-        )
-    print(yaml.safe_dump_all(render(args.overlay, image=settings.get("image", "")), sort_keys=False), end="")
+    objects = render(args.overlay, image=settings.get("image", ""))
+    if getattr(args, "dry_run", False):
+        print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+        return 0
+    if api is None:
+        try:
+            api = make_api_client(kubeconfig=args.kubeconfig, context=args.context)
+        except (ConfigException, OSError, TypeError) as exc:
+            raise MeshError(
+                f"no Kubernetes cluster to {args.action} into: {exc}",
+                hint="pass --kubeconfig (or run in a cluster), or print the objects with --dry-run -o yaml; "
+                "the lab runs the mesh with meshctl lab up --mesh",
+            ) from None
+    if args.action == "uninstall":
+        uninstall(api, objects, purge=args.purge, timeout=args.timeout)
+    else:
+        apply_all(api, objects, verb="upgraded" if args.action == "upgrade" else "applied")
     return 0

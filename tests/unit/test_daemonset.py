@@ -98,10 +98,13 @@ def test_the_overlays_change_what_they_say() -> None:
     assert container(render(image="my/mesh:dev"), "Deployment", "istiod")["image"] == "my/mesh:dev"
 
 
-def test_install_renders_and_says_what_it_does_not_do(capsys: pytest.CaptureFixture[str]) -> None:
+def test_install_renders_and_says_what_to_do_without_a_cluster(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
     assert main(["install", "--dry-run", "-o", "yaml", "--set", "image=my/mesh:dev"]) == 0
     assert "image: my/mesh:dev" in capsys.readouterr().out
-    assert main(["install"]) == 1
-    assert "--dry-run" in capsys.readouterr().err
+    assert main(["install", "--kubeconfig", str(tmp_path / "none")]) == 1
+    error = capsys.readouterr().err
+    assert "no Kubernetes cluster to install into" in error and "--dry-run" in error
     with pytest.raises(MeshError, match="no overlay 'nope'"):
         render("nope")
