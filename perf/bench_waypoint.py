@@ -42,7 +42,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -377,9 +377,15 @@ def _ours(
 
 
 def run_benchmark(
-    *, seconds: float, repeats: int, connections: int, rate: int, progress: Any = print
+    *,
+    seconds: float,
+    repeats: int,
+    connections: int,
+    rate: int,
+    rows: Sequence[str] = ROWS,
+    progress: Any = print,
 ) -> list[Result]:
-    """Every row for every path, ``repeats`` times, paths taking turns."""
+    """Each of ``rows`` for every path, ``repeats`` times, paths taking turns."""
     results: list[Result] = []
     with tempfile.TemporaryDirectory(prefix="bench-waypoint-") as tmp, ExitStack() as stack:
         workdir = Path(tmp)
@@ -426,7 +432,7 @@ def run_benchmark(
         }
         variants = {"h1-authz-100": authz, "h1-tracing-100": traced}
         for repeat in range(repeats):
-            for row in ROWS:
+            for row in rows:
                 paths = variants.get(row, plain)
                 for path, (pid, port) in paths.items():
                     progress(f"  repeat {repeat + 1}/{repeats}: {row} via {path}")
@@ -444,7 +450,8 @@ def run_benchmark(
                     cpu, rss = proc_stats(pid) if pid else (0.0, 0.0)
                     per_request = (cpu - cpu_before) / requests * 1e6 if pid and requests else None
                     results.append(Result(row, path, rps, p50, p99, mean, per_request, rss if pid else None))
-        _await_exports(collectors["ours"], collectors["envoy"])
+        if "h1-tracing-100" in rows:
+            _await_exports(collectors["ours"], collectors["envoy"])
     return results
 
 
@@ -460,7 +467,7 @@ def _await_exports(*collectors: EnvoyProcess) -> None:
 def summarize(results: list[Result]) -> list[dict[str, Any]]:
     """Medians per row and path, with the added latency over direct."""
     table = []
-    for row in ROWS:
+    for row in [r for r in ROWS if any(result.row == r for result in results)]:
         medians = {
             path: {f: _median([r for r in results if r.row == row and r.path == path], f) for f in _FIELDS}
             for path in ("direct", "ours", "envoy")
@@ -523,7 +530,13 @@ def main(argv: list[str] | None = None) -> int:
         "--rate", type=int, default=1000, help="requests/s of the fixed-rate row (default 1000)"
     )
     parser.add_argument("--json", type=Path, default=None, help="where to write the results")
+    parser.add_argument(
+        "--rows", default=",".join(ROWS), help=f"comma-separated rows to run (default all: {','.join(ROWS)})"
+    )
     args = parser.parse_args(argv)
+    rows = [r for r in args.rows.split(",") if r]
+    if unknown := sorted(set(rows) - set(ROWS)):
+        parser.error(f"unknown rows {', '.join(unknown)}; the rows are {', '.join(ROWS)}")
     missing = [tool for tool in ("wrk", "h2load") if shutil.which(tool) is None]
     if missing:
         print(
@@ -533,7 +546,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     print(
-        f"bench_waypoint: {args.repeats} x {len(ROWS)} rows x 3 paths, {args.seconds:g} s each",
+        f"bench_waypoint: {args.repeats} x {len(rows)} rows x 3 paths, {args.seconds:g} s each",
         file=sys.stderr,
     )
     results = run_benchmark(
@@ -541,6 +554,7 @@ def main(argv: list[str] | None = None) -> int:
         repeats=args.repeats,
         connections=args.connections,
         rate=args.rate,
+        rows=rows,
         progress=lambda m: print(m, file=sys.stderr),
     )
     table = summarize(results)

@@ -4,7 +4,7 @@ Istio's tags, exported in batches to an OpenTelemetry collector (OTLP/HTTP, prot
 
 Export never delays a request: finished spans go into a bounded queue (a full queue drops the
 span, counted in ``waypoint_tracing_spans_dropped_total{reason="queue_full"}``) that a background
-task sends every second or every 128 spans; a collector that is slow or down loses those spans
+task sends every second or every 64 spans; a collector that is slow or down loses those spans
 (``reason="export_failed"``) and nothing else. Sampling: the route's ``tracing.random_sampling``
 (istiod_lite renders the Telemetry API there) else ``--tracing-sampling``; a request ending 5xx or
 with a response flag is kept whatever the head decision (tail keep).
@@ -41,7 +41,7 @@ if not hasattr(trace_pb2, "ScopeSpans"):  # an install problem: say how to mend 
 
 __all__ = ["SpanExporter", "Tracer", "TracingSettings", "encode_otlp", "encode_zipkin", "exporter_for"]
 
-_BATCH = 128
+_BATCH = 64
 _COLLECT_POLL = 0.05
 _QUEUE = 4096
 _FLUSH_EVERY = 1.0
