@@ -16,7 +16,7 @@ matches; one that would let it through must hold for every value. So ``x-role: o
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -131,6 +131,32 @@ class _Filter:
     action: int
     policies: tuple[tuple[str, _Check], ...]
     shadow: tuple[tuple[str, _Check], ...]
+    by_path: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    """For each exact path some policies require: the positions (in order) of the policies that can
+    match a request with that path, those requiring it and those requiring no exact path."""
+    any_path: tuple[int, ...] = ()
+    """The positions of the policies that require no exact path (all when nothing is indexed)."""
+
+    def candidates(self, path: str) -> Iterator[tuple[str, _Check]]:
+        """The policies that can match a request for ``path``, in order: the others require an
+        exact path that is not this one, so they cannot (an index, not a decision)."""
+        for position in self.by_path.get(path, self.any_path):
+            yield self.policies[position]
+
+
+def _indexed(
+    action: int,
+    policies: Sequence[tuple[str, _Check, frozenset[str] | None]],
+    shadow: tuple[tuple[str, _Check], ...],
+) -> _Filter:
+    """A filter whose policies are indexed by the exact paths they require (None: no such paths)."""
+    any_path = tuple(i for i, (_, _, paths) in enumerate(policies) if paths is None)
+    by_path: dict[str, list[int]] = {}
+    for i, (_, _, paths) in enumerate(policies):
+        for path in paths or ():
+            by_path.setdefault(path, []).append(i)
+    index = {path: tuple(sorted({*positions, *any_path})) for path, positions in by_path.items()}
+    return _Filter(action, tuple((n, c) for n, c, _ in policies), shadow, index, any_path)
 
 
 class RbacEngine:
@@ -147,7 +173,7 @@ class RbacEngine:
         logged: list[str] = []
         for chain in self._filters:
             logged += [name for name, check in chain.shadow if check(request)]
-            matched = next((name for name, check in chain.policies if check(request)), None)
+            matched = next((name for name, check in chain.candidates(request.path) if check(request)), None)
             if chain.action == rbac_pb2.RBAC.LOG:
                 logged += [name for name, check in chain.policies if check(request)]
             elif chain.action == rbac_pb2.RBAC.DENY and matched is not None:
@@ -168,22 +194,50 @@ def compile_rbac(filters: Sequence[http_rbac_pb2.RBAC]) -> RbacEngine:
         action = rules.action if rules is not None else rbac_pb2.RBAC.LOG
         deny_side = action != rbac_pb2.RBAC.ALLOW
         policies = _policies(rules, f"{where}.rules", deny_side) if rules is not None else ()
-        shadow = _policies(config.shadow_rules, f"{where}.shadow_rules", True)
-        compiled.append(_Filter(action, policies, shadow))
+        shadow = tuple((n, c) for n, c, _ in _policies(config.shadow_rules, f"{where}.shadow_rules", True))
+        compiled.append(_indexed(action, policies, shadow))
     return RbacEngine(compiled)
 
 
-def _policies(rules: rbac_pb2.RBAC, where: str, deny_side: bool) -> tuple[tuple[str, _Check], ...]:
+def _policies(
+    rules: rbac_pb2.RBAC, where: str, deny_side: bool
+) -> tuple[tuple[str, _Check, frozenset[str] | None], ...]:
+    """(name, check, the exact paths it requires or None) per policy, in Envoy's order (by name)."""
     out = []
-    for name in sorted(rules.policies):  # Envoy orders the map by name
+    for name in sorted(rules.policies):
         policy = rules.policies[name]
         at = f"{where}.policies[{name}]"
         if policy.HasField("condition") or policy.HasField("checked_condition"):
             raise AuthzConfigError(at, "CEL conditions are not supported")
         permissions = [_permission(p, f"{at}.permissions", deny_side) for p in policy.permissions]
         principals = [_principal(p, f"{at}.principals", deny_side) for p in policy.principals]
-        out.append((name, _policy_check(permissions, principals)))
+        out.append((name, _policy_check(permissions, principals), _any_of_paths(policy.permissions)))
     return tuple(out)
+
+
+def _any_of_paths(permissions: Sequence[rbac_pb2.Permission]) -> frozenset[str] | None:
+    """The exact paths of which a request must have one for any of ``permissions`` to match, or
+    None when one of them can match another path (a prefix, a template, a negation, no path)."""
+    union: set[str] = set()
+    for permission in permissions:
+        paths = _required_paths(permission)
+        if paths is None:
+            return None
+        union |= paths
+    return frozenset(union) if permissions else None
+
+
+def _required_paths(p: rbac_pb2.Permission) -> frozenset[str] | None:
+    kind = p.WhichOneof("rule")
+    if kind == "url_path" and p.url_path.HasField("path"):
+        matcher = p.url_path.path
+        exact = matcher.WhichOneof("match_pattern") == "exact" and not matcher.ignore_case
+        return frozenset((matcher.exact,)) if exact else None
+    if kind == "and_rules":  # all must match: any one part that requires paths is enough
+        return next((r for x in p.and_rules.rules if (r := _required_paths(x)) is not None), None)
+    if kind == "or_rules":  # any may match: every part must require paths
+        return _any_of_paths(p.or_rules.rules)
+    return None
 
 
 def _policy_check(permissions: list[_Check], principals: list[_Check]) -> _Check:

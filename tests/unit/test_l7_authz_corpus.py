@@ -346,3 +346,55 @@ def test_bad_config_is_named(policy: dict[str, Any], problem: str) -> None:
     with pytest.raises(AuthzConfigError, match=problem) as info:
         compile_rbac([rbac("DENY", bad=policy)])
     assert "policies[bad]" in str(info.value)
+
+
+def method(name: str) -> dict[str, Any]:
+    return {"header": {"name": ":method", "string_match": {"exact": name}}}
+
+
+# An ALLOW chain shaped like the benchmark's 100-rule policy: rules wanting an exact path (alone, in
+# an or-list, or in an and-list beside a method), and rules the exact-path index must never skip: a
+# prefix, a case-insensitive exact path, a negated path, no path at all.
+INDEXED = rbac(
+    "ALLOW",
+    **{
+        "a-exact": {"permissions": [path_exact("/a")], "principals": ANY},
+        "b-or": {
+            "permissions": [{"or_rules": {"rules": [path_exact("/b"), path_exact("/b2")]}}],
+            "principals": ANY,
+        },
+        "c-and": {
+            "permissions": [{"and_rules": {"rules": [path_exact("/c"), method("POST")]}}],
+            "principals": ANY,
+        },
+        "d-prefix": {"permissions": [path_prefix("/d/")], "principals": ANY},
+        "e-folded": {
+            "permissions": [{"url_path": {"path": {"exact": "/E", "ignore_case": True}}}],
+            "principals": ANY,
+        },
+        "f-not": {"permissions": [{"not_rule": path_exact("/f")}], "principals": [{"authenticated": {}}]},
+        "g-method": {"permissions": [method("PUT")], "principals": ANY},
+        "h-two": {"permissions": [path_exact("/h"), path_prefix("/h/")], "principals": ANY},
+    },
+)
+
+
+@pytest.mark.parametrize(
+    "target", ["/a", "/b", "/b2", "/c", "/d/x", "/e", "/E", "/f", "/h", "/h/1", "/zzz", "/"]
+)
+@pytest.mark.parametrize("verb", ["GET", "POST", "PUT"])
+@pytest.mark.parametrize("principal", ["", CLIENT])
+def test_the_exact_path_index_decides_as_trying_every_policy(target: str, verb: str, principal: str) -> None:
+    engine = compile_rbac([INDEXED])
+    request = request_attributes(
+        verb, target, [("host", "app.demo")],
+        source_ip=ipaddress.ip_address("10.244.1.5"), destination_ip=ipaddress.ip_address("10.96.0.10"),
+        destination_port=80, principal=principal,
+    )  # fmt: skip
+    (chain,) = engine._filters
+    every = next((name for name, check in chain.policies if check(request)), None)
+    decision = engine.decide(request)
+    assert decision.allowed == (every is not None)
+    indexed = [name for name, _ in chain.candidates(request.path)]
+    assert "a-exact" in indexed if target == "/a" else "a-exact" not in indexed  # the index skips it
+    assert {"d-prefix", "e-folded", "f-not", "g-method"} <= set(indexed)  # never skipped
