@@ -147,9 +147,15 @@ class KubePodSource:
         except ApiException as exc:
             if exc.status == 404:
                 return None
-            raise PodSourceError(f"the API server answered {exc.status} reading {'/'.join(args)}") from None
+            raise PodSourceError(
+                f"the API server answered {exc.status} reading {'/'.join(args)}",
+                hint="the node agent needs get on pods, namespaces and daemonsets (its ClusterRole)",
+            ) from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
-            raise PodSourceError(f"cannot read {'/'.join(args)} from the API server: {exc}") from None
+            raise PodSourceError(
+                f"cannot read {'/'.join(args)} from the API server: {exc}",
+                hint="check that the API server is reachable from the node; the CNI plugin retries",
+            ) from None
         return data if isinstance(data, dict) else None
 
     async def set_redirection(self, pod: PodInfo, value: str | None) -> None:
@@ -171,7 +177,10 @@ class KubePodSource:
                     hint="the node agent needs get and patch on pods (its ClusterRole)",
                 ) from None
             except (urllib3.exceptions.HTTPError, OSError) as exc:
-                raise PodSourceError(f"cannot annotate {pod.namespace}/{pod.name}: {exc}") from None
+                raise PodSourceError(
+                    f"cannot annotate {pod.namespace}/{pod.name}: {exc}",
+                    hint="check that the API server is reachable from the node; the agent retries",
+                ) from None
 
         await asyncio.to_thread(patch)
 
