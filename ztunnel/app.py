@@ -254,12 +254,12 @@ class Ztunnel:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        await self.manager.stop_all(deadline=self.args.drain_deadline)
+        cut = await self.manager.stop_all(deadline=self.args.drain_deadline)
         for server in self._servers:
             await server.close()
         await self.ctx.certs.close()
         await self.ca.close()
-        self.ctx.log.info("ztunnel.stopped")
+        self.ctx.log.info("ztunnel.stopped", connections_cut=cut)
         return 0
 
     async def _start_http(self) -> None:

@@ -150,14 +150,18 @@ class WorkloadManager:
         proxy = self.proxies.pop(uid, None)
         if proxy is None:
             return
-        await proxy.stop(deadline=0.0)  # a deleted or released pod is drained immediately
+        cut = await proxy.stop(deadline=0.0)  # a deleted or released pod is drained immediately
         self.proxies_stopped += 1
-        self._log.info("proxy.stopped", uid=uid)
+        self._log.info("proxy.stopped", uid=uid, connections_cut=cut)
 
-    async def stop_all(self, *, deadline: float) -> None:
-        """Drains every pod proxy (SIGTERM)."""
+    async def stop_all(self, *, deadline: float) -> int:
+        """Drains every pod proxy (SIGTERM); returns how many connections were cut at the deadline."""
         proxies, self.proxies = list(self.proxies.values()), {}
-        await asyncio.gather(*(p.stop(deadline=deadline) for p in proxies), return_exceptions=True)
+        results = await asyncio.gather(*(p.stop(deadline=deadline) for p in proxies), return_exceptions=True)
+        for result in results:
+            if isinstance(result, BaseException):
+                self._log.warning("proxy.stop_failed", error=repr(result))
+        return sum(r for r in results if isinstance(r, int))
 
 
 class WorkloadManagerMetrics:

@@ -113,21 +113,28 @@ class PodProxy:
             factory = functools.partial(_Accepted, self, handle)
             self._servers.append(await loop.create_server(factory, sock=listener))
 
-    async def stop(self, *, deadline: float = 5.0) -> None:
-        """Stops accepting, lets connections finish until ``deadline``, then closes everything."""
+    async def stop(self, *, deadline: float = 5.0) -> int:
+        """Stops accepting, lets connections finish until ``deadline`` (one deadline for inbound and
+        outbound together), then closes everything. Returns how many connections were still open at
+        the deadline and were cut."""
         self._close_listeners()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._server.drain(deadline=deadline), deadline + 1)
-        await self._server.close()
-        if self._tasks:
+        loop = asyncio.get_running_loop()
+        until = loop.time() + deadline
+        goaway = asyncio.ensure_future(self._server.drain(deadline=deadline))  # inbound HBONE peers
+        pending: set[asyncio.Task[None]] = set()
+        if self._tasks:  # every relay (inbound streams too) is one of these tasks
             _, pending = await asyncio.wait(self._tasks, timeout=deadline)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(goaway, max(0.0, until - loop.time()) + 1.0)
+        await self._server.close()
+        for task in pending:
+            task.cancel()
+        if pending:
+            await asyncio.wait(pending, timeout=1.0)
         await self._pool.close()
         with contextlib.suppress(OSError):
             os.close(self._netns_fd)
+        return len(pending)
 
     def close_revoked(self, revocation: Revocation) -> int:
         """Drops this pod's HBONE connections (inbound and pooled outbound) whose peer certificate

@@ -59,12 +59,13 @@ def test_apply_then_release_leaves_nothing(netns: str) -> None:
 async def test_node_agent_rules_set_the_pod_sysctls_and_put_them_back(netns: str) -> None:
     rules, path = NetnsRules(), f"/var/run/netns/{netns}"
 
-    def tw_reuse() -> str:
-        return _in_ns(netns, "sysctl", "-n", "net.ipv4.tcp_tw_reuse").strip()
+    def values() -> list[str]:
+        keys = ("net.ipv4.tcp_tw_reuse", "net.ipv4.tcp_migrate_req")
+        return _in_ns(netns, "sysctl", "-n", *keys).split()
 
-    assert tw_reuse() == "2"
+    assert values() == ["2", "0"]
     assert await rules.ensure_capture(path) == RuleChange(iptables=True, ip_rule=True, sysctls=True)
-    assert tw_reuse() == "1"
+    assert values() == ["1", "1"]
     assert await rules.ensure_capture(path) == RuleChange(iptables=False, ip_rule=False, sysctls=False)
     assert await rules.release(path) == RuleChange(iptables=True, ip_rule=True, sysctls=True)
-    assert tw_reuse() == "2"
+    assert values() == ["2", "0"]

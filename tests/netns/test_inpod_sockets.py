@@ -13,7 +13,7 @@ from ipaddress import ip_address
 
 import pytest
 
-from mesh.rt.net.netns import InPodSocketFactory, listen_in_netns, original_destination, peer_of
+from mesh.rt.net.netns import InPodSocketFactory, in_netns, listen_in_netns, original_destination, peer_of
 from ztunnel.cni.rules import plan_capture
 
 pytestmark = pytest.mark.netns
@@ -105,6 +105,31 @@ def test_listeners_share_the_port_with_reuseport(pod_netns: tuple[str, int]) -> 
     finally:
         first.close()
         second.close()
+
+
+@pytest.mark.parametrize(("migrate_req", "all_moved"), [("0", False), ("1", True)])
+def test_a_closing_listener_hands_its_queue_over_with_migrate_req(
+    pod_netns: tuple[str, int], migrate_req: str, all_moved: bool
+) -> None:
+    """What ``net.ipv4.tcp_migrate_req`` (set by the node agent, ``POD_SYSCTLS``) is for: the old
+    ztunnel closes its listener while connections still wait in its accept queue. With 1 they move
+    to the new ztunnel's listener of the same port; with the kernel's default 0 they are reset."""
+    name, fd = pod_netns
+    _ip("sysctl", "-w", f"net.ipv4.tcp_migrate_req={migrate_req}", ns=name)
+    old, new = listen_in_netns(fd, 15001), listen_in_netns(fd, 15001)
+    with contextlib.ExitStack() as stack:
+        stack.callback(new.close)
+        with in_netns(fd):
+            clients = [
+                stack.enter_context(socket.create_connection(("127.0.0.1", 15001), 2)) for _ in range(32)
+            ]
+        old.close()  # nothing accepted: about half of the clients were queued on it
+        new.settimeout(0.5)
+        accepted = []
+        with contextlib.suppress(TimeoutError):
+            while len(accepted) < len(clients):
+                accepted.append(stack.enter_context(new.accept()[0]))
+        assert (len(accepted) == len(clients)) is all_moved, f"{len(accepted)} of {len(clients)} moved"
 
 
 def _keepalive(sock: socket.socket) -> tuple[int, int, int, int, int]:

@@ -80,7 +80,13 @@ def test_probe_snat_is_one_rule_over_the_probe_set() -> None:
 
 @pytest.mark.parametrize("bypass_inbound", [False, True])
 def test_every_plan_carries_the_pod_sysctls(bypass_inbound: bool) -> None:
-    """tcp_tw_reuse=1 in every enrolled pod (issue 16), put back to the namespace default (2) on release."""
+    """tcp_tw_reuse=1 (issue 16) and tcp_migrate_req=1 (issue 17: upgrades) in every enrolled pod, put
+    back to a new namespace's defaults on release, each with its reason."""
     sysctls = plan_capture(bypass_inbound=bypass_inbound).sysctls
-    assert [(s.key, s.value, s.released) for s in sysctls] == [("net.ipv4.tcp_tw_reuse", "1", "2")]
-    assert all("TIME_WAIT" in s.reason for s in sysctls)
+    assert [(s.key, s.value, s.released) for s in sysctls] == [
+        ("net.ipv4.tcp_tw_reuse", "1", "2"),
+        ("net.ipv4.tcp_migrate_req", "1", "0"),
+    ]
+    reasons = {s.key: s.reason for s in sysctls}
+    assert "TIME_WAIT" in reasons["net.ipv4.tcp_tw_reuse"]
+    assert "SO_REUSEPORT" in reasons["net.ipv4.tcp_migrate_req"]

@@ -83,9 +83,20 @@ POD_SYSCTLS = (
         "old segments out). It affects only connections opened from the pod, as loopback has by "
         "default.",
     ),
+    PodSysctl(
+        key="net.ipv4.tcp_migrate_req",
+        value="1",
+        released="0",
+        reason="ztunnel's in-pod listeners are SO_REUSEPORT so that a new ztunnel binds next to the old "
+        "one during an upgrade; when the old one closes its listeners, connections still waiting in "
+        "their accept queues (and handshakes in progress) would be reset. With 1 the kernel moves "
+        "them to another listener of the same port (the new ztunnel's). It changes nothing while "
+        "only one listener has the port.",
+    ),
 )
 """Sysctls of every enrolled pod's network namespace (issue 16: without tw_reuse a server pod's
-new-connection rate fell 5x after about 15,000 connections from one client)."""
+new-connection rate fell 5x after about 15,000 connections from one client; issue 17: without
+migrate_req a ztunnel upgrade reset the connections queued on the old ztunnel's listeners)."""
 
 
 @dataclass(frozen=True, slots=True)
