@@ -125,7 +125,7 @@ def test_a_closing_listener_hands_its_queue_over_with_migrate_req(
             ]
         old.close()  # nothing accepted: about half of the clients were queued on it
         new.settimeout(0.5)
-        accepted = []
+        accepted: list[socket.socket] = []
         with contextlib.suppress(TimeoutError):
             while len(accepted) < len(clients):
                 accepted.append(stack.enter_context(new.accept()[0]))
