@@ -6,7 +6,10 @@ WAYPOINT_NAME from the environment, as the lab sets them) or from a local file (
 FILE``: Envoy v3 RouteConfiguration, Cluster and ClusterLoadAssignment resources in Envoy's own
 JSON/YAML, so its routing can be compared with a real Envoy loading the same file). It serves plain
 HTTP/1.1 clients on ``--http-listen`` and, with istiod_lite, HBONE on 15008 (``--hbone-listen``)
-with its own certificate from the CA, tunnelling to enrolled pods over HBONE too. Admin
+with its own certificate from the CA, tunnelling to enrolled pods over HBONE too. With a local
+config it serves HBONE too when given its certificate as files (``--cert-chain``, ``--key`` and
+the mesh roots in ``--root-cert``, as Istio mounts ``cert-chain.pem``, ``key.pem`` and
+``root-cert.pem``); its upstreams stay the plain addresses of the file. Admin
 (``/config_dump``) on 15000, metrics on 15020, readiness on 15021 (ready once the config and, in
 the mesh, the certificate are in);
 SIGTERM drains: listeners close, in-flight requests get ``--drain-deadline`` seconds.
@@ -45,7 +48,7 @@ from mesh.rt.rpc import client_tls
 from mesh.rt.tcp_metrics import TcpMetrics
 from waypoint.config import WaypointConfig, load_local_config
 from waypoint.hbone import HboneFront, HboneUpstream
-from waypoint.identity import WaypointCredentials
+from waypoint.identity import FileCredentials, WaypointCredentials
 from waypoint.proxy import WaypointProxy
 from waypoint.tcp import TcpPassthrough
 from waypoint.telemetry import AddressBook, RequestMetrics
@@ -64,7 +67,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--route-config", default="", help="the RouteConfiguration to serve (default: the first)")
     p.add_argument("--xds-address", help="istiod_lite host:port (Delta ADS over TLS) to get the config from")
-    p.add_argument("--root-cert", type=Path, help="PEM roots that istiod_lite's certificate chains to")
+    p.add_argument(
+        "--root-cert", type=Path,
+        help="PEM roots that istiod_lite's certificate chains to (with --cert-chain: the mesh roots "
+        "HBONE clients' certificates chain to)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cert-chain", type=Path,
+        help="with --local-config: the waypoint's certificate chain (PEM, leaf first) to serve HBONE with",
+    )  # fmt: skip
+    p.add_argument("--key", type=Path, help="with --cert-chain: the PEM private key of its leaf")
     p.add_argument("--token-file", type=Path, help="the bearer token for istiod_lite")
     p.add_argument(
         "--istiod-name", default="istiod.istio-system.svc", help="the DNS name istiod_lite's cert carries"
@@ -72,7 +84,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--hbone-listen",
         default=f"0.0.0.0:{INBOUND_HBONE_PORT}",
-        help="HBONE address, with --xds-address (default %(default)s)",
+        help="HBONE address, with --xds-address or --cert-chain (default %(default)s)",
     )
     p.add_argument(
         "--ca-address", help="CA host:port for the waypoint's certificate (default: --xds-address)"
@@ -220,23 +232,44 @@ def _mesh(args: argparse.Namespace, proxy: WaypointProxy, book: AddressBook, tcp
     return _Mesh(credentials, HboneFront(proxy, credentials.server_material), pool)
 
 
-async def _serve(args: argparse.Namespace) -> int:
-    log = get_logger("waypoint")
-    xds: WaypointXds | None = None
+def _file_credentials(args: argparse.Namespace) -> FileCredentials | None:
+    """The certificate of ``--cert-chain`` and ``--key`` (None without them), for local mode."""
+    if args.cert_chain is None and args.key is None:
+        return None
+    if args.local_config is None:
+        raise MeshError(
+            "--cert-chain and --key are for --local-config",
+            hint="with --xds-address the waypoint gets its certificate from istiod_lite's CA",
+        )
+    if args.cert_chain is None or args.key is None or args.root_cert is None:
+        raise MeshError(
+            "HBONE from files needs --cert-chain, --key and --root-cert together",
+            hint="e.g. --cert-chain cert-chain.pem --key key.pem --root-cert root-cert.pem",
+        )
+    return FileCredentials.load(
+        cert_chain=args.cert_chain, key=args.key, root_cert=args.root_cert, trust_domain=args.trust_domain
+    )
+
+
+def _config_source(args: argparse.Namespace) -> tuple[Callable[[], WaypointConfig], WaypointXds | None]:
+    """The current config's getter, and the xDS client when it comes from istiod_lite."""
     if args.local_config is not None:
         local = load_local_config(args.local_config)
-
-        def config() -> WaypointConfig:
-            return local
-    elif args.xds_address:
+        return lambda: local, None
+    if args.xds_address:
         xds = _xds(args)
-        config = xds.config
-    else:
-        raise MeshError(
-            "no config: give --xds-address (istiod_lite) or --local-config FILE",
-            hint="e.g. 'waypoint --local-config FILE --http-listen ADDR' with Envoy v3 resources "
-            "(docs/waypoints.md)",
-        )
+        return xds.config, xds
+    raise MeshError(
+        "no config: give --xds-address (istiod_lite) or --local-config FILE",
+        hint="e.g. 'waypoint --local-config FILE --http-listen ADDR' with Envoy v3 resources "
+        "(docs/waypoints.md)",
+    )
+
+
+async def _serve(args: argparse.Namespace) -> int:
+    log = get_logger("waypoint")
+    files = _file_credentials(args)
+    config, xds = _config_source(args)
     registry: Registry = build_registry(component="waypoint")
     book = AddressBook(lambda: xds.addresses) if xds is not None else None
     proxy = _proxy(args, config, registry, book, log)
@@ -257,6 +290,10 @@ async def _serve(args: argparse.Namespace) -> int:
             return text_reply(
                 f"not ready: no certificate for {mesh.credentials.identity.uri} yet\n", status=503
             )
+        if files is not None and not files.ready:
+            return text_reply(
+                f"not ready: the certificate of {files.identity.uri} is not valid now\n", status=503
+            )
         return text_reply("ready\n") if ready else text_reply("not ready\n", status=503)
 
     def metrics(method: str, query: Mapping[str, str]) -> HttpReply:
@@ -272,9 +309,10 @@ async def _serve(args: argparse.Namespace) -> int:
         host, port = _split(address)
         ports[role] = await server.start(host, port)
     xds_task = asyncio.create_task(xds.run()) if xds is not None else None
-    if mesh is not None:
+    front = mesh.front if mesh is not None else HboneFront(proxy, files.server_material) if files else None
+    if front is not None:
         host, port = _split(args.hbone_listen)
-        ports["hbone"] = (await mesh.front.listen(host, port))[1]
+        ports["hbone"] = (await front.listen(host, port))[1]
     host, port = _split(args.http_listen)
     listener = await proxy.serve(host, port)
     bound = listener.sockets[0].getsockname()[1]
@@ -290,6 +328,8 @@ async def _serve(args: argparse.Namespace) -> int:
         await asyncio.wait_for(listener.wait_closed(), args.drain_deadline)
     if mesh is not None:
         await mesh.close()
+    elif front is not None:
+        await front.close()
     proxy.upstreams.close()
     if tracer is not None:
         await tracer.close()

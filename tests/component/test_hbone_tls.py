@@ -15,10 +15,14 @@ from pathlib import Path
 import pytest
 
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.rt.hbone import HandshakeError, HboneConfig
+from mesh.rt.certs import NoValidCertificate
+from mesh.rt.hbone import HandshakeError, HboneConfig, HboneServer
+from mesh.rt.hbone.client import connect
+from mesh.rt.net.sockets import PlainSocketFactory
 from mesh.rt.tls import (
     TLS13_SUITES,
     PeerRejectedError,
+    TlsMaterial,
     client_context,
     server_context,
 )
@@ -321,3 +325,24 @@ async def test_removed_root_is_not_trusted_by_new_connections() -> None:
         rig.server_material = server_now
         with pytest.raises(HandshakeError):
             await rig.client(expected=frozenset({server_now.identity}), material=rig.client_material)
+
+
+async def test_a_server_with_no_valid_certificate_refuses_the_handshake_and_keeps_nothing() -> None:
+    def no_certificate() -> TlsMaterial:
+        raise NoValidCertificate("no valid certificate for the server yet", hint="it is being fetched")
+
+    async with hbone_rig() as rig:
+        server = HboneServer(rig.handler, credentials=no_certificate)
+        address = await server.listen("127.0.0.1")
+        try:
+            sock = await PlainSocketFactory().connect(address)
+            async with asyncio.timeout(5):
+                with pytest.raises(HandshakeError):
+                    await connect(
+                        sock, context=client_context(rig.client_material),
+                        expected=frozenset({rig.server_material.identity}),
+                    )  # fmt: skip
+            assert server.handshake_failures == 1
+            assert not server.connections
+        finally:
+            await server.close()

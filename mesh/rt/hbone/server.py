@@ -14,6 +14,7 @@ import ssl
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from mesh.errors import MeshError
 from mesh.h2.errors import ErrorCode, H2ProtocolError
 from mesh.h2.events import ConnectRequest
 from mesh.identity.spiffe import WorkloadIdentity
@@ -273,8 +274,8 @@ class HboneServer:
                 ssl_handshake_timeout=self.config.handshake_timeout,
                 ssl_shutdown_timeout=self.config.close_timeout,
             )
-        except (OSError, ssl.SSLError, TimeoutError, ConnectionError) as exc:
-            sock.close()
+        except (OSError, ssl.SSLError, TimeoutError, ConnectionError, MeshError) as exc:  # MeshError: no
+            sock.close()  # valid certificate to present (fail closed)
             if conn is not None:  # made for the handshake, never connected: it would stay tracked
                 self.connections.discard(conn)
             self.handshake_failures += 1
