@@ -3,6 +3,7 @@
 
     meshctl analyze -f samples/ [-f more.yaml] [-o json]
     meshctl analyze            # the running lab's objects
+    meshctl analyze --live -f strict.yaml   # the lab's objects as they would be with the file applied
 
 Exit code 1 when there is an Error finding, else 0. Each finding has a stable code (``MSH...``),
 the object, what is wrong and how to fix it (see ``meshctl.analysis``).
@@ -23,7 +24,7 @@ from meshctl.lab.api import Lab
 from meshctl.lab.settings import default_state_dir
 from meshctl.tables import format_table
 
-__all__ = ["load_files", "register", "run"]
+__all__ = ["load_files", "overlay", "register", "run"]
 
 _LIVE_KINDS = (
     "Namespace",
@@ -47,8 +48,15 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     parser.add_argument(
         "-f", "--filename", action="append", default=[], help="YAML file or directory (repeatable)"
     )
+    parser.add_argument(
+        "--live",
+        action="store_true",
+        help="with -f: analyze the files as if applied on top of the running lab's objects",
+    )
     parser.add_argument("-o", "--output", choices=("table", "json"), default="table")
-    parser.add_argument("--state", default=default_state_dir(), help="lab state directory (without -f)")
+    parser.add_argument(
+        "--state", default=default_state_dir(), help="lab state directory (without -f, or --live)"
+    )
     parser.set_defaults(func=run)
 
 
@@ -73,15 +81,32 @@ def load_files(paths: list[str]) -> list[dict[str, Any]]:
     return objects
 
 
+def overlay(live: list[dict[str, Any]], files: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``live`` with each object of ``files`` applied: it replaces the live object of the same kind,
+    namespace and name, or is added."""
+
+    def key(obj: dict[str, Any]) -> tuple[str, str, str]:
+        kind, meta = str(obj.get("kind")), obj.get("metadata") or {}
+        namespace = meta.get("namespace") or ("" if kind == "Namespace" else "default")  # as kubectl applies
+        return kind, str(namespace), str(meta.get("name"))
+
+    merged = {key(obj): obj for obj in live}
+    merged.update((key(obj), obj) for obj in files)
+    return list(merged.values())
+
+
 def run(args: argparse.Namespace) -> int:
     """Prints the findings; 1 when one is an Error."""
-    if args.filename:
-        objects = load_files(args.filename)
+    files = load_files(args.filename) if args.filename else []
+    if args.filename and not args.live:
+        objects = files
     else:
         lab = Lab(args.state)
         if not lab.is_running():
-            raise MeshError("no lab is running to analyze", hint="pass -f FILE to analyze YAML files")
-        objects = [o for kind in _LIVE_KINDS for o in lab.objects(kind)]
+            raise MeshError(
+                "no lab is running to analyze", hint="pass -f FILE (without --live) to analyze YAML files"
+            )
+        objects = overlay([o for kind in _LIVE_KINDS for o in lab.objects(kind)], files)
     findings = analyze(objects)
     if args.output == "json":
         print(json.dumps([f.to_json() for f in findings], indent=1))

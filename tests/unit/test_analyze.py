@@ -10,7 +10,7 @@ import pytest
 
 from mesh.errors import MeshError
 from meshctl.analysis import analyze
-from meshctl.analyze import load_files
+from meshctl.analyze import load_files, overlay
 from meshctl.cli import main
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "analyze"
@@ -56,3 +56,24 @@ def test_a_file_that_is_not_yaml_is_named(tmp_path: Path) -> None:
     bad.write_text("kind: [unclosed\n")
     with pytest.raises(MeshError, match=r"bad\.yaml is not valid YAML"):
         load_files([str(bad)])
+
+
+def test_live_objects_with_files_applied_on_top() -> None:
+    """``--live -f``: a file's object replaces the live one of the same kind, namespace and name (a
+    namespace-less namespaced object lands in ``default``, as kubectl applies it), or is added."""
+    live = [
+        {"kind": "Namespace", "metadata": {"name": "shop"}},
+        {"kind": "PeerAuthentication", "metadata": {"name": "default", "namespace": "default"}, "spec": {}},
+        {"kind": "Pod", "metadata": {"name": "web", "namespace": "shop"}},
+    ]
+    strict = {
+        "kind": "PeerAuthentication",
+        "metadata": {"name": "default"},
+        "spec": {"mtls": {"mode": "STRICT"}},
+    }
+    labelled = {
+        "kind": "Namespace",
+        "metadata": {"name": "shop", "labels": {"istio.io/dataplane-mode": "ambient"}},
+    }
+    added = {"kind": "PeerAuthentication", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}
+    assert overlay(live, [strict, labelled, added]) == [labelled, strict, live[2], added]
