@@ -19,11 +19,31 @@ Istio renders one (100 RBAC policies; the request matches only the last, so ever
 judged by Envoy's RBAC filter and by ours (a second pair of proxies loads that configuration); and
 with every request traced (a span each, exported with OTLP/HTTP to a collector that answers 200:
 Envoy's OpenTelemetry tracer with its HTTP exporter, ours with ``--tracing-otlp``; a third pair).
+
+**HBONE in** (rows ``hbone-*``: HTTP/1.1 keep-alive, h2c and HTTP/1.1 at a fixed rate, the same
+loads): requests reach the waypoint as ztunnel sends them, one HTTP/2 CONNECT stream per client
+connection (authority ``svc...:80``) over mutual TLS (TLS 1.3, ALPN h2, SPIFFE certificates from
+a test CA: the client ``spiffe://cluster.local/ns/bench/sa/client``, the waypoint
+``.../ns/bench/sa/waypoint``). The HBONE client is the same for every path, so the difference is
+the waypoint: an Envoy (``mesh.testing.envoy_hbone.hbone_client_config``, the source ztunnel's
+part) that carries each TCP connection of the load generator as a CONNECT stream, one per path.
+Behind it:
+
+- **direct**: an Envoy that only terminates HBONE and relays each stream's bytes to the backend
+  (what the destination's ztunnel does when no waypoint is in the path);
+- **ours**: ``waypoint --local-config FILE --hbone-listen ADDR --cert-chain --key --root-cert``;
+- **envoy**: Envoy configured as Istio's waypoint: an mTLS listener (client certificate of the
+  trust domain) whose HCM accepts CONNECT and hands each stream to an internal listener
+  (``envoy.bootstrap.internal_listener``) running the same RouteConfiguration and Clusters as the
+  plain rows.
+
+So "added" in these rows is what the waypoint costs over an L4 HBONE terminator. Upstreams stay
+plain HTTP to the backend for both waypoints (HBONE out is ztunnel's and ``perf.bench_ztunnel``'s).
+
 Per row and path: requests/s, p50/p99 (wrk) or mean latency (h2load), added latency over direct,
 the proxy's CPU per request (utime+stime from /proc) and its peak RSS (VmHWM). Paths take turns in
-each repeat; the report is the median of the repeats. What this omits on purpose: HBONE in and out
-(``perf.bench_hbone`` and ``perf.bench_ztunnel`` measure that part) -- here both proxies do plain
-HTTP so the comparison is the L7 work alone.
+each repeat; the report is the median of the repeats. Only the plain rows omit HBONE, so that
+their comparison is the L7 work alone.
 """
 
 from __future__ import annotations
@@ -50,15 +70,38 @@ from typing import Any
 
 import yaml
 
-from mesh.testing.envoy_hbone import EnvoyProcess, proc_stats, start_envoy
+from mesh.rt.tls import TlsMaterial
+from mesh.testing.envoy_hbone import (
+    EnvoyProcess,
+    hbone_client_config,
+    hbone_connect_listener,
+    hbone_server_config,
+    proc_stats,
+    start_envoy,
+)
+from mesh.testing.hbone import material_for
+from mesh.testing.pki import TestPki, write_pem_files
 from mesh.testing.processes import stop_process
 
 __all__ = ["Result", "main", "run_benchmark"]
 
 _REPO = Path(__file__).resolve().parent.parent
 HOST = "svc.bench.svc.cluster.local"
-ROWS = ("h1-keepalive", "h2c", "h1-fixed-rate", "h1-authz-100", "h1-tracing-100")
+ROWS = (
+    "h1-keepalive", "h2c", "h1-fixed-rate", "h1-authz-100", "h1-tracing-100",
+    "hbone-h1-keepalive", "hbone-h2c", "hbone-h1-fixed-rate",
+)  # fmt: skip
+_LOADS = {
+    "h1-keepalive": "wrk", "h2c": "h2c", "h1-fixed-rate": "rate", "h1-authz-100": "wrk",
+    "h1-tracing-100": "wrk", "hbone-h1-keepalive": "wrk", "hbone-h2c": "h2c", "hbone-h1-fixed-rate": "rate",
+}  # fmt: skip
+"""Each row's load: wrk (HTTP/1.1 keep-alive), h2load with h2c, or h2load with HTTP/1.1 at a rate."""
 AUTHZ_RULES = 100
+WAYPOINT_ACCOUNT = ("bench", "waypoint")
+CLIENT_ACCOUNT = ("bench", "client")
+TUNNEL_AUTHORITY = f"{HOST}:80"
+_INTERNAL = "main_internal"
+_INTERNAL_LISTENER = "type.googleapis.com/envoy.extensions.bootstrap.internal_listener.v3.InternalListener"
 
 
 def routes_and_clusters(backend: int) -> list[dict[str, Any]]:
@@ -227,6 +270,39 @@ def envoy_waypoint_config(resources: list[dict[str, Any]], *, collector: int = 0
     return {"admin": _ADMIN, "static_resources": {"listeners": [listener], "clusters": clusters}}
 
 
+def envoy_hbone_waypoint_config(resources: list[dict[str, Any]], material: TlsMaterial) -> dict[str, Any]:
+    """Envoy as Istio's waypoint: HBONE in on an mTLS listener (TLS 1.3, ALPN h2, a client
+    certificate of ``material``'s trust domain) whose HCM accepts CONNECT and sends each stream to
+    the internal listener ``main_internal``, which runs :func:`envoy_waypoint_config`'s HCM (the
+    same routes and clusters) on the stream's bytes."""
+    config = envoy_waypoint_config(resources)
+    (plain,) = config["static_resources"]["listeners"]
+    inner = {"name": _INTERNAL, "internal_listener": {}, "filter_chains": plain["filter_chains"]}
+    outer = hbone_connect_listener(
+        material=material, cluster=_INTERNAL, client_trust_domain=material.identity.trust_domain
+    )
+    internal = {"envoy_internal_address": {"server_listener_name": _INTERNAL}}
+    to_inner = {
+        "name": _INTERNAL,
+        "connect_timeout": "1s",
+        "load_assignment": {
+            "cluster_name": _INTERNAL,
+            "endpoints": [{"lb_endpoints": [{"endpoint": {"address": internal}}]}],
+        },
+    }
+    config["bootstrap_extensions"] = [
+        {
+            "name": "envoy.bootstrap.internal_listener",
+            "typed_config": {"@type": _INTERNAL_LISTENER},
+        }
+    ]
+    config["static_resources"] = {
+        "listeners": [outer, inner],
+        "clusters": [*config["static_resources"]["clusters"], to_inner],
+    }
+    return config
+
+
 def _collector_cluster(port: int) -> dict[str, Any]:
     endpoint = {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}
     return {
@@ -336,9 +412,7 @@ def _ours(
     """Our waypoint on loopback, logging warnings only (no access log, as the Envoy here): (pid, port)."""
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = _free_port()
     log = workdir / f"{name}.log"
     argv = [
         sys.executable,
@@ -376,6 +450,60 @@ def _ours(
         stop_process(proc)
 
 
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+Paths = dict[str, tuple[int | None, int]]
+"""Per path: the measured proxy's PID (None for direct) and the port the load connects to."""
+
+
+def _hbone_paths(stack: ExitStack, workdir: Path, resources: list[dict[str, Any]], backend: int) -> Paths:
+    """The HBONE-in paths (see the module docstring): an HBONE terminator, our waypoint and Envoy's,
+    each behind its own Envoy HBONE client, the port the load connects to."""
+    pki = TestPki.create()
+    leaf = pki.issue_leaf(pki.workload_uri(*WAYPOINT_ACCOUNT))
+    waypoint = material_for(pki, *WAYPOINT_ACCOUNT, leaf=leaf)
+    files = write_pem_files(workdir, leaf, roots=pki.roots, name="waypoint")
+    terminator = start_envoy(
+        hbone_server_config(material=waypoint, upstream=("127.0.0.1", backend)),
+        workdir,
+        name="hbone-terminator",
+    )
+    stack.callback(terminator.stop)
+    envoy = start_envoy(
+        envoy_hbone_waypoint_config(resources, waypoint), workdir, name="envoy-waypoint-hbone"
+    )
+    stack.callback(envoy.stop)
+    hbone_port = _free_port()
+    ours_pid, _ = stack.enter_context(
+        _ours(
+            workdir, resources, "waypoint-hbone", "--hbone-listen", f"127.0.0.1:{hbone_port}",
+            "--cert-chain", str(files.cert_chain), "--key", str(files.key), "--root-cert", str(files.roots),
+        )
+    )  # fmt: skip
+    client = material_for(pki, *CLIENT_ACCOUNT)
+    servers = {
+        "direct": (None, terminator.listener),
+        "ours": (ours_pid, ("127.0.0.1", hbone_port)),
+        "envoy": (envoy.pid, envoy.listener),
+    }
+    paths: Paths = {}
+    for path, (pid, server) in servers.items():
+        config = hbone_client_config(
+            material=client,
+            server=server,
+            expected=frozenset({waypoint.identity}),
+            authority=TUNNEL_AUTHORITY,
+        )
+        tunnel = start_envoy(config, workdir, name=f"hbone-client-{path}")
+        stack.callback(tunnel.stop)
+        paths[path] = (pid, tunnel.listener[1])
+    return paths
+
+
 def run_benchmark(
     *,
     seconds: float,
@@ -399,7 +527,7 @@ def run_benchmark(
         envoy_authz = start_envoy(envoy_waypoint_config(guarded), workdir, name="envoy-waypoint-authz")
         stack.callback(envoy_authz.stop)
         authz_pid, authz_port = stack.enter_context(_ours(workdir, guarded, "waypoint-authz"))
-        plain = {
+        plain: Paths = {
             "direct": (None, backend.listener[1]),
             "ours": (ours_pid, ours_port),
             "envoy": (envoy.pid, envoy.listener[1]),
@@ -431,20 +559,24 @@ def run_benchmark(
             "envoy": (envoy_traced.pid, envoy_traced.listener[1]),
         }
         variants = {"h1-authz-100": authz, "h1-tracing-100": traced}
+        if any(row.startswith("hbone-") for row in rows):
+            hbone = _hbone_paths(stack, workdir, resources, backend.listener[1])
+            variants |= {row: hbone for row in rows if row.startswith("hbone-")}
         for repeat in range(repeats):
             for row in rows:
                 paths = variants.get(row, plain)
+                load = _LOADS[row]
                 for path, (pid, port) in paths.items():
                     progress(f"  repeat {repeat + 1}/{repeats}: {row} via {path}")
                     cpu_before = proc_stats(pid)[0] if pid else 0.0
-                    if row.startswith("h1-") and row != "h1-fixed-rate":
+                    if load == "wrk":
                         rps, p50, p99, mean, requests = _wrk(port, seconds, connections)
                     else:
                         rps, mean, requests = _h2load(
                             port,
                             seconds,
-                            connections if row == "h2c" else 4,
-                            h1_rps=rate if row == "h1-fixed-rate" else 0,
+                            connections if load == "h2c" else 4,
+                            h1_rps=rate if load == "rate" else 0,
                         )
                         p50 = p99 = float("nan")
                     cpu, rss = proc_stats(pid) if pid else (0.0, 0.0)
@@ -511,10 +643,10 @@ def _render(table: list[dict[str, Any]]) -> str:
         return "-".rjust(width) if value is None or math.isnan(value) else format(value, spec)
 
     head = "".join(title.rjust(int(spec.split(".", maxsplit=1)[0])) for title, _, spec in _COLUMNS)
-    lines = ["row".ljust(16) + "path".ljust(7) + head]
+    lines = ["row".ljust(20) + "path".ljust(7) + head]
     for line in table:
         cells = "".join(cell(line[key], spec) for _, key, spec in _COLUMNS)
-        lines.append(f"{line['row']:<16}{line['path']:<7}{cells}")
+        lines.append(f"{line['row']:<20}{line['path']:<7}{cells}")
     return "\n".join(lines)
 
 

@@ -3,7 +3,8 @@
 - :func:`hbone_client_config`: a plain TCP listener whose connections Envoy carries as HTTP/2 CONNECT
   streams over mTLS (``tcp_proxy`` with ``tunneling_config``) to an HBONE server;
 - :func:`hbone_server_config`: an mTLS listener (client certificate required) whose HCM terminates
-  CONNECT and relays each stream to a fixed TCP upstream.
+  CONNECT and relays each stream to a fixed TCP upstream; :func:`hbone_connect_listener` is that
+  listener alone, relaying to any cluster (an internal listener, as in Istio's waypoint).
 
 Both speak TLS 1.3 only with ALPN h2, no SNI, ztunnel's windows (4 MiB stream, 16 MiB connection), and
 check the peer's SPIFFE URI SAN. Envoy runs ``--concurrency 1 --disable-hot-restart`` with a unique
@@ -37,6 +38,7 @@ __all__ = [
     "EnvoyProcess",
     "envoy_binary",
     "hbone_client_config",
+    "hbone_connect_listener",
     "hbone_server_config",
     "proc_stats",
     "running_envoy",
@@ -73,11 +75,17 @@ def _h2_options() -> dict[str, Any]:
     }
 
 
-def _common_tls(material: TlsMaterial, peers: frozenset[WorkloadIdentity] | None) -> dict[str, Any]:
+def _common_tls(
+    material: TlsMaterial, peers: frozenset[WorkloadIdentity] | None, *, peer_trust_domain: str = ""
+) -> dict[str, Any]:
     validation: dict[str, Any] = {"trusted_ca": {"inline_bytes": _b64(material.roots_pem)}}
     if peers is not None:
         validation["match_typed_subject_alt_names"] = [
             {"san_type": "URI", "matcher": {"exact": p.uri}} for p in sorted(peers, key=lambda i: i.uri)
+        ]
+    elif peer_trust_domain:
+        validation["match_typed_subject_alt_names"] = [
+            {"san_type": "URI", "matcher": {"prefix": f"spiffe://{peer_trust_domain}/"}}
         ]
     return {
         "tls_params": _TLS_PARAMS,
@@ -166,6 +174,20 @@ def hbone_server_config(
     *, material: TlsMaterial, upstream: tuple[str, int], clients: frozenset[WorkloadIdentity] | None = None
 ) -> dict[str, Any]:
     """Envoy as the HBONE server: mTLS in, CONNECT terminated, each stream relayed to ``upstream``."""
+    listener = hbone_connect_listener(material=material, cluster="upstream", clients=clients)
+    return _bootstrap(listener, _static_cluster("upstream", upstream))
+
+
+def hbone_connect_listener(
+    *,
+    material: TlsMaterial,
+    cluster: str,
+    clients: frozenset[WorkloadIdentity] | None = None,
+    client_trust_domain: str = "",
+) -> dict[str, Any]:
+    """The HBONE listener (loopback, ephemeral port): mTLS with a client certificate required (of
+    ``clients``, else of ``client_trust_domain`` when given, else any the roots sign), an HCM that
+    terminates CONNECT and relays each stream's bytes to ``cluster``."""
     hcm = {
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {
@@ -184,7 +206,7 @@ def hbone_server_config(
                             {
                                 "match": {"connect_matcher": {}},
                                 "route": {
-                                    "cluster": "upstream",
+                                    "cluster": cluster,
                                     "upgrade_configs": [{"upgrade_type": "CONNECT", "connect_config": {}}],
                                 },
                             }
@@ -200,10 +222,10 @@ def hbone_server_config(
         "typed_config": {
             "@type": _DOWN_TLS,
             "require_client_certificate": True,
-            "common_tls_context": _common_tls(material, clients),
+            "common_tls_context": _common_tls(material, clients, peer_trust_domain=client_trust_domain),
         },
     }
-    return _bootstrap(_listener("inbound", [hcm], transport), _static_cluster("upstream", upstream))
+    return _listener("inbound", [hcm], transport)
 
 
 @dataclass

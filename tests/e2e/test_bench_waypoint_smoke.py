@@ -1,5 +1,7 @@
 """The waypoint benchmark runs end to end (one short repeat), so it cannot rot: every path answers,
-and every row has a rate, a latency and, for the proxies, CPU per request and RSS."""
+and every row (the HBONE-in rows too: Envoy as an HBONE client in front of an HBONE terminator, our
+waypoint and Envoy as Istio's waypoint) has a rate, a latency and, for the proxies, CPU per request
+and RSS."""
 
 from __future__ import annotations
 
