@@ -61,8 +61,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def load_files(paths: list[str]) -> list[dict[str, Any]]:
-    """Every object in the YAML files (directories: their ``*.yaml``/``*.yml``); raises MeshError
-    naming a file that cannot be read or parsed."""
+    """Every object in the YAML files (directories: their ``*.yaml``/``*.yml``; a ``List``, as
+    ``kubectl get -o yaml`` writes, gives its items); raises MeshError naming a file that cannot be
+    read or parsed."""
     files: list[Path] = []
     for name in paths:
         path = Path(name)
@@ -77,7 +78,11 @@ def load_files(paths: list[str]) -> list[dict[str, Any]]:
             ) from None
         except yaml.YAMLError as exc:
             raise MeshError(f"{path} is not valid YAML: {exc}", hint="fix the file") from None
-        objects += [d for d in documents if isinstance(d, dict)]
+        for document in documents:
+            if isinstance(document, dict) and str(document.get("kind", "")).endswith("List"):
+                objects += [item for item in document.get("items") or [] if isinstance(item, dict)]
+            elif isinstance(document, dict):
+                objects.append(document)
     return objects
 
 

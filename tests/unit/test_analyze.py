@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
 from mesh.errors import MeshError
 from meshctl.analysis import analyze
@@ -77,3 +78,17 @@ def test_live_objects_with_files_applied_on_top() -> None:
     }
     added = {"kind": "PeerAuthentication", "metadata": {"name": "default", "namespace": "shop"}, "spec": {}}
     assert overlay(live, [strict, labelled, added]) == [labelled, strict, live[2], added]
+
+
+def test_a_kubectl_list_export_gives_its_items(tmp_path: Path) -> None:
+    """``kubectl get ns,pods -A -o yaml`` writes one ``List``; analyze reads the objects in it."""
+    exported = {
+        "apiVersion": "v1",
+        "kind": "List",
+        "items": [
+            {"kind": "Namespace", "metadata": {"name": "shop"}},
+            {"kind": "Pod", "metadata": {"name": "a"}},
+        ],
+    }
+    (tmp_path / "live.yaml").write_text(yaml.safe_dump(exported))
+    assert load_files([str(tmp_path / "live.yaml")]) == exported["items"]
