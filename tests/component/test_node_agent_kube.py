@@ -16,6 +16,7 @@ import contextlib
 import os
 import random
 import threading
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ from mesh.rt.labstate import LabState
 from mesh.testing.polling import wait_until
 from tests.component.node_agent_fakes import FakeZtunnel, RecordingProbes, RecordingRules
 from tests.component.test_node_agent import Node, cni
+from tests.netns.running_pods import pod_processes
 from ztunnel.cni.agent import parse_args, serve
 from ztunnel.cni.kube_pods import KubePodSource
 
@@ -182,6 +184,38 @@ async def test_a_pod_labelled_while_the_agent_is_down_is_enrolled_when_it_is_bac
         stop.set()
         await asyncio.wait_for(task, 10)
         await ztunnel.close()
+
+
+@pytest.mark.netns
+async def test_a_pod_running_before_the_agent_is_found_in_proc_and_enrolled(
+    server: kmock.KubernetesEmulator, api: client.ApiClient, tmp_path: Path, agent_args: Any
+) -> None:
+    """No CNI ADD was ever seen for it (the pod predates the mesh): the agent finds its network
+    namespace through its processes' cgroup (a real process in a real namespace and cgroup), enrols
+    it when its namespace is labelled, and takes its address from the pod's status for the probes."""
+    node, uid = kube_node(tmp_path), str(uuid.uuid4())
+    running = pod("web-0", labels=AMBIENT)
+    running["metadata"]["uid"] = uid
+    running["status"] = {"podIP": "10.244.1.9", "podIPs": [{"ip": "10.244.1.9"}]}
+    put(server, running)
+    with pod_processes(uid, systemd=True) as processes:
+        stop = asyncio.Event()
+        source = KubePodSource(api, node="n1", settings=FAST, rng=random.Random(7))
+        task = asyncio.create_task(
+            serve(agent_args, stop=stop, rules=node.rules, probes=node.probes, source=source)
+        )
+        ztunnel = await FakeZtunnel(node.zds_socket).start()
+        try:
+            await wait_until(
+                lambda: annotation(server, "web-0") == "enabled", what="the running pod enrolled"
+            )
+            assert node.rules.captured == {f"/proc/{processes.pause}/ns/net"}
+            assert ("add", "Kubernetes//Pod/demo/web-0") in [(s.kind, s.uid) for s in ztunnel.seen]
+            assert node.probes.current == ("10.244.1.9",)
+        finally:
+            stop.set()
+            await asyncio.wait_for(task, 10)
+            await ztunnel.close()
 
 
 @pytest.mark.parametrize("daemonset", ["kept", "deleted"])

@@ -61,8 +61,8 @@ class FakeSource:
             facts = dataclasses.replace(current.facts, annotations=annotations)
             self.view[pod.uid] = dataclasses.replace(current, facts=facts)
 
-    def netns_hint(self, uid: str) -> str | None:
-        return None
+    def find_netns(self, pods: Mapping[str, PodInfo]) -> dict[str, str]:
+        return {}
 
     def set_namespace_labels(self, labels: dict[str, str]) -> None:
         for uid, pod in self.view.items():

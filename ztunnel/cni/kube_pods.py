@@ -6,8 +6,9 @@ with a JSON merge patch that names the pod's uid, so a pod deleted and created a
 same name is never annotated for its predecessor (the API server refuses a uid change).
 
 Pods created before the mesh was installed have no sandbox in the agent's cache and the Kubernetes
-API does not say where their network namespace is (``netns_hint`` is None): they are enrolled when
-they are next created, as with Istio's node agent before it scans /proc.
+API does not say where their network namespace is: when the agent starts it finds them through
+their processes' cgroups in /proc (``ztunnel.cni.procscan``, as Istio's node agent does), so a
+running namespace labelled afterwards is enrolled without restarting its pods.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from mesh.rt.kube.rbac import ApiCall
 from mesh.rt.kube.watch import Resource, WatchSettings, watch_resources
 from ztunnel.cni.enroll import REDIRECTION
 from ztunnel.cni.pods import PodInfo, int_or_zero, pod_info, pods_on_node, str_map
+from ztunnel.cni.procscan import find_pod_netns
 
 __all__ = ["API_CALLS", "KubePodSource", "PodSourceError"]
 
@@ -196,9 +198,10 @@ class KubePodSource:
             return False
         return found is None or bool((found.get("metadata") or {}).get("deletionTimestamp"))
 
-    def netns_hint(self, uid: str) -> str | None:
-        """Unknown: the API does not say where a pod's network namespace is (see the module doc)."""
-        return None
+    def find_netns(self, pods: Mapping[str, PodInfo]) -> dict[str, str]:
+        """Found by walking /proc for processes in each pod's cgroup (``ztunnel.cni.procscan``): the
+        API does not say where a pod's network namespace is. Host-network pods are never looked for."""
+        return find_pod_netns([uid for uid, pod in pods.items() if not pod.facts.host_network])
 
 
 def _key(raw: Mapping[str, Any]) -> tuple[str, str]:

@@ -137,9 +137,11 @@ class NodeAgent:
         """Rebuilds the known pods from the sandbox cache, the pod annotations and the existing
         namespaces (after a restart), touching no rule that is already in place."""
         pods = self._source.pods()
-        cached = self._sandboxes.load()
+        saved = self._sandboxes.load()
+        cached = {uid: s for uid, s in saved.items() if _netns_exists(s.netns)}
+        found = self._source.find_netns({uid: pod for uid, pod in pods.items() if uid not in cached})
         for uid, pod in pods.items():
-            netns = cached[uid].netns if uid in cached else self._source.netns_hint(uid)
+            netns = cached[uid].netns if uid in cached else found.get(uid)
             if netns and _netns_exists(netns):
                 phase = recovered_phase(pod)
                 self.records[uid] = PodRecord(
@@ -150,9 +152,9 @@ class NodeAgent:
                     netns,
                     phase=phase,
                     since=pod.resource_version,
-                    ips=cached[uid].ips if uid in cached else (),
+                    ips=cached[uid].ips if uid in cached else pod.ips,
                 )
-        for uid in cached.keys() - self.records.keys():
+        for uid in saved.keys() - self.records.keys():
             self._sandboxes.forget(uid)
         for rec in [r for r in self.records.values() if r.phase == "enabled"]:
             try:
@@ -165,7 +167,9 @@ class NodeAgent:
         await self.sync_probes()
         phases = [r.phase for r in self.records.values()]
         self._log.info(
-            "agent.recovered", **{f"pods.{p}": phases.count(p) for p in ("enabled", "pending", "unenrolled")}
+            "agent.recovered",
+            **{f"pods.{p}": phases.count(p) for p in ("enabled", "pending", "unenrolled")},
+            **{"pods.found_running": len(found)},  # no sandbox known: found by the source (a /proc walk)
         )
 
     async def handle(self, event: CniEvent) -> CniVerdict:

@@ -38,6 +38,8 @@ class PodInfo:
     resource_version: int = 0
     """A resourceVersion at which this information was current: the pod object's own in a view;
     for a direct ``fetch`` the highest of the state counter, the pod's and its namespace's."""
+    ips: tuple[str, ...] = ()
+    """The pod's addresses from its status (``podIPs``), once it has them."""
 
     @property
     def redirection(self) -> str:
@@ -71,7 +73,15 @@ def pod_info(obj: Mapping[str, Any], namespace_labels: Mapping[str, str]) -> Pod
         service_account=str(spec.get("serviceAccountName") or spec.get("serviceAccount") or "default"),
         facts=facts,
         resource_version=int_or_zero(meta.get("resourceVersion")),
+        ips=_pod_ips(obj.get("status") or {}),
     )
+
+
+def _pod_ips(status: Mapping[str, Any]) -> tuple[str, ...]:
+    listed = status.get("podIPs")
+    if isinstance(listed, list):
+        return tuple(str(e["ip"]) for e in listed if isinstance(e, dict) and e.get("ip"))
+    return (str(status["podIP"]),) if status.get("podIP") else ()
 
 
 def int_or_zero(value: Any) -> int:
@@ -122,8 +132,9 @@ class PodSource(Protocol):
         """Sets (or with None removes) the pod's redirection annotation."""
         ...
 
-    def netns_hint(self, uid: str) -> str | None:
-        """Where the pod's network namespace is, when the source knows (None otherwise)."""
+    def find_netns(self, pods: Mapping[str, PodInfo]) -> dict[str, str]:
+        """Where the network namespaces of running pods the agent has no sandbox for are, by uid, for
+        those the source can find (pods that were running before the agent was)."""
         ...
 
 
@@ -207,12 +218,20 @@ class LabPodSource:
             patch_pod_annotations, self.state, pod.namespace, pod.name, {REDIRECTION: value}, uid=pod.uid
         )
 
-    def netns_hint(self, uid: str) -> str | None:
-        """The sandbox path from the lab runtime's CNI result cache (``run/cni/<uid>.json``)."""
+    def find_netns(self, pods: Mapping[str, PodInfo]) -> dict[str, str]:
+        """The sandbox paths from the lab runtime's CNI result cache (``run/cni/<uid>.json``)."""
+        return {uid: path for uid in pods if (path := self._cni_sandbox(uid))}
+
+    def _cni_sandbox(self, uid: str) -> str | None:
         try:
             result = json.loads((self.state.root / "run" / "cni" / f"{uid}.json").read_text())
         except (OSError, ValueError):
             return None
+        interfaces = result.get("interfaces") if isinstance(result, dict) else None
+        for interface in interfaces if isinstance(interfaces, list) else []:
+            if isinstance(interface, dict) and isinstance(interface.get("sandbox"), str):
+                return str(interface["sandbox"])
+        return None
         interfaces = result.get("interfaces") if isinstance(result, dict) else None
         for interface in interfaces if isinstance(interfaces, list) else []:
             if isinstance(interface, dict) and isinstance(interface.get("sandbox"), str):
