@@ -4,9 +4,8 @@ merge patch; a pod labelled while the agent was down is enrolled when the agent 
 
 The API server is ``kmock``: a test double of the Kubernetes API server (an in-process HTTP server
 with the API's paths, list/watch streaming and merge patches), not a real cluster. It ignores field
-selectors (the source also drops pods of other nodes; the tests check the selector was sent) and
-cannot serve the cluster-scoped ``/api/v1/namespaces`` (tests/component/test_kube_source.py), so the
-namespaces are scripted here: a list, a quiet watch and one namespace read.
+selectors (the source also drops pods of other nodes; the tests check the selector was sent), and
+its path parser is taught the cluster-scoped ``/api/v1/namespaces`` (tests/component/kmock_paths.py).
 """
 
 from __future__ import annotations
@@ -23,12 +22,12 @@ from typing import Any
 
 import kmock
 import pytest
-from kmock._internal import parsing as kmock_parsing
 from kubernetes import client
 
 from mesh.rt.kube.watch import WatchSettings
 from mesh.rt.labstate import LabState
 from mesh.testing.polling import wait_until
+from tests.component.kmock_paths import serve_namespaces
 from tests.component.node_agent_fakes import FakeZtunnel, RecordingProbes, RecordingRules
 from tests.component.test_node_agent import Node, cni
 from tests.netns.running_pods import pod_processes
@@ -49,25 +48,10 @@ def pod(name: str, *, node: str = "n1", labels: dict[str, str] | None = None) ->
     return {"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec}
 
 
-def _parse_path(original: Any) -> Any:
-    """kmock 0.8's path parser, taught the cluster-scoped ``/api/v1/namespaces[/<name>]`` (it reads
-    ``namespaces`` as the namespace prefix of a namespaced path and fails on the collection)."""
-
-    def parse(path: str) -> Any:
-        parts = path.strip("/").split("/")
-        if parts[:3] == ["api", "v1", "namespaces"] and len(parts) <= 4:
-            name = parts[3] if len(parts) == 4 else None
-            return kmock_parsing.ParsedPath("", "v1", "namespaces", None, name, None)
-        return original(path)
-
-    return parse
-
-
 @pytest.fixture
 def server(kmock: kmock.KubernetesEmulator, monkeypatch: pytest.MonkeyPatch) -> kmock.KubernetesEmulator:
-    monkeypatch.setattr(kmock_parsing, "parse_path", _parse_path(kmock_parsing.parse_path))
+    serve_namespaces(kmock, monkeypatch)
     kmock.resources["v1/pods"] = kmock.ResourceInfo(kind="Pod", namespaced=True)
-    kmock.resources["v1/namespaces"] = kmock.ResourceInfo(kind="Namespace", namespaced=False)
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",

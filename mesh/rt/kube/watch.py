@@ -29,7 +29,7 @@ import json
 import random
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ __all__ = [
     "WatchError",
     "WatchSettings",
     "backoff_delay",
+    "list_once",
     "make_api_client",
     "watch_resources",
 ]
@@ -368,6 +369,48 @@ async def watch_resources(
         for watcher in watchers:
             watcher.interrupt()
         await asyncio.to_thread(_join, threads, settings.connect_timeout)
+
+
+async def list_once(
+    api: k8s.ApiClient,
+    resources: Sequence[Resource],
+    *,
+    parse: Parse,
+    within: float,
+    settings: WatchSettings | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
+) -> dict[str, list[Any]]:
+    """One listing of each resource (the same loop as ``watch_resources``: pages, older versions,
+    retries), by kind; a resource the API server does not serve lists as empty. Raises WatchError
+    naming the resources not listed ``within`` seconds (the log says why: RBAC, network)."""
+    listed: dict[str, list[Any]] = {}
+    done = asyncio.Event()
+    wanted = {r.kind for r in resources}
+
+    def deliver(op: str, *args: Any) -> None:
+        if op == "replace" and args[0] not in listed:
+            listed[args[0]] = args[1]
+            if wanted <= listed.keys():
+                done.set()
+
+    task = asyncio.create_task(
+        watch_resources(
+            api, resources, parse=parse, deliver=deliver, settings=settings or WatchSettings(),
+            rng=random.Random(), log=log or structlog.get_logger(),
+        )
+    )  # fmt: skip
+    try:
+        await asyncio.wait_for(done.wait(), within)
+    except TimeoutError:
+        missing = ", ".join(sorted(wanted - listed.keys()))
+        raise WatchError(
+            f"could not list {missing} within {within:g} s",
+            hint="check that the cluster is reachable and you may list them (the warnings above say why)",
+        ) from None
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    return listed
 
 
 def _join(threads: list[threading.Thread], timeout: float) -> None:
