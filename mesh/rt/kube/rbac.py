@@ -1,6 +1,7 @@
 """The Kubernetes API calls a component makes, declared next to the code that makes them, and the
-RBAC rules they need: the manifests' ClusterRoles must grant exactly these (a test compares them),
-so a new watch without its rule, or a rule no code uses, fails the build."""
+RBAC rules they need: the manifests' ClusterRoles (and, for calls in the component's own namespace,
+its Role there) must grant exactly these (a test compares them), so a new watch without its rule,
+or a rule no code uses, fails the build."""
 
 from __future__ import annotations
 
@@ -17,10 +18,12 @@ class ApiCall:
     group: str
     resource: str
     verbs: tuple[str, ...]
+    own_namespace: bool = False
+    """Only in the component's own namespace (a Role there, least privilege), not cluster-wide."""
 
 
 def rules_for(calls: Iterable[ApiCall]) -> list[dict[str, list[str]]]:
-    """ClusterRole rules granting ``calls``: one rule per group and verb set, sorted."""
+    """Role or ClusterRole rules granting ``calls``: one rule per group and verb set, sorted."""
     verbs: dict[tuple[str, str], set[str]] = {}
     for call in calls:
         verbs.setdefault((call.group, call.resource), set()).update(call.verbs)
