@@ -309,3 +309,36 @@ def test_targets_must_be_host_and_port(target: str) -> None:
 def test_targets_parse() -> None:
     assert parse_target("istiod.istio-system.svc:15012") == ("istiod.istio-system.svc", 15012)
     assert parse_target("[fd00::1]:15012") == ("fd00::1", 15012)
+
+
+async def test_a_channel_over_replicas_moves_to_another_when_its_replica_goes_and_stays() -> None:
+    """``a:port,b:port``: calls go to one replica; when it is gone the channel connects to the other
+    and stays there; with none left the error names every replica."""
+    replicas = [await _start(None), await _start(None)]
+    channel = RpcChannel(",".join(r.target for r in replicas), tls=None)
+    try:
+        assert await channel.unary("/t.T/Echo", b"one") == b"one"
+        (gone,) = [r for r in replicas if r.target == channel.connected_to]
+        (other,) = [r for r in replicas if r is not gone]
+        await gone.server.stop(None)
+        answers = []
+        for _ in range(20):  # a call in flight when the replica goes fails; the next connects elsewhere
+            try:
+                answers.append(await channel.unary("/t.T/Echo", b"two", timeout=2))
+            except RpcError as err:
+                assert err.code == StatusCode.UNAVAILABLE, err
+        assert answers[-5:] == [b"two"] * 5 and channel.connected_to == other.target
+        await other.server.stop(None)
+        errors = []
+        for _ in range(3):  # the first may be the call that saw the connection end
+            with pytest.raises(RpcError) as raised:
+                await channel.unary("/t.T/Echo", b"three", timeout=2)
+            errors.append(raised.value)
+        assert all(r.target in errors[-1].details for r in replicas), errors
+    finally:
+        await channel.close()
+
+
+def test_a_target_list_names_the_bad_entry() -> None:
+    with pytest.raises(ValueError, match="'replica-b' is not host:port"):
+        RpcChannel("replica-a:15012,replica-b", tls=None)

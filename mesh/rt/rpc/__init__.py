@@ -12,11 +12,16 @@ allows one per 15 s; grpc's default is one per 5 minutes without data) with GOAW
     answer = await channel.unary("/pkg.Service/Method", request_bytes, metadata=..., timeout=10.0)
     call = await channel.stream("/pkg.Service/Stream", metadata=...)
     await call.write(message); reply = await call.read()  # None: the server ended the call with OK
+
+The target may list replicas (``10.0.0.2:15012,10.0.0.3:15012``): the channel stays with the one it
+reached, and when it cannot connect there tries the next ones in turn (each process starts at a
+random one, so clients spread over the replicas). On Kubernetes one Service name does this instead.
 """
 
 from __future__ import annotations
 
 import asyncio
+import random
 import ssl
 
 from mesh.h2.config import H2Config
@@ -25,7 +30,16 @@ from mesh.rt.net.timers import LoopScheduler, Scheduler
 from mesh.rt.rpc._call import RpcCall
 from mesh.rt.rpc._connection import RpcConnection
 
-__all__ = ["PING_INTERVAL", "RpcCall", "RpcChannel", "RpcError", "StatusCode", "client_tls", "parse_target"]
+__all__ = [
+    "PING_INTERVAL",
+    "RpcCall",
+    "RpcChannel",
+    "RpcError",
+    "StatusCode",
+    "client_tls",
+    "parse_target",
+    "parse_targets",
+]
 
 DEFAULT_MAX_MESSAGE = 4 * 1024 * 1024
 PING_INTERVAL = 30.0
@@ -41,6 +55,11 @@ def client_tls(roots_pem: bytes) -> ssl.SSLContext:
     return ctx
 
 
+def parse_targets(target: str) -> list[tuple[str, int]]:
+    """A comma-separated list of ``host:port`` targets (replicas); ValueError names what is wrong."""
+    return [parse_target(part.strip()) for part in target.split(",")]
+
+
 def parse_target(target: str) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` as (host, port); ValueError names what is wrong."""
     host, sep, port = target.rpartition(":")
@@ -52,7 +71,8 @@ def parse_target(target: str) -> tuple[str, int]:
 
 
 class RpcChannel:
-    """Calls to one server over one HTTP/2 connection, re-opened on demand after it ends."""
+    """Calls to one server (of the replicas ``target`` lists) over one HTTP/2 connection, re-opened
+    on demand after it ends."""
 
     def __init__(
         self,
@@ -68,9 +88,10 @@ class RpcChannel:
         scheduler: Scheduler | None = None,
     ) -> None:
         self.target = target
-        self._host, self._port = parse_target(target)
+        self._targets = parse_targets(target)
+        self._current = random.randrange(len(self._targets))
         self._tls = tls
-        self._server_name = server_name or self._host
+        self._server_name = server_name or self._targets[0][0]
         self._max_message = max_message_bytes
         self._connect_timeout = connect_timeout
         self._ping = (ping_interval, ping_timeout)
@@ -136,9 +157,36 @@ class RpcChannel:
             self._conn = await self._connect()
             return self._conn
 
+    @property
+    def connected_to(self) -> str:
+        """The replica the channel uses now (or tries first next time)."""
+        host, port = self._targets[self._current]
+        return f"{host}:{port}"
+
     async def _connect(self) -> RpcConnection:
+        """Connects to the current replica, else to the next ones in turn (and stays there)."""
+        errors: list[RpcError] = []
+        for step in range(len(self._targets)):
+            index = (self._current + step) % len(self._targets)
+            try:
+                conn = await self._connect_to(*self._targets[index])
+            except RpcError as err:
+                errors.append(err)
+                continue
+            self._current = index
+            return conn
+        if len(errors) == 1:
+            raise errors[0]
+        raise RpcError(
+            StatusCode.UNAVAILABLE,
+            f"cannot connect to any of {self.target}: " + "; ".join(e.details for e in errors),
+            hint=errors[-1].hint,
+        )
+
+    async def _connect_to(self, host: str, port: int) -> RpcConnection:
         loop = asyncio.get_running_loop()
-        authority = self._server_name if self._tls is not None else self.target
+        target = f"{host}:{port}"
+        authority = self._server_name if self._tls is not None else target
         scheme = "https" if self._tls is not None else "http"
 
         def factory() -> RpcConnection:
@@ -154,15 +202,15 @@ class RpcChannel:
             async with asyncio.timeout(self._connect_timeout):
                 _, conn = await loop.create_connection(
                     factory,
-                    self._host,
-                    self._port,
+                    host,
+                    port,
                     ssl=self._tls,
                     server_hostname=self._server_name if self._tls is not None else None,
                 )
         except (OSError, ssl.SSLError, TimeoutError) as err:
             raise RpcError(
                 StatusCode.UNAVAILABLE,
-                f"cannot connect to {self.target}: {err or type(err).__name__}",
+                f"cannot connect to {target}: {err or type(err).__name__}",
                 hint="check that the server runs, is reachable, and that its certificate matches "
                 f"the roots and the name {self._server_name!r}",
             ) from err
@@ -170,7 +218,7 @@ class RpcChannel:
             ssl_object = conn.transport.get_extra_info("ssl_object") if conn.transport else None
             if ssl_object is None or ssl_object.selected_alpn_protocol() != "h2":
                 conn.close()
-                raise RpcError(StatusCode.UNAVAILABLE, f"{self.target} did not agree to HTTP/2 (ALPN h2)")
+                raise RpcError(StatusCode.UNAVAILABLE, f"{target} did not agree to HTTP/2 (ALPN h2)")
         return conn
 
     def _headers(self, metadata: tuple[tuple[str, str], ...], timeout: float | None) -> list[tuple[str, str]]:
