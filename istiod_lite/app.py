@@ -11,6 +11,10 @@ Programmatic use (tests, the demo)::
     await istiod.stop()
 
 CLI: ``istiod-lite --state-dir DIR --lab-tokens FILE [--listen 0.0.0.0:15012] ...`` (see ``--help``).
+
+Every replica serves xDS and signs certificates; only the elected leader writes (status conditions,
+the waypoints' objects on Kubernetes): a Lease in its namespace on Kubernetes, a lock file in the
+lab's state directory in the lab (``mesh.rt.election``).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import argparse
 import asyncio
 import datetime as dt
 import os
+import random
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -49,10 +54,19 @@ from mesh.errors import MeshError
 from mesh.l7.normalize import MODES
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
+from mesh.rt.election import (
+    AlwaysLeader,
+    ElectionSettings,
+    Elector,
+    FileLockElector,
+    Leadership,
+    holder_identity,
+    run_while_leading,
+)
 from mesh.rt.http import Handler, HttpReply, HttpServer, text_reply
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
-from mesh.rt.metrics import CONTENT_TYPE, Registry, build_registry, render
+from mesh.rt.metrics import CONTENT_TYPE, Gauge, Registry, build_registry, render
 
 if TYPE_CHECKING:
     from istiod_lite.sources.kube_waypoints import KubeWaypointDeployer
@@ -60,6 +74,8 @@ __all__ = ["Istiod", "IstiodSettings", "build_server", "load_authority", "main",
 
 _DEFAULT_LAB_STATE = "/var/lib/mesh-lab/state"
 _WAYPOINT_SYNC_EVERY = 10.0
+_LAB_LOCK_RETRY = 1.0
+"""How often a lab follower tries the lock file (a takeover follows a leader's exit within this)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +345,30 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         help="on SIGTERM, how long in-flight calls may take before they are cut (default %(default)s s); "
         "gRPC waits this long for any client connection left open, so keep it short",
     )
+    parser.add_argument(
+        "--leader-election",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="only the elected replica writes statuses and waypoint objects (default on; "
+        "--no-leader-election for a single replica that always writes)",
+    )
+    parser.add_argument(
+        "--leader-lease-name",
+        default="istiod-lite-leader",
+        help="the Lease (Kubernetes) or lock file (lab: <lab state>/run/<name>.lock) (default %(default)s)",
+    )
+    parser.add_argument(
+        "--leader-lease-namespace",
+        default=os.environ.get("POD_NAMESPACE") or "istio-system",
+        help="the Lease's namespace (default $POD_NAMESPACE or istio-system)",
+    )
+    parser.add_argument(
+        "--leader-lease-duration",
+        type=float,
+        default=30.0,
+        help="seconds a follower waits on a silent leader's Lease; renewed within half, tried every "
+        "quarter, as istiod (default %(default)s)",
+    )
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
     return parser.parse_args(argv)
@@ -338,11 +378,16 @@ def _plugins(
     args: argparse.Namespace,
     informers: Informers,
     *,
+    leadership: Leadership,
     clock: Clock,
     log: structlog.typing.FilteringBoundLogger,
 ) -> tuple[Authenticator, Source, StatusWriter, Any]:
     """Caller authentication, the source that feeds the informers (lab files or Kubernetes), where
-    status conditions are written, and the Kubernetes API client (None in the lab)."""
+    status conditions are written (while leading), and the Kubernetes API client (None in the lab)."""
+
+    def may_write() -> bool:
+        return leadership.is_leader
+
     if args.auth == "lab":
         if args.lab_tokens is None:
             raise MeshError(
@@ -352,7 +397,7 @@ def _plugins(
             args.lab_tokens, trust_domain=args.trust_domain, clock=clock
         )
         source = FileSource(args.lab_state, informers.sink("lab"), logger=log)
-        return authenticator, source, LabStatusWriter(args.lab_state), None
+        return authenticator, source, LabStatusWriter(args.lab_state, may_write=may_write), None
     # Only the kubernetes mode pays for importing the kubernetes client.
     from istiod_lite.ca.kube_auth import KubernetesAuthenticator  # noqa: PLC0415
     from istiod_lite.sources.kube import KubeSource, make_api_client  # noqa: PLC0415
@@ -362,8 +407,44 @@ def _plugins(
     return (
         KubernetesAuthenticator(api, trust_domain=args.trust_domain, clock=clock),
         KubeSource(api, informers.sink("kubernetes"), logger=log),
-        KubeStatusWriter(api, logger=log),
+        KubeStatusWriter(api, may_write=may_write, logger=log),
         api,
+    )
+
+
+def _leadership(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> Leadership:
+    """This replica's standing; its identity is the pod's name (``POD_NAME``) plus a random part."""
+    pod = os.environ.get("POD_NAME") or os.uname().nodename
+    identity = holder_identity(pod, random.SystemRandom())
+    return Leadership(lease=args.leader_lease_name, identity=identity, logger=log)
+
+
+def _elector(
+    args: argparse.Namespace,
+    api: Any,
+    leadership: Leadership,
+    *,
+    clock: Clock,
+    log: structlog.typing.FilteringBoundLogger,
+) -> Elector:
+    """A Lease on Kubernetes; in the lab a lock file, which the kernel frees the moment its holder
+    dies (an instant takeover, and no clock to trust on one machine); nothing when turned off."""
+    if not args.leader_election:
+        return AlwaysLeader(leadership)
+    settings = ElectionSettings.from_lease_duration(args.leader_lease_duration)
+    if api is None:
+        lock = args.lab_state / "run" / f"{args.leader_lease_name}.lock"
+        return FileLockElector(lock, leadership, retry_period=min(_LAB_LOCK_RETRY, settings.retry_period))
+    from mesh.rt.kube.lease import LeaseElector  # noqa: PLC0415 - Kubernetes mode only
+
+    return LeaseElector(
+        api,
+        leadership,
+        namespace=args.leader_lease_namespace,
+        settings=settings,
+        clock=clock,
+        rng=random.SystemRandom(),
+        logger=log,
     )
 
 
@@ -379,11 +460,22 @@ async def _serve(args: argparse.Namespace) -> int:
         node_accounts=parse_node_accounts(a for a in args.trusted_node_accounts.split(",") if a.strip()),
     )
     informers = Informers()
-    authenticator, source, status_writer, api = _plugins(args, informers, clock=clock, log=log)
+    leadership = _leadership(args, log)
+    authenticator, source, status_writer, api = _plugins(
+        args, informers, leadership=leadership, clock=clock, log=log
+    )
+    elector = _elector(args, api, leadership, clock=clock, log=log)
     authority = load_authority(
         state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
     )
     registry = build_registry(component="istiod")
+    leader_gauge = Gauge(
+        "leader_election_master_status",
+        "1 while this replica leads (writes statuses and waypoint objects), else 0 (client-go's name).",
+        ("name",),
+        registry=registry,
+    )
+    leader_gauge.labels(leadership.lease).set_function(lambda: float(leadership.is_leader))
     reporter = StatusReporter(status_writer, now=clock.now)
     plane = PushPlane(
         translated_build(
@@ -413,25 +505,33 @@ async def _serve(args: argparse.Namespace) -> int:
     informers.on_change(plane.mark_dirty)
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())
-    tasks = [asyncio.create_task(source.run())]
-    tasks.append(asyncio.create_task(reporter.run()))
+    leader_jobs = [reporter.run]
+    if api is not None and args.waypoint_image:
+        deployer = _waypoint_deployer(args, api, authority.root_bundle_pem, leadership, log)
+        leader_jobs.append(lambda: _deploy_waypoints(informers, deployer, status_writer))
+    # Stopped in this order: the leader's writes, then the election (which releases the lease).
+    stages = [[asyncio.create_task(run_while_leading(leadership, *leader_jobs))]]
+    stages.append([asyncio.create_task(elector.run())])
+    stages.append([asyncio.create_task(source.run())])
     try:
         await istiod.start()
-        tasks.append(asyncio.create_task(_push_when_synced(informers, plane)))
-        if api is not None and args.waypoint_image:
-            deployer = _waypoint_deployer(args, api, authority.root_bundle_pem, log)
-            tasks.append(asyncio.create_task(_deploy_waypoints(informers, deployer, status_writer)))
+        stages[-1].append(asyncio.create_task(_push_when_synced(informers, plane)))
         await drain.wait_triggered()
         await istiod.stop(grace=drain.deadline)
     finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+        for stage in stages:
+            for task in stage:
+                task.cancel()
+            await asyncio.gather(*stage, return_exceptions=True)
     return 0
 
 
 def _waypoint_deployer(
-    args: argparse.Namespace, api: Any, root_pem: str, log: structlog.typing.FilteringBoundLogger
+    args: argparse.Namespace,
+    api: Any,
+    root_pem: str,
+    leadership: Leadership,
+    log: structlog.typing.FilteringBoundLogger,
 ) -> KubeWaypointDeployer:
     from istiod_lite.sources.kube_waypoints import (  # noqa: PLC0415 - Kubernetes mode only
         KubeWaypointDeployer,
@@ -441,13 +541,14 @@ def _waypoint_deployer(
     settings = KubeWaypointSettings(
         image=args.waypoint_image, trust_domain=args.trust_domain, path_normalization=args.path_normalization
     )
-    return KubeWaypointDeployer(api, settings, root_pem, logger=log)
+    return KubeWaypointDeployer(api, settings, root_pem, may_write=lambda: leadership.is_leader, logger=log)
 
 
 async def _deploy_waypoints(
     informers: Informers, deployer: KubeWaypointDeployer, status_writer: StatusWriter
 ) -> None:
-    """Keeps every waypoint's objects and its Gateway's status right (repairs drift every 10 s)."""
+    """Keeps every waypoint's objects and its Gateway's status right (repairs drift every 10 s);
+    a leader-only job."""
     await informers.wait_synced()
     while True:
         gateways = list(informers.view().gateways.values())

@@ -17,7 +17,11 @@ another class; ``WaypointNotForServices``; ``WaypointNotReady``: no ready waypoi
 Conditions of other types are left as they are.
 
 ``desired_statuses`` is pure; ``StatusReporter`` writes what changed, in a worker thread, and
-only the latest state (a slow write never queues up stale ones). ``LabStatusWriter`` writes into
+only the latest state (a slow write never queues up stale ones). With several replicas only the
+leader writes (``mesh.rt.election``): the reporter's ``run`` is a leader-only job, and the writers
+check ``may_write`` before each write, so a replica that loses leadership stops at once; each
+term's ``run`` starts from nothing written and writes the current statuses whole (another replica
+may have written anything meanwhile). ``LabStatusWriter`` writes into
 the lab's state directory with the lab's locking protocol (``mesh.rt.labstate``);
 ``KubeStatusWriter`` (``istiod_lite.sources.kube_status``) through the Kubernetes API's status
 subresource. The warnings are logged either way.
@@ -45,6 +49,7 @@ __all__ = [
     "LabStatusWriter",
     "StatusReporter",
     "StatusWriter",
+    "always",
     "apply_status",
     "desired_statuses",
 ]
@@ -237,17 +242,26 @@ class StatusWriter(Protocol):
         ...
 
 
+def always() -> bool:
+    """The default ``may_write``: a single replica always may."""
+    return True
+
+
 class LabStatusWriter:
     """Writes status into the lab's state directory (one locked transaction per batch)."""
 
-    def __init__(self, state_dir: Any) -> None:
+    def __init__(self, state_dir: Any, *, may_write: Callable[[], bool] = always) -> None:
         self._state = LabState(state_dir)
+        self._may_write = may_write
 
     def write(self, statuses: Mapping[ObjectKey3, Mapping[str, Any]]) -> int:
-        """Read-modify-write of each object's status; objects deleted meanwhile are skipped."""
+        """Read-modify-write of each object's status; objects deleted meanwhile are skipped; stops
+        when ``may_write`` turns false (leadership lost)."""
         changed = 0
         with self._state.transaction() as txn:
             for key, wanted in statuses.items():
+                if not self._may_write():
+                    break
                 changed += txn.update(key, lambda obj, w=wanted: apply_status(obj, w))  # type: ignore[misc]
         return changed
 
@@ -266,19 +280,30 @@ class StatusReporter:
         self._now = now
         self._log = logger or structlog.get_logger().bind(component="istiod_lite.status")
         self._pending: dict[ObjectKey3, dict[str, Any]] | None = None
+        self._latest: dict[ObjectKey3, dict[str, Any]] | None = None
+        """Every status the last build implies (what a new term writes first)."""
         self._written: dict[ObjectKey3, dict[str, Any]] = {}
         self._wake = asyncio.Event()
 
     def submit(self, view: ClusterView, problems: Iterable[TranslationWarning]) -> None:
         """Records the statuses one build implies (cheap; the write happens in ``run``)."""
         wanted = desired_statuses(view, problems, now=self._now())
+        self._latest = wanted
         unchanged = {k for k, v in wanted.items() if _same_status(self._written.get(k), v)}
         self._pending = {k: v for k, v in wanted.items() if k not in unchanged}
         if self._pending:
             self._wake.set()
 
     async def run(self) -> None:
-        """Writes pending statuses until cancelled; a failed write is logged and tried again later."""
+        """Writes pending statuses until cancelled; a failed write is logged and tried again later.
+
+        Each call starts afresh: whatever an earlier call wrote may have been overwritten since
+        (by another replica while this one followed), so the latest build's statuses are all
+        written again, those already right being left alone by the writer."""
+        self._written = {}
+        if self._latest is not None:
+            self._pending = dict(self._latest)
+            self._wake.set()
         while True:
             await self._wake.wait()
             self._wake.clear()

@@ -4,13 +4,13 @@ Gateway API's kinds), the Kubernetes side of ``istiod_lite.status.StatusWriter``
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import structlog
 
 from istiod_lite.sources.kube import RESOURCES
-from istiod_lite.status import ObjectKey3, apply_status
+from istiod_lite.status import ObjectKey3, always, apply_status
 from istiod_lite.validation import MESH_KINDS
 from mesh.rt.kube.rbac import ApiCall
 from mesh.rt.kube.watch import Resource
@@ -30,10 +30,18 @@ _TIMEOUT = (5.0, 10.0)
 class KubeStatusWriter:
     """Read-modify-write of each object's ``status`` through its ``/status`` subresource (a JSON
     merge patch of the whole status, so conditions of other controllers are kept by
-    ``apply_status``). An object deleted meanwhile, or a kind whose CRD is not served, is skipped."""
+    ``apply_status``). An object deleted meanwhile, or a kind whose CRD is not served, is skipped.
+    ``may_write`` is asked before each write (a replica that lost leadership stops at once)."""
 
-    def __init__(self, api: Any, *, logger: structlog.typing.FilteringBoundLogger | None = None) -> None:
+    def __init__(
+        self,
+        api: Any,
+        *,
+        may_write: Callable[[], bool] = always,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
         self._api = api
+        self._may_write = may_write
         self._log = logger or structlog.get_logger().bind(component="istiod_lite.status")
 
     def write(self, statuses: Mapping[ObjectKey3, Mapping[str, Any]]) -> int:
@@ -54,6 +62,8 @@ class KubeStatusWriter:
                     )
                     break
                 obj = json.loads(body)
+                if not self._may_write():
+                    return changed
                 if apply_status(obj, wanted):
                     patched, _ = self._call("PATCH", f"{path}/status", {"status": obj["status"]})
                     if patched == 200:

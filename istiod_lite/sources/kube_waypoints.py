@@ -11,13 +11,14 @@ namespace that has a waypoint.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import structlog
 
 from istiod_lite.sources.objects import KubeObject, thaw
+from istiod_lite.status import always
 from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
 from mesh.rt.kube.rbac import ApiCall
 
@@ -98,7 +99,8 @@ def _is_waypoint(gateway: KubeObject) -> bool:
 
 class KubeWaypointDeployer:
     """Creates and repairs each waypoint's objects through the API; computes the Gateways' status.
-    Blocking (the kubernetes client): call :meth:`sync` from a worker thread."""
+    Blocking (the kubernetes client): call :meth:`sync` from a worker thread. ``may_write`` is
+    asked before each create or patch (a replica that lost leadership stops at once)."""
 
     def __init__(
         self,
@@ -106,9 +108,11 @@ class KubeWaypointDeployer:
         settings: KubeWaypointSettings,
         root_pem: str,
         *,
+        may_write: Callable[[], bool] = always,
         logger: structlog.typing.FilteringBoundLogger | None = None,
     ) -> None:
         self._api = api
+        self._may_write = may_write
         self._settings = settings
         self._mesh = kubernetes_pod_mesh(settings)
         self._root_pem = root_pem
@@ -158,6 +162,8 @@ class KubeWaypointDeployer:
         meta = wanted["metadata"]
         collection = f"/{version}/namespaces/{meta['namespace']}/{plural}"
         status, body = self._call("GET", f"{collection}/{meta['name']}")
+        if status in (200, 404) and not self._may_write():
+            return json.loads(body) if status == 200 else {}
         if status == 404:
             status, body = self._call("POST", collection, wanted)
             self._log.info(

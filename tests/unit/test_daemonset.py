@@ -1,6 +1,8 @@
 """daemonset/: every rendered object of the base and of each overlay passes kubernetes-validate for a
 pinned Kubernetes version; istiod's and the node agent's ClusterRoles grant exactly the API calls
-their code declares (a call added without its rule fails here); the overlays change what they say."""
+their code declares, and istiod's Role in istio-system exactly its calls in its own namespace (the
+leader election's Lease) (a call added without its rule fails here); the overlays change what they
+say."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import pytest
 from istiod_lite.ca import kube_auth
 from istiod_lite.sources import kube, kube_status, kube_waypoints
 from mesh.errors import MeshError
+from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
 from meshctl.install import overlays, render
@@ -21,7 +24,15 @@ from ztunnel.cni import kube_pods
 
 KUBERNETES = "1.30.0"
 REPO = Path(__file__).resolve().parents[2]
-ISTIOD_CALLS = [*kube.API_CALLS, *kube_status.API_CALLS, *kube_waypoints.API_CALLS, *kube_auth.API_CALLS]
+ISTIOD_CALLS = [
+    *kube.API_CALLS,
+    *kube_status.API_CALLS,
+    *kube_waypoints.API_CALLS,
+    *kube_auth.API_CALLS,
+    *lease.API_CALLS,
+]
+CLUSTER_WIDE = [c for c in ISTIOD_CALLS if not c.own_namespace]
+IN_ISTIO_SYSTEM = [c for c in ISTIOD_CALLS if c.own_namespace]
 
 
 @pytest.mark.parametrize("overlay", overlays())
@@ -43,13 +54,48 @@ def cluster_role(objects: list[dict[str, Any]], name: str) -> list[dict[str, Any
     return found[0]["rules"] if found else None
 
 
+def role(objects: list[dict[str, Any]], namespace: str, name: str) -> list[dict[str, Any]] | None:
+    found = [
+        o
+        for o in objects
+        if o["kind"] == "Role" and o["metadata"]["name"] == name and o["metadata"]["namespace"] == namespace
+    ]
+    return found[0]["rules"] if found else None
+
+
+def bound_to(objects: list[dict[str, Any]], kind: str, name: str) -> list[tuple[str, str]]:
+    """The service accounts a (Cluster)RoleBinding gives the (Cluster)Role ``name`` to."""
+    return [
+        (s["namespace"], s["name"])
+        for o in objects
+        if o["kind"] == f"{kind}Binding"
+        and o["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": kind, "name": name}
+        for s in o["subjects"]
+    ]
+
+
 def test_istiods_rules_are_exactly_its_declared_calls() -> None:
     objects = render()
-    assert cluster_role(objects, "istiod") == rules_for(ISTIOD_CALLS)
+    assert cluster_role(objects, "istiod") == rules_for(CLUSTER_WIDE)
+    assert role(objects, "istio-system", "istiod") == rules_for(IN_ISTIO_SYSTEM)
+    assert IN_ISTIO_SYSTEM  # the Lease: a Role in istio-system, not cluster-wide
+    for kind in ("ClusterRole", "Role"):
+        assert bound_to(objects, kind, "istiod") == [("istio-system", "istiod")]
     assert all("*" not in str(rule) for rule in cluster_role(objects, "istiod") or ())
     extra = ApiCall("", "secrets", ("list", "watch"))  # a watch someone adds without its rule
-    assert rules_for([*ISTIOD_CALLS, extra]) != cluster_role(objects, "istiod")
+    assert rules_for([*CLUSTER_WIDE, extra]) != cluster_role(objects, "istiod")
+    extra = ApiCall("", "configmaps", ("update",), own_namespace=True)  # and a call in its namespace
+    assert rules_for([*IN_ISTIO_SYSTEM, extra]) != role(objects, "istio-system", "istiod")
     assert cluster_role(objects, "ztunnel") is None
+
+
+def test_istiod_knows_its_pod_for_the_leader_lease() -> None:
+    (istiod,) = [o for o in render() if o["kind"] == "Deployment" and o["metadata"]["name"] == "istiod"]
+    env = {
+        e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in istiod["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    assert env == {"POD_NAME": "metadata.name", "POD_NAMESPACE": "metadata.namespace"}
 
 
 def test_the_node_agents_rules_are_exactly_its_declared_calls() -> None:
@@ -62,7 +108,9 @@ def test_the_node_agents_rules_are_exactly_its_declared_calls() -> None:
 
 
 def test_every_module_calling_the_api_declares_its_calls() -> None:
-    for path in [*REPO.glob("istiod_lite/**/*.py"), *REPO.glob("ztunnel/**/*.py")]:
+    # mesh/rt/kube's list/watch loop is generic: its callers declare what it lists and watches.
+    lease_module = REPO / "mesh" / "rt" / "kube" / "lease.py"
+    for path in [*REPO.glob("istiod_lite/**/*.py"), *REPO.glob("ztunnel/**/*.py"), lease_module]:
         tree = ast.parse(path.read_text())
         names = {getattr(n, "attr", None) for n in ast.walk(tree)} | {
             getattr(n, "id", None) for n in ast.walk(tree)
