@@ -16,11 +16,11 @@ from typing import Any
 
 from mesh.errors import MeshError
 from meshctl.lab.api import Lab
-from meshctl.lab.mesh import control_plane_address
+from meshctl.lab.mesh import control_plane_addresses
 from meshctl.lab.settings import default_state_dir
 from meshctl.nethttp import http_get
 
-__all__ = ["ProxyStatusError", "fetch_syncz", "register", "render", "run", "xds_status"]
+__all__ = ["ProxyStatusError", "fetch_syncz", "merge_syncz", "register", "render", "run", "xds_status"]
 
 DEFAULT_ENDPOINT = "http://127.0.0.1:15014"
 
@@ -44,11 +44,11 @@ def _short(type_url: str) -> str:
     return type_url.rpartition(".")[2].upper() or type_url
 
 
-def _rows(doc: dict[str, Any], columns: list[str]) -> tuple[list[list[str]], list[str]]:
+def _rows(doc: dict[str, Any], columns: list[str], *, replicas: bool) -> tuple[list[list[str]], list[str]]:
     rows, nacks = [], []
     for sub in doc.get("subscribers", []):
         by_type = {t["type_url"]: t for t in sub.get("types", [])}
-        cells = [sub.get("pod", ""), sub.get("node", "")]
+        cells = [sub.get("pod", ""), sub.get("node", ""), *([sub.get("istiod", "")] if replicas else [])]
         for type_url in columns:
             entry = by_type.get(type_url)
             sent = entry["sent"]["version"] if entry else ""
@@ -68,8 +68,9 @@ def _rows(doc: dict[str, Any], columns: list[str]) -> tuple[list[list[str]], lis
 def render(doc: dict[str, Any]) -> str:
     """The proxy-status table (and NACK details) for a syncz document."""
     columns = sorted({t["type_url"] for s in doc.get("subscribers", []) for t in s.get("types", [])})
-    header = ["NAME", "NODE", *(_short(c) for c in columns), "VERSION"]
-    rows, nacks = _rows(doc, columns)
+    replicas = any("istiod" in s for s in doc.get("subscribers", []))
+    header = ["NAME", "NODE", *(["ISTIOD"] if replicas else []), *(_short(c) for c in columns), "VERSION"]
+    rows, nacks = _rows(doc, columns, replicas=replicas)
     table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip() for row in table]
@@ -103,24 +104,43 @@ def fetch_syncz(endpoint: str, *, timeout: float = 5.0, netns: str | None = None
     return doc
 
 
-def _endpoint(args: argparse.Namespace) -> tuple[str, str | None]:
-    """``--istiod``, else the running lab's istiod_lite (inside its namespace), else the default."""
+def _endpoints(args: argparse.Namespace) -> tuple[list[str], str | None]:
+    """``--istiod``, else the running lab's istiod_lite replicas (inside its namespace), else the default."""
     if args.istiod:
-        return args.istiod, None
+        return args.istiod.split(","), None
     lab = Lab(getattr(args, "state", None) or default_state_dir())
     if lab.is_running() and lab.settings.mesh:
-        return f"http://{control_plane_address(lab.settings)}:15014", lab.settings.bridge_netns
-    return DEFAULT_ENDPOINT, None
+        return [f"http://{a}:15014" for a in control_plane_addresses(lab.settings)], lab.settings.bridge_netns
+    return [DEFAULT_ENDPOINT], None
+
+
+def merge_syncz(docs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """One syncz document from several replicas' (by endpoint), as istioctl shows all istiods: each
+    subscriber names the replica it is connected to (``istiod``); one document is returned as is."""
+    if len(docs) == 1:
+        return next(iter(docs.values()))
+    subscribers = [
+        {**sub, "istiod": urllib.parse.urlsplit(endpoint).hostname or endpoint}
+        for endpoint, doc in docs.items()
+        for sub in doc.get("subscribers", [])
+    ]
+    versions = sorted({str(doc.get("version") or "") for doc in docs.values()} - {""})
+    return {"version": ",".join(versions), "subscribers": subscribers}
 
 
 def run(args: argparse.Namespace) -> int:
-    """Prints the table; returns 0, or 1 when the endpoint cannot be read."""
-    endpoint, netns = _endpoint(args)
-    try:
-        doc = fetch_syncz(endpoint, timeout=args.timeout, netns=netns)
-    except ProxyStatusError as exc:
-        print(f"meshctl proxy-status: {exc}", file=sys.stderr)
+    """Prints the table; returns 0, or 1 when no endpoint can be read (a replica that cannot is
+    named on stderr and left out)."""
+    endpoints, netns = _endpoints(args)
+    docs: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        try:
+            docs[endpoint] = fetch_syncz(endpoint, timeout=args.timeout, netns=netns)
+        except ProxyStatusError as exc:
+            print(f"meshctl proxy-status: {exc}", file=sys.stderr)
+    if not docs:
         return 1
+    doc = merge_syncz(docs)
     sys.stdout.write(json.dumps(doc, indent=1) + "\n" if args.output == "json" else render(doc))
     return 0
 
@@ -131,7 +151,9 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         "proxy-status", help="show whether each proxy has the latest config (SYNCED / STALE / NOT SENT)"
     )
     parser.add_argument(
-        "--istiod", default=None, help=f"debug endpoint (default: the running lab's, else {DEFAULT_ENDPOINT})"
+        "--istiod",
+        default=None,
+        help=f"debug endpoints, comma-separated (default: the lab's replicas, else {DEFAULT_ENDPOINT})",
     )
     parser.add_argument("--state", default=default_state_dir(), help="lab state directory")
     parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the answer")

@@ -115,6 +115,7 @@ class Lab:
         cert_ttl: int = DEFAULT_CERT_TTL,
         observability: bool = False,
         path_normalization: str = "BASE",
+        istiod_replicas: int = 1,
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -133,6 +134,7 @@ class Lab:
             cert_ttl=cert_ttl,
             observability=observability,
             path_normalization=path_normalization,
+            istiod_replicas=istiod_replicas,
         )
         objects = self._validate(objects, settings.node_names())
         _preflight()

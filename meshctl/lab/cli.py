@@ -48,6 +48,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         cert_ttl=args.cert_ttl,
         observability=args.observability,
         path_normalization=args.path_normalization,
+        istiod_replicas=args.istiod_replicas,
     )
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
@@ -165,6 +166,12 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
         choices=MODES,
         default="BASE",
         help="Istio's meshConfig.pathNormalization for every waypoint (default %(default)s)",
+    )
+    up.add_argument(
+        "--istiod-replicas",
+        type=int,
+        default=1,
+        help="istiod_lite replicas; the ztunnels and waypoints know them all and fail over (default 1)",
     )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")

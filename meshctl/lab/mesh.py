@@ -40,6 +40,9 @@ __all__ = [
     "MeshRuntime",
     "cni_plugins",
     "control_plane_address",
+    "control_plane_addresses",
+    "istiod_name",
+    "xds_targets",
     "plan_processes",
 ]
 
@@ -88,9 +91,24 @@ class MeshLayout:
 
 
 def control_plane_address(settings: LabSettings) -> str:
-    """istiod_lite's address on the lab bridge."""
+    """The first istiod_lite replica's address on the lab bridge."""
+    return control_plane_addresses(settings)[0]
+
+
+def control_plane_addresses(settings: LabSettings) -> list[str]:
+    """Each istiod_lite replica's address on the lab bridge (.2, .3, ...)."""
     prefix = settings.node_cidr.split("/", 1)[0].rsplit(".", 1)[0]
-    return f"{prefix}.2"
+    return [f"{prefix}.{2 + i}" for i in range(settings.istiod_replicas)]
+
+
+def xds_targets(settings: LabSettings) -> str:
+    """What the ztunnels and waypoints are given as ``--xds-address``: every replica (they fail over)."""
+    return ",".join(f"{address}:{CA_PORT}" for address in control_plane_addresses(settings))
+
+
+def istiod_name(replica: int) -> str:
+    """The process (and pid/log file) name of one istiod_lite replica."""
+    return "istiod" if replica == 0 else f"istiod-{replica}"
 
 
 def cni_plugins() -> list[dict[str, Any]]:
@@ -101,14 +119,14 @@ def cni_plugins() -> list[dict[str, Any]]:
 def plan_processes(
     settings: LabSettings, layout: MeshLayout, *, state_root: Path, bin_dir: str
 ) -> list[ProcessSpec]:
-    """istiod_lite first, then a node agent and a ztunnel per node (pure)."""
-    cp = control_plane_address(settings)
+    """istiod_lite's replicas first, then a node agent and a ztunnel per node (pure). The replicas
+    share the state directory (the CA key, as a Deployment's replicas share the CA Secret)."""
     env = {"PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin"), "PYTHONUNBUFFERED": "1"}
     if os.environ.get("PYTHONPATH"):  # the mesh runs the same code as the lab that started it
         env["PYTHONPATH"] = os.environ["PYTHONPATH"]
     specs = [
         ProcessSpec(
-            name="istiod",
+            name=istiod_name(replica),
             argv=(
                 f"{bin_dir}/istiod-lite",
                 "--state-dir",
@@ -127,10 +145,11 @@ def plan_processes(
                 settings.cluster_domain,
             ),
             env=env,
-            log_path=layout.log("istiod"),
-            pid_path=layout.root / "pids" / "istiod.pid",
+            log_path=layout.log(istiod_name(replica)),
+            pid_path=layout.root / "pids" / f"{istiod_name(replica)}.pid",
             netns=settings.bridge_netns,
         )
+        for replica, cp in enumerate(control_plane_addresses(settings))
     ]
     for node in settings.nodes:
         specs += _node_processes(settings, node, layout, state_root=state_root, bin_dir=bin_dir, env=env)
@@ -176,7 +195,7 @@ def _node_processes(
             "--zds-socket",
             str(run / "ztunnel.sock"),
             "--xds-address",
-            f"{control_plane_address(settings)}:{CA_PORT}",
+            xds_targets(settings),
             "--root-cert",
             str(layout.root_cert),
             "--token-file",
@@ -231,17 +250,19 @@ class MeshRuntime:
         self._tasks: dict[str, asyncio.Task[int]] = {}
 
     async def start(self, *, ready_within: float = 20.0) -> None:
-        """Brings istiod_lite up and ready, then the node agents and ztunnels."""
-        cp = control_plane_address(self.settings)
-        await ip_batch(control_plane_lines(self.settings, cp), netns=self.settings.bridge_netns)
+        """Brings istiod_lite up and ready (the first replica creates the CA, the others then read it),
+        then the node agents and ztunnels."""
+        addresses = control_plane_addresses(self.settings)
+        await ip_batch(control_plane_lines(self.settings, addresses), netns=self.settings.bridge_netns)
         write_tokens(self.settings, self.layout)
         self._install_plugin()
         specs = plan_processes(
             self.settings, self.layout, state_root=self.paths.root, bin_dir=os.path.dirname(sys.executable)
         )
-        self._spawn(specs[0])
-        await self._wait_istiod(cp, ready_within=ready_within)
-        for spec in specs[1:]:
+        for replica, address in enumerate(addresses):
+            self._spawn(specs[replica])
+            await self._wait_istiod(replica, address, ready_within=ready_within)
+        for spec in specs[len(addresses) :]:
             self._spawn(spec)
 
     async def stop(self) -> None:
@@ -256,7 +277,7 @@ class MeshRuntime:
         """How the lab's waypoint pods reach istiod_lite (for the waypoint planner)."""
         settings = self.settings
         return WaypointTemplate(
-            xds_address=f"{control_plane_address(settings)}:{CA_PORT}",
+            xds_address=xds_targets(settings),
             root_cert=str(self.layout.root_cert),
             token_dir=str(self.layout.waypoint_tokens),
             trust_domain=settings.cluster_domain,
@@ -306,10 +327,11 @@ class MeshRuntime:
             old.unlink()
         write_atomic(self.paths.cni / "10-lab.conflist", json.dumps(conflist, indent=2) + "\n")
 
-    async def _wait_istiod(self, cp: str, *, ready_within: float) -> None:
+    async def _wait_istiod(self, replica: int, cp: str, *, ready_within: float) -> None:
+        name = istiod_name(replica)
         deadline = self._clock.monotonic() + ready_within
         while self._clock.monotonic() < deadline:
-            task = self._tasks["istiod"]
+            task = self._tasks[name]
             if task.done():
                 break
             with contextlib.suppress(OSError, LabError):
@@ -319,10 +341,10 @@ class MeshRuntime:
                 if status == 200 and self.layout.root_cert.exists():
                     return
             await asyncio.sleep(0.1)
-        log_tail = _tail(self.layout.log("istiod"))
+        log_tail = _tail(self.layout.log(name))
         raise LabError(
-            f"istiod_lite did not become ready within {ready_within:.0f} s",
-            hint=f"see {self.layout.log('istiod')}; last lines:\n{log_tail}",
+            f"istiod_lite ({name}) did not become ready within {ready_within:.0f} s",
+            hint=f"see {self.layout.log(name)}; last lines:\n{log_tail}",
         )
 
 

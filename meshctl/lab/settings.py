@@ -69,6 +69,8 @@ class NodeSettings:
 DEFAULT_CERT_TTL = 24 * 3600
 """Istio's default workload certificate TTL."""
 _MIN_CERT_TTL = 60
+_MAX_ISTIOD_REPLICAS = 7
+"""Replicas take 10.240.0.2-8 on the lab bridge; nodes start at .11."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,8 @@ class LabSettings:
     """Whether the lab runs a Prometheus server scraping the mesh (``lab up --observability``)."""
     path_normalization: str = "BASE"
     """Istio's ``meshConfig.pathNormalization.normalization`` for every waypoint (mesh.l7.normalize)."""
+    istiod_replicas: int = 1
+    """istiod_lite processes (``lab up --istiod-replicas``); the agents know them all and fail over."""
 
     @property
     def prefix(self) -> str:
@@ -131,6 +135,7 @@ class LabSettings:
             "workloadCertTTL": self.cert_ttl,
             "observability": self.observability,
             "pathNormalization": self.path_normalization,
+            "istiodReplicas": self.istiod_replicas,
             "nodes": [
                 {
                     "name": n.name,
@@ -170,6 +175,7 @@ class LabSettings:
                 cert_ttl=int(data.get("workloadCertTTL", DEFAULT_CERT_TTL)),
                 observability=bool(data.get("observability", False)),
                 path_normalization=str(data.get("pathNormalization", "BASE")),
+                istiod_replicas=int(data.get("istiodReplicas", 1)),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -186,6 +192,7 @@ def build_settings(
     cert_ttl: int = DEFAULT_CERT_TTL,
     observability: bool = False,
     path_normalization: str = "BASE",
+    istiod_replicas: int = 1,
 ) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
@@ -209,6 +216,11 @@ def build_settings(
     )
     if observability and not mesh:
         raise LabError("--observability watches the mesh", hint="drop --no-mesh, or --observability")
+    if not 1 <= istiod_replicas <= _MAX_ISTIOD_REPLICAS:
+        raise LabError(
+            f"a lab runs 1 to {_MAX_ISTIOD_REPLICAS} istiod_lite replicas, not {istiod_replicas}",
+            hint=f"pass --istiod-replicas 1..{_MAX_ISTIOD_REPLICAS}",
+        )
     if path_normalization not in MODES:
         raise LabError(
             f"path normalization {path_normalization!r} is unknown", hint=f"use one of {', '.join(MODES)}"
@@ -221,6 +233,7 @@ def build_settings(
         cert_ttl=cert_ttl,
         observability=observability,
         path_normalization=path_normalization,
+        istiod_replicas=istiod_replicas,
     )
 
 

@@ -10,6 +10,7 @@ every pod-facing veth in the node, next to a /32 route to the pod.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 from meshctl.lab.settings import LabSettings, NodeSettings
 
@@ -39,12 +40,12 @@ def bridge_lines(settings: LabSettings) -> list[str]:
     return lines
 
 
-def control_plane_lines(settings: LabSettings, address: str) -> list[str]:
-    """Run in the lab namespace when the mesh is on: the control plane's address on the bridge, and
-    a route to each node's pod range via that node, so pods (a waypoint: not captured) reach
-    istiod_lite and its answers find their way back."""
+def control_plane_lines(settings: LabSettings, addresses: Sequence[str]) -> list[str]:
+    """Run in the lab namespace when the mesh is on: the control plane's addresses (one per
+    istiod_lite replica) on the bridge, and a route to each node's pod range via that node, so pods
+    (a waypoint: not captured) reach istiod_lite and its answers find their way back."""
     prefix = ipaddress.ip_network(settings.node_cidr).prefixlen
-    lines = [f"addr add {address}/{prefix} dev {BRIDGE}"]
+    lines = [f"addr add {address}/{prefix} dev {BRIDGE}" for address in addresses]
     lines += [f"route add {node.pod_cidr} via {node.address} dev {BRIDGE}" for node in settings.nodes]
     return lines
 

@@ -11,6 +11,7 @@ their change and wait until the ztunnels have seen the undo.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -41,7 +42,9 @@ __all__ = [
     "SINK_PORT",
     "MeshLab",
     "Sent",
+    "CONNECTS",
     "cluster_objects",
+    "mesh_lab",
     "spiffe",
 ]
 
@@ -91,6 +94,51 @@ try:
 except OSError as exc:
     result["error"] = repr(exc)
 print(json.dumps(result))
+"""
+
+
+# New connections at a fixed rate (argv[3] a second, spread over worker threads) for argv[4] seconds,
+# each one HTTP request; bounded in count and time. Prints {"ok": n, "failed": [...], "rate": r}.
+CONNECTS = r"""
+import json, socket, sys, threading, time
+host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+workers, ok, failed, lock = 16, [0], [], threading.Lock()
+start = time.monotonic()
+
+def attempt():
+    try:
+        with socket.create_connection((host, port), 2) as sock:
+            sock.settimeout(2)
+            sock.sendall(b"GET /handover HTTP/1.0\r\n\r\n")
+            body = b""
+            while chunk := sock.recv(65536):
+                body += chunk
+        return "ok" if body.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")) else "answer " + repr(body[:40])
+    except ConnectionRefusedError:
+        return "refused"
+    except ConnectionResetError:
+        return "reset"
+    except OSError as exc:
+        return repr(exc)
+
+def worker(index):
+    n = index
+    while n / rate < seconds:
+        time.sleep(max(0.0, start + n / rate - time.monotonic()))
+        outcome = attempt()
+        with lock:
+            if outcome == "ok":
+                ok[0] += 1
+            else:
+                failed.append(f"{time.time():.2f} {outcome}")
+        n += workers
+
+threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+print(json.dumps({"ok": ok[0], "failed": failed, "rate": ok[0] / (time.monotonic() - start)}))
 """
 
 
@@ -309,19 +357,19 @@ def _tail(text: str, lines: int = 20) -> str:
     return "\n".join(kept[-lines:]) or "(empty)"
 
 
-@pytest.fixture(scope="package")
-def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
-    """One lab with the mesh for the whole e2e package; down at the end, with nothing left behind."""
+@contextlib.contextmanager
+def mesh_lab(state: Path, prefix: str, **up_args: Any) -> Iterator[MeshLab]:
+    """A lab with the mesh and :func:`cluster_objects`; down at the end, with nothing left behind."""
     missing = [tool for tool in TOOLS if shutil.which(tool) is None]
     if missing:
         pytest.fail(
             f"the e2e suite needs {', '.join(missing)}; run 'make test' to install them", pytrace=False
         )
-    lab_id = unique_lab_id("e")
+    lab_id = unique_lab_id(prefix)
     before = SystemSnapshot.take(lab_id)
-    lab = Lab(tmp_path_factory.mktemp("e2e-lab"), lab_id=lab_id)
+    lab = Lab(state, lab_id=lab_id)
     try:
-        lab.up(cluster_objects(), mesh=True, observability=True, timeout=60)
+        lab.up(cluster_objects(), mesh=True, timeout=60, **up_args)
         mesh = MeshLab(lab)
         mesh.wait_converged()
         yield mesh
@@ -329,3 +377,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         lab.down()
         leftovers = SystemSnapshot.take(lab_id).leftovers(before, lab_id=lab_id)
         assert leftovers == [], f"lab {lab_id} left things behind after down(): {leftovers}"
+
+
+@pytest.fixture(scope="package")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    """One lab with the mesh for the whole e2e package."""
+    with mesh_lab(tmp_path_factory.mktemp("e2e-lab"), "e", observability=True) as lab:
+        yield lab

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.testing.processes import stop_process
 from meshctl.nethttp import http_get
-from tests.e2e.conftest import CLIENT_NODE, ECHO_PORT, HTTP_PORT, MeshLab
+from tests.e2e.conftest import CLIENT_NODE, CONNECTS, ECHO_PORT, HTTP_PORT, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -35,50 +35,6 @@ RATE = 200.0
 """New connections a second, as catalogue 28 asks at full scale."""
 DRAIN_DEADLINE = 5.0
 """ztunnel's default ``--drain-deadline`` (the lab runs it with the default)."""
-
-# New connections at a fixed rate (argv[3] a second, spread over worker threads) for argv[4] seconds,
-# each one HTTP request; bounded in count and time. Prints {"ok": n, "failed": [...], "rate": r}.
-LOAD = r"""
-import json, socket, sys, threading, time
-host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-workers, ok, failed, lock = 16, [0], [], threading.Lock()
-start = time.monotonic()
-
-def attempt():
-    try:
-        with socket.create_connection((host, port), 2) as sock:
-            sock.settimeout(2)
-            sock.sendall(b"GET /handover HTTP/1.0\r\n\r\n")
-            body = b""
-            while chunk := sock.recv(65536):
-                body += chunk
-        return "ok" if body.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")) else "answer " + repr(body[:40])
-    except ConnectionRefusedError:
-        return "refused"
-    except ConnectionResetError:
-        return "reset"
-    except OSError as exc:
-        return repr(exc)
-
-def worker(index):
-    n = index
-    while n / rate < seconds:
-        time.sleep(max(0.0, start + n / rate - time.monotonic()))
-        outcome = attempt()
-        with lock:
-            if outcome == "ok":
-                ok[0] += 1
-            else:
-                failed.append(f"{time.time():.2f} {outcome}")
-        n += workers
-
-threads = [threading.Thread(target=worker, args=(i,)) for i in range(workers)]
-for thread in threads:
-    thread.start()
-for thread in threads:
-    thread.join()
-print(json.dumps({"ok": ok[0], "failed": failed, "rate": ok[0] / (time.monotonic() - start)}))
-"""
 
 # Holds one connection to the TCP echo service, exchanging a line every 50 ms until the connection
 # ends (at most argv[3] seconds); prints {"trips": n, "ended": unix time, "how": ...}.
@@ -188,7 +144,7 @@ def test_a_node_changes_ztunnel_while_its_pod_keeps_connecting(
             "demo/client",
             "python",
             "-c",
-            LOAD,
+            CONNECTS,
             server_ip,
             str(HTTP_PORT),
             str(RATE),

@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from meshctl.proxy_status import register, render, xds_status
+from meshctl.proxy_status import merge_syncz, register, render, xds_status
 
 ADDR = "type.googleapis.com/istio.workload.Address"
 AUTHZ = "type.googleapis.com/istio.security.Authorization"
@@ -64,3 +64,24 @@ def test_register_adds_the_subcommand() -> None:
     args = parser.parse_args(["proxy-status", "--istiod", "http://10.0.0.1:15014"])
     assert args.istiod == "http://10.0.0.1:15014"
     assert args.func.__name__ == "run"
+
+
+def test_replicas_documents_merge_with_the_replica_of_each_proxy() -> None:
+    """Two istiod_lite replicas: every proxy appears once, with the replica it is connected to."""
+    first = {
+        "version": "v/3",
+        "subscribers": [{"pod": "ztunnel-a", "node": "n1", "types": [entry(ADDR, "v3", "v3")]}],
+    }
+    second = {
+        "version": "v/3",
+        "subscribers": [{"pod": "ztunnel-b", "node": "n2", "types": [entry(ADDR, "v3", "v3")]}],
+    }
+    merged = merge_syncz({"http://10.240.0.2:15014": first, "http://10.240.0.3:15014": second})
+    assert [(s["pod"], s["istiod"]) for s in merged["subscribers"]] == [
+        ("ztunnel-a", "10.240.0.2"),
+        ("ztunnel-b", "10.240.0.3"),
+    ]
+    lines = render(merged).splitlines()
+    assert lines[0].split() == ["NAME", "NODE", "ISTIOD", "ADDRESS", "VERSION"]
+    assert lines[2].split() == ["ztunnel-b", "n2", "10.240.0.3", "SYNCED", "v3"]
+    assert merge_syncz({"http://10.240.0.2:15014": first}) == first  # one replica: as it is

@@ -1,0 +1,136 @@
+"""istiod_lite with two replicas, rolled one at a time while a pod keeps opening connections (issue 17
+part 4): the ztunnels know both replicas (``--xds-address a,b``); when the one a ztunnel is connected
+to dies (SIGKILL) or drains (SIGTERM), the ztunnel keeps serving with its last config and
+certificates, connects to the other replica and resyncs, so config applied meanwhile still reaches
+it. Not one new connection may fail. This lab is its own (two replicas), not the package's."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+
+from meshctl.lab.mesh import control_plane_addresses, istiod_name
+from meshctl.lab.supervisor import read_pid_file
+from meshctl.proxy_status import fetch_syncz
+from tests.e2e.conftest import CLIENT_NODE, CONNECTS, HTTP_PORT, SERVER_NODE, MeshLab, mesh_lab
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+MARKER = "e2e-rolling-marker"
+RATE = 50.0
+
+
+@pytest.fixture(scope="module")
+def replicated(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
+    with mesh_lab(tmp_path_factory.mktemp("rolling-lab"), "r", istiod_replicas=2) as lab:
+        yield lab
+
+
+def _marker() -> dict[str, Any]:
+    """A policy that binds no workload: it only shows whether config reaches the ztunnels."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": {"name": MARKER, "namespace": "demo"},
+        "spec": {"selector": {"matchLabels": {"app": "nobody"}}, "action": "DENY", "rules": [{}]},
+    }
+
+
+def _pid(mesh: MeshLab, replica: int) -> int | None:
+    return read_pid_file(mesh.lab.paths.root / "mesh" / "pids" / f"{istiod_name(replica)}.pid")
+
+
+def _ztunnels_on(mesh: MeshLab, replica: int) -> set[str]:
+    """The nodes whose ztunnel is connected to ``replica`` (its syncz)."""
+    address = control_plane_addresses(mesh.lab.settings)[replica]
+    doc = fetch_syncz(f"http://{address}:15014", timeout=2, netns=mesh.lab.settings.bridge_netns)
+    return {s["node"] for s in doc["subscribers"] if str(s.get("pod", "")).startswith("ztunnel")}
+
+
+def _all_on(mesh: MeshLab, replica: int) -> bool:
+    return _ztunnels_on(mesh, replica) == {CLIENT_NODE, SERVER_NODE}
+
+
+def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: MeshLab) -> None:
+    mesh = replicated
+    mesh.wait_for(
+        lambda: _ztunnels_on(mesh, 0) | _ztunnels_on(mesh, 1) == {CLIENT_NODE, SERVER_NODE},
+        what="both ztunnels connected to a replica",
+    )
+    server = mesh.pod_ip("demo/server")
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        load = pool.submit(
+            mesh.exec,
+            "demo/client",
+            "python",
+            "-c",
+            CONNECTS,
+            server,
+            str(HTTP_PORT),
+            f"{RATE}",
+            "30",
+            timeout=70,
+        )
+        time.sleep(1.0)
+        # 1. Replica 0 dies without a goodbye: its ztunnels move to replica 1, and config still arrives.
+        killed = _pid(mesh, 0)
+        assert killed is not None
+        os.kill(killed, signal.SIGKILL)
+        mesh.wait_for(lambda: _all_on(mesh, 1), what="both ztunnels on replica 1", timeout=30)
+        mesh.lab.apply([_marker()])
+        for node in (CLIENT_NODE, SERVER_NODE):
+            mesh.wait_policy(node, MARKER, present=True, timeout=30)
+        # 2. The lab starts replica 0 again (as the Deployment would); replica 1 is then drained.
+        mesh.wait_for(lambda: _pid(mesh, 0) not in (None, killed), what="replica 0 started again", timeout=30)
+        mesh.wait_for(lambda: _ztunnels_on(mesh, 0) == set(), what="replica 0 serving (no ztunnel yet)")
+        drained = _pid(mesh, 1)
+        assert drained is not None
+        os.kill(drained, signal.SIGTERM)
+        mesh.wait_for(lambda: _all_on(mesh, 0), what="both ztunnels on replica 0", timeout=30)
+        mesh.lab.delete([_marker()])
+        for node in (CLIENT_NODE, SERVER_NODE):
+            mesh.wait_policy(node, MARKER, present=False, timeout=30)
+        done = load.result(timeout=90)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    print(
+        f"istiod rolled: {result['ok']} new connections at {result['rate']:.0f}/s, failed: {result['failed']}"
+    )
+    assert result["failed"] == [] and result["ok"] >= 0.9 * RATE * 30, result
+
+
+def test_proxy_status_shows_each_proxy_with_its_replica(replicated: MeshLab) -> None:
+    mesh = replicated
+    addresses = control_plane_addresses(mesh.lab.settings)
+    mesh.wait_for(
+        lambda: _ztunnels_on(mesh, 0) | _ztunnels_on(mesh, 1) == {CLIENT_NODE, SERVER_NODE},
+        what="both ztunnels connected to a replica",
+    )
+    command = [
+        sys.executable,
+        "-m",
+        "meshctl.cli",
+        "proxy-status",
+        "-o",
+        "json",
+        "--state",
+        str(mesh.lab.paths.root),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    assert done.returncode == 0, done.stderr
+    rows = [
+        (s["node"], s["istiod"])
+        for s in json.loads(done.stdout)["subscribers"]
+        if s["pod"].startswith("ztunnel")
+    ]
+    assert sorted(node for node, _ in rows) == [CLIENT_NODE, SERVER_NODE]
+    assert all(replica in addresses for _, replica in rows), rows
