@@ -40,7 +40,7 @@ from istiod_lite.translate.l7 import object_waypoint, waypoint_for
 from istiod_lite.translate.l7.binding import USE_WAYPOINT_FIELD
 from istiod_lite.translate.model import TranslationWarning
 from istiod_lite.view import ClusterView, KubeObject, thaw
-from mesh.rt.labstate import LabState, LabStateError
+from mesh.rt.labstate import LabState
 
 __all__ = [
     "CONTROLLER_NAME",
@@ -310,7 +310,7 @@ class StatusReporter:
             batch, self._pending = self._pending or {}, None
             try:
                 changed = await asyncio.to_thread(self._writer.write, batch)
-            except (OSError, LabStateError) as exc:
+            except Exception as exc:  # the API or the disk failing: logged, retried
                 self._log.warning("status.write_failed", error=str(exc), objects=len(batch))
                 await asyncio.sleep(1.0)
                 if self._pending is None:

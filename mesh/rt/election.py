@@ -86,7 +86,7 @@ class Leadership:
     def __init__(self, *, lease: str, identity: str, logger: structlog.typing.FilteringBoundLogger) -> None:
         self.lease = lease
         self.identity = identity
-        self._log = logger
+        self.log = logger
         self._leading = asyncio.Event()
         self._following = asyncio.Event()
         self._following.set()
@@ -110,7 +110,7 @@ class Leadership:
         self.terms += 1
         self._following.clear()
         self._leading.set()
-        self._log.info("leader.acquired", lease=self.lease, holder=self.identity, term=self.terms)
+        self.log.info("leader.acquired", lease=self.lease, holder=self.identity, term=self.terms)
         for listener in self._listeners:
             listener(True)
 
@@ -120,7 +120,7 @@ class Leadership:
             return
         self._leading.clear()
         self._following.set()
-        self._log.warning("leader.lost", lease=self.lease, holder=holder, reason=reason, me=self.identity)
+        self.log.warning("leader.lost", lease=self.lease, holder=holder, reason=reason, me=self.identity)
         for listener in self._listeners:
             listener(False)
 
@@ -144,24 +144,41 @@ class Elector(Protocol):
         ...
 
 
-async def run_while_leading(leadership: Leadership, *jobs: Callable[[], Awaitable[None]]) -> None:
-    """Runs ``jobs`` during each term, cancelled when it ends; until cancelled itself."""
+async def run_while_leading(
+    leadership: Leadership,
+    *jobs: Callable[[], Awaitable[None]],
+    restart_after: float = 1.0,
+    sleep: Sleep = asyncio.sleep,
+) -> None:
+    """Runs ``jobs`` during each term, cancelled when it ends; until cancelled itself. A job that
+    fails is logged and started again after ``restart_after`` seconds (a leader whose writer died
+    would otherwise hold the lease and write nothing)."""
     while True:
         await leadership.wait_leading()
-        tasks: list[asyncio.Future[None]] = [asyncio.ensure_future(job()) for job in jobs]
+        tasks = [asyncio.ensure_future(_supervised(job, leadership, restart_after, sleep)) for job in jobs]
         try:
-            done: asyncio.Future[None] = asyncio.ensure_future(leadership.wait_following())
-            await asyncio.wait([done, *tasks], return_when=asyncio.FIRST_COMPLETED)
-            done.cancel()
-            for task in tasks:
-                failure = task.exception() if task.done() and not task.cancelled() else None
-                if failure is not None:
-                    raise failure
+            await leadership.wait_following()
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-        await leadership.wait_following()
+
+
+async def _supervised(
+    job: Callable[[], Awaitable[None]], leadership: Leadership, restart_after: float, sleep: Sleep
+) -> None:
+    while True:
+        try:
+            await job()
+            return
+        except Exception as exc:  # any failure: logged, the job restarted
+            leadership.log.error(
+                "leader.job_failed",
+                lease=leadership.lease,
+                job=getattr(job, "__qualname__", repr(job)),
+                error=repr(exc),
+            )
+        await sleep(restart_after)
 
 
 class AlwaysLeader:

@@ -57,6 +57,39 @@ async def test_leader_only_jobs_run_during_terms_only_and_restart_fresh() -> Non
     assert not running
 
 
+async def test_a_failing_job_is_restarted_and_the_others_go_on() -> None:
+    lead = leadership("istiod-a_1")
+    attempts: list[int] = []
+    steady = asyncio.Event()
+
+    async def flaky() -> None:
+        attempts.append(len(attempts))
+        if len(attempts) < 3:
+            raise ConnectionError("the API server went away")
+        await asyncio.Event().wait()
+
+    async def finishes() -> None:
+        return None
+
+    async def keeps_running() -> None:
+        steady.set()
+        await asyncio.Event().wait()
+
+    async def no_wait(seconds: float) -> None:
+        await asyncio.sleep(0)
+
+    with capture_logs() as logs:
+        task = asyncio.create_task(run_while_leading(lead, flaky, finishes, keeps_running, sleep=no_wait))
+        lead.acquired()
+        await wait_until(lambda: len(attempts) == 3 and steady.is_set(), what="the third try runs")
+        await asyncio.sleep(0.01)
+        assert len(attempts) == 3 and lead.is_leader  # a job that ended stopped none of the others
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    failures = [e for e in logs if e["event"] == "leader.job_failed"]
+    assert [e["error"] for e in failures] == ["ConnectionError('the API server went away')"] * 2
+
+
 async def test_without_election_the_one_replica_leads_until_stopped() -> None:
     lead = leadership("istiod-a_1")
     task = asyncio.create_task(AlwaysLeader(lead).run())

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import urllib3
 
 from istiod_lite.status import LabStatusWriter, StatusReporter
 from istiod_lite.translate.l7 import translate_waypoint
@@ -59,3 +60,42 @@ async def test_statuses_land_in_the_object_files_once(tmp_path: Path) -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+class FailingOnce(LabStatusWriter):
+    """The first write fails as the kubernetes client does when the API server is unreachable."""
+
+    def __init__(self, state_dir: Path) -> None:
+        super().__init__(state_dir)
+        self.failed = False
+
+    def write(self, statuses: Any) -> int:
+        if not self.failed:
+            self.failed = True
+            raise urllib3.exceptions.MaxRetryError(None, "/apis/security.istio.io/v1", None)  # type: ignore[arg-type]
+        return super().write(statuses)
+
+
+async def test_a_failed_write_is_retried_and_each_term_rewrites_the_statuses(tmp_path: Path) -> None:
+    state = LabState(tmp_path)
+    vs = virtual_service("reviews", [{"route": [{"destination": {"host": "reviews"}}]}])
+    with state.transaction() as txn:
+        txn.put(vs)
+    key = ("VirtualService", "demo", "reviews")
+    reporter = StatusReporter(FailingOnce(tmp_path), now=time.time)
+    view = view_from_objects(world(vs))
+    reporter.submit(view, translate_waypoint(view, view.gateways[("demo", "waypoint")]).problems)
+
+    def written() -> bool:
+        return bool((state.read(key) or {}).get("status"))
+
+    for term in (1, 2):  # a term of leadership each: the second must not trust what the first wrote
+        task = asyncio.create_task(reporter.run())
+        try:
+            await wait_until(written, within=5.0, what=f"the status is written in term {term}")
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        with state.transaction() as txn:  # another replica (or a user) changes it meanwhile
+            txn.put(vs)
+        assert not written()
