@@ -1,17 +1,21 @@
 """HTTP/1.1 messages, sans I/O: parsing with httptools (llhttp, the C parser uvicorn uses) and
 serializing, with Envoy's limits.
 
-A parser is fed bytes and returns complete messages (head and whole body; the waypoint buffers
-bodies, as Envoy does for retries, up to ``max_body``). Malformed input raises :class:`Http1Error`
-with the status to answer: 400 for bad syntax and request smuggling (Content-Length together with
-Transfer-Encoding, two different Content-Lengths: llhttp refuses both), 431 for a header section
-over 60 KiB or over 100 headers, 413 for a body over the limit. Pipelined requests come out in order.
+A parser is fed bytes and returns complete messages (head and whole body, up to ``max_body``), or,
+with ``stream=True`` (the waypoint, which never holds a whole body), events as they arrive: the
+head (a :class:`Message` without body), :class:`BodyChunk` pieces and :class:`MessageEnd`.
+Malformed input raises :class:`Http1Error` with the status to answer: 400 for bad syntax and
+request smuggling (Content-Length together with Transfer-Encoding, two different Content-Lengths:
+llhttp refuses both), 431 for a header section over 60 KiB or over 100 headers, 413 for a buffered
+body over the limit. Pipelined requests come out in order. The serializers write a head with
+Content-Length, chunked or no framing (:func:`serialize_response_head`, :func:`encode_chunk`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import httptools
 
@@ -19,14 +23,22 @@ from mesh.errors import MeshError
 
 __all__ = [
     "CONTINUE",
+    "LAST_CHUNK",
+    "BodyChunk",
+    "MessageEnd",
+    "Event",
     "MAX_HEADERS",
     "MAX_HEADER_BYTES",
     "Http1Error",
     "Message",
     "RequestParser",
     "ResponseParser",
+    "body_length",
+    "encode_chunk",
     "serialize_request",
+    "serialize_request_head",
     "serialize_response",
+    "serialize_response_head",
 ]
 
 MAX_HEADERS = 100
@@ -35,6 +47,8 @@ MAX_HEADER_BYTES = 60 * 1024
 """Envoy's default ``max_request_headers_kb``."""
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+LAST_CHUNK = b"0\r\n\r\n"
+"""The end of a chunked body (no trailers)."""
 _HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-connection", "te", "trailer", "transfer-encoding", "upgrade"}
 )
@@ -83,11 +97,37 @@ class Message:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class BodyChunk:
+    """Streaming parsers: the next piece of the current message's body (chunked framing removed)."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class MessageEnd:
+    """Streaming parsers: the current message is complete."""
+
+
+Event = Message | BodyChunk | MessageEnd
+"""What a streaming parser returns: a head (a Message without body), body pieces, the end."""
+
+
+def body_length(message: Message) -> int | None:
+    """The body length a request head announces: its Content-Length, None for a chunked body
+    (unknown until it ends), else 0 (RFC 9112 section 6.3: a request without either has none)."""
+    if "chunked" in (message.header("transfer-encoding") or "").lower():
+        return None
+    length = message.header("content-length")
+    return int(length) if length is not None and length.strip().isdigit() else 0
+
+
 class _Parser:
-    def __init__(self, parser_type: type, *, max_body: int) -> None:
+    def __init__(self, parser_type: type, *, max_body: int, stream: bool) -> None:
         self._parser = parser_type(self)
         self._max_body = max_body
-        self._done: list[Message] = []
+        self._stream = stream
+        self._done: list[Any] = []
         self._current = Message()
         self._body: list[bytes] = []
         self._body_size = 0
@@ -99,6 +139,19 @@ class _Parser:
 
     def feed(self, data: bytes) -> list[Message]:
         """Parses ``data``; returns the messages it completed (possibly none), in order."""
+        if self._stream:
+            raise TypeError("a streaming parser is fed with events(), not feed()")
+        messages: list[Message] = self._parse(data)
+        return messages
+
+    def events(self, data: bytes) -> list[Event]:
+        """Streaming parsers: parses ``data``; returns the events it produced, in order."""
+        if not self._stream:
+            raise TypeError("a buffering parser is fed with feed(), not events()")
+        events: list[Event] = self._parse(data)
+        return events
+
+    def _parse(self, data: bytes) -> list[Any]:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -141,9 +194,14 @@ class _Parser:
         message.keep_alive = self._parser.should_keep_alive()
         message.upgrade = self._parser.should_upgrade()
         self._in_body = True
+        if self._stream:
+            self._done.append(message)
         self._complete_head(message)
 
     def on_body(self, body: bytes) -> None:
+        if self._stream:
+            self._done.append(BodyChunk(body))
+            return
         self._body_size += len(body)
         if self._body_size > self._max_body:
             self._fail(413, f"body over {self._max_body} bytes")
@@ -151,6 +209,9 @@ class _Parser:
 
     def on_message_complete(self) -> None:
         self._in_message = self._in_body = False
+        if self._stream:
+            self._done.append(MessageEnd())
+            return
         self._current.body = b"".join(self._body)
         self._done.append(self._current)
 
@@ -166,8 +227,8 @@ class _Parser:
 class RequestParser(_Parser):
     """Parses requests, including pipelined ones."""
 
-    def __init__(self, *, max_body: int = DEFAULT_MAX_BODY) -> None:
-        super().__init__(httptools.HttpRequestParser, max_body=max_body)
+    def __init__(self, *, max_body: int = DEFAULT_MAX_BODY, stream: bool = False) -> None:
+        super().__init__(httptools.HttpRequestParser, max_body=max_body, stream=stream)
         self.continue_wanted = False
         """A request head asked ``Expect: 100-continue`` and its body has not come yet: answer
         ``100 Continue`` (see :data:`CONTINUE`) and clear this, or the client waits (curl: 1 s)."""
@@ -191,20 +252,31 @@ class ResponseParser(_Parser):
     """Parses responses. A response to HEAD has a head only: pass ``head_only=True`` (one parser
     per response then, as the bytes that follow belong to the next response)."""
 
-    def __init__(self, *, max_body: int = DEFAULT_MAX_BODY, head_only: bool = False) -> None:
-        super().__init__(httptools.HttpResponseParser, max_body=max_body)
+    def __init__(
+        self, *, max_body: int = DEFAULT_MAX_BODY, head_only: bool = False, stream: bool = False
+    ) -> None:
+        super().__init__(httptools.HttpResponseParser, max_body=max_body, stream=stream)
         self._head_only = head_only
 
     def _complete_head(self, message: Message) -> None:
         message.status = self._parser.get_status_code()
-        if self._head_only:  # stop here: the bytes after the head are not this response's
-            self._done.append(message)
+        if self._head_only and message.status >= 200:  # stop: the bytes after it are not this response's
+            self._done.append(MessageEnd() if self._stream else message)
             self._stopped = True
             raise StopIteration
 
     def finish(self) -> list[Message]:
         """The upstream closed: completes a response without a length, whose body runs to the end of
         the connection (HTTP/1.0 style); a response cut short by the close is not returned."""
+        messages: list[Message] = self._finish()
+        return messages
+
+    def finish_events(self) -> list[Event]:
+        """Streaming parsers: the upstream closed; the end of a body that runs to the close, if so."""
+        events: list[Event] = self._finish()
+        return events
+
+    def _finish(self) -> list[Any]:
         message = self._current
         unframed = message.header("content-length") is None and "chunked" not in (
             message.header("transfer-encoding") or ""
@@ -215,23 +287,51 @@ class ResponseParser(_Parser):
         return done
 
 
+_UNFRAMED = -1
+"""A head without Content-Length or chunked framing (no body, or one that runs to the close)."""
+
+
 def _head_lines(
-    first: str, headers: Sequence[tuple[str, str]], body: bytes, *, keep_alive: bool, length: bool = True
+    first: str, headers: Sequence[tuple[str, str]], *, length: int | None, keep_alive: bool
 ) -> bytes:
     lines = [first]
     lines += [f"{name}: {value}" for name, value in headers]
-    if length:
-        lines.append(f"content-length: {len(body)}")
+    if length is None:
+        lines.append("transfer-encoding: chunked")
+    elif length != _UNFRAMED:
+        lines.append(f"content-length: {length}")
     if not keep_alive:
         lines.append("connection: close")
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+
+
+def serialize_request_head(
+    method: str, target: str, headers: Sequence[tuple[str, str]], *, length: int | None
+) -> bytes:
+    """A request head (``headers`` without hop-by-hop ones) for a body of ``length`` bytes, or a
+    chunked one (None: send it with :func:`encode_chunk` and :data:`LAST_CHUNK`)."""
+    return _head_lines(f"{method} {target} HTTP/1.1", headers, length=length, keep_alive=True)
 
 
 def serialize_request(
     method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes, *, keep_alive: bool = True
 ) -> bytes:
     """A request with a Content-Length body (``headers`` without hop-by-hop ones)."""
-    return _head_lines(f"{method} {target} HTTP/1.1", headers, body, keep_alive=keep_alive)
+    first = f"{method} {target} HTTP/1.1"
+    return _head_lines(first, headers, length=len(body), keep_alive=keep_alive) + body
+
+
+def serialize_response_head(
+    status: int, reason: str, headers: Sequence[tuple[str, str]], *, length: int | None,
+    keep_alive: bool = True, close_delimited: bool = False,
+) -> bytes:  # fmt: skip
+    """A response head (``headers`` without hop-by-hop ones) for a body of ``length`` bytes, a
+    chunked one (None), or with ``close_delimited`` one that ends when the connection closes (an
+    HTTP/1.0 client). 1xx, 204 and 304 carry no framing (RFC 9110 section 8.6)."""
+    first = f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}".rstrip()
+    no_body = status < 200 or status in (204, 304)
+    framing = _UNFRAMED if no_body or close_delimited else length
+    return _head_lines(first, headers, length=framing, keep_alive=keep_alive and not close_delimited)
 
 
 def serialize_response(
@@ -239,9 +339,14 @@ def serialize_response(
 ) -> bytes:
     """A response with a Content-Length body (``headers`` without hop-by-hop ones); 1xx, 204 and
     304 carry no Content-Length (RFC 9110 section 8.6)."""
-    first = f"HTTP/1.1 {status} {reason or _REASONS.get(status, '')}".rstrip()
+    head = serialize_response_head(status, reason, headers, length=len(body), keep_alive=keep_alive)
     no_body = status < 200 or status in (204, 304)
-    return _head_lines(first, headers, b"" if no_body else body, keep_alive=keep_alive, length=not no_body)
+    return head if no_body else head + body
+
+
+def encode_chunk(data: bytes) -> bytes:
+    """One piece of a chunked body (never empty: an empty chunk would end the body)."""
+    return b"%x\r\n%b\r\n" % (len(data), data)
 
 
 _REASONS = {

@@ -1,14 +1,17 @@
 """HTTP/2 with prior knowledge (h2c) at both ends of the waypoint, on ``mesh.h2``'s engine.
 
 Downstream (:class:`H2Front`): a client connection (or HBONE stream) that starts with the HTTP/2
-preface; each request goes through the same routing, faults, retries, timeouts and telemetry as
-an HTTP/1.1 one (``WaypointProxy.handle``), concurrently, and is answered with its headers, body
-and trailers (gRPC's ``grpc-status``). Bodies are buffered, as for HTTP/1.1 (unary gRPC; streaming
-RPCs are delivered once they end).
+preface; each request is handled as soon as its headers arrive (routing, faults, retries,
+timeouts, telemetry: ``WaypointProxy.handle``), concurrently, its body streaming in as the
+client sends it, and is answered with headers, DATA as the upstream sends it, and trailers
+(gRPC's ``grpc-status``): server-streaming and bidirectional RPCs flow message by message.
 
 Upstream (:class:`H2Upstream`): one multiplexed HTTP/2 connection per endpoint for clusters whose
 protocol options say HTTP/2 (gRPC and ``http2`` ports), or say "as downstream" when the client
 spoke HTTP/2.
+
+Flow control is the backpressure: received DATA is acknowledged (WINDOW_UPDATE) only once the
+other side took it, so a slow reader holds each stream to its window (:data:`WAYPOINT_H2`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from mesh.h2 import (
     DataReceived,
     ErrorCode,
     H2Config,
+    H2ProtocolError,
     Http2Engine,
     RequestReceived,
     Response,
@@ -32,29 +36,30 @@ from mesh.h2 import (
     TrailersReceived,
     WindowUpdated,
 )
-from mesh.http1 import DEFAULT_MAX_BODY, Message
+from mesh.http1 import Message
 from mesh.rt.hbone.errors import StreamResetError
+from waypoint.body import (
+    BodyCursor,
+    BodyStream,
+    DownstreamGoneError,
+    NotReplayableError,
+    RequestBody,
+    UpstreamError,
+)
+from waypoint.downstream import Responder
 
-__all__ = ["H2_PREFACE", "H2Front", "H2Upstream"]
+__all__ = ["H2_PREFACE", "WAYPOINT_H2", "H2Front", "H2Upstream"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+WAYPOINT_H2 = H2Config(initial_window_size=1024 * 1024)
+"""A stream holds at most 1 MiB in flight towards the waypoint (the connection 16 MiB)."""
 _READ = 65536
 _IDLE_TIMEOUT = 3600.0
 _CONNECTION_SPECIFIC = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
 )
 
-Handler = Callable[[Message], Awaitable["H2Answer"]]
-
-
-@dataclass(slots=True)
-class H2Answer:
-    """What to send back on a stream."""
-
-    status: int
-    headers: list[tuple[str, str]]
-    body: bytes
-    trailers: list[tuple[str, str]] = field(default_factory=list)
+Handler = Callable[[Message, RequestBody, Responder], Awaitable[None]]
 
 
 class _Wire:
@@ -70,17 +75,24 @@ class _Wire:
         if data and not self.writer.is_closing():
             self.writer.write(data)
 
-    async def send_body(self, stream_id: int, body: bytes, *, end_stream: bool) -> None:
-        """Sends ``body`` as the windows allow (waiting for WINDOW_UPDATEs)."""
+    def acknowledge(self, stream_id: int, n: int) -> None:
+        """Gives ``n`` bytes of receive window back: the other side took them."""
+        with contextlib.suppress(H2ProtocolError):
+            self.engine.acknowledge_received_data(stream_id, n)
+            self.flush()
+
+    async def send_body(self, stream_id: int, body: bytes) -> None:
+        """Sends ``body`` as the windows allow (waiting for WINDOW_UPDATEs), then for the socket."""
         view = memoryview(body)
         while True:
-            sent = self.engine.send_data(stream_id, view, end_stream=end_stream)
+            sent = self.engine.send_data(stream_id, view)
             view = view[sent:]
             self.flush()
             if not view:
-                return
+                break
             self.window.clear()
             await self.window.wait()
+        await self.writer.drain()
 
 
 def _headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -88,6 +100,60 @@ def _headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
     return [
         (k, v) for k, v in headers if k not in _CONNECTION_SPECIFIC and not (k == "te" and v != "trailers")
     ]
+
+
+class _H2Responder:
+    """A response on one stream of a downstream connection."""
+
+    def __init__(self, wire: _Wire, stream_id: int) -> None:
+        self._wire = wire
+        self._sid = stream_id
+        self.head_sent = False
+        self.done = False
+        self.sent = 0
+
+    async def head(
+        self, status: int, headers: list[tuple[str, str]], *, length: int | None, end: bool
+    ) -> None:
+        """The response HEADERS (with content-length when known and a body follows)."""
+        fields = _headers(headers)
+        if length is not None and not end and status not in (204, 304):
+            fields.append(("content-length", str(length)))
+        try:
+            self._wire.engine.send_response(self._sid, status, fields, end_stream=end)
+            self.head_sent, self.done = True, end
+            self._wire.flush()
+            await self._wire.writer.drain()
+        except (H2ProtocolError, OSError, StreamResetError) as exc:
+            raise DownstreamGoneError(f"stream {self._sid}: {exc}") from None
+
+    async def data(self, piece: bytes) -> None:
+        """DATA as the client's window and the socket allow."""
+        try:
+            await self._wire.send_body(self._sid, piece)
+        except (H2ProtocolError, OSError, StreamResetError) as exc:
+            raise DownstreamGoneError(f"stream {self._sid}: {exc}") from None
+        self.sent += len(piece)
+
+    async def finish(self, trailers: list[tuple[str, str]]) -> None:
+        """END_STREAM, on the trailer block when there is one."""
+        engine = self._wire.engine
+        try:
+            if trailers:
+                engine.send_trailers(self._sid, _headers(trailers))
+            else:
+                engine.end_stream(self._sid)
+            self.done = True
+            self._wire.flush()
+        except H2ProtocolError as exc:
+            raise DownstreamGoneError(f"stream {self._sid}: {exc}") from None
+
+    def reset(self) -> None:
+        """RST_STREAM: the client sees the response fail."""
+        self.done = True
+        with contextlib.suppress(H2ProtocolError):
+            self._wire.engine.reset_stream(self._sid, ErrorCode.INTERNAL_ERROR)
+            self._wire.flush()
 
 
 class H2Front:
@@ -98,10 +164,10 @@ class H2Front:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         """Serves the connection (``first``: bytes already read, the preface's start) until it ends."""
-        engine = Http2Engine(client_side=False, config=H2Config(accept_requests=True))
+        engine = Http2Engine(client_side=False, config=_front_config())
         engine.initiate_connection()
         wire = _Wire(engine, writer)
-        requests: dict[int, Message] = {}
+        bodies: dict[int, BodyStream] = {}
         answering: dict[int, asyncio.Task[None]] = {}
         data = first
         try:
@@ -112,56 +178,79 @@ class H2Front:
                         break
                 events = engine.receive_data(data)
                 data = b""
+                started: list[tuple[int, Message, BodyStream]] = []
                 for event in events:
                     if isinstance(event, RequestReceived):
-                        requests[event.stream_id] = _message(event)
+                        body = bodies[event.stream_id] = BodyStream(
+                            on_taken=functools.partial(wire.acknowledge, event.stream_id)
+                        )
+                        started.append((event.stream_id, _message(event), body))
                     elif isinstance(event, DataReceived):
-                        request = requests.get(event.stream_id)
-                        if request is not None and len(request.body) + len(event.data) <= DEFAULT_MAX_BODY:
-                            request.body += bytes(event.data)
-                        elif request is not None:
-                            engine.reset_stream(event.stream_id, ErrorCode.REFUSED_STREAM)
-                            requests.pop(event.stream_id)
-                        engine.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
-                    elif isinstance(event, StreamEnded) and event.stream_id in requests:
-                        request = requests.pop(event.stream_id)
-                        task = asyncio.ensure_future(self._answer(wire, event.stream_id, request))
-                        answering[event.stream_id] = task
-                        task.add_done_callback(functools.partial(_forget, answering, event.stream_id))
+                        _deliver(wire, bodies.get(event.stream_id), event)
+                    elif isinstance(event, TrailersReceived) and event.stream_id in bodies:
+                        bodies.pop(event.stream_id).end(list(event.headers))
+                    elif isinstance(event, StreamEnded) and event.stream_id in bodies:
+                        bodies.pop(event.stream_id).end()
                     elif isinstance(event, StreamReset):
-                        requests.pop(event.stream_id, None)
-                        running = answering.get(event.stream_id)
-                        if running is not None:
-                            running.cancel()
+                        _client_reset(event.stream_id, bodies, answering)
                     elif isinstance(event, WindowUpdated):
                         wire.window.set()
                     elif isinstance(event, ConnectionTerminated):
                         wire.flush()
                         return
+                for stream_id, message, body in started:
+                    task = asyncio.ensure_future(self._answer(wire, stream_id, message, body))
+                    answering[stream_id] = task
+                    task.add_done_callback(functools.partial(_forget, answering, stream_id))
                 wire.flush()
                 await writer.drain()
         except (TimeoutError, ConnectionError, OSError, StreamResetError):
             pass
         finally:
+            for body in bodies.values():
+                body.fail(DownstreamGoneError("the client connection closed"))
             for task in list(answering.values()):
                 task.cancel()
             with contextlib.suppress(Exception):
                 writer.close()
 
-    async def _answer(self, wire: _Wire, stream_id: int, request: Message) -> None:
-        answer = await self._handle(request)
-        engine = wire.engine
-        with contextlib.suppress(Exception):  # the stream may have been reset meanwhile
-            headers = _headers(answer.headers)
-            if not answer.body and not answer.trailers:
-                engine.send_response(stream_id, answer.status, headers, end_stream=True)
-                wire.flush()
-                return
-            engine.send_response(stream_id, answer.status, headers)
-            await wire.send_body(stream_id, answer.body, end_stream=not answer.trailers)
-            if answer.trailers:
-                engine.send_trailers(stream_id, _headers(answer.trailers))
-            wire.flush()
+    async def _answer(self, wire: _Wire, stream_id: int, message: Message, stream: BodyStream) -> None:
+        responder = _H2Responder(wire, stream_id)
+        if stream.ended and not stream.received:
+            body = RequestBody(None, length=0)
+        elif stream.ended:  # the whole body came with the headers
+            body = RequestBody(stream, length=stream.received)
+        else:
+            length = message.header("content-length")
+            body = RequestBody(stream, length=int(length) if length and length.isdigit() else None)
+        try:
+            await self._handle(message, body, responder)
+        finally:
+            if not responder.done:
+                responder.reset()
+
+
+def _deliver(wire: _Wire, body: BodyStream | None, event: DataReceived) -> None:
+    """A request's DATA goes to its body; the window comes back as the upstream takes it."""
+    if body is None:  # nobody wants it (the stream was answered or reset): give the window back now
+        wire.acknowledge(event.stream_id, event.flow_controlled_length)
+    else:
+        body.feed(bytes(event.data))
+
+
+def _client_reset(
+    stream_id: int, bodies: dict[int, BodyStream], answering: dict[int, asyncio.Task[None]]
+) -> None:
+    body = bodies.pop(stream_id, None)
+    if body is not None:
+        body.fail(DownstreamGoneError(f"the client reset stream {stream_id}"))
+    running = answering.get(stream_id)
+    if running is not None:
+        running.cancel()
+
+
+def _front_config() -> H2Config:
+    return H2Config(initial_window_size=WAYPOINT_H2.initial_window_size, accept_requests=True)
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], stream_id: int, _: object) -> None:
@@ -175,15 +264,17 @@ def _message(event: RequestReceived) -> Message:
 
 @dataclass(slots=True)
 class _Call:
-    done: asyncio.Future[Message]
-    response: Message = field(default_factory=Message)
+    head: asyncio.Future[Message]
+    body: BodyStream
+    trailers: list[tuple[str, str]] = field(default_factory=list)
+    pump: asyncio.Task[None] | None = None
 
 
 class H2Upstream:
     """One client HTTP/2 connection to an endpoint; many requests at once."""
 
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self._engine = Http2Engine(client_side=True)
+        self._engine = Http2Engine(client_side=True, config=WAYPOINT_H2)
         self._engine.initiate_connection()
         self._wire = _Wire(self._engine, writer)
         self._reader = reader
@@ -197,32 +288,48 @@ class H2Upstream:
         return not self.closed and self._engine.can_open_stream
 
     async def request(
-        self, method: str, authority: str, path: str, headers: Sequence[tuple[str, str]], body: bytes
-    ) -> Message:
-        """Sends one request and returns the whole response (``trailers`` included); raises
-        StreamResetError or ConnectionError when the stream or connection fails."""
+        self, method: str, authority: str, path: str, headers: Sequence[tuple[str, str]], body: BodyCursor
+    ) -> _H2Response:
+        """Sends one request, its body streaming from ``body``; returns once the response head
+        arrived. Raises UpstreamError (stream reset, connection closed) or DownstreamGoneError."""
+        empty = body.body.length == 0
         sid = self._engine.send_request(
-            method,
-            scheme="http",
-            authority=authority,
-            path=path,
-            headers=_headers(headers),
-            end_stream=not body,
+            method, scheme="http", authority=authority, path=path, headers=_headers(headers), end_stream=empty
         )
-        call = _Call(asyncio.get_running_loop().create_future())
+        call = _Call(
+            asyncio.get_running_loop().create_future(),
+            BodyStream(on_taken=functools.partial(self._wire.acknowledge, sid)),
+        )
         self._calls[sid] = call
+        self._wire.flush()
+        if not empty:
+            call.pump = asyncio.ensure_future(self._pump(sid, body, call))
         try:
-            if body:
-                await self._wire.send_body(sid, body, end_stream=True)
-            self._wire.flush()
-            return await call.done
-        except asyncio.CancelledError:
-            with contextlib.suppress(Exception):
-                self._engine.reset_stream(sid, ErrorCode.CANCEL)
-                self._wire.flush()
+            head = await call.head
+        except BaseException:
+            self.abandon(sid, call)
             raise
-        finally:
-            self._calls.pop(sid, None)
+        return _H2Response(self, sid, call, head)
+
+    async def _pump(self, sid: int, cursor: BodyCursor, call: _Call) -> None:
+        """Sends the request body as the client sends it, then END_STREAM (or its trailers)."""
+        try:
+            while piece := await cursor.read():
+                await self._wire.send_body(sid, piece)
+            if cursor.body.trailers:
+                self._engine.send_trailers(sid, _headers(cursor.body.trailers))
+            else:
+                self._engine.end_stream(sid)
+            self._wire.flush()
+        except (DownstreamGoneError, NotReplayableError) as exc:
+            gone = DownstreamGoneError(str(exc))
+            if not call.head.done():
+                call.head.set_exception(gone)
+            call.body.fail(gone)
+            call.pump = None  # this task: it ends here
+            self.abandon(sid, call)
+        except (H2ProtocolError, OSError, StreamResetError):
+            pass  # the stream or connection ended: the response side reports it
 
     async def _read(self) -> None:
         try:
@@ -235,8 +342,8 @@ class H2Upstream:
         finally:
             self.closed = True
             for call in self._calls.values():
-                if not call.done.done():
-                    call.done.set_exception(ConnectionError("the upstream HTTP/2 connection closed"))
+                _fail(call, UpstreamError(connect=False, detail="the upstream HTTP/2 connection closed"))
+            self._calls.clear()
 
     def _event(self, event: object) -> None:
         if isinstance(event, WindowUpdated):
@@ -245,21 +352,38 @@ class H2Upstream:
         if isinstance(event, ConnectionTerminated):
             self.closed = True
             return
-        call = self._calls.get(getattr(event, "stream_id", -1))
+        sid = getattr(event, "stream_id", -1)
+        call = self._calls.get(sid)
         if call is None:
+            if isinstance(event, DataReceived):
+                self._wire.acknowledge(sid, event.flow_controlled_length)
             return
-        response = call.response
-        if isinstance(event, Response):
-            response.status, response.headers = event.status, list(event.headers)
+        if isinstance(event, Response) and event.status >= 200 and not call.head.done():
+            call.head.set_result(Message(status=event.status, version="2", headers=list(event.headers)))
         elif isinstance(event, DataReceived):
-            response.body += bytes(event.data)
-            self._engine.acknowledge_received_data(event.stream_id, event.flow_controlled_length)
+            call.body.feed(bytes(event.data))
         elif isinstance(event, TrailersReceived):
-            response.trailers = list(event.headers)
-        elif isinstance(event, StreamEnded) and not call.done.done():
-            call.done.set_result(response)
-        elif isinstance(event, StreamReset) and not call.done.done():
-            call.done.set_exception(StreamResetError(event.stream_id, event.error_code, remote=event.remote))
+            call.trailers = list(event.headers)
+        elif isinstance(event, StreamEnded):
+            call.body.end(call.trailers)
+        elif isinstance(event, StreamReset):
+            detail = f"the upstream reset stream {sid} (error code {event.error_code})"
+            _fail(call, UpstreamError(connect=False, detail=detail, reset=True))
+            self._calls.pop(sid, None)
+
+    def forget(self, sid: int) -> None:
+        """A request that went through whole both ways."""
+        self._calls.pop(sid, None)
+
+    def abandon(self, sid: int, call: _Call) -> None:
+        """Gives a request up: its stream is reset (CANCEL) if still open, its body dropped."""
+        self._calls.pop(sid, None)
+        if call.pump is not None and not call.pump.done():
+            call.pump.cancel()
+        call.body.abandon()
+        with contextlib.suppress(H2ProtocolError):
+            self._engine.reset_stream(sid, ErrorCode.CANCEL)
+            self._wire.flush()
 
     def close(self) -> None:
         """Closes the connection."""
@@ -267,3 +391,52 @@ class H2Upstream:
         self._task.cancel()
         with contextlib.suppress(Exception):
             self._wire.writer.close()
+
+
+def _fail(call: _Call, error: Exception) -> None:
+    if not call.head.done():
+        call.head.set_exception(error)
+    call.body.fail(error)
+
+
+class _H2Response:
+    """The response on one upstream stream (see ``waypoint.upstream.UpstreamResponse``)."""
+
+    def __init__(self, connection: H2Upstream, sid: int, call: _Call, head: Message) -> None:
+        self._connection = connection
+        self._sid = sid
+        self._call = call
+        length = head.header("content-length")
+        self.length = int(length) if length is not None and length.isdigit() else None
+        head.headers = [(k, v) for k, v in head.headers if k != "content-length"]
+        self.head = head
+
+    @property
+    def trailers(self) -> list[tuple[str, str]]:
+        """The trailer block (gRPC's status), once the body ended."""
+        return self._call.trailers
+
+    @property
+    def empty(self) -> bool:
+        """The stream ended with the head (a gRPC trailers-only answer)."""
+        body = self._call.body
+        return body.ended and not body.received and not self._call.trailers
+
+    async def read(self) -> bytes:
+        """The next DATA piece, ``b""`` after END_STREAM (then a request still sending is reset)."""
+        try:
+            piece = await self._call.body.read()
+        except BaseException:
+            self.abort()
+            raise
+        if not piece:
+            pump = self._call.pump
+            if pump is None or pump.done():
+                self._connection.forget(self._sid)
+            else:
+                self.abort()
+        return piece
+
+    def abort(self) -> None:
+        """Gives the response up."""
+        self._connection.abandon(self._sid, self._call)

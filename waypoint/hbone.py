@@ -22,7 +22,8 @@ from mesh.ports import INBOUND_HBONE_PORT
 from mesh.rt.hbone.pool import HbonePool, PoolKey
 from mesh.rt.hbone.server import HboneServer, InboundDecision, InboundRequest
 from mesh.rt.tls import TlsMaterial
-from waypoint.proxy import UpstreamError, WaypointProxy
+from waypoint.body import UpstreamError
+from waypoint.proxy import WaypointProxy
 
 __all__ = ["HboneFront", "HboneUpstream"]
 

@@ -113,9 +113,18 @@ class RequestMetrics:
         self.response_bytes = Histogram(
             "istio_response_bytes", "Response sizes", REQUEST_LABELS, registry=registry, buckets=_BYTE_BUCKETS
         )
+        self.mirrors_skipped = Counter(
+            "waypoint_mirror_skipped_total",
+            "Mirrored copies not sent: the request body was over the per-request buffer limit",
+            ("upstream_cluster",), registry=registry,
+        )  # fmt: skip
         self._log = log
         self._book = book
         self._cluster_hosts = cluster_hosts
+
+    def mirror_skipped(self, cluster: str) -> None:
+        """Counts a mirror that was not sent for want of the request body."""
+        self.mirrors_skipped.labels(cluster).inc()
 
     def _destination(self, record: RequestRecord) -> Workload | None:
         book = self._book

@@ -36,8 +36,9 @@ from mesh.testing.pki import TestPki
 from mesh.testing.polling import wait_until_blocking
 from waypoint.config import WaypointConfig
 from waypoint.hbone import HboneFront, HboneUpstream
-from waypoint.proxy import Upstreams, WaypointProxy
+from waypoint.proxy import WaypointProxy
 from waypoint.telemetry import RequestMetrics
+from waypoint.upstream import Upstreams
 
 pytestmark = pytest.mark.timeout(60)
 

