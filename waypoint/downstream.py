@@ -74,6 +74,9 @@ class H1Responder:
         self._head_only = head_only
         self._chunked = False
         self._bodyless = False
+        self._head = b""
+        """A head not written yet: it goes out with the first piece, or at the end of this turn
+        of the event loop (never later: a client may wait on it)."""
         self.head_sent = False
         self.sent = 0
         self.closed = False
@@ -91,33 +94,25 @@ class H1Responder:
         if close_delimited:
             self._keep_alive = False
         self.head_sent = True
-        self._writer.write(
-            serialize_response_head(
-                status,
-                "",
-                headers,
-                length=length,
-                keep_alive=self._keep_alive,
-                close_delimited=close_delimited,
-            )
+        self._head = serialize_response_head(
+            status, "", headers, length=length, keep_alive=self._keep_alive, close_delimited=close_delimited
         )
         if end:
             await self.finish([])
         else:
-            await self._drain()
+            asyncio.get_running_loop().call_soon(self._write, b"")
 
     async def data(self, piece: bytes) -> None:
         """Writes a piece (a chunk when chunked) and waits for the socket to drain."""
         if self._bodyless or not piece:
             return
-        self._writer.write(encode_chunk(piece) if self._chunked else piece)
+        self._write(encode_chunk(piece) if self._chunked else piece)
         self.sent += len(piece)
         await self._drain()
 
     async def finish(self, trailers: list[tuple[str, str]]) -> None:
         """Ends the body; HTTP/1.1 trailers are not forwarded (a gRPC client speaks HTTP/2)."""
-        if self._chunked:
-            self._writer.write(LAST_CHUNK)
+        self._write(LAST_CHUNK if self._chunked else b"")
         await self._drain()
         if not self._keep_alive:
             self.closed = True
@@ -129,6 +124,13 @@ class H1Responder:
         self.closed = True
         with contextlib.suppress(Exception):
             self._writer.transport.abort()
+
+    def _write(self, data: bytes) -> None:
+        """Writes ``data``, after the head if that is still waiting (one write, not two)."""
+        if self._head:
+            data, self._head = self._head + data, b""
+        if data and not self.closed:
+            self._writer.write(data)
 
     async def _drain(self) -> None:
         try:

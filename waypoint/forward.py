@@ -18,8 +18,10 @@ import asyncio
 import contextlib
 import random
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from typing import Any
 
 import structlog
 
@@ -238,23 +240,36 @@ class Forwarder:
         task.add_done_callback(self._tasks.discard)
 
 
-@contextlib.asynccontextmanager
-async def after_request(body: RequestBody, seconds: float | None, *, since: float) -> AsyncIterator[None]:
+_NO_TIMEOUT = contextlib.nullcontext()
+
+
+def after_request(
+    body: RequestBody, seconds: float | None, *, since: float
+) -> AbstractAsyncContextManager[object]:
     """A timeout of ``seconds`` (None: none) that runs from the end of the request body, or from
     ``since`` if that is later: Envoy starts the route and per-try timeouts once the whole request
     went upstream, so a long upload or a client-streaming RPC is not cut by them."""
-    async with asyncio.timeout(None) as timer:
+    return _NO_TIMEOUT if seconds is None else _AfterRequest(body, seconds, since)
 
-        def start() -> None:
-            if seconds is not None and not timer.expired():
-                timer.reschedule(max(since, body.ended_at) + seconds)
 
-        if seconds is not None:
-            body.when_ended(start)
-        try:
-            yield
-        finally:
-            body.forget(start)
+class _AfterRequest:
+    """The timer of :func:`after_request`: an asyncio timeout scheduled once the body ended."""
+
+    def __init__(self, body: RequestBody, seconds: float, since: float) -> None:
+        self._body, self._seconds, self._since = body, seconds, since
+        self._timer = asyncio.timeout(None)
+
+    async def __aenter__(self) -> None:
+        await self._timer.__aenter__()
+        self._body.when_ended(self._start)
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        self._body.forget(self._start)
+        await self._timer.__aexit__(*exc_info)  # raises TimeoutError when it fired
+
+    def _start(self) -> None:
+        if not self._timer.expired():
+            self._timer.reschedule(max(self._since, self._body.ended_at) + self._seconds)
 
 
 def _timed_out(answer: Answer | None, responder: Responder, cluster: str) -> Answer:

@@ -54,6 +54,8 @@ H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 WAYPOINT_H2 = H2Config(initial_window_size=1024 * 1024)
 """A stream holds at most 1 MiB in flight towards the waypoint (the connection 16 MiB)."""
 _READ = 65536
+_COALESCE = 65536
+"""Frames up to this size wait for the end of the loop turn to go out together."""
 _IDLE_TIMEOUT = 3600.0
 _CONNECTION_SPECIFIC = frozenset(
     {"connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"}
@@ -69,11 +71,23 @@ class _Wire:
         self.engine = engine
         self.writer = writer
         self.window = asyncio.Event()
+        self._flush_scheduled = False
 
     def flush(self) -> None:
         data = self.engine.data_to_send()
         if data and not self.writer.is_closing():
             self.writer.write(data)
+
+    def flush_soon(self) -> None:
+        """Flushes at the end of this turn of the event loop: the frames queued meanwhile (a
+        response's HEADERS, DATA and END_STREAM) go out in one write."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def acknowledge(self, stream_id: int, n: int) -> None:
         """Gives ``n`` bytes of receive window back: the other side took them."""
@@ -87,12 +101,16 @@ class _Wire:
         while True:
             sent = self.engine.send_data(stream_id, view)
             view = view[sent:]
-            self.flush()
             if not view:
                 break
+            self.flush()
             self.window.clear()
             await self.window.wait()
-        await self.writer.drain()
+        if self.engine.bytes_to_send_pending() < _COALESCE:
+            self.flush_soon()
+        else:
+            self.flush()
+            await self.writer.drain()
 
 
 def _headers(headers: Sequence[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -121,10 +139,7 @@ class _H2Responder:
             fields.append(("content-length", str(length)))
         try:
             self._wire.engine.send_response(self._sid, status, fields, end_stream=end)
-            self.head_sent, self.done = True, end
-            self._wire.flush()
-            await self._wire.writer.drain()
-        except (H2ProtocolError, OSError, StreamResetError) as exc:
+        except H2ProtocolError as exc:
             raise DownstreamGoneError(f"stream {self._sid}: {exc}") from None
 
     async def data(self, piece: bytes) -> None:
@@ -144,7 +159,7 @@ class _H2Responder:
             else:
                 engine.end_stream(self._sid)
             self.done = True
-            self._wire.flush()
+            self._wire.flush_soon()
         except H2ProtocolError as exc:
             raise DownstreamGoneError(f"stream {self._sid}: {exc}") from None
 
@@ -301,7 +316,7 @@ class H2Upstream:
             BodyStream(on_taken=functools.partial(self._wire.acknowledge, sid)),
         )
         self._calls[sid] = call
-        self._wire.flush()
+        self._wire.flush_soon()
         if not empty:
             call.pump = asyncio.ensure_future(self._pump(sid, body, call))
         try:
@@ -320,7 +335,7 @@ class H2Upstream:
                 self._engine.send_trailers(sid, _headers(cursor.body.trailers))
             else:
                 self._engine.end_stream(sid)
-            self._wire.flush()
+            self._wire.flush_soon()
         except (DownstreamGoneError, NotReplayableError) as exc:
             gone = DownstreamGoneError(str(exc))
             if not call.head.done():

@@ -412,10 +412,18 @@ class _H1Connection:
         if isinstance(event, Message):
             if self._current is not None and not await self._current:
                 return False  # answers go out in order: the previous one first
+            self._current = None
             if event.upgrade:
                 await self._proxy.upgrade(event, self._reader, self._writer, **self._who)
                 return False
-            self._start(event)
+            length = body_length(event)
+            self._body = BodyStream() if length != 0 else None
+            answer = self._answer(
+                event, RequestBody(self._body, length=length, limit=self._proxy.buffer_limit)
+            )
+            if length == 0:  # nothing more to read for it: answered here
+                return await answer
+            self._current = asyncio.ensure_future(answer)
         elif isinstance(event, BodyChunk) and self._body is not None:
             await self._body.put(event.data)
         elif isinstance(event, MessageEnd) and self._body is not None:
@@ -423,17 +431,13 @@ class _H1Connection:
             self._body = None
         return True
 
-    def _start(self, request: Message) -> None:
-        length = body_length(request)
-        self._body = BodyStream() if length != 0 else None
+    async def _answer(self, request: Message, body: RequestBody) -> bool:
+        """Answers one request (its body, if any, arriving as the reader passes it on); whether
+        the connection goes on."""
         responder = H1Responder(
             self._writer, keep_alive=request.keep_alive, http10=request.version == "1.0",
             head_only=request.method == "HEAD",
         )  # fmt: skip
-        body = RequestBody(self._body, length=length, limit=self._proxy.buffer_limit)
-        self._current = asyncio.ensure_future(self._answer(request, body, responder))
-
-    async def _answer(self, request: Message, body: RequestBody, responder: H1Responder) -> bool:
         await self._proxy.handle(request, body, responder, **self._who)
         return not responder.closed
 

@@ -230,7 +230,8 @@ class _H1Response:
         pooled.writer.write(
             serialize_request_head(outgoing.method, outgoing.target, outgoing.headers, length=length)
         )
-        self._pump = asyncio.ensure_future(self._send_body(cursor, chunked=length is None))
+        if length != 0:
+            self._pump = asyncio.ensure_future(self._send_body(cursor, chunked=length is None))
         try:
             while True:
                 event = await self._next()
@@ -301,7 +302,7 @@ class _H1Response:
         pump, pooled = self._pump, self._pooled
         if pump is not None and not pump.done():
             await asyncio.sleep(0)  # its last drain may just have returned: let it end
-        sent = pump is not None and pump.done() and not pump.cancelled() and pump.exception() is None
+        sent = pump is None or (pump.done() and not pump.cancelled() and pump.exception() is None)
         pooled.uses += 1
         limit = self._policy.max_requests_per_connection
         reusable = sent and self.head.keep_alive and not self._events and not (limit and pooled.uses >= limit)
