@@ -115,6 +115,9 @@ def _handle(backend: Backend, conn: socket.socket, path: str, key: str, body: _B
     """Answers one request; False when the connection is over."""
     total = 0
     while piece := body.piece():
+        if not total and path.startswith("/gated"):  # a reader that stalls after the first piece
+            backend.first_piece.set()
+            backend.gate_opened.append(backend.gate.wait(WAIT))
         total += len(piece)
         backend.first_piece.set()
     with backend.lock:
@@ -221,7 +224,7 @@ class H2Client:
         )
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
-        self.data: dict[int, bytes] = collections.defaultdict(bytes)
+        self.data: dict[int, bytearray] = collections.defaultdict(bytearray)
         self.headers: dict[int, dict[str, str]] = {}
         self.ended: set[int] = set()
         self.reset: set[int] = set()

@@ -1,17 +1,19 @@
 """Bodies stream through the waypoint process (local Envoy config, --http-listen), between real
 sockets: a response reaches the client piece by piece while the backend is still sending it
 (HTTP/1.1 chunked and Content-Length, and h2c), a request body reaches the backend while the client
-is still sending it, a 40 MiB download to a slow reader passes without the waypoint's memory
-growing by the body, a body over the per-request buffer limit is forwarded once (no retry, no
-mirror) while a small one is retried and mirrored, and a timeout or an upstream reset after the
-response head cuts the client's response off (reset stream, closed connection) flagged UT / UC."""
+is still sending it, 40 MiB to a stalled reader (downloads over HTTP/1.1 and h2c, an upload) hold
+the sender back and pass without the waypoint's memory growing by the body, a body over the
+per-request buffer limit is forwarded once (no retry, no mirror) while a small one is retried and
+mirrored, and a timeout or an upstream reset after the response head cuts the client's response
+off (reset stream, closed connection) flagged UT / UC."""
 
 from __future__ import annotations
 
 import json
+import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -173,44 +175,90 @@ def rss_kib(pid: int, field: str) -> int:
     raise AssertionError(f"no {field} for {pid}")
 
 
-def test_a_40_mib_download_to_a_slow_reader_does_not_grow_the_waypoint_by_the_body(
-    tmp_path: Path,
-) -> None:
+@pytest.mark.parametrize("case", ["download-http1", "download-h2c", "upload-http1"])
+def test_40_mib_to_a_stalled_reader_do_not_grow_the_waypoint_by_the_body(tmp_path: Path, case: str) -> None:
     backend, stop = start_backend()
-    size = 40 * MiB
     try:
         with local_waypoint(tmp_path, config(backend.port, backend.port)) as wp:
             pid = wp.proc.pid
             before = rss_kib(pid, "VmRSS")
-            client = H1Client(int(wp.started["http.port"]))
-            client.sock.sendall(get(f"/big/{size}"))
-            client.until(b"\r\n\r\n")
-            stalled = _wait_until_stalled(backend)  # the client reads nothing meanwhile
-            received = len(client.received.partition(b"\r\n\r\n")[2])
-            while received < size:
-                data = client.sock.recv(1 << 20)
-                assert data, f"the download ended after {received} bytes"
-                received += len(data)
-            client.close()
+            port = int(wp.started["http.port"])
+            if case == "upload-http1":
+                stalled, moved = _upload(backend, port)
+            else:
+                stalled, moved = _download(backend, port, h2c=case == "download-h2c")
             peak = rss_kib(pid, "VmHWM")
     finally:
         stop()
-    assert received == size
-    assert stalled < size // 2, f"the backend sent {stalled} bytes to a client that read none"
+    assert moved == SIZE
+    assert stalled < SIZE // 2, f"{stalled} bytes went towards a reader that took none"
     assert (peak - before) * 1024 < 16 * MiB, f"the waypoint grew by {(peak - before) // 1024} MiB"
 
 
-def _wait_until_stalled(backend: Backend) -> int:
-    """Waits until the backend's download stops advancing (backpressure), returns what it sent."""
+SIZE = 40 * MiB
+
+
+def _download(backend: Backend, port: int, *, h2c: bool) -> tuple[int, int]:
+    """The client reads the head, then nothing until the backend is held back, then the rest:
+    (bytes the backend sent meanwhile, bytes the client received)."""
+    if h2c:
+        h2 = H2Client(port)
+        sid = h2.request(f"/big/{SIZE}")
+        h2.pump(lambda: sid in h2.headers)
+        stalled = _wait_until_stalled(lambda: backend.sent)
+        h2.pump(lambda: sid in h2.ended)
+        h2.close()
+        return stalled, len(h2.data[sid])
+    client = H1Client(port)
+    client.sock.sendall(get(f"/big/{SIZE}"))
+    client.until(b"\r\n\r\n")
+    stalled = _wait_until_stalled(lambda: backend.sent)
+    received = len(client.received.partition(b"\r\n\r\n")[2])
+    while received < SIZE:
+        data = client.sock.recv(1 << 20)
+        assert data, f"the download ended after {received} bytes"
+        received += len(data)
+    client.close()
+    return stalled, received
+
+
+def _upload(backend: Backend, port: int) -> tuple[int, int]:
+    """The client sends as fast as it can to a backend that stops reading after the first piece
+    until the test lets it go on: (bytes the client got out meanwhile, bytes the backend read)."""
+    client = H1Client(port)
+    sent = [0]
+
+    def send() -> None:
+        client.sock.sendall(
+            f"POST /gated HTTP/1.1\r\nhost: stream\r\ncontent-length: {SIZE}\r\n\r\n".encode()
+        )
+        piece = b"u" * 65536
+        while sent[0] < SIZE:
+            client.sock.sendall(piece)
+            sent[0] += len(piece)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    assert backend.first_piece.wait(WAIT)
+    stalled = _wait_until_stalled(lambda: sent[0])
+    backend.gate.set()
+    sender.join(WAIT)
+    answer = client.until(b"}")
+    client.close()
+    return stalled, json.loads(answer.partition(b"\r\n\r\n")[2])["bytes"]
+
+
+def _wait_until_stalled(progress: Callable[[], int]) -> int:
+    """Waits until ``progress()`` stops advancing for half a second (backpressure); returns it."""
     deadline = time.monotonic() + WAIT
     last, since = -1, time.monotonic()
     while time.monotonic() < deadline:
-        if backend.sent != last:
-            last, since = backend.sent, time.monotonic()
+        if progress() != last:
+            last, since = progress(), time.monotonic()
         elif time.monotonic() - since > 0.5:
             return last
         time.sleep(0.05)
-    return backend.sent
+    return progress()
 
 
 def post(path: str, size: int, key: str) -> bytes:
