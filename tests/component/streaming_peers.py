@@ -162,6 +162,19 @@ def _handle(backend: Backend, conn: socket.socket, path: str, key: str, body: _B
     return True
 
 
+def wait_until_stalled(progress: Callable[[], int]) -> int:
+    """Waits until ``progress()`` stops advancing for half a second (backpressure); returns it."""
+    deadline = time.monotonic() + WAIT
+    last, since = -1, time.monotonic()
+    while time.monotonic() < deadline:
+        if progress() != last:
+            last, since = progress(), time.monotonic()
+        elif time.monotonic() - since > 0.5:
+            return last
+        time.sleep(0.05)
+    return progress()
+
+
 def start_backend() -> tuple[Backend, Callable[[], None]]:
     """Starts the backend on a free port; returns it and its stop function."""
     backend = Backend()
@@ -229,12 +242,15 @@ class H2Client:
         self.ended: set[int] = set()
         self.reset: set[int] = set()
 
-    def request(self, path: str, *, body: bytes | None = None, end: bool = True, host: str = "stream") -> int:
+    def request(
+        self, path: str, *, body: bytes | None = None, end: bool = True, host: str = "stream",
+        headers: tuple[tuple[str, str], ...] = (),
+    ) -> int:  # fmt: skip
         """Opens a stream; with ``end`` False the body continues with :meth:`send`."""
         sid = self.conn.get_next_available_stream_id()
         method = "GET" if body is None and end else "POST"
-        headers = [(":method", method), (":scheme", "http"), (":authority", host), (":path", path)]
-        self.conn.send_headers(sid, headers, end_stream=body is None and end)
+        pseudo = [(":method", method), (":scheme", "http"), (":authority", host), (":path", path)]
+        self.conn.send_headers(sid, [*pseudo, *headers], end_stream=body is None and end)
         self.sock.sendall(self.conn.data_to_send())
         if body is not None:
             self.send(sid, body, end=end)

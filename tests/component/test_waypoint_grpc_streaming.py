@@ -2,7 +2,9 @@
 client and server (raw bytes, no codegen): a server-streaming RPC whose messages reach the client
 one by one while the server is still sending (the server sends message n+1 only once the client
 has message n), a bidirectional ping-pong of 10 messages (each request sent only after the
-previous reply arrived), counted as gRPC with status 0; and an HTTP/1.1 client's gRPC-framed
+previous reply arrived), counted as gRPC with status 0; a server streaming 40 MiB to an h2c
+client that stalls is held back (the waypoint grants the server window only as the client takes
+the bytes); and an HTTP/1.1 client's gRPC-framed
 request to the HTTP/2 cluster (the waypoint translating)."""
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 import grpc
 import pytest
 
+from tests.component.streaming_peers import H2Client, wait_until_stalled
 from tests.component.test_waypoint_grpc import h2_cluster
 from tests.component.test_waypoint_local import local_waypoint
 
@@ -28,6 +31,7 @@ pytestmark = pytest.mark.timeout(120)
 ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 WAIT = 10.0
 AUTHORITY = "stream-grpc:50051"
+FLOOD_MESSAGE = b"f" * 65536
 
 
 @dataclass
@@ -38,12 +42,19 @@ class StreamServer:
     confirmed: list[threading.Event] = field(default_factory=lambda: [threading.Event() for _ in range(5)])
     waits: list[bool] = field(default_factory=list)
     """For each message after the first: whether the client had the previous one in time."""
+    flooded: int = 0
+    """Bytes of ``test.Stream/Flood`` messages the server got out so far."""
 
     def count(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
         for n in range(int(request)):
             if n:
                 self.waits.append(self.confirmed[n - 1].wait(WAIT))
             yield b"message %d" % (n + 1)
+
+    def flood(self, request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+        for _ in range(int(request)):
+            yield FLOOD_MESSAGE
+            self.flooded += len(FLOOD_MESSAGE)
 
     @staticmethod
     def echo(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
@@ -56,6 +67,7 @@ class StreamServer:
             {
                 "Count": grpc.unary_stream_rpc_method_handler(self.count),
                 "Echo": grpc.stream_stream_rpc_method_handler(self.echo),
+                "Flood": grpc.unary_stream_rpc_method_handler(self.flood),
             },
         )
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), handlers=[handler])
@@ -155,3 +167,26 @@ def test_an_http1_client_reaches_the_http2_cluster(running: Running) -> None:
             assert data, answer
             answer += data
     assert answer.startswith(b"HTTP/1.1 200") and b"content-type: application/grpc" in answer
+
+
+def test_a_stalled_client_holds_a_streaming_server_back(running: Running) -> None:
+    # 640 messages of 64 KiB (40 MiB) to an h2c client that reads nothing for a while: the
+    # waypoint takes from the server only what the client takes (its windows), so the server stalls.
+    count = 640
+    client = H2Client(running.port)
+    try:
+        sid = client.request(
+            "/test.Stream/Flood", body=_framed(str(count).encode()), host=AUTHORITY,
+            headers=(("content-type", "application/grpc"), ("te", "trailers")),
+        )  # fmt: skip
+        client.pump(lambda: sid in client.headers)
+        stalled = wait_until_stalled(lambda: running.server.flooded)
+        client.pump(lambda: sid in client.ended)
+    finally:
+        client.close()
+    assert len(client.data[sid]) == count * (5 + len(FLOOD_MESSAGE))
+    assert stalled < count * len(FLOOD_MESSAGE) // 2, f"the server got {stalled} bytes out meanwhile"
+
+
+def _framed(message: bytes) -> bytes:
+    return b"\x00" + len(message).to_bytes(4, "big") + message

@@ -13,14 +13,21 @@ import json
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.component.streaming_peers import WAIT, Backend, H1Client, H2Client, start_backend
+from tests.component.streaming_peers import (
+    WAIT,
+    Backend,
+    H1Client,
+    H2Client,
+    start_backend,
+    wait_until_stalled,
+)
 from tests.component.test_waypoint_local import LocalWaypoint, cluster, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -205,14 +212,14 @@ def _download(backend: Backend, port: int, *, h2c: bool) -> tuple[int, int]:
         h2 = H2Client(port)
         sid = h2.request(f"/big/{SIZE}")
         h2.pump(lambda: sid in h2.headers)
-        stalled = _wait_until_stalled(lambda: backend.sent)
+        stalled = wait_until_stalled(lambda: backend.sent)
         h2.pump(lambda: sid in h2.ended)
         h2.close()
         return stalled, len(h2.data[sid])
     client = H1Client(port)
     client.sock.sendall(get(f"/big/{SIZE}"))
     client.until(b"\r\n\r\n")
-    stalled = _wait_until_stalled(lambda: backend.sent)
+    stalled = wait_until_stalled(lambda: backend.sent)
     received = len(client.received.partition(b"\r\n\r\n")[2])
     while received < SIZE:
         data = client.sock.recv(1 << 20)
@@ -240,25 +247,12 @@ def _upload(backend: Backend, port: int) -> tuple[int, int]:
     sender = threading.Thread(target=send, daemon=True)
     sender.start()
     assert backend.first_piece.wait(WAIT)
-    stalled = _wait_until_stalled(lambda: sent[0])
+    stalled = wait_until_stalled(lambda: sent[0])
     backend.gate.set()
     sender.join(WAIT)
     answer = client.until(b"}")
     client.close()
     return stalled, json.loads(answer.partition(b"\r\n\r\n")[2])["bytes"]
-
-
-def _wait_until_stalled(progress: Callable[[], int]) -> int:
-    """Waits until ``progress()`` stops advancing for half a second (backpressure); returns it."""
-    deadline = time.monotonic() + WAIT
-    last, since = -1, time.monotonic()
-    while time.monotonic() < deadline:
-        if progress() != last:
-            last, since = progress(), time.monotonic()
-        elif time.monotonic() - since > 0.5:
-            return last
-        time.sleep(0.05)
-    return progress()
 
 
 def post(path: str, size: int, key: str) -> bytes:
