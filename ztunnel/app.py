@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import functools
+import os
 import random
 import resource
 import sys
@@ -19,19 +19,15 @@ from pathlib import Path
 
 import structlog
 
-from mesh.api.istio.security import authorization_pb2
-from mesh.api.istio.workload import workload_pb2
 from mesh.certs import IssuedCertificate
-from mesh.convert import address_from_proto, authorization_from_proto
 from mesh.errors import MeshError
 from mesh.identity.spiffe import WorkloadIdentity
-from mesh.model import Authorization, Service, Workload
 from mesh.ports import ADMIN_PORT, METRICS_PORT, READINESS_PORT
 from mesh.rt.ca_client import CaClient, token_from_file
 from mesh.rt.certs import CertificateManager
 from mesh.rt.clock import SystemClock
 from mesh.rt.drain import Drain
-from mesh.rt.http import HttpServer, ThreadedHttpServer
+from mesh.rt.http import AsyncHandler, Handler, HttpServer, ThreadedHttpServer
 from mesh.rt.limits import raise_open_files_limit
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run
@@ -39,7 +35,7 @@ from mesh.rt.metrics import LoopTasks, build_registry
 from mesh.rt.net.memory import freeze_startup_heap, trim_when_idle, tune_malloc
 from mesh.rt.rpc import client_tls
 from mesh.rt.tcp_metrics import TcpMetrics
-from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL, XdsClient, XdsNode, XdsState, unpacking
+from mesh.rt.xds import Converter, XdsClient, XdsNode, XdsState
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import NodeContext
 from ztunnel.local_config import load_local_config
@@ -47,19 +43,12 @@ from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
 from ztunnel.proxy import PodProxy
 from ztunnel.revocation import CrlWatcher
 from ztunnel.skew import IgnoredFields
-from ztunnel.state import ProxyState
+from ztunnel.workers.admin import worker_admin_routes, worker_metrics_routes
+from ztunnel.workers.mirror import ResourceMirror
+from ztunnel.workers.pool import WorkerPool, worker_command
+from ztunnel.xds_config import converters, state_from_xds
 
 __all__ = ["main", "state_from_xds"]
-
-
-def state_from_xds(xds: XdsState) -> ProxyState:
-    """The proxy state from the converted xDS resources."""
-    addresses = xds.of_type(ADDRESS_TYPE_URL).values()
-    return ProxyState.build(
-        workloads=[a for a in addresses if isinstance(a, Workload)],
-        services=[a for a in addresses if isinstance(a, Service)],
-        policies=[p for p in xds.of_type(AUTHORIZATION_TYPE_URL).values() if isinstance(p, Authorization)],
-    )
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -101,9 +90,25 @@ def _parser() -> argparse.ArgumentParser:
         help="downstream connections served at once; more are refused at once "
         "(default: half the open-files limit)",
     )
+    p.add_argument(
+        "--workers",
+        type=_workers,
+        default=1,
+        help="processes serving the pods' connections (SO_REUSEPORT); 'auto' is min(2, cores). "
+        "With more than 1, this process keeps xDS, the CA and the ports and hands the rest to them",
+    )
     p.add_argument("--log-format", choices=["json", "console"], default="json")
     p.add_argument("--log-level", default="info")
     return p
+
+
+def _workers(value: str) -> int:
+    """``--workers``: a count of at least 1, or ``auto`` (min(2, the cores this process may use))."""
+    if value == "auto":
+        return min(2, len(os.sched_getaffinity(0)))
+    if not value.isdigit() or int(value) < 1:
+        raise argparse.ArgumentTypeError(f"--workers takes a count of at least 1 or 'auto', not {value!r}")
+    return int(value)
 
 
 def _host_port(value: str, flag: str) -> tuple[str, int]:
@@ -137,9 +142,13 @@ class Ztunnel:
             server_name=args.istiod_name,
         )
         ttl = args.cert_ttl
+        self.workers: WorkerPool | None = None
 
         async def fetch(identity: WorkloadIdentity) -> IssuedCertificate:
-            return await self.ca.fetch(identity, impersonate=True, ttl_seconds=ttl)
+            cert = await self.ca.fetch(identity, impersonate=True, ttl_seconds=ttl)
+            if self.workers is not None:
+                self.workers.certificate_issued(cert)  # issued or renewed: the workers using it get it
+            return cert
 
         certs = CertificateManager(fetcher=fetch, clock=clock, rng=rng)
         self.ctx = NodeContext(
@@ -155,7 +164,13 @@ class Ztunnel:
                 _default_max_connections() if args.max_connections is None else args.max_connections
             ),
         )
-        self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
+        if args.workers > 1:
+            self.workers = self._worker_pool(certs)
+            self.manager = WorkloadManager(
+                self.ctx, socket_path=args.zds_socket, rng=rng, proxy_factory=self.workers.pod
+            )
+        else:
+            self.manager = WorkloadManager(self.ctx, socket_path=args.zds_socket, rng=rng)
         self.registry.register(WorkloadManagerMetrics(self.manager))
         self.registry.register(self.ctx.budget)
         self.crl: CrlWatcher | None = None
@@ -168,6 +183,26 @@ class Ztunnel:
         self.drain = Drain(deadline=args.drain_deadline)
         self._servers: list[HttpServer | ThreadedHttpServer] = []
 
+    def _worker_pool(self, certs: CertificateManager) -> WorkerPool:
+        args = self.args
+        if args.crl_file:
+            raise MeshError(
+                "--crl-file works with one worker process only for now",
+                hint="drop --workers (or pass --workers 1) to use --crl-file",
+            )
+        command = worker_command(
+            node=args.node,
+            trust_domain=args.trust_domain,
+            log_format=args.log_format,
+            log_level=args.log_level,
+            drain_deadline=args.drain_deadline,
+            max_connections=args.max_connections,
+            local_config=None if args.local_config is None else str(args.local_config),
+        )
+        return WorkerPool(
+            count=args.workers, command=command, certs=certs, mirror=ResourceMirror(), log=self.ctx.log
+        )
+
     def _xds_client(self, roots: bytes, rng: random.Random) -> XdsClient:
         args = self.args
         node = XdsNode(
@@ -179,15 +214,7 @@ class Ztunnel:
         return XdsClient(
             args.xds_address,
             node=node,
-            converters={
-                ADDRESS_TYPE_URL: unpacking(
-                    workload_pb2.Address, functools.partial(address_from_proto, on_ignored=ignored)
-                ),
-                AUTHORIZATION_TYPE_URL: unpacking(
-                    authorization_pb2.Authorization,
-                    functools.partial(authorization_from_proto, on_ignored=ignored),
-                ),
-            },
+            converters=self._converters(ignored),
             on_state=self._on_xds_state,
             rng=rng,
             tls=client_tls(roots),
@@ -195,12 +222,22 @@ class Ztunnel:
             call_metadata=(("authorization", f"Bearer {token}"), ("clusterid", args.cluster_id)),
         )
 
+    def _converters(self, ignored: IgnoredFields) -> dict[str, Converter]:
+        """The xDS converters; with workers, each accepted resource is also kept to hand to them."""
+        by_type = converters(ignored)
+        if self.workers is None:
+            return by_type
+        mirror = self.workers.mirror
+        return {type_url: mirror.recording(type_url, convert) for type_url, convert in by_type.items()}
+
     def _on_xds_state(self, xds: XdsState) -> None:
         self.ctx.apply_state(state_from_xds(xds))
+        if self.workers is not None:
+            self.workers.publish(xds)
 
     def _proxies(self) -> Iterable[PodProxy]:
         """The pod proxies now (read each time: the manager replaces its dict when it stops)."""
-        return self.manager.proxies.values()
+        return [p for p in self.manager.proxies.values() if isinstance(p, PodProxy)]
 
     def missing(self) -> list[str]:
         """What readiness still waits for (empty when ready). Called on the readiness thread: it only
@@ -213,6 +250,8 @@ class Ztunnel:
         for proxy in list(self.manager.proxies.values()):
             if not self.ctx.certs.usable(proxy.identity):
                 missing.append(f"no certificate for {proxy.identity.uri}")
+        if self.workers is not None:
+            missing.extend(self.workers.missing())
         return missing
 
     async def _manage_pods_once_configured(self) -> None:
@@ -226,6 +265,8 @@ class Ztunnel:
         if self.xds is not None:
             await self.xds.wait_synced()
             self.ctx.log.info("ztunnel.config_received", workloads=len(self.ctx.state.workloads))
+        if self.workers is not None:
+            await self.workers.wait_live()  # each worker has the config before the first pod
         await self.manager.run()
 
     async def serve(self) -> int:
@@ -242,11 +283,13 @@ class Ztunnel:
         if self.crl is not None:
             self.crl.check()  # in force before the first pod is served
             tasks.append(loop.create_task(self.crl.run()))
+        workers = None if self.workers is None else loop.create_task(self.workers.run())
         self.ctx.log.info(
             "ztunnel.started",
             zds=self.args.zds_socket,
             xds=self.args.xds_address,
             max_connections=self.ctx.budget.limit,
+            workers=self.args.workers,
             **{"gc.frozen": freeze_startup_heap()},  # full collections then walk only what traffic made
         )
         await self.drain.wait_triggered()
@@ -254,7 +297,11 @@ class Ztunnel:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-        cut = await self.manager.stop_all(deadline=self.args.drain_deadline)
+        cut = 0
+        if self.workers is not None and workers is not None:
+            cut = await self.workers.drain(deadline=self.args.drain_deadline)  # all with one deadline
+            await asyncio.gather(workers, return_exceptions=True)
+        cut += await self.manager.stop_all(deadline=self.args.drain_deadline)
         for server in self._servers:
             await server.close()
         await self.ctx.certs.close()
@@ -265,11 +312,22 @@ class Ztunnel:
     async def _start_http(self) -> None:
         # Readiness has its own thread: kubelet's probe must be answered even while a burst of
         # connections keeps the main loop busy for longer than the probe's timeout.
-        admin = admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)
+        admin: dict[str, Handler | AsyncHandler] = {
+            **admin_routes(self.ctx, self.manager, quit_=self.drain.trigger)
+        }
+        metrics: dict[str, Handler | AsyncHandler] = {**metrics_routes(self.registry)}
+        if self.workers is not None:
+            admin = worker_admin_routes(
+                self.ctx,
+                self.manager,
+                self.workers,
+                base=admin_routes(self.ctx, self.manager, quit_=self.drain.trigger),
+            )
+            metrics = worker_metrics_routes(self.registry, self.workers)
         readiness = ThreadedHttpServer(readiness_routes(self.missing), name="readiness")
         plan: list[tuple[str, str, HttpServer | ThreadedHttpServer]] = [
             ("--admin", self.args.admin, HttpServer(admin)),
-            ("--metrics", self.args.metrics, HttpServer(metrics_routes(self.registry))),
+            ("--metrics", self.args.metrics, HttpServer(metrics)),
             ("--readiness", self.args.readiness, readiness),
         ]
         for flag, address, server in plan:

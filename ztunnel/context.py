@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import structlog
 
@@ -13,7 +14,7 @@ from mesh.clock import Clock
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.model import TunnelProtocol
 from mesh.revocation import NO_REVOCATION, Revocation
-from mesh.rt.certs import CertificateManager
+from mesh.rt.certs import CertificateStatus
 from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.tls import TlsMaterial
@@ -21,11 +22,44 @@ from mesh.telemetry import ConnectionRecord, access_log_fields
 from ztunnel.connections import ConnectionBudget, ConnectionRegistry
 from ztunnel.state import ProxyState
 
-__all__ = ["DEFAULT_MAX_CONNECTIONS", "NodeContext"]
+__all__ = ["DEFAULT_MAX_CONNECTIONS", "Certificates", "NodeContext"]
 
 DEFAULT_MAX_CONNECTIONS = 65536
 """Downstream connections served at once when nothing else is configured (``ztunnel`` itself derives
 its default from the open-files limit)."""
+
+
+class Certificates(Protocol):
+    """Where pod proxies get their certificates: the CA's :class:`mesh.rt.certs.CertificateManager`
+    in ztunnel, or the certificates ztunnel hands to a worker process (:mod:`ztunnel.workers.certs`)."""
+
+    async def get(self, identity: WorkloadIdentity) -> IssuedCertificate:
+        """The usable certificate, fetched first if needed; raises NoValidCertificate."""
+        ...
+
+    def current(self, identity: WorkloadIdentity) -> IssuedCertificate:
+        """The usable certificate right now; raises NoValidCertificate."""
+        ...
+
+    def usable(self, identity: WorkloadIdentity) -> bool:
+        """Whether a certificate may be presented now."""
+        ...
+
+    def prefetch(self, identities: Iterable[WorkloadIdentity]) -> None:
+        """Starts getting certificates for identities not held yet."""
+        ...
+
+    def forget(self, identity: WorkloadIdentity) -> None:
+        """Drops the identity's certificate."""
+        ...
+
+    def snapshot(self) -> tuple[CertificateStatus, ...]:
+        """Every identity's certificate state, for the admin dump."""
+        ...
+
+    async def close(self) -> None:
+        """Stops; later requests fail."""
+        ...
 
 
 @dataclass(slots=True)
@@ -34,7 +68,7 @@ class NodeContext:
 
     node: str
     trust_domain: str
-    certs: CertificateManager
+    certs: Certificates
     metrics: TcpMetrics
     clock: Clock
     rng: random.Random

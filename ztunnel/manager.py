@@ -12,23 +12,58 @@ import os
 import random
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 import structlog
 
 from mesh.api.istio.workload.zds import zds_pb2
+from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.metrics import CounterFamily
 from ztunnel.context import NodeContext
 from ztunnel.proxy import PodInfo, PodProxy
 from ztunnel.zds import ZdsChannel, ZdsError, connect, decode_request
 
-__all__ = ["WorkloadManager", "WorkloadManagerMetrics"]
+__all__ = ["ServedPod", "WorkloadManager", "WorkloadManagerMetrics"]
 
 _BACKOFF_START = 0.005
 _BACKOFF_CAP = 15.0
 
 
+class ServedPod(Protocol):
+    """An enrolled pod as the manager keeps it: its :class:`PodProxy`, or with ``--workers N`` the
+    handle that has the worker processes serve it (:class:`ztunnel.workers.pool.WorkerServedPod`)."""
+
+    @property
+    def info(self) -> PodInfo:
+        """What the node agent said about the pod."""
+        ...
+
+    @property
+    def identity(self) -> WorkloadIdentity:
+        """The pod's workload identity."""
+        ...
+
+    @property
+    def active(self) -> int:
+        """Downstream connections served now."""
+        ...
+
+    def serves_namespace_of(self, netns_fd: int) -> bool:
+        """Whether ``netns_fd`` is the pod network namespace served."""
+        ...
+
+    async def start(self) -> None:
+        """Binds the pod's listeners and serves it."""
+        ...
+
+    async def stop(self, *, deadline: float = 5.0) -> int:
+        """Drains until ``deadline``; returns how many connections were cut."""
+        ...
+
+
 class WorkloadManager:
-    """Keeps one PodProxy per enrolled pod of this node, driven by the node agent."""
+    """Keeps one served pod (a PodProxy by default) per enrolled pod of this node, driven by the
+    node agent."""
 
     def __init__(
         self,
@@ -36,12 +71,12 @@ class WorkloadManager:
         *,
         socket_path: str,
         rng: random.Random,
-        proxy_factory: Callable[[PodInfo, int, NodeContext], PodProxy] = PodProxy,
+        proxy_factory: Callable[[PodInfo, int, NodeContext], ServedPod] = PodProxy,
         drain_deadline: float = 5.0,
     ) -> None:
         self.ctx = ctx
         self.socket_path = socket_path
-        self.proxies: dict[str, PodProxy] = {}
+        self.proxies: dict[str, ServedPod] = {}
         self.connected = False
         self.snapshot_received = False
         self.proxies_started = 0
@@ -91,11 +126,13 @@ class WorkloadManager:
                     os.close(fd)
                 error = exc.message
             else:
-                error = await self._handle(request, fd, seen)  # takes ownership of fd
+                error = await self.handle(request, fd, seen)  # takes ownership of fd
             ack = zds_pb2.WorkloadResponse(ack=zds_pb2.Ack(error=error))
             await channel.send(ack.SerializeToString())
 
-    async def _handle(self, request: zds_pb2.WorkloadRequest, fd: int | None, seen: set[str]) -> str:
+    async def handle(self, request: zds_pb2.WorkloadRequest, fd: int | None, seen: set[str]) -> str:
+        """Applies one request (taking ownership of ``fd``); returns the ack's error ("" when done).
+        ``seen`` collects the uids named since the last snapshot."""
         kind = request.WhichOneof("payload")
         if kind == "add":
             seen.add(request.add.uid)

@@ -47,7 +47,7 @@ from ztunnel.inbound import PodInbound
 from ztunnel.plan import DirectTcp, HboneTunnel, Refuse, plan_outbound
 from ztunnel.relays import refuse, relay_end, report_when_closed, reset_end, socket_of
 
-__all__ = ["PodInfo", "PodProxy"]
+__all__ = ["PodInfo", "PodProxy", "same_namespace"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,8 +89,7 @@ class PodProxy:
 
     def serves_namespace_of(self, netns_fd: int) -> bool:
         """Whether ``netns_fd`` is the network namespace this proxy listens in (same inode)."""
-        theirs, ours = os.fstat(netns_fd), os.fstat(self._netns_fd)
-        return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
+        return same_namespace(netns_fd, self._netns_fd)
 
     async def start(self) -> None:
         """Binds the three listeners inside the pod and starts serving."""
@@ -295,6 +294,12 @@ class _Accepted(RelayEnd):
             reset_end(self)  # over --max-connections: refused at once, before any work
             return
         self._proxy._spawn(self._proxy._guard(self._handle, self))
+
+
+def same_namespace(netns_fd: int, other_fd: int) -> bool:
+    """Whether two netns file descriptors name the same namespace (same inode)."""
+    theirs, ours = os.fstat(netns_fd), os.fstat(other_fd)
+    return (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino)
 
 
 @functools.lru_cache(maxsize=1024)

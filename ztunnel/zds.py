@@ -30,15 +30,19 @@ class ZdsError(MeshError):
 class ZdsChannel:
     """A connected SEQPACKET socket carrying ZDS messages, driven by the running event loop."""
 
-    def __init__(self, sock: socket.socket) -> None:
+    def __init__(
+        self, sock: socket.socket, *, max_message: int = MAX_MESSAGE, peer: str = "ZDS peer"
+    ) -> None:
         sock.setblocking(False)
         self._sock = sock
         self._loop = asyncio.get_running_loop()
+        self._max = max_message
+        self._peer = peer
 
     async def send(self, message: bytes, *, fd: int | None = None) -> None:
         """Sends one message, with ``fd`` attached as SCM_RIGHTS when given."""
-        if len(message) > MAX_MESSAGE:
-            raise ZdsError(f"ZDS message of {len(message)} bytes exceeds {MAX_MESSAGE}")
+        if len(message) > self._max:
+            raise ZdsError(f"message of {len(message)} bytes to the {self._peer} exceeds {self._max}")
         ancillary = [] if fd is None else [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", [fd]))]
         while True:
             try:
@@ -47,29 +51,31 @@ class ZdsChannel:
             except BlockingIOError:
                 await self._wait(writable=True)
             except OSError as exc:
-                raise ZdsError(f"ZDS peer went away while sending: {exc}") from None
+                raise ZdsError(f"{self._peer} went away while sending: {exc}") from None
 
     async def recv(self) -> tuple[bytes, int | None]:
         """Receives one message and the fd that came with it (the caller owns and closes it)."""
         while True:
             try:
-                data, ancdata, flags, _ = self._sock.recvmsg(MAX_MESSAGE, _FD_SPACE)
+                data, ancdata, flags, _ = self._sock.recvmsg(self._max, _FD_SPACE)
                 break
             except BlockingIOError:
                 await self._wait(writable=False)
             except OSError as exc:
-                raise ZdsError(f"ZDS peer went away while receiving: {exc}") from None
+                raise ZdsError(f"{self._peer} went away while receiving: {exc}") from None
         fds = _fds(ancdata)
         if not data and not fds:
-            raise ZdsError("ZDS peer closed the connection")
+            raise ZdsError(f"{self._peer} closed the connection")
         if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
             for extra in fds:
                 os.close(extra)
-            raise ZdsError(f"ZDS message larger than {MAX_MESSAGE} bytes or with more than one fd")
+            raise ZdsError(
+                f"message from the {self._peer} larger than {self._max} bytes or with more than one fd"
+            )
         if len(fds) > 1:
             for extra in fds:
                 os.close(extra)
-            raise ZdsError("a ZDS message carries at most one file descriptor")
+            raise ZdsError(f"a message from the {self._peer} carries at most one file descriptor")
         return data, (fds[0] if fds else None)
 
     def close(self) -> None:

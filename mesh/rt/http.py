@@ -9,16 +9,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import threading
 import urllib.parse
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from mesh.http1 import Http1Error, Message, RequestParser
 
-__all__ = ["Handler", "HttpReply", "HttpServer", "ThreadedHttpServer", "json_reply", "text_reply"]
+__all__ = [
+    "AsyncHandler",
+    "Handler",
+    "HttpReply",
+    "HttpServer",
+    "ThreadedHttpServer",
+    "json_reply",
+    "text_reply",
+]
 
 _MAX_HEAD = 8 * 1024
 _READ_TIMEOUT = 5.0
@@ -43,6 +52,8 @@ class HttpReply:
 
 Handler = Callable[[str, Mapping[str, str]], HttpReply]
 """(method, query parameters) -> reply."""
+AsyncHandler = Callable[[str, Mapping[str, str]], Awaitable[HttpReply]]
+"""A page that must wait for its answer (e.g. asks other processes); it has the request's 5 s."""
 
 
 def text_reply(text: str, *, status: int = 200) -> HttpReply:
@@ -58,7 +69,7 @@ def json_reply(value: Any, *, status: int = 200) -> HttpReply:
 class HttpServer:
     """Serves ``routes`` on one TCP port."""
 
-    def __init__(self, routes: Mapping[str, Handler]) -> None:
+    def __init__(self, routes: Mapping[str, Handler | AsyncHandler]) -> None:
         self._routes = dict(routes)
         self._server: asyncio.Server | None = None
 
@@ -104,7 +115,8 @@ class HttpServer:
             return text_reply(f"no such page; try one of:\n{known}\n", status=404), False
         params = dict(urllib.parse.parse_qsl(query, keep_blank_values=True))
         try:
-            reply = handler("GET" if request.method == "HEAD" else request.method, params)
+            answer = handler("GET" if request.method == "HEAD" else request.method, params)
+            reply = await answer if inspect.isawaitable(answer) else answer
         except Exception as exc:  # a broken page must not take the port down
             reply = text_reply(f"internal error: {exc}\n", status=500)
         return reply, request.method == "HEAD"

@@ -121,6 +121,11 @@ def _free_port() -> int:
     [
         ((), "still needs a CA", "--ca-address"),
         (("--ca-address", "127.0.0.1:9", "--max-connections", "0"), "at least 1, not 0", "--max-connections"),
+        (
+            ("--ca-address", "127.0.0.1:9", "--workers", "2", "--crl-file", "crl.pem"),
+            "--crl-file works with one worker process",
+            "--workers 1",
+        ),
     ],
 )
 def test_unusable_settings_say_what_to_pass(
@@ -132,3 +137,14 @@ def test_unusable_settings_say_what_to_pass(
     with pytest.raises(MeshError, match=message) as caught:
         Ztunnel(args)
     assert hint in caught.value.hint
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "two", ""])
+def test_workers_takes_a_count_or_auto(tmp_path: Path, value: str) -> None:
+    with pytest.raises(SystemExit):
+        _parser().parse_args(_args(tmp_path, "--workers", value))
+
+
+def test_workers_auto_is_at_most_two_and_one_by_default(tmp_path: Path) -> None:
+    assert _parser().parse_args(_args(tmp_path)).workers == 1
+    assert 1 <= _parser().parse_args(_args(tmp_path, "--workers", "auto")).workers <= 2

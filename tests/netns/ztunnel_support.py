@@ -197,24 +197,7 @@ async def running_mesh(
     task = asyncio.get_running_loop().create_task(manager.run())
     try:
         conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(listener), 10)
-        agent = ZdsChannel(conn)
-        await agent.recv()  # ZdsHello
-        for pod in pods if enrolled is None else enrolled:
-            fd = os.open(f"/var/run/netns/{pod.netns}", os.O_RDONLY)
-            add = zds_pb2.WorkloadRequest(
-                add=zds_pb2.AddWorkload(
-                    uid=pod.uid,
-                    workload_info=zds_pb2.WorkloadInfo(
-                        name=pod.name, namespace=pod.namespace, service_account=pod.service_account
-                    ),
-                )
-            )
-            await agent.send(add.SerializeToString(), fd=fd)
-            os.close(fd)
-            reply, _ = await agent.recv()
-            assert decode_response(reply).ack.error == ""
-        await agent.send(zds_pb2.WorkloadRequest(snapshot_sent=zds_pb2.SnapshotSent()).SerializeToString())
-        await agent.recv()
+        await enroll(ZdsChannel(conn), pods if enrolled is None else enrolled)
         for pod in pods:
             if pod not in uncertified:
                 await ctx.certs.get(WorkloadIdentity(TD, pod.namespace, pod.service_account))
@@ -229,6 +212,28 @@ async def running_mesh(
         await ca.close()
         await istiod.stop(grace=0.1)
         listener.close()
+
+
+async def enroll(agent: ZdsChannel, pods: list[Pod]) -> None:
+    """Plays the node agent after ztunnel connected: its hello, an add per pod (with the pod's netns
+    fd), then snapshot_sent; every ack must be clean."""
+    await agent.recv()  # ZdsHello
+    for pod in pods:
+        fd = os.open(f"/var/run/netns/{pod.netns}", os.O_RDONLY)
+        add = zds_pb2.WorkloadRequest(
+            add=zds_pb2.AddWorkload(
+                uid=pod.uid,
+                workload_info=zds_pb2.WorkloadInfo(
+                    name=pod.name, namespace=pod.namespace, service_account=pod.service_account
+                ),
+            )
+        )
+        await agent.send(add.SerializeToString(), fd=fd)
+        os.close(fd)
+        reply, _ = await agent.recv()
+        assert decode_response(reply).ack.error == ""
+    await agent.send(zds_pb2.WorkloadRequest(snapshot_sent=zds_pb2.SnapshotSent()).SerializeToString())
+    await agent.recv()
 
 
 async def run_in(pod: Pod, *argv: str, limit: float = 15.0) -> tuple[int, str, str]:
