@@ -199,6 +199,40 @@ def start_backend() -> tuple[Backend, Callable[[], None]]:
     return backend, stop
 
 
+def start_h2_resetter() -> tuple[Backend, Callable[[], None]]:
+    """An h2c backend that answers every request with a head and ``first``, then, once the test
+    opens the gate, resets the stream (RST_STREAM INTERNAL_ERROR)."""
+    backend = Backend()
+    listener = socket.create_server(("127.0.0.1", 0))
+    backend.port = listener.getsockname()[1]
+
+    def serve(conn: socket.socket) -> None:
+        server = h2.connection.H2Connection(
+            h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        )
+        server.initiate_connection()
+        with conn:
+            conn.sendall(server.data_to_send())
+            while data := conn.recv(65536):
+                for event in server.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        server.send_headers(event.stream_id, [(":status", "200")])
+                        server.send_data(event.stream_id, b"first")
+                        conn.sendall(server.data_to_send())
+                        backend.gate_opened.append(backend.gate.wait(WAIT))
+                        server.reset_stream(event.stream_id, error_code=2)
+                conn.sendall(server.data_to_send())
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    return backend, listener.close
+
+
 class H1Client:
     """One HTTP/1.1 connection to the waypoint, read as bytes arrive."""
 

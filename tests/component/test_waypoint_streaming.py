@@ -4,8 +4,9 @@ sockets: a response reaches the client piece by piece while the backend is still
 is still sending it, 40 MiB to a stalled reader (downloads over HTTP/1.1 and h2c, an upload) hold
 the sender back and pass without the waypoint's memory growing by the body, a body over the
 per-request buffer limit is forwarded once (no retry, no mirror) while a small one is retried and
-mirrored, and a timeout or an upstream reset after the response head cuts the client's response
-off (reset stream, closed connection) flagged UT / UC."""
+mirrored, a timeout or an upstream close or reset after the response head cuts the client's
+response off (reset stream, closed connection) flagged UT / UC / UR (an HTTP/2 cluster's
+RST_STREAM to an HTTP/1.1 client), and the access log counts the streamed bytes."""
 
 from __future__ import annotations
 
@@ -26,8 +27,10 @@ from tests.component.streaming_peers import (
     H1Client,
     H2Client,
     start_backend,
+    start_h2_resetter,
     wait_until_stalled,
 )
+from tests.component.test_waypoint_grpc import h2_cluster
 from tests.component.test_waypoint_local import LocalWaypoint, cluster, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
@@ -36,19 +39,21 @@ ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 MiB = 1024 * 1024
 
 
-def config(main: int, mirror: int) -> dict[str, Any]:
+def config(main: int, mirror: int, h2_resetter: int) -> dict[str, Any]:
     retry = {"retry_on": "5xx", "num_retries": 2, "retry_back_off": {"base_interval": "0.01s"}}
     routes = {
         "@type": ROUTES, "name": "waypoint",
         "virtual_hosts": [{"name": "stream", "domains": ["stream"], "routes": [
             {"match": {"prefix": "/stall"}, "route": {"cluster": "main", "timeout": "1s"}},
             {"match": {"prefix": "/upload-timed"}, "route": {"cluster": "main", "timeout": "1s"}},
+            {"match": {"prefix": "/h2-reset"}, "route": {"cluster": "h2-resetter"}},
             {"match": {"prefix": "/flaky"}, "route": {"cluster": "main", "retry_policy": retry,
                                                       "request_mirror_policies": [{"cluster": "mirror"}]}},
             {"match": {"prefix": "/"}, "route": {"cluster": "main", "timeout": "60s"}},
         ]}],
     }  # fmt: skip
-    return {"resources": [routes, cluster("main", main), cluster("mirror", mirror)]}
+    clusters = [cluster("main", main), cluster("mirror", mirror), h2_cluster("h2-resetter", h2_resetter)]
+    return {"resources": [routes, *clusters]}
 
 
 @dataclass
@@ -56,6 +61,7 @@ class Running:
     waypoint: LocalWaypoint
     backend: Backend
     mirror: Backend
+    resetter: Backend
 
     @property
     def port(self) -> int:
@@ -78,12 +84,15 @@ class Running:
 def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Running]:
     backend, stop = start_backend()
     mirror, stop_mirror = start_backend()
+    resetter, stop_resetter = start_h2_resetter()
+    tmp = tmp_path_factory.mktemp("streaming")
     try:
-        with local_waypoint(tmp_path_factory.mktemp("streaming"), config(backend.port, mirror.port)) as wp:
-            yield Running(wp, backend, mirror)
+        with local_waypoint(tmp, config(backend.port, mirror.port, resetter.port)) as wp:
+            yield Running(wp, backend, mirror, resetter)
     finally:
         stop()
         stop_mirror()
+        stop_resetter()
 
 
 @pytest.fixture
@@ -186,7 +195,7 @@ def rss_kib(pid: int, field: str) -> int:
 def test_40_mib_to_a_stalled_reader_do_not_grow_the_waypoint_by_the_body(tmp_path: Path, case: str) -> None:
     backend, stop = start_backend()
     try:
-        with local_waypoint(tmp_path, config(backend.port, backend.port)) as wp:
+        with local_waypoint(tmp_path, config(backend.port, backend.port, backend.port)) as wp:
             pid = wp.proc.pid
             before = rss_kib(pid, "VmRSS")
             port = int(wp.started["http.port"])
@@ -195,14 +204,31 @@ def test_40_mib_to_a_stalled_reader_do_not_grow_the_waypoint_by_the_body(tmp_pat
             else:
                 stalled, moved = _download(backend, port, h2c=case == "download-h2c")
             peak = rss_kib(pid, "VmHWM")
+            logged = access_log_line(wp, "/gated" if case == "upload-http1" else f"/big/{SIZE}")
     finally:
         stop()
     assert moved == SIZE
+    # counted as the bytes passed, recorded once the exchange ended
+    assert logged["bytes_recv" if case == "upload-http1" else "bytes_sent"] == SIZE
+    assert logged["http.status"] == 200
     assert stalled < SIZE // 2, f"{stalled} bytes went towards a reader that took none"
     assert (peak - before) * 1024 < 16 * MiB, f"the waypoint grew by {(peak - before) // 1024} MiB"
 
 
 SIZE = 40 * MiB
+
+
+def access_log_line(waypoint: LocalWaypoint, path: str) -> dict[str, Any]:
+    """The waypoint's access-log line for ``path`` (written when the exchange ends)."""
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        for line in waypoint.log.read_text().splitlines():
+            if line.startswith("{") and '"event": "request"' in line:
+                entry: dict[str, Any] = json.loads(line)
+                if entry.get("http.path") == path:
+                    return entry
+        time.sleep(0.05)
+    raise AssertionError(f"no access-log line for {path}")
 
 
 def _download(backend: Backend, port: int, *, h2c: bool) -> tuple[int, int]:
@@ -331,3 +357,17 @@ def test_an_upstream_reset_mid_body_is_passed_on(fresh: Running, protocol: str) 
             h2.close()
         assert sid in h2.reset
     assert fresh.series("200", "UC")
+
+
+def test_an_http2_upstream_reset_mid_body_closes_the_http1_client_flagged_ur(running: Running) -> None:
+    # HTTP/1.1 downstream, HTTP/2 cluster: the waypoint translates, and passes the RST_STREAM on.
+    client = H1Client(running.port)
+    try:
+        client.sock.sendall(get("/h2-reset"))
+        client.until(b"first")
+        running.resetter.gate.set()
+        everything, _ = client.to_the_end()
+    finally:
+        client.close()
+    assert everything.startswith(b"HTTP/1.1 200") and not everything.endswith(b"0\r\n\r\n")
+    assert running.series("200", "UR")
