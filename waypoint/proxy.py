@@ -18,18 +18,11 @@ import functools
 import random
 import time
 from collections.abc import Callable
-from typing import Any
 
 import structlog
 
 from mesh.http1 import (
-    CONTINUE,
-    BodyChunk,
-    Http1Error,
     Message,
-    MessageEnd,
-    RequestParser,
-    body_length,
     serialize_request,
     serialize_response,
 )
@@ -40,14 +33,14 @@ from mesh.rt.hbone.errors import StreamResetError
 from waypoint.authz import authorize
 from waypoint.body import (
     PER_REQUEST_BUFFER_LIMIT,
-    BodyStream,
     DownstreamGoneError,
     RequestBody,
     UpstreamError,
 )
 from waypoint.config import WaypointConfig
-from waypoint.downstream import H1Responder, Responder, send_whole
+from waypoint.downstream import Responder, send_whole
 from waypoint.forward import Answer, Forwarder, edit_headers, join_flags
+from waypoint.h1 import HEADERS_TIMEOUT, IDLE_TIMEOUT, READ, H1Connection
 from waypoint.h2 import H2_PREFACE, H2Front
 from waypoint.resilience import Guards
 from waypoint.tcp import SNIFF_TIMEOUT, TcpPassthrough, looks_like_http, pipe
@@ -56,12 +49,6 @@ from waypoint.tracing import Tracer
 from waypoint.upstream import Upstreams
 
 __all__ = ["WaypointProxy"]
-
-_READ = 65536
-_IDLE_TIMEOUT = 3600.0
-"""Envoy's default HTTP connection idle timeout."""
-_HEADERS_TIMEOUT = 60.0
-"""How long a client may take to send a request once it started (slowloris)."""
 
 
 class WaypointProxy:
@@ -127,12 +114,23 @@ class WaypointProxy:
         client's verified identity and ``source_addr`` its IP (else the TCP peer's)."""
         peer = writer.get_extra_info("peername")
         source_addr = source_addr or (str(peer[0]) if isinstance(peer, tuple) else "")
-        who = {"tunnel_authority": tunnel_authority, "source_principal": source_principal,
-               "source_addr": source_addr}  # fmt: skip
-        first = await self._other_protocols(reader, writer, **who)
+        first = await self._other_protocols(
+            reader, writer, tunnel_authority=tunnel_authority, source_principal=source_principal,
+            source_addr=source_addr,
+        )  # fmt: skip
         if first is None:
             return
-        connection = _H1Connection(self, reader, writer, who)
+        handle = functools.partial(
+            self.handle, tunnel_authority=tunnel_authority, source_principal=source_principal,
+            source_addr=source_addr,
+        )  # fmt: skip
+        upgrade = functools.partial(
+            self.upgrade, tunnel_authority=tunnel_authority, source_principal=source_principal,
+            source_addr=source_addr,
+        )  # fmt: skip
+        connection = H1Connection(
+            reader, writer, handle=handle, upgrade=upgrade, buffer_limit=self.buffer_limit
+        )
         try:
             await connection.serve(first)
         except (ConnectionError, OSError, StreamResetError):
@@ -151,7 +149,7 @@ class WaypointProxy:
             route = self.tcp.route(tunnel_authority)
             if route.kind == "sniff":
                 with contextlib.suppress(TimeoutError):
-                    first = await asyncio.wait_for(reader.read(_READ), SNIFF_TIMEOUT)
+                    first = await asyncio.wait_for(reader.read(READ), SNIFF_TIMEOUT)
             if route.kind == "tcp" or (route.kind == "sniff" and not looks_like_http(first)):
                 await self.tcp.relay(
                     route, reader, writer, first, source_principal=source_principal, source_addr=source_addr
@@ -159,11 +157,11 @@ class WaypointProxy:
                 return None
         if not first:
             with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
-                first = await asyncio.wait_for(reader.read(_READ), _IDLE_TIMEOUT)
+                first = await asyncio.wait_for(reader.read(READ), IDLE_TIMEOUT)
         while first and len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
             more = b""  # a short first read that may be the h2 preface's start: read until it is clear
             with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
-                more = await asyncio.wait_for(reader.read(_READ), _HEADERS_TIMEOUT)
+                more = await asyncio.wait_for(reader.read(READ), HEADERS_TIMEOUT)
             if not more:
                 break
             first += more
@@ -357,112 +355,6 @@ class WaypointProxy:
         answer = await self.forwarder.forward(request, body, decision, responder)
         answer.flags = join_flags(flags, answer.flags)
         return answer
-
-
-class _H1Connection:
-    """One HTTP/1.1 client connection: reads requests and their bodies as they come (the body
-    into the request being answered, waiting while the upstream side lags), answers them one at
-    a time in order."""
-
-    def __init__(
-        self, proxy: WaypointProxy, reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-        who: dict[str, Any],
-    ) -> None:  # fmt: skip
-        self._proxy = proxy
-        self._reader = reader
-        self._writer = writer
-        self._who = who
-        self._parser = RequestParser(stream=True)
-        self._body: BodyStream | None = None
-        """The body of the request being received."""
-        self._current: asyncio.Task[bool] | None = None
-        """The request being answered; its result says whether the connection goes on."""
-
-    async def serve(self, first: bytes) -> None:
-        """Serves requests until the client leaves, an answer closes the connection, or a limit."""
-        data = first
-        while True:
-            if not data:
-                timeout = _HEADERS_TIMEOUT if self._parser.in_message else _IDLE_TIMEOUT
-                try:
-                    data = await asyncio.wait_for(self._reader.read(_READ), timeout)
-                except TimeoutError:
-                    break
-                if not data:
-                    break
-            try:
-                events = self._parser.events(data)
-            except Http1Error as exc:
-                await self._malformed(exc)
-                return
-            data = b""
-            if self._parser.continue_wanted:  # the route's answer needs the body: ask for it
-                self._parser.continue_wanted = False
-                self._writer.write(CONTINUE)
-            for event in events:
-                if not await self._event(event):
-                    return
-        if self._body is not None:  # the client stopped sending midway
-            self._body.fail(DownstreamGoneError("the client closed the connection mid-body"))
-        if self._current is not None:
-            await self._current  # a request whose client half-closed is still answered
-
-    async def _event(self, event: object) -> bool:
-        """Takes one parser event; False when the connection is over."""
-        if isinstance(event, Message):
-            if self._current is not None and not await self._current:
-                return False  # answers go out in order: the previous one first
-            self._current = None
-            if event.upgrade:
-                await self._proxy.upgrade(event, self._reader, self._writer, **self._who)
-                return False
-            length = body_length(event)
-            self._body = BodyStream() if length != 0 else None
-            answer = self._answer(
-                event, RequestBody(self._body, length=length, limit=self._proxy.buffer_limit)
-            )
-            if length == 0:  # nothing more to read for it: answered here
-                return await answer
-            self._current = asyncio.ensure_future(answer)
-        elif isinstance(event, BodyChunk) and self._body is not None:
-            await self._body.put(event.data)
-        elif isinstance(event, MessageEnd) and self._body is not None:
-            self._body.end()
-            self._body = None
-        return True
-
-    async def _answer(self, request: Message, body: RequestBody) -> bool:
-        """Answers one request (its body, if any, arriving as the reader passes it on); whether
-        the connection goes on."""
-        responder = H1Responder(
-            self._writer, keep_alive=request.keep_alive, http10=request.version == "1.0",
-            head_only=request.method == "HEAD",
-        )  # fmt: skip
-        await self._proxy.handle(request, body, responder, **self._who)
-        return not responder.closed
-
-    async def _malformed(self, exc: Http1Error) -> None:
-        """A message the parser refuses: mid-body, the request being forwarded fails with the
-        connection; else the client gets the status (400, 431)."""
-        if self._current is not None and self._body is not None:
-            self._body.fail(DownstreamGoneError(f"malformed request body: {exc.message}"))
-            await self._current
-            return
-        if self._current is not None and not await self._current:
-            return
-        body = f"{exc.message}\n".encode()
-        self._writer.write(
-            serialize_response(exc.status, "", [("content-type", "text/plain")], body, keep_alive=False)
-        )
-
-    def close(self) -> None:
-        """Ends what is still running and closes the connection."""
-        if self._body is not None:
-            self._body.fail(DownstreamGoneError("the client connection closed"))
-        if self._current is not None and not self._current.done():
-            self._current.cancel()
-        with contextlib.suppress(Exception):
-            self._writer.close()
 
 
 def _client_left(answer: Answer, responder: Responder) -> None:

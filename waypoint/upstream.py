@@ -1,5 +1,5 @@
 """The waypoint's side towards endpoints: pooled HTTP/1.1 keep-alive connections (TCP, or HBONE
-streams through the endpoint's ztunnel) and multiplexed HTTP/2 ones (``waypoint.h2``).
+streams through the endpoint's ztunnel) and multiplexed HTTP/2 ones (``waypoint.h2_upstream``).
 
 An exchange streams both ways: the request body goes up as the client sends it (a task pumps it,
 waiting for the connection to drain), and :meth:`Upstreams.exchange` returns as soon as the
@@ -32,7 +32,7 @@ from mesh.l7.balancing import Endpoint
 from mesh.rt.hbone.errors import ConnectionClosedError, StreamResetError
 from waypoint.body import BodyCursor, DownstreamGoneError, NotReplayableError, RequestBody, UpstreamError
 from waypoint.config import ClusterPolicy
-from waypoint.h2 import H2Upstream
+from waypoint.h2_upstream import H2Upstream
 
 __all__ = ["Connector", "Outgoing", "UpstreamResponse", "Upstreams"]
 
