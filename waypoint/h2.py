@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 from collections.abc import Awaitable, Callable
 
@@ -18,7 +19,6 @@ from mesh.h2 import (
     ConnectionTerminated,
     DataReceived,
     ErrorCode,
-    H2Config,
     H2ProtocolError,
     Http2Engine,
     RequestReceived,
@@ -37,6 +37,7 @@ __all__ = ["H2_PREFACE", "H2Front"]
 
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 _IDLE_TIMEOUT = 3600.0
+_FRONT = dataclasses.replace(WAYPOINT_H2, accept_requests=True)
 
 Handler = Callable[[Message, RequestBody, Responder], Awaitable[None]]
 
@@ -100,7 +101,7 @@ class H2Front:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         """Serves the connection (``first``: bytes already read, the preface's start) until it ends."""
-        engine = Http2Engine(client_side=False, config=_front_config())
+        engine = Http2Engine(client_side=False, config=_FRONT)
         engine.initiate_connection()
         wire = Wire(engine, writer)
         bodies: dict[int, BodyStream] = {}
@@ -115,6 +116,7 @@ class H2Front:
                 events = engine.receive_data(data)
                 data = b""
                 started: list[tuple[int, Message, BodyStream]] = []
+                reset: set[int] = set()
                 for event in events:
                     if isinstance(event, RequestReceived):
                         body = bodies[event.stream_id] = BodyStream(
@@ -128,6 +130,7 @@ class H2Front:
                     elif isinstance(event, StreamEnded) and event.stream_id in bodies:
                         bodies.pop(event.stream_id).end()
                     elif isinstance(event, StreamReset):
+                        reset.add(event.stream_id)
                         _client_reset(event.stream_id, bodies, answering)
                     elif isinstance(event, WindowUpdated):
                         wire.window.set()
@@ -135,6 +138,8 @@ class H2Front:
                         wire.flush()
                         return
                 for stream_id, message, body in started:
+                    if stream_id in reset:
+                        continue  # reset by the client in the same read: nothing to answer
                     task = asyncio.ensure_future(self._answer(wire, stream_id, message, body))
                     answering[stream_id] = task
                     task.add_done_callback(functools.partial(_forget, answering, stream_id))
@@ -183,10 +188,6 @@ def _client_reset(
     running = answering.get(stream_id)
     if running is not None:
         running.cancel()
-
-
-def _front_config() -> H2Config:
-    return H2Config(initial_window_size=WAYPOINT_H2.initial_window_size, accept_requests=True)
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], stream_id: int, _: object) -> None:

@@ -371,3 +371,20 @@ def test_an_http2_upstream_reset_mid_body_closes_the_http1_client_flagged_ur(run
         client.close()
     assert everything.startswith(b"HTTP/1.1 200") and not everything.endswith(b"0\r\n\r\n")
     assert running.series("200", "UR")
+
+
+def test_an_h2_request_reset_in_the_same_read_is_not_forwarded(fresh: Running) -> None:
+    client = H2Client(fresh.port)
+    try:
+        reset = client.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":scheme", "http"), (":authority", "stream"),
+                   (":path", "/reset-early"), ("x-key", "reset-early")]  # fmt: skip
+        client.conn.send_headers(reset, headers, end_stream=True)
+        client.conn.reset_stream(reset)
+        client.sock.sendall(client.conn.data_to_send())  # HEADERS and RST_STREAM in one write
+        after = client.request("/after-reset")
+        client.pump(lambda: after in client.ended)
+    finally:
+        client.close()
+    assert fresh.backend.attempts["/after-reset"] >= 1
+    assert fresh.backend.attempts["reset-early"] == 0
