@@ -37,6 +37,10 @@ pytestmark = pytest.mark.timeout(120)
 
 ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 MiB = 1024 * 1024
+ABORT = {
+    "@type": "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault",
+    "abort": {"http_status": 503, "percentage": {"numerator": 100}},
+}
 
 
 def config(main: int, mirror: int, h2_resetter: int) -> dict[str, Any]:
@@ -47,6 +51,8 @@ def config(main: int, mirror: int, h2_resetter: int) -> dict[str, Any]:
             {"match": {"prefix": "/stall"}, "route": {"cluster": "main", "timeout": "1s"}},
             {"match": {"prefix": "/upload-timed"}, "route": {"cluster": "main", "timeout": "1s"}},
             {"match": {"prefix": "/h2-reset"}, "route": {"cluster": "h2-resetter"}},
+            {"match": {"prefix": "/abort-all"}, "route": {"cluster": "main"},
+             "typed_per_filter_config": {"envoy.filters.http.fault": ABORT}},
             {"match": {"prefix": "/flaky"}, "route": {"cluster": "main", "retry_policy": retry,
                                                       "request_mirror_policies": [{"cluster": "mirror"}]}},
             {"match": {"prefix": "/"}, "route": {"cluster": "main", "timeout": "60s"}},
@@ -388,3 +394,19 @@ def test_an_h2_request_reset_in_the_same_read_is_not_forwarded(fresh: Running) -
         client.close()
     assert fresh.backend.attempts["/after-reset"] >= 1
     assert fresh.backend.attempts["reset-early"] == 0
+
+
+def test_a_fault_answers_before_the_body_and_the_connection_goes_on(fresh: Running) -> None:
+    # The abort is decided on the head: the client gets its 503 while it is still sending a 2 MiB
+    # body, which the waypoint then reads and drops; the next request on the connection is served.
+    client = H1Client(fresh.port)
+    try:
+        head = f"POST /abort-all HTTP/1.1\r\nhost: stream\r\ncontent-length: {2 * MiB}\r\n\r\n"
+        client.sock.sendall(head.encode() + b"a" * 1000)
+        assert client.until(b"fault filter abort").startswith(b"HTTP/1.1 503")
+        client.sock.sendall(b"a" * (2 * MiB - 1000) + post("/upload", 10, "after-abort"))
+        answer = client.until(b'"attempt"')
+    finally:
+        client.close()
+    assert b'"bytes": 10' in answer
+    assert ("/abort-all", 2 * MiB) not in fresh.backend.bodies
