@@ -101,11 +101,7 @@ class H2Front:
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, first: bytes) -> None:
         """Serves the connection (``first``: bytes already read, the preface's start) until it ends."""
-        engine = Http2Engine(client_side=False, config=_FRONT)
-        engine.initiate_connection()
-        wire = Wire(engine, writer)
-        bodies: dict[int, BodyStream] = {}
-        answering: dict[int, asyncio.Task[None]] = {}
+        connection = _FrontConnection(self._handle, writer)
         data = first
         try:
             while True:
@@ -113,50 +109,79 @@ class H2Front:
                     data = await asyncio.wait_for(reader.read(READ), _IDLE_TIMEOUT)
                     if not data:
                         break
-                events = engine.receive_data(data)
+                if not connection.receive(data):
+                    return
                 data = b""
-                started: list[tuple[int, Message, BodyStream]] = []
-                reset: set[int] = set()
-                for event in events:
-                    if isinstance(event, RequestReceived):
-                        body = bodies[event.stream_id] = BodyStream(
-                            on_taken=functools.partial(wire.acknowledge, event.stream_id)
-                        )
-                        started.append((event.stream_id, _message(event), body))
-                    elif isinstance(event, DataReceived):
-                        _deliver(wire, bodies.get(event.stream_id), event)
-                    elif isinstance(event, TrailersReceived) and event.stream_id in bodies:
-                        bodies.pop(event.stream_id).end(list(event.headers))
-                    elif isinstance(event, StreamEnded) and event.stream_id in bodies:
-                        bodies.pop(event.stream_id).end()
-                    elif isinstance(event, StreamReset):
-                        reset.add(event.stream_id)
-                        _client_reset(event.stream_id, bodies, answering)
-                    elif isinstance(event, WindowUpdated):
-                        wire.window.set()
-                    elif isinstance(event, ConnectionTerminated):
-                        wire.flush()
-                        return
-                for stream_id, message, body in started:
-                    if stream_id in reset:
-                        continue  # reset by the client in the same read: nothing to answer
-                    task = asyncio.ensure_future(self._answer(wire, stream_id, message, body))
-                    answering[stream_id] = task
-                    task.add_done_callback(functools.partial(_forget, answering, stream_id))
-                wire.flush()
                 await writer.drain()
         except (TimeoutError, ConnectionError, OSError, StreamResetError):
             pass
         finally:
-            for body in bodies.values():
-                body.fail(DownstreamGoneError("the client connection closed"))
-            for task in list(answering.values()):
-                task.cancel()
-            with contextlib.suppress(Exception):
-                writer.close()
+            connection.close()
 
-    async def _answer(self, wire: Wire, stream_id: int, message: Message, stream: BodyStream) -> None:
-        responder = _H2Responder(wire, stream_id)
+
+class _FrontConnection:
+    """One client connection's streams: request bodies on their way in, answers being written."""
+
+    def __init__(self, handle: Handler, writer: asyncio.StreamWriter) -> None:
+        engine = Http2Engine(client_side=False, config=_FRONT)
+        engine.initiate_connection()
+        self._handle = handle
+        self._wire = Wire(engine, writer)
+        self._bodies: dict[int, BodyStream] = {}
+        """Request bodies still arriving, by stream."""
+        self._answering: dict[int, asyncio.Task[None]] = {}
+
+    def receive(self, data: bytes) -> bool:
+        """Takes bytes from the client; starts answering the requests whose heads came (unless
+        reset in the same read); False when the connection is over."""
+        started: list[tuple[int, Message, BodyStream]] = []
+        reset: set[int] = set()
+        for event in self._wire.engine.receive_data(data):
+            if isinstance(event, RequestReceived):
+                body = BodyStream(on_taken=functools.partial(self._wire.acknowledge, event.stream_id))
+                self._bodies[event.stream_id] = body
+                started.append((event.stream_id, _message(event), body))
+            elif isinstance(event, StreamReset):
+                reset.add(event.stream_id)
+                self._client_reset(event.stream_id)
+            elif isinstance(event, ConnectionTerminated):
+                self._wire.flush()
+                return False
+            else:
+                self._on_stream_event(event)
+        for stream_id, message, body in started:
+            if stream_id not in reset:
+                task = asyncio.ensure_future(self._answer(stream_id, message, body))
+                self._answering[stream_id] = task
+                task.add_done_callback(functools.partial(_forget, self._answering, stream_id))
+        self._wire.flush()
+        return True
+
+    def _on_stream_event(self, event: object) -> None:
+        bodies = self._bodies
+        if isinstance(event, DataReceived):
+            body = bodies.get(event.stream_id)
+            if body is None:  # nobody wants it (answered or reset): the window goes back now
+                self._wire.acknowledge(event.stream_id, event.flow_controlled_length)
+            else:  # acknowledged as the upstream side takes it
+                body.feed(bytes(event.data))
+        elif isinstance(event, TrailersReceived) and event.stream_id in bodies:
+            bodies.pop(event.stream_id).end(list(event.headers))
+        elif isinstance(event, StreamEnded) and event.stream_id in bodies:
+            bodies.pop(event.stream_id).end()
+        elif isinstance(event, WindowUpdated):
+            self._wire.window.set()
+
+    def _client_reset(self, stream_id: int) -> None:
+        body = self._bodies.pop(stream_id, None)
+        if body is not None:
+            body.fail(DownstreamGoneError(f"the client reset stream {stream_id}"))
+        running = self._answering.get(stream_id)
+        if running is not None:
+            running.cancel()
+
+    async def _answer(self, stream_id: int, message: Message, stream: BodyStream) -> None:
+        responder = _H2Responder(self._wire, stream_id)
         if stream.ended and not stream.received:
             body = RequestBody(None, length=0)
         elif stream.ended:  # the whole body came with the headers
@@ -170,24 +195,14 @@ class H2Front:
             if not responder.done:
                 responder.reset()
 
-
-def _deliver(wire: Wire, body: BodyStream | None, event: DataReceived) -> None:
-    """A request's DATA goes to its body; the window comes back as the upstream takes it."""
-    if body is None:  # nobody wants it (the stream was answered or reset): give the window back now
-        wire.acknowledge(event.stream_id, event.flow_controlled_length)
-    else:
-        body.feed(bytes(event.data))
-
-
-def _client_reset(
-    stream_id: int, bodies: dict[int, BodyStream], answering: dict[int, asyncio.Task[None]]
-) -> None:
-    body = bodies.pop(stream_id, None)
-    if body is not None:
-        body.fail(DownstreamGoneError(f"the client reset stream {stream_id}"))
-    running = answering.get(stream_id)
-    if running is not None:
-        running.cancel()
+    def close(self) -> None:
+        """The connection ended: every stream still open fails."""
+        for body in self._bodies.values():
+            body.fail(DownstreamGoneError("the client connection closed"))
+        for task in list(self._answering.values()):
+            task.cancel()
+        with contextlib.suppress(Exception):
+            self._wire.writer.close()
 
 
 def _forget(tasks: dict[int, asyncio.Task[None]], stream_id: int, _: object) -> None:
