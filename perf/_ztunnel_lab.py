@@ -37,6 +37,7 @@ __all__ = [
     "PLAIN",
     "REDIS_PORT",
     "BenchLab",
+    "children",
     "Endpoints",
     "ProcSample",
     "count_log_events",
@@ -65,6 +66,14 @@ class ProcSample:
     rss_mb: float
     hwm_mb: float
     anon_mb: float
+
+
+def children(pid: int) -> list[int]:
+    """The PIDs of ``pid``'s child processes (a ztunnel's workers)."""
+    found: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(child) for child in (task / "children").read_text().split()]
+    return found
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -168,9 +177,13 @@ class BenchLab:
             ]
         return objects + [_fill(node, 1) for node in NODES]
 
-    def up(self, *, timeout: float = 90.0, cert_ttl: int = DEFAULT_CERT_TTL) -> None:
+    def up(
+        self, *, timeout: float = 90.0, cert_ttl: int = DEFAULT_CERT_TTL, ztunnel_workers: int = 1
+    ) -> None:
         """Brings the lab and the mesh up and waits for every pod and both echo servers."""
-        self.lab.up(self.objects(), mesh=True, timeout=timeout, cert_ttl=cert_ttl)
+        self.lab.up(
+            self.objects(), mesh=True, timeout=timeout, cert_ttl=cert_ttl, ztunnel_workers=ztunnel_workers
+        )
         for ns in (ENROLLED, PLAIN):
             self._echo_port(ns, timeout=20.0)
 

@@ -70,6 +70,10 @@ class Rate:
     proxy_cpu_us_per_req: float | None
     loadgen_cpu_share: float
     """CPU seconds of redis-benchmark per wall second (1.0 = one core saturated)."""
+    group_cpu_s: tuple[float, ...] = ()
+    """CPU seconds of each of ``request_rate``'s ``groups`` of processes during the measured run."""
+    wall_s: float = 0.0
+    """The measured run's wall seconds."""
 
 
 def _cpu(pids: list[int]) -> float:
@@ -152,11 +156,13 @@ def request_rate(
     keepalive: bool,
     pids: list[int],
     cap: int = 1_000_000,
+    groups: tuple[list[int], ...] = (),
 ) -> Rate:
-    """GETs at ``clients`` concurrency for about ``seconds`` (sized by a 1000-request probe)."""
+    """GETs at ``clients`` concurrency for about ``seconds`` (sized by a 1000-request probe); the CPU
+    of ``pids`` together, and of each of ``groups`` apart, during the measured run."""
     probe, _, _ = _benchmark(bench, netns, target, requests=1000, clients=clients, keepalive=keepalive)
     requests = int(min(cap, max(1000, probe * seconds)))
-    before = _cpu(pids)
+    before, groups_before = _cpu(pids), [_cpu(group) for group in groups]
     rps, cpu, wall = _benchmark(bench, netns, target, requests=requests, clients=clients, keepalive=keepalive)
     used = _cpu(pids) - before
     return Rate(
@@ -164,6 +170,8 @@ def request_rate(
         requests=requests,
         proxy_cpu_us_per_req=used / requests * 1e6 if pids else None,
         loadgen_cpu_share=cpu / wall,
+        group_cpu_s=tuple(_cpu(group) - b for group, b in zip(groups, groups_before, strict=True)),
+        wall_s=wall,
     )
 
 

@@ -116,6 +116,7 @@ class Lab:
         observability: bool = False,
         path_normalization: str = "BASE",
         istiod_replicas: int = 1,
+        ztunnel_workers: int = 1,
     ) -> None:
         """Cleans leftovers, starts the daemon, applies ``objects`` and waits until all pods are ready.
 
@@ -135,6 +136,7 @@ class Lab:
             observability=observability,
             path_normalization=path_normalization,
             istiod_replicas=istiod_replicas,
+            ztunnel_workers=ztunnel_workers,
         )
         objects = self._validate(objects, settings.node_names())
         _preflight()

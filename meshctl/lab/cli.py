@@ -49,6 +49,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
         observability=args.observability,
         path_normalization=args.path_normalization,
         istiod_replicas=args.istiod_replicas,
+        ztunnel_workers=args.ztunnel_workers,
     )
     print(f"lab {lab.lab_id} is up in {time.monotonic() - started:.1f} s\n")
     print(lab.status_text())
@@ -172,6 +173,12 @@ def _add_lifecycle(sub: Any, common: argparse.ArgumentParser) -> None:
         type=int,
         default=1,
         help="istiod_lite replicas; the ztunnels and waypoints know them all and fail over (default 1)",
+    )
+    up.add_argument(
+        "--ztunnel-workers",
+        type=int,
+        default=1,
+        help="worker processes of each node's ztunnel (its --workers; default 1)",
     )
     up.set_defaults(func=_cmd_up)
     down = sub.add_parser("down", parents=[common], help="remove everything the lab created (idempotent)")

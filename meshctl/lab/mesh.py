@@ -206,6 +206,7 @@ def _node_processes(
             settings.cluster_id,
             "--cert-ttl",
             str(settings.cert_ttl),
+            *(("--workers", str(settings.ztunnel_workers)) if settings.ztunnel_workers > 1 else ()),
         ),
         env=env,
         log_path=layout.log(f"ztunnel-{node.name}"),

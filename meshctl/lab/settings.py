@@ -70,6 +70,7 @@ DEFAULT_CERT_TTL = 24 * 3600
 """Istio's default workload certificate TTL."""
 _MIN_CERT_TTL = 60
 _MAX_ISTIOD_REPLICAS = 7
+_MAX_ZTUNNEL_WORKERS = 8
 """Replicas take 10.240.0.2-8 on the lab bridge; nodes start at .11."""
 
 
@@ -94,6 +95,8 @@ class LabSettings:
     """Istio's ``meshConfig.pathNormalization.normalization`` for every waypoint (mesh.l7.normalize)."""
     istiod_replicas: int = 1
     """istiod_lite processes (``lab up --istiod-replicas``); the agents know them all and fail over."""
+    ztunnel_workers: int = 1
+    """Each node's ztunnel ``--workers`` (``lab up --ztunnel-workers``)."""
 
     @property
     def prefix(self) -> str:
@@ -136,6 +139,7 @@ class LabSettings:
             "observability": self.observability,
             "pathNormalization": self.path_normalization,
             "istiodReplicas": self.istiod_replicas,
+            "ztunnelWorkers": self.ztunnel_workers,
             "nodes": [
                 {
                     "name": n.name,
@@ -176,6 +180,7 @@ class LabSettings:
                 observability=bool(data.get("observability", False)),
                 path_normalization=str(data.get("pathNormalization", "BASE")),
                 istiod_replicas=int(data.get("istiodReplicas", 1)),
+                ztunnel_workers=int(data.get("ztunnelWorkers", 1)),
             )
         except (KeyError, TypeError) as exc:
             raise LabError(
@@ -193,6 +198,7 @@ def build_settings(
     observability: bool = False,
     path_normalization: str = "BASE",
     istiod_replicas: int = 1,
+    ztunnel_workers: int = 1,
 ) -> LabSettings:
     """Settings for ``node_count`` nodes: node N at 10.240.0.(10+N), pods in 10.244.N.0/24."""
     check_lab_id(lab_id)
@@ -221,6 +227,11 @@ def build_settings(
             f"a lab runs 1 to {_MAX_ISTIOD_REPLICAS} istiod_lite replicas, not {istiod_replicas}",
             hint=f"pass --istiod-replicas 1..{_MAX_ISTIOD_REPLICAS}",
         )
+    if not 1 <= ztunnel_workers <= _MAX_ZTUNNEL_WORKERS:
+        raise LabError(
+            f"a ztunnel runs 1 to {_MAX_ZTUNNEL_WORKERS} worker processes, not {ztunnel_workers}",
+            hint=f"pass --ztunnel-workers 1..{_MAX_ZTUNNEL_WORKERS}",
+        )
     if path_normalization not in MODES:
         raise LabError(
             f"path normalization {path_normalization!r} is unknown", hint=f"use one of {', '.join(MODES)}"
@@ -234,6 +245,7 @@ def build_settings(
         observability=observability,
         path_normalization=path_normalization,
         istiod_replicas=istiod_replicas,
+        ztunnel_workers=ztunnel_workers,
     )
 
 

@@ -110,3 +110,24 @@ def test_istiod_replicas_each_get_an_address_and_every_ztunnel_knows_them_all(tm
     with pytest.raises(LabError, match="1 to 7 istiod_lite replicas, not 8") as caught:
         build_settings(istiod_replicas=8)
     assert "--istiod-replicas" in caught.value.hint
+
+
+@pytest.mark.parametrize(("workers", "flag"), [(1, None), (2, "2")])
+def test_ztunnel_workers_reach_every_ztunnels_command_line(
+    tmp_path: Path, workers: int, flag: str | None
+) -> None:
+    store = Store(tmp_path)
+    settings = build_settings(lab_id="t3", mesh=True, ztunnel_workers=workers)
+    store.write_settings(settings)
+    assert store.read_settings().ztunnel_workers == workers
+    specs = plan_processes(settings, MeshLayout(tmp_path / "mesh"), state_root=tmp_path, bin_dir="/bin")
+    ztunnels = [s.argv for s in specs if s.name.startswith("ztunnel-")]
+    assert len(ztunnels) == 2
+    for argv in ztunnels:
+        assert (argv[argv.index("--workers") + 1] if "--workers" in argv else None) == flag
+
+
+def test_ztunnel_workers_out_of_range_say_what_to_pass() -> None:
+    with pytest.raises(LabError, match="1 to 8 worker processes, not 0") as caught:
+        build_settings(ztunnel_workers=0)
+    assert "--ztunnel-workers" in caught.value.hint
