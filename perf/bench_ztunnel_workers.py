@@ -3,17 +3,16 @@
     .venv/bin/python -m perf.bench_ztunnel_workers [--workers 1 2] [--seconds 5] [--repeats 2]
                                                    [--clients 16] [--json PATH] [--quick]
 
-The benchmark lab of :mod:`perf.bench_ztunnel` (client pods on node1, redis in the enrolled
-server pod on node2), brought up fresh for each worker count with ``lab up --ztunnel-workers N``
-(both nodes' ztunnels get N), alternating the counts over the repeats so that drift in the
-machine's other load hits both. Two paths: ``hbone`` (the enrolled client: both ztunnels, HBONE
-between them) and ``plain-in`` (the client outside the mesh: only the server's ztunnel works, on
-its inbound plaintext capture, so it is the one bottleneck). Per path, with ``redis-benchmark``
-GETs of a 100-byte value at ``--clients`` connections for about ``--seconds``:
+The benchmark lab of :mod:`perf.bench_ztunnel` (enrolled namespace: the client pod on node1, redis
+in the server pod on node2, HBONE between the two nodes' ztunnels), brought up fresh for each
+worker count with ``lab up --ztunnel-workers N`` (both nodes' ztunnels get N), alternating the
+counts over the repeats so that drift in the machine's other load hits both. With
+``redis-benchmark`` GETs of a 100-byte value at ``--clients`` connections for about ``--seconds``:
 
 - new connections per second (``-k 0``: a new TCP connection through the mesh per request), the
-  CPU per connection of each node's ztunnel (the parent and its workers together), and how many
-  cores the whole machine was busy meanwhile (everyone's work: it is shared);
+  CPU per connection of each node's ztunnel (the parent and its workers together), the cores the
+  server's ztunnel used, and how many cores the whole machine was busy meanwhile (everyone's work:
+  it is shared);
 - keep-alive requests per second and the ztunnels' CPU per request;
 and per lab, memory after the load: VmRSS and RssAnon (private) of the server ztunnel's processes.
 
@@ -39,19 +38,18 @@ from pathlib import Path
 
 from meshctl.lab.testkit import unique_lab_id
 from perf import _ztunnel_measure as m
-from perf._ztunnel_lab import ENROLLED, PLAIN, REDIS_PORT, BenchLab, children, proc_sample
+from perf._ztunnel_lab import ENROLLED, REDIS_PORT, BenchLab, children, proc_sample
 from perf._ztunnel_measure import machine_busy_s
 
-__all__ = ["PathRun", "WorkersRun", "main", "run_once"]
+__all__ = ["WorkersRun", "main", "run_once"]
 
 _RESULTS = Path(__file__).resolve().parent / "results"
 
 
 @dataclass(frozen=True, slots=True)
-class PathRun:
-    """One path's measures with ``workers`` processes per ztunnel."""
+class WorkersRun:
+    """One lab with ``workers`` processes per ztunnel."""
 
-    path: str
     workers: int
     new_conns_per_s: float
     conn_cpu_ms: tuple[float, float]
@@ -67,14 +65,6 @@ class PathRun:
     """CPU per keep-alive request of each ztunnel, µs."""
     req_server_cores: float
     req_machine_busy: float
-
-
-@dataclass(frozen=True, slots=True)
-class WorkersRun:
-    """One lab with ``workers`` processes per ztunnel: both paths, then memory."""
-
-    workers: int
-    paths: tuple[PathRun, ...]
     rss_mb: tuple[float, ...]
     """VmRSS of the server's ztunnel processes after the load: the parent first, then its workers."""
     anon_mb: tuple[float, ...]
@@ -83,52 +73,35 @@ class WorkersRun:
     """/proc/loadavg when the run ended (the machine is shared)."""
 
 
-PATHS = {
-    "hbone": ENROLLED,
-    "plain-in": PLAIN,
-}
-"""Path name -> the namespace of the client pod; the server is always the enrolled one. ``hbone``:
-captured client, HBONE between the ztunnels; ``plain-in``: a client outside the mesh, so only the
-server's ztunnel works (inbound plaintext capture, 15006)."""
-
-
 def _trees(bench: BenchLab) -> list[list[int]]:
     """Per node: its ztunnel's PID, then its workers' PIDs."""
     return [[pid, *sorted(children(pid))] for pid in bench.ztunnel_pids()]
 
 
-def _cpu(tree: list[int]) -> float:
-    return sum(proc_sample(pid).cpu_s for pid in tree)
-
-
 def _measured(
-    bench: BenchLab,
-    client_netns: str,
-    trees: list[list[int]],
-    *,
-    keepalive: bool,
-    seconds: float,
-    clients: int,
+    bench: BenchLab, trees: list[list[int]], *, keepalive: bool, seconds: float, clients: int
 ) -> tuple[m.Rate, float]:
     """A redis-benchmark run (with each ztunnel's CPU during it) and the machine's busy cores."""
-    target = (bench.endpoints(ENROLLED).server_ip, REDIS_PORT)
+    ep = bench.endpoints(ENROLLED)
     busy, started = machine_busy_s(), time.monotonic()
     rate = m.request_rate(
-        bench, client_netns, target, seconds=seconds, clients=clients, keepalive=keepalive, pids=[],
-        groups=(trees[0], trees[1]),
+        bench, ep.client_netns, (ep.server_ip, REDIS_PORT), seconds=seconds, clients=clients,
+        keepalive=keepalive, pids=[], groups=(trees[0], trees[1]),
     )  # fmt: skip
     return rate, (machine_busy_s() - busy) / (time.monotonic() - started)
 
 
-def _path(
-    bench: BenchLab, path: str, trees: list[list[int]], *, workers: int, seconds: float, clients: int
-) -> PathRun:
-    client = bench.endpoints(PATHS[path]).client_netns
-    m.set_value(bench, client, (bench.endpoints(ENROLLED).server_ip, REDIS_PORT))
-    conns, conn_busy = _measured(bench, client, trees, keepalive=False, seconds=seconds, clients=clients)
-    reqs, req_busy = _measured(bench, client, trees, keepalive=True, seconds=seconds, clients=clients)
-    return PathRun(
-        path=path,
+def run_once(bench: BenchLab, *, workers: int, seconds: float, clients: int) -> WorkersRun:
+    """Both measures in a lab that is up with ``workers`` per ztunnel."""
+    ep = bench.endpoints(ENROLLED)
+    m.set_value(bench, ep.client_netns, (ep.server_ip, REDIS_PORT))
+    trees = _trees(bench)
+    if any(len(tree) != (1 if workers == 1 else workers + 1) for tree in trees):
+        raise RuntimeError(f"expected {workers} worker processes per ztunnel, found {trees}")
+    conns, conn_busy = _measured(bench, trees, keepalive=False, seconds=seconds, clients=clients)
+    reqs, req_busy = _measured(bench, trees, keepalive=True, seconds=seconds, clients=clients)
+    server = [proc_sample(pid) for pid in trees[1]]
+    return WorkersRun(
         workers=workers,
         new_conns_per_s=conns.per_s,
         conn_cpu_ms=(
@@ -142,33 +115,15 @@ def _path(
         req_cpu_us=(reqs.group_cpu_s[0] / reqs.requests * 1e6, reqs.group_cpu_s[1] / reqs.requests * 1e6),
         req_server_cores=reqs.group_cpu_s[1] / reqs.wall_s,
         req_machine_busy=req_busy,
-    )
-
-
-def run_once(
-    bench: BenchLab, *, workers: int, seconds: float, clients: int, paths: tuple[str, ...] = tuple(PATHS)
-) -> WorkersRun:
-    """``paths`` in a lab that is up with ``workers`` per ztunnel."""
-    trees = _trees(bench)
-    if any(len(tree) != (1 if workers == 1 else workers + 1) for tree in trees):
-        raise RuntimeError(f"expected {workers} worker processes per ztunnel, found {trees}")
-    measured = tuple(
-        _path(bench, path, trees, workers=workers, seconds=seconds, clients=clients) for path in paths
-    )
-    server = [proc_sample(pid) for pid in trees[1]]
-    return WorkersRun(
-        workers=workers,
-        paths=measured,
         rss_mb=tuple(s.rss_mb for s in server),
         anon_mb=tuple(s.anon_mb for s in server),
         loadavg=Path("/proc/loadavg").read_text().strip(),
     )
 
 
-def run_benchmark(
-    *, counts: list[int], repeats: int, seconds: float, clients: int, paths: tuple[str, ...]
-) -> list[WorkersRun]:
-    """``repeats`` rounds over ``counts``, each run in a fresh lab that is always torn down."""
+def run_benchmark(*, counts: list[int], repeats: int, seconds: float, clients: int) -> list[WorkersRun]:
+    """``repeats`` rounds over ``counts``, each run in a fresh lab that is always torn down; on a
+    failure the mesh's logs are kept under perf/results/."""
     runs = []
     for repeat in range(repeats):
         for workers in counts:
@@ -176,7 +131,7 @@ def run_benchmark(
                 bench = BenchLab(Path(tmp) / "state", lab_id=unique_lab_id("w"), work=Path(tmp))
                 try:
                     bench.up(ztunnel_workers=workers)
-                    run = run_once(bench, workers=workers, seconds=seconds, clients=clients, paths=paths)
+                    run = run_once(bench, workers=workers, seconds=seconds, clients=clients)
                 except Exception:
                     kept = _RESULTS / f"ztunnel-workers-logs-{dt.datetime.now():%Y%m%d-%H%M%S}"
                     shutil.copytree(bench.lab.paths.root / "mesh" / "logs", kept, dirs_exist_ok=True)
@@ -186,69 +141,56 @@ def run_benchmark(
                     raise
                 finally:
                     bench.down()
-            for p in run.paths:
-                print(
-                    f"  repeat {repeat + 1}, {workers} worker(s), {p.path}: "
-                    f"{p.new_conns_per_s:.0f} new conns/s "
-                    f"(ms/conn {p.conn_cpu_ms[0]:.2f}, {p.conn_cpu_ms[1]:.2f}; machine "
-                    f"{p.conn_machine_busy:.2f} cores), {p.req_per_s:.0f} req/s; load {run.loadavg}",
-                    file=sys.stderr,
-                    flush=True,
-                )
+            print(
+                f"  repeat {repeat + 1}, {workers} worker(s): {run.new_conns_per_s:.0f} new conns/s "
+                f"(ms/conn {run.conn_cpu_ms[0]:.2f}, {run.conn_cpu_ms[1]:.2f}; machine "
+                f"{run.conn_machine_busy:.2f} cores), {run.req_per_s:.0f} req/s; load {run.loadavg}",
+                file=sys.stderr,
+                flush=True,
+            )
             runs.append(run)
     return runs
 
 
-def _pair(runs: list[PathRun], get: Callable[[PathRun], tuple[float, float]], fmt: str) -> str:
-    return ", ".join(format(statistics.median(get(r)[i] for r in runs), fmt) for i in (0, 1))
+_COLUMNS: tuple[tuple[str, Callable[[WorkersRun], tuple[float, ...]], str], ...] = (
+    ("new conns/s", lambda r: (r.new_conns_per_s,), ".0f"),
+    ("ztunnel CPU ms/conn (client, server)", lambda r: r.conn_cpu_ms, ".2f"),
+    ("server ztunnel cores", lambda r: (r.server_cores,), ".2f"),
+    ("machine busy cores", lambda r: (r.conn_machine_busy,), ".2f"),
+    ("load tool CPU", lambda r: (r.conn_loadgen_cpu,), ".2f"),
+    ("req/s (keep-alive)", lambda r: (r.req_per_s,), ".0f"),
+    ("ztunnel CPU µs/req (client, server)", lambda r: r.req_cpu_us, ".1f"),
+    ("server ztunnel cores", lambda r: (r.req_server_cores,), ".2f"),
+    ("machine busy cores", lambda r: (r.req_machine_busy,), ".2f"),
+)
 
 
-def _one(runs: list[PathRun], get: Callable[[PathRun], float], fmt: str) -> str:
-    return format(statistics.median(get(r) for r in runs), fmt)
+def _medians(runs: list[WorkersRun]) -> list[tuple[float, ...]]:
+    return [
+        tuple(statistics.median(parts) for parts in zip(*(get(r) for r in runs), strict=True))
+        for _, get, _ in _COLUMNS
+    ]
 
 
 def report(runs: list[WorkersRun], *, header: str) -> str:
-    """Markdown: per path and worker count the medians, the scaling over 1 worker, and memory."""
-    lines = [
-        header,
-        "",
-        "| path | workers per ztunnel | new conns/s | ztunnel CPU ms/conn (client, server) "
-        "| server ztunnel cores | machine busy cores | load tool CPU | req/s (keep-alive) "
-        "| ztunnel CPU µs/req (client, server) | server ztunnel cores | machine busy cores |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    groups: dict[tuple[str, int], list[PathRun]] = {}
+    """Markdown: the median per worker count, the scaling over 1 worker, and memory per process."""
+    names = ["workers per ztunnel", *(name for name, _, _ in _COLUMNS)]
+    lines = [header, "", "| " + " | ".join(names) + " |", "|" + "---|" * len(names)]
+    by_count: dict[int, list[WorkersRun]] = {}
     for run in runs:
-        for p in run.paths:
-            groups.setdefault((p.path, p.workers), []).append(p)
-    for (path, count), group in sorted(
-        groups.items(), key=lambda kv: (list(PATHS).index(kv[0][0]), kv[0][1])
-    ):
+        by_count.setdefault(run.workers, []).append(run)
+    medians = {count: _medians(group) for count, group in sorted(by_count.items())}
+    for count, values in medians.items():
         cells = [
-            path,
-            str(count),
-            _one(group, lambda r: r.new_conns_per_s, ".0f"),
-            _pair(group, lambda r: r.conn_cpu_ms, ".2f"),
-            _one(group, lambda r: r.server_cores, ".2f"),
-            _one(group, lambda r: r.conn_machine_busy, ".2f"),
-            _one(group, lambda r: r.conn_loadgen_cpu, ".2f"),
-            _one(group, lambda r: r.req_per_s, ".0f"),
-            _pair(group, lambda r: r.req_cpu_us, ".1f"),
-            _one(group, lambda r: r.req_server_cores, ".2f"),
-            _one(group, lambda r: r.req_machine_busy, ".2f"),
+            ", ".join(format(v, fmt) for v in vals)
+            for vals, (_, _, fmt) in zip(values, _COLUMNS, strict=True)
         ]
-        lines.append("| " + " | ".join(cells) + " |")
-    counts = sorted({run.workers for run in runs})
-    if 1 in counts and len(counts) > 1:
-        most = counts[-1]
-        lines.append("")
-        for path in sorted({p for p, _ in groups}, key=list(PATHS).index):
-            base, more = groups[(path, 1)], groups[(path, most)]
-            conns = statistics.median(r.new_conns_per_s for r in more) / statistics.median(
-                r.new_conns_per_s for r in base
-            )
-            reqs = statistics.median(r.req_per_s for r in more) / statistics.median(r.req_per_s for r in base)
-            lines.append(f"{path}: {most} workers vs 1: new conns/s {conns:.2f}x, req/s {reqs:.2f}x")
+        lines.append("| " + " | ".join([str(count), *cells]) + " |")
+    if 1 in medians and len(medians) > 1:
+        most = max(medians)
+        conns = medians[most][0][0] / medians[1][0][0]
+        reqs = medians[most][5][0] / medians[1][5][0]
+        lines += ["", f"{most} workers vs 1: new conns/s {conns:.2f}x, req/s {reqs:.2f}x"]
     lines += ["", "| workers | server ztunnel VmRSS MB (parent, workers...) | RssAnon MB |", "|---|---|---|"]
     for run in sorted(runs, key=lambda r: r.workers):
         rss = ", ".join(f"{v:.1f}" for v in run.rss_mb)
@@ -268,20 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0, help="about this long per measure")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--clients", type=int, default=16, help="redis-benchmark connections")
-    parser.add_argument(
-        "--paths", nargs="+", choices=list(PATHS), default=list(PATHS), help="what to measure"
-    )
     parser.add_argument("--json", type=Path, help="where to write the raw results (default: perf/results/)")
     parser.add_argument("--quick", action="store_true", help="smoke run: one repeat of 1 s per measure")
     args = parser.parse_args(argv)
     if args.quick:
         args.seconds, args.repeats = 1.0, 1
     runs = run_benchmark(
-        counts=args.workers,
-        repeats=args.repeats,
-        seconds=args.seconds,
-        clients=args.clients,
-        paths=tuple(args.paths),
+        counts=args.workers, repeats=args.repeats, seconds=args.seconds, clients=args.clients
     )
     header = (
         f"{dt.datetime.now().astimezone().isoformat(timespec='minutes')}, {platform.node()}, "

@@ -63,7 +63,7 @@ class WorkerPool:
         self.log = log.bind(component="workers")
         self.pods: dict[str, WorkerServedPod] = {}
         """The pods the workers serve, by uid (a restarted worker gets each again)."""
-        self.draining = False
+        self._draining = asyncio.Event()
         self.links = [WorkerLink(self, index, command) for index in range(count)]
         self._any_live = asyncio.Event()
 
@@ -76,6 +76,16 @@ class WorkerPool:
         while not all(link.live for link in self.links):
             self._any_live.clear()
             await self._any_live.wait()
+
+    @property
+    def draining(self) -> bool:
+        """Whether :meth:`drain` began (no worker is started again)."""
+        return self._draining.is_set()
+
+    async def wait_draining(self, *, within: float) -> None:
+        """Returns when the drain begins, or after ``within`` seconds."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._draining.wait(), within)
 
     def live_links(self) -> list[WorkerLink]:
         """The workers that have the config now and take pods and changes."""
@@ -127,7 +137,7 @@ class WorkerPool:
     async def drain(self, *, deadline: float) -> int:
         """Tells every worker to drain within ``deadline``, waits for them to exit, and returns how
         many connections they cut at the deadline. No worker is restarted after this."""
-        self.draining = True
+        self._draining.set()
         results = await asyncio.gather(*(link.drain(deadline) for link in self.links), return_exceptions=True)
         return sum(r for r in results if isinstance(r, int))
 
@@ -279,7 +289,7 @@ class WorkerLink:
             if loop.time() - started > _STABLE_AFTER:
                 delay = _RESTART_FIRST
             self._log.warning("worker.exited", pid=self.pid, exit_code=code, restart_in=delay)
-            await asyncio.sleep(delay)
+            await self._pool.wait_draining(within=delay)  # a drain ends the wait at once
             delay = min(delay * 2, _RESTART_CAP)
 
     async def drain(self, deadline: float) -> int:
