@@ -132,6 +132,25 @@ async def _restarted(node: Node) -> bool:
     return first["starts"] == 2 and first["ready"] is True
 
 
+async def test_a_stuck_worker_is_left_out_of_the_pages_then_killed_and_started_again(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    client, server = pods
+    async with ztunnel_process(pods, tmp_path) as node, tcp_echo(server):
+        assert await _echoes(client, server, 20) == {"ok": 20, "failed": 0}
+        alone = await node.metrics(worker=1)
+        stuck = int(str((await node.workers())[0]["pid"]))
+        os.kill(stuck, signal.SIGSTOP)  # alive, but answers nothing (its listeners still take connections)
+        started = asyncio.get_running_loop().time()
+        total = await node.metrics()  # the pages answer with the workers that do
+        assert asyncio.get_running_loop().time() - started < 4.5
+        assert sample_sum(total, OPENED) == sample_sum(alone, OPENED)
+        await _until(lambda: _gone(stuck), what="the stuck worker killed", within=40)
+        await _until(lambda: _restarted(node), what="worker 0 started again and ready")
+        assert await _echoes(client, server, 40) == {"ok": 40, "failed": 0}
+        assert [e["pid"] for e in node.log_events("worker.unresponsive")] == [stuck]
+
+
 _HOLD = """
 import socket, sys
 s = socket.create_connection((sys.argv[1], 9000), 5)

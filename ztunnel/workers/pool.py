@@ -40,6 +40,13 @@ _RESTART_CAP = 5.0
 _STABLE_AFTER = 10.0
 """A worker that ran this long before dying restarts after the first delay again."""
 _REQUEST_TIMEOUT = 10.0
+_PING_EVERY = 5.0
+_PING_WITHIN = 10.0
+"""A worker that answers no ping for this long is killed (and started again): while it is stuck,
+the kernel still hands its listeners their share of new connections, which nobody accepts."""
+_HELLO_WITHIN = 30.0
+_QUESTION_TIMEOUT = 2.0
+"""For the HTTP pages' questions: the page answers with the workers that replied within its 5 s."""
 
 
 class WorkerGoneError(MeshError):
@@ -110,9 +117,10 @@ class WorkerPool:
                 link.post(Message("certificate", fields))
 
     async def ask_all(self, kind: str) -> list[tuple[WorkerLink, Message]]:
-        """Asks every live worker ``kind`` (e.g. "stats"); the answers of those that replied."""
+        """Asks every live worker ``kind`` (e.g. "stats"); the answers of those that replied within
+        2 s (a stuck worker leaves the others' answers standing)."""
         links = self.live_links()
-        asked = (link.request(Message(kind)) for link in links)
+        asked = (link.request(Message(kind), within=_QUESTION_TIMEOUT) for link in links)
         replies = await asyncio.gather(*asked, return_exceptions=True)
         return [(link, r) for link, r in zip(links, replies, strict=True) if isinstance(r, Message)]
 
@@ -254,8 +262,9 @@ class WorkerLink:
         elif message.fd is not None:
             os.close(message.fd)
 
-    async def request(self, message: Message) -> Message:
-        """Sends ``message`` and waits for the worker's reply; raises WorkerGoneError if it dies."""
+    async def request(self, message: Message, *, within: float = _REQUEST_TIMEOUT) -> Message:
+        """Sends ``message`` and waits for the worker's reply; raises WorkerGoneError if it dies or
+        does not answer ``within`` seconds."""
         if self._channel is None:
             if message.fd is not None:
                 os.close(message.fd)
@@ -265,11 +274,10 @@ class WorkerLink:
         self._pending[ident] = reply
         self._channel.post(Message(message.kind, {"id": ident, **message.fields}, message.body, message.fd))
         try:
-            return await asyncio.wait_for(reply, _REQUEST_TIMEOUT)
+            return await asyncio.wait_for(reply, within)
         except TimeoutError:
-            raise WorkerGoneError(
-                f"worker {self.index} did not answer {message.kind} within {_REQUEST_TIMEOUT} s"
-            ) from None
+            gone = f"worker {self.index} did not answer {message.kind} within {within} s"
+            raise WorkerGoneError(gone) from None
         finally:
             self._pending.pop(ident, None)
 
@@ -301,8 +309,7 @@ class WorkerLink:
             return await asyncio.wait_for(asyncio.shield(self._drained), deadline + 5.0)
         except TimeoutError:
             self._log.warning("worker.drain_timeout", pid=self.pid)
-            if self._process is not None and self._process.returncode is None:
-                self._process.kill()
+            self._kill()
             return 0
 
     async def _run_once(self) -> int | None:
@@ -346,7 +353,12 @@ class WorkerLink:
 
     async def _serve(self, channel: WorkerChannel) -> None:
         try:
-            hello = await channel.recv()
+            try:
+                hello = await asyncio.wait_for(channel.recv(), _HELLO_WITHIN)
+            except TimeoutError:
+                self._log.error("worker.no_hello", pid=self.pid, within=_HELLO_WITHIN)
+                self._kill()
+                return
             if hello.kind != "hello":
                 raise WorkerChannelError(f"worker {self.index} began with {hello.kind!r}, not hello")
             if self._pool.draining:  # started while the pool began draining: it serves nothing
@@ -359,6 +371,7 @@ class WorkerLink:
             self._pool._link_live()
             self._log.info("worker.started", pid=self.pid, starts=self.starts)
             self._spawn(self._replay_pods())
+            self._spawn(self._watch())
             while True:
                 self._dispatch(await channel.recv())
         except WorkerChannelError as exc:
@@ -379,6 +392,22 @@ class WorkerLink:
             self._log.warning("worker.unknown_message", kind=message.kind)
         if message.fd is not None:
             os.close(message.fd)
+
+    async def _watch(self) -> None:
+        """Pings the worker every 5 s; kills it when it does not answer within 10 s."""
+        while True:
+            await asyncio.sleep(_PING_EVERY)
+            try:
+                await self.request(Message("ping"), within=_PING_WITHIN)
+            except WorkerGoneError as exc:
+                if not self._pool.draining:  # a draining worker stops reading; it exits by itself
+                    self._log.error("worker.unresponsive", pid=self.pid, error=exc.message)
+                    self._kill()
+                return
+
+    def _kill(self) -> None:
+        if self._process is not None and self._process.returncode is None:
+            self._process.kill()
 
     async def _replay_pods(self) -> None:
         """Hands every enrolled pod to a worker that just started; then it is ready."""

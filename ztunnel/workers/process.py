@@ -96,6 +96,7 @@ class Worker:
             "pod": self._on_pod,
             "stats": self._on_stats,
             "status": self._on_status,
+            "ping": self._reply,  # a liveness check: the answer is the point
         }
 
     async def serve(self) -> int:
