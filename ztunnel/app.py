@@ -39,8 +39,7 @@ from mesh.rt.xds import Converter, XdsClient, XdsNode, XdsState
 from ztunnel.admin import admin_routes, metrics_routes, readiness_routes
 from ztunnel.context import NodeContext
 from ztunnel.local_config import load_local_config
-from ztunnel.manager import WorkloadManager, WorkloadManagerMetrics
-from ztunnel.proxy import PodProxy
+from ztunnel.manager import ServedPod, WorkloadManager, WorkloadManagerMetrics
 from ztunnel.revocation import CrlWatcher
 from ztunnel.skew import IgnoredFields
 from ztunnel.workers.admin import worker_admin_routes, worker_metrics_routes
@@ -185,11 +184,6 @@ class Ztunnel:
 
     def _worker_pool(self, certs: CertificateManager) -> WorkerPool:
         args = self.args
-        if args.crl_file:
-            raise MeshError(
-                "--crl-file works with one worker process only for now",
-                hint="drop --workers (or pass --workers 1) to use --crl-file",
-            )
         command = worker_command(
             node=args.node,
             trust_domain=args.trust_domain,
@@ -198,6 +192,7 @@ class Ztunnel:
             drain_deadline=args.drain_deadline,
             max_connections=args.max_connections,
             local_config=None if args.local_config is None else str(args.local_config),
+            crl_file=None if args.crl_file is None else str(args.crl_file),
         )
         return WorkerPool(
             count=args.workers, command=command, certs=certs, mirror=ResourceMirror(), log=self.ctx.log
@@ -235,9 +230,9 @@ class Ztunnel:
         if self.workers is not None:
             self.workers.publish(xds)
 
-    def _proxies(self) -> Iterable[PodProxy]:
-        """The pod proxies now (read each time: the manager replaces its dict when it stops)."""
-        return [p for p in self.manager.proxies.values() if isinstance(p, PodProxy)]
+    def _proxies(self) -> Iterable[ServedPod]:
+        """The served pods now (read each time: the manager replaces its dict when it stops)."""
+        return self.manager.proxies.values()
 
     def missing(self) -> list[str]:
         """What readiness still waits for (empty when ready). Called on the readiness thread: it only

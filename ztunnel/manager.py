@@ -18,6 +18,7 @@ import structlog
 
 from mesh.api.istio.workload.zds import zds_pb2
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.revocation import Revocation
 from mesh.rt.metrics import CounterFamily
 from ztunnel.context import NodeContext
 from ztunnel.proxy import PodInfo, PodProxy
@@ -58,6 +59,10 @@ class ServedPod(Protocol):
 
     async def stop(self, *, deadline: float = 5.0) -> int:
         """Drains until ``deadline``; returns how many connections were cut."""
+        ...
+
+    def close_revoked(self, revocation: Revocation) -> int:
+        """Drops the pod's connections whose peer certificate ``revocation`` revokes; how many."""
         ...
 
 

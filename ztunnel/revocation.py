@@ -27,7 +27,7 @@ from mesh.revocation import NO_REVOCATION, Revocation, parse_crls
 from mesh.rt.metrics import CounterFamily, GaugeFamily, MetricFamily
 from mesh.rt.tls import PeerRejectedError, self_check
 from ztunnel.context import NodeContext
-from ztunnel.proxy import PodProxy
+from ztunnel.manager import ServedPod
 
 __all__ = ["CrlWatcher"]
 
@@ -38,10 +38,19 @@ class CrlWatcher:
     """Applies ``path``'s CRLs to ``ctx`` and the pod proxies ``proxies()`` returns; also a metrics
     collector (``ztunnel_crl_revoked_serials``, ``ztunnel_crl_connections_closed_total``)."""
 
-    def __init__(self, path: Path, ctx: NodeContext, proxies: Callable[[], Iterable[PodProxy]]) -> None:
+    def __init__(
+        self,
+        path: Path,
+        ctx: NodeContext,
+        proxies: Callable[[], Iterable[ServedPod]],
+        *,
+        report_serials: bool = True,
+    ) -> None:
         self.path = path
         self._ctx = ctx
         self._proxies = proxies
+        self._report_serials = report_serials
+        """False in a worker process: the parent reports the serials in force once for the node."""
         self._stamp: _FileStamp = None
         self.closed_total = 0
 
@@ -95,7 +104,7 @@ class CrlWatcher:
             "ztunnel_crl_connections_closed", "Live HBONE connections closed because the peer was revoked."
         )
         closed.add_metric((), self.closed_total)
-        return [serials, closed]
+        return [serials, closed] if self._report_serials else [closed]
 
     def _read(self) -> Revocation:
         return parse_crls(self.path.read_bytes(), what=f"the CRL file {self.path}")
@@ -125,5 +134,5 @@ def _stamp(path: Path) -> _FileStamp:
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
 
-def _identities(proxies: Iterable[PodProxy]) -> set[WorkloadIdentity]:
+def _identities(proxies: Iterable[ServedPod]) -> set[WorkloadIdentity]:
     return {proxy.identity for proxy in proxies}

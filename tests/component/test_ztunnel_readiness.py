@@ -121,11 +121,6 @@ def _free_port() -> int:
     [
         ((), "still needs a CA", "--ca-address"),
         (("--ca-address", "127.0.0.1:9", "--max-connections", "0"), "at least 1, not 0", "--max-connections"),
-        (
-            ("--ca-address", "127.0.0.1:9", "--workers", "2", "--crl-file", "crl.pem"),
-            "--crl-file works with one worker process",
-            "--workers 1",
-        ),
     ],
 )
 def test_unusable_settings_say_what_to_pass(

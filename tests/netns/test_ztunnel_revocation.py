@@ -22,7 +22,6 @@ from mesh.rt.net.netns import InPodSocketFactory
 from mesh.rt.tls import TlsMaterial
 from mesh.testing.pki import build_crl
 from tests.netns.ztunnel_support import (
-    Mesh,
     Pod,
     client_hbone_pool,
     metric_total,
@@ -30,7 +29,6 @@ from tests.netns.ztunnel_support import (
     running_mesh,
     tcp_echo,
 )
-from ztunnel.proxy import PodProxy
 from ztunnel.revocation import CrlWatcher
 
 CLIENT = WorkloadIdentity("cluster.local", "demo", "client")
@@ -73,7 +71,7 @@ async def test_a_revoked_client_certificate_is_cut_off_refused_and_replaced(
     client, server = pods
     crl_file = tmp_path / "ca-crl.pem"
     async with running_mesh(pods, tmp_path) as mesh, tcp_echo(server):
-        watcher = CrlWatcher(crl_file, mesh.ctx, lambda: _pod_proxies(mesh))
+        watcher = CrlWatcher(crl_file, mesh.ctx, mesh.manager.proxies.values)
         mesh.registry.register(watcher)
         holder = await asyncio.create_subprocess_exec(
             "ip", "netns", "exec", client.netns, sys.executable, "-c", _HOLD, server.ip,
@@ -114,7 +112,3 @@ async def test_a_revoked_client_certificate_is_cut_off_refused_and_replaced(
         )
         code, out, err = await run_in(client, sys.executable, "-c", probe)
         assert code == 0 and out.strip() == "b'x'", (out, err)
-
-
-def _pod_proxies(mesh: Mesh) -> list[PodProxy]:
-    return [p for p in mesh.manager.proxies.values() if isinstance(p, PodProxy)]

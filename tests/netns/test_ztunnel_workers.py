@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from mesh.testing.pki import build_crl
 from tests.netns.ztunnel_support import Pod, run_in, tcp_echo
 from tests.netns.ztunnel_workers_support import (
     ECHOES,
@@ -149,6 +150,44 @@ async def test_a_stuck_worker_is_left_out_of_the_pages_then_killed_and_started_a
         await _until(lambda: _restarted(node), what="worker 0 started again and ready")
         assert await _echoes(client, server, 40) == {"ok": 40, "failed": 0}
         assert [e["pid"] for e in node.log_events("worker.unresponsive")] == [stuck]
+
+
+async def test_a_crl_reaches_every_worker_and_the_parent_renews_the_revoked_certificate(
+    pods: list[Pod], tmp_path: Path
+) -> None:
+    client, server = pods
+    crl = tmp_path / "crl.pem"
+    async with ztunnel_process(pods, tmp_path, extra=("--crl-file", str(crl))) as node, tcp_echo(server):
+        assert await _echoes(client, server, 20) == {"ok": 20, "failed": 0}  # pooled tunnels stay up
+        revoked = await node.certificate_serial(CLIENT_ID)
+        crl.write_bytes(build_crl(node.authority.cert, node.authority.key, [int(revoked, 16)]))
+        await _until(lambda: _renewed(node, revoked), what="the parent renewed the client's certificate")
+        # the server's workers cut the tunnels that presented the revoked certificate ...
+        await _until(lambda: _crl_closed(node), what="the workers cut the revoked client's tunnels")
+        # ... and refuse it from then on, so new connections work once the client's workers have the
+        # renewed certificate the parent pushed to them
+        await _until(lambda: _all_echo(client, server), what="every worker presents the new certificate")
+        assert await _echoes(client, server, 40) == {"ok": 40, "failed": 0}
+        total = await node.metrics()
+        assert sample_sum(total, "ztunnel_crl_revoked_serials") == 1  # once for the node, not per worker
+        assert node.ca_registry.get_sample_value("citadel_server_csr_total") == 3  # 1 renewal, the parent's
+    applied = node.log_events("revocation.applied")
+    assert sorted(str(e.get("worker", "parent")) for e in applied) == ["0", "1", "parent"], applied
+
+
+async def _crl_closed(node: Node) -> bool:
+    return sample_sum(await node.metrics(), "ztunnel_crl_connections_closed_total") >= 1
+
+
+CLIENT_ID = "spiffe://cluster.local/ns/demo/sa/client"
+
+
+async def _renewed(node: Node, revoked: str) -> bool:
+    return await node.certificate_serial(CLIENT_ID) != revoked
+
+
+async def _all_echo(client: Pod, server: Pod) -> bool:
+    return await _echoes(client, server, 10) == {"ok": 10, "failed": 0}
 
 
 _HOLD = """

@@ -22,7 +22,7 @@ from google.protobuf.message import Message
 
 from istiod_lite.app import IstiodSettings, build_server
 from istiod_lite.ca.auth import Caller, LabTokenAuthenticator
-from istiod_lite.ca.authority import create_root
+from istiod_lite.ca.authority import SigningAuthority, create_root
 from istiod_lite.ca.pods import InMemoryPodIndex, PodPlacement
 from istiod_lite.push.debounce import DebounceSettings
 from istiod_lite.push.hub import ConfigPusher, Hub
@@ -120,6 +120,8 @@ class Node:
     metrics_port: int
     readiness_port: int
     log_path: Path
+    authority: SigningAuthority
+    """The CA's signing certificate and key (to sign CRLs)."""
 
     def get(self, port: int, path: str) -> tuple[int, bytes]:
         """GET ``path`` on one of the ztunnel's ports (status, body); blocking, call via to_thread."""
@@ -134,6 +136,14 @@ class Node:
         assert status == 200, body
         workers: list[dict[str, object]] = json.loads(body)["workers"]
         return workers
+
+    async def certificate_serial(self, uri: str) -> str:
+        """The serial (hex) of the certificate ztunnel holds for ``uri``, from /config_dump."""
+        status, body = await asyncio.to_thread(self.get, self.admin_port, "/config_dump")
+        assert status == 200, body
+        serials = [c["serial"] for c in json.loads(body)["certificates"] if c["identity"] == uri]
+        assert len(serials) == 1, body
+        return str(serials[0])
 
     async def metrics(self, worker: int | None = None) -> str:
         query = "" if worker is None else f"?worker={worker}"
@@ -172,7 +182,7 @@ def _free_port() -> int:
 
 @asynccontextmanager
 async def ztunnel_process(
-    pods: list[Pod], tmp: Path, *, workers: int = 2, drain_deadline: float = 5.0
+    pods: list[Pod], tmp: Path, *, workers: int = 2, drain_deadline: float = 5.0, extra: tuple[str, ...] = ()
 ) -> AsyncIterator[Node]:
     """istiod_lite (CA + xDS), then ``ztunnel --workers N``, then the pods enrolled; yields once
     the ztunnel is ready. Stops everything it started."""
@@ -225,11 +235,13 @@ async def ztunnel_process(
                 "--xds-address", f"127.0.0.1:{istiod.ca_port}", "--istiod-name", ISTIOD_NAME,
                 "--zds-socket", zds_path, "--admin", f"127.0.0.1:{ports[0]}",
                 "--metrics", f"127.0.0.1:{ports[1]}", "--readiness", f"127.0.0.1:{ports[2]}",
-                "--workers", str(workers), "--drain-deadline", str(drain_deadline),
+                "--workers", str(workers), "--drain-deadline", str(drain_deadline), *extra,
                 stdout=log, stderr=log, start_new_session=True,
             )  # fmt: skip
         admin, metrics, readiness = ports
-        node = Node(process, source, hub, ca_registry, istiod.ca_port, admin, metrics, readiness, log_path)
+        node = Node(
+            process, source, hub, ca_registry, istiod.ca_port, admin, metrics, readiness, log_path, authority
+        )
         conn, _ = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(agent_socket), 30)
         agent = ZdsChannel(conn)
         await enroll(agent, pods)

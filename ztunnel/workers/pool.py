@@ -25,6 +25,7 @@ from mesh.certs import IssuedCertificate
 from mesh.errors import MeshError
 from mesh.identity.errors import InvalidSpiffeId
 from mesh.identity.spiffe import WorkloadIdentity
+from mesh.revocation import Revocation
 from mesh.rt.certs import NoValidCertificate
 from mesh.rt.xds import XdsState
 from ztunnel.context import Certificates, NodeContext
@@ -194,6 +195,11 @@ class WorkerServedPod:
                 "; ".join(errors) or "every ztunnel worker went away while taking the pod",
                 hint="see the workers' proxy.start_failed logs; the node agent retries the pod",
             )
+
+    def close_revoked(self, revocation: Revocation) -> int:
+        """Nothing here: the workers hold the pod's connections, and each applies the CRL file itself
+        (``--crl-file`` is passed on to them)."""
+        return 0
 
     async def add_to(self, link: WorkerLink) -> str:
         """Hands the pod to one worker; returns its error ("" when it serves the pod)."""
@@ -449,7 +455,7 @@ class WorkerLink:
 
 def worker_command(
     *, node: str, trust_domain: str, log_format: str, log_level: str, drain_deadline: float,
-    max_connections: int | None, local_config: str | None,
+    max_connections: int | None, local_config: str | None, crl_file: str | None,
 ) -> list[str]:  # fmt: skip
     """The argv of a worker process for ztunnel's settings."""
     command = [
@@ -460,4 +466,6 @@ def worker_command(
         command += ["--max-connections", str(max_connections)]
     if local_config is not None:
         command += ["--local-config", local_config]
+    if crl_file is not None:
+        command += ["--crl-file", crl_file]
     return command

@@ -19,7 +19,7 @@ import random
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 
 import structlog
@@ -39,7 +39,8 @@ from mesh.rt.tcp_metrics import TcpMetrics
 from mesh.rt.xds import XdsState, apply_response
 from ztunnel.context import DEFAULT_MAX_CONNECTIONS, NodeContext
 from ztunnel.local_config import load_local_config
-from ztunnel.manager import WorkloadManager
+from ztunnel.manager import ServedPod, WorkloadManager
+from ztunnel.revocation import CrlWatcher
 from ztunnel.workers.certs import ParentCertificates, certificate_from_fields
 from ztunnel.workers.channel import Message, WorkerChannel, WorkerChannelError
 from ztunnel.workers.stats import families_as_json
@@ -57,6 +58,7 @@ def worker_parser() -> argparse.ArgumentParser:
     p.add_argument("--node", required=True)
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--local-config", type=Path, help="ztunnel's local config file, read here too")
+    p.add_argument("--crl-file", type=Path, help="ztunnel's CRL file, applied here too")
     p.add_argument("--max-connections", type=int, default=DEFAULT_MAX_CONNECTIONS)
     p.add_argument("--drain-deadline", type=float, default=5.0, help="when SIGTERM reaches a worker itself")
     p.add_argument("--log-format", choices=["json", "console"], default="json")
@@ -87,6 +89,10 @@ class Worker:
         )
         self.registry.register(self.ctx.budget)
         self.manager = WorkloadManager(self.ctx, socket_path="", rng=rng)
+        self.crl: CrlWatcher | None = None
+        if args.crl_file:  # the worker's connections and handshakes; the parent renews certificates
+            self.crl = CrlWatcher(args.crl_file, self.ctx, self._served_pods, report_serials=False)
+            self.registry.register(self.crl)
         self._converters = converters(None)  # the parent counts ignored fields once for the node
         self._xds = XdsState()
         self._handlers: dict[str, Callable[[Message], Awaitable[None] | None]] = {
@@ -111,7 +117,10 @@ class Worker:
         self.registry.register(LoopTasks(loop, "ztunnel_event_loop_tasks"))
         if self.args.local_config:
             self.ctx.apply_state(load_local_config(self.args.local_config))
-        trim = loop.create_task(trim_when_idle())
+        background = [loop.create_task(trim_when_idle())]
+        if self.crl is not None:
+            self.crl.check()  # in force before the first pod is served
+            background.append(loop.create_task(self.crl.run()))
         channel.post(Message("hello", {"index": self.args.index}))
         freeze_startup_heap()
         reading = loop.create_task(self._read(channel))
@@ -121,7 +130,7 @@ class Worker:
             deadline = reading.result() if reading.exception() is None else 0.0
         else:
             deadline = self.args.drain_deadline
-        for task in (reading, waiting, trim):
+        for task in (reading, waiting, *background):
             task.cancel()
         cut = await self.manager.stop_all(deadline=deadline)
         self.ctx.log.info("worker.stopped", connections_cut=cut)
@@ -150,6 +159,10 @@ class Worker:
                     await result
             except (MeshError, DecodeError, KeyError, TypeError, ValueError) as exc:
                 self.ctx.log.warning("worker.bad_message", kind=message.kind, error=repr(exc))
+
+    def _served_pods(self) -> Iterable[ServedPod]:
+        """The pod proxies now (read each time: the manager replaces its dict when it stops)."""
+        return self.manager.proxies.values()
 
     def _reply(self, message: Message, **fields: object) -> None:
         assert self.channel is not None
