@@ -1,9 +1,11 @@
 """The lab's controllers as pure planning functions: objects in, actions out.
 
 Deployment -> ReplicaSet (one per pod template, named ``<deploy>-<pod-template-hash>``) -> Pods
-(``<replicaset>-<5 random>``), owned as on Kubernetes; orphans are garbage collected; pods are
-placed with :func:`meshctl.lab.ipam.place_pod`. Endpoint slices and statuses are in
-:mod:`meshctl.lab.endpoints`.
+(``<replicaset>-<5 random>``), owned as on Kubernetes; DaemonSet -> one Pod per node
+(``<daemonset>-<5 random>``, labelled ``controller-revision-hash``), a new template rolled out node
+by node within ``maxUnavailable`` (or, with ``OnDelete``, as old pods are deleted); orphans are
+garbage collected; pods are placed with :func:`meshctl.lab.ipam.place_pod`. Endpoint slices and
+statuses are in :mod:`meshctl.lab.endpoints`.
 """
 
 from __future__ import annotations
@@ -24,15 +26,16 @@ from meshctl.lab._meta import (
     random_suffix,
     rfc3339,
 )
-from meshctl.lab.actions import Action, MarkDeleted, Put, Remove, Schedule, apply_local
+from meshctl.lab.actions import Action, MarkDeleted, Put, Remove, Schedule, SetStatus, apply_local
 from meshctl.lab.endpoints import plan_endpoint_slices, plan_workload_status
 from meshctl.lab.ipam import place_pod
-from meshctl.lab.objects import ObjKey
+from meshctl.lab.objects import ObjKey, max_unavailable
 from meshctl.lab.waypoints import WaypointTemplate, plan_waypoint_status, plan_waypoints
 
-__all__ = ["TEMPLATE_HASH_LABEL", "plan"]
+__all__ = ["REVISION_HASH_LABEL", "TEMPLATE_HASH_LABEL", "plan"]
 
 TEMPLATE_HASH_LABEL = "pod-template-hash"
+REVISION_HASH_LABEL = "controller-revision-hash"
 Objects = dict[ObjKey, dict[str, Any]]
 
 
@@ -56,7 +59,9 @@ def plan(
         lambda: plan_waypoints(work, waypoints, rng=rng, now=now) if waypoints else [],
         lambda: _plan_replicasets(work, rng=rng, now=now),
         lambda: _plan_pods(work, nodes=nodes, rng=rng, now=now),
+        lambda: _plan_daemonsets(work, nodes=nodes, rng=rng, now=now),
         lambda: _collect_garbage(work, now=now),
+        lambda: _plan_daemonset_status(work, nodes=nodes),
         lambda: plan_endpoint_slices(work, rng=rng, now=now),
         lambda: plan_workload_status(work),
         lambda: (
@@ -144,7 +149,7 @@ def _plan_pods(objects: Objects, *, nodes: Sequence[str], rng: random.Random, no
             )
             owner_counts[node] += 1
             totals[node] += 1
-            actions.append(Put(_new_pod(rs, node, rng=rng, now=now)))
+            actions.append(Put(_new_pod(rs, rs["spec"]["template"], node, rng=rng, now=now)))
         for extra in _scale_down_order(owned)[: max(-missing, 0)]:
             meta = extra["metadata"]
             actions.append(MarkDeleted(("Pod", meta["namespace"], meta["name"]), rfc3339(now)))
@@ -162,21 +167,24 @@ def _scale_down_order(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(reversed(by_age), key=pod_ready)
 
 
-def _new_pod(rs: dict[str, Any], node: str, *, rng: random.Random, now: float) -> dict[str, Any]:
-    template = copy.deepcopy(rs["spec"]["template"])
-    rs_meta = rs["metadata"]
+def _new_pod(
+    owner: dict[str, Any], template: dict[str, Any], node: str, *, rng: random.Random, now: float
+) -> dict[str, Any]:
+    """A pod of ``owner`` (a ReplicaSet or DaemonSet) from ``template``, on ``node``."""
+    template = copy.deepcopy(template)
+    owner_meta = owner["metadata"]
     spec = template["spec"]
     spec["nodeName"] = node
     spec.setdefault("serviceAccountName", "default")
     spec.setdefault("restartPolicy", "Always")
     metadata: dict[str, Any] = {
-        "name": f"{rs_meta['name']}-{random_suffix(rng)}",
-        "generateName": f"{rs_meta['name']}-",
-        "namespace": rs_meta["namespace"],
+        "name": f"{owner_meta['name']}-{random_suffix(rng)}",
+        "generateName": f"{owner_meta['name']}-",
+        "namespace": owner_meta["namespace"],
         "uid": new_uid(rng),
         "creationTimestamp": rfc3339(now),
         "labels": template["metadata"].get("labels") or {},
-        "ownerReferences": [owner_ref(rs)],
+        "ownerReferences": [owner_ref(owner)],
     }
     if template["metadata"].get("annotations"):
         metadata["annotations"] = template["metadata"]["annotations"]
@@ -189,21 +197,113 @@ def _new_pod(rs: dict[str, Any], node: str, *, rng: random.Random, now: float) -
     }
 
 
+def _plan_daemonsets(
+    objects: Objects, *, nodes: Sequence[str], rng: random.Random, now: float
+) -> list[Action]:
+    """One pod per node for each DaemonSet. A node's pod is created once its previous one is gone
+    (no surge). A new template replaces old pods node by node (RollingUpdate): not-ready old pods
+    first, ready ones only while fewer than ``maxUnavailable`` nodes lack a ready pod; with
+    ``OnDelete`` old pods stay until someone deletes them."""
+    actions: list[Action] = []
+    pods = _of_kind(objects, "Pod")
+    for ds in _of_kind(objects, "DaemonSet"):
+        meta, spec = ds["metadata"], ds["spec"]
+        revision = hash_suffix(spec["template"])
+        strategy = spec.get("updateStrategy") or {}
+        rolling = strategy.get("type", "RollingUpdate") == "RollingUpdate"
+        budget = (
+            max_unavailable((strategy.get("rollingUpdate") or {}).get("maxUnavailable", 1), len(nodes)) or 1
+        )
+        owned = [p for p in pods if controller_uid(p) == meta["uid"]]
+        unavailable, outdated = 0, []
+        for node in nodes:
+            on_node = [p for p in owned if p["spec"].get("nodeName") == node]
+            live = sorted(
+                (p for p in on_node if not is_terminating(p)),
+                key=lambda p: (_revision(p) != revision, not pod_ready(p)),  # the one to keep first
+            )
+            if not live:
+                unavailable += 1
+                if not on_node:  # the previous pod has terminated: the node's new one
+                    actions.append(
+                        Put(_new_pod(ds, _with_revision(spec["template"], revision), node, rng=rng, now=now))
+                    )
+                continue
+            kept, *extra = live
+            actions += [MarkDeleted(_pod_key(p), rfc3339(now)) for p in extra]
+            unavailable += not pod_ready(kept)
+            if rolling and _revision(kept) != revision:
+                outdated.append(kept)
+        actions += [
+            MarkDeleted(_pod_key(p), rfc3339(now))
+            for p in owned
+            if p["spec"].get("nodeName") not in nodes and not is_terminating(p)
+        ]
+        for pod in sorted(outdated, key=pod_ready):  # the unavailable ones cost nothing to replace
+            if pod_ready(pod):
+                if unavailable >= budget:
+                    break
+                unavailable += 1
+            actions.append(MarkDeleted(_pod_key(pod), rfc3339(now)))
+    return actions
+
+
+def _plan_daemonset_status(objects: Objects, *, nodes: Sequence[str]) -> list[Action]:
+    """DaemonSet counts, as its controller reports them."""
+    actions: list[Action] = []
+    pods = [p for p in _of_kind(objects, "Pod") if not is_terminating(p)]
+    for ds in _of_kind(objects, "DaemonSet"):
+        meta = ds["metadata"]
+        revision = hash_suffix(ds["spec"]["template"])
+        owned = [p for p in pods if controller_uid(p) == meta["uid"]]
+        ready = sum(pod_ready(p) for p in owned)
+        status = {
+            "observedGeneration": meta.get("generation", 1),
+            "desiredNumberScheduled": len(nodes),
+            "currentNumberScheduled": len(owned),
+            "updatedNumberScheduled": sum(_revision(p) == revision for p in owned),
+            "numberReady": ready,
+            "numberAvailable": ready,
+            "numberUnavailable": len(nodes) - ready,
+            "numberMisscheduled": 0,
+        }
+        if ds.get("status") != status:
+            actions.append(SetStatus(("DaemonSet", meta["namespace"], meta["name"]), status))
+    return actions
+
+
+def _revision(pod: dict[str, Any]) -> str:
+    return str((pod["metadata"].get("labels") or {}).get(REVISION_HASH_LABEL, ""))
+
+
+def _with_revision(template: dict[str, Any], revision: str) -> dict[str, Any]:
+    labelled = copy.deepcopy(template)
+    labelled["metadata"]["labels"] = {
+        **(labelled["metadata"].get("labels") or {}),
+        REVISION_HASH_LABEL: revision,
+    }
+    return labelled
+
+
+def _pod_key(pod: dict[str, Any]) -> ObjKey:
+    return ("Pod", pod["metadata"]["namespace"], pod["metadata"]["name"])
+
+
 def _collect_garbage(objects: Objects, *, now: float) -> list[Action]:
     """Removes ReplicaSets whose Deployment is gone and deletes Pods whose owner or namespace is gone."""
     actions: list[Action] = []
     deployments = {d["metadata"]["uid"] for d in _of_kind(objects, "Deployment")}
-    live_rs = set()
+    owners = {d["metadata"]["uid"] for d in _of_kind(objects, "DaemonSet")}  # of pods
     for rs in _of_kind(objects, "ReplicaSet"):
         if controller_uid(rs) in deployments:
-            live_rs.add(rs["metadata"]["uid"])
+            owners.add(rs["metadata"]["uid"])
         else:
             actions.append(Remove(("ReplicaSet", rs["metadata"]["namespace"], rs["metadata"]["name"])))
     namespaces = {name for (kind, _, name) in objects if kind == "Namespace"}
     for pod in _of_kind(objects, "Pod"):
         meta = pod["metadata"]
         owner = controller_uid(pod)
-        orphan = owner is not None and owner not in live_rs
+        orphan = owner is not None and owner not in owners
         if (orphan or meta["namespace"] not in namespaces) and not is_terminating(pod):
             actions.append(MarkDeleted(("Pod", meta["namespace"], meta["name"]), rfc3339(now)))
     return actions

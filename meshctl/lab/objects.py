@@ -9,6 +9,7 @@ Istio and Gateway API objects are only checked for ``apiVersion``, ``kind`` and 
 from __future__ import annotations
 
 import copy
+import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any, NoReturn
@@ -20,6 +21,7 @@ from meshctl.lab.errors import LabObjectError
 
 __all__ = [
     "CLUSTER_SCOPED_KINDS",
+    "max_unavailable",
     "ObjKey",
     "describe",
     "is_cluster_scoped",
@@ -55,6 +57,7 @@ LAB_KINDS = frozenset(
         "Namespace",
         "Pod",
         "Deployment",
+        "DaemonSet",
         "Service",
         "EndpointSlice",
         "ServiceAccount",
@@ -306,6 +309,38 @@ def _validate_deployment(check: _Check, obj: dict[str, Any], nodes: frozenset[st
     replicas = spec.get("replicas", 1)
     if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
         check.fail("spec.replicas", f"must be an integer >= 0, got {replicas!r}")
+    _pod_template(check, spec, nodes)
+
+
+def _validate_daemonset(check: _Check, obj: dict[str, Any], nodes: frozenset[str] | None) -> None:
+    spec = _mapping(check, obj.get("spec"), "spec")
+    strategy = _mapping(check, spec.get("updateStrategy", {}), "spec.updateStrategy")
+    kind = strategy.get("type", "RollingUpdate")
+    if kind not in ("RollingUpdate", "OnDelete"):
+        check.fail("spec.updateStrategy.type", f"must be RollingUpdate or OnDelete, got {kind!r}")
+    rolling = _mapping(check, strategy.get("rollingUpdate", {}), "spec.updateStrategy.rollingUpdate")
+    if "maxUnavailable" in rolling and max_unavailable(rolling["maxUnavailable"], 100) is None:
+        check.fail(
+            "spec.updateStrategy.rollingUpdate.maxUnavailable",
+            f"must be a number >= 1 or a percentage such as '10%', got {rolling['maxUnavailable']!r}",
+        )
+    if rolling.get("maxSurge", 0) not in (0, "0", "0%"):
+        check.fail("spec.updateStrategy.rollingUpdate.maxSurge", "the lab runs one pod per node: use 0")
+    _pod_template(check, spec, nodes)
+
+
+def max_unavailable(value: Any, nodes: int) -> int | None:
+    """A rolling update's ``maxUnavailable`` (a count, or a percentage of ``nodes`` rounded up, as
+    Kubernetes does for DaemonSets) as a count of at least 1; None when it is neither."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit() and int(value[:-1]) > 0:
+        return max(1, math.ceil(nodes * int(value[:-1]) / 100))
+    return None
+
+
+def _pod_template(check: _Check, spec: dict[str, Any], nodes: frozenset[str] | None) -> None:
+    """A Deployment's or DaemonSet's selector and pod template."""
     selector = _mapping(check, spec.get("selector"), "spec.selector")
     match = _string_map(check, selector.get("matchLabels"), "spec.selector.matchLabels")
     if not match:
@@ -357,6 +392,7 @@ def _validate_namespace(check: _Check, obj: dict[str, Any], _nodes: frozenset[st
 
 _VALIDATORS = {
     "Deployment": _validate_deployment,
+    "DaemonSet": _validate_daemonset,
     "Pod": _validate_pod,
     "Service": _validate_service,
     "Namespace": _validate_namespace,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
@@ -179,3 +180,48 @@ def test_cli_apply_refuses_invalid_config_and_applies_nothing_from_the_file(lab:
     assert [o["metadata"]["name"] for o in lab.objects("PeerAuthentication", "demo")] == ["strict"]
     deleted = run_cli(lab, "delete", "-f", str(bad))
     assert deleted.returncode == 0, deleted.stderr
+
+
+def _daemonset(command: list[str]) -> dict[str, Any]:
+    ds = b.deployment("agent", "legacy", command=command)
+    ds["kind"] = "DaemonSet"
+    ds["spec"].pop("replicas", None)
+    ds["spec"]["updateStrategy"] = {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 1}}
+    return ds
+
+
+def _agent_pods(lab: Lab) -> list[dict[str, Any]]:
+    return [p for p in lab.pods("legacy") if p["metadata"]["name"].startswith("agent-")]
+
+
+def test_a_daemonset_runs_a_pod_per_node_and_rolls_a_new_template_one_node_at_a_time(lab: Lab) -> None:
+    lab.apply([_daemonset(["sleep", "3600"])])
+    deadline = time.monotonic() + 30
+
+    def ready(pod: dict[str, Any]) -> bool:
+        conditions = pod.get("status", {}).get("conditions") or []
+        live = not pod["metadata"].get("deletionTimestamp")
+        return live and any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+
+    while sorted(p["spec"]["nodeName"] for p in _agent_pods(lab) if ready(p)) != ["node1", "node2"]:
+        assert time.monotonic() < deadline, f"no ready pod per node: {_agent_pods(lab)}"
+        time.sleep(0.1)
+    first = {p["metadata"]["name"] for p in _agent_pods(lab)}
+    lab.apply([_daemonset(["sleep", "3601"])])
+    lowest, deadline = 2, time.monotonic() + 60
+    while True:  # at most maxUnavailable (1) of the 2 nodes without a ready pod, all along
+        pods = _agent_pods(lab)
+        lowest = min(lowest, len({p["spec"]["nodeName"] for p in pods if ready(p)}))
+        new = [p for p in pods if ready(p) and p["spec"]["containers"][0]["command"] == ["sleep", "3601"]]
+        if len(new) == 2 and len(pods) == 2:
+            break
+        assert time.monotonic() < deadline, f"the rollout did not finish: {pods}"
+        time.sleep(0.05)
+    assert lowest == 1 and not first & {p["metadata"]["name"] for p in new}
+    (ds,) = lab.objects("DaemonSet", "legacy")
+    assert ds["status"]["updatedNumberScheduled"] == ds["status"]["numberReady"] == 2
+    lab.delete([_daemonset(["sleep", "3601"])])
+    deadline = time.monotonic() + 30
+    while _agent_pods(lab):
+        assert time.monotonic() < deadline, "the DaemonSet's pods stayed"
+        time.sleep(0.1)
