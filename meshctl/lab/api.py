@@ -323,7 +323,7 @@ class Lab:
     def pod_netns(self, pod: str | dict[str, Any]) -> str:
         """The network namespace name of a pod (a reference or a Pod object)."""
         obj = self.find_pod(pod) if isinstance(pod, str) else pod
-        return self.settings.pod_netns(obj["metadata"]["uid"])
+        return self.settings.netns_of(obj)
 
     def exec_argv(self, pod: str, argv: Sequence[str]) -> list[str]:
         """The command line that runs ``argv`` inside a pod (with its hosts and resolv.conf)."""

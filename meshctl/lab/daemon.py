@@ -246,7 +246,7 @@ class LabDaemon:
     def _write_status(self, pod: dict[str, Any], status: dict[str, Any]) -> None:
         meta = pod["metadata"]
 
-        netns = self.settings.pod_netns(meta["uid"])
+        netns = self.settings.netns_of(pod)
 
         def change(obj: dict[str, Any]) -> bool:
             annotations = obj["metadata"].get("annotations") or {}

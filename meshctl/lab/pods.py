@@ -2,8 +2,10 @@
 
 The sandbox is created as kubelet + a container runtime do it: the runtime makes the namespace and
 the primary network, then runs the CNI chain; a failure tears the sandbox down and retries with
-backoff (phase Pending, reason ``FailedCreatePodSandBox``). Then each container runs as a
-supervised process inside the pod namespace; readiness is its TCP ports listening there.
+backoff (phase Pending, reason ``FailedCreatePodSandBox``). A ``hostNetwork`` pod has no sandbox:
+its containers run in the node's namespace with the node's address (and names), no CNI is called.
+Then each container runs as a supervised process inside the pod namespace; readiness is its TCP
+ports listening there.
 """
 
 from __future__ import annotations
@@ -84,7 +86,8 @@ class PodRunner:
         meta = pod["metadata"]
         self.uid: str = meta["uid"]
         self.node: NodeSettings = ctx.settings.node(pod["spec"]["nodeName"])
-        self.netns = ctx.settings.pod_netns(self.uid)
+        self.host_network = bool(pod["spec"].get("hostNetwork"))
+        self.netns = ctx.settings.netns_of(pod)
         self.ip: str | None = None
         self.hosts_text = ""
         self.task: asyncio.Task[None] | None = None
@@ -155,6 +158,9 @@ class PodRunner:
 
     async def _create_sandbox(self) -> None:
         node = self.node
+        if self.host_network:  # the node's namespace, address and name files are the pod's
+            self.ip = node.address
+            return
         self.ip = self.ctx.allocate_ip(node.name)
         link = self.ctx.settings.pod_link(self.uid)
         await run_cmd(["ip", "netns", "add", self.netns])
@@ -198,6 +204,9 @@ class PodRunner:
 
     async def _teardown_sandbox(self) -> None:
         self.hosts_text = ""
+        if self.host_network:  # nothing of the node's is the pod's to remove
+            self.ip = None
+            return
         if self._cni_result is not None:
             await self.ctx.cni.delete(self._cni_request(), self._cni_result)
             self._cni_result = None

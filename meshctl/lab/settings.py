@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -116,8 +117,15 @@ class LabSettings:
         return tuple(n.name for n in self.nodes)
 
     def pod_netns(self, uid: str) -> str:
-        """The network namespace of the pod with this uid."""
+        """The network namespace the lab makes for the pod with this uid."""
         return f"{self.lab_id}-pod-{_short(uid)}"
+
+    def netns_of(self, pod: Mapping[str, Any]) -> str:
+        """Where a Pod object's containers run: its own namespace, or its node's (``hostNetwork``)."""
+        spec = pod.get("spec") or {}
+        if spec.get("hostNetwork") and spec.get("nodeName"):
+            return self.node(str(spec["nodeName"])).netns
+        return self.pod_netns(str(pod["metadata"]["uid"]))
 
     def pod_link(self, uid: str) -> str:
         """The node-side name of the pod's veth (at most 15 characters)."""

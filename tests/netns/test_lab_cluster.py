@@ -225,3 +225,32 @@ def test_a_daemonset_runs_a_pod_per_node_and_rolls_a_new_template_one_node_at_a_
     while _agent_pods(lab):
         assert time.monotonic() < deadline, "the DaemonSet's pods stayed"
         time.sleep(0.1)
+
+
+def test_host_network_pods_run_in_their_nodes_namespace_with_its_address(lab: Lab) -> None:
+    agent = _daemonset(["sleep", "3600"])
+    agent["metadata"]["name"] = "hostagent"
+    agent["spec"]["template"]["spec"]["hostNetwork"] = True
+    lab.apply([agent])
+    deadline = time.monotonic() + 30
+    while len(pods := [p for p in lab.pods("legacy") if p["metadata"]["name"].startswith("hostagent-")
+                       and p.get("status", {}).get("phase") == "Running"]) < 2:  # fmt: skip
+        assert time.monotonic() < deadline, "the host-network pods did not start"
+        time.sleep(0.1)
+    try:
+        for pod in pods:
+            node = lab.settings.node(pod["spec"]["nodeName"])
+            assert pod["status"]["podIP"] == pod["status"]["hostIP"] == node.address
+            assert lab.pod_netns(pod) == node.netns
+            shown = lab.exec_in_pod(
+                f"legacy/{pod['metadata']['name']}", ["ip", "-4", "-o", "addr"], check=False
+            )
+            assert node.address in shown.stdout, shown
+    finally:
+        lab.delete([agent])
+    deadline = time.monotonic() + 30
+    while [p for p in lab.pods("legacy") if p["metadata"]["name"].startswith("hostagent-")]:
+        assert time.monotonic() < deadline, "the host-network pods stayed"
+        time.sleep(0.1)
+    for node in lab.settings.nodes:  # the nodes' namespaces are still there
+        assert Path("/var/run/netns", node.netns).exists()
