@@ -161,7 +161,9 @@ class PodInbound:
         if not isinstance(decision, Admit):
             return refuse(ctx, client_end, record, started=started, flag=decision.flag, error=decision.reason)
         try:
-            upstream = await self._app_sockets.connect((ip_text(dst_ip), dst_port), source_ip=peer_host)
+            upstream = await self._app_sockets.connect(
+                (ip_text(dst_ip), dst_port), source_ip=peer_host, client_port=peer_port
+            )
         except ConnectError as exc:
             return refuse(ctx, client_end, record, started=started, flag="CONNECT", error=exc.message)
         ctx.metrics.connection_opened(record)

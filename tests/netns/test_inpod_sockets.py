@@ -14,6 +14,7 @@ from ipaddress import ip_address
 import pytest
 
 from mesh.rt.net.netns import InPodSocketFactory, in_netns, listen_in_netns, original_destination, peer_of
+from ztunnel.cni.apply import ensure_routing
 from ztunnel.cni.rules import plan_capture
 
 pytestmark = pytest.mark.netns
@@ -92,6 +93,31 @@ async def test_marked_socket_bypasses_capture(pod_netns: tuple[str, int]) -> Non
             inbound_capture.accept()
     finally:
         inbound_capture.close()
+
+
+async def test_a_plaintext_clients_spoofed_connection_never_takes_the_clients_port(
+    pod_netns: tuple[str, int],
+) -> None:
+    """ztunnel relays a plaintext client's connection from the client's address (spoofed): it takes
+    an odd port that is not the client's, where the kernel's own choice is often the client's port
+    (its tuple then collides with the client's redirected connection in the pod's conntrack)."""
+    name, fd = pod_netns
+    ensure_routing(f"/var/run/netns/{name}", plan_capture().ip_rule)  # replies to the spoofed address
+    app, loop = listen_in_netns(fd, 8080), asyncio.get_running_loop()
+    factory = InPodSocketFactory(fd, spoof_source=True)
+    try:
+        for client_port in (40001, 40002, 40003) * 10:
+            with await factory.connect(
+                ("10.244.9.2", 8080), source_ip="10.244.7.7", client_port=client_port
+            ) as sock:
+                async with asyncio.timeout(5):
+                    accepted, _ = await loop.sock_accept(app)
+                with accepted:
+                    host, port = peer_of(accepted)
+                    assert host == "10.244.7.7" and port % 2 == 1 and port != client_port
+                    assert sock.getsockname()[1] == port
+    finally:
+        app.close()
 
 
 def test_listeners_share_the_port_with_reuseport(pod_netns: tuple[str, int]) -> None:

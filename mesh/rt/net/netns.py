@@ -10,9 +10,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import errno
 import functools
 import ipaddress
 import os
+import random
 import socket
 import struct
 import threading
@@ -40,6 +42,11 @@ _CLONE_NEWNET = 0x40000000
 _SO_ORIGINAL_DST = 80
 _IP_TRANSPARENT = 19
 _IP_BIND_ADDRESS_NO_PORT = 24
+_SPOOF_PORTS = (32768, 61000)
+"""Where spoofed plaintext connections take their ports (Linux's default ephemeral range)."""
+_SPOOF_PORT_ATTEMPTS = 8
+_PORT_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
+_rng = random.Random()
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
@@ -148,33 +155,65 @@ class InPodSocketFactory:
         self._spoof = spoof_source
         self._timeout = connect_timeout
 
-    async def connect(self, address: tuple[str, int], *, source_ip: str | None = None) -> socket.socket:
-        """A connected non-blocking socket to ``address`` from inside the pod."""
+    async def connect(
+        self, address: tuple[str, int], *, source_ip: str | None = None, client_port: int | None = None
+    ) -> socket.socket:
+        """A connected non-blocking socket to ``address`` from inside the pod.
+
+        ``client_port``: the port of a plaintext client whose own connection to ``address`` was
+        redirected to ztunnel in this pod; the spoofed socket then takes a port of its own choosing
+        (:func:`_spoofed_port`) instead of the kernel's, which is often that very port."""
         host, port = address
         family = socket.AF_INET6 if parse_ip(host).version == 6 else socket.AF_INET
-        with in_netns(self._netns_fd):
-            sock = socket.socket(family, socket.SOCK_STREAM)
-        try:
-            sock.setblocking(False)
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            set_keepalive(sock)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
-            if self._spoof and source_ip is not None:
-                _bind_spoofed(sock, source_ip)
-            async with asyncio.timeout(self._timeout):
-                await asyncio.get_running_loop().sock_connect(sock, (host, port))
-        except (OSError, TimeoutError) as exc:
-            sock.close()
-            what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-            raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        spoofed = self._spoof and source_ip is not None
+        attempts = _SPOOF_PORT_ATTEMPTS if spoofed and client_port is not None else 1
+        for attempt in range(attempts):
+            with in_netns(self._netns_fd):
+                sock = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                sock.setblocking(False)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                set_keepalive(sock)
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
+                if spoofed:
+                    _bind_spoofed(
+                        sock, str(source_ip), 0 if client_port is None else _spoofed_port(client_port)
+                    )
+                async with asyncio.timeout(self._timeout):
+                    await asyncio.get_running_loop().sock_connect(sock, (host, port))
+            except (OSError, TimeoutError) as exc:
+                sock.close()
+                if isinstance(exc, OSError) and exc.errno in _PORT_TAKEN and attempt + 1 < attempts:
+                    continue  # the port we chose is in use for this peer: another one
+                what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
+                raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
+            except BaseException:
+                sock.close()
+                raise
+            return sock
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
 
-def _bind_spoofed(sock: socket.socket, source_ip: str) -> None:
-    """Binds a transparent socket to the client's IP, leaving the port to ``connect``.
+def _spoofed_port(client_port: int) -> int:
+    """A source port for a plaintext client's spoofed connection: odd, and not the client's.
+
+    The kernel's ``connect()`` picks a source port from a hash of (source IP, destination IP,
+    destination port) keyed by a secret every network namespace shares, so for the same client and
+    destination it tends to pick what the client's own kernel picked: the client's port. The
+    spoofed SYN then has the tuple of the client's redirected connection, conntrack in the pod maps
+    it onto that connection's redirect to 15006, and the connect is reset (seen at about 1 in 400
+    connections with a plaintext client opening one per request). ``connect()`` also takes even
+    ports first, so an odd one stays clear of the client's other connections too.
+    """
+    while True:
+        port = 2 * _rng.randrange(_SPOOF_PORTS[0] // 2, _SPOOF_PORTS[1] // 2) + 1
+        if port != client_port:
+            return port
+
+
+def _bind_spoofed(sock: socket.socket, source_ip: str, port: int = 0) -> None:
+    """Binds a transparent socket to the client's IP, leaving the port to ``connect`` (``port``
+    0) or taking the one given.
 
     Istio's ztunnel sets IP_TRANSPARENT and IP_FREEBIND and binds ``(client_ip, 0)``, which makes
     the kernel pick a port at bind time, among every port bound to that address, TIME_WAIT ones
@@ -187,8 +226,11 @@ def _bind_spoofed(sock: socket.socket, source_ip: str) -> None:
     client's ztunnel and is shared by many streams).
     """
     sock.setsockopt(socket.SOL_IP, _IP_TRANSPARENT, 1)
-    sock.setsockopt(socket.SOL_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
-    sock.bind((source_ip, 0))
+    if port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # over our own TIME_WAIT ones
+    else:
+        sock.setsockopt(socket.SOL_IP, _IP_BIND_ADDRESS_NO_PORT, 1)
+    sock.bind((source_ip, port))
 
 
 def peer_of(sock: socket.socket) -> tuple[str, int]:
