@@ -24,7 +24,8 @@ def test_bench_enrol_smoke(tmp_path: Path) -> None:
         assert set(mode["steps_p50_ms"]) == set(STEPS), mode
         assert 0 < mode["cni_ms"]["p50"] <= mode["cni_ms"]["p99"] <= mode["cni_ms"]["max"], mode
         assert mode["ztunnel_listeners_ms"]["p50"] > 0
-        assert mode["agent_cpu_ms_per_pod"] > 0 and mode["ztunnel_cpu_ms_per_pod"] > 0
+        # CPU comes from /proc in clock ticks (10 ms): ztunnel's share of 20 pods can be under one
+        assert mode["agent_cpu_ms_per_pod"] > 0 and mode["ztunnel_cpu_ms_per_pod"] >= 0
     # two service accounts: one certificate per identity, not per pod (ztunnel keeps them between modes)
     assert summary["modes"][0]["certs_fetched"] == 2 and summary["modes"][1]["certs_fetched"] in (0, 2)
     assert summary["ztunnel_rss_mb_at_pods"] > summary["ztunnel_rss_mb_idle"] > 0
