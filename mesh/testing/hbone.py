@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import cast
 
+from mesh.http1 import ResponseParser
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone.client import HboneClientConnection, connect
 from mesh.rt.hbone.config import HboneConfig
@@ -34,6 +35,7 @@ __all__ = [
     "hbone_rig",
     "StaticCertificates",
     "material_for",
+    "request_over_hbone",
     "start_echo_server",
 ]
 
@@ -104,6 +106,37 @@ def material_for(
         chain_pem=chain_pem([issued.cert]),
         roots_pem=roots_pem if roots_pem is not None else pki.root_pem,
     )
+
+
+async def request_over_hbone(
+    address: tuple[str, int],
+    *,
+    client: TlsMaterial,
+    server: WorkloadIdentity,
+    authority: str,
+    request: bytes,
+) -> tuple[int, bytes]:
+    """One HBONE connection to ``address`` as ``client`` (``server`` must be the peer's identity),
+    one CONNECT stream to ``authority`` carrying the raw HTTP/1.1 ``request``: the answer's status
+    and body. Fails when the CONNECT is refused, the stream ends before a whole answer, or a read
+    waits more than 10 s."""
+    sock = await PlainSocketFactory().connect(address)
+    conn = await connect(sock, context=client_context(client), expected=frozenset({server}))
+    try:
+        status, stream = await conn.open_stream(authority)
+        assert status == 200, f"CONNECT {authority} answered {status}"
+        reader = asyncio.StreamReader()
+        stream.attach(asyncio.StreamReaderProtocol(reader))
+        stream.write(request)
+        parser = ResponseParser()
+        while True:
+            data = await asyncio.wait_for(reader.read(65536), 10)
+            responses = parser.feed(data) if data else parser.finish()
+            if responses:
+                return responses[0].status, responses[0].body
+            assert data, "the stream closed before a whole answer"
+    finally:
+        conn.close()
 
 
 @dataclass

@@ -6,7 +6,6 @@ CONNECT stream to its ztunnel's 15008 presenting the waypoint's identity, then H
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import subprocess
@@ -19,19 +18,17 @@ import structlog
 from envoy.config.route.v3 import route_pb2
 from google.protobuf import json_format
 
-from mesh.http1 import ResponseParser, serialize_request
+from mesh.http1 import serialize_request
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.l7.balancing import Endpoint, EndpointPicker
 from mesh.l7.router import compile_routes
 from mesh.ports import INBOUND_HBONE_PORT
 from mesh.rt.clock import SystemClock
-from mesh.rt.hbone.client import connect
 from mesh.rt.hbone.pool import HbonePool
 from mesh.rt.hbone.server import HboneServer
 from mesh.rt.metrics import Registry, render
 from mesh.rt.net.sockets import PlainSocketFactory
-from mesh.rt.tls import client_context
-from mesh.testing.hbone import ForwardingHandler, StaticCertificates, material_for
+from mesh.testing.hbone import ForwardingHandler, StaticCertificates, material_for, request_over_hbone
 from mesh.testing.pki import TestPki
 from mesh.testing.polling import wait_until_blocking
 from waypoint.config import WaypointConfig
@@ -137,28 +134,13 @@ async def request_through(
     mesh: Mesh, authority: str, raw: bytes, client: str = "client"
 ) -> tuple[int, bytes]:
     """Opens an HBONE connection to the waypoint as ``demo/<client>``, one CONNECT stream, one request."""
-    material = material_for(mesh.pki, "demo", client)
-    sock = await PlainSocketFactory().connect(mesh.address)
-    conn = await connect(
-        sock, context=client_context(material),
-        expected=frozenset({WorkloadIdentity.parse(mesh.pki.workload_uri("demo", "waypoint"))}),
-    )  # fmt: skip
-    try:
-        status, stream = await conn.open_stream(authority)
-        assert status == 200
-        reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
-        stream.attach(protocol)
-        stream.write(raw)
-        parser = ResponseParser()
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), 10)
-            responses = parser.feed(data) if data else parser.finish()
-            if responses:
-                return responses[0].status, responses[0].body
-            assert data, "the waypoint closed the stream before answering"
-    finally:
-        conn.close()
+    return await request_over_hbone(
+        mesh.address,
+        client=material_for(mesh.pki, "demo", client),
+        server=WorkloadIdentity.parse(mesh.pki.workload_uri("demo", "waypoint")),
+        authority=authority,
+        request=raw,
+    )
 
 
 async def test_a_stream_is_routed_by_its_authority_and_forwarded_over_hbone(mesh: Mesh) -> None:

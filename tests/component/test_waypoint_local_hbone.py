@@ -18,14 +18,11 @@ import pytest
 import yaml
 
 from mesh.errors import ConfigError
-from mesh.http1 import ResponseParser, serialize_request
+from mesh.http1 import serialize_request
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.certs import NoValidCertificate
-from mesh.rt.hbone.client import connect
-from mesh.rt.net.sockets import PlainSocketFactory
-from mesh.rt.tls import client_context
 from mesh.testing.clock import FakeClock
-from mesh.testing.hbone import material_for
+from mesh.testing.hbone import material_for, request_over_hbone
 from mesh.testing.pki import TestPki, key_pem, write_pem_files
 from tests.component.test_waypoint_local import free_port, httpecho, local_config, local_waypoint
 from waypoint.identity import FileCredentials
@@ -47,27 +44,13 @@ async def _get_over_hbone(
 ) -> tuple[int, bytes]:
     """One CONNECT stream to the waypoint as ``demo/client`` (authority ``server:80``, a virtual host
     of the config), one HTTP/1.1 request in it."""
-    sock = await PlainSocketFactory().connect(("127.0.0.1", port))
-    conn = await connect(
-        sock,
-        context=client_context(material_for(pki, "demo", "client")),
-        expected=frozenset({WorkloadIdentity.parse(pki.workload_uri(*WAYPOINT))}),
+    return await request_over_hbone(
+        ("127.0.0.1", port),
+        client=material_for(pki, "demo", "client"),
+        server=WorkloadIdentity.parse(pki.workload_uri(*WAYPOINT)),
+        authority="server:80",
+        request=serialize_request("GET", path, [("host", "server"), *headers], b""),
     )
-    try:
-        status, stream = await conn.open_stream("server:80")
-        assert status == 200
-        reader = asyncio.StreamReader()
-        stream.attach(asyncio.StreamReaderProtocol(reader))
-        stream.write(serialize_request("GET", path, [("host", "server"), *headers], b""))
-        parser = ResponseParser()
-        while True:
-            data = await asyncio.wait_for(reader.read(65536), 10)
-            responses = parser.feed(data) if data else parser.finish()
-            if responses:
-                return responses[0].status, responses[0].body
-            assert data, "the waypoint closed the stream before answering"
-    finally:
-        conn.close()
 
 
 async def test_a_connect_stream_reaches_the_backend_through_the_local_waypoint(tmp_path: Path) -> None:
