@@ -43,6 +43,7 @@ __all__ = [
     "MeshLab",
     "Sent",
     "CONNECTS",
+    "HOLD",
     "cluster_objects",
     "mesh_lab",
     "spiffe",
@@ -94,6 +95,39 @@ try:
 except OSError as exc:
     result["error"] = repr(exc)
 print(json.dumps(result))
+"""
+
+
+# Holds one connection, exchanging a line every 50 ms with a line echo service, until the connection
+# ends, the file argv[4] (optional) exists, or argv[3] seconds passed. Prints "connected" once
+# connected, then {"trips": n, "ended": unix time, "how": "limit" | "stopped" | the error's name}.
+HOLD = r"""
+import json, os, socket, sys, time
+host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+stop = sys.argv[4] if len(sys.argv) > 4 else None
+sock = socket.create_connection((host, port), 5)
+sock.settimeout(2)
+trips, how = 0, "limit"
+print("connected", flush=True)
+deadline = time.monotonic() + limit
+while time.monotonic() < deadline:
+    if stop and os.path.exists(stop):
+        how = "stopped"
+        break
+    try:
+        sock.sendall(b"ping\n")
+        data = b""
+        while not data.endswith(b"\n"):
+            chunk = sock.recv(100)
+            if not chunk:
+                raise ConnectionError("closed by the peer")
+            data += chunk
+        trips += 1
+    except OSError as exc:
+        how = type(exc).__name__
+        break
+    time.sleep(0.05)
+print(json.dumps({"trips": trips, "ended": time.time(), "how": how}), flush=True)
 """
 
 

@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from mesh.testing.processes import stop_process
 from meshctl.nethttp import http_get
-from tests.e2e.conftest import CLIENT_NODE, CONNECTS, ECHO_PORT, HTTP_PORT, MeshLab
+from tests.e2e.conftest import CLIENT_NODE, CONNECTS, ECHO_PORT, HOLD, HTTP_PORT, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
 
@@ -36,32 +36,6 @@ RATE = 200.0
 DRAIN_DEADLINE = 5.0
 """ztunnel's default ``--drain-deadline`` (the lab runs it with the default)."""
 
-# Holds one connection to the TCP echo service, exchanging a line every 50 ms until the connection
-# ends (at most argv[3] seconds); prints {"trips": n, "ended": unix time, "how": ...}.
-HOLD = r"""
-import json, socket, sys, time
-host, port, limit = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
-sock = socket.create_connection((host, port), 5)
-sock.settimeout(2)
-trips, how = 0, "limit"
-print("connected", flush=True)
-deadline = time.monotonic() + limit
-while time.monotonic() < deadline:
-    try:
-        sock.sendall(b"ping\n")
-        data = b""
-        while not data.endswith(b"\n"):
-            chunk = sock.recv(100)
-            if not chunk:
-                raise ConnectionError("closed by the peer")
-            data += chunk
-        trips += 1
-    except OSError as exc:
-        how = type(exc).__name__
-        break
-    time.sleep(0.05)
-print(json.dumps({"trips": trips, "ended": time.time(), "how": how}), flush=True)
-"""
 HELD = 3
 
 

@@ -60,12 +60,16 @@ def _all_on(mesh: MeshLab, replica: int) -> bool:
     return _ztunnels_on(mesh, replica) == {CLIENT_NODE, SERVER_NODE}
 
 
-def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: MeshLab) -> None:
-    mesh = replicated
+def _wait_both_connected(mesh: MeshLab) -> None:
     mesh.wait_for(
         lambda: _ztunnels_on(mesh, 0) | _ztunnels_on(mesh, 1) == {CLIENT_NODE, SERVER_NODE},
         what="both ztunnels connected to a replica",
     )
+
+
+def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: MeshLab) -> None:
+    mesh = replicated
+    _wait_both_connected(mesh)
     server = mesh.pod_ip("demo/server")
     with ThreadPoolExecutor(max_workers=1) as pool:
         load = pool.submit(
@@ -111,10 +115,7 @@ def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: M
 def test_proxy_status_shows_each_proxy_with_its_replica(replicated: MeshLab) -> None:
     mesh = replicated
     addresses = control_plane_addresses(mesh.lab.settings)
-    mesh.wait_for(
-        lambda: _ztunnels_on(mesh, 0) | _ztunnels_on(mesh, 1) == {CLIENT_NODE, SERVER_NODE},
-        what="both ztunnels connected to a replica",
-    )
+    _wait_both_connected(mesh)
     command = [
         sys.executable,
         "-m",
