@@ -166,32 +166,41 @@ class InPodSocketFactory:
         host, port = address
         family = socket.AF_INET6 if parse_ip(host).version == 6 else socket.AF_INET
         spoofed = self._spoof and source_ip is not None
-        attempts = _SPOOF_PORT_ATTEMPTS if spoofed and client_port is not None else 1
-        for attempt in range(attempts):
-            with in_netns(self._netns_fd):
-                sock = socket.socket(family, socket.SOCK_STREAM)
+        attempts_left = _SPOOF_PORT_ATTEMPTS if spoofed and client_port is not None else 1
+        while True:
+            attempts_left -= 1
+            source = None
+            if spoofed:
+                source = (str(source_ip), 0 if client_port is None else _spoofed_port(client_port))
             try:
-                sock.setblocking(False)
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-                set_keepalive(sock)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
-                if spoofed:
-                    _bind_spoofed(
-                        sock, str(source_ip), 0 if client_port is None else _spoofed_port(client_port)
-                    )
-                async with asyncio.timeout(self._timeout):
-                    await asyncio.get_running_loop().sock_connect(sock, (host, port))
-            except (OSError, TimeoutError) as exc:
-                sock.close()
-                if isinstance(exc, OSError) and exc.errno in _PORT_TAKEN and attempt + 1 < attempts:
+                return await self._open(family, address, source)
+            except OSError as exc:
+                if exc.errno in _PORT_TAKEN and attempts_left:
                     continue  # the port we chose is in use for this peer: another one
-                what = "timed out" if isinstance(exc, TimeoutError) else str(exc)
-                raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: {what}") from exc
-            except BaseException:
-                sock.close()
-                raise
-            return sock
-        raise AssertionError("unreachable: the last attempt returns or raises")
+                raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: {exc}") from exc
+            except TimeoutError as exc:
+                raise ConnectError(f"TCP connect to {host}:{port} from the pod failed: timed out") from exc
+
+    async def _open(
+        self, family: socket.AddressFamily, address: tuple[str, int], source: tuple[str, int] | None
+    ) -> socket.socket:
+        """One connect attempt from the pod (from ``source`` when spoofing); the socket is closed on
+        any failure."""
+        with in_netns(self._netns_fd):
+            sock = socket.socket(family, socket.SOCK_STREAM)
+        try:
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_keepalive(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, MESH_MARK)
+            if source is not None:
+                _bind_spoofed(sock, *source)
+            async with asyncio.timeout(self._timeout):
+                await asyncio.get_running_loop().sock_connect(sock, address)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
 
 
 def _spoofed_port(client_port: int) -> int:
