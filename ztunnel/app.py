@@ -87,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
         "--max-connections",
         type=int,
         help="downstream connections served at once; more are refused at once "
-        "(default: half the open-files limit)",
+        "(default: half the open-files limit, of each process with --workers; a value given is the "
+        "node's, each worker serving its share)",
     )
     p.add_argument(
         "--workers",
@@ -191,6 +192,7 @@ class Ztunnel:
             log_level=args.log_level,
             drain_deadline=args.drain_deadline,
             max_connections=args.max_connections,
+            workers=args.workers,
             local_config=None if args.local_config is None else str(args.local_config),
             crl_file=None if args.crl_file is None else str(args.crl_file),
         )

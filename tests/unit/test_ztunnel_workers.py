@@ -13,6 +13,7 @@ from mesh.rt.metrics import Counter, Gauge, Histogram, Registry, render
 from mesh.rt.xds import ADDRESS_TYPE_URL, XdsState, apply_response
 from ztunnel.workers.channel import Message, WorkerChannelError
 from ztunnel.workers.mirror import ResourceMirror
+from ztunnel.workers.pool import worker_command, worker_share
 from ztunnel.workers.stats import families_as_json, families_from_json, sum_families
 from ztunnel.xds_config import converters, state_from_xds
 
@@ -148,3 +149,24 @@ def test_a_message_survives_encoding() -> None:
 def test_malformed_worker_metrics_are_refused() -> None:
     with pytest.raises(WorkerChannelError, match="metrics are malformed"):
         families_from_json([{"kind": "summary", "name": "x", "help": "", "labels": [], "samples": []}])
+
+
+@pytest.mark.parametrize(
+    ("limit", "workers", "share"), [(1000, 1, 1000), (1000, 2, 500), (1001, 2, 501), (1, 3, 1), (10, 4, 3)]
+)
+def test_a_node_connection_limit_is_shared_by_the_workers(limit: int, workers: int, share: int) -> None:
+    assert worker_share(limit, workers) == share
+    assert limit <= workers * share < limit + workers
+    command = worker_command(
+        node="n1", trust_domain="cluster.local", log_format="json", log_level="info", drain_deadline=5.0,
+        max_connections=limit, workers=workers, local_config=None, crl_file=None,
+    )  # fmt: skip
+    assert command[command.index("--max-connections") + 1] == str(share)
+
+
+def test_without_a_limit_each_worker_takes_its_own_default() -> None:
+    command = worker_command(
+        node="n1", trust_domain="cluster.local", log_format="json", log_level="info", drain_deadline=5.0,
+        max_connections=None, workers=2, local_config=None, crl_file=None,
+    )  # fmt: skip
+    assert "--max-connections" not in command

@@ -220,17 +220,25 @@ class WorkerServedPod:
 
 def worker_command(
     *, node: str, trust_domain: str, log_format: str, log_level: str, drain_deadline: float,
-    max_connections: int | None, local_config: str | None, crl_file: str | None,
+    max_connections: int | None, workers: int, local_config: str | None, crl_file: str | None,
 ) -> list[str]:  # fmt: skip
-    """The argv of a worker process for ztunnel's settings."""
+    """The argv of a worker process for ztunnel's settings. ``max_connections`` is the node's limit:
+    each of the ``workers`` serves its share (:func:`worker_share`)."""
     command = [
         sys.executable, "-m", "ztunnel.workers", "--node", node, "--trust-domain", trust_domain,
         "--log-format", log_format, "--log-level", log_level, "--drain-deadline", str(drain_deadline),
     ]  # fmt: skip
     if max_connections is not None:
-        command += ["--max-connections", str(max_connections)]
+        command += ["--max-connections", str(worker_share(max_connections, workers))]
     if local_config is not None:
         command += ["--local-config", local_config]
     if crl_file is not None:
         command += ["--crl-file", crl_file]
     return command
+
+
+def worker_share(limit: int, workers: int) -> int:
+    """Each worker's part of a node-wide connection limit, rounded up: the kernel spreads new
+    connections over the workers' SO_REUSEPORT listeners by hash, so each worker enforces its part,
+    and the node serves at most ``limit`` plus ``workers - 1``."""
+    return -(-limit // workers)
