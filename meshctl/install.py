@@ -3,8 +3,10 @@
 the kubeconfig (server-side apply, ``mesh.rt.kube.apply``). The renderer is the subset of kustomize
 the manifests use:
 ``resources`` (files, or directories with a kustomization), ``images`` (newName/newTag by image
-name) and ``patches`` (merged into the object of the same kind and name; lists of named items such
-as containers, volumes and ports merged by name, other lists replaced). ``kubectl apply -k
+name) and ``patches``: a file of objects is merged into the object of the same kind and name (lists of
+named items such as containers, volumes and ports merged by name, other lists replaced); a file
+holding a list of RFC 6902 operations (``add``, ``remove``, ``replace``, ``test``) is applied to the
+objects its ``target`` (kind, name, optionally namespace) selects. ``kubectl apply -k
 daemonset/overlays/<name>`` gives the same objects.
 """
 
@@ -25,7 +27,9 @@ from mesh.errors import MeshError
 from mesh.rt.kube.apply import apply_object, delete_object, describe, read_object
 from mesh.rt.kube.watch import make_api_client
 
-__all__ = ["DAEMONSET", "apply_all", "install_order", "overlays", "register", "render", "uninstall"]
+__all__ = [
+    "DAEMONSET", "apply_all", "install_order", "json_patch", "overlays", "register", "render", "uninstall",
+]  # fmt: skip
 
 DAEMONSET = Path(__file__).resolve().parent.parent / "daemonset"
 Obj = dict[str, Any]
@@ -55,6 +59,9 @@ def _build(directory: Path) -> list[Obj]:
         path = (directory / str(resource)).resolve()
         objects += _build(path) if path.is_dir() else _load(path)
     for patch in kustomization.get("patches") or ():
+        if "target" in patch:
+            _apply_operations(objects, patch, directory)
+            continue
         for change in _load(directory / str(patch["path"])):
             target = next((o for o in objects if _key(o) == _key(change)), None)
             if target is None:
@@ -72,6 +79,71 @@ def _build(directory: Path) -> list[Obj]:
     return objects
 
 
+def _apply_operations(objects: list[Obj], patch: Mapping[str, Any], directory: Path) -> None:
+    """An RFC 6902 patch (``patch["path"]``, a YAML list of operations) on each object its ``target``
+    selects; a ``test`` that fails, a path that does not exist or no object selected is an error
+    naming the file, so a change to the base that an overlay no longer fits stops the rendering."""
+    source = directory / str(patch["path"])
+    operations = _read_yaml(source)[0]
+    target = patch["target"]
+    selected = [
+        o
+        for o in objects
+        if (_key(o)[0], _key(o)[2]) == (target.get("kind"), target.get("name"))
+        and target.get("namespace", _key(o)[1]) == _key(o)[1]
+    ]
+    if not isinstance(operations, list):
+        raise MeshError(
+            f"{source} is not a list of operations",
+            hint="a patch with a target is a YAML list of RFC 6902 operations",
+        )
+    if not selected:
+        raise MeshError(
+            f"{source}: its target {dict(target)} selects no object",
+            hint="target an object the resources define (kind, name, optionally namespace)",
+        )
+    for obj in selected:
+        for number, operation in enumerate(operations, 1):
+            try:
+                json_patch(obj, operation)
+            except (KeyError, IndexError, TypeError, ValueError) as exc:
+                raise MeshError(
+                    f"{source}: operation {number} ({operation}) does not fit {_key(obj)}: {exc}",
+                    hint="the base changed under this overlay: update the overlay's operations",
+                ) from None
+
+
+def json_patch(document: Obj, operation: Mapping[str, Any]) -> None:
+    """One RFC 6902 operation (add, remove, replace, test) on ``document``, in place; a path that does
+    not exist or a failed test raises KeyError, IndexError or ValueError."""
+    op, pointer = operation["op"], str(operation["path"])
+    if not pointer.startswith("/"):
+        raise ValueError(f"path {pointer!r} must start with /")
+    *parents, last = [p.replace("~1", "/").replace("~0", "~") for p in pointer[1:].split("/")]
+    container: Any = document
+    for part in parents:
+        container = container[int(part)] if isinstance(container, list) else container[part]
+    if op == "test":
+        found = container[int(last)] if isinstance(container, list) else container[last]
+        if found != operation["value"]:
+            raise ValueError(f"{pointer} is {found!r}, not {operation['value']!r}")
+    elif op == "add" and isinstance(container, list):
+        index = len(container) if last == "-" else int(last)
+        if not 0 <= index <= len(container):
+            raise IndexError(f"{pointer}: index {index} out of range")
+        container.insert(index, copy.deepcopy(operation["value"]))
+    elif op in ("add", "replace") and isinstance(container, dict):
+        if op == "replace" and last not in container:
+            raise KeyError(f"{pointer} does not exist")
+        container[last] = copy.deepcopy(operation["value"])
+    elif op == "replace":
+        container[int(last)] = copy.deepcopy(operation["value"])
+    elif op == "remove":
+        del container[int(last) if isinstance(container, list) else last]
+    else:
+        raise ValueError(f"unknown op {op!r} (add, remove, replace and test are supported)")
+
+
 def _split_image(image: str) -> tuple[str, str]:
     """(name, tag) of ``registry/name:tag`` (a registry's port is not a tag)."""
     name, colon, tag = image.rpartition(":")
@@ -79,8 +151,12 @@ def _split_image(image: str) -> tuple[str, str]:
 
 
 def _load(path: Path) -> list[Obj]:
+    return [d for d in _read_yaml(path) if isinstance(d, dict)]
+
+
+def _read_yaml(path: Path) -> list[Any]:
     try:
-        return [d for d in yaml.safe_load_all(path.read_text()) if isinstance(d, dict)]
+        return list(yaml.safe_load_all(path.read_text()))
     except (OSError, yaml.YAMLError) as exc:
         raise MeshError(
             f"cannot read {path}: {exc}", hint="the daemonset/ directory of the repository"

@@ -2,7 +2,7 @@
 pinned Kubernetes version; istiod's and the node agent's ClusterRoles grant exactly the API calls
 their code declares, and istiod's Role in istio-system exactly its calls in its own namespace (the
 leader election's Lease) (a call added without its rule fails here); the overlays change what they
-say."""
+say (the lab overlay through RFC 6902 operations, checked here one by one)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from mesh.errors import MeshError
 from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
-from meshctl.install import overlays, render
+from meshctl.install import json_patch, overlays, render
 from ztunnel.cni import kube_pods
 
 KUBERNETES = "1.30.0"
@@ -156,3 +156,65 @@ def test_install_renders_and_says_what_to_do_without_a_cluster(
     assert "no Kubernetes cluster to install into" in error and "--dry-run" in error
     with pytest.raises(MeshError, match="no overlay 'nope'"):
         render("nope")
+
+
+@pytest.mark.parametrize(
+    ("operation", "after"),
+    [
+        ({"op": "add", "path": "/args/-", "value": "c"}, {"args": ["a", "b", "c"], "m": {"k": 1}}),
+        ({"op": "add", "path": "/args/0", "value": "z"}, {"args": ["z", "a", "b"], "m": {"k": 1}}),
+        ({"op": "add", "path": "/m/n", "value": 2}, {"args": ["a", "b"], "m": {"k": 1, "n": 2}}),
+        ({"op": "replace", "path": "/args/1", "value": "y"}, {"args": ["a", "y"], "m": {"k": 1}}),
+        ({"op": "replace", "path": "/m/k", "value": 3}, {"args": ["a", "b"], "m": {"k": 3}}),
+        ({"op": "remove", "path": "/args/0"}, {"args": ["b"], "m": {"k": 1}}),
+        ({"op": "remove", "path": "/m/k"}, {"args": ["a", "b"], "m": {}}),
+        ({"op": "test", "path": "/args/1", "value": "b"}, {"args": ["a", "b"], "m": {"k": 1}}),
+        ({"op": "add", "path": "/a~1b", "value": 0}, {"args": ["a", "b"], "m": {"k": 1}, "a/b": 0}),
+    ],
+)
+def test_a_json_patch_operation_changes_what_it_names(
+    operation: dict[str, Any], after: dict[str, Any]
+) -> None:
+    document: dict[str, Any] = {"args": ["a", "b"], "m": {"k": 1}}
+    json_patch(document, operation)
+    assert document == after
+
+
+@pytest.mark.parametrize(
+    ("operation", "error"),
+    [
+        ({"op": "test", "path": "/args/1", "value": "x"}, ValueError),
+        ({"op": "replace", "path": "/m/nope", "value": 1}, KeyError),
+        ({"op": "add", "path": "/args/5", "value": 1}, IndexError),
+        ({"op": "remove", "path": "/nope/0"}, KeyError),
+        ({"op": "move", "path": "/args/0"}, ValueError),
+        ({"op": "add", "path": "args", "value": 1}, ValueError),
+    ],
+)
+def test_a_json_patch_operation_that_does_not_fit_is_refused(
+    operation: dict[str, Any], error: type[Exception]
+) -> None:
+    document: dict[str, Any] = {"args": ["a", "b"], "m": {"k": 1}}
+    with pytest.raises(error):
+        json_patch(document, operation)
+    assert document == {"args": ["a", "b"], "m": {"k": 1}}
+
+
+def test_the_lab_overlay_runs_the_mesh_on_the_labs_api() -> None:
+    objects = render("lab")
+    (istiod,) = [o for o in objects if o["kind"] == "Deployment"]
+    (agent,) = [o for o in objects if o["metadata"]["name"] == "istio-cni-node" and o["kind"] == "DaemonSet"]
+    istiod_args = istiod["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert istiod_args[-6:] == [
+        "--auth", "lab", "--lab-state", "/var/lib/mesh-lab/state",
+        "--lab-tokens", "/var/lib/mesh-lab/state/mesh/tokens.yaml",
+    ]  # fmt: skip
+    agent_args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--kube" not in agent_args
+    assert agent_args[agent_args.index("--state-dir") + 1] == "/var/lib/mesh-lab/state"
+    for obj in (istiod, agent):
+        volumes = obj["spec"]["template"]["spec"]["volumes"]
+        assert {
+            "name": "lab-state",
+            "hostPath": {"path": "/var/lib/mesh-lab/state", "type": "Directory"},
+        } in volumes
