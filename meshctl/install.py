@@ -26,9 +26,11 @@ from kubernetes.config import ConfigException
 from mesh.errors import MeshError
 from mesh.rt.kube.apply import apply_object, delete_object, describe, read_object
 from mesh.rt.kube.watch import make_api_client
+from meshctl.lab.api import Lab
 
 __all__ = [
-    "DAEMONSET", "apply_all", "install_order", "json_patch", "overlays", "register", "render", "uninstall",
+    "DAEMONSET", "apply_all", "apply_to_lab", "install_order", "json_patch", "overlays", "register",
+    "render", "uninstall", "uninstall_from_lab",
 ]  # fmt: skip
 
 DAEMONSET = Path(__file__).resolve().parent.parent / "daemonset"
@@ -200,6 +202,8 @@ _INSTALL_ORDER = (
     "Role", "RoleBinding", "ConfigMap", "Secret", "Service", "PodDisruptionBudget", "Deployment", "DaemonSet",
 )  # fmt: skip
 NODE_AGENT = ("DaemonSet", "istio-cni-node")
+NODE_AGENT_NAMESPACE = "istio-system"
+LAB_OVERLAY = "lab"
 """Deleted first on uninstall, and waited for: its agents release every pod while ztunnel still runs."""
 
 
@@ -230,6 +234,40 @@ def uninstall(api: k8s.ApiClient, objects: list[Obj], *, purge: bool = False, ti
             print(f"kept {describe(obj)} (--purge deletes it, and every object of its kind)")
             continue
         print(f"{'deleted' if delete_object(api, obj) else 'absent'} {describe(obj)}", flush=True)
+
+
+def apply_to_lab(lab: Lab, objects: list[Obj]) -> None:
+    """Applies every object to the running lab in install order, printing what it did."""
+    for line in lab.apply(install_order(objects)):
+        print(line, flush=True)
+
+
+def uninstall_from_lab(lab: Lab, objects: list[Obj], *, purge: bool = False, timeout: float = 120.0) -> None:
+    """As :func:`uninstall`, on the lab: the node agents' DaemonSet first, waiting until its pods are
+    gone (each agent releases its node's pods), then the rest in reverse install order."""
+    agent = [o for o in objects if (o.get("kind"), (o.get("metadata") or {}).get("name")) == NODE_AGENT]
+    kept = [o for o in objects if o.get("kind") == "CustomResourceDefinition" and not purge]
+    rest = [o for o in reversed(install_order(objects)) if o not in agent and o not in kept]
+    for line in lab.delete(agent):
+        print(f"{line}: its agents release every pod of their node", flush=True)
+    deadline = time.monotonic() + timeout
+    while agent_pods := [p for p in lab.store.list("Pod", NODE_AGENT_NAMESPACE) if _owned_by_agent(p)]:
+        if time.monotonic() > deadline:
+            raise MeshError(
+                f"{len(agent_pods)} node agent pods were not gone within {timeout:g} s",
+                hint="see their logs (meshctl lab logs istio-system/<pod>); "
+                "run meshctl uninstall --lab again",
+            )
+        time.sleep(0.2)
+    for line in lab.delete(rest):
+        print(line, flush=True)
+    for obj in kept:
+        print(f"kept {describe(obj)} (--purge deletes it, and every object of its kind)")
+
+
+def _owned_by_agent(pod: Mapping[str, Any]) -> bool:
+    owners = (pod.get("metadata") or {}).get("ownerReferences") or ()
+    return any((o.get("kind"), o.get("name")) == NODE_AGENT for o in owners)
 
 
 def _wait_gone(api: k8s.ApiClient, obj: Obj, *, timeout: float) -> None:
@@ -269,6 +307,14 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         )
         parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="image=REPO:TAG")
         parser.add_argument(
+            "--lab",
+            nargs="?",
+            const="",
+            metavar="STATE",
+            help="into the running lab of this state directory (default $MESH_LAB_STATE or "
+            "/var/lib/mesh-lab/state) instead of a Kubernetes cluster: the lab overlay",
+        )
+        parser.add_argument(
             "--kubeconfig", help="the cluster's kubeconfig (default: in cluster, or ~/.kube/config)"
         )
         parser.add_argument("--context", help="the kubeconfig context")
@@ -276,16 +322,31 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
 
 
 def run(args: argparse.Namespace, *, api: k8s.ApiClient | None = None) -> int:
-    """Prints (``--dry-run``) or applies/deletes the rendered objects on the kubeconfig's cluster."""
+    """Prints (``--dry-run``) or applies/deletes the rendered objects on the kubeconfig's cluster, or
+    with ``--lab`` the lab overlay's on the running lab."""
     settings = dict(item.partition("=")[::2] for item in args.set)
     unknown = sorted(set(settings) - {"image"})
     if unknown:
         raise MeshError(
             f"unknown --set {', '.join(unknown)}", hint=f"meshctl {args.action} takes --set image=REPO:TAG"
         )
-    objects = render(args.overlay, image=settings.get("image", ""))
+    lab_state = getattr(args, "lab", None)
+    if lab_state is not None and args.overlay not in ("base", LAB_OVERLAY):
+        raise MeshError(
+            f"--lab takes the {LAB_OVERLAY} overlay, not {args.overlay!r}",
+            hint="leave --overlay out with --lab (the lab's trust domain and CA are its own)",
+        )
+    overlay = LAB_OVERLAY if lab_state is not None else args.overlay
+    objects = render(overlay, image=settings.get("image", ""))
     if getattr(args, "dry_run", False):
         print(yaml.safe_dump_all(objects, sort_keys=False), end="")
+        return 0
+    if lab_state is not None:
+        lab = Lab(lab_state or None, progress=lambda line: print(line, flush=True))
+        if args.action == "uninstall":
+            uninstall_from_lab(lab, objects, purge=args.purge, timeout=args.timeout)
+        else:
+            apply_to_lab(lab, objects)
         return 0
     if api is None:
         try:

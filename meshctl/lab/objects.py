@@ -52,6 +52,18 @@ _DAEMON_OWNED = {
     "ReplicaSet": "create a Deployment; the lab creates its ReplicaSet and Pods",
     "Node": "nodes come from the lab settings; use 'meshctl lab up --nodes N'",
 }
+STORED_AS_GIVEN = frozenset(
+    {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Role",
+        "RoleBinding",
+        "CustomResourceDefinition",
+        "PodDisruptionBudget",
+    }
+)
+"""Kinds the mesh's manifests (daemonset/) carry that the lab keeps without acting on them: it does not
+enforce RBAC, serve custom resources by their definition, or evict pods."""
 LAB_KINDS = frozenset(
     {
         "Namespace",
@@ -64,6 +76,7 @@ LAB_KINDS = frozenset(
         "ConfigMap",
         "Secret",
         "GatewayClass",
+        *STORED_AS_GIVEN,
     }
 )
 """The Kubernetes kinds the lab takes (besides the mesh's, ``istiod_lite.validation.MESH_KINDS``)."""
