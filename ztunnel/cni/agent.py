@@ -56,7 +56,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--daemonset",
         metavar="NAMESPACE/NAME",
-        help="with --kube, the agent's own DaemonSet: when it is gone or being deleted at SIGTERM, the "
+        help="the agent's own DaemonSet: when it is gone or being deleted at SIGTERM, the "
         "mesh is being uninstalled and every pod is released (rules removed); otherwise rules stay",
     )
     parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
@@ -83,6 +83,8 @@ class RunningPodSource(PodSource, Protocol):
     async def wait_loaded(self) -> None: ...
 
     async def run(self) -> None: ...
+
+    async def uninstalling(self, namespace: str, name: str) -> bool: ...
 
 
 def _source(args: argparse.Namespace, log: Logger) -> RunningPodSource:
@@ -157,7 +159,7 @@ async def serve(
             "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
         )
         await _until_stopped(stop, tasks)
-        if args.daemonset and isinstance(source, KubePodSource):
+        if args.daemonset:
             namespace, _, name = args.daemonset.partition("/")
             if await source.uninstalling(namespace, name):
                 await _cancel(tasks[1:])  # the reconciler must not enrol again what is released

@@ -218,6 +218,16 @@ class LabPodSource:
             patch_pod_annotations, self.state, pod.namespace, pod.name, {REDIRECTION: value}, uid=pod.uid
         )
 
+    async def uninstalling(self, namespace: str, name: str) -> bool:
+        """Whether the DaemonSet ``namespace/name`` (the agent's own) is gone from the lab or being
+        deleted: the mesh is being uninstalled. An unreadable state directory counts as no, so pods
+        stay captured (as on Kubernetes when the API cannot be read)."""
+        try:
+            found = await asyncio.to_thread(self.state.read, ("DaemonSet", namespace, name))
+        except (LabStateError, OSError):
+            return False
+        return found is None or bool((found.get("metadata") or {}).get("deletionTimestamp"))
+
     def find_netns(self, pods: Mapping[str, PodInfo]) -> dict[str, str]:
         """The sandbox paths from the lab runtime's CNI result cache (``run/cni/<uid>.json``)."""
         return {uid: path for uid in pods if (path := self._cni_sandbox(uid))}
