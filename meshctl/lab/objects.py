@@ -8,6 +8,8 @@ Istio and Gateway API objects are only checked for ``apiVersion``, ``kind`` and 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import copy
 import math
 import re
@@ -18,6 +20,7 @@ import yaml
 
 from istiod_lite.validation import MESH_KINDS, validate_mesh_object
 from meshctl.lab.errors import LabObjectError
+from meshctl.lab.volumecheck import volume_problems
 
 __all__ = [
     "CLUSTER_SCOPED_KINDS",
@@ -82,6 +85,7 @@ LAB_KINDS = frozenset(
 """The Kubernetes kinds the lab takes (besides the mesh's, ``istiod_lite.validation.MESH_KINDS``)."""
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+_DATA_KEY = re.compile(r"^[-._a-zA-Z0-9]+$")
 _PROTOCOLS = ("TCP", "UDP")
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
@@ -283,6 +287,8 @@ def _pod_spec(check: _Check, spec: dict[str, Any], path: str, nodes: frozenset[s
     policy = spec.get("restartPolicy")
     if policy is not None and policy not in ("Always", "OnFailure", "Never"):
         check.fail(f"{path}.restartPolicy", f"must be Always, OnFailure or Never, got {policy!r}")
+    for field, problem in volume_problems(spec, path)[:1]:
+        check.fail(field, problem, hint="see docs/lab-state.md (volumes) for what the lab mounts")
 
 
 def _container(check: _Check, container: object, path: str, seen: set[str]) -> None:
@@ -403,7 +409,35 @@ def _validate_namespace(check: _Check, obj: dict[str, Any], _nodes: frozenset[st
         check.fail("metadata.name", "a namespace name must be a DNS label (no dots)")
 
 
+def _validate_data(check: _Check, obj: dict[str, Any], _nodes: frozenset[str] | None) -> None:
+    """A ConfigMap's ``data``/``binaryData`` or a Secret's ``data``/``stringData``: valid keys,
+    string values, base64 where the API wants it."""
+    fields, encoded = (
+        (("data", "binaryData"), "binaryData")
+        if obj["kind"] == "ConfigMap"
+        else (
+            ("data", "stringData"),
+            "data",
+        )
+    )
+    seen: set[str] = set()
+    for field in fields:
+        for key, value in _string_map(check, obj.get(field), field).items():
+            if not _DATA_KEY.match(key) or key in (".", ".."):
+                check.fail(f"{field}.{key}", "a key must consist of letters, digits, '-', '_' or '.'")
+            if key in seen and not (obj["kind"] == "Secret" and field == "stringData"):
+                check.fail(f"{field}.{key}", "the key is given twice (data and binaryData)")
+            seen.add(key)
+            if field == encoded:
+                try:
+                    base64.b64decode(value, validate=True)
+                except (binascii.Error, ValueError):
+                    check.fail(f"{field}.{key}", "must be base64-encoded", hint="encode it with base64 -w0")
+
+
 _VALIDATORS = {
+    "ConfigMap": _validate_data,
+    "Secret": _validate_data,
     "Deployment": _validate_deployment,
     "DaemonSet": _validate_daemonset,
     "Pod": _validate_pod,

@@ -11,6 +11,7 @@ __all__ = [
     "ContainerState",
     "container_argv",
     "container_env",
+    "expand_vars",
     "listening_tcp_ports",
     "readiness_ports",
     "render_pod_status",
@@ -68,18 +69,19 @@ def container_env(
             path = var["valueFrom"]["fieldRef"]["fieldPath"]
             env[var["name"]] = _field_value(pod, path, pod_ip=pod_ip, host_ip=host_ip)
         else:
-            env[var["name"]] = _expand(str(var.get("value", "")), env)
+            env[var["name"]] = expand_vars(str(var.get("value", "")), env)
     return env
 
 
-def _expand(text: str, env: Mapping[str, str]) -> str:
+def expand_vars(text: str, env: Mapping[str, str]) -> str:
+    """``$(VAR)`` references replaced from ``env``; unknown ones stay as written (as in Kubernetes)."""
     return _VAR_REF.sub(lambda m: env.get(m.group(1), m.group(0)), text)
 
 
 def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> tuple[str, ...]:
     """``command`` + ``args`` with ``$(VAR)`` references expanded, as the kubelet does."""
     parts = [*(container.get("command") or ()), *(container.get("args") or ())]
-    return tuple(_expand(p, env) for p in parts)
+    return tuple(expand_vars(p, env) for p in parts)
 
 
 def readiness_ports(container: Mapping[str, Any]) -> frozenset[int]:
