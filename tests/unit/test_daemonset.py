@@ -21,6 +21,7 @@ from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
 from meshctl.install import json_patch, overlays, render
 from ztunnel.cni import kube_pods
+from ztunnel.cni.agent import parse_args as parse_agent_args
 
 KUBERNETES = "1.30.0"
 REPO = Path(__file__).resolve().parents[2]
@@ -105,6 +106,18 @@ def test_the_node_agents_rules_are_exactly_its_declared_calls() -> None:
     assert rules_for([*kube_pods.API_CALLS, extra]) != cluster_role(objects, "istio-cni")
     (agent,) = [o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "istio-cni-node"]
     assert "--kube" in agent["spec"]["template"]["spec"]["containers"][0]["args"]
+
+
+def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories() -> None:
+    (agent,) = [o for o in render() if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "istio-cni-node"]
+    pod = agent["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    args = parse_agent_args([a.replace("$(", "").replace(")", "") for a in container["args"]])
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    host_paths = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    assert host_paths[mounts[str(args.cni_conf_dir)]] == "/etc/cni/net.d"
+    assert host_paths[mounts[str(args.cni_bin_dir)]] == "/opt/cni/bin"
+    assert args.daemonset == "POD_NAMESPACE/istio-cni-node"  # so that an uninstall takes the plugin out
 
 
 def test_every_module_calling_the_api_declares_its_calls() -> None:

@@ -8,7 +8,11 @@ plugin and on ``<run-dir>/ztunnel.sock`` (``--zds-socket``, SEQPACKET) for ztunn
 sandboxes in ``<run-dir>/pods/``. Pods come from the lab state directory, or with ``--kube`` from
 the Kubernetes API (the node's pods and the namespaces, watched). On start it rebuilds its
 enrolled set (pod annotations + sandbox cache + existing namespaces) before listening, so a
-reconnecting ztunnel gets the full snapshot. SIGTERM/SIGINT stop it; rules and enrollments stay.
+reconnecting ztunnel gets the full snapshot. With ``--cni-conf-dir`` and ``--cni-bin-dir`` it
+installs the CNI plugin into the node's chain once it listens, and keeps it there
+(``ztunnel.cni.install``). SIGTERM/SIGINT stop it; rules, enrollments and the plugin stay, unless
+``--daemonset`` says the mesh is being uninstalled: then the plugin leaves the chain and the pods
+are released.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from mesh.rt.labstate import LabState
 from mesh.rt.logs import configure_logging, get_logger
 from mesh.rt.loop import run as run_loop
 from ztunnel.cni.apply import HostProbeSnat, NetnsRules
+from ztunnel.cni.install import CniInstaller
 from ztunnel.cni.kube_pods import KubePodSource
 from ztunnel.cni.node_agent import NodeAgent, ProbeSnat, Rules
 from ztunnel.cni.plugin_server import PluginServer
@@ -57,7 +62,20 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--daemonset",
         metavar="NAMESPACE/NAME",
         help="the agent's own DaemonSet: when it is gone or being deleted at SIGTERM, the "
-        "mesh is being uninstalled and every pod is released (rules removed); otherwise rules stay",
+        "mesh is being uninstalled: the plugin leaves the CNI chain and every pod is released (rules "
+        "removed); otherwise rules and the plugin stay",
+    )
+    parser.add_argument(
+        "--cni-conf-dir",
+        type=Path,
+        help="the node's CNI config directory (/etc/cni/net.d): chain the mesh's plugin into its primary "
+        "config and keep it there (with --cni-bin-dir)",
+    )
+    parser.add_argument(
+        "--cni-bin-dir", type=Path, help="the node's CNI plugin directory (/opt/cni/bin): install the plugin"
+    )
+    parser.add_argument(
+        "--cni-poll-interval", type=float, default=1.0, help="seconds between checks of the installed plugin"
     )
     parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
     parser.add_argument("--plugin-socket", help="default <run-dir>/pluginevent.sock; @name = abstract")
@@ -74,7 +92,28 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--log-format", choices=("json", "console"), default="json")
     parser.add_argument("--log-level", default="info")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if (args.cni_conf_dir is None) != (args.cni_bin_dir is None):
+        parser.error("--cni-conf-dir and --cni-bin-dir go together (the config names the installed plugin)")
+    return args
+
+
+def _plugin_socket(args: argparse.Namespace) -> str:
+    """Where the agent listens for the plugin (and what the installed chain entry names)."""
+    return str(args.plugin_socket or args.run_dir / "pluginevent.sock")
+
+
+def _installer(args: argparse.Namespace, log: Logger) -> CniInstaller | None:
+    if args.cni_conf_dir is None:
+        return None
+    return CniInstaller(
+        conf_dir=args.cni_conf_dir,
+        bin_dir=args.cni_bin_dir,
+        agent_socket=_plugin_socket(args),
+        clock=SystemClock(),
+        log=log,
+        poll_interval=args.cni_poll_interval,
+    )
 
 
 class RunningPodSource(PodSource, Protocol):
@@ -126,7 +165,7 @@ def _build(
         cluster=cluster,
         probes=probes,
     )
-    plugin = PluginServer(str(args.plugin_socket or run_dir / "pluginevent.sock"), agent.handle, log=log)
+    plugin = PluginServer(_plugin_socket(args), agent.handle, log=log)
     return agent, zds, plugin
 
 
@@ -146,6 +185,7 @@ async def serve(
     tasks = [loop.create_task(source.run(), name="pod source")]
     zds: ZdsServer | None = None
     plugin: PluginServer | None = None
+    installer = _installer(args, log)
     try:
         await _loaded(source, tasks[0])
         if probes is None and not args.no_probe_snat:
@@ -155,6 +195,8 @@ async def serve(
         await zds.start()
         await plugin.start()
         tasks.append(loop.create_task(agent.run(), name="reconciler"))
+        if installer is not None:  # only now: a pod the chain sends here must find the agent listening
+            tasks.append(loop.create_task(installer.run(), name="cni installer"))
         log.info(
             "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
         )
@@ -163,6 +205,8 @@ async def serve(
             namespace, _, name = args.daemonset.partition("/")
             if await source.uninstalling(namespace, name):
                 await _cancel(tasks[1:])  # the reconciler must not enrol again what is released
+                if installer is not None:  # first, so that no new pod is sent to an agent that is leaving
+                    await asyncio.to_thread(installer.uninstall)
                 await agent.release_all()
     finally:
         await _cancel(tasks)

@@ -13,7 +13,10 @@ Network config keys of this plugin:
   replaced by the name (under /var/run/netns) of the network namespace the plugin runs in.
 - ``agent_timeout``: seconds to wait for the verdict, default 15.
 
-It runs once per pod, so it imports only json, os, socket and sys.
+It runs once per pod, so it imports only json, os, socket and sys. It imports nothing outside the
+standard library either: the node agent installs this very file, with a ``python3`` shebang, as the
+plugin executable in the node's CNI bin directory (``ztunnel.cni.install``), where the kubelet runs
+it with the node's own python3 (3.11 or later), not the mesh's environment.
 """
 
 from __future__ import annotations
@@ -241,3 +244,7 @@ def main() -> None:
     if out:
         sys.stdout.write(out + "\n")
     sys.exit(status)
+
+
+if __name__ == "__main__":
+    main()
