@@ -3,8 +3,9 @@
 Order: ask the daemon to stop (it stops pods with CNI DEL and removes its namespaces); then kill
 by PID whatever is still recorded in pid files (checked against the start time, so a reused PID
 is never hit) and whatever still runs inside one of the lab's namespaces; then delete the
-namespaces with the lab's prefix, its ``/etc/netns`` entries and the runtime part of the state
-directory. Every step tolerates things already gone, so this is idempotent.
+namespaces with the lab's prefix, its ``/etc/netns`` entries, the empty mount points it made on the
+host (:mod:`meshctl.lab.mountpoints`) and the runtime part of the state directory (pods' volumes,
+the nodes' hostPath directories). Every step tolerates things already gone, so this is idempotent.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from meshctl.lab.errors import LabError
+from meshctl.lab.mountpoints import REGISTRY, release_mountpoints
 from meshctl.lab.netops import NETNS_DIR, delete_netns_sync, list_netns
 from meshctl.lab.pods import ETC_NETNS
 from meshctl.lab.store import StateDir
@@ -34,9 +36,6 @@ __all__ = [
     "record_lab_id",
     "reset_state",
 ]
-
-REGISTRY = Path("/run/mesh-lab")
-"""``<lab id>.state`` files naming the state directory that uses each lab id (cleared at boot)."""
 
 _DAEMON_TIMEOUT = 20.0
 _KILL_GRACE = 1.0
@@ -144,6 +143,9 @@ def cleanup_lab(
     entries = list(ETC_NETNS.glob(f"{prefix}*"))
     for entry in entries:
         shutil.rmtree(entry, ignore_errors=True)
+    points = release_mountpoints(lab_id)
+    if points:
+        progress(f"removed {len(points)} empty mount points the lab made on the host")
     reset_state(paths, keep_logs=True)
     forget_lab_id(lab_id, paths.root)
     return CleanupReport(stopped, killed, len(names), len(entries))
@@ -177,12 +179,13 @@ def forget_lab_id(lab_id: str, root: Path) -> None:
 
 
 def reset_state(paths: StateDir, *, keep_logs: bool) -> None:
-    """Removes objects, runtime files and lab.yaml (and logs unless ``keep_logs``); keeps cni/.
+    """Removes objects, runtime files (pods' volumes), the nodes' hostPath directories and lab.yaml
+    (and logs unless ``keep_logs``); keeps cni/.
 
     The mesh's files (``mesh/``: istiod's root, node tokens, sockets, pids) go too, but for its logs
     when ``keep_logs``, and so does the lab Prometheus's (``prometheus/``, its data)."""
     mesh = paths.root / "mesh"
-    targets: list[Path] = [paths.objects, paths.run, paths.root / "prometheus"]
+    targets: list[Path] = [paths.objects, paths.run, paths.root / "prometheus", paths.hostpath]
     if keep_logs:
         targets += [p for p in mesh.glob("*") if p.name != "logs"]
     else:

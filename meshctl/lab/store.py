@@ -48,6 +48,11 @@ class StateDir(LabState):
         return self.root / "run" / "cni"
 
     @property
+    def hostpath(self) -> Path:
+        """``<node>/...``: each node's host paths for hostPath volumes (see meshctl.lab.volumes)."""
+        return self.root / "hostpath"
+
+    @property
     def daemon_pid(self) -> Path:
         """The daemon's ``PID STARTTIME``."""
         return self.root / "run" / "daemon.pid"

@@ -44,6 +44,8 @@ class ProcessSpec:
     pid_path: Path
     netns: str | None = None
     cwd: str = "/"
+    wrapper: tuple[str, ...] = ()
+    """A step run before ``argv`` that execs it (a container's volume mounts), inside the netns."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,7 +153,9 @@ class SupervisedProcess:
 
     async def _run_once(self) -> int:
         spec = self.spec
-        argv = ("ip", "netns", "exec", spec.netns, *spec.argv) if spec.netns else spec.argv
+        argv = (*spec.wrapper, *spec.argv)
+        if spec.netns:
+            argv = ("ip", "netns", "exec", spec.netns, *argv)
         with self._open_log() as log:
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

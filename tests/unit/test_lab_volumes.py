@@ -12,6 +12,8 @@ import yaml
 
 from meshctl.lab.errors import LabObjectError
 from meshctl.lab.objects import ObjKey, key_of, parse_documents
+from meshctl.lab.podvolumes import referenced_objects, token_refresh_at
+from meshctl.lab.volumefs import host_path_action
 from meshctl.lab.volumes import (
     CONTENT,
     EMPTY_DIR,
@@ -521,3 +523,56 @@ def test_the_mesh_manifests_plan(workload: str, expected: list[tuple[str, str, b
     mounts = plan_mounts(spec["spec"]["containers"][0], planned, env={})
     assert sorted((m.target, m.propagation, m.read_only, m.source) for m in mounts) == sorted(expected)
     assert [len(m.target.split("/")) for m in mounts] == sorted(len(m.target.split("/")) for m in mounts)
+
+
+@pytest.mark.parametrize(
+    ("host_type", "found", "action"),
+    [
+        ("", None, ("mkdir", "")),
+        ("", "socket", ("ok", "")),
+        ("DirectoryOrCreate", None, ("mkdir", "")),
+        ("DirectoryOrCreate", "directory", ("ok", "")),
+        ("DirectoryOrCreate", "file", ("wait", "is not a directory")),
+        ("Directory", None, ("wait", "does not exist (type Directory)")),
+        ("Directory", "directory", ("ok", "")),
+        ("FileOrCreate", None, ("touch", "")),
+        ("FileOrCreate", "file", ("ok", "")),
+        ("FileOrCreate", "directory", ("wait", "is not a file")),
+        ("File", None, ("wait", "does not exist (type File)")),
+        ("File", "socket", ("wait", "is not a file")),
+        ("Socket", "socket", ("ok", "")),
+        ("Socket", "file", ("wait", "is not a socket file")),
+        ("Socket", None, ("wait", "does not exist (type Socket)")),
+    ],
+)
+def test_host_path_type_checks(host_type: str, found: str | None, action: tuple[str, str]) -> None:
+    assert host_path_action(host_type, found) == action
+
+
+@pytest.mark.parametrize(
+    ("seconds", "after"),
+    [(600, 480.0), (3600, 2880.0), (43200, 34560.0), (7 * 86400, 86400.0)],
+)
+def test_tokens_are_refreshed_at_80_percent_or_after_a_day(seconds: int, after: float) -> None:
+    assert token_refresh_at(1000.0, seconds) == 1000.0 + after
+
+
+def test_referenced_objects_are_the_service_account_and_every_source() -> None:
+    spec = pod(
+        [
+            {"name": "a", "configMap": {"name": "cfg"}},
+            {"name": "b", "secret": {"secretName": "sec"}},
+            {
+                "name": "c",
+                "projected": {"sources": [{"secret": {"name": "s2"}}, {"configMap": {"name": "c2"}}]},
+            },
+            {"name": "d", "emptyDir": {}},
+        ]
+    )
+    assert referenced_objects(spec) == (
+        ("ServiceAccount", "ns", "sa"),
+        ("ConfigMap", "ns", "cfg"),
+        ("Secret", "ns", "sec"),
+        ("Secret", "ns", "s2"),
+        ("ConfigMap", "ns", "c2"),
+    )
