@@ -16,6 +16,8 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -79,13 +81,18 @@ class Host:
     def chained(self) -> bool:
         return self.plugin.exists() and self.config()["plugins"][-1].get("type") == "ztunnel-cni"
 
-    def events(self) -> list[str]:
+    def logged(self) -> list[dict[str, Any]]:
         lines = self.log.read_text().splitlines() if self.log.exists() else []
-        return [json.loads(line)["event"] for line in lines if line.startswith("{")]
+        return [json.loads(line) for line in lines if line.startswith("{")]
+
+    def events(self) -> list[str]:
+        return [entry["event"] for entry in self.logged()]
 
 
 @contextlib.asynccontextmanager
-async def agent(host: Host, server: kmock.KubernetesEmulator) -> AsyncIterator[asyncio.subprocess.Process]:
+async def agent(
+    host: Host, server: kmock.KubernetesEmulator, *extra: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
     kubeconfig = host.tmp / "kubeconfig"
     kubeconfig.write_text(
         json.dumps({
@@ -99,7 +106,7 @@ async def agent(host: Host, server: kmock.KubernetesEmulator) -> AsyncIterator[a
         AGENT, "--node", "n1", "--kube", "--kubeconfig", str(kubeconfig),
         "--daemonset", "istio-system/istio-cni-node", "--run-dir", str(host.tmp / "run"),
         "--no-probe-snat", "--cni-conf-dir", str(host.conf_dir), "--cni-bin-dir", str(host.bin_dir),
-        "--cni-poll-interval", "0.1",
+        "--cni-poll-interval", "0.1", *extra,
     ]  # fmt: skip
     with host.log.open("ab") as log:
         proc = await asyncio.create_subprocess_exec(*argv, stdout=log, stderr=log)
@@ -109,6 +116,14 @@ async def agent(host: Host, server: kmock.KubernetesEmulator) -> AsyncIterator[a
         with contextlib.suppress(ProcessLookupError):
             proc.kill()
         await proc.wait()
+
+
+def readyz(port: int) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as reply:
+            return reply.status, reply.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
 
 
 async def run_plugin(host: Host, env: dict[str, str], netconf: dict[str, Any]) -> tuple[int, Any]:
@@ -180,5 +195,38 @@ async def test_the_installed_plugin_runs_without_the_mesh_environment(
         env["CNI_ARGS"] = "K8S_POD_NAMESPACE=demo;K8S_POD_NAME=ghost;K8S_POD_UID=uid-ghost"
         status, out = await run_plugin(host, env, netconf)
         assert status == 1 and out["code"] == 11 and "ghost" in out["msg"]
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 15) == 0
+
+
+async def test_the_agent_is_ready_only_once_its_plugin_is_chained(
+    server: kmock.KubernetesEmulator, tmp_path: Path
+) -> None:
+    host = Host(tmp_path)
+    primary = host.conf_dir / "10-calico.conflist"
+    async with agent(host, server, "--readiness-port", "0") as proc:
+        await wait_until(lambda: "agent.ready" in host.events() or proc.returncode is not None, within=20)
+        (ready,) = [e for e in host.logged() if e["event"] == "agent.ready"]
+        port = ready["readiness.port"]
+
+        # the node's primary CNI plugin has not written its config yet
+        await wait_until(lambda: "cni.waiting_for_config" in host.events(), what="waiting said")
+        status, text = await asyncio.to_thread(readyz, port)
+        assert status == 503
+        assert text.startswith(f"not ready: no CNI config in {host.conf_dir} yet")
+
+        primary.write_text('{"name": "k8s-pod-network", "plugins": [')  # half a file: never touched
+        await wait_until(lambda: "cni.config_invalid" in host.events(), what="the error logged")
+        status, text = await asyncio.to_thread(readyz, port)
+        assert status == 503 and "CNI config 10-calico.conflist: not valid JSON" in text
+        (error,) = [e for e in host.logged() if e["event"] == "cni.config_invalid"]
+        assert (
+            error["file"] == str(primary) and error["level"] == "error" and "left as it is" in error["hint"]
+        )
+        assert primary.read_text() == '{"name": "k8s-pod-network", "plugins": ['
+
+        host.rewrite(CONFLIST)
+        await wait_until(host.chained, what="installed once the config parses")
+        await wait_until(lambda: readyz(port)[0] == 200, what="ready")  # the agent's own port: no wait here
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 15) == 0

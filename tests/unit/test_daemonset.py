@@ -118,6 +118,7 @@ def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories() -> 
     assert host_paths[mounts[str(args.cni_conf_dir)]] == "/etc/cni/net.d"
     assert host_paths[mounts[str(args.cni_bin_dir)]] == "/opt/cni/bin"
     assert args.daemonset == "POD_NAMESPACE/istio-cni-node"  # so that an uninstall takes the plugin out
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": args.readiness_port}
 
 
 def test_every_module_calling_the_api_declares_its_calls() -> None:

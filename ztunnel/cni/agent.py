@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -30,6 +30,7 @@ import structlog
 
 from mesh.errors import MeshError
 from mesh.rt.clock import SystemClock
+from mesh.rt.http import HttpReply, HttpServer, text_reply
 from mesh.rt.kube.watch import make_api_client
 from mesh.rt.labstate import LabState
 from mesh.rt.logs import configure_logging, get_logger
@@ -77,6 +78,12 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--cni-poll-interval", type=float, default=1.0, help="seconds between checks of the installed plugin"
     )
+    parser.add_argument(
+        "--readiness-port",
+        type=int,
+        help="serve GET /readyz on this port (all addresses): 200 once the agent listens for the plugin "
+        "and the plugin is in the node's CNI chain, 503 with the reason before",
+    )
     parser.add_argument("--run-dir", type=Path, default=Path("/var/run/ztunnel"), help="sockets and cache")
     parser.add_argument("--plugin-socket", help="default <run-dir>/pluginevent.sock; @name = abstract")
     parser.add_argument("--zds-socket", help="default <run-dir>/ztunnel.sock")
@@ -101,6 +108,36 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
 def _plugin_socket(args: argparse.Namespace) -> str:
     """Where the agent listens for the plugin (and what the installed chain entry names)."""
     return str(args.plugin_socket or args.run_dir / "pluginevent.sock")
+
+
+class _Readiness:
+    """The readiness page: ready once the agent listens for the plugin and, when it installs the
+    plugin, the plugin is chained (until then new pods would bypass the mesh)."""
+
+    def __init__(self, installer: CniInstaller | None) -> None:
+        self.listening = False
+        self._installer = installer
+
+    def page(self, method: str, query: Mapping[str, str]) -> HttpReply:
+        if not self.listening:
+            return text_reply("not ready: starting or stopping\n", status=503)
+        if self._installer is not None and not self._installer.installed:
+            return text_reply(f"not ready: {self._installer.problem}\n", status=503)
+        return text_reply("ready\n")
+
+
+async def _listen_readiness(port: int | None, readiness: _Readiness) -> tuple[HttpServer | None, int]:
+    if port is None:
+        return None, 0
+    server = HttpServer({"/readyz": readiness.page})
+    try:
+        return server, await server.start("0.0.0.0", port)
+    except OSError as exc:
+        raise AgentCrashedError(
+            f"cannot listen on the readiness port {port}: {exc.strerror or exc}",
+            hint="another process holds it (the agent runs in the node's network namespace): "
+            "choose another --readiness-port",
+        ) from None
 
 
 def _installer(args: argparse.Namespace, log: Logger) -> CniInstaller | None:
@@ -181,11 +218,13 @@ async def serve(
     ``source`` the pod source the arguments name)."""
     log = get_logger("ztunnel-node-agent").bind(node=args.node)
     source = source or _source(args, log)
+    installer = _installer(args, log)
+    readiness = _Readiness(installer)
+    http, readiness_port = await _listen_readiness(args.readiness_port, readiness)  # 503 until ready
     loop = asyncio.get_running_loop()
     tasks = [loop.create_task(source.run(), name="pod source")]
     zds: ZdsServer | None = None
     plugin: PluginServer | None = None
-    installer = _installer(args, log)
     try:
         await _loaded(source, tasks[0])
         if probes is None and not args.no_probe_snat:
@@ -197,10 +236,14 @@ async def serve(
         tasks.append(loop.create_task(agent.run(), name="reconciler"))
         if installer is not None:  # only now: a pod the chain sends here must find the agent listening
             tasks.append(loop.create_task(installer.run(), name="cni installer"))
+        readiness.listening = True
         log.info(
-            "agent.ready", **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster}
+            "agent.ready",
+            **{"zds.socket": zds.path, "cni.socket": plugin.path, "cluster": agent.cluster},
+            **({"readiness.port": readiness_port} if http else {}),
         )
         await _until_stopped(stop, tasks)
+        readiness.listening = False
         if args.daemonset:
             namespace, _, name = args.daemonset.partition("/")
             if await source.uninstalling(namespace, name):
@@ -210,6 +253,8 @@ async def serve(
                 await agent.release_all()
     finally:
         await _cancel(tasks)
+        if http is not None:
+            await http.close()
         if plugin is not None:
             await plugin.close()
         if zds is not None:

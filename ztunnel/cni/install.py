@@ -83,6 +83,8 @@ class CniInstaller:
         self._reported_at = 0.0
         self.installed_in: str | None = None
         """The config file that chains the plugin (after the last pass), None while it is not."""
+        self.problem = "not checked yet"
+        """Why the plugin is not in the chain (after the last pass), empty when it is."""
 
     @property
     def installed(self) -> bool:
@@ -101,6 +103,7 @@ class CniInstaller:
             self._sync_executable()
             name = self._sync_config()
         except CniConfigError as exc:
+            self.problem = str(exc)
             self._not_installed(
                 "cni.config_invalid", exc.name, error=exc.problem, file=str(self.conf_dir / exc.name),
                 hint=exc.hint, level="error",
@@ -109,6 +112,7 @@ class CniInstaller:
         except _ChangedError:
             return self.installed  # someone is writing: the next pass looks again
         except OSError as exc:
+            self.problem = f"cannot install the CNI plugin: {exc}"
             self._not_installed(
                 "cni.install_failed", str(exc), error=str(exc), conf_dir=str(self.conf_dir),
                 bin_dir=str(self.plugin_path.parent), level="error",
@@ -116,6 +120,9 @@ class CniInstaller:
             )  # fmt: skip
             return False
         if name is None:
+            self.problem = (
+                f"no CNI config in {self.conf_dir} yet (the node's primary CNI plugin is not installed)"
+            )
             self._not_installed(
                 "cni.waiting_for_config", "", conf_dir=str(self.conf_dir), level="info",
                 hint="no *.conf or *.conflist yet: the node's primary CNI plugin has not installed itself",
@@ -124,7 +131,7 @@ class CniInstaller:
         if self._status != f"installed:{name}":
             self._status = f"installed:{name}"
             self._log.info("cni.installed", file=str(self.conf_dir / name), plugin=str(self.plugin_path))
-        self.installed_in = name
+        self.installed_in, self.problem = name, ""
         return True
 
     def uninstall(self) -> list[str]:
@@ -146,7 +153,7 @@ class CniInstaller:
                 self._log.error("cni.uninstall_skipped", file=str(path), error=str(exc))
         with contextlib.suppress(FileNotFoundError):
             self.plugin_path.unlink()
-        self.installed_in = None
+        self.installed_in, self.problem = None, "uninstalled"
         self._log.info("cni.uninstalled", configs=changed, plugin=str(self.plugin_path))
         return changed
 
