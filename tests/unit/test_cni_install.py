@@ -254,6 +254,10 @@ def test_uninstall_gives_back_the_config_and_removes_the_plugin(
     assert [e["file"] for e in skipped] == [str(conf_dir / "30-broken.conflist")]
     assert not [p for p in conf_dir.iterdir() if p.name.endswith(".tmp")]
 
+    assert inst.sync() is False  # a pass that was still running when the agent stopped puts nothing back
+    assert contents(conf_dir)["20-old.conflist"]["plugins"] == [CALICO]
+    assert not (tmp_path / "bin" / PLUGIN_TYPE).exists()
+
 
 @pytest.mark.parametrize(
     ("names", "primary"),

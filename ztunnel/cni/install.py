@@ -23,6 +23,7 @@ import asyncio
 import contextlib
 import os
 import stat
+import threading
 from pathlib import Path
 
 import structlog
@@ -81,6 +82,8 @@ class CniInstaller:
         self._status = ""
         self._status_since = 0.0
         self._reported_at = 0.0
+        self._lock = threading.Lock()  # a pass runs in a thread; uninstall may come meanwhile
+        self._uninstalled = False
         self.installed_in: str | None = None
         """The config file that chains the plugin (after the last pass), None while it is not."""
         self.problem = "not checked yet"
@@ -98,7 +101,13 @@ class CniInstaller:
             await asyncio.sleep(self._poll)
 
     def sync(self) -> bool:
-        """One pass: installs what is missing or stale; returns whether everything is in place."""
+        """One pass: installs what is missing or stale; returns whether everything is in place.
+        Nothing once :meth:`uninstall` ran (a pass still running in its thread when the agent
+        stopped must not put the plugin back)."""
+        with self._lock:
+            return False if self._uninstalled else self._sync()
+
+    def _sync(self) -> bool:
         try:
             self._sync_executable()
             name = self._sync_config()
@@ -136,7 +145,13 @@ class CniInstaller:
 
     def uninstall(self) -> list[str]:
         """Takes the entry out of every config that has it, then removes the executable; returns
-        the configs changed. A file that cannot be read or written is logged and left as it is."""
+        the configs changed. A file that cannot be read or written is logged and left as it is.
+        No later :meth:`sync` installs anything again."""
+        with self._lock:
+            self._uninstalled = True
+            return self._uninstall()
+
+    def _uninstall(self) -> list[str]:
         changed = []
         for name in sorted(filter(is_config_name, _listdir(self.conf_dir))):
             path = self.conf_dir / name
