@@ -298,3 +298,17 @@ def test_a_write_racing_another_writer_is_dropped(tmp_path: Path, monkeypatch: p
     assert not [p for p in conf_dir.iterdir() if p.name != "10-calico.conflist"]  # no temporary file left
     assert inst.sync() is True
     assert contents(conf_dir)["10-calico.conflist"]["plugins"] == [CALICO, OURS]
+
+
+def test_a_bin_dir_it_cannot_write_is_reported_and_the_config_left_alone(tmp_path: Path) -> None:
+    conf_dir = write(tmp_path, {"10-calico.conflist": CONFLIST})
+    (tmp_path / "bin").rmdir()  # the host's /opt/cni/bin not mounted
+    inst = installer(tmp_path)
+    with capture_logs() as logs:
+        assert inst.sync() is False
+    assert contents(conf_dir) == {
+        "10-calico.conflist": CONFLIST
+    }  # no entry naming a plugin that is not there
+    (event,) = [e for e in logs if e["event"] == "cni.install_failed"]
+    assert event["bin_dir"] == str(tmp_path / "bin") and "mounted writable" in event["hint"]
+    assert inst.problem.startswith("cannot install the CNI plugin: [Errno 2] No such file or directory")

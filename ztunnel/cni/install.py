@@ -112,28 +112,24 @@ class CniInstaller:
             self._sync_executable()
             name = self._sync_config()
         except CniConfigError as exc:
-            self.problem = str(exc)
             self._not_installed(
-                "cni.config_invalid", exc.name, error=exc.problem, file=str(self.conf_dir / exc.name),
-                hint=exc.hint, level="error",
+                "cni.config_invalid", exc.name, str(exc), level="error",
+                error=exc.problem, file=str(self.conf_dir / exc.name), hint=exc.hint,
             )  # fmt: skip
             return False
         except _ChangedError:
             return self.installed  # someone is writing: the next pass looks again
         except OSError as exc:
-            self.problem = f"cannot install the CNI plugin: {exc}"
             self._not_installed(
-                "cni.install_failed", str(exc), error=str(exc), conf_dir=str(self.conf_dir),
-                bin_dir=str(self.plugin_path.parent), level="error",
+                "cni.install_failed", str(exc), f"cannot install the CNI plugin: {exc}", level="error",
+                error=str(exc), conf_dir=str(self.conf_dir), bin_dir=str(self.plugin_path.parent),
                 hint="check that the host's CNI directories are mounted writable into the agent",
             )  # fmt: skip
             return False
         if name is None:
-            self.problem = (
-                f"no CNI config in {self.conf_dir} yet (the node's primary CNI plugin is not installed)"
-            )
+            problem = f"no CNI config in {self.conf_dir} yet (the node's primary CNI plugin is not installed)"
             self._not_installed(
-                "cni.waiting_for_config", "", conf_dir=str(self.conf_dir), level="info",
+                "cni.waiting_for_config", "", problem, conf_dir=str(self.conf_dir), level="info",
                 hint="no *.conf or *.conflist yet: the node's primary CNI plugin has not installed itself",
             )  # fmt: skip
             return False
@@ -212,11 +208,11 @@ class CniInstaller:
         if rewrite.replaces is not None:
             _unlink_unless_changed(source, before)
 
-    def _not_installed(self, event: str, detail: str, *, level: str, **fields: object) -> None:
-        """Logs a state that keeps the plugin out of the chain: when it starts, then every
-        ``progress_every`` seconds for as long as it lasts."""
+    def _not_installed(self, event: str, detail: str, problem: str, *, level: str, **fields: object) -> None:
+        """Records why the plugin is out of the chain (``problem``, for the readiness page) and logs
+        it when it starts, then every ``progress_every`` seconds for as long as it lasts."""
         now = self._clock.monotonic()
-        self.installed_in = None
+        self.installed_in, self.problem = None, problem
         status = f"{event}:{detail}"
         if status != self._status:
             self._status, self._status_since, self._reported_at = status, now, now
