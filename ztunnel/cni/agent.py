@@ -10,7 +10,8 @@ the Kubernetes API (the node's pods and the namespaces, watched). On start it re
 enrolled set (pod annotations + sandbox cache + existing namespaces) before listening, so a
 reconnecting ztunnel gets the full snapshot. With ``--cni-conf-dir`` and ``--cni-bin-dir`` it
 installs the CNI plugin into the node's chain once it listens, and keeps it there
-(``ztunnel.cni.install``). SIGTERM/SIGINT stop it; rules, enrollments and the plugin stay, unless
+(``ztunnel.cni.install``); ``--readiness-port`` serves ``/readyz``, 200 only once it listens and the
+plugin is chained. SIGTERM/SIGINT stop it; rules, enrollments and the plugin stay, unless
 ``--daemonset`` says the mesh is being uninstalled: then the plugin leaves the chain and the pods
 are released.
 """
