@@ -20,8 +20,10 @@ from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
 from meshctl.install import json_patch, overlays, render
+from meshctl.lab.mesh import cni_plugins
 from ztunnel.cni import kube_pods
 from ztunnel.cni.agent import parse_args as parse_agent_args
+from ztunnel.cni.cniconf import plugin_entry
 
 KUBERNETES = "1.30.0"
 REPO = Path(__file__).resolve().parents[2]
@@ -108,8 +110,10 @@ def test_the_node_agents_rules_are_exactly_its_declared_calls() -> None:
     assert "--kube" in agent["spec"]["template"]["spec"]["containers"][0]["args"]
 
 
-def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories() -> None:
-    (agent,) = [o for o in render() if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "istio-cni-node"]
+@pytest.mark.parametrize("overlay", ["base", "lab"])
+def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories(overlay: str) -> None:
+    objects = render(overlay)
+    (agent,) = [o for o in objects if o["kind"] == "DaemonSet" and o["metadata"]["name"] == "istio-cni-node"]
     pod = agent["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     args = parse_agent_args([a.replace("$(", "").replace(")", "") for a in container["args"]])
@@ -119,6 +123,12 @@ def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories() -> 
     assert host_paths[mounts[str(args.cni_bin_dir)]] == "/opt/cni/bin"
     assert args.daemonset == "POD_NAMESPACE/istio-cni-node"  # so that an uninstall takes the plugin out
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": args.readiness_port}
+    entry = plugin_entry(args.plugin_socket or f"{args.run_dir}/pluginevent.sock")
+    if overlay == "lab":  # the very entry the lab's own conflist has: the two never rewrite each other's
+        assert [entry] == cni_plugins()
+    else:  # the kubelet runs the plugin on the host: the socket must be at the same path there
+        run_dir = str(args.run_dir)
+        assert entry["agent_socket"].startswith(run_dir + "/") and host_paths[mounts[run_dir]] == run_dir
 
 
 def test_every_module_calling_the_api_declares_its_calls() -> None:
