@@ -12,7 +12,10 @@ Programmatic use (tests, the demo)::
 
 CLI: ``istiod-lite --state-dir DIR --lab-tokens FILE [--listen 0.0.0.0:15012] ...`` (see ``--help``).
 
-Every replica serves xDS and signs certificates; only the elected leader writes (status conditions,
+Every replica serves xDS and signs certificates with the same key: a plugged-in ``--cacerts``, else
+the self-signed root shared through the ``istio-ca-secret`` Secret (``istiod_lite.ca.secret``),
+else (the lab's replicas sharing one ``--state-dir``) the root kept in the state directory. Only the
+elected leader writes (status conditions, the ``istio-ca-root-cert`` ConfigMap of every namespace,
 the waypoints' objects on Kubernetes): a Lease in its namespace on Kubernetes, a lock file in the
 lab's state directory in the lab (``mesh.rt.election``).
 """
@@ -22,10 +25,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
+import functools
 import os
 import random
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -36,8 +40,10 @@ import structlog
 from istiod_lite.ca.auth import Authenticator, LabTokenAuthenticator
 from istiod_lite.ca.authority import SigningAuthority
 from istiod_lite.ca.authz import DEFAULT_TRUSTED_NODE_ACCOUNTS, NodeAccount, parse_node_accounts
+from istiod_lite.ca.lab_secret import LabCaSecretStore
 from istiod_lite.ca.metrics import CaMetrics
 from istiod_lite.ca.pods import PodIndex
+from istiod_lite.ca.secret import CaSecretStore, load_or_create_ca_secret, root_fingerprint
 from istiod_lite.ca.server import DEFAULT_MAX_MESSAGE_BYTES, ServingCertificates, ca_rpc_handler
 from istiod_lite.ca.service import CaPolicy, CertificateService
 from istiod_lite.ca.signing import DEFAULT_MAX_TTL
@@ -45,6 +51,7 @@ from istiod_lite.ca.store import load_cacerts, load_or_create_root
 from istiod_lite.push.invalid import InvalidConfig
 from istiod_lite.push.plane import PushPlane
 from istiod_lite.push.translated import translated_build
+from istiod_lite.root_cert import LabRootCertStore, RootCertController, RootCertStore
 from istiod_lite.sources import Source
 from istiod_lite.sources.file import FileSource
 from istiod_lite.status import LabStatusWriter, StatusReporter, StatusWriter
@@ -99,14 +106,31 @@ class IstiodSettings:
 
 
 def load_authority(
-    *, state_dir: Path | None, cacerts: Path | None, trust_domain: str, now: float
+    *,
+    state_dir: Path | None,
+    cacerts: Path | None,
+    trust_domain: str,
+    now: float,
+    secret: CaSecretStore | None = None,
+    log: structlog.typing.FilteringBoundLogger | None = None,
 ) -> SigningAuthority:
-    """The root of trust: a plugged-in ``cacerts`` directory if given, else the persisted self-signed root."""
+    """The root of trust, the first of: a plugged-in ``cacerts`` directory; the self-signed root in
+    the ``secret`` store (created there on a fresh install, the winner's when replicas race);
+    the self-signed root persisted in ``state_dir``. Blocking (the Secret may be read through the
+    API): logs ``ca.root`` with where the root came from and its fingerprint."""
     if cacerts is not None:
-        return load_cacerts(cacerts, now=now)
-    if state_dir is None:
+        authority, source = load_cacerts(cacerts, now=now), f"cacerts {cacerts}"
+    elif secret is not None:
+        shared = load_or_create_ca_secret(secret, trust_domain=trust_domain, now=now)
+        authority, source = shared.authority, f"{secret.name} ({shared.outcome})"
+    elif state_dir is not None:
+        authority = load_or_create_root(state_dir, trust_domain=trust_domain, now=now)
+        source = f"state directory {state_dir}"
+    else:
         raise MeshError("no root of trust configured", hint="pass --state-dir DIR or --cacerts DIR")
-    return load_or_create_root(state_dir, trust_domain=trust_domain, now=now)
+    if log is not None:
+        log.info("ca.root", **{"ca.source": source, "ca.root_sha256": root_fingerprint(authority)})
+    return authority
 
 
 class Istiod:
@@ -285,13 +309,25 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--state-dir",
         type=Path,
         default=Path("/var/lib/istiod-lite"),
-        help="where the self-signed root is created and kept (default %(default)s)",
+        help="where the self-signed root is created and kept when no Secret holds it (see "
+        "--ca-secret) (default %(default)s)",
     )
     parser.add_argument(
         "--cacerts",
         type=Path,
         default=None,
         help="plugged-in CA in Istio's cacerts layout (overrides the self-signed root)",
+    )
+    parser.add_argument(
+        "--ca-secret",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="keep the self-signed root in the Secret istio-ca-secret of istiod's namespace "
+        "($POD_NAMESPACE or istio-system), as istiod: read at start, created with a new root when "
+        "absent (when replicas race, all use the winner's), so every replica signs with one key. "
+        "Default: on with --auth kubernetes; with --auth lab (the Secret in the lab's state) on when "
+        "the lab holds that Secret, else the root in --state-dir (the lab's replicas share one). "
+        "--cacerts takes precedence over both",
     )
     parser.add_argument(
         "--listen", default="0.0.0.0:15012", help="gRPC over TLS address (default %(default)s)"
@@ -359,7 +395,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--leader-lease-namespace",
-        default=os.environ.get("POD_NAMESPACE") or "istio-system",
+        default=_own_namespace(),
         help="the Lease's namespace (default $POD_NAMESPACE or istio-system)",
     )
     parser.add_argument(
@@ -410,6 +446,34 @@ def _plugins(
         KubeStatusWriter(api, may_write=may_write, logger=log),
         api,
     )
+
+
+def _own_namespace() -> str:
+    """istiod_lite's namespace: the pod's (``POD_NAMESPACE``, from the downward API), else istio-system."""
+    return os.environ.get("POD_NAMESPACE") or "istio-system"
+
+
+def _ca_secret_store(args: argparse.Namespace, api: Any) -> CaSecretStore | None:
+    """Where the shared root lives, or None for the state directory (``--ca-secret``'s rule)."""
+    if args.cacerts is not None or args.ca_secret is False:
+        return None
+    if api is not None:
+        from istiod_lite.ca.kube_secret import KubeCaSecretStore  # noqa: PLC0415 - Kubernetes only
+
+        return KubeCaSecretStore(api, namespace=_own_namespace())
+    store = LabCaSecretStore(args.lab_state, namespace=_own_namespace())
+    return store if args.ca_secret or store.exists() else None
+
+
+def _root_cert_store(
+    args: argparse.Namespace, api: Any, log: structlog.typing.FilteringBoundLogger
+) -> RootCertStore:
+    """Where the istio-ca-root-cert ConfigMaps live: the Kubernetes API, or the lab's state."""
+    if api is None:
+        return LabRootCertStore(args.lab_state)
+    from istiod_lite.sources.kube_root_cert import KubeRootCertStore  # noqa: PLC0415 - Kubernetes only
+
+    return KubeRootCertStore(api, logger=log)
 
 
 def _leadership(args: argparse.Namespace, log: structlog.typing.FilteringBoundLogger) -> Leadership:
@@ -465,8 +529,16 @@ async def _serve(args: argparse.Namespace) -> int:
         args, informers, leadership=leadership, clock=clock, log=log
     )
     elector = _elector(args, api, leadership, clock=clock, log=log)
-    authority = load_authority(
-        state_dir=args.state_dir, cacerts=args.cacerts, trust_domain=args.trust_domain, now=clock.now()
+    authority = await asyncio.to_thread(
+        functools.partial(
+            load_authority,
+            state_dir=args.state_dir,
+            cacerts=args.cacerts,
+            trust_domain=args.trust_domain,
+            now=clock.now(),
+            secret=_ca_secret_store(args, api),
+            log=log,
+        )
     )
     registry = build_registry(component="istiod")
     leader_gauge = Gauge(
@@ -505,9 +577,17 @@ async def _serve(args: argparse.Namespace) -> int:
     informers.on_change(plane.mark_dirty)
     drain = Drain(deadline=args.drain_deadline)
     drain.install_signal_handlers(asyncio.get_running_loop())
-    leader_jobs = [reporter.run]
+    roots = RootCertController(
+        _root_cert_store(args, api, log),
+        authority.root_bundle_pem,
+        namespaces=lambda: informers.current("Namespace").values(),
+        may_write=lambda: leadership.is_leader,
+        logger=log,
+    )
+    informers.on_change(roots.poke)
+    leader_jobs = [reporter.run, lambda: _when_synced(informers, roots.run)]
     if api is not None and args.waypoint_image:
-        deployer = _waypoint_deployer(args, api, authority.root_bundle_pem, leadership, log)
+        deployer = _waypoint_deployer(args, api, leadership, log)
         leader_jobs.append(lambda: _deploy_waypoints(informers, deployer, status_writer))
     # Stopped in this order: the leader's writes, then the election (which releases the lease).
     stages = [[asyncio.create_task(run_while_leading(leadership, *leader_jobs))]]
@@ -529,7 +609,6 @@ async def _serve(args: argparse.Namespace) -> int:
 def _waypoint_deployer(
     args: argparse.Namespace,
     api: Any,
-    root_pem: str,
     leadership: Leadership,
     log: structlog.typing.FilteringBoundLogger,
 ) -> KubeWaypointDeployer:
@@ -541,7 +620,7 @@ def _waypoint_deployer(
     settings = KubeWaypointSettings(
         image=args.waypoint_image, trust_domain=args.trust_domain, path_normalization=args.path_normalization
     )
-    return KubeWaypointDeployer(api, settings, root_pem, may_write=lambda: leadership.is_leader, logger=log)
+    return KubeWaypointDeployer(api, settings, may_write=lambda: leadership.is_leader, logger=log)
 
 
 async def _deploy_waypoints(
@@ -555,6 +634,12 @@ async def _deploy_waypoints(
         statuses = await asyncio.to_thread(deployer.sync, gateways)
         await asyncio.to_thread(status_writer.write, statuses)
         await asyncio.sleep(_WAYPOINT_SYNC_EVERY)
+
+
+async def _when_synced(informers: Informers, job: Callable[[], Awaitable[None]]) -> None:
+    """Runs ``job`` once the informers have listed everything (never on a partial cluster)."""
+    await informers.wait_synced()
+    await job()
 
 
 async def _push_when_synced(informers: Informers, plane: PushPlane) -> None:

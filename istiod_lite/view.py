@@ -279,6 +279,11 @@ class Informers:
             node for ns, sa, node in self._node_index if (ns, sa) == (namespace, service_account)
         )
 
+    def current(self, kind: str) -> Mapping[ObjectKey, KubeObject]:
+        """The live cache of one kind, read-only (no snapshot is built: for a controller that reads
+        one kind after every change); empty for a kind these caches do not hold."""
+        return MappingProxyType(self._stores.get(kind, {}))
+
     def view(self) -> ClusterView:
         """An immutable snapshot of every cache (the same object while nothing changed)."""
         if self._view is not None and self._view.revision == self._revision:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 from cryptography import x509
@@ -26,7 +27,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from istiod_lite.ca.authority import CaPrivateKey, SigningAuthority, check_authority, create_root, pem_of
 from istiod_lite.ca.errors import RootOfTrustError
 
-__all__ = ["CACERTS_FILES", "load_cacerts", "load_or_create_root", "write_private_file"]
+__all__ = [
+    "CACERTS_FILES",
+    "authority_from_pems",
+    "load_cacerts",
+    "load_or_create_root",
+    "parse_certs",
+    "parse_key",
+    "write_private_file",
+]
 
 CACERTS_FILES = ("ca-cert.pem", "ca-key.pem", "root-cert.pem", "cert-chain.pem")
 _ROOT_CERT = "root-cert.pem"
@@ -72,23 +81,32 @@ def load_cacerts(directory: Path, *, now: float) -> SigningAuthority:
             f"cacerts directory {directory} lacks {', '.join(missing)}",
             hint=f"it must hold all of {', '.join(CACERTS_FILES)}",
         )
-    cert = _read_certs(directory / "ca-cert.pem", expect_one=True)[0]
-    key = _read_key(directory / "ca-key.pem")
-    roots = tuple(_read_certs(directory / "root-cert.pem", expect_one=False))
-    chain_path = directory / "cert-chain.pem"
+    pems = {name: (directory / name).read_bytes() for name in CACERTS_FILES}
+    return authority_from_pems(pems, source=str(directory), where=lambda name: str(directory / name), now=now)
+
+
+def authority_from_pems(
+    pems: Mapping[str, bytes], *, source: str, where: Callable[[str], str], now: float
+) -> SigningAuthority:
+    """Key material in Istio's ``cacerts`` layout (``CACERTS_FILES``, each PEM text) as a checked
+    authority; errors name the ``source`` or, for one entry, ``where(name)`` (a file, a Secret's key)."""
+    cert = parse_certs(pems["ca-cert.pem"], where=where("ca-cert.pem"), expect_one=True)[0]
+    key = parse_key(pems["ca-key.pem"], where=where("ca-key.pem"))
+    roots = tuple(parse_certs(pems["root-cert.pem"], where=where("root-cert.pem"), expect_one=False))
+    chain_pem = pems["cert-chain.pem"]
     chain = (
         []
-        if cert in roots and not chain_path.read_bytes().strip()
-        else _read_certs(chain_path, expect_one=False)
+        if cert in roots and not chain_pem.strip()
+        else parse_certs(chain_pem, where=where("cert-chain.pem"), expect_one=False)
     )
     intermediates = tuple(c for c in chain if c != cert and c not in roots and not _self_issued(c))
     if cert not in roots and chain[0] != cert:
         raise RootOfTrustError(
-            f"{directory / 'cert-chain.pem'} does not start with the certificate in ca-cert.pem",
+            f"{where('cert-chain.pem')} does not start with the certificate in ca-cert.pem",
             hint="cert-chain.pem must be ca-cert.pem followed by its intermediates (leaf side first)",
         )
     authority = SigningAuthority(cert=cert, key=key, intermediates=intermediates, roots=roots)
-    _check(authority, now=now, where=str(directory))
+    _check(authority, now=now, where=source)
     return authority
 
 
@@ -126,29 +144,38 @@ def _check(authority: SigningAuthority, *, now: float, where: str) -> None:
 
 
 def _read_certs(path: Path, *, expect_one: bool) -> list[x509.Certificate]:
-    data = path.read_bytes()
+    return parse_certs(path.read_bytes(), where=str(path), expect_one=expect_one)
+
+
+def parse_certs(data: bytes, *, where: str, expect_one: bool) -> list[x509.Certificate]:
+    """The PEM certificates in ``data``; errors name ``where`` it came from."""
     try:
         certs = x509.load_pem_x509_certificates(data)
     except ValueError as err:
         raise RootOfTrustError(
-            f"{path} holds no readable PEM certificate ({err})",
+            f"{where} holds no readable PEM certificate ({err})",
             hint="it must contain '-----BEGIN CERTIFICATE-----' blocks",
         ) from err
     if expect_one and len(certs) != 1:
-        raise RootOfTrustError(f"{path} holds {len(certs)} certificates", hint="it must hold exactly one")
+        raise RootOfTrustError(f"{where} holds {len(certs)} certificates", hint="it must hold exactly one")
     return certs
 
 
 def _read_key(path: Path) -> CaPrivateKey:
+    return parse_key(path.read_bytes(), where=str(path))
+
+
+def parse_key(data: bytes, *, where: str) -> CaPrivateKey:
+    """The unencrypted PEM private key in ``data`` (ECDSA or RSA); errors name ``where``."""
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as err:
         raise RootOfTrustError(
-            f"{path} holds no readable unencrypted PEM private key ({err})",
+            f"{where} holds no readable unencrypted PEM private key ({err})",
             hint="store the key unencrypted in PKCS#8 or traditional PEM form",
         ) from err
     if not isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey):
-        raise RootOfTrustError(f"{path} holds a {type(key).__name__}", hint="use an ECDSA or RSA key")
+        raise RootOfTrustError(f"{where} holds a {type(key).__name__}", hint="use an ECDSA or RSA key")
     return key
 
 

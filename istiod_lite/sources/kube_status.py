@@ -13,6 +13,7 @@ from istiod_lite.sources.kube import RESOURCES
 from istiod_lite.status import ObjectKey3, always, apply_status
 from istiod_lite.validation import MESH_KINDS
 from mesh.rt.kube.rbac import ApiCall
+from mesh.rt.kube.rest import call_api
 from mesh.rt.kube.watch import Resource
 
 __all__ = ["KubeStatusWriter"]
@@ -76,14 +77,7 @@ class KubeStatusWriter:
         return changed
 
     def _call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        headers = {"Content-Type": "application/merge-patch+json"} if body is not None else {}
-        method, url, header_params, serialized, _ = self._api.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        response = self._api.call_api(
-            method, url, header_params=header_params, body=serialized, _request_timeout=_TIMEOUT
-        ).response
-        return int(response.status), bytes(response.data or b"")
+        return call_api(self._api, method, path, body, timeout=_TIMEOUT)
 
 
 def _collection(resource: Resource, version: str, namespace: str) -> str:

@@ -4,8 +4,8 @@ waypoint_objects``) through the API, owned by the Gateway (``ownerReferences``: 
 them with it), and the Gateway's status says Accepted, and Programmed with its addresses once a
 waypoint pod is ready. Objects changed by hand are put back at the next sync. The waypoint pod
 authenticates to istiod with a projected service-account token (audience ``istio-ca``) and trusts
-the mesh root from the ``istio-ca-root-cert`` ConfigMap, which this controller keeps in each
-namespace that has a waypoint.
+the mesh root from the ``istio-ca-root-cert`` ConfigMap, which istiod_lite keeps in every namespace
+(``istiod_lite.root_cert``).
 """
 
 from __future__ import annotations
@@ -17,20 +17,20 @@ from typing import Any
 
 import structlog
 
+from istiod_lite.root_cert import ROOT_CONFIGMAP
 from istiod_lite.sources.objects import KubeObject, thaw
 from istiod_lite.status import always
 from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
 from mesh.rt.kube.rbac import ApiCall
+from mesh.rt.kube.rest import call_api
 
 __all__ = ["KubeWaypointDeployer", "KubeWaypointSettings", "kubernetes_pod_mesh"]
 
 _GATEWAY_API = "gateway.networking.k8s.io/"
-_ROOT_CONFIGMAP = "istio-ca-root-cert"
 _TOKEN_DIR, _ROOT_DIR = "/var/run/secrets/tokens", "/var/run/secrets/istio"
 _COLLECTIONS = {
     "ServiceAccount": ("api/v1", "serviceaccounts"),
     "Service": ("api/v1", "services"),
-    "ConfigMap": ("api/v1", "configmaps"),
     "Deployment": ("apis/apps/v1", "deployments"),
 }
 API_CALLS = tuple(
@@ -74,7 +74,7 @@ def kubernetes_pod_mesh(settings: KubeWaypointSettings) -> PodMesh:
         "volumes": [
             {"name": "istio-token", "projected": {"sources": [{"serviceAccountToken": {
                 "audience": "istio-ca", "expirationSeconds": 43200, "path": "istio-token"}}]}},
-            {"name": "istiod-ca-cert", "configMap": {"name": _ROOT_CONFIGMAP}},
+            {"name": "istiod-ca-cert", "configMap": {"name": ROOT_CONFIGMAP}},
         ],
     }  # fmt: skip
     return PodMesh(
@@ -106,7 +106,6 @@ class KubeWaypointDeployer:
         self,
         api: Any,
         settings: KubeWaypointSettings,
-        root_pem: str,
         *,
         may_write: Callable[[], bool] = always,
         logger: structlog.typing.FilteringBoundLogger | None = None,
@@ -115,7 +114,6 @@ class KubeWaypointDeployer:
         self._may_write = may_write
         self._settings = settings
         self._mesh = kubernetes_pod_mesh(settings)
-        self._root_pem = root_pem
         self._log = logger or structlog.get_logger().bind(component="istiod_lite.waypoints")
 
     def sync(self, gateways: Iterable[KubeObject]) -> dict[tuple[str, str, str], dict[str, Any]]:
@@ -128,7 +126,6 @@ class KubeWaypointDeployer:
                 "apiVersion": str(gateway.body.get("apiVersion")), "kind": "Gateway", "name": gateway.name,
                 "uid": gateway.uid, "controller": True, "blockOwnerDeletion": True,
             }  # fmt: skip
-            self._ensure(_root_configmap(gateway.namespace, self._root_pem))
             current: dict[str, dict[str, Any]] = {}
             for wanted in waypoint_objects(_plain(gateway), self._mesh):
                 wanted["metadata"]["ownerReferences"] = [owner]
@@ -170,7 +167,7 @@ class KubeWaypointDeployer:
                 "waypoint.object_created", kind=wanted["kind"], object=f"{meta['namespace']}/{meta['name']}"
             )
         elif status == 200 and _drifted(json.loads(body), wanted):
-            patch = {key: value for key, value in wanted.items() if key in ("metadata", "spec", "data")}
+            patch = {key: value for key, value in wanted.items() if key in ("metadata", "spec")}
             status, body = self._call("PATCH", f"{collection}/{meta['name']}", patch)
             self._log.info(
                 "waypoint.object_repaired", kind=wanted["kind"], object=f"{meta['namespace']}/{meta['name']}"
@@ -188,15 +185,7 @@ class KubeWaypointDeployer:
         return found
 
     def _call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
-        content = "application/merge-patch+json" if method == "PATCH" else "application/json"
-        headers = {"Content-Type": content} if body is not None else {}
-        method, url, header_params, serialized, _ = self._api.param_serialize(
-            method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-        )
-        response = self._api.call_api(
-            method, url, header_params=header_params, body=serialized, _request_timeout=10
-        ).response
-        return int(response.status), bytes(response.data or b"")
+        return call_api(self._api, method, path, body)
 
 
 def _plain(gateway: KubeObject) -> dict[str, Any]:
@@ -205,22 +194,12 @@ def _plain(gateway: KubeObject) -> dict[str, Any]:
     return body
 
 
-def _root_configmap(namespace: str, root_pem: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": _ROOT_CONFIGMAP, "namespace": namespace, "labels": {"istio.io/config": "true"}},
-        "data": {"root-cert.pem": root_pem},
-    }  # fmt: skip
-
-
 def _drifted(current: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
-    """Whether a field this controller owns differs (labels, owners, the spec it sets, data)."""
+    """Whether a field this controller owns differs (labels, owners, the spec it sets)."""
     meta, want_meta = current.get("metadata") or {}, wanted["metadata"]
     if any((meta.get("labels") or {}).get(k) != v for k, v in want_meta.get("labels", {}).items()):
         return True
     if "ownerReferences" in want_meta and meta.get("ownerReferences") != want_meta["ownerReferences"]:
-        return True
-    if "data" in wanted and current.get("data") != wanted["data"]:
         return True
     spec = current.get("spec") or {}
     return any(spec.get(key) != value for key, value in (wanted.get("spec") or {}).items())

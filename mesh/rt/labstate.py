@@ -13,6 +13,8 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,7 @@ ObjKey = tuple[str, str, str]
 """(kind, namespace, name); namespace is "" for cluster-scoped objects."""
 
 _CLUSTER_DIR = "_cluster"
+_SECRET_MODE = 0o600
 _LOADER: Any = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 
@@ -62,11 +65,20 @@ def dump_yaml(obj: Any) -> str:
     return text
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Writes ``text`` to a temporary file next to ``path`` and renames it into place."""
+def write_atomic(path: Path, text: str, *, mode: int | None = None) -> None:
+    """Writes ``text`` to a temporary file next to ``path`` and renames it into place; with
+    ``mode`` the file has that mode from its creation (a secret is never readable by others)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
+    if mode is None:
+        tmp.write_text(text)
+    else:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()  # a leftover of a crashed writer with this pid
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+        os.chmod(tmp, mode)  # whatever the umask took away
     os.replace(tmp, path)
 
 
@@ -83,12 +95,25 @@ class LabTransaction:
         return self._state.read(key)
 
     def put(self, obj: dict[str, Any]) -> dict[str, Any]:
-        """Writes ``obj`` with the next resourceVersion; returns it."""
+        """Writes ``obj`` with the next resourceVersion; returns it. A Secret's file is readable by
+        its owner only (mode 0600), as a Secret on a cluster is not readable by everyone."""
         self.counter += 1
         self.writes += 1
         obj["metadata"]["resourceVersion"] = str(self.counter)
-        write_atomic(self._state.object_path(_key_of(obj)), dump_yaml(obj))
+        mode = _SECRET_MODE if obj.get("kind") == "Secret" else None
+        write_atomic(self._state.object_path(_key_of(obj)), dump_yaml(obj), mode=mode)
         return obj
+
+    def create(self, obj: dict[str, Any]) -> bool:
+        """Writes ``obj`` as a new object, with a ``uid`` and ``creationTimestamp`` as the API
+        server fills them in; False (and nothing written) when it exists already."""
+        if self.get(_key_of(obj)) is not None:
+            return False
+        meta = obj["metadata"]
+        meta["uid"] = str(uuid.uuid4())
+        meta["creationTimestamp"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        self.put(obj)
+        return True
 
     def remove(self, key: ObjKey) -> bool:
         """Deletes the object; False when it was not there."""

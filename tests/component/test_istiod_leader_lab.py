@@ -62,13 +62,14 @@ class Istiod:
         raise AssertionError("no leader_election_master_status series")
 
 
-async def start(tmp_path: Path, name: str) -> Istiod:
+async def start(tmp_path: Path, name: str, *flags: str) -> Istiod:
+    """An istiod-lite on the lab state ``tmp_path/lab``, with its own ``--state-dir tmp_path/name``."""
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text("tok-n1: {node: n1, identity: istio-system/ztunnel}\n")
     proc = await asyncio.create_subprocess_exec(
         *[sys.executable, "-m", "istiod_lite.app", "--listen", "127.0.0.1:0",
           "--readiness-listen", "127.0.0.1:0", "--state-dir", str(tmp_path / name),
-          "--lab-state", str(tmp_path / "lab"), "--lab-tokens", str(tokens)],
+          "--lab-state", str(tmp_path / "lab"), "--lab-tokens", str(tokens), *flags],
         stdout=asyncio.subprocess.DEVNULL,
         stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip

@@ -1,7 +1,8 @@
 """istiod_lite as the waypoints' deployment controller on Kubernetes: a Gateway of class
-istio-waypoint gets its ServiceAccount, Deployment, Service and the root ConfigMap through the API,
-owned by the Gateway; a hand-edited Deployment is put back; the Gateway is Programmed with its
-addresses once a pod is ready. The API server is ``kmock``, a test double of the Kubernetes API
+istio-waypoint gets its ServiceAccount, Deployment and Service through the API, owned by the
+Gateway (the root ConfigMap its pods mount is the namespace controller's: test_root_cert_kube.py);
+a hand-edited Deployment is put back; the Gateway is Programmed with its addresses once a pod is
+ready. The API server is ``kmock``, a test double of the Kubernetes API
 server (as in test_kube_status.py)."""
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ pytestmark = pytest.mark.kmock(cls=kmock.KubernetesEmulator)
 RESOURCES = {
     "v1/serviceaccounts": "ServiceAccount",
     "v1/services": "Service",
-    "v1/configmaps": "ConfigMap",
     "apps/v1/deployments": "Deployment",
 }
 GATEWAY = {
@@ -44,21 +44,16 @@ def api(kmock: kmock.KubernetesEmulator) -> Iterator[client.ApiClient]:
 
 
 def stored(server: kmock.KubernetesEmulator, resource: str) -> dict[str, Any]:
-    return dict(
-        server.objects[resource, "shop", "istio-ca-root-cert" if "configmaps" in resource else "waypoint"]
-    )
+    return dict(server.objects[resource, "shop", "waypoint"])
 
 
 async def test_a_waypoint_gateway_gets_its_objects_owned_by_it(
     kmock: kmock.KubernetesEmulator, api: client.ApiClient
 ) -> None:
-    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"), "ROOT PEM\n")
+    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"))
     statuses = await asyncio.to_thread(deployer.sync, [parse_object(GATEWAY)])
     for resource in RESOURCES:
         obj = stored(kmock, resource)
-        if "configmaps" in resource:
-            assert obj["data"] == {"root-cert.pem": "ROOT PEM\n"}
-            continue
         (owner,) = obj["metadata"]["ownerReferences"]
         assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
             "Gateway",
@@ -77,6 +72,7 @@ async def test_a_waypoint_gateway_gets_its_objects_owned_by_it(
     assert pod["serviceAccountName"] == "waypoint"
     token = pod["volumes"][0]["projected"]["sources"][0]["serviceAccountToken"]
     assert token["audience"] == "istio-ca"
+    assert pod["volumes"][1] == {"name": "istiod-ca-cert", "configMap": {"name": "istio-ca-root-cert"}}
     (status,) = statuses.values()
     assert [(c["type"], c["status"]) for c in status["conditions"]] == [
         ("Accepted", "True"),
@@ -88,7 +84,7 @@ async def test_a_waypoint_gateway_gets_its_objects_owned_by_it(
 async def test_a_drifted_deployment_is_put_back_and_a_ready_one_programs_the_gateway(
     kmock: kmock.KubernetesEmulator, api: client.ApiClient
 ) -> None:
-    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"), "ROOT PEM\n")
+    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"))
     gateway = parse_object(GATEWAY)
     await asyncio.to_thread(deployer.sync, [gateway])
     key = ("apps/v1/deployments", "shop", "waypoint")
@@ -119,6 +115,6 @@ async def test_a_gateway_of_another_class_gets_nothing(
     kmock: kmock.KubernetesEmulator, api: client.ApiClient
 ) -> None:
     other = {**GATEWAY, "spec": {**GATEWAY["spec"], "gatewayClassName": "istio"}}  # type: ignore[dict-item]
-    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"), "ROOT PEM\n")
+    deployer = KubeWaypointDeployer(api, KubeWaypointSettings(image="mesh:1.0"))
     assert await asyncio.to_thread(deployer.sync, [parse_object(other)]) == {}
     assert not [k for k in kmock.objects if k[0] in RESOURCES]

@@ -13,8 +13,8 @@ from typing import Any
 import kubernetes_validate
 import pytest
 
-from istiod_lite.ca import kube_auth
-from istiod_lite.sources import kube, kube_status, kube_waypoints
+from istiod_lite.ca import kube_auth, kube_secret
+from istiod_lite.sources import kube, kube_root_cert, kube_status, kube_waypoints
 from mesh.errors import MeshError
 from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
@@ -31,7 +31,9 @@ ISTIOD_CALLS = [
     *kube.API_CALLS,
     *kube_status.API_CALLS,
     *kube_waypoints.API_CALLS,
+    *kube_root_cert.API_CALLS,
     *kube_auth.API_CALLS,
+    *kube_secret.API_CALLS,
     *lease.API_CALLS,
 ]
 CLUSTER_WIDE = [c for c in ISTIOD_CALLS if not c.own_namespace]
@@ -85,6 +87,8 @@ def test_istiods_rules_are_exactly_its_declared_calls() -> None:
     for kind in ("ClusterRole", "Role"):
         assert bound_to(objects, kind, "istiod") == [("istio-system", "istiod")]
     assert all("*" not in str(rule) for rule in cluster_role(objects, "istiod") or ())
+    # the CA Secret is read in istio-system only: no replica may read other Secrets
+    assert not [r for r in cluster_role(objects, "istiod") or () if "secrets" in r["resources"]]
     extra = ApiCall("", "secrets", ("list", "watch"))  # a watch someone adds without its rule
     assert rules_for([*CLUSTER_WIDE, extra]) != cluster_role(objects, "istiod")
     extra = ApiCall("", "configmaps", ("update",), own_namespace=True)  # and a call in its namespace
