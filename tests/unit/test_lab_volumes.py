@@ -511,7 +511,6 @@ ROOT_CERT = {
             "istiod",
             [
                 ("/var/lib/istiod-lite", "private", False, "/state/run/pods/1234-uid/volumes/state"),
-                ("/var/lib/istiod-lite/ca", "private", True, "/state/run/pods/1234-uid/volumes/ca"),
             ],
         ),
     ],
@@ -519,7 +518,7 @@ ROOT_CERT = {
 def test_the_mesh_manifests_plan(workload: str, expected: list[tuple[str, str, bool, str]]) -> None:
     spec = manifest_pods()[workload]
     planned: PodVolumes = plan_volumes(spec, objects(ROOT_CERT), layout=LAYOUT)
-    assert planned.waiting == ()  # the CA secret of istiod is optional
+    assert planned.waiting == ()  # ztunnel's istio-ca-root-cert is there
     mounts = plan_mounts(spec["spec"]["containers"][0], planned, env={})
     assert sorted((m.target, m.propagation, m.read_only, m.source) for m in mounts) == sorted(expected)
     assert [len(m.target.split("/")) for m in mounts] == sorted(len(m.target.split("/")) for m in mounts)
