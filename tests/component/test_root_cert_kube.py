@@ -113,7 +113,7 @@ async def test_the_leader_keeps_the_root_in_every_namespace(
     stored = dict(kmock.objects[CONFIGMAPS, "shop", ROOT_CONFIGMAP])
     assert stored["metadata"]["labels"] == {"istio.io/config": "true"}
     assert root_of(kmock, "kube-public") is None  # Kubernetes' own, skipped as Istio does
-    (watch,) = [r for r in kmock[kmock.action.WATCH] if "/configmaps" in r.url.path][:1]
+    watch = next(r for r in kmock if "/configmaps" in r.url.path and r.params.get("watch") == "true")
     assert watch.params["fieldSelector"] == RESOURCE.field_selector == f"metadata.name={ROOT_CONFIGMAP}"
 
     await kmock.post("/api/v1/namespaces", json=namespace("late"))  # created later
