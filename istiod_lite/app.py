@@ -470,7 +470,7 @@ def _root_cert_store(
 ) -> RootCertStore:
     """Where the istio-ca-root-cert ConfigMaps live: the Kubernetes API, or the lab's state."""
     if api is None:
-        return LabRootCertStore(args.lab_state)
+        return LabRootCertStore(args.lab_state, logger=log)
     from istiod_lite.sources.kube_root_cert import KubeRootCertStore  # noqa: PLC0415 - Kubernetes only
 
     return KubeRootCertStore(api, logger=log)

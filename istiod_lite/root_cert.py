@@ -229,15 +229,21 @@ class LabRootCertStore:
     read whenever the state's ``resource-version`` moves (polled), written in one transaction
     that looks at each object again under the lock."""
 
-    def __init__(self, state_dir: Path, *, poll_every: float = 0.2) -> None:
+    def __init__(
+        self,
+        state_dir: Path,
+        *,
+        poll_every: float = 0.2,
+        logger: structlog.typing.FilteringBoundLogger | None = None,
+    ) -> None:
         self._state = LabState(state_dir)
         self._poll_every = poll_every
+        self._log = logger or structlog.get_logger().bind(component="istiod_lite.root_cert")
 
     async def watch(self, deliver: Callable[[Mapping[str, RootConfigMap]], None]) -> None:
         """Polls the state's counter; re-reads the root ConfigMaps when it moved."""
         seen: int | None = None
         last: dict[str, RootConfigMap] | None = None
-        log = structlog.get_logger().bind(component="istiod_lite.root_cert")
         while True:
             try:
                 version = await asyncio.to_thread(self._state.current_rv)
@@ -248,7 +254,7 @@ class LabRootCertStore:
                         last = found
                         deliver(found)
             except (MeshError, OSError) as exc:  # a broken file or the disk: logged, read again
-                log.warning("root_cert.read_failed", error=str(exc))
+                self._log.warning("root_cert.read_failed", error=str(exc))
             await asyncio.sleep(self._poll_every)
 
     def _read_all(self) -> dict[str, RootConfigMap]:
