@@ -55,7 +55,7 @@ class KubeCaSecretStore:
     def _call(self, method: str, path: str, body: object = None) -> tuple[int, bytes]:
         try:
             return call_api(self._api, method, path, body)
-        except urllib3.exceptions.HTTPError as err:
+        except (urllib3.exceptions.HTTPError, OSError) as err:
             raise CaSecretUnavailableError(
                 f"cannot reach the Kubernetes API for {self.name}: {err}",
                 hint="istiod_lite tries again; check the API server and the network",

@@ -90,7 +90,7 @@ class KubeRootCertStore:
                 else:
                     path = f"{collection}/{ROOT_CONFIGMAP}"
                     status, body = call_api(self._api, "PATCH", path, root_patch(root_pem))
-            except urllib3.exceptions.HTTPError as exc:
+            except (urllib3.exceptions.HTTPError, OSError) as exc:
                 status, body = 0, str(exc).encode()
             if status in (200, 201):
                 outcome.written[write.namespace] = RootConfigMap.of(json.loads(body))

@@ -2,8 +2,9 @@
 istio-system/istio-ca-secret and end up signing with the one root (the loser's create answers 409
 and it reads the winner's); an existing Secret is used as it is; a plugged-in cacerts directory
 takes precedence and no Secret is touched; a Secret the Role does not let istiod read fails the
-start with the RBAC hint. The API server is ``kmock``, a test double of the Kubernetes API server
-(create answers 409 on an existing object, as the real one)."""
+start with the RBAC hint; an API server that cannot be reached is tried again. The API server is
+``kmock``, a test double of the Kubernetes API server (create answers 409 on an existing object, as
+the real one)."""
 
 from __future__ import annotations
 
@@ -21,7 +22,13 @@ from istiod_lite.app import load_authority
 from istiod_lite.ca.authority import create_root, utc
 from istiod_lite.ca.errors import RootOfTrustError
 from istiod_lite.ca.kube_secret import KubeCaSecretStore
-from istiod_lite.ca.secret import CA_SECRET, SharedRoot, ca_secret, load_or_create_ca_secret
+from istiod_lite.ca.secret import (
+    CA_SECRET,
+    CaSecretUnavailableError,
+    SharedRoot,
+    ca_secret,
+    load_or_create_ca_secret,
+)
 from mesh.testing.clock import FakeClock
 from mesh.testing.pki import TestPki, cert_pem, chain_pem
 from tests.unit.test_ca_secret import signs_for
@@ -133,3 +140,12 @@ async def test_a_secret_istiod_may_not_read_fails_with_the_rbac_hint(
         await asyncio.to_thread(load_or_create_ca_secret, store, trust_domain=TD, now=NOW)
     assert "may not read Secret istio-system/istio-ca-secret (HTTP 403" in str(caught.value)
     assert "must grant get and create on secrets" in (caught.value.hint or "")
+
+
+def test_an_api_server_that_cannot_be_reached_is_worth_trying_again(unused_tcp_port: int) -> None:
+    api = client.ApiClient(client.Configuration(host=f"http://127.0.0.1:{unused_tcp_port}"))
+    try:
+        with pytest.raises(CaSecretUnavailableError, match="cannot reach the Kubernetes API"):
+            KubeCaSecretStore(api, namespace="istio-system").read()
+    finally:
+        api.close()  # type: ignore[no-untyped-call]
