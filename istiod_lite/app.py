@@ -595,7 +595,7 @@ async def _serve(args: argparse.Namespace) -> int:
     stages.append([asyncio.create_task(source.run())])
     try:
         await istiod.start()
-        stages[-1].append(asyncio.create_task(_push_when_synced(informers, plane)))
+        stages[-1].append(asyncio.create_task(_when_synced(informers, plane.run)))
         await drain.wait_triggered()
         await istiod.stop(grace=drain.deadline)
     finally:
@@ -637,15 +637,10 @@ async def _deploy_waypoints(
 
 
 async def _when_synced(informers: Informers, job: Callable[[], Awaitable[None]]) -> None:
-    """Runs ``job`` once the informers have listed everything (never on a partial cluster)."""
+    """Runs ``job`` once the informers have listed everything: the first snapshot, and the root
+    ConfigMaps' namespaces, come from complete caches (never a partial cluster)."""
     await informers.wait_synced()
     await job()
-
-
-async def _push_when_synced(informers: Informers, plane: PushPlane) -> None:
-    """The first snapshot is built only from complete caches (never a partial cluster)."""
-    await informers.wait_synced()
-    await plane.run()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
