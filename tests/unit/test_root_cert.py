@@ -1,19 +1,24 @@
 """The istio-ca-root-cert ConfigMap of every namespace, decided as data: which namespaces get a
-create or a repair, which are left alone."""
+create or a repair, which are left alone; the controller tries a failed write again."""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pytest
 
 from istiod_lite.root_cert import (
+    RootCertController,
     RootConfigMap,
     RootWrite,
+    WriteOutcome,
     plan_root_configmaps,
     root_configmap,
 )
 from istiod_lite.sources.objects import parse_object
+from mesh.testing.polling import wait_until
 
 ROOT = "-----BEGIN CERTIFICATE-----\nROOT\n-----END CERTIFICATE-----\n"
 
@@ -62,3 +67,45 @@ def test_the_configmap_as_istio_writes_it() -> None:
     assert made["data"] == {"root-cert.pem": ROOT}
     found = RootConfigMap.of({**made, "data": {"root-cert.pem": ROOT, "extra": "kept"}})
     assert found == RootConfigMap("shop", ROOT, labelled=True) and found.right_for(ROOT)
+
+
+class FlakyStore:
+    """An in-memory RootCertStore whose first ``fail`` writes fail (the API answering 500)."""
+
+    def __init__(self, *, fail: int) -> None:
+        self.fail = fail
+        self.stored: dict[str, RootConfigMap] = {}
+        self.attempts = 0
+
+    async def watch(self, deliver: Callable[[Mapping[str, RootConfigMap]], None]) -> None:
+        deliver(dict(self.stored))
+        await asyncio.Event().wait()
+
+    def write(
+        self, writes: Sequence[RootWrite], root_pem: str, *, may_write: Callable[[], bool]
+    ) -> WriteOutcome:
+        outcome = WriteOutcome()
+        for write in writes:
+            self.attempts += 1
+            if self.fail > 0:
+                self.fail -= 1
+                outcome.failed += 1
+                continue
+            self.stored[write.namespace] = outcome.written[write.namespace] = right(write.namespace)
+        return outcome
+
+
+async def test_a_failed_write_is_tried_again_and_nothing_is_written_twice() -> None:
+    store = FlakyStore(fail=2)
+    controller = RootCertController(
+        store, ROOT, namespaces=lambda: [namespace("shop")], retry_initial=0.01, retry_max=0.02
+    )
+    task = asyncio.create_task(controller.run())
+    try:
+        await wait_until(lambda: "shop" in store.stored, within=5, what="the third try succeeds")
+        controller.poke()  # nothing changed: nothing more to write
+        await asyncio.sleep(0.1)
+        assert store.attempts == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
