@@ -233,9 +233,9 @@ def test_the_lab_overlay_runs_the_mesh_on_the_labs_api() -> None:
     (istiod,) = [o for o in objects if o["kind"] == "Deployment"]
     (agent,) = [o for o in objects if o["metadata"]["name"] == "istio-cni-node" and o["kind"] == "DaemonSet"]
     istiod_args = istiod["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert istiod_args[-6:] == [
+    assert istiod_args[-7:] == [
         "--auth", "lab", "--lab-state", "/var/lib/mesh-lab/state",
-        "--lab-tokens", "/var/lib/mesh-lab/state/mesh/tokens.yaml",
+        "--lab-tokens", "/var/lib/mesh-lab/state/mesh/tokens.yaml", "--ca-secret",
     ]  # fmt: skip
     agent_args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--kube" not in agent_args
