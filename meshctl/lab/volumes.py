@@ -27,6 +27,7 @@ __all__ = [
     "DEFAULT_MODE",
     "EMPTY_DIR",
     "HOST_PATH",
+    "LAB_API_PATH",
     "REAL_HOST_PATHS",
     "Mount",
     "PodVolumes",
@@ -44,14 +45,19 @@ DEFAULT_MODE = 0o644
 """The mode of configMap, secret and projected files unless ``defaultMode`` or ``mode`` says otherwise."""
 DEFAULT_TOKEN_SECONDS = 3600
 
+LAB_API_PATH = "/var/lib/mesh-lab/state"
+"""The host path that is the lab's API (its state directory) wherever the lab keeps it: what the
+lab overlay of daemonset/ mounts for istiod_lite and the node agents (docs/lab-state.md)."""
 REAL_HOST_PATHS: tuple[tuple[str, str], ...] = (
     ("/etc/cni/net.d", "{cni}"),
     ("/opt/cni/bin", "{cni_bin}"),
     ("/var/run/netns", "/var/run/netns"),
     ("/run/netns", "/var/run/netns"),
+    (LAB_API_PATH, "{state}"),
 )
 """Host paths (and everything under them) that are the lab's real directories on every node, not a
-per-node directory: the CNI conf dir, its CNI_PATH dir, and the pods' network namespaces."""
+per-node directory: the CNI conf dir, its CNI_PATH dir, the pods' network namespaces, and the lab's
+state directory (its API)."""
 
 
 class VolumeError(LabError):
@@ -86,7 +92,7 @@ class VolumeLayout:
         """Where host path ``path`` of ``node`` lives (``path`` absolute and normalised)."""
         for pod_path, real in REAL_HOST_PATHS:
             if path == pod_path or path.startswith(pod_path + "/"):
-                base = real.format(cni=self.cni, cni_bin=f"{self.cni}/bin")
+                base = real.format(cni=self.cni, cni_bin=f"{self.cni}/bin", state=self.state_root)
                 return base + path[len(pod_path) :]
         if path == "/var/run" or path.startswith("/var/run/"):  # /var/run is a link to /run on a node
             path = path[len("/var") :]

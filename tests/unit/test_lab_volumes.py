@@ -245,6 +245,9 @@ def test_projected_tokens_take_audience_expiry_and_defaults() -> None:
         ("/var/run/netns", "/var/run/netns"),
         ("/run/netns", "/var/run/netns"),
         ("/run/netns/x", "/var/run/netns/x"),
+        ("/var/lib/mesh-lab/state", "/state"),
+        ("/var/lib/mesh-lab/state/mesh/tokens.yaml", "/state/mesh/tokens.yaml"),
+        ("/var/lib/mesh-lab/other", "/state/hostpath/node2/var/lib/mesh-lab/other"),
     ],
 )
 def test_host_paths_are_per_node_but_for_the_real_ones(path: str, source: str) -> None:
