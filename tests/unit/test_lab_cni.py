@@ -25,6 +25,7 @@ def test_environment_is_the_kubelet_one() -> None:
     assert env["CNI_COMMAND"] == "ADD" and env["CNI_CONTAINERID"] == "uid-1"
     assert env["CNI_NETNS"] == "/var/run/netns/t1-pod-uid1" and env["CNI_IFNAME"] == "eth0"
     assert env["CNI_PATH"] == "/state/cni/bin:/opt/cni/bin"
+    assert env["PATH"] == "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # not the user's
     assert env["CNI_ARGS"] == (
         "IgnoreUnknown=1;K8S_POD_NAMESPACE=demo;K8S_POD_NAME=web-1;K8S_POD_INFRA_CONTAINER_ID=uid-1;K8S_POD_UID=uid-1"
     )
