@@ -326,8 +326,19 @@ class Lab:
         return self.settings.netns_of(obj)
 
     def exec_argv(self, pod: str, argv: Sequence[str]) -> list[str]:
-        """The command line that runs ``argv`` inside a pod (with its hosts and resolv.conf)."""
-        return ["ip", "netns", "exec", self.pod_netns(pod), *argv]
+        """The command line that runs ``argv`` inside a pod (with its hosts and resolv.conf).
+
+        When the pod's first container mounts volumes and runs, ``argv`` runs in that container's
+        mount namespace too (``nsenter``), so it sees the volumes at their mount paths, as
+        ``kubectl exec`` does."""
+        obj = self.find_pod(pod)
+        first = obj["spec"]["containers"][0]
+        if first.get("volumeMounts"):
+            meta = obj["metadata"]
+            pid = read_pid_file(self.paths.pids / f"{meta['namespace']}_{meta['name']}_{first['name']}.pid")
+            if pid is not None:
+                return ["nsenter", f"--target={pid}", "--mount", "--net", "--", *argv]
+        return ["ip", "netns", "exec", self.pod_netns(obj), *argv]
 
     def exec_env(self) -> dict[str, str]:
         """The environment for commands run in pods: this environment with the lab's Python first on PATH."""

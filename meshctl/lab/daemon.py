@@ -31,7 +31,7 @@ from meshctl.lab.cni import CniRunner
 from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_hosts, render_nat, service_ports
-from meshctl.lab.mesh import MeshRuntime, control_plane_address
+from meshctl.lab.mesh import MeshLayout, MeshRuntime, control_plane_address
 from meshctl.lab.netops import netns_exec
 from meshctl.lab.network import NETNS_ANNOTATION, PodIpam, build_network, node_object, remove_network
 from meshctl.lab.objects import ObjKey
@@ -91,6 +91,7 @@ class LabDaemon:
             hosts_for=self._hosts_for,
             write_status=self._write_status,
             bin_dirs=(os.path.dirname(sys.executable),),
+            tokens_file=MeshLayout(paths.root / "mesh").tokens,
             python_path=os.environ.get("PYTHONPATH", ""),
         )
 
@@ -194,8 +195,11 @@ class LabDaemon:
             if key not in self.runners:
                 runner = PodRunner(pod, ctx=self.ctx)
                 self.runners[key] = runner
+                runner.sync_objects(objects)
                 runner.start()
                 self.log.info("lab.pod.starting", pod=runner.label, node=runner.node.name)
+            else:
+                self.runners[key].sync_objects(objects)
         for key in [k for k in self.runners if k not in live]:
             self._stop_runner(key)
 

@@ -4,8 +4,11 @@ The sandbox is created as kubelet + a container runtime do it: the runtime makes
 the primary network, then runs the CNI chain; a failure tears the sandbox down and retries with
 backoff (phase Pending, reason ``FailedCreatePodSandBox``). A ``hostNetwork`` pod has no sandbox:
 its containers run in the node's namespace with the node's address (and names), no CNI is called.
-Then each container runs as a supervised process inside the pod namespace; readiness is its TCP
-ports listening there.
+Before the sandbox, the pod's volumes are set up (:mod:`meshctl.lab.podvolumes`); while one cannot
+be (a ConfigMap or Secret that is not there yet, a hostPath failing its type check, a missing
+ServiceAccount) the pod stays Pending and says why, and starts when the objects appear. Then each
+container runs as a supervised process inside the pod namespace, in its own mount namespace with
+its volumes bind-mounted; readiness is its TCP ports listening there.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from meshctl.lab.cni import CniRequest, CniRunner, primary_result
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_resolv_conf
 from meshctl.lab.netops import NETNS_DIR, ip_batch, run_cmd
+from meshctl.lab.objects import ObjKey
 from meshctl.lab.podspec import (
     ContainerState,
     container_argv,
@@ -34,16 +38,20 @@ from meshctl.lab.podspec import (
     readiness_ports,
     render_pod_status,
 )
+from meshctl.lab.podvolumes import VolumeRuntime
 from meshctl.lab.settings import LabSettings, NodeSettings
 from meshctl.lab.store import StateDir
 from meshctl.lab.supervisor import Backoff, ProcessEvent, ProcessSpec, SupervisedProcess, next_backoff
 from meshctl.lab.topology import pod_lines, pod_node_lines
+from meshctl.lab.volumes import VolumeLayout
 
 __all__ = ["ETC_NETNS", "PodRunner", "RuntimeContext"]
 
 ETC_NETNS = Path("/etc/netns")
 _READY_POLL = 0.05
 _DEFAULT_GRACE = 2.0
+_VOLUME_RETRY = 1.0
+"""Seconds between volume set-up attempts when no object changed (a hostPath may appear)."""
 _SANDBOX_BACKOFF = Backoff()
 
 
@@ -60,6 +68,8 @@ class RuntimeContext:
     hosts_for: Callable[[dict[str, Any], str], str]
     write_status: Callable[[dict[str, Any], dict[str, Any]], None]
     bin_dirs: tuple[str, ...]
+    tokens_file: Path
+    """The lab's token file (istiod_lite's lab authenticator), where pods' projected tokens go."""
     python_path: str = ""
     """The lab's PYTHONPATH, so pods run the same code as the lab (a checkout under test)."""
     backoff: Backoff = _SANDBOX_BACKOFF
@@ -96,6 +106,16 @@ class PodRunner:
         self._cni_result: dict[str, Any] | None = None
         self._containers = [ContainerState(c["name"]) for c in pod["spec"]["containers"]]
         self._last_status: dict[str, Any] | None = None
+        self.volumes = VolumeRuntime(
+            pod,
+            layout=VolumeLayout(str(ctx.paths.root), cluster_domain=ctx.settings.cluster_domain),
+            clock=ctx.clock,
+            tokens_file=ctx.tokens_file,
+            lab_id=ctx.settings.lab_id,
+        )
+        self._objects: dict[ObjKey, dict[str, Any]] = {}
+        self._objects_changed = asyncio.Event()
+        self._token_task: asyncio.Task[None] | None = None
 
     @property
     def label(self) -> str:
@@ -111,9 +131,20 @@ class PodRunner:
         """Starts the pod's task."""
         self.task = asyncio.get_running_loop().create_task(self.run(), name=f"pod {self.label}")
 
+    def sync_objects(self, objects: dict[ObjKey, dict[str, Any]]) -> None:
+        """The cluster's objects changed: a waiting pod tries its volumes again, a running one's
+        configMap, secret and projected volumes are brought up to date."""
+        self._objects = objects
+        self._objects_changed.set()
+        try:
+            self.volumes.update(objects)
+        except (LabError, OSError) as exc:
+            self._note(f"cannot update volumes: {exc}")
+
     async def run(self) -> None:
-        """Creates the sandbox (retrying), then supervises the containers."""
+        """Sets up the volumes and the sandbox (retrying), then supervises the containers."""
         self._publish()
+        await self.wait_for_volumes()
         streak = 0
         while not await self._try_sandbox():
             delay, streak = next_backoff(
@@ -122,6 +153,7 @@ class PodRunner:
             await asyncio.sleep(delay or self.ctx.backoff.initial)
         self._phase = "Running"
         self._start_time = rfc3339(self.ctx.clock.now())
+        self._token_task = asyncio.get_running_loop().create_task(self._refresh_tokens())
         results = await asyncio.gather(
             *(self._supervise(i, c) for i, c in enumerate(self.pod["spec"]["containers"]))
         )
@@ -134,7 +166,46 @@ class PodRunner:
             self.task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self.task
+        if self._token_task is not None:
+            self._token_task.cancel()
         await self._teardown_sandbox()
+        self.volumes.teardown()
+
+    async def wait_for_volumes(self) -> None:
+        """Sets up the volumes; until they can be, the pod is Pending and says why (module docstring)."""
+        while True:
+            self._objects_changed.clear()
+            try:
+                why = self.volumes.prepare(self._objects)
+            except (LabError, OSError) as exc:
+                why = exc.message if isinstance(exc, LabError) else str(exc)
+            if not why:
+                break
+            if why != self._message:
+                self._note(why)
+            reason = "FailedCreate" if why.startswith("error looking up service account") else "FailedMount"
+            self._reason, self._message = reason, why
+            self._publish()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._objects_changed.wait(), _VOLUME_RETRY)
+        self._reason = self._message = ""
+
+    async def _refresh_tokens(self) -> None:
+        while (due := self.volumes.next_token_refresh()) is not None:
+            await asyncio.sleep(max(due - self.ctx.clock.now(), 0.0))
+            try:
+                self.volumes.refresh_tokens()
+            except (LabError, OSError) as exc:
+                self._note(f"cannot refresh service-account tokens: {exc}")
+                await asyncio.sleep(_VOLUME_RETRY)
+
+    def _note(self, text: str) -> None:
+        meta = self.pod["metadata"]
+        path = self.ctx.paths.pod_log(meta["namespace"], meta["name"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        stamp = rfc3339(self.ctx.clock.now())
+        with open(path, "a") as log:
+            log.write(f"[lab {stamp}] {self.label}: {text}\n")
 
     def rewrite_hosts(self, text: str) -> None:
         """Rewrites the hosts file in place (same inode, so running containers see the change)."""
@@ -230,6 +301,7 @@ class PodRunner:
             bin_dirs=self.ctx.bin_dirs,
             python_path=self.ctx.python_path,
         )
+        wrapper = await self._exec_prefix(state, container, env)
         spec = ProcessSpec(
             name=f"{meta['namespace']}/{meta['name']}/{container['name']}",
             argv=container_argv(container, env),
@@ -237,7 +309,8 @@ class PodRunner:
             log_path=self.ctx.paths.pod_log(meta["namespace"], meta["name"]),
             pid_path=self.ctx.paths.pids / f"{meta['namespace']}_{meta['name']}_{container['name']}.pid",
             netns=self.netns,
-            cwd=container.get("workingDir", "/"),
+            cwd="/" if wrapper else container.get("workingDir", "/"),  # the exec step changes to it
+            wrapper=wrapper,
         )
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", _DEFAULT_GRACE))
         ports = readiness_ports(container)
@@ -263,6 +336,19 @@ class PodRunner:
         finally:
             if ready_task is not None:
                 ready_task.cancel()
+
+    async def _exec_prefix(
+        self, state: ContainerState, container: dict[str, Any], env: dict[str, str]
+    ) -> tuple[str, ...]:
+        """The container's mount step; while it cannot be made, the container waits (retried)."""
+        while True:
+            try:
+                return self.volumes.exec_prefix(container, env)
+            except (LabError, OSError) as exc:
+                self._note(f"container {container['name']}: {exc}")
+                state.reason = "CreateContainerError"
+                self._publish()
+            await asyncio.sleep(_VOLUME_RETRY)
 
     def _on_process_event(self, state: ContainerState, event: ProcessEvent) -> None:
         stamp = rfc3339(event.at)
