@@ -42,8 +42,12 @@ def plan_apply(
     work = dict(current)
     actions: list[Action] = []
     messages: list[str] = []
-    for obj in [*_implicit_objects(current, objects), *objects]:
+    batch = [*_implicit_objects(current, objects), *objects]
+    accounts = {key_of(o) for o in batch if o["kind"] == "ServiceAccount"} | set(current)
+    for obj in batch:
         key = key_of(obj)
+        if obj["kind"] == "Pod":
+            _admit_service_account(obj, accounts)
         existing = work.get(key)
         if existing is not None and _group(existing) != _group(obj):
             raise LabObjectError(
@@ -63,6 +67,21 @@ def plan_apply(
         actions.append(Put(merged))
         messages.append(f"{resource_name(obj)} {'configured' if existing else 'created'}")
     return actions, messages
+
+
+def _admit_service_account(pod: dict[str, Any], accounts: set[ObjKey]) -> None:
+    """Refuses a Pod whose ServiceAccount does not exist (nor comes in the same apply), as the
+    ServiceAccount admission plugin does. Pods of Deployments and DaemonSets wait in the runtime."""
+    namespace = pod["metadata"]["namespace"]
+    name = (pod.get("spec") or {}).get("serviceAccountName") or "default"
+    if ("ServiceAccount", namespace, name) not in accounts:
+        raise LabObjectError(
+            source="apply",
+            obj=describe(pod),
+            field="spec.serviceAccountName",
+            problem=f'error looking up service account {namespace}/{name}: serviceaccount "{name}" not found',
+            hint="apply the ServiceAccount first, or in the same apply",
+        )
 
 
 def _implicit_objects(current: Objects, objects: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

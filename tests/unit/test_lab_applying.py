@@ -108,3 +108,38 @@ def test_apply_of_pod_keeps_its_node() -> None:
     work[("Pod", "default", "p")]["spec"]["nodeName"] = "node2"
     again, messages = apply(work, pod)
     assert messages == ["pod/p unchanged"] and again[("Pod", "default", "p")]["spec"]["nodeName"] == "node2"
+
+
+@pytest.mark.parametrize(
+    ("given", "error"),
+    [
+        ([], 'error looking up service account demo/web: serviceaccount "web" not found'),
+        (
+            [
+                {
+                    "apiVersion": "v1",
+                    "kind": "ServiceAccount",
+                    "metadata": {"name": "web", "namespace": "demo"},
+                }
+            ],
+            "",
+        ),
+    ],
+)
+def test_a_pod_needs_its_service_account_as_admission_checks(given: list[dict[str, Any]], error: str) -> None:
+    pod: dict[str, Any] = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "p", "namespace": "demo"},
+        "spec": {"serviceAccountName": "web", "containers": [{"name": "c", "command": ["true"]}]},
+    }
+    if error:
+        with pytest.raises(LabObjectError) as info:
+            apply({}, pod, *given)
+        assert info.value.problem == error and info.value.field == "spec.serviceAccountName"
+    else:  # the ServiceAccount may come after the Pod in the same apply
+        _, messages = apply({}, pod, *given)
+        assert messages[-2:] == ["pod/p created", "serviceaccount/web created"]
+    default = {**pod, "spec": {"containers": pod["spec"]["containers"]}}
+    _, messages = apply({}, default)
+    assert messages[-1] == "pod/p created"  # the namespace's default ServiceAccount comes with it
