@@ -10,7 +10,6 @@ every token of the pod leaves the token file with the pod.
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import sys
@@ -254,8 +253,9 @@ class VolumeRuntime:
                     lab_id=self._lab_id,
                     registry=self._registry,
                 )
-        plan = {"mounts": [m.to_json() for m in mounts], "cwd": container.get("workingDir") or "/"}
-        return (sys.executable, "-I", "-S", mountexec.__file__, json.dumps(plan), "--")
+        fields = [field for mount in mounts for field in mount.exec_args()]
+        cwd = container.get("workingDir") or "/"
+        return (sys.executable, "-I", "-S", mountexec.__file__, cwd, *fields, "--")
 
     def teardown(self) -> None:
         """Removes the pod's volume directories and its tokens from the token file (idempotent)."""

@@ -167,15 +167,9 @@ class Mount:
     mountpoint: str
     create_source: bool = False
 
-    def to_json(self) -> dict[str, Any]:
-        """What the exec step (:mod:`meshctl.lab.mountexec`) reads."""
-        return {
-            "volume": self.volume,
-            "source": self.source,
-            "target": self.target,
-            "readOnly": self.read_only,
-            "propagation": self.propagation,
-        }
+    def exec_args(self) -> tuple[str, str, str, str, str]:
+        """The mount as the exec step (:mod:`meshctl.lab.mountexec`) takes it."""
+        return (self.volume, self.source, self.target, "ro" if self.read_only else "rw", self.propagation)
 
 
 def plan_volumes(

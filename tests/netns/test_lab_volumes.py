@@ -9,6 +9,8 @@ is mounted in the host's namespace, and ``lab down`` removes the mount points it
 from __future__ import annotations
 
 import base64
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ import pytest
 import yaml
 
 from meshctl.lab import builders as b
+from meshctl.lab import mountexec
 from meshctl.lab.api import Lab
 from meshctl.lab.testkit import unique_lab_id
 
@@ -274,3 +277,29 @@ def test_lab_down_removes_the_mount_points_it_made(tmp_path: Path) -> None:
         lab.down()
     assert not Path(f"/opt/{lab_id}").exists()
     assert not [line for line in host_mounts() if lab_id in line]
+
+
+@pytest.mark.parametrize(
+    ("mounts", "command", "code", "stderr"),
+    [
+        (["v", "{src}", "{dst}", "ro", "private"], ["sh", "-c", "cat f && ! touch g"], 0, ""),
+        (["v", "{src}/none", "{dst}", "rw", "private"], ["true"], 126, "cannot mount volume 'v' at {dst}:"),
+        ([], ["no-such-command"], 127, "cannot run 'no-such-command'"),
+        (["v", "{src}"], ["true"], 2, "usage:"),
+    ],
+)
+def test_the_exec_step_mounts_then_execs_or_says_why(
+    tmp_path: Path, mounts: list[str], command: list[str], code: int, stderr: str
+) -> None:
+    src, dst = tmp_path / "src", tmp_path / "dst"
+    src.mkdir()
+    dst.mkdir()
+    (src / "f").write_text("content")
+    fields = [m.format(src=src, dst=dst) for m in mounts]
+    argv = ["unshare", "--mount", "--propagation", "slave", sys.executable, "-I", "-S", mountexec.__file__]
+    result = subprocess.run(
+        [*argv, str(dst), *fields, "--", *command], check=False, capture_output=True, text=True, timeout=10
+    )
+    assert result.returncode == code, result.stderr
+    assert stderr.format(dst=dst) in result.stderr
+    assert str(tmp_path) not in "".join(host_mounts())
