@@ -96,9 +96,14 @@ def _projected(source: Mapping[str, Any], field: str) -> list[Problem]:
     sources = source.get("sources")
     if not isinstance(sources, list) or not sources:
         return [*problems, (f"{field}.sources", "must be a non-empty list")]
+    paths: set[str] = set()
     for i, item in enumerate(sources):
         where = f"{field}.sources[{i}]"
         kinds = list(item) if isinstance(item, dict) else []
+        for path in _source_paths(item):
+            if path in paths:
+                problems.append((where, f"conflicting duplicate path {path!r} in the projected volume"))
+            paths.add(path)
         if kinds == ["serviceAccountToken"] and isinstance(item[kinds[0]], dict):
             problems += _token(item["serviceAccountToken"], f"{where}.serviceAccountToken")
         elif kinds == ["configMap"] and isinstance(item[kinds[0]], dict):
@@ -110,6 +115,23 @@ def _projected(source: Mapping[str, Any], field: str) -> list[Problem]:
                 (where, "must be one of serviceAccountToken, configMap or secret (the lab's projections)")
             )
     return problems
+
+
+def _source_paths(source: object) -> list[str]:
+    """The paths a projected source names explicitly (a source without items names none)."""
+    if not isinstance(source, dict):
+        return []
+    paths: list[str] = []
+    for kind, value in source.items():
+        if not isinstance(value, dict):
+            continue
+        if kind == "serviceAccountToken" and isinstance(value.get("path"), str):
+            paths.append(value["path"])
+        items = value.get("items")
+        for item in items if isinstance(items, list) else []:
+            if isinstance(item, dict) and isinstance(item.get("path"), str):
+                paths.append(item["path"])
+    return paths
 
 
 def _token(token: Mapping[str, Any], field: str) -> list[Problem]:

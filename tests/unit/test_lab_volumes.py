@@ -408,6 +408,13 @@ spec:
             "between 600",
         ),
         (
+            "[{name: v, projected: {sources: [{serviceAccountToken: {path: t}}, "
+            "{configMap: {name: c, items: [{key: k, path: t}]}}]}}]",
+            "[]",
+            "spec.volumes[0].projected.sources[1]",
+            "conflicting duplicate path 't'",
+        ),
+        (
             "[{name: v, emptyDir: {}}]",
             "[{name: w, mountPath: /x}]",
             "spec.containers[0].volumeMounts[0].name",
