@@ -169,7 +169,10 @@ class PodRunner:
         if self._token_task is not None:
             self._token_task.cancel()
         await self._teardown_sandbox()
-        self.volumes.teardown()
+        try:
+            self.volumes.teardown()
+        except (LabError, OSError) as exc:  # the pod goes anyway; its tokens expire
+            self._note(f"cannot remove the pod's tokens: {exc}")
 
     async def wait_for_volumes(self) -> None:
         """Sets up the volumes; until they can be, the pod is Pending and says why (module docstring)."""

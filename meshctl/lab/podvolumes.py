@@ -259,11 +259,11 @@ class VolumeRuntime:
 
     def teardown(self) -> None:
         """Removes the pod's volume directories and its tokens from the token file (idempotent)."""
+        self._planned = None
+        shutil.rmtree(self._layout.pod_dir(self._uid), ignore_errors=True)
         if self._issued or self._tokens_file.exists():
             update_lab_tokens(self._tokens_file, lambda entries: drop_pod_tokens(entries, self._uid))
         self._issued.clear()
-        self._planned = None
-        shutil.rmtree(self._layout.pod_dir(self._uid), ignore_errors=True)
 
 
 def _make_point(point: Path, *, directory: bool) -> None:
