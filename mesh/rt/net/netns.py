@@ -42,8 +42,10 @@ _CLONE_NEWNET = 0x40000000
 _SO_ORIGINAL_DST = 80
 _IP_TRANSPARENT = 19
 _IP_BIND_ADDRESS_NO_PORT = 24
-_SPOOF_PORTS = (32768, 61000)
-"""Where spoofed plaintext connections take their ports (Linux's default ephemeral range)."""
+_SPOOF_PORTS = (1024, 32768)
+"""Where spoofed plaintext connections take their ports: above the privileged ports and below every
+common default range of kernel-chosen client ports (Linux 32768-60999; Windows and macOS
+49152-65535), so that a client's live connection does not have the spoofed tuple (issue 16)."""
 _SPOOF_PORT_ATTEMPTS = 8
 _PORT_TAKEN = (errno.EADDRINUSE, errno.EADDRNOTAVAIL)
 _rng = random.Random()
@@ -162,7 +164,8 @@ class InPodSocketFactory:
 
         ``client_port``: the port of a plaintext client whose own connection to ``address`` was
         redirected to ztunnel in this pod; the spoofed socket then takes a port of its own choosing
-        (:func:`_spoofed_port`) instead of the kernel's, which is often that very port."""
+        (:func:`_spoofed_port`) instead of the kernel's, which is often that very port, outside the
+        range the client's own kernel picks ports from."""
         host, port = address
         family = socket.AF_INET6 if parse_ip(host).version == 6 else socket.AF_INET
         spoofed = self._spoof and source_ip is not None
@@ -204,18 +207,20 @@ class InPodSocketFactory:
 
 
 def _spoofed_port(client_port: int) -> int:
-    """A source port for a plaintext client's spoofed connection: odd, and not the client's.
+    """A source port for a plaintext client's spoofed connection: outside the client's ephemeral
+    range (:data:`_SPOOF_PORTS`), and not the client's.
 
-    The kernel's ``connect()`` picks a source port from a hash of (source IP, destination IP,
-    destination port) keyed by a secret every network namespace shares, so for the same client and
-    destination it tends to pick what the client's own kernel picked: the client's port. The
-    spoofed SYN then has the tuple of the client's redirected connection, conntrack in the pod maps
-    it onto that connection's redirect to 15006, and the connect is reset (seen at about 1 in 400
-    connections with a plaintext client opening one per request). ``connect()`` also takes even
-    ports first, so an odd one stays clear of the client's other connections too.
+    The spoofed SYN (client IP:port -> server) has the original tuple of any connection the client
+    opens from that port; the client's are redirected to 15006 in the pod, and conntrack matches
+    the spoofed SYN onto a live one: it is NATed to 15006 too, marks that connection as ztunnel's
+    (its replies are routed back into the pod), and the handshake ends in a reset of the client's
+    connection. Letting ``connect()`` choose often took the client's own port (its hash is keyed
+    by a secret every namespace shares); a random port of the client's ephemeral range still hit
+    one of its other live connections about once per thousand once the client's even ports were
+    in TIME_WAIT and it took odd ones ("Connection reset by peer" in redis-benchmark -k 0).
     """
     while True:
-        port = 2 * _rng.randrange(_SPOOF_PORTS[0] // 2, _SPOOF_PORTS[1] // 2) + 1
+        port = _rng.randrange(*_SPOOF_PORTS)
         if port != client_port:
             return port
 
