@@ -39,6 +39,7 @@ from meshctl.lab.observability import PrometheusRuntime
 from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, process_start_time
+from meshctl.lab.tokenfile import ensure_lab_token_file
 from meshctl.lab.waypoints import waypoint_gateways
 
 __all__ = ["LabDaemon", "main"]
@@ -94,6 +95,7 @@ class LabDaemon:
             tokens_file=MeshLayout(paths.root / "mesh").tokens,
             python_path=os.environ.get("PYTHONPATH", ""),
         )
+        ensure_lab_token_file(self.ctx.tokens_file)
 
     async def run(self) -> int:
         """Runs until SIGTERM/SIGINT; always tears down what it built."""

@@ -4,7 +4,8 @@ Run as ``ip netns exec NS python -I -S .../mountexec.py CWD [VOLUME SOURCE TARGE
 private|slave]... -- COMMAND ARGS...``: ``ip netns exec`` has already unshared a mount namespace
 (every mount a slave of the host's, so nothing mounted here reaches the host) and mounted the pod's
 hosts and resolv.conf. The mounts come in mounting order (:func:`meshctl.lab.volumes.plan_mounts`).
-Each is a recursive bind; ``private`` stops host mounts from reaching it, ``slave``
+Every source is opened before the first mount (a mount may cover another's source). Each is a
+recursive bind; ``private`` stops host mounts from reaching it, ``slave``
 (HostToContainer) lets them in; ``ro`` remounts it read-only, keeping the nosuid/nodev/noexec flags
 of what it binds. Then the step changes to CWD and execs the command.
 
@@ -53,9 +54,13 @@ def mount_all(mounts: list[list[str]]) -> None:
     """Makes every mount (``[volume, source, target, ro|rw, private|slave]``) in order; raises
     MountError naming the volume at fault."""
     libc = ctypes.CDLL(None, use_errno=True)
-    for volume, source, target, mode, propagation in mounts:
+    held = _open_sources(mounts)
+    for (volume, source, target, mode, propagation), fd in zip(mounts, held, strict=True):
         try:
-            _mount(libc, source, target, _MS_BIND | _MS_REC)
+            try:
+                _mount(libc, f"/proc/self/fd/{fd}", target, _MS_BIND | _MS_REC)
+            except MountError as exc:
+                raise MountError(str(exc).replace(f"/proc/self/fd/{fd}", source, 1)) from None
             _mount(libc, None, target, (_MS_SLAVE if propagation == "slave" else _MS_PRIVATE) | _MS_REC)
             if mode == "ro":
                 kept = os.statvfs(target).f_flag
@@ -63,6 +68,19 @@ def mount_all(mounts: list[list[str]]) -> None:
                 _mount(libc, None, target, _MS_REMOUNT | _MS_BIND | _MS_RDONLY | extra)
         except (MountError, OSError) as exc:
             raise MountError(f"volume {volume!r} at {target}: {exc}") from None
+
+
+def _open_sources(mounts: list[list[str]]) -> list[int]:
+    """Every source opened (O_PATH) before the first mount: a mount may cover a source's path (an
+    emptyDir at /tmp covers a lab whose state is under /tmp), its open descriptor still names it.
+    The descriptors close at exec."""
+    fds = []
+    for volume, source, target, _, _ in mounts:
+        try:
+            fds.append(os.open(source, os.O_PATH))
+        except OSError as exc:
+            raise MountError(f"volume {volume!r} at {target}: {source}: {exc.strerror}") from None
+    return fds
 
 
 def main(argv: list[str]) -> int:

@@ -19,7 +19,10 @@ import yaml
 
 from meshctl.lab.errors import LabError
 
-__all__ = ["TokenEntries", "drop_expired", "drop_pod_tokens", "pod_token_entry", "update_lab_tokens"]
+__all__ = [
+    "TokenEntries", "drop_expired", "drop_pod_tokens", "ensure_lab_token_file", "pod_token_entry",
+    "update_lab_tokens",
+]  # fmt: skip
 
 TokenEntries = dict[str, dict[str, Any]]
 """token -> entry: ``node``, ``identity``; a pod token also ``expires``, ``audience``, ``pod``, ``podUID``."""
@@ -41,6 +44,12 @@ def update_lab_tokens(path: Path, change: Callable[[TokenEntries], bool]) -> boo
             return False
         _write_private(path, yaml.safe_dump(entries, sort_keys=True))
     return True
+
+
+def ensure_lab_token_file(path: Path) -> None:
+    """Writes an empty token file when there is none: the lab's token API exists from the start, so
+    istiod_lite can start (and read tokens as pods get them) before any pod has one."""
+    update_lab_tokens(path, lambda _: not path.exists())
 
 
 def _read(path: Path) -> TokenEntries:

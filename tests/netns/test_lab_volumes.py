@@ -308,3 +308,24 @@ def test_the_exec_step_mounts_then_execs_or_says_why(
     assert result.returncode == code, result.stderr
     assert stderr.format(dst=dst) in result.stderr
     assert str(tmp_path) not in "".join(host_mounts())
+
+
+def test_a_mount_covering_another_volumes_source_does_not_hide_it(tmp_path: Path) -> None:
+    # As an emptyDir at /tmp covers the state directory of a lab kept under /tmp: the hostPath
+    # source under it, mounted after, is still the one the pod gets.
+    state, empty, socks, dst = (
+        tmp_path / "state",
+        tmp_path / "empty",
+        tmp_path / "state" / "socks",
+        tmp_path / "dst",
+    )
+    for directory in (empty, socks, dst):
+        directory.mkdir(parents=True)
+    (socks / "ztunnel.sock").write_text("here")
+    mounts = ["tmp", str(empty), str(state), "rw", "private", "sock", str(socks), str(dst), "rw", "private"]
+    argv = ["unshare", "--mount", "--propagation", "slave", sys.executable, "-I", "-S", mountexec.__file__]
+    result = subprocess.run(
+        [*argv, "/", *mounts, "--", "cat", str(dst / "ztunnel.sock")],
+        check=False, capture_output=True, text=True, timeout=10,
+    )  # fmt: skip
+    assert (result.returncode, result.stdout) == (0, "here"), result.stderr

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from istiod_lite.ca.auth import load_lab_tokens
 from meshctl.lab.errors import LabError
@@ -15,6 +16,7 @@ from meshctl.lab.tokenfile import (
     TokenEntries,
     drop_expired,
     drop_pod_tokens,
+    ensure_lab_token_file,
     pod_token_entry,
     update_lab_tokens,
 )
@@ -87,3 +89,12 @@ def test_drop_expired_keeps_live_and_unexpiring_tokens(expires: float, gone: boo
     entries: TokenEntries = {"pod": entry("u1", expires), "node": {"node": "n1", "identity": "x/y"}}
     assert drop_expired(entries, NOW) is gone
     assert sorted(entries) == (["node"] if gone else ["node", "pod"])
+
+
+def test_the_token_file_exists_from_the_start_and_is_not_emptied_later(tmp_path: Path) -> None:
+    path = tmp_path / "mesh" / "tokens.yaml"
+    ensure_lab_token_file(path)
+    assert yaml.safe_load(path.read_text()) == {} and path.stat().st_mode & 0o777 == 0o600
+    update_lab_tokens(path, lambda entries: bool(entries.setdefault("t", {"node": "n", "identity": "a/b"})))
+    ensure_lab_token_file(path)
+    assert list(yaml.safe_load(path.read_text())) == ["t"]
