@@ -82,7 +82,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MeshLab]:
         lab.up(cluster_objects(), mesh=False, timeout=60)
         mesh = MeshLab(lab)
         out = _meshctl(lab, "install")
-        assert "DaemonSet istio-system/ztunnel" in out, out
+        assert "daemonset.apps/ztunnel" in out, out
         nodes = set(lab.settings.node_names())
         mesh.wait_for(lambda: _installed(lab, nodes), what="the mesh's pods ready on every node", timeout=90)
         yield mesh
@@ -133,7 +133,7 @@ def test_an_upgrade_rolls_the_daemonsets_without_a_failed_connection(installed: 
             timeout=90,
         )  # fmt: skip
         out = _meshctl(lab, "upgrade", "--set", "image=ambient-mesh:0.1.1")
-        assert "DaemonSet istio-system/ztunnel" in out, out
+        assert "daemonset.apps/ztunnel" in out, out
 
         def rolled() -> bool:
             now = {
