@@ -200,9 +200,11 @@ def _new_pod(
 def _plan_daemonsets(
     objects: Objects, *, nodes: Sequence[str], rng: random.Random, now: float
 ) -> list[Action]:
-    """One pod per node for each DaemonSet. A node's pod is created once its previous one is gone
-    (no surge). A new template replaces old pods node by node (RollingUpdate): not-ready old pods
-    first, ready ones only while fewer than ``maxUnavailable`` nodes lack a ready pod; with
+    """One pod per node for each DaemonSet. A node's pod is created once its previous one is gone.
+    A new template replaces old pods node by node (RollingUpdate): not-ready old pods first, ready
+    ones only while fewer than ``maxUnavailable`` nodes lack a ready pod; with ``maxSurge`` (and
+    ``maxUnavailable: 0``) the new pod starts beside the ready old one on up to ``maxSurge`` nodes
+    at a time, and the old one is deleted once the new one is ready (:func:`_plan_surge`); with
     ``OnDelete`` old pods stay until someone deletes them."""
     actions: list[Action] = []
     pods = _of_kind(objects, "Pod")
@@ -211,6 +213,11 @@ def _plan_daemonsets(
         revision = hash_suffix(spec["template"])
         strategy = spec.get("updateStrategy") or {}
         rolling = strategy.get("type", "RollingUpdate") == "RollingUpdate"
+        surge = max_unavailable((strategy.get("rollingUpdate") or {}).get("maxSurge", 0), len(nodes))
+        if rolling and surge:
+            owned = [p for p in pods if controller_uid(p) == meta["uid"]]
+            actions += _plan_surge(ds, owned, revision, surge=surge, nodes=nodes, rng=rng, now=now)
+            continue
         budget = (
             max_unavailable((strategy.get("rollingUpdate") or {}).get("maxUnavailable", 1), len(nodes)) or 1
         )
@@ -245,6 +252,51 @@ def _plan_daemonsets(
                     break
                 unavailable += 1
             actions.append(MarkDeleted(_pod_key(pod), rfc3339(now)))
+    return actions
+
+
+def _plan_surge(
+    ds: dict[str, Any],
+    owned: list[dict[str, Any]],
+    revision: str,
+    *,
+    surge: int,
+    nodes: Sequence[str],
+    rng: random.Random,
+    now: float,
+) -> list[Action]:
+    """A DaemonSet rolled with surge: a node whose pod is outdated and ready gets the new pod beside
+    it (at most ``surge`` such nodes at once); once the new pod is ready the old ones are deleted.
+    An outdated pod that is not ready is deleted at once (nothing is lost), and a node without a
+    live pod gets the new one."""
+    actions: list[Action] = []
+    template = _with_revision(ds["spec"]["template"], revision)
+    waiting: list[str] = []
+    surging = 0
+    for node in nodes:
+        live = [p for p in owned if p["spec"].get("nodeName") == node and not is_terminating(p)]
+        new = sorted((p for p in live if _revision(p) == revision), key=lambda p: not pod_ready(p))
+        old = [p for p in live if _revision(p) != revision]
+        if new:
+            actions += [MarkDeleted(_pod_key(p), rfc3339(now)) for p in new[1:]]
+            if pod_ready(new[0]):
+                actions += [MarkDeleted(_pod_key(p), rfc3339(now)) for p in old]
+            elif old:
+                surging += 1
+            continue
+        ready_old = [p for p in old if pod_ready(p)]
+        actions += [MarkDeleted(_pod_key(p), rfc3339(now)) for p in old if not pod_ready(p)]
+        if ready_old:
+            waiting.append(node)
+        elif not any(p["spec"].get("nodeName") == node for p in owned):  # the previous one is gone
+            actions.append(Put(_new_pod(ds, template, node, rng=rng, now=now)))
+    for node in waiting[: max(0, surge - surging)]:
+        actions.append(Put(_new_pod(ds, template, node, rng=rng, now=now)))
+    actions += [
+        MarkDeleted(_pod_key(p), rfc3339(now))
+        for p in owned
+        if p["spec"].get("nodeName") not in nodes and not is_terminating(p)
+    ]
     return actions
 
 

@@ -338,13 +338,23 @@ def _validate_daemonset(check: _Check, obj: dict[str, Any], nodes: frozenset[str
     if kind not in ("RollingUpdate", "OnDelete"):
         check.fail("spec.updateStrategy.type", f"must be RollingUpdate or OnDelete, got {kind!r}")
     rolling = _mapping(check, strategy.get("rollingUpdate", {}), "spec.updateStrategy.rollingUpdate")
-    if "maxUnavailable" in rolling and max_unavailable(rolling["maxUnavailable"], 100) is None:
+    surge = rolling.get("maxSurge", 0)
+    if surge not in (0, "0", "0%"):
+        if max_unavailable(surge, 100) is None:
+            check.fail(
+                "spec.updateStrategy.rollingUpdate.maxSurge",
+                f"must be a number or a percentage such as '10%', got {surge!r}",
+            )
+        if rolling.get("maxUnavailable") not in (0, "0", "0%"):
+            check.fail(
+                "spec.updateStrategy.rollingUpdate.maxUnavailable",
+                "must be 0 with maxSurge (the lab rolls either by surge or by unavailability, not both)",
+            )
+    elif "maxUnavailable" in rolling and max_unavailable(rolling["maxUnavailable"], 100) is None:
         check.fail(
             "spec.updateStrategy.rollingUpdate.maxUnavailable",
             f"must be a number >= 1 or a percentage such as '10%', got {rolling['maxUnavailable']!r}",
         )
-    if rolling.get("maxSurge", 0) not in (0, "0", "0%"):
-        check.fail("spec.updateStrategy.rollingUpdate.maxSurge", "the lab runs one pod per node: use 0")
     _pod_template(check, spec, nodes)
 
 

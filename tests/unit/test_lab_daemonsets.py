@@ -1,6 +1,6 @@
 """The lab's DaemonSet controller as data: one pod per node, a template change rolled out node by
-node within maxUnavailable (never more nodes without a ready pod), OnDelete, garbage collection,
-status and validation."""
+node within maxUnavailable (never more nodes without a ready pod) or by surge (the new pod beside the
+ready old one), OnDelete, garbage collection, status and validation."""
 
 from __future__ import annotations
 
@@ -112,6 +112,59 @@ def test_a_new_template_rolls_out_node_by_node_within_max_unavailable(
     assert max(deletions) == at_once
 
 
+@pytest.mark.parametrize(("max_surge", "at_once"), [(1, 1), (2, 2), ("50%", 2)])
+def test_a_surge_starts_the_new_pod_beside_the_ready_old_one(max_surge: Any, at_once: int) -> None:
+    rng = random.Random(5)
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": max_surge, "maxUnavailable": 0}}
+    validate_object(daemonset(strategy=strategy), source="test")
+    objects = store(b.namespace("kube-system"), daemonset(strategy=strategy))
+    reconcile(objects, rng)
+    runtime_step(objects)
+    reconcile(objects, rng)
+    objects[("DaemonSet", "kube-system", "agent")]["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        "v2"
+    ]
+    surged = []
+    for _ in range(30):
+        actions = reconcile(objects, rng)
+        assert ready_nodes(objects) == len(NODES)  # never a node without a ready pod
+        live = {
+            node: [p for p in pods if not p["metadata"].get("deletionTimestamp")]
+            for node, pods in pods_by_node(objects).items()
+        }
+        surged.append(sum(len(ps) == 2 for ps in live.values()))
+        assert all(len(ps) <= 2 for ps in live.values())
+        if not actions:
+            break
+        runtime_step(objects)
+    pods = of_kind(objects, "Pod")
+    assert sorted(p["spec"]["nodeName"] for p in pods) == list(NODES)
+    assert [p["spec"]["containers"][0]["command"] for p in pods] == [["v2"]] * len(NODES)
+    assert max(surged) == at_once
+
+
+def test_a_surge_waits_for_the_new_pod_to_be_ready_before_deleting_the_old_one() -> None:
+    rng = random.Random(6)
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    objects = store(b.namespace("kube-system"), daemonset(strategy=strategy))
+    reconcile(objects, rng)
+    runtime_step(objects)
+    objects[("DaemonSet", "kube-system", "agent")]["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        "v2"
+    ]
+    (created,) = [a.obj for a in reconcile(objects, rng) if isinstance(a, Put) and a.obj["kind"] == "Pod"]
+    for _ in range(3):  # while the new pod is not ready, no pod is deleted or created
+        actions = reconcile(objects, rng)
+        assert not [a for a in actions if isinstance(a, MarkDeleted)]
+        assert not [a for a in actions if isinstance(a, Put) and a.obj["kind"] == "Pod"]
+    created_key = ("Pod", "kube-system", created["metadata"]["name"])
+    objects[created_key]["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    deleted = [a for a in reconcile(objects, rng) if isinstance(a, MarkDeleted)]
+    assert len(deleted) == 1
+    (old,) = [p for p in of_kind(objects, "Pod") if p["metadata"].get("deletionTimestamp")]
+    assert old["spec"]["nodeName"] == created["spec"]["nodeName"]
+
+
 def test_on_delete_keeps_old_pods_until_they_are_deleted() -> None:
     rng = random.Random(3)
     objects = store(b.namespace("kube-system"), daemonset(strategy={"type": "OnDelete"}))
@@ -145,7 +198,8 @@ def test_pods_of_a_deleted_daemonset_are_deleted_and_live_ones_are_not_orphans()
         ({"type": "Recreate"}, "must be RollingUpdate or OnDelete"),
         ({"rollingUpdate": {"maxUnavailable": 0}}, "must be a number >= 1 or a percentage"),
         ({"rollingUpdate": {"maxUnavailable": "x%"}}, "must be a number >= 1 or a percentage"),
-        ({"rollingUpdate": {"maxSurge": 1}}, "one pod per node"),
+        ({"rollingUpdate": {"maxSurge": 1}}, "must be 0 with maxSurge"),
+        ({"rollingUpdate": {"maxSurge": "x", "maxUnavailable": 0}}, "must be a number or a percentage"),
     ],
 )
 def test_an_update_strategy_the_lab_cannot_follow_is_named(strategy: dict[str, Any], message: str) -> None:
