@@ -123,6 +123,10 @@ def _deployments(pods: int, burst: int) -> list[dict[str, Any]]:
     ]
 
 
+def _service_account(name: str) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name, "namespace": NAMESPACE}}
+
+
 class _Log:
     """New JSON lines of a component's log since the last read."""
 
@@ -150,9 +154,15 @@ class EnrolLab:
     def __init__(self, root: Path) -> None:
         self.lab = Lab(root, lab_id=unique_lab_id("e"))
 
-    def up(self) -> None:
-        """The lab with the mesh and the empty ambient namespace."""
-        self.lab.up([b.namespace(NAMESPACE, labels=_AMBIENT)], mesh=True, timeout=120)
+    def up(self, deployments: list[dict[str, Any]]) -> None:
+        """The lab with the mesh and the ambient namespace with the ServiceAccounts of
+        ``deployments`` (their pods are not started here)."""
+        accounts = sorted({d["spec"]["template"]["spec"]["serviceAccountName"] for d in deployments})
+        self.lab.up(
+            [b.namespace(NAMESPACE, labels=_AMBIENT), *(_service_account(sa) for sa in accounts)],
+            mesh=True,
+            timeout=120,
+        )
 
     def pid(self, component: str) -> int:
         """The PID of ``ztunnel`` or ``node-agent`` of node1."""
@@ -314,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         lab = EnrolLab(Path(tmp) / "lab")
         print("bench_enrol: bringing the lab up", flush=True)
         try:
-            lab.up()
+            lab.up(deployments)
             idle = proc_sample(lab.pid("ztunnel"))
             summary["ztunnel_rss_mb_idle"] = round(idle.rss_mb, 1)
             summary["ztunnel_anon_mb_idle"] = round(idle.anon_mb, 1)
