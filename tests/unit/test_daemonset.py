@@ -240,6 +240,8 @@ def test_the_lab_overlay_runs_the_mesh_on_the_labs_api() -> None:
     agent_args = agent["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--kube" not in agent_args
     assert agent_args[agent_args.index("--state-dir") + 1] == "/var/lib/mesh-lab/state"
+    (ztunnel,) = [o for o in objects if o["metadata"]["name"] == "ztunnel" and o["kind"] == "DaemonSet"]
+    assert "tmp" not in [v["name"] for v in ztunnel["spec"]["template"]["spec"]["volumes"]]
     for obj in (istiod, agent):
         volumes = obj["spec"]["template"]["spec"]["volumes"]
         assert {
