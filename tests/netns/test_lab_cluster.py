@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from mesh.testing.polling import wait_until_blocking
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
 from meshctl.lab.testkit import unique_lab_id
@@ -218,8 +219,12 @@ def test_a_daemonset_runs_a_pod_per_node_and_rolls_a_new_template_one_node_at_a_
         assert time.monotonic() < deadline, f"the rollout did not finish: {pods}"
         time.sleep(0.05)
     assert lowest == 1 and not first & {p["metadata"]["name"] for p in new}
-    (ds,) = lab.objects("DaemonSet", "legacy")
-    assert ds["status"]["updatedNumberScheduled"] == ds["status"]["numberReady"] == 2
+
+    def status_caught_up() -> bool:  # the controller writes it on its next pass, as Kubernetes does
+        (ds,) = lab.objects("DaemonSet", "legacy")
+        return bool(ds["status"]["updatedNumberScheduled"] == ds["status"]["numberReady"] == 2)
+
+    wait_until_blocking(status_caught_up, within=10, what="the DaemonSet's status (2 updated, 2 ready)")
     lab.delete([_daemonset(["sleep", "3601"])])
     deadline = time.monotonic() + 30
     while _agent_pods(lab):
