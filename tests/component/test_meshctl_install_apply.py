@@ -16,7 +16,8 @@ import kmock
 import pytest
 from kubernetes import client
 
-from meshctl.install import install_order, render, run
+from meshctl.install import run
+from meshctl.manifests import install_order, render
 
 pytestmark = pytest.mark.kmock(cls=kmock.KubernetesScaffold)
 

@@ -19,8 +19,8 @@ from mesh.errors import MeshError
 from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
-from meshctl.install import json_patch, overlays, render
 from meshctl.lab.mesh import cni_plugins
+from meshctl.manifests import json_patch, overlays, render
 from ztunnel.cni import kube_pods
 from ztunnel.cni.agent import parse_args as parse_agent_args
 from ztunnel.cni.cniconf import plugin_entry
