@@ -8,6 +8,7 @@ import time
 from mesh.errors import MeshError
 from mesh.ports import READINESS_PORT
 from meshctl.lab import Lab, LabError, pod_ready
+from meshctl.lab.meshview import ztunnel
 from meshctl.nethttp import http_get
 from meshctl.ztunnel_config import HOST_ADMIN, fetch_admin
 
@@ -21,11 +22,12 @@ def lagging(lab: Lab) -> list[str]:
     pods = [p for p in lab.pods() if (p.get("status") or {}).get("podIP")]
     for node in lab.settings.nodes:
         try:
-            status, _ = http_get("127.0.0.1", READINESS_PORT, "/healthz/ready", netns=node.netns, timeout=1.0)
+            zt = ztunnel(lab, node.name)
+            status, _ = http_get("127.0.0.1", READINESS_PORT, "/healthz/ready", netns=zt.netns, timeout=1.0)
             if status != 200:
                 missing.append(f"ztunnel on {node.name} is not ready")
                 continue
-            dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)
+            dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=zt.netns)
         except (OSError, MeshError) as exc:
             missing.append(f"ztunnel on {node.name} does not answer: {exc}")
             continue
@@ -48,6 +50,6 @@ def wait_for_mesh(lab: Lab, *, within: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise LabError(
                 f"the ztunnels did not converge within {within:.0f} s: {'; '.join(missing[:3])}",
-                hint=f"see the logs under {lab.paths.root / 'mesh' / 'logs'}",
+                hint="see the ztunnels' logs (meshctl lab logs istio-system/<pod>; lab status lists them)",
             )
         time.sleep(0.2)

@@ -23,7 +23,7 @@ from meshctl.converge import wait_for_mesh
 from meshctl.dashboard.cli import DEFAULT_PORT as DASHBOARD_PORT
 from meshctl.lab.api import Lab, load_objects
 from meshctl.lab.errors import LabError
-from meshctl.lab.mesh import MeshLayout
+from meshctl.lab.meshview import root_cert_pem, ztunnel
 from meshctl.nethttp import http_get
 from meshctl.ztunnel_config import HOST_ADMIN, fetch_admin, render_table
 
@@ -75,7 +75,7 @@ def run_mesh_demo(
     say(lab.status_text())
     node = lab.settings.nodes[0]
     wait_for_mesh(lab)
-    dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)
+    dump = fetch_admin(HOST_ADMIN, "/config_dump", netns=ztunnel(lab, node.name).netns)
     say(f"== meshctl ztunnel-config workloads --node {node.name}   (HBONE = enrolled, TCP = not)")
     say(render_table("workloads", dump["workloads"]))
     say(f"== meshctl ztunnel-config certificates --node {node.name}   (from istiod_lite, by impersonation)")
@@ -97,7 +97,7 @@ def run_mesh_demo(
             say("  " + json.dumps({k: line.get(k) for k in _LOG_KEYS if k in line}))
     say("\n== istio_tcp_connections_opened_total on the ztunnels' :15020/metrics")
     for n in lab.settings.nodes:
-        for sample in _opened(n.netns):
+        for sample in _opened(ztunnel(lab, n.name).netns):
             say(f"  {n.name}: {sample}")
     say("\n== meshctl lab exec legacy/client -- curl -s http://server.demo/   (not enrolled: plaintext)")
     marks = {n.netns: _log_size(lab, n.name) for n in lab.settings.nodes}
@@ -141,7 +141,7 @@ def _hints(say: Any, first: dict[str, Any], *, lab_observed: bool) -> None:
 
 def _verified(lab: Lab, certificate: dict[str, Any]) -> str:
     """Checks a certificate ztunnel holds against istiod_lite's root, as its peers do."""
-    roots = load_pem_certificates(MeshLayout(lab.paths.root / "mesh").root_cert.read_bytes())
+    roots = load_pem_certificates(root_cert_pem(lab))
     chain = load_pem_certificates(certificate["cert_chain"])
     identity = verify_workload_chain(
         chain, roots=roots, now=dt.datetime.now(dt.UTC), trust_domain="cluster.local"
@@ -188,7 +188,7 @@ def _waypoint_demo(lab: Lab, say: Any) -> None:
 def _uses_waypoint(lab: Lab, service: str) -> bool:
     """True when every node's ztunnel sends ``service`` to its waypoint."""
     for node in lab.settings.nodes:
-        services = fetch_admin(HOST_ADMIN, "/config_dump", netns=node.netns)["services"]
+        services = fetch_admin(HOST_ADMIN, "/config_dump", netns=ztunnel(lab, node.name).netns)["services"]
         if not any(s["name"] == service and s.get("waypoint") for s in services):
             return False
     return True
@@ -210,14 +210,14 @@ def _ask(lab: Lab, pod: str, url: str) -> dict[str, Any]:
     if result.returncode != 0:
         raise LabError(
             f"curl {url} from {pod} failed: {result.stderr.strip()}",
-            hint="see 'meshctl lab status' and the ztunnel logs under <state>/mesh/logs/",
+            hint="see 'meshctl lab status' and the ztunnels' logs (meshctl lab logs istio-system/<pod>)",
         )
     answer: dict[str, Any] = json.loads(result.stdout)
     return answer
 
 
 def _log_size(lab: Lab, node: str) -> int:
-    path = MeshLayout(lab.paths.root / "mesh").log(f"ztunnel-{node}")
+    path = ztunnel(lab, node).log
     return path.stat().st_size if path.exists() else 0
 
 
@@ -225,7 +225,7 @@ def _access_lines(lab: Lab, marks: dict[str, int]) -> list[dict[str, Any]]:
     time.sleep(0.3)  # access-log lines are written when the connections close
     lines = []
     for node in lab.settings.nodes:
-        path = MeshLayout(lab.paths.root / "mesh").log(f"ztunnel-{node.name}")
+        path = ztunnel(lab, node.name).log
         with open(path, encoding="utf-8", errors="replace") as log:
             log.seek(marks.get(node.netns, 0))
             for raw in log:

@@ -16,7 +16,7 @@ from typing import Any
 
 from mesh.errors import MeshError
 from meshctl.lab.api import Lab
-from meshctl.lab.mesh import control_plane_addresses
+from meshctl.lab.meshview import istiods
 from meshctl.lab.settings import default_state_dir
 from meshctl.nethttp import http_get
 
@@ -105,12 +105,13 @@ def fetch_syncz(endpoint: str, *, timeout: float = 5.0, netns: str | None = None
 
 
 def _endpoints(args: argparse.Namespace) -> tuple[list[str], str | None]:
-    """``--istiod``, else the running lab's istiod_lite replicas (inside its namespace), else the default."""
+    """``--istiod``, else the running lab's istiod_lite replicas (their pods, reached from the first
+    node), else the default."""
     if args.istiod:
         return args.istiod.split(","), None
     lab = Lab(getattr(args, "state", None) or default_state_dir())
     if lab.is_running() and lab.settings.mesh:
-        return [f"http://{a}:15014" for a in control_plane_addresses(lab.settings)], lab.settings.bridge_netns
+        return [f"http://{p.ip}:15014" for p in istiods(lab)], lab.settings.nodes[0].netns
     return [DEFAULT_ENDPOINT], None
 
 

@@ -16,6 +16,7 @@ from typing import Any
 from mesh.errors import MeshError
 from mesh.ports import ADMIN_PORT
 from meshctl.lab.api import Lab
+from meshctl.lab.meshview import ztunnel
 from meshctl.lab.settings import default_state_dir
 from meshctl.nethttp import http_request
 
@@ -82,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
 
 def choose_ztunnel(args: argparse.Namespace) -> tuple[str, str | None, str]:
     """(admin address, network namespace or None, name to print) of the ztunnel to ask: ``--admin``,
-    else the lab node ``--node``, else the running lab's only node; with several nodes, an error
-    that lists them. With no lab running, the ztunnel on this host (``127.0.0.1:15000``)."""
+    else the ztunnel pod of the lab node ``--node``, else of the running lab's only node; with several
+    nodes, an error that lists them. With no lab running, the ztunnel on this host (``127.0.0.1:15000``)."""
     if args.admin:
         return args.admin, None, args.admin
     lab = Lab(args.state)
@@ -99,7 +100,8 @@ def choose_ztunnel(args: argparse.Namespace) -> tuple[str, str | None, str]:
                 hint=f"meshctl ztunnel-config {args.view} --node {names[0]}",
             )
         node = names[0]
-    return HOST_ADMIN, lab.settings.node(node).netns, node
+    lab.settings.node(node)  # an unknown node is an error naming the lab's nodes
+    return HOST_ADMIN, ztunnel(lab, node).netns, node
 
 
 def fetch_admin(

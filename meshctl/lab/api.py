@@ -34,6 +34,7 @@ from meshctl.lab.cleanup import (
 )
 from meshctl.lab.cni import CONFLIST_NAME, default_conflist
 from meshctl.lab.errors import LabError, LabNotRunningError
+from meshctl.lab.mesh import awaiting_enrolment, mesh_objects
 from meshctl.lab.objects import parse_documents, validate_object
 from meshctl.lab.settings import (
     DEFAULT_CERT_TTL,
@@ -138,6 +139,8 @@ class Lab:
             istiod_replicas=istiod_replicas,
             ztunnel_workers=ztunnel_workers,
         )
+        if mesh:  # the mesh is installed from daemonset/, as meshctl install --lab does
+            objects = [*mesh_objects(settings), *objects]
         objects = self._validate(objects, settings.node_names())
         _preflight()
         self.store.check_writable()
@@ -201,7 +204,8 @@ class Lab:
                 signal.signal(signal.SIGINT, previous)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Waits until every pod is Running and ready and the daemon has programmed the data plane.
+        """Waits until every pod is Running and ready (in a mesh lab: and enrolled when it belongs in the
+        mesh) and the daemon has programmed the data plane.
 
         Raises :class:`LabError` naming the pods that are not ready (with their reasons) on timeout,
         or with the end of the daemon log if the daemon died.
@@ -234,7 +238,8 @@ class Lab:
 
     def _not_ready(self) -> list[str]:
         result = []
-        for pod in self.store.list("Pod"):
+        pods = self.store.list("Pod")
+        for pod in pods:
             status = pod.get("status") or {}
             name = f"{pod['metadata']['namespace']}/{pod['metadata']['name']}"
             if is_terminating(pod):
@@ -242,6 +247,9 @@ class Lab:
             elif not pod_ready(pod) and status.get("phase") != "Succeeded":
                 why = status.get("message") or status.get("reason") or status.get("phase", "Pending")
                 result.append(f"{name} {why}")
+        if self.settings.mesh:
+            waiting = awaiting_enrolment(pods, self.store.list("Namespace"))
+            result += [f"{name} not enrolled in the mesh yet" for name in waiting]
         return result
 
     def _log_tail(self) -> str:

@@ -182,14 +182,11 @@ def reset_state(paths: StateDir, *, keep_logs: bool) -> None:
     """Removes objects, runtime files (pods' volumes), the nodes' hostPath directories and lab.yaml
     (and logs unless ``keep_logs``); keeps cni/.
 
-    The mesh's files (``mesh/``: istiod's root, node tokens, sockets, pids) go too, but for its logs
-    when ``keep_logs``, and so does the lab Prometheus's (``prometheus/``, its data)."""
-    mesh = paths.root / "mesh"
-    targets: list[Path] = [paths.objects, paths.run, paths.root / "prometheus", paths.hostpath]
-    if keep_logs:
-        targets += [p for p in mesh.glob("*") if p.name != "logs"]
-    else:
-        targets += [paths.logs, mesh]
+    The lab's token file (``mesh/``) goes too, and so does the lab Prometheus's (``prometheus/``, its
+    data)."""
+    targets = [paths.objects, paths.run, paths.root / "prometheus", paths.hostpath, paths.tokens.parent]
+    if not keep_logs:
+        targets.append(paths.logs)
     for target in targets:
         if target.is_dir():
             shutil.rmtree(target, ignore_errors=True)

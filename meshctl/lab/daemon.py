@@ -31,8 +31,8 @@ from meshctl.lab.cni import CniRunner
 from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_hosts, render_nat, service_ports
-from meshctl.lab.mesh import MeshLayout, MeshRuntime, control_plane_address
-from meshctl.lab.netops import netns_exec
+from meshctl.lab.mesh import control_plane_address, waypoint_template
+from meshctl.lab.netops import ip_batch, netns_exec
 from meshctl.lab.network import NETNS_ANNOTATION, PodIpam, build_network, node_object, remove_network
 from meshctl.lab.objects import ObjKey
 from meshctl.lab.observability import PrometheusRuntime
@@ -40,7 +40,7 @@ from meshctl.lab.pods import PodRunner, RuntimeContext
 from meshctl.lab.store import Store, write_atomic
 from meshctl.lab.supervisor import ProcessEvent, process_start_time
 from meshctl.lab.tokenfile import ensure_lab_token_file
-from meshctl.lab.waypoints import waypoint_gateways
+from meshctl.lab.topology import control_plane_lines
 
 __all__ = ["LabDaemon", "main"]
 
@@ -66,18 +66,14 @@ class LabDaemon:
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         paths = self.store.paths
-        self.mesh = (
-            MeshRuntime(self.settings, paths, clock=clock, on_event=self._mesh_event)
-            if self.settings.mesh
-            else None
-        )
+        self.waypoints = waypoint_template(self.settings) if self.settings.mesh else None
         self.prometheus = (
             PrometheusRuntime(
                 self.settings,
                 paths,
                 control_plane_address(self.settings),
                 clock=clock,
-                on_event=self._mesh_event,
+                on_event=self._prometheus_event,
             )
             if self.settings.observability
             else None
@@ -92,7 +88,7 @@ class LabDaemon:
             hosts_for=self._hosts_for,
             write_status=self._write_status,
             bin_dirs=(os.path.dirname(sys.executable),),
-            tokens_file=MeshLayout(paths.root / "mesh").tokens,
+            tokens_file=paths.tokens,
             python_path=os.environ.get("PYTHONPATH", ""),
         )
         ensure_lab_token_file(self.ctx.tokens_file)
@@ -110,10 +106,9 @@ class LabDaemon:
                 for node in self.settings.nodes:
                     txn.put(node_object(node, rng=self.rng, now=self.clock.now()))
             self.log.info("lab.network.ready", nodes=len(self.settings.nodes))
-            if self.mesh is not None:
-                await self.mesh.start()
-                self.log.info("lab.mesh.started")
             if self.prometheus is not None:
+                lines = control_plane_lines(self.settings, [control_plane_address(self.settings)])
+                await ip_batch(lines, netns=self.settings.bridge_netns)
                 await self.prometheus.start(self.store.load_all())
                 self.log.info("lab.prometheus.started", targets=str(self.prometheus.targets_file))
             await self._loop()
@@ -155,13 +150,8 @@ class LabDaemon:
     async def _reconcile(self) -> bool:
         """One pass; True when it wrote objects (so the caller reloads before acting)."""
         objects = self.store.load_all()
-        template = None
-        if self.mesh is not None:
-            self.mesh.ensure_waypoint_tokens(waypoint_gateways(objects))
-            template = self.mesh.waypoint_template()
-        actions = plan(
-            objects, nodes=self.settings.node_names(), rng=self.rng, now=self.clock.now(), waypoints=template
-        )
+        nodes, now = self.settings.node_names(), self.clock.now()
+        actions = plan(objects, nodes=nodes, rng=self.rng, now=now, waypoints=self.waypoints)
         if actions:
             with self.store.transaction() as txn:
                 changed = apply_actions(txn, actions)
@@ -268,9 +258,9 @@ class LabDaemon:
             txn.update(("Pod", meta["namespace"], meta["name"]), change)
         self._wake.set()
 
-    def _mesh_event(self, name: str, event: ProcessEvent) -> None:
+    def _prometheus_event(self, name: str, event: ProcessEvent) -> None:
         self.log.info(
-            "lab.mesh.process", process=name, kind=event.kind, pid=event.pid, exit_code=event.exit_code
+            "lab.prometheus.process", process=name, kind=event.kind, pid=event.pid, exit_code=event.exit_code
         )
 
     async def _teardown(self) -> None:
@@ -281,8 +271,6 @@ class LabDaemon:
             await asyncio.gather(*self._stopping, return_exceptions=True)
         if self.prometheus is not None:
             await self.prometheus.stop()
-        if self.mesh is not None:
-            await self.mesh.stop()
         await remove_network(self.settings)
         with contextlib.suppress(FileNotFoundError):
             self.store.paths.daemon_pid.unlink()

@@ -38,6 +38,11 @@ class StateDir(LabState):
         return self.root / "run"
 
     @property
+    def tokens(self) -> Path:
+        """The lab's service-account tokens (its TokenReview), which istiod_lite reads."""
+        return self.root / "mesh" / "tokens.yaml"
+
+    @property
     def pids(self) -> Path:
         """``<ns>_<pod>_<container>.pid`` files: ``PID STARTTIME``."""
         return self.root / "run" / "pids"

@@ -1,8 +1,8 @@
 """The lab's token file (``<state>/mesh/tokens.yaml``), which istiod_lite's lab authenticator reads
 (``istiod_lite.ca.auth.load_lab_tokens``): token -> ``{node, identity: "ns/sa", expires}``.
 
-Several writers share it (the mesh's node bootstrap tokens and waypoint tokens, and the pod
-runtime's projected service-account tokens), so every change is a read-modify-write under an
+The pod runtime writes it (each pod's projected service-account tokens, refreshed), and may do so
+from several tasks, so every change is a read-modify-write under an
 exclusive ``flock`` on ``.tokens.yaml.lock`` next to it, written to a private (0600) temporary
 file and renamed into place: a reader never sees half a file, a writer never drops another's tokens.
 """

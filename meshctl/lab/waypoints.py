@@ -13,8 +13,9 @@ The waypoint process is started as::
              --trust-domain <td> --cluster-id <id>
 
 with ``POD_NAME``, ``POD_NAMESPACE``, ``INSTANCE_IP``, ``SERVICE_ACCOUNT``, ``NODE_NAME`` (the
-downward API) and ``WAYPOINT_NAME`` (the Gateway) in its environment; the token file holds a
-lab bearer token for ``<namespace>/<gateway name>``.
+downward API) and ``WAYPOINT_NAME`` (the Gateway) in its environment, from the pod template istiod_lite
+renders on Kubernetes: the token is a projected service-account token (the lab registers it for
+``<namespace>/<gateway name>``) and the trust bundle the ``istio-ca-root-cert`` ConfigMap.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ import copy
 import random
 from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from istiod_lite.waypoint_objects import WAYPOINT_CLASS, PodMesh, waypoint_objects
@@ -43,18 +43,10 @@ Objects = dict[ObjKey, dict[str, Any]]
 class WaypointTemplate:
     """What every waypoint pod needs to reach the mesh, from the lab's settings."""
 
-    xds_address: str
-    root_cert: str
-    token_dir: str
-    trust_domain: str
-    cluster_id: str
+    mesh: PodMesh
+    """The pod's arguments, volumes and container settings (:func:`kubernetes_pod_mesh`)."""
     cluster_domain: str
     service_cidr: str
-    path_normalization: str = "BASE"
-
-    def token_file(self, namespace: str, name: str) -> str:
-        """The lab token file of the waypoint ``namespace/name`` (its service account)."""
-        return str(Path(self.token_dir) / f"{namespace}.{name}")
 
 
 def waypoint_gateways(objects: Mapping[ObjKey, dict[str, Any]]) -> list[dict[str, Any]]:
@@ -96,16 +88,7 @@ def _gateway_owned(obj: Mapping[str, Any]) -> bool:
 
 
 def _desired(gateway: dict[str, Any], template: WaypointTemplate) -> list[dict[str, Any]]:
-    meta = gateway["metadata"]
-    mesh = PodMesh(
-        xds_address=template.xds_address,
-        root_cert=template.root_cert,
-        token_file=template.token_file(meta["namespace"], meta["name"]),
-        trust_domain=template.trust_domain,
-        cluster_id=template.cluster_id,
-        path_normalization=template.path_normalization,
-    )
-    return waypoint_objects(gateway, mesh)
+    return waypoint_objects(gateway, template.mesh)
 
 
 def _created(

@@ -1,8 +1,9 @@
-"""istiod_lite with two replicas, rolled one at a time while a pod keeps opening connections (issue 17
-part 4): the ztunnels know both replicas (``--xds-address a,b``); when the one a ztunnel is connected
-to dies (SIGKILL) or drains (SIGTERM), the ztunnel keeps serving with its last config and
-certificates, connects to the other replica and resyncs, so config applied meanwhile still reaches
-it. Not one new connection may fail. This lab is its own (two replicas), not the package's."""
+"""istiod_lite with two replicas (its Deployment's pods), restarted one at a time while a pod keeps
+opening connections (issue 17 part 4): the ztunnels reach istiod through its Service; when the replica
+a ztunnel is connected to dies (SIGKILL) or drains (SIGTERM), the ztunnel keeps serving with its last
+config and certificates, connects to the other replica and resyncs, so config applied meanwhile still
+reaches it. The lab restarts the killed container in its pod, as kubelet does. Not one new connection
+may fail. This lab is its own (two replicas), not the package's."""
 
 from __future__ import annotations
 
@@ -18,9 +19,8 @@ from typing import Any
 
 import pytest
 
-from meshctl.lab.mesh import control_plane_addresses, istiod_name
-from meshctl.lab.supervisor import read_pid_file
-from meshctl.proxy_status import fetch_syncz
+from meshctl.lab.meshview import ISTIOD, MeshPod, mesh_pods
+from meshctl.proxy_status import ProxyStatusError, fetch_syncz
 from tests.e2e.conftest import CLIENT_NODE, CONNECTS, HTTP_PORT, SERVER_NODE, MeshLab, mesh_lab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -45,14 +45,25 @@ def _marker() -> dict[str, Any]:
     }
 
 
+def _replicas(mesh: MeshLab) -> list[MeshPod]:
+    """istiod_lite's two pods, oldest first (a restarted container keeps its pod and address)."""
+    pods = mesh_pods(mesh.lab, ISTIOD)
+    assert len(pods) == 2, pods
+    return pods
+
+
 def _pid(mesh: MeshLab, replica: int) -> int | None:
-    return read_pid_file(mesh.lab.paths.root / "mesh" / "pids" / f"{istiod_name(replica)}.pid")
+    return _replicas(mesh)[replica].pid()
 
 
 def _ztunnels_on(mesh: MeshLab, replica: int) -> set[str]:
-    """The nodes whose ztunnel is connected to ``replica`` (its syncz)."""
-    address = control_plane_addresses(mesh.lab.settings)[replica]
-    doc = fetch_syncz(f"http://{address}:15014", timeout=2, netns=mesh.lab.settings.bridge_netns)
+    """The nodes whose ztunnel is connected to ``replica`` (its syncz), asked from the first node."""
+    address = _replicas(mesh)[replica].ip
+    netns = mesh.node_netns(CLIENT_NODE)
+    try:
+        doc = fetch_syncz(f"http://{address}:15014", timeout=2, netns=netns)
+    except ProxyStatusError:  # restarting: nobody is connected to it
+        return set()
     return {s["node"] for s in doc["subscribers"] if str(s.get("pod", "")).startswith("ztunnel")}
 
 
@@ -93,7 +104,7 @@ def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: M
         mesh.lab.apply([_marker()])
         for node in (CLIENT_NODE, SERVER_NODE):
             mesh.wait_policy(node, MARKER, present=True, timeout=30)
-        # 2. The lab starts replica 0 again (as the Deployment would); replica 1 is then drained.
+        # 2. The lab starts replica 0's container again (as kubelet would); replica 1 is then drained.
         mesh.wait_for(lambda: _pid(mesh, 0) not in (None, killed), what="replica 0 started again", timeout=30)
         mesh.wait_for(lambda: _ztunnels_on(mesh, 0) == set(), what="replica 0 serving (no ztunnel yet)")
         drained = _pid(mesh, 1)
@@ -114,7 +125,7 @@ def test_rolling_istiod_replicas_one_at_a_time_fails_no_connection(replicated: M
 
 def test_proxy_status_shows_each_proxy_with_its_replica(replicated: MeshLab) -> None:
     mesh = replicated
-    addresses = control_plane_addresses(mesh.lab.settings)
+    addresses = [p.ip for p in _replicas(mesh)]
     _wait_both_connected(mesh)
     command = [
         sys.executable,

@@ -19,7 +19,6 @@ from mesh.errors import MeshError
 from mesh.rt.kube import lease
 from mesh.rt.kube.rbac import ApiCall, rules_for
 from meshctl.cli import main
-from meshctl.lab.mesh import cni_plugins
 from meshctl.manifests import json_patch, overlays, render
 from ztunnel.cni import kube_pods
 from ztunnel.cni.agent import parse_args as parse_agent_args
@@ -128,8 +127,8 @@ def test_the_node_agent_installs_its_plugin_into_the_hosts_cni_directories(overl
     assert args.daemonset == "POD_NAMESPACE/istio-cni-node"  # so that an uninstall takes the plugin out
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": args.readiness_port}
     entry = plugin_entry(args.plugin_socket or f"{args.run_dir}/pluginevent.sock")
-    if overlay == "lab":  # the very entry the lab's own conflist has: the two never rewrite each other's
-        assert [entry] == cni_plugins()
+    if overlay == "lab":  # the lab runs every node's plugin on one host: a socket per node namespace
+        assert entry["agent_socket"].startswith("@")
     else:  # the kubelet runs the plugin on the host: the socket must be at the same path there
         run_dir = str(args.run_dir)
         assert entry["agent_socket"].startswith(run_dir + "/") and host_paths[mounts[run_dir]] == run_dir

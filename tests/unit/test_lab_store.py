@@ -8,7 +8,6 @@ import pytest
 
 from meshctl.lab import builders as b
 from meshctl.lab.errors import LabError, LabNotRunningError
-from meshctl.lab.mesh import MeshLayout, plan_processes
 from meshctl.lab.settings import LabSettings, build_settings, check_lab_id
 from meshctl.lab.store import Store
 
@@ -78,53 +77,6 @@ def test_bad_lab_ids(lab_id: str) -> None:
 def test_node_count_is_bounded() -> None:
     with pytest.raises(LabError, match="1 to 16 nodes"):
         build_settings(node_count=0)
-
-
-def test_the_workload_certificate_ttl_is_kept_and_given_to_every_ztunnel(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    settings = build_settings(lab_id="t1", mesh=True, cert_ttl=300)
-    store.write_settings(settings)
-    assert store.read_settings().cert_ttl == 300
-    specs = plan_processes(settings, MeshLayout(tmp_path / "mesh"), state_root=tmp_path, bin_dir="/bin")
-    ztunnels = [s.argv for s in specs if s.name.startswith("ztunnel-")]
-    assert len(ztunnels) == 2 and all(argv[argv.index("--cert-ttl") + 1] == "300" for argv in ztunnels)
-    with pytest.raises(LabError, match="TTL of 10 s is out of range") as caught:
-        build_settings(cert_ttl=10)
-    assert "--cert-ttl" in caught.value.hint
-
-
-def test_istiod_replicas_each_get_an_address_and_every_ztunnel_knows_them_all(tmp_path: Path) -> None:
-    store = Store(tmp_path)
-    settings = build_settings(lab_id="t2", mesh=True, istiod_replicas=2)
-    store.write_settings(settings)
-    assert store.read_settings().istiod_replicas == 2
-    specs = plan_processes(settings, MeshLayout(tmp_path / "mesh"), state_root=tmp_path, bin_dir="/bin")
-    replicas = [s for s in specs if s.name.startswith("istiod")]
-    assert [(s.name, s.argv[s.argv.index("--listen") + 1], s.pid_path.name) for s in replicas] == [
-        ("istiod", "10.240.0.2:15012", "istiod.pid"),
-        ("istiod-1", "10.240.0.3:15012", "istiod-1.pid"),
-    ]
-    assert len({s.argv[s.argv.index("--state-dir") + 1] for s in replicas}) == 1  # one CA for both
-    ztunnels = [s.argv for s in specs if s.name.startswith("ztunnel-")]
-    assert all(a[a.index("--xds-address") + 1] == "10.240.0.2:15012,10.240.0.3:15012" for a in ztunnels)
-    with pytest.raises(LabError, match="1 to 7 istiod_lite replicas, not 8") as caught:
-        build_settings(istiod_replicas=8)
-    assert "--istiod-replicas" in caught.value.hint
-
-
-@pytest.mark.parametrize(("workers", "flag"), [(1, None), (2, "2")])
-def test_ztunnel_workers_reach_every_ztunnels_command_line(
-    tmp_path: Path, workers: int, flag: str | None
-) -> None:
-    store = Store(tmp_path)
-    settings = build_settings(lab_id="t3", mesh=True, ztunnel_workers=workers)
-    store.write_settings(settings)
-    assert store.read_settings().ztunnel_workers == workers
-    specs = plan_processes(settings, MeshLayout(tmp_path / "mesh"), state_root=tmp_path, bin_dir="/bin")
-    ztunnels = [s.argv for s in specs if s.name.startswith("ztunnel-")]
-    assert len(ztunnels) == 2
-    for argv in ztunnels:
-        assert (argv[argv.index("--workers") + 1] if "--workers" in argv else None) == flag
 
 
 def test_ztunnel_workers_out_of_range_say_what_to_pass() -> None:

@@ -3,36 +3,21 @@ Service and status, as istiod's deployment controller makes them (pure planning,
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from istiod_lite.ca.auth import LabTokenAuthenticator
-from mesh.testing.clock import FakeClock
 from meshctl.lab import builders as b
 from meshctl.lab.actions import apply_local
 from meshctl.lab.controllers import plan
 from meshctl.lab.errors import LabError
-from meshctl.lab.mesh import MeshRuntime, write_tokens
+from meshctl.lab.mesh import waypoint_template
 from meshctl.lab.podspec import container_argv, container_env
 from meshctl.lab.settings import LabSettings, build_settings
-from meshctl.lab.store import StateDir
-from meshctl.lab.waypoints import WaypointTemplate
 from tests.unit.test_lab_controllers import NODES, NOW, Objects, of_kind, run_pods, store
 
-TEMPLATE = WaypointTemplate(
-    xds_address="10.240.0.2:15012",
-    root_cert="/state/mesh/istiod/ca/root-cert.pem",
-    token_dir="/state/mesh/waypoint-tokens",
-    trust_domain="cluster.local",
-    cluster_id="Kubernetes",
-    cluster_domain="cluster.local",
-    service_cidr="10.96.0.0/16",
-)
+TEMPLATE = waypoint_template(build_settings(lab_id="t1", mesh=True))
 
 
 def gateway(
@@ -95,11 +80,11 @@ def test_a_waypoint_gateway_gets_its_account_deployment_service_and_pod() -> Non
     assert container_argv(container, env) == (
         "waypoint",
         "--xds-address",
-        "10.240.0.2:15012",
+        "istiod.istio-system.svc:15012",
         "--root-cert",
-        "/state/mesh/istiod/ca/root-cert.pem",
+        "/var/run/secrets/istio/root-cert.pem",
         "--token-file",
-        "/state/mesh/waypoint-tokens/demo.waypoint",
+        "/var/run/secrets/tokens/istio-token",
         "--trust-domain",
         "cluster.local",
         "--cluster-id",
@@ -161,27 +146,16 @@ def test_without_the_mesh_no_waypoint_is_deployed() -> None:
     ]
 
 
-def test_each_waypoint_gets_a_token_istiod_accepts_for_its_service_account(tmp_path: Path) -> None:
-    settings = build_settings(lab_id="t1", mesh=True)
-    runtime = MeshRuntime(settings, StateDir(tmp_path), clock=FakeClock(), on_event=lambda *_: None)
-    write_tokens(settings, runtime.layout)
-    template = runtime.waypoint_template()
-    assert template.xds_address == "10.240.0.2:15012" and template.root_cert.endswith(
-        "mesh/istiod/ca/root-cert.pem"
-    )
-    authenticator = LabTokenAuthenticator.from_file(
-        runtime.layout.tokens, trust_domain="cluster.local", clock=FakeClock()
-    )
-    runtime.ensure_waypoint_tokens([{"metadata": {"namespace": "demo", "name": "waypoint"}}])
-    token_file = Path(template.token_file("demo", "waypoint"))
-    token = token_file.read_text().strip()
-    assert token_file.stat().st_mode & 0o777 == 0o600
-    caller = asyncio.run(authenticator.authenticate(token))
-    assert caller.identity.uri == "spiffe://cluster.local/ns/demo/sa/waypoint" and caller.node is None
-    write_tokens(settings, runtime.layout)  # a daemon restart rewrites the node tokens...
-    runtime.ensure_waypoint_tokens([{"metadata": {"namespace": "demo", "name": "waypoint"}}])
-    assert token_file.read_text().strip() == token  # ...and the running waypoint's token stays good
-    assert asyncio.run(authenticator.authenticate(token)).identity.service_account == "waypoint"
+def test_each_waypoint_pod_mounts_its_service_account_token_and_the_mesh_root_as_on_kubernetes() -> None:
+    objects = settle(store(b.namespace("demo"), gateway()), random.Random(3))
+    spec = objects[("Deployment", "demo", "waypoint")]["spec"]["template"]["spec"]
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (source,) = volumes["istio-token"]["projected"]["sources"]
+    assert source["serviceAccountToken"]["audience"] == "istio-ca"
+    assert volumes["istiod-ca-cert"]["configMap"] == {"name": "istio-ca-root-cert"}
+    assert spec["serviceAccountName"] == "waypoint"
+    mounts = {m["name"]: m["mountPath"] for m in spec["containers"][0]["volumeMounts"]}
+    assert mounts == {"istio-token": "/var/run/secrets/tokens", "istiod-ca-cert": "/var/run/secrets/istio"}
 
 
 @pytest.mark.parametrize(
@@ -189,7 +163,7 @@ def test_each_waypoint_gets_a_token_istiod_accepts_for_its_service_account(tmp_p
     [("BASE", ()), ("MERGE_SLASHES", ("--path-normalization", "MERGE_SLASHES"))],
 )
 def test_the_mesh_path_normalization_reaches_each_waypoint(mode: str, extra: tuple[str, ...]) -> None:
-    template = dataclasses.replace(TEMPLATE, path_normalization=mode)
+    template = waypoint_template(build_settings(lab_id="t1", mesh=True, path_normalization=mode))
     objects = store(b.namespace("demo"), gateway())
     for _ in range(6):
         for action in plan(objects, nodes=NODES, rng=random.Random(1), now=NOW, waypoints=template):

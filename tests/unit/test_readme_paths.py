@@ -6,12 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from meshctl.lab.mesh import MeshLayout
 from meshctl.lab.store import Store
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 STATE = Path("/state")
-MESH = MeshLayout(STATE / "mesh")
 PATHS = Store(STATE).paths
 
 
@@ -20,10 +18,10 @@ PATHS = Store(STATE).paths
     [
         (PATHS.pod_log("demo", "client"), "logs/<namespace>_<pod>.log"),
         (PATHS.daemon_log, "logs/daemon.log"),
-        (MESH.log("istiod"), "mesh/logs/istiod.log"),
-        (MESH.log("node-agent-node1"), "mesh/logs/node-agent-<node>.log"),
-        (MESH.log("ztunnel-node1"), "mesh/logs/ztunnel-<node>.log"),
-        (MESH.istiod_state / "ca" / "root-cert.pem", "mesh/istiod/ca/root-cert.pem"),
+        (PATHS.pod_log("istio-system", "client"), "logs/istio-system_<pod>.log"),
+        (PATHS.tokens, "mesh/tokens.yaml"),
+        (PATHS.objects / "ConfigMap" / "istio-system" / "istio-ca-root-cert.yaml",
+         "objects/ConfigMap/istio-system/istio-ca-root-cert.yaml"),  # fmt: skip
     ],
 )
 def test_where_things_are(path: Path, written: str) -> None:
