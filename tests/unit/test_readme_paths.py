@@ -20,8 +20,10 @@ PATHS = Store(STATE).paths
         (PATHS.daemon_log, "logs/daemon.log"),
         (PATHS.pod_log("istio-system", "client"), "logs/istio-system_<pod>.log"),
         (PATHS.tokens, "mesh/tokens.yaml"),
-        (PATHS.objects / "ConfigMap" / "istio-system" / "istio-ca-root-cert.yaml",
-         "objects/ConfigMap/istio-system/istio-ca-root-cert.yaml"),  # fmt: skip
+        (
+            PATHS.objects / "ConfigMap" / "istio-system" / "istio-ca-root-cert.yaml",
+            "objects/ConfigMap/istio-system/istio-ca-root-cert.yaml",
+        ),
     ],
 )
 def test_where_things_are(path: Path, written: str) -> None:
