@@ -28,6 +28,7 @@ from mesh.errors import MeshError
 from meshctl.converge import lagging
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
+from meshctl.lab.meshview import ISTIOD, NODE_AGENT, ZTUNNEL, mesh_pods, ztunnel
 from meshctl.lab.testkit import SystemSnapshot, unique_lab_id
 from meshctl.nethttp import http_get
 from meshctl.ztunnel_config import fetch_admin
@@ -293,9 +294,9 @@ class MeshLab:
 
     # ------------------------------------------------------------------------------------ ztunnel
     def zc(self, node: str, view: str) -> list[dict[str, Any]]:
-        """``meshctl zc <view>`` rows from the node's ztunnel admin endpoint."""
+        """``meshctl zc <view>`` rows from the admin endpoint of the node's ztunnel pod."""
         rows: list[dict[str, Any]] = fetch_admin(
-            "127.0.0.1:15000", "/config_dump", netns=self.node_netns(node)
+            "127.0.0.1:15000", "/config_dump", netns=ztunnel(self.lab, node).netns
         )[view]
         return rows
 
@@ -304,9 +305,9 @@ class MeshLab:
         return next((w for w in self.zc(node, "workloads") if w["name"] == pod_name), None)
 
     def metrics_text(self, node: str) -> str:
-        """The node ztunnel's /metrics page."""
-        settings = self.lab.settings.node(node)
-        status, body = http_get(settings.address, 15020, "/metrics", netns=settings.netns)
+        """The node ztunnel's /metrics page (its pod's :15020)."""
+        pod = ztunnel(self.lab, node)
+        status, body = http_get(pod.ip, 15020, "/metrics", netns=pod.netns)
         assert status == 200, f"ztunnel on {node} answered /metrics with {status}"
         return body.decode()
 
@@ -320,11 +321,15 @@ class MeshLab:
         return total
 
     def access_log(self, node: str) -> list[dict[str, Any]]:
-        """The node ztunnel's access-log entries (``connection complete``), oldest first."""
+        """The access-log entries (``connection complete``) of the node's ztunnel pods (two while one
+        rolls), oldest pod first, each pod's in order."""
         entries = []
-        for line in self._read(self.lab.paths.root / "mesh" / "logs" / f"ztunnel-{node}.log").splitlines():
-            if line.startswith("{") and '"connection complete"' in line:
-                entries.append(json.loads(line))
+        for pod in mesh_pods(self.lab, ZTUNNEL):
+            if pod.node != node:
+                continue
+            for line in self._read(pod.log).splitlines():
+                if line.startswith("{") and '"connection complete"' in line:
+                    entries.append(json.loads(line))
         return entries
 
     # ----------------------------------------------------------------------------------- waiting
@@ -366,14 +371,13 @@ class MeshLab:
         )
 
     def diagnostics(self, pods: Sequence[str] = ()) -> str:
-        """The last lines of the mesh's logs (and of ``pods``' logs), for failure messages."""
-        logs = self.lab.paths.root / "mesh" / "logs"
+        """The last lines of the mesh pods' logs (and of ``pods``' logs), for failure messages."""
         parts = []
-        for name in (
-            "istiod",
-            *(f"{c}-{n}" for n in (CLIENT_NODE, SERVER_NODE) for c in ("node-agent", "ztunnel")),
-        ):
-            parts.append(f"--- {name}.log (tail)\n{_tail(self._read(logs / f'{name}.log'))}")
+        for app in (ISTIOD, NODE_AGENT, ZTUNNEL):
+            for mesh_pod in mesh_pods(self.lab, app):
+                parts.append(
+                    f"--- {mesh_pod.ref} on {mesh_pod.node} (tail)\n{_tail(self._read(mesh_pod.log))}"
+                )
         for pod in pods:
             parts.append(f"--- pod {pod} log (tail)\n{_tail(self.lab.logs(pod))}")
         return "\n".join(parts)
