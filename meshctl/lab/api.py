@@ -34,7 +34,7 @@ from meshctl.lab.cleanup import (
 )
 from meshctl.lab.cni import CONFLIST_NAME, default_conflist
 from meshctl.lab.errors import LabError, LabNotRunningError
-from meshctl.lab.mesh import awaiting_enrolment, mesh_objects
+from meshctl.lab.mesh import MESH_NAMESPACE, awaiting_enrolment, mesh_installed, mesh_objects
 from meshctl.lab.objects import parse_documents, validate_object
 from meshctl.lab.settings import (
     DEFAULT_CERT_TTL,
@@ -204,8 +204,8 @@ class Lab:
                 signal.signal(signal.SIGINT, previous)
 
     def wait_ready(self, timeout: float = 30.0) -> None:
-        """Waits until every pod is Running and ready (in a mesh lab: and enrolled when it belongs in the
-        mesh) and the daemon has programmed the data plane.
+        """Waits until every pod is Running and ready (with the mesh installed: and enrolled when it
+        belongs in the mesh) and the daemon has programmed the data plane.
 
         Raises :class:`LabError` naming the pods that are not ready (with their reasons) on timeout,
         or with the end of the daemon log if the daemon died.
@@ -247,7 +247,7 @@ class Lab:
             elif not pod_ready(pod) and status.get("phase") != "Succeeded":
                 why = status.get("message") or status.get("reason") or status.get("phase", "Pending")
                 result.append(f"{name} {why}")
-        if self.settings.mesh:
+        if mesh_installed(self.store.list("DaemonSet", MESH_NAMESPACE)):
             waiting = awaiting_enrolment(pods, self.store.list("Namespace"))
             result += [f"{name} not enrolled in the mesh yet" for name in waiting]
         return result

@@ -22,11 +22,12 @@ from meshctl.manifests import LAB_OVERLAY, Obj, render
 from ztunnel.cni.enroll import REDIRECTION, PodFacts, should_enroll
 
 __all__ = [
-    "MESH_NAMESPACE", "WAYPOINT_IMAGE", "awaiting_enrolment", "control_plane_address", "mesh_objects",
-    "waypoint_template",
+    "MESH_NAMESPACE", "NODE_AGENT_DAEMONSET", "WAYPOINT_IMAGE", "awaiting_enrolment", "control_plane_address",
+    "mesh_installed", "mesh_objects", "waypoint_template",
 ]  # fmt: skip
 
 MESH_NAMESPACE = "istio-system"
+NODE_AGENT_DAEMONSET = "istio-cni-node"
 WAYPOINT_IMAGE = "ambient-mesh:0.1.0"
 """The image named in waypoint pods (the lab runs the ``waypoint`` command of its own install)."""
 
@@ -73,6 +74,12 @@ def waypoint_template(settings: LabSettings) -> WaypointTemplate:
     return WaypointTemplate(
         mesh=mesh, cluster_domain=settings.cluster_domain, service_cidr=settings.service_cidr
     )
+
+
+def mesh_installed(daemonsets: Iterable[Obj]) -> bool:
+    """True when the node agents' DaemonSet (``istio-system/istio-cni-node``) is installed and not
+    being deleted: pods that belong in the mesh then get enrolled."""
+    return any(d["metadata"]["name"] == NODE_AGENT_DAEMONSET and not is_terminating(d) for d in daemonsets)
 
 
 def awaiting_enrolment(pods: Iterable[Obj], namespaces: Iterable[Obj]) -> list[str]:

@@ -9,7 +9,7 @@ import pytest
 
 from meshctl.lab import builders as b
 from meshctl.lab.errors import LabError
-from meshctl.lab.mesh import awaiting_enrolment, mesh_objects
+from meshctl.lab.mesh import awaiting_enrolment, mesh_installed, mesh_objects
 from meshctl.lab.settings import build_settings
 from meshctl.manifests import render
 
@@ -79,3 +79,12 @@ def test_ready_pods_of_an_ambient_namespace_are_awaited_until_their_agent_enrols
     outside = _running(_pod("client", "legacy"))
     pods = [waiting, done, opted_out, starting, outside]
     assert awaiting_enrolment(pods, namespaces) == ["demo/client"]
+
+
+def test_enrolment_is_awaited_only_while_the_node_agents_are_installed() -> None:
+    agents = {"kind": "DaemonSet", "metadata": {"name": "istio-cni-node", "namespace": "istio-system"}}
+    assert mesh_installed([agents])
+    assert not mesh_installed([])
+    assert not mesh_installed(
+        [{**agents, "metadata": {**agents["metadata"], "deletionTimestamp": "2026-12-06T00:00:00Z"}}]
+    )
