@@ -82,9 +82,12 @@ def test_ready_pods_of_an_ambient_namespace_are_awaited_until_their_agent_enrols
 
 
 def test_enrolment_is_awaited_only_while_the_node_agents_are_installed() -> None:
-    agents = {"kind": "DaemonSet", "metadata": {"name": "istio-cni-node", "namespace": "istio-system"}}
-    assert mesh_installed([agents])
+    def agents(**meta: str) -> dict[str, Any]:
+        return {
+            "kind": "DaemonSet",
+            "metadata": {"name": "istio-cni-node", "namespace": "istio-system", **meta},
+        }
+
+    assert mesh_installed([agents()])
     assert not mesh_installed([])
-    assert not mesh_installed(
-        [{**agents, "metadata": {**agents["metadata"], "deletionTimestamp": "2026-12-06T00:00:00Z"}}]
-    )
+    assert not mesh_installed([agents(deletionTimestamp="2026-12-06T00:00:00Z")])
