@@ -10,6 +10,7 @@ every token of the pod leaves the token file with the pod.
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 import sys
@@ -41,11 +42,20 @@ from meshctl.lab.volumes import (
     VolumeLayout,
     plan_mounts,
     plan_volumes,
+    runtime_rebinds,
 )
 
 __all__ = ["IssuedToken", "VolumeRuntime", "referenced_objects", "token_refresh_at"]
 
 _MAX_TOKEN_AGE = 24 * 3600
+_RUNTIME_DIRS = (
+    sys.base_prefix,
+    sys.prefix,
+    str(Path(__file__).resolve().parents[2]),  # the code the lab and its containers run
+    *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep)),
+)
+"""What the lab's containers run (the interpreter, the venv, the code): bound back over a volume
+that would hide them (:func:`meshctl.lab.volumes.runtime_rebinds`)."""
 Objects = Mapping[ObjKey, Mapping[str, Any]]
 
 
@@ -235,6 +245,7 @@ class VolumeRuntime:
         if self._planned is None:
             raise VolumeError(f"pod {self._label}: volumes are not set up yet")
         mounts = plan_mounts(container, self._planned, env=env)
+        mounts += runtime_rebinds(mounts, _RUNTIME_DIRS)
         lab_root = Path(self._layout.state_root)
         for mount in mounts:
             source = Path(mount.source)

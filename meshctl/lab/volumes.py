@@ -14,7 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import posixpath
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,8 +36,10 @@ __all__ = [
     "VolumeError",
     "VolumeFile",
     "VolumeLayout",
+    "RUNTIME_VOLUME",
     "plan_mounts",
     "plan_volumes",
+    "runtime_rebinds",
 ]
 
 CONTENT, HOST_PATH, EMPTY_DIR = "content", "hostPath", "emptyDir"
@@ -347,6 +349,37 @@ def plan_mounts(
             )
         )
     return tuple(planned)
+
+
+RUNTIME_VOLUME = "lab-runtime"
+
+
+def runtime_rebinds(mounts: Sequence[Mount], runtime_dirs: Iterable[str]) -> tuple[Mount, ...]:
+    """The lab's own interpreter and code bound back, read-only, where a volume covers them (pure).
+
+    The lab's containers share the host's file system and run the lab's own programs; a volume at a
+    directory holding them (an emptyDir at /tmp, with a checkout and its venv under /tmp) would hide
+    them. Nested directories are bound once, at the outermost."""
+    planned = list(mounts)
+    outermost = sorted({_norm(d) for d in runtime_dirs}, key=len)
+    kept = [d for i, d in enumerate(outermost) if not any(_within(d, o) for o in outermost[:i])]
+    for directory in kept:
+        if any(_within(directory, m.target) for m in mounts):
+            planned.append(
+                Mount(
+                    volume=RUNTIME_VOLUME,
+                    source=directory,
+                    target=directory,
+                    read_only=True,
+                    propagation="private",
+                    mountpoint=_mountpoint(directory, planned),
+                )
+            )
+    return tuple(planned[len(mounts) :])
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
 
 
 def _mountpoint(target: str, earlier: list[Mount]) -> str:

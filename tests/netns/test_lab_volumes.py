@@ -329,3 +329,19 @@ def test_a_mount_covering_another_volumes_source_does_not_hide_it(tmp_path: Path
         check=False, capture_output=True, text=True, timeout=10,
     )  # fmt: skip
     assert (result.returncode, result.stdout) == (0, "here"), result.stderr
+
+
+def test_a_volume_over_the_labs_own_interpreter_does_not_hide_it(lab: Lab) -> None:
+    # As an emptyDir at /tmp covers a checkout and its venv under /tmp (CI's clone): the lab binds its
+    # interpreter and code back over the volume, so the container's program still runs.
+    covered = str(Path(sys.prefix).parent)
+    script = f"{sys.executable} -c 'import meshctl.lab.mesh; print(\"ran\", 6 * 7)'; sleep 3600"
+    hider = pod("hider", "node1", script, volumes=[{"name": "hide", "emptyDir": {}}],
+                mounts=[{"name": "hide", "mountPath": covered}])  # fmt: skip
+    lab.apply([hider])
+    try:
+        wait_for(lambda: "ran 42" in lab.logs(f"{NS}/hider"), what="the program under the volume to run")
+        written = lab.exec_in_pod(f"{NS}/hider", ["touch", f"{sys.prefix}/written-by-a-container"])
+        assert written.returncode != 0 and "Read-only file system" in written.stderr  # bound back read-only
+    finally:
+        lab.delete([hider])

@@ -25,6 +25,7 @@ from meshctl.lab.volumes import (
     VolumeLayout,
     plan_mounts,
     plan_volumes,
+    runtime_rebinds,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -305,6 +306,16 @@ def test_mounts_are_ordered_parents_first_with_nested_mount_points_inside_the_pa
             "ca", f"/state/run/pods/{UID}/volumes/ca", "/var/lib/istiod/ca", True, "private", f"{state}/ca"
         ),
     )
+
+
+def test_the_labs_own_interpreter_and_code_are_bound_back_over_a_volume_that_covers_them() -> None:
+    mounts = mounts_of([{"name": "tmp", "emptyDir": {}}], [{"name": "tmp", "mountPath": "/tmp"}])
+    runtime = ["/tmp/checkout/.venv", "/tmp/checkout", "/root/.pyenv/versions/3.11.7", "/tmp/checkout/x/"]
+    tmp = f"/state/run/pods/{UID}/volumes/tmp"
+    assert runtime_rebinds(mounts, runtime) == (  # once, at the outermost; the uncovered one is left
+        Mount("lab-runtime", "/tmp/checkout", "/tmp/checkout", True, "private", f"{tmp}/checkout"),
+    )
+    assert runtime_rebinds(mounts, ["/usr", "/opt/venv"]) == ()
 
 
 @pytest.mark.parametrize(
