@@ -1,7 +1,8 @@
 """The lab's controllers as pure planning functions: objects in, actions out.
 
 Deployment -> ReplicaSet (one per pod template, named ``<deploy>-<pod-template-hash>``) -> Pods
-(``<replicaset>-<5 random>``), owned as on Kubernetes; DaemonSet -> one Pod per node
+(``<replicaset>-<5 random>``), owned as on Kubernetes, a new template rolled out within ``maxSurge``
+and ``maxUnavailable`` (or ``Recreate``); DaemonSet -> one Pod per node
 (``<daemonset>-<5 random>``, labelled ``controller-revision-hash``), a new template rolled out node
 by node within ``maxUnavailable`` (or, with ``OnDelete``, as old pods are deleted); orphans are
 garbage collected; pods are placed with :func:`meshctl.lab.ipam.place_pod`. Endpoint slices and
@@ -11,6 +12,7 @@ statuses are in :mod:`meshctl.lab.endpoints`.
 from __future__ import annotations
 
 import copy
+import math
 import random
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -80,29 +82,100 @@ def _of_kind(objects: Objects, kind: str) -> list[dict[str, Any]]:
 
 
 def _plan_replicasets(objects: Objects, *, rng: random.Random, now: float) -> list[Action]:
+    """Each Deployment's ReplicaSets: the current template's scaled to ``replicas``; on a new template
+    a rolling update (:func:`_roll_replicasets`), or with ``Recreate`` the old ones removed first and
+    the new one created once their pods are gone."""
     actions: list[Action] = []
     replicasets = _of_kind(objects, "ReplicaSet")
+    pods = [p for p in _of_kind(objects, "Pod") if controller_uid(p)]
     for deploy in _of_kind(objects, "Deployment"):
         meta, spec = deploy["metadata"], deploy["spec"]
         template_hash = hash_suffix(spec["template"])
         name = f"{meta['name']}-{template_hash}"
         owned = [rs for rs in replicasets if controller_uid(rs) == meta["uid"]]
-        for old in owned:
-            if old["metadata"]["name"] != name:
-                actions.append(Remove(("ReplicaSet", meta["namespace"], old["metadata"]["name"])))
         current = next((rs for rs in owned if rs["metadata"]["name"] == name), None)
+        old = [rs for rs in owned if rs is not current]
         replicas = spec.get("replicas", 1)
+        if (spec.get("strategy") or {}).get("type") == "Recreate":
+            for rs in old:  # scaled to 0, removed once its pods are gone
+                has_pods = any(controller_uid(p) == rs["metadata"]["uid"] for p in pods)
+                actions += _scaled(rs, 0) if has_pods else [Remove(_rs_key(rs))]
+            if current is None and not old:
+                actions.append(Put(_new_replicaset(deploy, name, template_hash, replicas, rng=rng, now=now)))
+            elif current is not None:
+                actions += _scaled(current, replicas)
+            continue
+        targets = _roll_replicasets(deploy, current, old, pods)
         if current is None:
-            actions.append(Put(_new_replicaset(deploy, name, template_hash, rng=rng, now=now)))
-        elif current["spec"]["replicas"] != replicas:
-            updated = copy.deepcopy(current)
-            updated["spec"]["replicas"] = replicas
-            actions.append(Put(updated))
+            actions.append(Put(_new_replicaset(deploy, name, template_hash, targets[0], rng=rng, now=now)))
+        else:
+            actions += _scaled(current, targets[0])
+        for rs, target in zip(old, targets[1:], strict=True):
+            actions += [Remove(_rs_key(rs))] if target == 0 else _scaled(rs, target)
     return actions
 
 
+def _roll_replicasets(
+    deploy: dict[str, Any],
+    current: dict[str, Any] | None,
+    old: list[dict[str, Any]],
+    pods: list[dict[str, Any]],
+) -> list[int]:
+    """The replica counts of the current ReplicaSet and of each old one for this step of a rolling
+    update, as the Deployment controller computes them: the new one grows while all of them together
+    stay within ``replicas + maxSurge``; old pods go while at least ``replicas - maxUnavailable`` are
+    ready (not-ready old pods go at once). Defaults 25 % each (surge rounded up, unavailable down)."""
+    spec = deploy["spec"]
+    replicas = spec.get("replicas", 1)
+    rolling = (spec.get("strategy") or {}).get("rollingUpdate") or {}
+    surge = _rolling_count(rolling.get("maxSurge", "25%"), replicas, round_up=True)
+    unavailable = _rolling_count(rolling.get("maxUnavailable", "25%"), replicas, round_up=False)
+    if surge == 0 and unavailable == 0:
+        unavailable = 1  # Kubernetes refuses both 0; the lab still makes progress
+
+    def ready(rs: dict[str, Any] | None) -> int:
+        uid = rs["metadata"]["uid"] if rs else None
+        return sum(1 for p in pods if controller_uid(p) == uid and not is_terminating(p) and pod_ready(p))
+
+    if not old:
+        return [replicas]
+    new = int(current["spec"]["replicas"]) if current else 0
+    olds = [int(rs["spec"]["replicas"]) for rs in old]
+    available = min(ready(current), new) + sum(min(ready(rs), n) for rs, n in zip(old, olds, strict=True))
+    new = min(replicas, max(new, replicas + surge - sum(olds)))
+    removable = max(0, available - (replicas - unavailable))
+    for i, rs in enumerate(old):
+        not_ready = max(0, olds[i] - ready(rs))
+        take_ready = min(olds[i] - not_ready, removable)
+        removable -= take_ready
+        olds[i] -= not_ready + take_ready
+    return [new, *olds]
+
+
+def _rolling_count(value: Any, replicas: int, *, round_up: bool) -> int:
+    """``maxSurge``/``maxUnavailable``: a count, or a percentage of ``replicas``."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return max(0, value)
+    if isinstance(value, str) and value.endswith("%") and value[:-1].isdigit():
+        share = replicas * int(value[:-1]) / 100
+        return math.ceil(share) if round_up else math.floor(share)
+    return 0
+
+
+def _scaled(rs: dict[str, Any], replicas: int) -> list[Action]:
+    if rs["spec"]["replicas"] == replicas:
+        return []
+    updated = copy.deepcopy(rs)
+    updated["spec"]["replicas"] = replicas
+    return [Put(updated)]
+
+
+def _rs_key(rs: dict[str, Any]) -> ObjKey:
+    return ("ReplicaSet", rs["metadata"]["namespace"], rs["metadata"]["name"])
+
+
 def _new_replicaset(
-    deploy: dict[str, Any], name: str, template_hash: str, *, rng: random.Random, now: float
+    deploy: dict[str, Any], name: str, template_hash: str, replicas: int, *, rng: random.Random, now: float
 ) -> dict[str, Any]:
     spec = deploy["spec"]
     template = copy.deepcopy(spec["template"])
@@ -123,7 +196,7 @@ def _new_replicaset(
             "ownerReferences": [owner_ref(deploy)],
         },
         "spec": {
-            "replicas": spec.get("replicas", 1),
+            "replicas": replicas,
             "selector": {"matchLabels": selector},
             "template": template,
         },

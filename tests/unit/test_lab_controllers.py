@@ -82,6 +82,48 @@ def test_template_change_replaces_the_replicaset_and_its_pods() -> None:
     assert deleted == [("Pod", "demo", old_pod["metadata"]["name"])]
 
 
+def _rolled(objects: Objects, rng: random.Random, *, ready: bool) -> tuple[int, int]:
+    """One planning pass (pods run, ready or not); (ready pods of the new template, of the old)."""
+    for action in plan(objects, nodes=NODES, rng=rng, now=NOW):
+        apply_local(objects, action)
+    live = [p for p in of_kind(objects, "Pod") if not p["metadata"].get("deletionTimestamp")]
+    for pod in live:
+        if "status" not in pod or pod["status"].get("phase") == "Pending":
+            pod["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": str(ready)}]}
+    for key in [k for k, o in objects.items() if k[0] == "Pod" and o["metadata"].get("deletionTimestamp")]:
+        del objects[key]  # the runtime stopped it
+    new = sum(p["spec"]["containers"][0]["command"] == ["y"] for p in live)
+    return new, len(live) - new
+
+
+def test_a_rolling_update_keeps_every_replica_while_the_new_ones_become_ready() -> None:
+    rng = random.Random(6)
+    deploy = b.deployment("istiod", "demo", command=["x"], replicas=2)
+    deploy["spec"]["strategy"] = {"rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    objects = settle(store(b.namespace("demo"), deploy), rng)
+    run_pods(objects)
+    objects[("Deployment", "demo", "istiod")]["spec"]["template"]["spec"]["containers"][0]["command"] = ["y"]
+    steps = [_rolled(objects, rng, ready=False) for _ in range(3)]
+    assert steps == [(1, 2), (1, 2), (1, 2)]  # one surge pod; no old one goes while it is not ready
+    for pod in of_kind(objects, "Pod"):
+        pod["status"]["conditions"] = [{"type": "Ready", "status": "True"}]
+    steps = [_rolled(objects, rng, ready=True) for _ in range(6)]
+    assert all(new + old <= 3 and new + old >= 2 for new, old in steps), steps
+    assert steps[-1] == (2, 0) and len(of_kind(objects, "ReplicaSet")) == 1
+
+
+def test_recreate_removes_the_old_pods_before_the_new_ones_start() -> None:
+    rng = random.Random(7)
+    deploy = b.deployment("web", "demo", command=["x"], replicas=2)
+    deploy["spec"]["strategy"] = {"type": "Recreate"}
+    objects = settle(store(b.namespace("demo"), deploy), rng)
+    run_pods(objects)
+    objects[("Deployment", "demo", "web")]["spec"]["template"]["spec"]["containers"][0]["command"] = ["y"]
+    steps = [_rolled(objects, rng, ready=True) for _ in range(6)]
+    assert steps[0] == (0, 0) and steps[-1] == (2, 0), steps  # the old pods are deleted first
+    assert all(new == 0 or old == 0 for new, old in steps), steps  # never both
+
+
 def test_scale_down_deletes_not_ready_pods_first() -> None:
     rng = random.Random(4)
     objects = settle(store(b.namespace("demo"), b.deployment("web", "demo", command=["x"], replicas=3)), rng)
