@@ -1,7 +1,8 @@
 """Nothing is left behind by finished connections: after many connections of every kind a ztunnel
 relays (HBONE both ways, plaintext into an enrolled pod, passthrough to a destination outside the
-mesh: the node's own address), the ztunnels' open descriptors and tracked connections are back where
-they were, and each connection got its access-log line."""
+mesh: the node's own address, where its node agent answers readiness), the ztunnels' open
+descriptors and tracked connections are back where they were, and each connection got its
+access-log line."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from collections.abc import Callable
 
 import pytest
 
+from meshctl.lab.meshview import node_agent, ztunnel
 from meshctl.ztunnel_config import fetch_admin
 from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, SERVER_NODE, MeshLab
 
@@ -19,12 +21,23 @@ ROUNDS = 25
 
 
 def _fds(mesh: MeshLab, node: str) -> int:
-    pid = int((mesh.lab.paths.root / "mesh" / "pids" / f"ztunnel-{node}.pid").read_text().split()[0])
+    pod = ztunnel(mesh.lab, node)
+    pid = pod.pid()
+    assert pid is not None, f"{pod.ref} has no running process"
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
 def _tracked(mesh: MeshLab, node: str) -> int:
-    return len(fetch_admin("127.0.0.1:15000", "/connections", netns=mesh.node_netns(node))["connections"])
+    admin = fetch_admin("127.0.0.1:15000", "/connections", netns=ztunnel(mesh.lab, node).netns)
+    return len(admin["connections"])
+
+
+def _node_readiness_url(mesh: MeshLab, node: str) -> tuple[str, str]:
+    """The node agent's readiness endpoint (``host:port``, path): it runs in the node's own network
+    namespace (hostNetwork), so its address is the node's, outside the mesh."""
+    agent = node_agent(mesh.lab, node)
+    probe = mesh.pod(agent.ref)["spec"]["containers"][0]["readinessProbe"]["httpGet"]
+    return f"{agent.ip}:{probe['port']}", probe["path"]
 
 
 def _lines(mesh: MeshLab, node: str, match: Callable[[dict[str, object]], bool]) -> int:
@@ -33,11 +46,12 @@ def _lines(mesh: MeshLab, node: str, match: Callable[[dict[str, object]], bool])
 
 def test_finished_connections_leave_no_descriptor_and_no_tracked_connection(mesh: MeshLab) -> None:
     server_ip, legacy_ip = mesh.pod_ip("demo/server"), mesh.pod_ip("legacy/client")
-    outside = f"{mesh.lab.settings.node(CLIENT_NODE).address}:15021"  # the node's own readiness port
+    outside, ready_path = _node_readiness_url(mesh, CLIENT_NODE)
+    assert outside.partition(":")[0] == mesh.lab.settings.node(CLIENT_NODE).address, outside
     kinds = {
         "hbone": ("demo/client", f"http://{server_ip}:{HTTP_PORT}/leak"),
         "plaintext": ("legacy/client", f"http://{server_ip}:{HTTP_PORT}/leak"),
-        "passthrough": ("demo/client", f"http://{outside}/healthz/ready"),
+        "passthrough": ("demo/client", f"http://{outside}{ready_path}"),
     }
     counts = {
         "hbone": lambda e: e.get("direction") == "inbound" and "src.identity" in e,

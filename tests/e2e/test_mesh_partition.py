@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from meshctl.lab.meshview import ztunnel
 from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, SERVER_NODE, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -37,8 +38,7 @@ def partition(mesh: MeshLab) -> Iterator[None]:
 
 
 def _keepalive_timeouts(mesh: MeshLab) -> int:
-    log = mesh.lab.paths.root / "mesh" / "logs" / f"ztunnel-{CLIENT_NODE}.log"
-    return log.read_text().count('"hbone.keepalive_timeout"')
+    return ztunnel(mesh.lab, CLIENT_NODE).log.read_text().count('"hbone.keepalive_timeout"')
 
 
 def test_a_dead_pooled_connection_is_found_and_replaced_after_the_heal(mesh: MeshLab) -> None:

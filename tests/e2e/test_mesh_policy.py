@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.lab.meshview import ztunnel
 from meshctl.ztunnel_config import fetch_admin
 from tests.e2e.conftest import (
     CLIENT_NODE,
@@ -198,7 +199,7 @@ def test_without_strict_the_legacy_client_does_deliver(mesh: MeshLab) -> None:
     (entry,) = mesh.wait_for(logged, what="the inbound plaintext connection's access-log line at close")
     assert entry["dst.addr"] == f"{sink_ip}:{SINK_PORT}" and entry["bytes_recv"] == NBYTES, entry
     assert "src.identity" not in entry and "error" not in entry, entry
-    open_now = fetch_admin("127.0.0.1:15000", "/connections", netns=mesh.node_netns(SERVER_NODE))
+    open_now = fetch_admin("127.0.0.1:15000", "/connections", netns=ztunnel(mesh.lab, SERVER_NODE).netns)
     assert not [c for c in open_now["connections"] if c["src.addr"].startswith(f"{legacy_ip}:")], open_now
 
 

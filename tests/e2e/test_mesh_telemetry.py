@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.lab.meshview import ztunnel
 from tests.e2e.conftest import CLIENT_NODE, ECHO_PORT, ECHO_PREFIX, HTTP_PORT, SERVER_NODE, MeshLab, spiffe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -105,7 +106,7 @@ def test_meshctl_reads_and_changes_a_running_ztunnels_log_level(mesh: MeshLab) -
         assert zc_log() == f"{CLIENT_NODE}: log level debug"
     finally:
         assert zc_log("--level", "info") == f"{CLIENT_NODE}: log level info"
-    log = (mesh.lab.paths.root / "mesh" / "logs" / f"ztunnel-{CLIENT_NODE}.log").read_text()
+    log = ztunnel(mesh.lab, CLIENT_NODE).log.read_text()
     changes = [json.loads(line)["new_level"] for line in log.splitlines() if '"admin.log_level"' in line]
     assert changes[-2:] == ["debug", "info"], changes  # each change is logged
 

@@ -3,7 +3,6 @@ a token istiod_lite knows and a status; deleting the Gateway removes what it own
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -43,6 +42,17 @@ def owned(mesh: MeshLab) -> dict[str, dict[str, Any]]:
     return found
 
 
+def _pod_token(mesh: MeshLab, token_file: str) -> tuple[str, str] | None:
+    """The running waypoint pod's projected token, read where its process reads it, and the pod
+    (``ns/name``); None until the pod runs."""
+    names = [p["metadata"]["name"] for p in mesh.lab.pods("demo")]
+    pod = next((f"demo/{name}" for name in names if name.startswith("waypoint")), None)
+    if pod is None:
+        return None
+    done = mesh.exec(pod, "cat", token_file)
+    return (done.stdout.strip(), pod) if done.returncode == 0 and done.stdout.strip() else None
+
+
 def test_a_waypoint_gateway_is_deployed_with_a_token_and_a_status_and_removed_with_it(mesh: MeshLab) -> None:
     gateway = waypoint_gateway()
     mesh.lab.apply([gateway])
@@ -53,10 +63,12 @@ def test_a_waypoint_gateway_is_deployed_with_a_token_and_a_status_and_removed_wi
         pod_spec = objects["Deployment"]["spec"]["template"]["spec"]
         assert pod_spec["serviceAccountName"] == "waypoint"
         args = pod_spec["containers"][0]["args"]
-        token_file = args[args.index("--token-file") + 1]
-        assert os.stat(token_file).st_mode & 0o777 == 0o600
-        tokens = yaml.safe_load((mesh.lab.paths.root / "mesh" / "tokens.yaml").read_text())
-        assert tokens[Path(token_file).read_text().strip()] == {"identity": "demo/waypoint"}
+        token, pod = mesh.wait_for(
+            lambda: _pod_token(mesh, args[args.index("--token-file") + 1]), what="the waypoint pod's token"
+        )
+        tokens = yaml.safe_load(mesh.lab.paths.tokens.read_text())
+        entry = tokens[token]  # what istiod_lite's lab authenticator knows
+        assert (entry["identity"], entry["audience"], entry["pod"]) == ("demo/waypoint", "istio-ca", pod)
 
         def status() -> dict[str, Any] | None:
             (stored,) = [
