@@ -1,4 +1,5 @@
-"""The HBONE pool against our server: reuse, the stream limit, idle release, dead-connection eviction."""
+"""The HBONE pool against our server: reuse, the stream limit, idle release, dead-connection eviction,
+a draining peer."""
 
 from __future__ import annotations
 
@@ -159,6 +160,45 @@ async def test_a_dead_connection_is_evicted_and_the_next_stream_uses_a_fresh_one
         assert p.pool.connections(p.key) == []
         await _finish(*await p.echo())
         assert p.pool.connections_opened == 2
+
+
+async def test_a_draining_peer_s_connection_keeps_its_streams_while_new_ones_go_to_a_fresh_one() -> None:
+    async with pool_rig() as p:
+        old = await p.echo()
+        (conn,) = p.pool.connections(p.key)
+        (server_conn,) = p.rig.server.connections
+        drain = asyncio.ensure_future(server_conn.drain(deadline=5))  # GOAWAY, as a rolled ztunnel sends
+        await wait_until(lambda: conn.going_away, within=5)
+        new = await p.echo()  # after the GOAWAY: a new connection, and the old one is left alone
+        assert p.pool.connections_opened == 2
+        assert not conn.is_closed
+        await _finish(*old)  # the stream open on the old connection finishes there
+        async with asyncio.timeout(5):
+            assert await drain == 0
+            await conn.closed  # closed by itself after its last stream
+        await _finish(*new)
+
+
+async def test_a_stream_opened_while_the_peer_s_goaway_is_on_the_way_is_opened_again_elsewhere() -> None:
+    async with pool_rig() as p:
+        old = await p.echo()
+        (conn,) = p.pool.connections(p.key)
+        (server_conn,) = p.rig.server.connections
+        assert conn.transport is not None
+        conn.transport.pause_reading()  # the GOAWAY is still on the way when the next stream opens
+        drain = asyncio.ensure_future(server_conn.drain(deadline=5))
+        await asyncio.sleep(0.1)
+        opening = asyncio.ensure_future(p.echo())
+        await asyncio.sleep(0.1)
+        conn.transport.resume_reading()  # GOAWAY, then the refusal of the stream opened after it
+        async with asyncio.timeout(5):
+            new = await opening
+        assert p.pool.connections_opened == 2
+        assert len(p.rig.handler.requests) == 2  # the refused stream never reached the handler
+        await _finish(*old)
+        await _finish(*new)
+        async with asyncio.timeout(5):
+            assert await drain == 0
 
 
 async def test_a_failed_connect_fails_every_waiter_and_is_not_pooled() -> None:

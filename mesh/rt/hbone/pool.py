@@ -5,7 +5,10 @@ different identities never share a connection. A connection carries up to ``max_
 streams (100); the next stream opens a new connection. Requests for a key that arrive while its
 connection is still being set up share that connection. A connection with no stream for
 ``idle_timeout`` (5 min) is released with GOAWAY; a dead one (closed, GOAWAY received, keepalive
-timeout) is evicted and the next stream goes to a fresh connection.
+timeout) is evicted and the next stream goes to a fresh connection. A connection the peer sent GOAWAY
+is only forgotten, not closed: its open streams finish (the peer drains them until its deadline), and
+it closes itself after the last one. A stream the peer refused (REFUSED_STREAM: opened while its GOAWAY
+was on the way) was never processed, so it is opened again on another connection (RFC 9113 8.7).
 """
 
 from __future__ import annotations
@@ -17,10 +20,12 @@ from typing import Protocol
 
 from mesh.clock import Clock
 from mesh.errors import ConfigError
+from mesh.h2.errors import ErrorCode
 from mesh.identity.spiffe import WorkloadIdentity
 from mesh.rt.hbone._log import EventLog, default_log
 from mesh.rt.hbone.client import HboneClientConnection, StreamLimitError, connect
 from mesh.rt.hbone.config import HboneConfig
+from mesh.rt.hbone.errors import StreamResetError
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.net.sockets import SocketFactory
 from mesh.rt.net.timers import LoopScheduler, Scheduler, TimerHandle
@@ -107,7 +112,7 @@ class HbonePool:
         self, key: PoolKey, authority: str, headers: tuple[tuple[str, str], ...] = ()
     ) -> tuple[int, HboneStream]:
         """CONNECT ``authority`` over a pooled connection for ``key``; returns the status and the stream."""
-        for _ in range(3):  # a peer with a lower stream limit than ours makes us move on
+        for _ in range(3):  # a peer with a lower stream limit, or going away, makes us move on
             slot = await self._acquire(key)
             conn = slot.conn
             assert conn is not None
@@ -117,6 +122,11 @@ class HbonePool:
                 slot.full = True
                 self._release(slot)
                 continue
+            except StreamResetError as exc:
+                self._release(slot)
+                if exc.error_code != ErrorCode.REFUSED_STREAM:
+                    raise
+                continue  # never processed by the peer: safe on another connection
             except BaseException:
                 self._release(slot)
                 raise
@@ -157,7 +167,7 @@ class HbonePool:
             if slot.dead or slot.full or slot.streams >= limit:
                 continue
             if slot.conn is not None and not slot.conn.usable:
-                self._evict(slot)
+                self._forget(slot)  # closed or going away: it ends itself once its streams are done
                 continue
             self._reserve(slot)
             if slot.conn is None:
@@ -225,6 +235,13 @@ class HbonePool:
             self._evict(slot)
 
     def _evict(self, slot: _Slot) -> None:
+        """Forgets the slot and closes its connection (GOAWAY; streams still open end with it)."""
+        self._forget(slot)
+        if slot.conn is not None and not slot.conn.is_closed:
+            slot.conn.close()
+
+    def _forget(self, slot: _Slot) -> None:
+        """Takes the slot out of the pool; its connection is left as it is."""
         if slot.dead:
             return
         slot.dead = True
@@ -237,8 +254,6 @@ class HbonePool:
                 group.remove(slot)
             if not group:
                 del self._slots[slot.key]
-        if slot.conn is not None and not slot.conn.is_closed:
-            slot.conn.close()
 
 
 def _retrieve(task: asyncio.Task[HboneClientConnection]) -> None:
