@@ -1,101 +1,108 @@
-"""Handing a node over to a new ztunnel while its pods keep opening connections (catalogue 28).
+"""The ztunnel DaemonSet rolled on both nodes five times under load (issue 17, catalogue 28).
 
-As in an Istio DaemonSet update: a second ztunnel on the node connects to the node agent, gets the
-snapshot and binds the same in-pod ports next to the first one (SO_REUSEPORT); the first one is then
-stopped (SIGTERM: it drains) and the lab's supervisor starts it again, as kubelet would; finally the
-second one is stopped too. A client pod on that node opens 200 new connections a second all along,
-and holds three long-lived ones. No new connection may fail: a closing listener's queued connections
-move to the other ztunnel's listener (the node agent sets ``net.ipv4.tcp_migrate_req`` in the pod).
-The long-lived ones stay usable until their ztunnel's drain deadline, are closed then, and each
-ztunnel counts the connections it cut.
+Each roll changes the DaemonSet's pod template (a ``kubectl.kubernetes.io/restartedAt`` annotation,
+as ``kubectl rollout restart`` does); with ``maxSurge: 1, maxUnavailable: 0`` the lab starts the new
+ztunnel pod beside the old one on one node at a time: it gets every enrolled pod's network namespace
+from the node agent and binds the same in-pod listeners (SO_REUSEPORT); once it is ready the old pod
+is deleted and drains (SIGTERM, ``--drain-deadline``). A roll is complete when both nodes run a new,
+ready pod and the old ones are gone.
+
+The client pod on node1 opens 200 new connections a second all along: not one may be refused, reset
+or fail otherwise (a closing listener's queued connections move to the new listener: the node agent
+sets ``net.ipv4.tcp_migrate_req`` in the pod). Before each roll the client also holds three
+long-lived connections through the old ztunnel: they stay usable until its drain deadline, are closed
+then, and the old ztunnel counts them as cut.
 """
 
 from __future__ import annotations
 
+import copy
+import datetime
 import json
-import os
-import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
-from mesh.testing.processes import stop_process
-from meshctl.nethttp import http_get
-from tests.e2e.conftest import CLIENT_NODE, CONNECTS, ECHO_PORT, HOLD, HTTP_PORT, MeshLab
+from meshctl.lab.mesh import MESH_NAMESPACE
+from meshctl.lab.meshview import ZTUNNEL, MeshPod, mesh_pods
+from tests.e2e.conftest import CLIENT_NODE, CONNECTS, ECHO_PORT, HOLD, HTTP_PORT, SERVER_NODE, MeshLab
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(150)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
+ROLLS = 5
 RATE = 200.0
 """New connections a second, as catalogue 28 asks at full scale."""
+LOAD_SECONDS = 80.0
+"""How long the load runs: longer than the five rolls take (about 10 s each; the test checks it)."""
 DRAIN_DEADLINE = 5.0
-"""ztunnel's default ``--drain-deadline`` (the lab runs it with the default)."""
-
+"""ztunnel's default ``--drain-deadline`` (the DaemonSet runs it with the default)."""
 HELD = 3
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 
-def _pid_file(mesh: MeshLab) -> Path:
-    return mesh.lab.paths.root / "mesh" / "pids" / f"ztunnel-{CLIENT_NODE}.pid"
+@dataclass(frozen=True, slots=True)
+class Roll:
+    """One roll of the DaemonSet: when it began and was complete, and the client node's old pod."""
+
+    began: float
+    complete: float
+    old_client_ztunnel: MeshPod
 
 
-def _pid(mesh: MeshLab) -> int:
-    return int(_pid_file(mesh).read_text().split()[0])
+def _ztunnel_pods(mesh: MeshLab) -> list[dict[str, Any]]:
+    """Every ztunnel pod the lab stores, terminating ones included."""
+    pods = mesh.lab.objects("Pod", MESH_NAMESPACE)
+    return [p for p in pods if (p["metadata"].get("labels") or {}).get("app") == ZTUNNEL]
 
 
-def _ready(mesh: MeshLab, port: int) -> bool:
-    try:
-        status, _ = http_get(
-            "127.0.0.1", port, "/healthz/ready", netns=mesh.node_netns(CLIENT_NODE), timeout=1
-        )
-    except OSError:
-        return False
-    return status == 200
+def _restart_daemonset(mesh: MeshLab) -> None:
+    """Changes the ztunnel DaemonSet's pod template, as ``kubectl rollout restart`` does."""
+    (stored,) = [d for d in mesh.lab.objects("DaemonSet", MESH_NAMESPACE) if d["metadata"]["name"] == ZTUNNEL]
+    daemonset = copy.deepcopy(stored)
+    template = daemonset["spec"]["template"]["metadata"]
+    template["annotations"] = {**(template.get("annotations") or {}), RESTARTED_AT: f"{time.time():.6f}"}
+    mesh.lab.apply([daemonset])
 
 
-def _opened_by(mesh: MeshLab, metrics_port: int) -> float:
-    """Outbound connections a ztunnel on the client's node counted (from its /metrics)."""
-    _, body = http_get("127.0.0.1", metrics_port, "/metrics", netns=mesh.node_netns(CLIENT_NODE), timeout=2)
-    total = 0.0
-    for family in text_string_to_metric_families(body.decode()):
-        for sample in family.samples:
-            if sample.name == "istio_tcp_connections_opened_total" and sample.labels["reporter"] == "source":
-                total += sample.value
-    return total
+def _rolled(mesh: MeshLab, old: set[str]) -> bool:
+    """A new ready ztunnel pod on each node and none of the ``old`` pods left."""
+    pods = _ztunnel_pods(mesh)
+    return not {p["metadata"]["uid"] for p in pods} & old and {
+        p.node for p in mesh_pods(mesh.lab, ZTUNNEL) if p.ready
+    } == {CLIENT_NODE, SERVER_NODE}
 
 
-@pytest.fixture
-def second_ztunnel(mesh: MeshLab, tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """Another ztunnel on the client's node with the lab ztunnel's arguments and its own ports."""
-    argv = Path(f"/proc/{_pid(mesh)}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")
-    ports = ["--admin", "127.0.0.1:15100", "--metrics", "0.0.0.0:15120", "--readiness", "0.0.0.0:15121"]
-    with (tmp_path / "ztunnel-b.log").open("wb") as log:
-        proc = subprocess.Popen(
-            ["ip", "netns", "exec", mesh.node_netns(CLIENT_NODE), *map(os.fsdecode, argv), *ports],
-            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True,
-        )  # fmt: skip
-    try:
-        yield proc
-    finally:
-        stop_process(proc, grace=15)
+def _roll(mesh: MeshLab) -> Roll:
+    """One roll of the DaemonSet, waited for until complete."""
+    old = {p["metadata"]["uid"] for p in _ztunnel_pods(mesh)}
+    assert len(old) == 2, f"not one ztunnel pod a node before the roll: {_ztunnel_pods(mesh)}"
+    (client_ztunnel,) = [p for p in mesh_pods(mesh.lab, ZTUNNEL) if p.node == CLIENT_NODE]
+    began = time.time()
+    _restart_daemonset(mesh)
+    mesh.wait_for(lambda: _rolled(mesh, old), what="the ztunnel DaemonSet rolled on both nodes", timeout=40)
+    return Roll(began=began, complete=time.time(), old_client_ztunnel=client_ztunnel)
 
 
-def _stopped_events(path: Path, offset: int = 0) -> list[dict[str, Any]]:
-    """The ``ztunnel.stopped`` events a ztunnel log holds after ``offset``."""
-    with path.open("rb") as log:
-        log.seek(offset)
-        lines = log.read().decode(errors="replace").splitlines()
+def _events(log: Path, name: str) -> list[dict[str, Any]]:
+    """The ``name`` events of a ztunnel pod's log."""
+    lines = log.read_text(errors="replace").splitlines()
     events = [json.loads(line) for line in lines if line.startswith("{")]
-    return [e for e in events if e.get("event") == "ztunnel.stopped"]
+    return [e for e in events if e.get("event") == name]
+
+
+def _unix(stamp: str) -> float:
+    return datetime.datetime.fromisoformat(stamp).timestamp()
 
 
 def _hold(mesh: MeshLab, echo: str) -> subprocess.Popen[str]:
     hold = subprocess.Popen(
-        mesh.lab.exec_argv("demo/client", ["python", "-c", HOLD, echo, str(ECHO_PORT), "60"]),
+        mesh.lab.exec_argv("demo/client", ["python", "-c", HOLD, echo, str(ECHO_PORT), "40"]),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=mesh.lab.exec_env(),
     )  # fmt: skip
     assert hold.stdout is not None
@@ -104,55 +111,52 @@ def _hold(mesh: MeshLab, echo: str) -> subprocess.Popen[str]:
     return hold
 
 
-def test_a_node_changes_ztunnel_while_its_pod_keeps_connecting(
-    mesh: MeshLab, second_ztunnel: subprocess.Popen[bytes], tmp_path: Path
-) -> None:
+def _check_held(roll: Roll, held: list[dict[str, Any]]) -> int:
+    """The held connections lived until the old ztunnel's drain deadline and were cut then; returns
+    the number the old ztunnel counted as cut."""
+    log = roll.old_client_ztunnel.log
+    draining = _events(log, "ztunnel.draining")[-1]  # its last container's (it may have restarted)
+    stopped = _events(log, "ztunnel.stopped")[-1]
+    deadline = _unix(draining["timestamp"]) + DRAIN_DEADLINE
+    for hold in held:
+        assert hold["how"] != "limit" and hold["trips"] > 20, held
+        assert deadline - 0.5 <= hold["ended"] <= deadline + 2.0, (held, draining)
+    return int(stopped["connections_cut"])
+
+
+def test_ztunnel_rolled_five_times_under_load_fails_no_new_connection(mesh: MeshLab) -> None:
     server_ip, echo = mesh.pod_ip("demo/server"), mesh.pod_ip("demo/tcpecho")
-    lab_log = mesh.lab.paths.root / "mesh" / "logs" / f"ztunnel-{CLIENT_NODE}.log"
-    lab_offset = lab_log.stat().st_size
-    mesh.wait_for(lambda: _ready(mesh, 15121), what="the second ztunnel to be ready", timeout=20)
-    holds = [_hold(mesh, echo) for _ in range(HELD)]  # on either ztunnel (the kernel's reuseport hash)
+    rolls: list[Roll] = []
+    cut: list[int] = []
     with ThreadPoolExecutor(max_workers=1) as pool:
+        load_began = time.time()
         load = pool.submit(
-            mesh.exec,
-            "demo/client",
-            "python",
-            "-c",
-            CONNECTS,
-            server_ip,
-            str(HTTP_PORT),
-            str(RATE),
-            "16",
-            timeout=60,
-        )
-        time.sleep(2.0)
-        first = _pid(mesh)
-        first_stopped = time.time()
-        os.kill(first, signal.SIGTERM)  # the DaemonSet's old pod; the supervisor starts it again
-        mesh.wait_for(
-            lambda: _pid_file(mesh).exists() and _pid(mesh) != first and _ready(mesh, 15021),
-            what="the lab to start the first ztunnel again, ready",
-            timeout=30,
-        )
-        mesh.wait_for(lambda: _opened_by(mesh, 15120) > 0, what="the second ztunnel to carry connections")
-        time.sleep(max(0.0, first_stopped + DRAIN_DEADLINE + 1.0 - time.time()))
-        second_stopped = time.time()
-        second_ztunnel.send_signal(signal.SIGTERM)
-        assert second_ztunnel.wait(timeout=15) == 0
-        done = load.result(timeout=60)
-    held = [json.loads(h.communicate(timeout=60)[0]) for h in holds]
+            mesh.exec, "demo/client", "python", "-c", CONNECTS, server_ip, str(HTTP_PORT), f"{RATE}",
+            f"{LOAD_SECONDS}", timeout=LOAD_SECONDS + 30,
+        )  # fmt: skip
+        time.sleep(1.0)
+        for _ in range(ROLLS):
+            holds = [_hold(mesh, echo) for _ in range(HELD)]  # all through the node's one ztunnel
+            rolls.append(_roll(mesh))
+            cut.append(_check_held(rolls[-1], [json.loads(h.communicate(timeout=60)[0]) for h in holds]))
+        done = load.result(timeout=LOAD_SECONDS + 60)
 
     assert done.returncode == 0, done.stderr
     result = json.loads(done.stdout)
-    print(f"hand-over: {result['ok']} new connections at {result['rate']:.0f}/s, failed: {result['failed']}")
-    assert result["failed"] == [], result
-    assert result["rate"] >= 0.9 * RATE, result
-    for hold in held:  # usable until its ztunnel's deadline, closed then
-        assert hold["how"] != "limit" and hold["trips"] > 20, held
-        assert any(
-            stopped + DRAIN_DEADLINE - 0.5 <= hold["ended"] <= stopped + DRAIN_DEADLINE + 2.0
-            for stopped in (first_stopped, second_stopped)
-        ), (held, first_stopped, second_stopped)
-    cut = _stopped_events(lab_log, lab_offset) + _stopped_events(tmp_path / "ztunnel-b.log")
-    assert len(cut) == 2, cut
-    assert sum(e["connections_cut"] for e in cut) == HELD, cut
+    failed = [entry.split(" ", 1) for entry in result["failed"]]
+    outcomes = Counter(outcome if outcome in ("refused", "reset") else "other" for _, outcome in failed)
+    for number, (roll, count) in enumerate(zip(rolls, cut, strict=True), 1):
+        during = sum(roll.began <= float(t) <= roll.complete for t, _ in failed)
+        print(
+            f"roll {number}: {roll.complete - roll.began:.1f} s, {during} new connections failed, "
+            f"{count} held connections cut at the drain deadline"
+        )
+    print(
+        f"ztunnel rolled {ROLLS} times on both nodes: {result['ok']} new connections ok at "
+        f"{result['rate']:.0f}/s, {len(failed)} failed ({outcomes['refused']} refused, "
+        f"{outcomes['reset']} reset, {outcomes['other']} other): {result['failed'][:10]}"
+    )
+    assert rolls[-1].complete < load_began + LOAD_SECONDS, "the load ended before the last roll did"
+    assert result["failed"] == [], result["failed"]
+    assert result["rate"] >= 0.9 * RATE, result["rate"]
+    assert cut == [HELD] * ROLLS, "the old ztunnel on the client's node cut its held connections"

@@ -1,15 +1,14 @@
 """Issue 20 and catalogue 30 at node scale: node1 runs 110 enrolled pods (``demo/client`` and
 sleepers of namespace ``scale``), the default pod limit of a Kubernetes node.
 
-- The node agent killed with SIGKILL comes back (the lab restarts it, as the DaemonSet would) and
-  replays its snapshot without touching any pod: every pod's rules as they were (packet counters not
-  reset), no pod object written, ztunnel keeping every proxy, and a connection open through the
-  mesh all along exchanging data without an error.
-- ztunnel killed with SIGKILL comes back and takes all 110 pods again; the time until it is ready
-  (listeners bound, a certificate for every identity) is measured, printed and under catalogue
-  30's 5 s. New connections from
-  an enrolled pod during the gap fail closed (refused, none reaches the server in plaintext) and fail
-  for no longer than that time.
+- The node agent's container killed with SIGKILL comes back (the lab restarts it in the same pod,
+  as kubelet does) and replays its snapshot without touching any pod: every pod's rules as they
+  were (packet counters not reset), no pod object written, ztunnel keeping every proxy, and a
+  connection open through the mesh all along exchanging data without an error.
+- ztunnel's container killed with SIGKILL comes back in the same pod and takes all 110 pods again;
+  the time until it is ready (listeners bound, a certificate for every identity) is measured,
+  printed and under catalogue 30's 5 s. New connections from an enrolled pod during the gap fail
+  closed (refused, none reaches the server in plaintext) and fail for no longer than that time.
 """
 
 from __future__ import annotations
@@ -27,7 +26,7 @@ from typing import Any
 import pytest
 
 from meshctl.lab import builders as b
-from meshctl.lab.supervisor import read_pid_file
+from meshctl.lab.meshview import MeshPod, node_agent, ztunnel
 from meshctl.nethttp import http_get
 from tests.e2e.conftest import (
     CLIENT_NODE,
@@ -111,14 +110,10 @@ def _proxies(mesh: MeshLab) -> float:
     return started - mesh.metric(CLIENT_NODE, "workload_manager_proxies_stopped_total")
 
 
-def _pid(mesh: MeshLab, component: str) -> int:
-    pid = read_pid_file(mesh.lab.paths.root / "mesh" / "pids" / f"{component}-{CLIENT_NODE}.pid")
-    assert pid is not None, f"the {component} of {CLIENT_NODE} is not running"
+def _pid(pod: MeshPod) -> int:
+    pid = pod.pid()
+    assert pid is not None, f"the container of {pod.ref} is not running"
     return pid
-
-
-def _log(mesh: MeshLab, component: str) -> Path:
-    return mesh.lab.paths.root / "mesh" / "logs" / f"{component}-{CLIENT_NODE}.log"
 
 
 def _event(path: Path, offset: int, name: str) -> dict[str, Any] | None:
@@ -159,7 +154,8 @@ def _resource_versions(mesh: MeshLab, pods: list[str]) -> dict[str, str]:
 def test_a_restarted_node_agent_replays_110_pods_and_touches_none(mesh: MeshLab, crowded: list[str]) -> None:
     before = {ref: _capture(mesh, ref) for ref in crowded}
     versions = _resource_versions(mesh, crowded)
-    agent_log, ztunnel_log = _log(mesh, "node-agent"), _log(mesh, "ztunnel")
+    agent = node_agent(mesh.lab, CLIENT_NODE)
+    agent_log, ztunnel_log = agent.log, ztunnel(mesh.lab, CLIENT_NODE).log
     agent_offset, ztunnel_offset = agent_log.stat().st_size, ztunnel_log.stat().st_size
     stop = mesh.lab.paths.root / "hold.stop"
     echo = mesh.pod_ip("demo/tcpecho")
@@ -169,21 +165,16 @@ def test_a_restarted_node_agent_replays_110_pods_and_touches_none(mesh: MeshLab,
     )  # fmt: skip
     try:
         assert hold.stdout is not None and hold.stdout.readline().strip() == "connected"
-        killed = _pid(mesh, "node-agent")
+        killed = _pid(agent)
         started = time.monotonic()
         os.kill(killed, signal.SIGKILL)
         recovered = mesh.wait_for(
-            lambda: next(
-                (e for e in _events_after(agent_log, agent_offset) if e.get("event") == "agent.recovered"),
-                None,
-            ),
+            lambda: _event(agent_log, agent_offset, "agent.recovered"),
             what="the restarted node agent to recover its pods",
             timeout=60,
         )
         mesh.wait_for(
-            lambda: any(
-                e.get("event") == "zds.snapshot_applied" for e in _events_after(ztunnel_log, ztunnel_offset)
-            ),
+            lambda: _event(ztunnel_log, ztunnel_offset, "zds.snapshot_applied"),
             what="ztunnel to take the new agent's snapshot",
             timeout=30,
         )
@@ -194,6 +185,7 @@ def test_a_restarted_node_agent_replays_110_pods_and_touches_none(mesh: MeshLab,
         out, _ = hold.communicate(timeout=30)
         stop.unlink(missing_ok=True)
     print(f"node agent: killed, restarted and replayed {PER_NODE} pods in {replayed:.2f} s")
+    assert agent.pid() not in (None, killed), f"the lab restarted the container in {agent.ref}"
 
     assert recovered["pods.enabled"] >= PER_NODE, recovered
     agent_events = [e.get("event") for e in _events_after(agent_log, agent_offset)]
@@ -210,10 +202,9 @@ def test_a_restarted_node_agent_replays_110_pods_and_touches_none(mesh: MeshLab,
         assert now_packets >= packets, f"the capture of {ref} was rebuilt (its counters were reset)"
 
 
-def _ready(mesh: MeshLab) -> bool:
-    node = mesh.lab.settings.node(CLIENT_NODE)
+def _ready(pod: MeshPod) -> bool:
     try:
-        status, _ = http_get(node.address, READINESS_PORT, "/healthz/ready", netns=node.netns, timeout=1)
+        status, _ = http_get(pod.ip, READINESS_PORT, "/healthz/ready", netns=pod.netns, timeout=1)
     except OSError:
         return False
     return status == 200
@@ -223,9 +214,9 @@ def test_a_restarted_ztunnel_takes_110_pods_back_and_fails_closed_meanwhile(
     mesh: MeshLab, crowded: list[str]
 ) -> None:
     server = mesh.pod_ip("demo/server")
-    ztunnel_log = _log(mesh, "ztunnel")
-    offset = ztunnel_log.stat().st_size
-    killed = _pid(mesh, "ztunnel")
+    pod = ztunnel(mesh.lab, CLIENT_NODE)
+    offset = pod.log.stat().st_size
+    killed = _pid(pod)
     probe = subprocess.Popen(
         mesh.lab.exec_argv("demo/client", ["python", "-c", PROBE, server, str(HTTP_PORT), "90"]),
         stdout=subprocess.PIPE, text=True, env=mesh.lab.exec_env(),
@@ -234,15 +225,16 @@ def test_a_restarted_ztunnel_takes_110_pods_back_and_fails_closed_meanwhile(
         time.sleep(0.5)  # a few good attempts first
         killed_at = time.time()
         os.kill(killed, signal.SIGKILL)
-        mesh.wait_for(lambda: not _ready(mesh), what="the killed ztunnel to stop answering", timeout=5)
-        mesh.wait_for(lambda: _ready(mesh), what="the new ztunnel to be ready", timeout=90)
+        mesh.wait_for(lambda: not _ready(pod), what="the killed ztunnel to stop answering", timeout=5)
+        mesh.wait_for(lambda: _ready(pod), what="the new ztunnel to be ready", timeout=90)
         ready_after = time.time() - killed_at
     finally:
         out, _ = probe.communicate(timeout=120)
     print(f"ztunnel: killed and ready again with {PER_NODE} pods in {ready_after:.2f} s")
     assert ready_after < 5.0, "catalogue 30: listeners again in every pod within 5 s"
 
-    applied = [e for e in _events_after(ztunnel_log, offset) if e.get("event") == "zds.snapshot_applied"]
+    assert pod.pid() not in (None, killed), f"the lab restarted the container in {pod.ref}"
+    applied = [e for e in _events_after(pod.log, offset) if e.get("event") == "zds.snapshot_applied"]
     assert applied and applied[-1]["proxies"] >= PER_NODE, applied
     attempts = [(float(t), outcome) for t, outcome in (line.split() for line in out.splitlines())]
     failures = [(t, outcome) for t, outcome in attempts if outcome != "ok"]

@@ -1,6 +1,7 @@
-"""A control-plane outage (catalogue 23): while istiod_lite is frozen and then killed, the ztunnels
-keep serving new connections with their last known config and certificates; once it is back (the
-lab restarts it, as the Deployment would) they reconnect and take new config again."""
+"""A control-plane outage (catalogue 23): while istiod_lite (the one pod of its Deployment) is frozen
+and then killed, the ztunnels keep serving new connections with their last known config and
+certificates; once it is back (the lab restarts the container in the same pod, as kubelet does) they
+reconnect and take new config again."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.lab.meshview import istiods
 from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, SERVER_NODE, MeshLab
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -32,10 +34,6 @@ def _marker_policy() -> dict[str, Any]:
     }
 
 
-def _istiod_pid(mesh: MeshLab) -> int:
-    return int((mesh.lab.paths.root / "mesh" / "pids" / "istiod.pid").read_text().split()[0])
-
-
 def _requests(mesh: MeshLab, rounds: int) -> list[str]:
     """Failures of ``rounds`` new connections by pod IP and by Service name."""
     failures = []
@@ -49,14 +47,18 @@ def _requests(mesh: MeshLab, rounds: int) -> list[str]:
 
 def test_ztunnels_serve_through_a_control_plane_outage_and_resync_after(mesh: MeshLab) -> None:
     assert _requests(mesh, 1) == []
-    frozen = _istiod_pid(mesh)
+    (istiod,) = istiods(mesh.lab)
+    frozen = istiod.pid()
+    assert frozen is not None, f"the container of {istiod.ref} is not running"
     os.kill(frozen, signal.SIGSTOP)
     try:
         time.sleep(3.0)
         assert _requests(mesh, 10) == [], "new connections failed while istiod_lite was frozen"
     finally:
         os.kill(frozen, signal.SIGKILL)  # it dies frozen: no goodbye to the ztunnels
-    mesh.wait_for(lambda: _istiod_pid(mesh) != frozen, what="the lab to start istiod_lite again", timeout=30)
+    mesh.wait_for(
+        lambda: istiod.pid() not in (None, frozen), what=f"the lab to start {istiod.ref} again", timeout=30
+    )
     assert _requests(mesh, 5) == [], "new connections failed while istiod_lite was restarting"
     mesh.lab.apply([_marker_policy()])
     try:

@@ -1,11 +1,13 @@
-"""Catalogue 30 and 9(a): ztunnel killed with SIGKILL while its pods are enrolled.
+"""Catalogue 30 and 9(a): the ztunnel container of a node's ztunnel pod killed with SIGKILL while its
+pods are enrolled.
 
 While no ztunnel runs, an enrolled pod's connections are refused: the capture rules stay in the pod,
-so nothing bypasses the mesh in plaintext. The lab restarts ztunnel (as the DaemonSet would); the
-node agent replays its snapshot to the new one, which takes the pods over with the same rules,
-and traffic flows again with the server's identity in the access log. No network namespace is added.
+so nothing bypasses the mesh in plaintext. The lab restarts the container in the same pod (as
+kubelet does); the node agent replays its snapshot to the new process, which takes the pods over
+with the same rules, and traffic flows again with the server's identity in the access log. No
+network namespace is added.
 
-The lab daemon, which restarts processes, is frozen for the moment of the check, so the new
+The lab daemon, which restarts containers, is frozen for the moment of the check, so the new
 ztunnel cannot win the race against it.
 """
 
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from meshctl.lab.meshview import ZTUNNEL, mesh_pods, ztunnel
 from tests.e2e.conftest import CLIENT_NODE, HTTP_PORT, MeshLab, spiffe
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -35,14 +38,15 @@ except OSError as exc:
 """
 
 
-def _ztunnel_pid(mesh: MeshLab) -> int:
-    return int((mesh.lab.paths.root / "mesh" / "pids" / f"ztunnel-{CLIENT_NODE}.pid").read_text().split()[0])
-
-
 def _rules(mesh: MeshLab, pod: str) -> str:
     """The pod's rules without comments and counters (those change with time and traffic)."""
     lines = (line for line in mesh.iptables(pod).splitlines() if not line.startswith("#"))
     return re.sub(r"\[\d+:\d+\]", "", "\n".join(lines))
+
+
+def _namespaces(mesh: MeshLab) -> set[str]:
+    """The lab's network namespaces."""
+    return {name for name in os.listdir("/var/run/netns") if name.startswith(mesh.lab.settings.prefix)}
 
 
 @contextlib.contextmanager
@@ -61,8 +65,10 @@ def test_a_killed_ztunnel_fails_closed_and_its_successor_takes_the_pods_over(mes
     url = f"http://{server_ip}:{HTTP_PORT}/restart"
     assert mesh.curl("demo/client", url).returncode == 0
     rules = _rules(mesh, "demo/client")
-    namespaces = set(os.listdir("/var/run/netns"))
-    killed = _ztunnel_pid(mesh)
+    namespaces = _namespaces(mesh)
+    pod = ztunnel(mesh.lab, CLIENT_NODE)
+    killed = pod.pid()
+    assert killed is not None, f"the container of {pod.ref} is not running"
 
     with _lab_daemon_frozen(mesh):
         os.kill(killed, signal.SIGKILL)
@@ -72,14 +78,18 @@ def test_a_killed_ztunnel_fails_closed_and_its_successor_takes_the_pods_over(mes
         legacy = mesh.curl("legacy/client", url)
         assert legacy.returncode == 0, "a pod outside the mesh does not depend on ztunnel"
 
-    mesh.wait_for(lambda: _ztunnel_pid(mesh) != killed, what="the lab to start ztunnel again", timeout=30)
+    mesh.wait_for(
+        lambda: pod.pid() not in (None, killed), what=f"the lab to start {pod.ref} again", timeout=30
+    )
     mesh.wait_for(
         lambda: mesh.curl("demo/client", url).returncode == 0,
         what="traffic through the new ztunnel",
         timeout=30,
     )
     assert _rules(mesh, "demo/client") == rules, "the new ztunnel took the pod over with the same rules"
-    assert set(os.listdir("/var/run/netns")) <= namespaces, "no network namespace was left behind"
+    on_node = [p.name for p in mesh_pods(mesh.lab, ZTUNNEL) if p.node == CLIENT_NODE]
+    assert on_node == [pod.name], "the container restarted in the same pod"
+    assert _namespaces(mesh) == namespaces, "no network namespace was added or lost"
     outbound = [e for e in mesh.access_log(CLIENT_NODE) if e.get("direction") == "outbound"]
     assert outbound, "the new ztunnel logged the connection"
     assert outbound[-1].get("dst.identity") == spiffe("demo", "server")
