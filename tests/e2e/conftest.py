@@ -133,10 +133,12 @@ print(json.dumps({"trips": trips, "ended": time.time(), "how": how}), flush=True
 
 
 # New connections at a fixed rate (argv[3] a second, spread over worker threads) for argv[4] seconds,
-# each one HTTP request; bounded in count and time. Prints {"ok": n, "failed": [...], "rate": r}.
+# or until the file argv[5] (optional) exists, each one HTTP request; bounded in count and time.
+# Prints {"ok": n, "failed": [...], "rate": r}.
 CONNECTS = r"""
-import json, socket, sys, threading, time
+import json, os, socket, sys, threading, time
 host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+stop = sys.argv[5] if len(sys.argv) > 5 else None
 workers, ok, failed, lock = 16, [0], [], threading.Lock()
 start = time.monotonic()
 
@@ -158,7 +160,7 @@ def attempt():
 
 def worker(index):
     n = index
-    while n / rate < seconds:
+    while n / rate < seconds and not (stop and os.path.exists(stop)):
         time.sleep(max(0.0, start + n / rate - time.monotonic()))
         outcome = attempt()
         with lock:
