@@ -3,10 +3,14 @@ opening connections (issue 17 part 4): the ztunnels reach istiod through its Ser
 a ztunnel is connected to dies (SIGKILL) or drains (SIGTERM), the ztunnel keeps serving with its last
 config and certificates, connects to the other replica and resyncs, so config applied meanwhile still
 reaches it. The lab restarts the killed container in its pod, as kubelet does. Not one new connection
-may fail. This lab is its own (two replicas), not the package's."""
+may fail. Then the Deployment is upgraded in place (a new pod template, as ``meshctl upgrade`` or
+``kubectl rollout restart`` makes): with ``maxSurge: 1, maxUnavailable: 0`` a new replica starts and
+becomes ready before an old one goes, twice, and again no new connection fails. This lab is its own
+(two replicas), not the package's."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import signal
@@ -19,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from meshctl.lab.mesh import MESH_NAMESPACE
 from meshctl.lab.meshview import ISTIOD, MeshPod, mesh_pods
 from meshctl.proxy_status import ProxyStatusError, fetch_syncz
 from tests.e2e.conftest import CLIENT_NODE, CONNECTS, HTTP_PORT, SERVER_NODE, MeshLab, mesh_lab
@@ -27,6 +32,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 MARKER = "e2e-rolling-marker"
 RATE = 50.0
+UPGRADE_SECONDS = 30
 
 
 @pytest.fixture(scope="module")
@@ -146,3 +152,54 @@ def test_proxy_status_shows_each_proxy_with_its_replica(replicated: MeshLab) -> 
     ]
     assert sorted(node for node, _ in rows) == [CLIENT_NODE, SERVER_NODE]
     assert all(replica in addresses for _, replica in rows), rows
+
+
+def _restarted(deployment: dict[str, Any]) -> dict[str, Any]:
+    """The Deployment with a new pod template, as ``kubectl rollout restart`` makes it."""
+    changed = copy.deepcopy(deployment)
+    for field in ("uid", "resourceVersion", "generation", "creationTimestamp"):
+        changed["metadata"].pop(field, None)
+    changed.pop("status", None)
+    annotations = changed["spec"]["template"]["metadata"].setdefault("annotations", {})
+    annotations["kubectl.kubernetes.io/restartedAt"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+    return changed
+
+
+def test_upgrading_the_istiod_deployment_under_load_fails_no_connection(replicated: MeshLab) -> None:
+    mesh = replicated
+    (deployment,) = [
+        d for d in mesh.lab.objects("Deployment", MESH_NAMESPACE) if d["metadata"]["name"] == ISTIOD
+    ]
+    before = {p.name for p in mesh_pods(mesh.lab, ISTIOD)}
+    assert len(before) == 2
+    server = mesh.pod_ip("demo/server")
+    fewest_ready = 2
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        load = pool.submit(
+            mesh.exec, "demo/client", "python", "-c", CONNECTS, server, str(HTTP_PORT), f"{RATE}",
+            str(UPGRADE_SECONDS), timeout=UPGRADE_SECONDS + 40,
+        )  # fmt: skip
+        time.sleep(2.0)
+        mesh.lab.apply([_restarted(deployment)])
+        deadline = time.monotonic() + 60
+        while True:  # both replicas replaced; never fewer than 2 ready on the way (maxUnavailable 0)
+            pods = mesh_pods(mesh.lab, ISTIOD)
+            fewest_ready = min(fewest_ready, sum(p.ready for p in pods))
+            names = {p.name for p in pods}
+            if len(pods) == 2 and all(p.ready for p in pods) and not names & before:
+                break
+            assert time.monotonic() < deadline, f"the rollout did not finish: {pods}"
+            time.sleep(0.1)
+        mesh.lab.apply([_marker()])
+        for node in (CLIENT_NODE, SERVER_NODE):
+            mesh.wait_policy(node, MARKER, present=True, timeout=30)
+        mesh.lab.delete([_marker()])
+        done = load.result(timeout=UPGRADE_SECONDS + 60)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    print(
+        f"istiod upgraded (2 replicas, fewest ready on the way: {fewest_ready}): {result['ok']} new "
+        f"connections at {result['rate']:.0f}/s, failed: {len(result['failed'])}"
+    )
+    assert fewest_ready == 2
+    assert result["failed"] == [] and result["ok"] >= 0.9 * RATE * UPGRADE_SECONDS, result
