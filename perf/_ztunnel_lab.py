@@ -27,8 +27,8 @@ from typing import Any
 
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
+from meshctl.lab.meshview import MeshPod, ztunnel
 from meshctl.lab.settings import DEFAULT_CERT_TTL
-from meshctl.lab.supervisor import read_pid_file
 from meshctl.nethttp import http_get
 
 __all__ = [
@@ -44,6 +44,7 @@ __all__ = [
     "count_mtls_opened",
     "metric_samples",
     "proc_sample",
+    "running_pid",
 ]
 
 ENROLLED, PLAIN = "zt", "plain"
@@ -74,6 +75,14 @@ def children(pid: int) -> list[int]:
     for task in Path(f"/proc/{pid}/task").iterdir():
         found += [int(child) for child in (task / "children").read_text().split()]
     return found
+
+
+def running_pid(pod: MeshPod) -> int:
+    """The PID of the mesh pod's container process; raises when it is not running."""
+    pid = pod.pid()
+    if pid is None:
+        raise RuntimeError(f"{pod.ref} on {pod.node} is not running (restarting?); see {pod.log}")
+    return pid
 
 
 def proc_sample(pid: int) -> ProcSample:
@@ -210,16 +219,9 @@ class BenchLab:
         )
 
     def ztunnel_pids(self) -> list[int]:
-        """The PIDs of the ztunnels of both nodes (raises when one is not running)."""
-        pids = []
-        for node in NODES:
-            pid = read_pid_file(self.lab.paths.root / "mesh" / "pids" / f"ztunnel-{node}.pid")
-            if pid is None:
-                raise RuntimeError(
-                    f"the ztunnel of {node} is not running; see {self.lab.paths.root}/mesh/logs"
-                )
-            pids.append(pid)
-        return pids
+        """The PIDs of the ztunnels of both nodes: each node's ztunnel pod's container process (raises
+        when one is not running)."""
+        return [running_pid(ztunnel(self.lab, node)) for node in NODES]
 
     def enrolled_per_node(self) -> dict[str, int]:
         """Ready pods of the enrolled namespace per node."""
@@ -234,11 +236,11 @@ class BenchLab:
         return counts
 
     def metrics_text(self, node: str) -> str:
-        """What ``node``'s ztunnel serves on /metrics now."""
-        netns = next(n.netns for n in self.lab.settings.nodes if n.name == node)
-        status, body = http_get("127.0.0.1", METRICS_PORT, "/metrics", netns=netns, timeout=5)
+        """What ``node``'s ztunnel serves on /metrics now (its pod IP, from inside its pod)."""
+        pod = ztunnel(self.lab, node)
+        status, body = http_get(pod.ip, METRICS_PORT, "/metrics", netns=pod.netns, timeout=5)
         if status != 200:
-            raise RuntimeError(f"the ztunnel of {node} answered {status} on /metrics")
+            raise RuntimeError(f"the ztunnel of {node} ({pod.ref}) answered {status} on /metrics")
         return body.decode()
 
     def mtls_connections_in(self, node: str = NODES[1]) -> int:
@@ -246,10 +248,11 @@ class BenchLab:
         return count_mtls_opened(self.metrics_text(node))
 
     def ztunnel_log_events(self) -> dict[str, dict[str, int]]:
-        """Per node: counts of warning/error events, proxies started/stopped, and non-JSON lines."""
+        """Per node: counts of warning/error events, proxies started/stopped, and non-JSON lines in
+        the log of its ztunnel pod."""
         out = {}
         for node in NODES:
-            path = self.lab.paths.root / "mesh" / "logs" / f"ztunnel-{node}.log"
+            path = ztunnel(self.lab, node).log
             out[node] = count_log_events(path.read_text(errors="replace") if path.exists() else "")
         return out
 

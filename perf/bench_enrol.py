@@ -42,9 +42,9 @@ from typing import Any
 
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
-from meshctl.lab.supervisor import read_pid_file
+from meshctl.lab.meshview import MeshPod, node_agent, ztunnel
 from meshctl.lab.testkit import unique_lab_id
-from perf._ztunnel_lab import proc_sample
+from perf._ztunnel_lab import proc_sample, running_pid
 from ztunnel.cni.apply import ensure_routing, write_sysctls
 from ztunnel.cni.rules import plan_capture
 
@@ -54,6 +54,7 @@ NAMESPACE = "enrol"
 NODE = "node1"
 _AMBIENT = {"istio.io/dataplane-mode": "ambient"}
 _PLUGIN = str(Path(sys.executable).with_name("ztunnel-cni"))
+_COMPONENTS: dict[str, Callable[[Lab, str], MeshPod]] = {"ztunnel": ztunnel, "node-agent": node_agent}
 STEPS = ("iptables", "routes", "sysctls", "annotate_pending", "probe_snat", "zds_add", "annotate_enabled")
 
 
@@ -164,17 +165,17 @@ class EnrolLab:
             timeout=120,
         )
 
+    def pod(self, component: str) -> MeshPod:
+        """node1's ``ztunnel`` or ``node-agent`` pod."""
+        return _COMPONENTS[component](self.lab, NODE)
+
     def pid(self, component: str) -> int:
-        """The PID of ``ztunnel`` or ``node-agent`` of node1."""
-        pid = read_pid_file(self.lab.paths.root / "mesh" / "pids" / f"{component}-{NODE}.pid")
-        if pid is None:
-            raise RuntimeError(
-                f"the {component} of {NODE} is not running; see {self.lab.paths.root}/mesh/logs"
-            )
-        return pid
+        """The PID of ``ztunnel`` or ``node-agent`` of node1 (its pod's container process)."""
+        return running_pid(self.pod(component))
 
     def log(self, component: str) -> _Log:
-        return _Log(self.lab.paths.root / "mesh" / "logs" / f"{component}-{NODE}.log")
+        """The log of node1's ``ztunnel`` or ``node-agent`` pod, from its end now."""
+        return _Log(self.pod(component).log)
 
     def empty(self, deployments: list[dict[str, Any]], *, timeout: float) -> None:
         """Deletes the Deployments and waits until no pod of the namespace is left."""

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from meshctl.lab.mesh import MESH_NAMESPACE
 from meshctl.lab.testkit import unique_lab_id
 from perf import _ztunnel_measure as m
 from perf._ztunnel_lab import ENROLLED, REDIS_PORT, BenchLab, children, proc_sample
@@ -123,7 +124,7 @@ def run_once(bench: BenchLab, *, workers: int, seconds: float, clients: int) -> 
 
 def run_benchmark(*, counts: list[int], repeats: int, seconds: float, clients: int) -> list[WorkersRun]:
     """``repeats`` rounds over ``counts``, each run in a fresh lab that is always torn down; on a
-    failure the mesh's logs are kept under perf/results/."""
+    failure the lab's logs (the mesh's pods' among them) are kept under perf/results/."""
     runs = []
     for repeat in range(repeats):
         for workers in counts:
@@ -134,9 +135,11 @@ def run_benchmark(*, counts: list[int], repeats: int, seconds: float, clients: i
                     run = run_once(bench, workers=workers, seconds=seconds, clients=clients)
                 except Exception:
                     kept = _RESULTS / f"ztunnel-workers-logs-{dt.datetime.now():%Y%m%d-%H%M%S}"
-                    shutil.copytree(bench.lab.paths.root / "mesh" / "logs", kept, dirs_exist_ok=True)
+                    shutil.copytree(bench.lab.paths.logs, kept, dirs_exist_ok=True)
                     print(
-                        f"  failed with {workers} worker(s); the mesh's logs are in {kept}", file=sys.stderr
+                        f"  failed with {workers} worker(s); the lab's logs are in {kept} (the mesh's pods: "
+                        f"{MESH_NAMESPACE}_*.log)",
+                        file=sys.stderr,
                     )
                     raise
                 finally:

@@ -44,7 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from meshctl.lab.supervisor import read_pid_file
+from meshctl.lab.meshview import istiods
 from meshctl.lab.testkit import unique_lab_id
 from perf._ztunnel_lab import ENROLLED, NODES, REDIS_PORT, BenchLab, metric_samples, proc_sample
 
@@ -106,9 +106,11 @@ def _metric_sum(text: str, name: str) -> float:
 
 
 def _kill_istiod(bench: BenchLab) -> int | None:
-    pid = read_pid_file(bench.lab.paths.root / "mesh" / "pids" / "istiod.pid")
+    """SIGKILLs istiod_lite's (oldest ready) pod's process; None when no replica is ready."""
+    ready = istiods(bench.lab)
+    pid = ready[0].pid() if ready else None
     if pid is not None:
-        os.kill(pid, signal.SIGKILL)  # our own lab's istiod_lite, by its PID; the lab restarts it
+        os.kill(pid, signal.SIGKILL)  # our own lab's istiod_lite, by its PID; the lab restarts the container
     return pid
 
 

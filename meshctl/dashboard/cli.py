@@ -1,7 +1,8 @@
 """``meshctl dashboard``: serves the service-graph page locally and prints its URL (opens nothing).
 
 Prometheus is ``--prometheus URL``, else the running lab's (``lab up --observability``, reached
-inside the lab's namespace); the live mesh is ``--istiod URL``, else the lab's istiod_lite.
+inside the lab's namespace); the live mesh is ``--istiod URL``, else the lab's istiod_lite (a
+ready replica's pod, from a node's namespace).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from meshctl.dashboard.server import Dashboard
 from meshctl.dashboard.sources import Endpoint, LiveMesh, Prometheus
 from meshctl.lab.api import Lab
 from meshctl.lab.mesh import control_plane_address
+from meshctl.lab.meshview import istiods
 from meshctl.lab.observability import PROMETHEUS_PORT
 from meshctl.lab.settings import default_state_dir
 
@@ -57,13 +59,22 @@ def prometheus_endpoint(state: str, url: str | None) -> Endpoint:
 def sources(args: argparse.Namespace) -> tuple[Endpoint, Endpoint | None]:
     """Prometheus's and istiod_lite's endpoints from the flags, else from the running lab."""
     prometheus = prometheus_endpoint(args.state, args.prometheus)
-    lab = Lab(args.state)
-    running = lab.is_running()
-    netns = lab.settings.bridge_netns if running else None
-    cp = control_plane_address(lab.settings) if running and lab.settings.mesh else ""
     if args.istiod:
         return prometheus, Endpoint(args.istiod)
-    return prometheus, Endpoint(f"http://{cp}:{ISTIOD_DEBUG_PORT}", netns) if cp else None
+    lab = Lab(args.state)
+    return prometheus, _lab_istiod(lab) if lab.is_running() and lab.settings.mesh else None
+
+
+def _lab_istiod(lab: Lab) -> Endpoint:
+    """The debug port of the lab's oldest ready istiod_lite replica (its pod IP, from the first
+    node's namespace; every replica has the same view of the mesh); raises MeshError."""
+    ready = istiods(lab)
+    if not ready:
+        raise MeshError(
+            "istiod_lite has no ready replica in the lab",
+            hint="see 'meshctl lab status' and its pod's log (istio-system), or pass --istiod URL",
+        )
+    return Endpoint(f"http://{ready[0].ip}:{ISTIOD_DEBUG_PORT}", lab.settings.nodes[0].netns)
 
 
 def run(args: argparse.Namespace) -> int:

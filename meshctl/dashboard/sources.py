@@ -1,6 +1,6 @@
 """Where the dashboard's data comes from: Prometheus's HTTP API (PromQL), and istiod_lite's
-``/debug/workloadz`` for what the live mesh has enrolled. Either may sit inside the lab's
-namespace (``netns``); requests run on a worker thread so the web server never blocks.
+``/debug/workloadz`` for what the live mesh has enrolled. Either may sit inside one of the lab's
+namespaces (``netns``); requests run on a worker thread so the web server never blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ class SourceError(MeshError):
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
-    """An HTTP base URL, reached from inside ``netns`` when set (the lab's bridge namespace)."""
+    """An HTTP base URL, reached from inside ``netns`` when set (the lab's bridge or a node namespace)."""
 
     url: str
     netns: str | None = None

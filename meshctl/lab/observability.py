@@ -1,14 +1,14 @@
 """A real Prometheus server in the lab, scraping the mesh as it would in a cluster.
 
-Prometheus (the Debian package) runs in the lab's bridge namespace, next to istiod_lite, at
-``<control plane>:9090``, with its data under ``<state>/prometheus/``. Its scrape job is the
+Prometheus (the Debian package) runs in the lab's bridge namespace at ``<control plane>:9090``,
+with its data under ``<state>/prometheus/``. Its scrape job is the
 ``kubernetes-pods`` job of Prometheus's and Istio's example configuration, unchanged: the same
 ``prometheus.io/scrape|port|path`` annotations and the same relabelling. The lab has no Kubernetes
 API for ``kubernetes_sd_configs``, so the daemon writes the targets that discovery would produce
 (one per pod, with the ``__meta_kubernetes_*`` labels) to a file Prometheus watches
-(``file_sd_configs``). The mesh's own processes run as node processes rather than pods, so they
-appear as the pods a cluster has: ``istio-system/ztunnel-<node>`` (15020) and
-``istio-system/istiod`` (15014).
+(``file_sd_configs``). The mesh runs as pods too (``daemonset/``), annotated for scraping as on a
+cluster: each node's ztunnel pod (:15020) and istiod_lite's replicas (:15014) are targets at their
+pod IPs, which the bridge namespace routes to.
 """
 
 from __future__ import annotations
@@ -26,7 +26,6 @@ import yaml
 
 from mesh.clock import Clock
 from mesh.errors import MeshError
-from mesh.ports import ISTIOD_DEBUG_PORT, METRICS_PORT
 from meshctl.lab.errors import LabError
 from meshctl.lab.objects import ObjKey
 from meshctl.lab.settings import LabSettings
@@ -47,7 +46,6 @@ PROMETHEUS_BINARY = "/usr/bin/prometheus"
 PROMETHEUS_PORT = 9090
 SCRAPE_INTERVAL = "5s"
 """Short, so the lab's graphs move within seconds of traffic (a cluster typically uses 15 s)."""
-MESH_NAMESPACE = "istio-system"
 
 
 def prometheus_url(settings: LabSettings, control_plane: str) -> str:
@@ -97,19 +95,10 @@ def prometheus_config(targets_file: Path) -> dict[str, Any]:
     }
 
 
-def scrape_targets(
-    objects: Mapping[ObjKey, Mapping[str, Any]], settings: LabSettings, control_plane: str
-) -> list[dict[str, Any]]:
+def scrape_targets(objects: Mapping[ObjKey, Mapping[str, Any]]) -> list[dict[str, Any]]:
     """What Kubernetes pod discovery would give for the lab (pure): one target group per running pod
-    with an IP, plus the mesh's node processes as the pods they are in a cluster."""
-    groups = [
-        _group(MESH_NAMESPACE, "istiod", control_plane, {"app": "istiod"}, _annotations(ISTIOD_DEBUG_PORT)),
-    ]
-    for node in settings.nodes:
-        labels = {"app": "ztunnel"}
-        groups.append(
-            _group(MESH_NAMESPACE, f"ztunnel-{node.name}", node.address, labels, _annotations(METRICS_PORT))
-        )
+    with an IP (the mesh's own pods included)."""
+    groups = []
     for (kind, namespace, name), pod in sorted(objects.items()):
         if kind != "Pod":
             continue
@@ -121,10 +110,6 @@ def scrape_targets(
             _group(namespace, name, ip, metadata.get("labels") or {}, metadata.get("annotations") or {})
         )
     return groups
-
-
-def _annotations(port: int) -> dict[str, str]:
-    return {"prometheus.io/scrape": "true", "prometheus.io/port": str(port), "prometheus.io/path": "/metrics"}
 
 
 def _group(
@@ -203,7 +188,7 @@ class PrometheusRuntime:
 
     def sync(self, objects: Mapping[ObjKey, Mapping[str, Any]]) -> None:
         """Rewrites the targets file when the set of pods (or their labels) changed."""
-        text = json.dumps(scrape_targets(objects, self.settings, self.control_plane), indent=1) + "\n"
+        text = json.dumps(scrape_targets(objects), indent=1) + "\n"
         if text != self._targets_text:
             write_atomic(self.targets_file, text)
             self._targets_text = text

@@ -1,5 +1,5 @@
 """The lab's Prometheus: its configuration passes promtool, and the discovered targets are what
-Kubernetes pod discovery would give (annotations, labels, the mesh's own processes)."""
+Kubernetes pod discovery would give (annotations, labels; the mesh's pods as any other)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,8 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh.ports import ISTIOD_DEBUG_PORT, METRICS_PORT
+from meshctl.lab.mesh import mesh_objects
 from meshctl.lab.observability import prometheus_config, scrape_targets
 from meshctl.lab.settings import build_settings
 
@@ -38,26 +40,48 @@ def test_the_configuration_passes_promtool(tmp_path: Path) -> None:
     assert checked.returncode == 0, checked.stdout + checked.stderr
 
 
-def test_targets_are_running_pods_and_the_mesh_processes_with_kubernetes_meta_labels() -> None:
+def test_targets_are_the_running_pods_the_mesh_included_with_kubernetes_meta_labels() -> None:
     objects = {
         ("Pod", "demo", "wp"): pod(
             "demo", "wp", "10.244.1.9", prometheus_io_scrape="true", prometheus_io_port="15020"
         ),
         ("Pod", "demo", "pending"): pod("demo", "pending", "", phase="Pending"),
         ("Pod", "demo", "gone"): pod("demo", "gone", "10.244.1.8", phase="Failed"),
+        ("Pod", "istio-system", "ztunnel-x7k2p"): pod(
+            "istio-system",
+            "ztunnel-x7k2p",
+            "10.244.2.3",
+            prometheus_io_scrape="true",
+            prometheus_io_port="15020",
+        ),
         ("Service", "demo", "wp"): {"kind": "Service", "metadata": {"name": "wp"}},
     }
-    groups = scrape_targets(objects, SETTINGS, "10.240.0.2")
+    groups = scrape_targets(objects)
     by_pod = {g["labels"]["__meta_kubernetes_pod_name"]: g for g in groups}
-    assert sorted(by_pod) == ["istiod", "wp", "ztunnel-node1", "ztunnel-node2"]
-    assert by_pod["ztunnel-node2"]["targets"] == ["10.240.0.12"]
-    assert by_pod["ztunnel-node2"]["labels"]["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "15020"
-    assert by_pod["istiod"]["labels"]["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "15014"
+    assert sorted(by_pod) == ["wp", "ztunnel-x7k2p"]
+    assert by_pod["ztunnel-x7k2p"]["targets"] == ["10.244.2.3"]
+    assert by_pod["ztunnel-x7k2p"]["labels"]["__meta_kubernetes_namespace"] == "istio-system"
     wp = by_pod["wp"]["labels"]
     assert by_pod["wp"]["targets"] == ["10.244.1.9"]
     assert wp["__meta_kubernetes_namespace"] == "demo"
     assert wp["__meta_kubernetes_pod_annotation_prometheus_io_scrape"] == "true"
+    assert wp["__meta_kubernetes_pod_annotation_prometheus_io_port"] == "15020"
     assert wp["__meta_kubernetes_pod_label_service_istio_io_canonical_name"] == "wp"
+
+
+def test_the_mesh_pods_are_annotated_for_the_scrape_job() -> None:
+    """The lab no longer lists the mesh apart: its pods' own templates carry the annotations."""
+    templates = {
+        obj["metadata"]["name"]: obj["spec"]["template"]["metadata"].get("annotations") or {}
+        for obj in mesh_objects(SETTINGS)
+        if obj["kind"] in ("Deployment", "DaemonSet")
+    }
+    ports = {
+        name: a.get("prometheus.io/port")
+        for name, a in templates.items()
+        if a.get("prometheus.io/scrape") == "true"
+    }
+    assert ports == {"istiod": str(ISTIOD_DEBUG_PORT), "ztunnel": str(METRICS_PORT)}
 
 
 def test_observability_needs_the_mesh() -> None:
