@@ -5,8 +5,10 @@ weight history and the decisions are read back from the route object."""
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -78,6 +80,24 @@ def shop(mesh: MeshLab) -> Iterator[MeshLab]:
         yield applied
 
 
+def start_load(mesh: MeshLab, n: int, *, keep_output: bool = False) -> subprocess.Popen[str]:
+    """The client's request loop (``lab exec`` runs it as its child), in its own process group so
+    that :func:`stop_load` stops the loop itself, not only ``meshctl``."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(mesh.lab.paths.root),
+         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=n)],
+        stdout=subprocess.PIPE if keep_output else subprocess.DEVNULL, text=True, start_new_session=True,
+    )  # fmt: skip
+
+
+def stop_load(load: subprocess.Popen[str]) -> str:
+    """Kills the loop's process group (ours); returns the status codes it printed, when kept."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(load.pid, signal.SIGKILL)
+    out, _ = load.communicate()
+    return out or ""
+
+
 def codes(mesh: MeshLab, n: int) -> list[str]:
     done = mesh.exec(f"{NS}/client", "sh", "-c", LOAD.format(n=n), timeout=60)
     return done.stdout.split()
@@ -118,16 +138,11 @@ def weights(obj: dict[str, Any]) -> dict[str, int]:
 
 
 def test_a_healthy_canary_is_promoted_without_a_failed_request(shop: MeshLab) -> None:
-    load = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
-         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=2000)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    load = start_load(shop, 2000, keep_output=True)
     try:
         done = canary(shop)
     finally:
-        load.kill()
-        out, _ = load.communicate()
+        out = stop_load(load)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "promoted: v2 at 100 %" in done.stdout
     obj = route(shop)
@@ -164,16 +179,11 @@ def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: M
     faulty = virtual_service({"abort": {"httpStatus": 503, "percentage": {"value": 30}}})
     shop.lab.apply([faulty])  # also clears the previous canary's state annotation
     assert read_state(route(shop)) is None and weights(route(shop)) == {"v1": 100, "v2": 0}
-    load = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
-         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=1000)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    load = start_load(shop, 1000)
     try:
         done = canary(shop)
     finally:
-        load.kill()
-        load.wait()
+        stop_load(load)
     assert done.returncode == 1, done.stdout + done.stderr
     assert "rolled back: v1 at 100 % (error rate of v2" in done.stdout
     obj = route(shop)
@@ -199,11 +209,7 @@ def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: M
 def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> None:
     shop.lab.apply([virtual_service()])  # a fresh route: no fault, no canary state
     assert read_state(route(shop)) is None
-    load = subprocess.Popen(
-        [sys.executable, "-m", "meshctl.cli", "lab", "exec", "--state", str(shop.lab.paths.root),
-         f"{NS}/client", "--", "sh", "-c", LOAD.format(n=2000)],
-        stdout=subprocess.DEVNULL,
-    )  # fmt: skip
+    load = start_load(shop, 2000)
     first = subprocess.Popen(canary_argv(shop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
 
@@ -217,9 +223,9 @@ def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> 
         assert read_state(route(shop)).phase == "Progressing"  # type: ignore[union-attr]
         done = subprocess.run(canary_argv(shop), capture_output=True, text=True, timeout=150, check=False)
     finally:
-        for proc in (first, load):
-            proc.kill()
-            proc.wait()
+        first.kill()
+        first.wait()
+        stop_load(load)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "resuming the canary of web at step 2 (100 %)" in done.stdout
     state = read_state(route(shop))

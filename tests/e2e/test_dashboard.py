@@ -89,9 +89,10 @@ def graph_in_page(page: Page) -> dict[str, Any]:
 
 
 def test_the_page_draws_the_graph_the_traffic_makes(mesh: MeshLab, browser: Browser) -> None:
-    senders = [
+    senders = [  # each in its own process group: lab exec runs the loop as its child
         subprocess.Popen(
-            meshctl(mesh, ["lab", "exec"], pod, "--", "sh", "-c", TRAFFIC.format(n=n, pause=pause))
+            meshctl(mesh, ["lab", "exec"], pod, "--", "sh", "-c", TRAFFIC.format(n=n, pause=pause)),
+            start_new_session=True,
         )
         for pod, n, pause in (("demo/client", 300, 0.1), ("legacy/client", 100, 0.3))
     ]
@@ -134,7 +135,8 @@ def test_the_page_draws_the_graph_the_traffic_makes(mesh: MeshLab, browser: Brow
             assert "enrolled (HBONE)" in detail and "authorization policies" in detail
     finally:
         for sender in senders:
-            sender.kill()
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(sender.pid, signal.SIGKILL)
             sender.wait()
 
 
