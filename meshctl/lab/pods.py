@@ -8,7 +8,12 @@ Before the sandbox, the pod's volumes are set up (:mod:`meshctl.lab.podvolumes`)
 be (a ConfigMap or Secret that is not there yet, a hostPath failing its type check, a missing
 ServiceAccount) the pod stays Pending and says why, and starts when the objects appear. Then each
 container runs as a supervised process inside the pod namespace, in its own mount namespace with
-its volumes bind-mounted; readiness is its TCP ports listening there.
+its volumes bind-mounted. Readiness is the kubelet's: the container's ``readinessProbe`` (httpGet on
+the pod's IP from inside its namespace, tcpSocket, exec in the container) run every period and
+counted against its thresholds (:mod:`meshctl.lab.prober`), the pod's status written each time a
+container's readiness changes and a failure noted in the pod's log (the kubelet's event). Without a
+probe a container is ready once started, or once every TCP ``containerPort`` listens when it has
+some (the lab's own check). A probe the lab cannot run keeps the container not ready and says why.
 """
 
 from __future__ import annotations
@@ -30,15 +35,10 @@ from meshctl.lab.errors import LabError
 from meshctl.lab.kubeproxy import render_resolv_conf
 from meshctl.lab.netops import NETNS_DIR, ip_batch, run_cmd
 from meshctl.lab.objects import ObjKey
-from meshctl.lab.podspec import (
-    ContainerState,
-    container_argv,
-    container_env,
-    listening_tcp_ports,
-    readiness_ports,
-    render_pod_status,
-)
+from meshctl.lab.podspec import ContainerState, container_argv, container_env, render_pod_status
 from meshctl.lab.podvolumes import VolumeRuntime
+from meshctl.lab.prober import ProbeTarget, watch_readiness
+from meshctl.lab.probes import Probe, ProbeSpecError, readiness_probe
 from meshctl.lab.settings import LabSettings, NodeSettings
 from meshctl.lab.store import StateDir
 from meshctl.lab.supervisor import Backoff, ProcessEvent, ProcessSpec, SupervisedProcess, next_backoff
@@ -48,7 +48,6 @@ from meshctl.lab.volumes import VolumeLayout
 __all__ = ["ETC_NETNS", "PodRunner", "RuntimeContext"]
 
 ETC_NETNS = Path("/etc/netns")
-_READY_POLL = 0.05
 _DEFAULT_GRACE = 2.0
 _VOLUME_RETRY = 1.0
 """Seconds between volume set-up attempts when no object changed (a hostPath may appear)."""
@@ -77,14 +76,6 @@ class RuntimeContext:
 
 def _netns_exists(name: str) -> bool:
     return os.path.exists(os.path.join(NETNS_DIR, name))
-
-
-def _listening(pid: int) -> set[int]:
-    ports: set[int] = set()
-    for name in ("tcp", "tcp6"):
-        with contextlib.suppress(OSError), open(f"/proc/{pid}/net/{name}") as f:
-            ports |= listening_tcp_ports(f.read())
-    return ports
 
 
 class PodRunner:
@@ -316,18 +307,19 @@ class PodRunner:
             wrapper=wrapper,
         )
         grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", _DEFAULT_GRACE))
-        ports = readiness_ports(container)
+        probe = self._probe(container)
         ready_task: asyncio.Task[None] | None = None
 
         def on_event(event: ProcessEvent) -> None:
             nonlocal ready_task
-            self._on_process_event(state, event)
+            self._on_process_event(state, event, ready=probe is None)
             if ready_task is not None:
                 ready_task.cancel()
                 ready_task = None
-            if event.kind == "started":
+            if event.kind == "started" and isinstance(probe, Probe):
+                target = ProbeTarget(self.netns, self.ip or "", event.pid, spec.argv, spec.env)
                 ready_task = asyncio.get_running_loop().create_task(
-                    self._watch_ready(state, event.pid, ports)
+                    watch_readiness(probe, target, clock=self.ctx.clock, report=self._reporter(state))
                 )
 
         process = SupervisedProcess(
@@ -353,25 +345,35 @@ class PodRunner:
                 self._publish()
             await asyncio.sleep(_VOLUME_RETRY)
 
-    def _on_process_event(self, state: ContainerState, event: ProcessEvent) -> None:
+    def _probe(self, container: dict[str, Any]) -> Probe | ProbeSpecError | None:
+        """The container's readiness probe; the error (noted once) when the lab cannot run it."""
+        try:
+            return readiness_probe(container)
+        except ProbeSpecError as exc:
+            self._note(f"{exc.message}; the container stays not ready ({exc.hint})")
+            return exc
+
+    def _reporter(self, state: ContainerState) -> Callable[[bool, str], None]:
+        def report(ready: bool, failure: str) -> None:
+            if failure:
+                self._note(f"container {state.name}: Readiness probe failed: {failure}")
+            state.ready = ready
+            self._publish()
+
+        return report
+
+    def _on_process_event(self, state: ContainerState, event: ProcessEvent, *, ready: bool) -> None:
+        """Records a process event; a started container is ready at once when ``ready`` (no check)."""
         stamp = rfc3339(event.at)
         state.restart_count = event.restarts
         if event.kind == "started":
-            state.state, state.started_at, state.pid, state.ready = "running", stamp, event.pid, False
+            state.state, state.started_at, state.pid, state.ready = "running", stamp, event.pid, ready
         elif event.kind == "exited":
             state.state, state.ready, state.pid = "terminated", False, 0
             state.exit_code = state.last_exit_code = event.exit_code
             state.last_finished_at = stamp
         else:
             state.state, state.reason = "waiting", "CrashLoopBackOff"
-        self._publish()
-
-    async def _watch_ready(self, state: ContainerState, pid: int, ports: frozenset[int]) -> None:
-        while ports:
-            if ports <= _listening(pid):
-                break
-            await asyncio.sleep(_READY_POLL)
-        state.ready = True
         self._publish()
 
     def _publish(self) -> None:

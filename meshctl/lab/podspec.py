@@ -1,4 +1,6 @@
-"""From a Pod object to what the runtime runs, and from what runs back to the Pod's status (pure)."""
+"""From a Pod object to what the runtime runs, and from what runs back to the Pod's status (pure).
+
+A container's readiness check is :mod:`meshctl.lab.probes`."""
 
 from __future__ import annotations
 
@@ -13,7 +15,6 @@ __all__ = [
     "container_env",
     "expand_vars",
     "listening_tcp_ports",
-    "readiness_ports",
     "render_pod_status",
 ]
 
@@ -84,25 +85,6 @@ def container_argv(container: Mapping[str, Any], env: Mapping[str, str]) -> tupl
     return tuple(expand_vars(p, env) for p in parts)
 
 
-def readiness_ports(container: Mapping[str, Any]) -> frozenset[int]:
-    """TCP ports that must be listening for the container to be ready.
-
-    A ``readinessProbe`` with ``tcpSocket`` or ``httpGet`` names the port; otherwise every TCP
-    ``containerPort``. No ports: ready once started.
-    """
-    probe = container.get("readinessProbe") or {}
-    for kind in ("tcpSocket", "httpGet"):
-        port = (probe.get(kind) or {}).get("port")
-        if isinstance(port, int):
-            return frozenset({port})
-        if isinstance(port, str):
-            named = [p["containerPort"] for p in container.get("ports") or () if p.get("name") == port]
-            return frozenset(named)
-    return frozenset(
-        int(p["containerPort"]) for p in container.get("ports") or () if p.get("protocol", "TCP") == "TCP"
-    )
-
-
 def listening_tcp_ports(proc_net_tcp: str) -> set[int]:
     """Local ports in LISTEN state in the text of ``/proc/PID/net/tcp`` or ``tcp6``."""
     ports = set()
@@ -150,6 +132,17 @@ class ContainerState:
         return out
 
 
+def _ready_condition(phase: str, containers: Sequence[ContainerState]) -> dict[str, str]:
+    """The Ready (and ContainersReady) condition's status, with the kubelet's reason when False."""
+    if phase in ("Succeeded", "Failed"):
+        return {"status": "False", "reason": "PodCompleted"}
+    unready = [c.name for c in containers if not c.ready]
+    if phase == "Running" and not unready:
+        return {"status": "True"}
+    message = f"containers with unready status: [{' '.join(unready)}]"
+    return {"status": "False", "reason": "ContainersNotReady", "message": message}
+
+
 def render_pod_status(
     *,
     phase: str,
@@ -160,16 +153,16 @@ def render_pod_status(
     reason: str = "",
     message: str = "",
 ) -> dict[str, Any]:
-    """A Pod ``status`` as the kubelet reports it."""
-    ready = phase == "Running" and all(c.ready for c in containers)
-    flag = "True" if ready else "False"
+    """A Pod ``status`` as the kubelet reports it; a pod not ready says which containers are not
+    (the Ready condition's reason ``ContainersNotReady`` and message)."""
+    ready = _ready_condition(phase, containers)
     status: dict[str, Any] = {
         "phase": phase,
         "conditions": [
             {"type": "PodScheduled", "status": "True"},
             {"type": "Initialized", "status": "True"},
-            {"type": "ContainersReady", "status": flag},
-            {"type": "Ready", "status": flag},
+            {"type": "ContainersReady", **ready},
+            {"type": "Ready", **ready},
         ],
         "hostIP": host_ip,
         "hostIPs": [{"ip": host_ip}],

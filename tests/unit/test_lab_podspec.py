@@ -1,4 +1,5 @@
-"""From Pod spec to process (env, argv, readiness) and back to status; restart backoff decisions."""
+"""From Pod spec to process (env, argv) and back to status; restart backoff decisions (readiness:
+test_lab_probes)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,6 @@ from meshctl.lab.podspec import (
     container_argv,
     container_env,
     listening_tcp_ports,
-    readiness_ports,
     render_pod_status,
 )
 from meshctl.lab.supervisor import Backoff, next_backoff
@@ -40,25 +40,6 @@ def test_env_has_path_hostname_downward_api_and_references() -> None:
     assert "PYTHONPATH" not in env
     checkout = container_env(POD, container, pod_ip="", host_ip="", bin_dirs=[], python_path="/src")
     assert checkout["PYTHONPATH"] == "/src"  # pods run the same code as the lab that started them
-
-
-@pytest.mark.parametrize(
-    ("container", "ports"),
-    [
-        ({}, set()),
-        ({"ports": [{"containerPort": 8080}, {"containerPort": 53, "protocol": "UDP"}]}, {8080}),
-        ({"ports": [{"containerPort": 8080}], "readinessProbe": {"tcpSocket": {"port": 9000}}}, {9000}),
-        (
-            {
-                "ports": [{"containerPort": 8080, "name": "http"}],
-                "readinessProbe": {"httpGet": {"port": "http"}},
-            },
-            {8080},
-        ),
-    ],
-)
-def test_readiness_ports(container: dict[str, Any], ports: set[int]) -> None:
-    assert readiness_ports(container) == ports
 
 
 def test_listening_ports_from_proc_net_tcp() -> None:
@@ -95,6 +76,12 @@ def test_status_ready_only_when_running_and_all_containers_ready() -> None:
         phase="Running", containers=[a, c], pod_ip="10.244.1.2", host_ip="h", start_time="t"
     )
     assert {x["type"]: x["status"] for x in status["conditions"]}["Ready"] == "False"
+    assert status["conditions"][3] == {
+        "type": "Ready",
+        "status": "False",
+        "reason": "ContainersNotReady",
+        "message": "containers with unready status: [c]",
+    }
     assert status["podIPs"] == [{"ip": "10.244.1.2"}]
     assert status["containerStatuses"][1]["state"] == {"waiting": {"reason": "ContainerCreating"}}
     c.state, c.ready = "running", True
@@ -102,7 +89,10 @@ def test_status_ready_only_when_running_and_all_containers_ready() -> None:
     status = render_pod_status(
         phase="Running", containers=[a, c], pod_ip="10.244.1.2", host_ip="h", start_time="t"
     )
-    assert {x["type"]: x["status"] for x in status["conditions"]}["Ready"] == "True"
+    assert status["conditions"][2:] == [
+        {"type": "ContainersReady", "status": "True"},
+        {"type": "Ready", "status": "True"},
+    ]
     assert status["containerStatuses"][1]["lastState"] == {"terminated": {"exitCode": 3, "finishedAt": "t2"}}
     pending = render_pod_status(
         phase="Pending",
@@ -117,3 +107,5 @@ def test_status_ready_only_when_running_and_all_containers_ready() -> None:
         "FailedCreatePodSandBox",
         "m",
     ) and "podIP" not in pending
+    done = render_pod_status(phase="Succeeded", containers=[c], pod_ip=None, host_ip="h", start_time="t")
+    assert done["conditions"][3] == {"type": "Ready", "status": "False", "reason": "PodCompleted"}
