@@ -76,7 +76,8 @@ async def watch_readiness(
     """Probes the container until cancelled (its process ended). ``report(ready, failure)`` is called
     when its readiness or the failure message changes (``failure`` is "" after a success).
 
-    The lab's port check ends once the container is ready (it holds while the process runs)."""
+    The lab's port check is no probe: its failures are not reported, and it ends once the container
+    is ready (which it stays while the process runs)."""
     await asyncio.sleep(probe.initial_delay)
     state, failure = ProbeState(), ""
     while not (probe.kind == PORTS and state.ready):
@@ -84,7 +85,7 @@ async def watch_readiness(
         if container_launched(target):
             result = await probe_once(probe, target)
             new = observe(probe, state, result.ok)
-            message = "" if result.ok else result.message
+            message = "" if result.ok or probe.kind == PORTS else result.message
             if (new.ready, message) != (state.ready, failure):
                 report(new.ready, message)
             state, failure = new, message
@@ -177,7 +178,7 @@ def _request(probe: Probe, address: str) -> bytes:
     }
     headers |= {name.lower(): (name, value) for name, value in probe.headers}  # the probe's win
     lines = [f"GET {probe.path} HTTP/1.1", *(f"{n}: {v}" for n, v in headers.values()), "Connection: close"]
-    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()  # non-ASCII text as UTF-8, never an error
 
 
 def _insecure_tls() -> ssl.SSLContext:

@@ -171,3 +171,20 @@ async def test_readiness_flips_with_the_answers_after_the_thresholds(
         assert len(server.heads) - answered >= 3
     finally:
         task.cancel()
+
+
+async def test_the_labs_port_check_reports_ready_only_and_then_ends(sleeper: subprocess.Popen[bytes]) -> None:
+    reports: list[tuple[bool, str]] = []
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        probe = Probe(PORTS, ports=frozenset({sock.getsockname()[1]}), period=0.05)
+        task = asyncio.create_task(
+            watch_readiness(
+                probe, target(sleeper.pid), clock=SystemClock(), report=lambda *r: reports.append(r)
+            )
+        )
+        await asyncio.sleep(0.3)
+        assert reports == []  # no probe, no failure to report
+        sock.listen()
+        await asyncio.wait_for(task, 2)  # ends once ready
+    assert reports == [(True, "")]
