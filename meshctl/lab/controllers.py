@@ -340,8 +340,10 @@ def _plan_surge(
 ) -> list[Action]:
     """A DaemonSet rolled with surge: a node whose pod is outdated and ready gets the new pod beside
     it (at most ``surge`` such nodes at once); once the new pod is ready the old ones are deleted.
-    An outdated pod that is not ready is deleted at once (nothing is lost), and a node without a
-    live pod gets the new one."""
+    A node whose outdated pod is not ready gets the new pod at once, outside the surge budget, and
+    keeps the old one until the new one is ready (as Kubernetes' controller: a pod that is not ready
+    may still serve, ztunnel's while its node agent restarts), and a node without a live pod gets
+    the new one."""
     actions: list[Action] = []
     template = _with_revision(ds["spec"]["template"], revision)
     waiting: list[str] = []
@@ -357,11 +359,9 @@ def _plan_surge(
             elif old:
                 surging += 1
             continue
-        ready_old = [p for p in old if pod_ready(p)]
-        actions += [MarkDeleted(_pod_key(p), rfc3339(now)) for p in old if not pod_ready(p)]
-        if ready_old:
-            waiting.append(node)
-        elif not any(p["spec"].get("nodeName") == node for p in owned):  # the previous one is gone
+        if old and all(pod_ready(p) for p in old):
+            waiting.append(node)  # the new pod beside it within the surge budget
+        elif old or not any(p["spec"].get("nodeName") == node for p in owned):  # none left, not even going
             actions.append(Put(_new_pod(ds, template, node, rng=rng, now=now)))
     for node in waiting[: max(0, surge - surging)]:
         actions.append(Put(_new_pod(ds, template, node, rng=rng, now=now)))

@@ -165,6 +165,34 @@ def test_a_surge_waits_for_the_new_pod_to_be_ready_before_deleting_the_old_one()
     assert old["spec"]["nodeName"] == created["spec"]["nodeName"]
 
 
+def test_a_surge_replaces_an_old_pod_that_is_not_ready_at_once_and_keeps_it_until_then() -> None:
+    rng = random.Random(7)
+    strategy = {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    objects = store(b.namespace("kube-system"), daemonset(strategy=strategy))
+    reconcile(objects, rng)
+    runtime_step(objects)
+    (unready,) = [p for p in of_kind(objects, "Pod") if p["spec"]["nodeName"] == "node3"]
+    unready["status"]["conditions"] = [{"type": "Ready", "status": "False"}]  # e.g. its agent restarts
+    objects[("DaemonSet", "kube-system", "agent")]["spec"]["template"]["spec"]["containers"][0]["command"] = [
+        "v2"
+    ]
+    actions = reconcile(objects, rng)
+    created = sorted(
+        a.obj["spec"]["nodeName"] for a in actions if isinstance(a, Put) and a.obj["kind"] == "Pod"
+    )
+    assert created == ["node1", "node3"]  # node3's outside the surge budget
+    assert not [a for a in actions if isinstance(a, MarkDeleted)]  # the old one may still serve
+    assert not [a for a in reconcile(objects, rng) if isinstance(a, MarkDeleted | Put)]
+    (new,) = [
+        p
+        for p in of_kind(objects, "Pod")
+        if p["spec"]["nodeName"] == "node3" and p["metadata"]["name"] != unready["metadata"]["name"]
+    ]
+    new["status"] = {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}
+    (deleted,) = [a for a in reconcile(objects, rng) if isinstance(a, MarkDeleted)]
+    assert deleted.key == ("Pod", "kube-system", unready["metadata"]["name"])
+
+
 def test_on_delete_keeps_old_pods_until_they_are_deleted() -> None:
     rng = random.Random(3)
     objects = store(b.namespace("kube-system"), daemonset(strategy={"type": "OnDelete"}))
