@@ -164,6 +164,7 @@ class Ztunnel:
                 _default_max_connections() if args.max_connections is None else args.max_connections
             ),
         )
+        self._was_ready = False
         if args.workers > 1:
             self.workers = self._worker_pool(certs)
             self.manager = WorkloadManager(
@@ -238,7 +239,13 @@ class Ztunnel:
 
     def missing(self) -> list[str]:
         """What readiness still waits for (empty when ready). Called on the readiness thread: it only
-        reads flags and a copy of the proxies (copying a dict is atomic in CPython)."""
+        reads flags and a copy of the proxies (copying a dict is atomic in CPython).
+
+        Readiness gates the start only, as in Istio's ztunnel: once ready, ztunnel stays ready. A node
+        agent restarting (a DaemonSet upgrade) or istiod going away does not stop it serving, so it
+        must not make the pod unready (and count as unavailable in the ztunnel DaemonSet's roll)."""
+        if self._was_ready:
+            return []
         missing = []
         if self.xds is not None and not self.xds.synced:
             missing.append("config not received from istiod yet")
@@ -249,6 +256,7 @@ class Ztunnel:
                 missing.append(f"no certificate for {proxy.identity.uri}")
         if self.workers is not None:
             missing.extend(self.workers.missing())
+        self._was_ready = not missing
         return missing
 
     async def _manage_pods_once_configured(self) -> None:

@@ -59,6 +59,7 @@ class LabDaemon:
         self.clock, self.rng, self.log = clock, rng, log
         self.runners: dict[RunnerKey, PodRunner] = {}
         self._stopping: set[asyncio.Task[None]] = set()
+        self._stopping_keys: set[RunnerKey] = set()
         self._ipam = PodIpam(self.settings)
         self._chains: frozenset[str] = frozenset()
         self._nat_text = ""
@@ -180,7 +181,7 @@ class LabDaemon:
                 continue
             key = (ns, name, pod["metadata"]["uid"])
             if is_terminating(pod):
-                if key not in self.runners:
+                if key not in self.runners and key not in self._stopping_keys:  # never started here
                     self._remove_pod(key)
                 continue
             live.add(key)
@@ -197,11 +198,15 @@ class LabDaemon:
 
     def _stop_runner(self, key: RunnerKey) -> None:
         runner = self.runners.pop(key)
+        self._stopping_keys.add(key)  # its pod object stays until the sandbox is gone
 
         async def stop() -> None:
-            await runner.stop()
-            self.log.info("lab.pod.stopped", pod=runner.label)
-            self._remove_pod(key)
+            try:
+                await runner.stop()
+                self.log.info("lab.pod.stopped", pod=runner.label)
+                self._remove_pod(key)
+            finally:
+                self._stopping_keys.discard(key)
 
         task = asyncio.get_running_loop().create_task(stop())
         self._stopping.add(task)

@@ -50,6 +50,22 @@ async def test_not_ready_until_config_node_agent_and_certificates(tmp_path: Path
         await ztunnel.ca.close()
 
 
+async def test_once_ready_it_stays_ready_when_the_node_agent_goes_away(tmp_path: Path) -> None:
+    config = tmp_path / "local.yaml"
+    config.write_text("workloads: []\n")
+    args = _parser().parse_args(_args(tmp_path, "--local-config", str(config), "--ca-address", "127.0.0.1:9"))
+    ztunnel = Ztunnel(args)
+    try:
+        ztunnel.manager.connected = ztunnel.manager.snapshot_received = True
+        assert ztunnel.missing() == []
+        ztunnel.manager.connected = False  # the node agent restarts: ztunnel keeps serving its pods
+        assert ztunnel.missing() == []
+    finally:
+        ztunnel.manager.proxies.clear()
+        await ztunnel.ctx.certs.close()
+        await ztunnel.ca.close()
+
+
 async def test_local_config_needs_no_istiod(tmp_path: Path) -> None:
     config = tmp_path / "local.yaml"
     config.write_text("workloads: []\n")
