@@ -1,13 +1,15 @@
 """The exec step of a lab container with volumes: bind-mount them, then exec the command.
 
-Run as ``ip netns exec NS python -I -S .../mountexec.py CWD [VOLUME SOURCE TARGET ro|rw
+Run as ``ip netns exec NS python -I -S .../mountexec.py CWD [VOLUME SOURCE TARGET ro|rw[+single]
 private|slave]... -- COMMAND ARGS...``: ``ip netns exec`` has already unshared a mount namespace
 (every mount a slave of the host's, so nothing mounted here reaches the host) and mounted the pod's
 hosts and resolv.conf. The mounts come in mounting order (:func:`meshctl.lab.volumes.plan_mounts`).
 Every source is opened before the first mount (a mount may cover another's source). Each is a
-recursive bind; ``private`` stops host mounts from reaching it, ``slave``
-(HostToContainer) lets them in; ``ro`` remounts it read-only, keeping the nosuid/nodev/noexec flags
-of what it binds. Then the step changes to CWD and execs the command.
+recursive bind, or with ``+single`` the source's own file system only (a directory bound back over
+a volume that covers it: a recursive bind would bring that volume along); ``private`` stops host
+mounts from reaching it, ``slave`` (HostToContainer) lets them in; ``ro`` remounts it read-only,
+keeping the nosuid/nodev/noexec flags of what it binds. Then the step changes to CWD and execs the
+command.
 
 The module uses the standard library only (no json: it costs as much as the rest) and is run by
 path with ``-I -S``: about 16 ms, against 250 ms for importing the ``meshctl.lab`` package and
@@ -51,14 +53,15 @@ def _mount(libc: ctypes.CDLL, source: str | None, target: str, flags: int) -> No
 
 
 def mount_all(mounts: list[list[str]]) -> None:
-    """Makes every mount (``[volume, source, target, ro|rw, private|slave]``) in order; raises
-    MountError naming the volume at fault."""
+    """Makes every mount (``[volume, source, target, ro|rw[+single], private|slave]``) in order;
+    raises MountError naming the volume at fault."""
     libc = ctypes.CDLL(None, use_errno=True)
     held = _open_sources(mounts)
-    for (volume, source, target, mode, propagation), fd in zip(mounts, held, strict=True):
+    for (volume, source, target, mode_field, propagation), fd in zip(mounts, held, strict=True):
+        mode, _, single = mode_field.partition("+")
         try:
             try:
-                _mount(libc, f"/proc/self/fd/{fd}", target, _MS_BIND | _MS_REC)
+                _mount(libc, f"/proc/self/fd/{fd}", target, _MS_BIND | (0 if single else _MS_REC))
             except MountError as exc:
                 raise MountError(str(exc).replace(f"/proc/self/fd/{fd}", source, 1)) from None
             _mount(libc, None, target, (_MS_SLAVE if propagation == "slave" else _MS_PRIVATE) | _MS_REC)
@@ -84,13 +87,13 @@ def _open_sources(mounts: list[list[str]]) -> list[int]:
 
 
 def main(argv: list[str]) -> int:
-    """``mountexec.py CWD [VOLUME SOURCE TARGET ro|rw private|slave]... -- COMMAND ARGS...``;
+    """``mountexec.py CWD [VOLUME SOURCE TARGET ro|rw[+single] private|slave]... -- COMMAND ARGS...``;
     execs the command, or returns an exit code."""
     split = argv.index("--") if "--" in argv else -1
     fields = argv[1:split]
     if split < 1 or split == len(argv) - 1 or len(fields) % _FIELDS:
         print(
-            "usage: mountexec.py CWD [VOLUME SOURCE TARGET ro|rw private|slave]... -- COMMAND...",
+            "usage: mountexec.py CWD [VOLUME SOURCE TARGET ro|rw[+single] private|slave]... -- COMMAND...",
             file=sys.stderr,
         )
         return 2

@@ -159,7 +159,9 @@ class Mount:
 
     ``mountpoint`` is the host path that must exist for it: ``target`` itself, or the place inside
     an earlier mount's source when ``target`` lies inside that mount. ``create_source`` says the
-    source is a subPath directory the runtime creates (in an emptyDir or hostPath volume)."""
+    source is a subPath directory the runtime creates (in an emptyDir or hostPath volume).
+    ``recursive`` binds the mounts below the source too (volumes); a directory bound back over a
+    volume that covers it is bound alone, or it would bring that volume along."""
 
     volume: str
     source: str
@@ -168,10 +170,12 @@ class Mount:
     propagation: str
     mountpoint: str
     create_source: bool = False
+    recursive: bool = True
 
     def exec_args(self) -> tuple[str, str, str, str, str]:
         """The mount as the exec step (:mod:`meshctl.lab.mountexec`) takes it."""
-        return (self.volume, self.source, self.target, "ro" if self.read_only else "rw", self.propagation)
+        mode = ("ro" if self.read_only else "rw") + ("" if self.recursive else "+single")
+        return (self.volume, self.source, self.target, mode, self.propagation)
 
 
 def plan_volumes(
@@ -373,6 +377,7 @@ def runtime_rebinds(mounts: Sequence[Mount], runtime_dirs: Iterable[str]) -> tup
                     read_only=True,
                     propagation="private",
                     mountpoint=_mountpoint(directory, planned),
+                    recursive=False,
                 )
             )
     return tuple(planned[len(mounts) :])

@@ -313,8 +313,18 @@ def test_the_labs_own_interpreter_and_code_are_bound_back_over_a_volume_that_cov
     runtime = ["/tmp/checkout/.venv", "/tmp/checkout", "/root/.pyenv/versions/3.11.7", "/tmp/checkout/x/"]
     tmp = f"/state/run/pods/{UID}/volumes/tmp"
     assert runtime_rebinds(mounts, runtime) == (  # once, at the outermost; the uncovered one is left
-        Mount("lab-runtime", "/tmp/checkout", "/tmp/checkout", True, "private", f"{tmp}/checkout"),
+        Mount(
+            "lab-runtime",
+            "/tmp/checkout",
+            "/tmp/checkout",
+            True,
+            "private",
+            f"{tmp}/checkout",
+            recursive=False,
+        ),
     )
+    (rebind,) = runtime_rebinds(mounts, runtime)
+    assert rebind.exec_args()[3] == "ro+single"  # alone: a recursive bind would bring the volume along
     assert runtime_rebinds(mounts, ["/usr", "/opt/venv"]) == ()
 
 
