@@ -45,8 +45,11 @@ def _rules(mesh: MeshLab, pod: str) -> str:
 
 
 def _namespaces(mesh: MeshLab) -> set[str]:
-    """The lab's network namespaces."""
-    return {name for name in os.listdir("/var/run/netns") if name.startswith(mesh.lab.settings.prefix)}
+    """The network namespaces of the lab's live pods that exist (pods of earlier tests still being
+    deleted, and their namespaces, do not count)."""
+    present = set(os.listdir("/var/run/netns"))
+    pods = [p for p in mesh.lab.pods() if not p["spec"].get("hostNetwork") and p["metadata"].get("uid")]
+    return {mesh.lab.pod_netns(p) for p in pods} & present
 
 
 @contextlib.contextmanager
