@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from typing import TypeVar
 
 __all__ = ["wait_until", "wait_until_blocking"]
 
 POLL_INTERVAL = 0.02
+T = TypeVar("T")
 
 
 async def wait_until(
@@ -23,12 +25,12 @@ async def wait_until(
         await asyncio.sleep(POLL_INTERVAL)
 
 
-def wait_until_blocking(
-    check: Callable[[], object], *, within: float = 5.0, what: str = "the condition"
-) -> None:
-    """:func:`wait_until` for code without an event loop (a thread, a synchronous test)."""
+def wait_until_blocking(check: Callable[[], T], *, within: float = 5.0, what: str = "the condition") -> T:
+    """:func:`wait_until` for code without an event loop (a thread, a synchronous test); returns
+    what ``check`` returned once true."""
     deadline = time.monotonic() + within
-    while not check():
+    while not (value := check()):
         if time.monotonic() > deadline:
             raise AssertionError(f"{what} did not hold within {within} s")
         time.sleep(POLL_INTERVAL)
+    return value

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from mesh.testing.polling import wait_until_blocking
 from meshctl.lab import builders as b
 from meshctl.lab.api import Lab
 from meshctl.lab.testkit import pid_alive, unique_lab_id
@@ -24,16 +25,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
-
-
-def wait_for(condition: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def named(objects: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]:
@@ -62,8 +53,8 @@ def test_apply_starts_pods_and_delete_stops_them(lab: Lab) -> None:
     started = time.monotonic()
     assert lab.apply(web) == ["deployment.apps/web created", "service/web created"]
     # the daemon reacts within about a second (it polls every 0.1 s); 2 s leaves room on a shared machine
-    wait_for(
-        lambda: len(named(lab.objects("Pod", "apps"), "web-")) == 2, timeout=2.0, what="pods to be created"
+    wait_until_blocking(
+        lambda: len(named(lab.objects("Pod", "apps"), "web-")) == 2, within=2.0, what="pods to be created"
     )
     lab.wait_ready(timeout=20)
     assert time.monotonic() - started < 10
@@ -75,7 +66,9 @@ def test_apply_starts_pods_and_delete_stops_them(lab: Lab) -> None:
     assert len(pids) == 2 and all(pid_alive(p) for p in pids)
 
     assert lab.delete(web[:1]) == ["deployment.apps/web deleted"]
-    wait_for(lambda: not named(lab.objects("Pod", "apps"), "web-"), what="web pods to be removed")
+    wait_until_blocking(
+        lambda: not named(lab.objects("Pod", "apps"), "web-"), what="web pods to be removed", within=15.0
+    )
     assert not any(os.path.exists(f"/var/run/netns/{n}") for n in netns)
     assert not any(os.path.exists(f"/etc/netns/{n}") for n in netns)
     assert not any(pid_alive(p) for p in pids)
@@ -96,7 +89,9 @@ def test_scale_and_relabel_namespace(lab: Lab) -> None:
     deploy = lab.objects("Deployment", "apps")
     assert any(d["metadata"]["name"] == "sleepy" and d["status"]["readyReplicas"] == 3 for d in deploy)
     lab.apply([b.deployment("sleepy", "apps", command=b.SLEEPER, replicas=1)])
-    wait_for(lambda: len(named(lab.objects("Pod", "apps"), "sleepy-")) == 1, what="scale down to 1")
+    wait_until_blocking(
+        lambda: len(named(lab.objects("Pod", "apps"), "sleepy-")) == 1, what="scale down to 1", within=15.0
+    )
 
     before = int(lab.objects("Namespace")[1]["metadata"]["resourceVersion"])
     assert lab.apply([b.namespace("apps", labels={"istio.io/dataplane-mode": "ambient"})]) == [
@@ -111,12 +106,12 @@ def test_scale_and_relabel_namespace(lab: Lab) -> None:
 def test_crashing_container_restarts_with_backoff_and_exit_code(lab: Lab) -> None:
     lab.apply([b.deployment("crasher", "apps", command=["sh", "-c", "echo boom; exit 3"])])
 
-    def restarted_twice() -> dict[str, Any] | None:
+    def restarted_twice() -> dict[str, Any]:
         pods = [p for p in lab.pods("apps") if p["metadata"]["name"].startswith("crasher-")]
         statuses = pods[0].get("status", {}).get("containerStatuses", []) if pods else []
-        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else None
+        return statuses[0] if statuses and statuses[0]["restartCount"] >= 2 else {}
 
-    status = wait_for(restarted_twice, timeout=15, what="two restarts")
+    status = wait_until_blocking(restarted_twice, within=15, what="two restarts")
     assert status["lastState"]["terminated"]["exitCode"] == 3
     assert lab.logs("apps/crasher").count("boom") >= 2
     lab.delete([b.deployment("crasher", "apps", command=["true"])])

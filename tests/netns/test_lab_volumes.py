@@ -12,13 +12,14 @@ import base64
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from mesh.testing.polling import wait_until_blocking
 from meshctl.lab import builders as b
 from meshctl.lab import mountexec
 from meshctl.lab.api import Lab
@@ -139,16 +140,6 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         lab.down()
 
 
-def wait_for(condition: Callable[[], Any], *, timeout: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def volume_dir(lab: Lab, name: str, volume: str) -> Path:
     uid = str(lab.find_pod(f"{NS}/{name}")["metadata"]["uid"])
     return lab.paths.root / "run" / "pods" / uid / "volumes" / volume
@@ -166,7 +157,9 @@ def host_mounts() -> list[str]:
 
 def test_a_container_reads_its_configmap_secret_and_token_at_the_mount_paths(lab: Lab) -> None:
     seen = volume_dir(lab, "reader", "scratch") / "seen"
-    text = wait_for(lambda: seen.exists() and seen.read_text(), what="the reader's output")
+    text = wait_until_blocking(
+        lambda: seen.exists() and seen.read_text(), what="the reader's output", within=15.0
+    )
     (token,) = [t for t, e in tokens(lab).items() if e.get("pod") == f"{NS}/reader"]
     assert text == f"hello\ns3cret\n{token}\n"
     entry = tokens(lab)[token]
@@ -180,7 +173,11 @@ def test_a_container_reads_its_configmap_secret_and_token_at_the_mount_paths(lab
 def test_host_paths_are_per_node_and_shared_on_a_node(lab: Lab) -> None:
     node1 = lab.paths.root / "hostpath" / "node1" / HOST_DIR.removeprefix("/var/")
     node2 = lab.paths.root / "hostpath" / "node2" / HOST_DIR.removeprefix("/var/")
-    wait_for(lambda: (node1 / "writer-1").exists() and (node2 / "writer-2").exists(), what="the writers")
+    wait_until_blocking(
+        lambda: (node1 / "writer-1").exists() and (node2 / "writer-2").exists(),
+        what="the writers",
+        within=15.0,
+    )
     assert sorted(p.name for p in node1.iterdir()) == ["writer-1"]
     assert sorted(p.name for p in node2.iterdir()) == ["writer-2"]
     assert (node2 / "writer-2").read_text() == "node2\n"
@@ -217,9 +214,10 @@ def test_no_mount_reaches_the_host(lab: Lab) -> None:
 
 def test_a_configmap_update_reaches_the_running_container(lab: Lab) -> None:
     lab.apply([config_map("cfg", {"greeting": "hello again", "other": "y"})])
-    wait_for(
+    wait_until_blocking(
         lambda: lab.exec_in_pod(f"{NS}/reader", ["cat", f"{CFG}/greeting"]).stdout == "hello again",
         what="the update in the container",
+        within=15.0,
     )
 
 
@@ -233,11 +231,11 @@ def test_a_missing_configmap_holds_the_pod_until_it_is_applied(lab: Lab) -> None
     )
     lab.apply([late])
 
-    def waiting() -> dict[str, Any] | None:
-        status = lab.find_pod(f"{NS}/late").get("status") or {}
-        return status if status.get("reason") == "FailedMount" else None
+    def waiting() -> dict[str, Any]:
+        status: dict[str, Any] = lab.find_pod(f"{NS}/late").get("status") or {}
+        return status if status.get("reason") == "FailedMount" else {}
 
-    status = wait_for(waiting, what="FailedMount")
+    status = wait_until_blocking(waiting, what="FailedMount", within=15.0)
     assert status["phase"] == "Pending"
     assert 'configmap "late-cfg" not found' in status["message"]
     assert status["containerStatuses"][0]["state"] == {"waiting": {"reason": "ContainerCreating"}}
@@ -245,16 +243,19 @@ def test_a_missing_configmap_holds_the_pod_until_it_is_applied(lab: Lab) -> None
     assert lab.find_pod(f"{NS}/late")["status"]["phase"] == "Pending"
     lab.apply([config_map("late-cfg", {"k": "finally"})])
     lab.wait_ready(timeout=20)
-    assert "finally" in wait_for(lambda: "finally" in lab.logs(f"{NS}/late") and lab.logs(f"{NS}/late"))
+    wait_until_blocking(
+        lambda: "finally" in lab.logs(f"{NS}/late"), what="the late ConfigMap's value", within=15.0
+    )
 
 
 def test_deleting_a_pod_removes_its_empty_dir_and_tokens(lab: Lab) -> None:
     pod_dir = volume_dir(lab, "reader", "scratch").parent.parent
     assert pod_dir.is_dir() and any(e.get("pod") == f"{NS}/reader" for e in tokens(lab).values())
     lab.delete([READER])
-    wait_for(
+    wait_until_blocking(
         lambda: "reader" not in {p["metadata"]["name"] for p in lab.objects("Pod", NS)},
         what="the reader to go",
+        within=15.0,
     )
     assert not pod_dir.exists()
     assert not any(e.get("pod") == f"{NS}/reader" for e in tokens(lab).values())
@@ -340,7 +341,11 @@ def test_a_volume_over_the_labs_own_interpreter_does_not_hide_it(lab: Lab) -> No
                 mounts=[{"name": "hide", "mountPath": covered}])  # fmt: skip
     lab.apply([hider])
     try:
-        wait_for(lambda: "ran 42" in lab.logs(f"{NS}/hider"), what="the program under the volume to run")
+        wait_until_blocking(
+            lambda: "ran 42" in lab.logs(f"{NS}/hider"),
+            what="the program under the volume to run",
+            within=15.0,
+        )
         written = lab.exec_in_pod(f"{NS}/hider", ["touch", f"{sys.prefix}/written-by-a-container"])
         assert written.returncode != 0 and "Read-only file system" in written.stderr  # bound back read-only
     finally:
