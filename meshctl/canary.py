@@ -174,10 +174,11 @@ class CanaryController:
         requests, errors, buckets = await asyncio.gather(
             *(self.prometheus.query(queries[name]) for name in ("requests", "errors", "buckets"))
         )
-        rate = sum(s.value for s in requests)
+        answered = sum(s.value for s in requests)
         failed = sum(s.value for s in errors)
         counts = [(float(s.labels.get("le", "+Inf")), s.value) for s in buckets]
-        return Signals(rate, failed / rate if rate else 0.0, histogram_quantile(0.99, counts))
+        error_rate = failed / answered if answered else 0.0
+        return Signals(answered / window_s, error_rate, histogram_quantile(0.99, counts))
 
     def _write(self, ref: RouteRef, weight: int, state: CanaryState) -> None:
         _, obj = self.route()  # re-read: the user may have changed other parts of it

@@ -39,6 +39,8 @@ STATE_ANNOTATION = "canary.mesh.dev/state"
 VIRTUAL_SERVICE, HTTP_ROUTE = "VirtualService", "HTTPRoute"
 FAILED_CHECKS_LIMIT = 2
 """Checks without any traffic to the new version before rolling back (Flagger's threshold idea)."""
+_LOOKBACK = "5m"
+"""How far before a step its counters' last values are looked for (Prometheus's own lookback)."""
 
 
 class CanaryError(MeshError):
@@ -217,15 +219,38 @@ def with_state(obj: Mapping[str, Any], state: CanaryState) -> dict[str, Any]:
 
 
 def signal_queries(ref: RouteRef, window_s: int) -> dict[str, str]:
-    """PromQL for the new version's requests/s, 5xx/s and latency buckets at the waypoint."""
+    """PromQL for the new version's requests, 5xx and latency buckets at the waypoint, counted over
+    the last ``window_s`` seconds (see :func:`counted`)."""
     matchers = ",".join(f'{k}="{v}"' for k, v in sorted(ref.version_labels.items()))
     selector = f'reporter="waypoint",{matchers}'
     window = f"{window_s}s"
+    requests = f"istio_requests_total{{{selector}}}"
+    errors = f'istio_requests_total{{{selector},response_code=~"5.."}}'
+    buckets = f"istio_request_duration_milliseconds_bucket{{{selector}}}"
     return {
-        "requests": f"sum(rate(istio_requests_total{{{selector}}}[{window}]))",
-        "errors": f'sum(rate(istio_requests_total{{{selector},response_code=~"5.."}}[{window}]))',
-        "buckets": f"sum by (le) (rate(istio_request_duration_milliseconds_bucket{{{selector}}}[{window}]))",
+        "requests": f"sum({counted(requests, window)})",
+        "errors": f"sum({counted(errors, window)})",
+        "buckets": f"sum by (le) ({counted(buckets, window)})",
     }
+
+
+def counted(series: str, window: str) -> str:
+    """Each counter's increase over ``window``, a series first seen inside it counted from zero.
+
+    ``rate()`` and ``increase()`` only see what grows between a series' samples: the value a new
+    series is first scraped with is lost, and a series with one sample in the window is left out.
+    A canary step is short and its first 5xx makes a new series (``response_code="503"``), so a
+    version failing from its first request could pass a step. The values at both ends are the last
+    samples (``last_over_time``), not instant lookups: a failed scrape marks every series of its
+    target stale, and an instant lookup just after it finds none, which would count the whole
+    counter as new. A counter that went back (its proxy restarted) counts from zero as well.
+    A window starts at the last scrape before its step began, so one step's checks take over
+    where the previous one's ended and every request is judged once: a step's first check also
+    judges what the new version answered between that scrape and the step's start.
+    """
+    now = f"last_over_time({series}[{window}])"
+    before = f"last_over_time({series}[{_LOOKBACK}] offset {window})"
+    return f"(({now} - {before}) >= 0 or {now})"
 
 
 def judge(spec: CanarySpec, signals: Signals, *, failed_checks: int) -> Decision:

@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import urllib.parse
 from collections.abc import Iterator
 from typing import Any
@@ -117,6 +118,13 @@ def canary_argv(mesh: MeshLab) -> list[str]:
 
 def prometheus(mesh: MeshLab, query: str) -> list[dict[str, Any]]:
     """The result of an instant query to the lab's Prometheus (Istio's documented queries, unchanged)."""
+    result = prometheus_result(mesh, query)
+    assert result, f"no result for {query}"
+    return result
+
+
+def prometheus_result(mesh: MeshLab, query: str) -> list[dict[str, Any]]:
+    """The result of an instant query, empty when nothing matches."""
     cp = control_plane_address(mesh.lab.settings)
     status, body = http_get(
         cp, PROMETHEUS_PORT, "/api/v1/query?" + urllib.parse.urlencode({"query": query}),
@@ -124,7 +132,6 @@ def prometheus(mesh: MeshLab, query: str) -> list[dict[str, Any]]:
     )  # fmt: skip
     assert status == 200, body[:300]
     result: list[dict[str, Any]] = json.loads(body)["data"]["result"]
-    assert result, f"no result for {query}"
     return result
 
 
@@ -206,9 +213,18 @@ def test_a_canary_with_injected_aborts_is_rolled_back_at_the_first_check(shop: M
     assert "DECISION" in status.stdout and "rollback" in status.stdout
 
 
+def scraped_since(mesh: MeshLab, since: float) -> None:
+    """Waits until Prometheus scraped the waypoint after ``since`` (unix time): a check counts the
+    new version's requests from the last scrape before its step began, so a canary started sooner
+    judges what the previous test sent it after that test's last check."""
+    scrape = f'timestamp(up{{namespace="{NS}",pod=~"waypoint-.*"}}) > {since:.3f}'
+    mesh.wait_for(lambda: prometheus_result(mesh, scrape), what="a scrape of the waypoint", timeout=30)
+
+
 def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> None:
     shop.lab.apply([virtual_service()])  # a fresh route: no fault, no canary state
     assert read_state(route(shop)) is None
+    scraped_since(shop, time.time())  # the aborts test's last 503s are not this canary's
     load = start_load(shop, 2000)
     first = subprocess.Popen(canary_argv(shop), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:

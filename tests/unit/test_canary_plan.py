@@ -115,8 +115,12 @@ def test_the_state_round_trips_through_the_route_annotation() -> None:
 def test_signal_queries_select_the_new_version_at_the_waypoint() -> None:
     ref = find_route([virtual_service(v1=100, v2=0), destination_rule()], SPEC)
     queries = signal_queries(ref, 15)
-    assert queries["errors"] == (
-        'sum(rate(istio_requests_total{reporter="waypoint",destination_service_name="web",'
-        'destination_service_namespace="shop",destination_version="2.0",response_code=~"5.."}[15s]))'
+    errors = (
+        'istio_requests_total{reporter="waypoint",destination_service_name="web",'
+        'destination_service_namespace="shop",destination_version="2.0",response_code=~"5.."}'
     )
-    assert queries["buckets"].startswith("sum by (le) (rate(istio_request_duration_milliseconds_bucket{")
+    now, before = f"last_over_time({errors}[15s])", f"last_over_time({errors}[5m] offset 15s)"
+    assert queries["errors"] == f"sum((({now} - {before}) >= 0 or {now}))"
+    assert queries["buckets"].startswith(
+        "sum by (le) (((last_over_time(istio_request_duration_milliseconds_bucket{"
+    )
