@@ -81,6 +81,7 @@ from mesh.testing.envoy_hbone import (
 )
 from mesh.testing.hbone import material_for
 from mesh.testing.pki import TestPki, write_pem_files
+from mesh.testing.ports import free_port
 from mesh.testing.processes import stop_process
 
 __all__ = ["Result", "main", "run_benchmark"]
@@ -412,7 +413,7 @@ def _ours(
     """Our waypoint on loopback, logging warnings only (no access log, as the Envoy here): (pid, port)."""
     config = workdir / f"{name}.yaml"
     config.write_text(yaml.safe_dump({"resources": resources}, sort_keys=False))
-    port = _free_port()
+    port = free_port()
     log = workdir / f"{name}.log"
     argv = [
         sys.executable,
@@ -450,12 +451,6 @@ def _ours(
         stop_process(proc)
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 Paths = dict[str, tuple[int | None, int]]
 """Per path: the measured proxy's PID (None for direct) and the port the load connects to."""
 
@@ -477,7 +472,7 @@ def _hbone_paths(stack: ExitStack, workdir: Path, resources: list[dict[str, Any]
         envoy_hbone_waypoint_config(resources, waypoint), workdir, name="envoy-waypoint-hbone"
     )
     stack.callback(envoy.stop)
-    hbone_port = _free_port()
+    hbone_port = free_port()
     ours_pid, _ = stack.enter_context(
         _ours(
             workdir, resources, "waypoint-hbone", "--hbone-listen", f"127.0.0.1:{hbone_port}",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import math
-import socket
 import subprocess
 import threading
 import time
@@ -21,6 +20,8 @@ import pytest
 import yaml
 
 from mesh.testing.polling import wait_until_blocking
+from mesh.testing.ports import free_port
+from mesh.testing.processes import stop_process
 from meshctl.canary_plan import RouteRef, signal_queries
 from meshctl.dashboard.sources import Endpoint, Prometheus, SourceError
 from meshctl.lab.observability import PROMETHEUS_BINARY
@@ -57,13 +58,6 @@ def requests(code: int, version: str = "v2") -> str:
 
 def bucket(le: str) -> str:
     return f'istio_request_duration_milliseconds_bucket{{{WAYPOINT_V2},response_code="200",le="{le}"}}'
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -117,8 +111,7 @@ def prometheus(tmp_path: Path, exposition: tuple[Exposition, int]) -> Iterator[P
     try:
         yield Prometheus(Endpoint(f"http://127.0.0.1:{port}"))
     finally:
-        process.terminate()
-        process.wait(10)
+        stop_process(process)
 
 
 def scraped(client: Prometheus, series: str, value: float) -> bool:

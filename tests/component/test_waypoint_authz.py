@@ -16,7 +16,8 @@ from typing import Any
 
 import pytest
 
-from tests.component.test_waypoint_local import cluster, free_port, local_waypoint
+from mesh.testing.ports import free_port
+from tests.component.test_waypoint_local import cluster, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
 

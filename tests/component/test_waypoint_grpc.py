@@ -16,7 +16,8 @@ from typing import Any
 import grpc
 import pytest
 
-from tests.component.test_waypoint_local import cluster, free_port, httpecho, local_waypoint
+from mesh.testing.ports import free_port
+from tests.component.test_waypoint_local import cluster, httpecho, local_waypoint
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -22,18 +22,13 @@ from typing import Any
 import pytest
 import yaml
 
+from mesh.testing.ports import free_port
+
 pytestmark = pytest.mark.timeout(120)
 
 ROUTES = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 CLUSTER = "type.googleapis.com/envoy.config.cluster.v3.Cluster"
 V1, V2, CANARY, DEAD = "inbound-vip|80|http/v1|server", "inbound-vip|80|http/v2|server", "canary", "dead"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 ROUTES_YAML = """

@@ -24,7 +24,8 @@ from mesh.rt.certs import NoValidCertificate
 from mesh.testing.clock import FakeClock
 from mesh.testing.hbone import material_for, request_over_hbone
 from mesh.testing.pki import TestPki, key_pem, write_pem_files
-from tests.component.test_waypoint_local import free_port, httpecho, local_config, local_waypoint
+from mesh.testing.ports import free_port
+from tests.component.test_waypoint_local import httpecho, local_config, local_waypoint
 from waypoint.identity import FileCredentials
 
 pytestmark = pytest.mark.timeout(90)

@@ -21,7 +21,8 @@ import pytest
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from tests.component.test_waypoint_local import cluster, free_port, httpecho, local_waypoint
+from mesh.testing.ports import free_port
+from tests.component.test_waypoint_local import cluster, httpecho, local_waypoint
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.component.test_waypoint_local import _started_in, cluster, free_port, start_command
+from mesh.testing.ports import free_port
+from tests.component.test_waypoint_local import _started_in, cluster, start_command
 
 pytestmark = pytest.mark.timeout(60)
 

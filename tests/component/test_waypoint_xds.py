@@ -33,8 +33,8 @@ from mesh.model import Service, Workload
 from mesh.rt.clock import SystemClock
 from mesh.testing.pki import TestPki
 from mesh.testing.polling import wait_until
+from mesh.testing.ports import free_port
 from tests.component.ca_support import running_ca
-from tests.component.test_waypoint_local import free_port
 from tests.component.test_xds_push import Plane, start_plane
 from tests.component.test_xds_waypoint import InformerSource
 from tests.unit.l7_world import SUBSETS, destination_rule, gateway, virtual_service, world

@@ -15,6 +15,7 @@ from mesh.errors import MeshError
 from mesh.identity import WorkloadIdentity
 from mesh.rt.clock import SystemClock
 from mesh.testing.pki import TestPki
+from mesh.testing.ports import free_port
 from tests.component.test_xds_push import Plane, Source, start_plane
 from ztunnel.app import Ztunnel, _parser
 from ztunnel.proxy import PodInfo, PodProxy
@@ -86,7 +87,7 @@ async def test_pods_are_taken_from_the_node_agent_only_once_the_config_is_in(tmp
     roots, token = tmp_path / "root.pem", tmp_path / "token"
     roots.write_bytes(pki.root_pem)
     token.write_text("tok-n1\n")
-    port = _free_port()
+    port = free_port()
     node_agent = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     node_agent.bind(str(tmp_path / "zds.sock"))
     node_agent.listen()
@@ -124,12 +125,6 @@ async def test_pods_are_taken_from_the_node_agent_only_once_the_config_is_in(tmp
         node_agent.close()
         if plane is not None:
             await plane.stop()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.mark.parametrize(

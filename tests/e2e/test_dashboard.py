@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,6 +19,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
+from mesh.testing.ports import free_port
 from tests.e2e.conftest import MeshLab
 
 CHROMIUM = "/usr/bin/chromium"
@@ -34,12 +34,6 @@ TRAFFIC = "for i in $(seq {n}); do curl -s -o /dev/null http://server.demo/; sle
 def meshctl(mesh: MeshLab, command: list[str], *args: str) -> list[str]:
     """The argv of a meshctl ``command`` (e.g. ``["lab", "exec"]``) against the test's lab."""
     return [sys.executable, "-m", "meshctl.cli", *command, "--state", str(mesh.lab.paths.root), *args]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @contextlib.contextmanager

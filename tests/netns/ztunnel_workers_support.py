@@ -35,6 +35,7 @@ from mesh.rt.clock import SystemClock
 from mesh.rt.logs import get_logger
 from mesh.rt.metrics import Registry, build_registry
 from mesh.rt.xds import ADDRESS_TYPE_URL, AUTHORIZATION_TYPE_URL
+from mesh.testing.ports import free_port
 from tests.netns.ztunnel_support import NODE, TD, Pod, enroll
 from ztunnel.zds import ZdsChannel
 
@@ -174,12 +175,6 @@ def sample_sum(text: str, name: str, **labels: str) -> float:
     return total
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @asynccontextmanager
 async def ztunnel_process(
     pods: list[Pod], tmp: Path, *, workers: int = 2, drain_deadline: float = 5.0, extra: tuple[str, ...] = ()
@@ -224,7 +219,7 @@ async def ztunnel_process(
     agent_socket.bind(zds_path)
     agent_socket.listen(1)
     agent_socket.setblocking(False)
-    ports = [_free_port() for _ in range(3)]
+    ports = [free_port() for _ in range(3)]
     log_path = tmp / "ztunnel.log"
     process = None
     try:
