@@ -158,7 +158,8 @@ class IstiodProcess:
             return None if proc is None else proc.returncode
         proc.send_signal(signal.SIGTERM)
         try:
-            return await asyncio.wait_for(proc.wait(), timeout=_STOP_DEADLINE)
+            async with asyncio.timeout(_STOP_DEADLINE):
+                return await proc.wait()
         except TimeoutError:
             proc.kill()
             return await proc.wait()
@@ -191,12 +192,14 @@ class IstiodProcess:
 
 async def _http_ready(port: int) -> bool:
     try:
-        reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
     except (OSError, TimeoutError):
         return False
     try:
         writer.write(b"GET /healthz/ready HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
-        status = await asyncio.wait_for(reader.readline(), timeout=1.0)
+        async with asyncio.timeout(1.0):
+            status = await reader.readline()
         return status.split(b" ")[1:2] == [b"200"]
     except (OSError, TimeoutError):
         return False

@@ -325,7 +325,8 @@ async def _serve(args: argparse.Namespace) -> int:
     ready = False
     listener.close()
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(listener.wait_closed(), args.drain_deadline)
+        async with asyncio.timeout(args.drain_deadline):
+            await listener.wait_closed()
     if mesh is not None:
         await mesh.close()
     elif front is not None:

@@ -69,7 +69,8 @@ class H1Connection:
             if not data:
                 timeout = HEADERS_TIMEOUT if self._parser.in_message else IDLE_TIMEOUT
                 try:
-                    data = await asyncio.wait_for(self._reader.read(READ), timeout)
+                    async with asyncio.timeout(timeout):
+                        data = await self._reader.read(READ)
                 except TimeoutError:
                     break
                 if not data:

@@ -106,7 +106,8 @@ class H2Front:
         try:
             while True:
                 if not data:
-                    data = await asyncio.wait_for(reader.read(READ), _IDLE_TIMEOUT)
+                    async with asyncio.timeout(_IDLE_TIMEOUT):
+                        data = await reader.read(READ)
                     if not data:
                         break
                 if not connection.receive(data):

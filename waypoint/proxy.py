@@ -149,7 +149,8 @@ class WaypointProxy:
             route = self.tcp.route(tunnel_authority)
             if route.kind == "sniff":
                 with contextlib.suppress(TimeoutError):
-                    first = await asyncio.wait_for(reader.read(READ), SNIFF_TIMEOUT)
+                    async with asyncio.timeout(SNIFF_TIMEOUT):
+                        first = await reader.read(READ)
             if route.kind == "tcp" or (route.kind == "sniff" and not looks_like_http(first)):
                 await self.tcp.relay(
                     route, reader, writer, first, source_principal=source_principal, source_addr=source_addr
@@ -157,11 +158,13 @@ class WaypointProxy:
                 return None
         if not first:
             with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
-                first = await asyncio.wait_for(reader.read(READ), IDLE_TIMEOUT)
+                async with asyncio.timeout(IDLE_TIMEOUT):
+                    first = await reader.read(READ)
         while first and len(first) < len(H2_PREFACE) and H2_PREFACE.startswith(first):
             more = b""  # a short first read that may be the h2 preface's start: read until it is clear
             with contextlib.suppress(TimeoutError, ConnectionError, OSError, StreamResetError):
-                more = await asyncio.wait_for(reader.read(READ), HEADERS_TIMEOUT)
+                async with asyncio.timeout(HEADERS_TIMEOUT):
+                    more = await reader.read(READ)
             if not more:
                 break
             first += more

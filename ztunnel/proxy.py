@@ -124,7 +124,8 @@ class PodProxy:
         if self._tasks:  # every relay (inbound streams too) is one of these tasks
             _, pending = await asyncio.wait(self._tasks, timeout=deadline)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(goaway, max(0.0, until - loop.time()) + 1.0)
+            async with asyncio.timeout(max(0.0, until - loop.time()) + 1.0):
+                await goaway
         await self._server.close()
         for task in pending:
             task.cancel()

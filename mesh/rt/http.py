@@ -86,12 +86,14 @@ class HttpServer:
         if self._server is not None:
             self._server.close()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._server.wait_closed()
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            reply, head_only = await asyncio.wait_for(self._answer(reader), _READ_TIMEOUT)
+            async with asyncio.timeout(_READ_TIMEOUT):
+                reply, head_only = await self._answer(reader)
         except (TimeoutError, Http1Error):
             reply, head_only = text_reply("bad request\n", status=400), False
         head = (

@@ -130,7 +130,8 @@ async def request_over_hbone(
         stream.write(request)
         parser = ResponseParser()
         while True:
-            data = await asyncio.wait_for(reader.read(65536), 10)
+            async with asyncio.timeout(10):
+                data = await reader.read(65536)
             responses = parser.feed(data) if data else parser.finish()
             if responses:
                 return responses[0].status, responses[0].body

@@ -114,7 +114,8 @@ class FakeAgent:
                 raise TimeoutError(f"fake agent: condition not met within {within}s ({seen} responses seen)")
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), min(remaining, _POLL))
+                async with asyncio.timeout(min(remaining, _POLL)):
+                    await self._changed.wait()
             except TimeoutError:
                 continue
 

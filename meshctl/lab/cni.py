@@ -187,7 +187,8 @@ class CniRunner:
             env=cni_env(command, request, cni_path=self._bin_dirs),
         )  # fmt: skip
         try:
-            out, err = await asyncio.wait_for(proc.communicate(json.dumps(config).encode()), self._timeout)
+            async with asyncio.timeout(self._timeout):
+                out, err = await proc.communicate(json.dumps(config).encode())
         except TimeoutError:
             proc.kill()
             await proc.wait()

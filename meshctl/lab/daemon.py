@@ -137,7 +137,8 @@ class LabDaemon:
                 if self.store.current_rv() == rv and not self._wake.is_set():
                     self.store.write_synced(rv)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wait_event(), _POLL)
+                async with asyncio.timeout(_POLL):
+                    await self._wait_event()
 
     async def _wait_event(self) -> None:
         stop = asyncio.ensure_future(self._stop.wait())

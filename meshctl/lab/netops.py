@@ -43,7 +43,8 @@ async def run_cmd(argv: Sequence[str], *, stdin: str | None = None, limit: float
         stderr=subprocess.PIPE,
     )
     try:
-        out, err = await asyncio.wait_for(proc.communicate(stdin.encode() if stdin else None), limit)
+        async with asyncio.timeout(limit):
+            out, err = await proc.communicate(stdin.encode() if stdin else None)
     except (TimeoutError, asyncio.CancelledError):
         proc.kill()
         await proc.wait()

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from mesh.clock import Clock
+from mesh.rt.tasks import cancel_until_done
 from meshctl.lab._meta import rfc3339
 from meshctl.lab.cni import CniRequest, CniRunner, primary_result
 from meshctl.lab.errors import LabError
@@ -49,6 +50,8 @@ __all__ = ["ETC_NETNS", "PodRunner", "RuntimeContext"]
 
 ETC_NETNS = Path("/etc/netns")
 _DEFAULT_GRACE = 2.0
+_STOP_MARGIN = 5.0
+"""Seconds past the grace period before a pod's task that did not end is cancelled again."""
 _VOLUME_RETRY = 1.0
 """Seconds between volume set-up attempts when no object changed (a hostPath may appear)."""
 _SANDBOX_BACKOFF = Backoff()
@@ -114,6 +117,11 @@ class PodRunner:
         return f"{self.pod['metadata']['namespace']}/{self.pod['metadata']['name']}"
 
     @property
+    def grace(self) -> float:
+        """Seconds a container gets between SIGTERM and SIGKILL (``terminationGracePeriodSeconds``)."""
+        return float(self.pod["spec"].get("terminationGracePeriodSeconds", _DEFAULT_GRACE))
+
+    @property
     def hosts_path(self) -> Path:
         """The hosts file ``ip netns exec`` mounts over /etc/hosts for this pod."""
         return ETC_NETNS / self.netns / "hosts"
@@ -154,9 +162,13 @@ class PodRunner:
     async def stop(self) -> None:
         """Stops the containers, runs CNI DEL and removes the sandbox (idempotent)."""
         if self.task is not None:
-            self.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self.task
+            # Beyond the grace period (a container's SIGTERM wait, which a second cancel would cut
+            # short): a cancel the task lost must not leave the pod running after it was deleted.
+            cancels = await cancel_until_done(self.task, every=self.grace + _STOP_MARGIN)
+            if cancels > 1:
+                self._note(f"the pod's task ran on after a cancel; it stopped after {cancels} cancels")
+            if not self.task.cancelled() and (error := self.task.exception()) is not None:
+                self._note(f"the pod's task failed: {error!r}")
         if self._token_task is not None:
             self._token_task.cancel()
         await self._teardown_sandbox()
@@ -181,7 +193,8 @@ class PodRunner:
             self._reason, self._message = reason, why
             self._publish()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._objects_changed.wait(), _VOLUME_RETRY)
+                async with asyncio.timeout(_VOLUME_RETRY):
+                    await self._objects_changed.wait()
         self._reason = self._message = ""
 
     async def _refresh_tokens(self) -> None:
@@ -306,7 +319,6 @@ class PodRunner:
             cwd="/" if wrapper else container.get("workingDir", "/"),  # the exec step changes to it
             wrapper=wrapper,
         )
-        grace = float(self.pod["spec"].get("terminationGracePeriodSeconds", _DEFAULT_GRACE))
         probe = self._probe(container)
         ready_task: asyncio.Task[None] | None = None
 
@@ -323,7 +335,7 @@ class PodRunner:
                 )
 
         process = SupervisedProcess(
-            spec, clock=self.ctx.clock, on_event=on_event, backoff=self.ctx.backoff, grace=grace,
+            spec, clock=self.ctx.clock, on_event=on_event, backoff=self.ctx.backoff, grace=self.grace,
             policy=self.pod["spec"].get("restartPolicy", "Always"),
         )  # fmt: skip
         try:

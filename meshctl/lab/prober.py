@@ -200,7 +200,8 @@ async def _exec(probe: Probe, target: ProbeTarget) -> ProbeResult:
     except OSError as exc:
         return ProbeResult(False, f"cannot run nsenter for {command}: {exc.strerror or exc}")
     try:
-        output, _ = await asyncio.wait_for(proc.communicate(), probe.timeout)
+        async with asyncio.timeout(probe.timeout):
+            output, _ = await proc.communicate()
     except TimeoutError:
         return ProbeResult(False, f"command {command} timed out after {probe.timeout:g} s")
     finally:

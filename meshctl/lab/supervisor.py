@@ -180,7 +180,8 @@ class SupervisedProcess:
     async def _terminate(self, proc: asyncio.subprocess.Process) -> None:
         kill_group(proc.pid, signal.SIGTERM)
         try:
-            await asyncio.wait_for(proc.wait(), self._grace)
+            async with asyncio.timeout(self._grace):
+                await proc.wait()
         except TimeoutError:
             kill_group(proc.pid, signal.SIGKILL)
             await proc.wait()

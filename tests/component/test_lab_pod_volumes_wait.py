@@ -93,3 +93,21 @@ async def test_the_pod_waits_pending_until_its_objects_appear(
     volume = tmp_path / "state" / "run" / "pods" / "0a1b2c3d-uid" / "volumes" / "c"
     assert (volume / "k").read_text() == "v"
     assert message in (tmp_path / "state" / "logs" / "apps_late.log").read_text()
+
+
+@pytest.mark.parametrize("turns", range(5))
+async def test_a_waiting_pod_deleted_as_an_object_arrives_stops_waiting(tmp_path: Path, turns: int) -> None:
+    """An object arrives (the ConfigMap is still missing) and the pod is deleted within a few loop
+    turns: the wait ends cancelled, whichever turn the cancel lands on. Python 3.11's wait_for lost
+    the cancel when it came just after the wait had finished, and a deleted pod went on waiting
+    (and then started its containers)."""
+    pod = runner(tmp_path, [], asyncio.Event())
+    pod.sync_objects(objects())
+    waiting = asyncio.ensure_future(pod.wait_for_volumes())
+    await asyncio.sleep(0.05)  # waiting for the ServiceAccount
+    pod.sync_objects(objects(SA))
+    for _ in range(turns):
+        await asyncio.sleep(0)
+    waiting.cancel()
+    await asyncio.wait({waiting}, timeout=2)
+    assert waiting.cancelled()

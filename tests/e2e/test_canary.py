@@ -238,6 +238,10 @@ def test_a_stopped_canary_resumes_from_the_state_on_the_route(shop: MeshLab) -> 
         first.wait(10)
         assert read_state(route(shop)).phase == "Progressing"  # type: ignore[union-attr]
         done = subprocess.run(canary_argv(shop), capture_output=True, text=True, timeout=150, check=False)
+    except BaseException:
+        first.kill()
+        print(f"the first canary printed:\n{first.communicate()[0]}")  # pytest shows it with the failure
+        raise
     finally:
         first.kill()
         first.wait()

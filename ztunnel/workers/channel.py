@@ -120,7 +120,8 @@ class WorkerChannel:
         if self._writer is not None:
             self._queue.put_nowait(None)
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(self._writer), 1.0)
+                async with asyncio.timeout(1.0):
+                    await asyncio.shield(self._writer)
             self._writer.cancel()
         while not self._queue.empty():
             leftover = self._queue.get_nowait()

@@ -87,7 +87,8 @@ class WorkerLink:
         self._pending[ident] = reply
         self._channel.post(Message(message.kind, {"id": ident, **message.fields}, message.body, message.fd))
         try:
-            return await asyncio.wait_for(reply, within)
+            async with asyncio.timeout(within):
+                return await reply
         except TimeoutError:
             gone = f"worker {self.index} did not answer {message.kind} within {within} s"
             raise WorkerGoneError(gone) from None
@@ -119,7 +120,8 @@ class WorkerLink:
             return 0
         self._channel.post(Message("drain", {"deadline": deadline}))
         try:
-            return await asyncio.wait_for(asyncio.shield(self._drained), deadline + 5.0)
+            async with asyncio.timeout(deadline + 5.0):
+                return await asyncio.shield(self._drained)
         except TimeoutError:
             self._log.warning("worker.drain_timeout", pid=self.pid)
             self._kill()
@@ -167,7 +169,8 @@ class WorkerLink:
     async def _serve(self, channel: WorkerChannel) -> None:
         try:
             try:
-                hello = await asyncio.wait_for(channel.recv(), _HELLO_WITHIN)
+                async with asyncio.timeout(_HELLO_WITHIN):
+                    hello = await channel.recv()
             except TimeoutError:
                 self._log.error("worker.no_hello", pid=self.pid, within=_HELLO_WITHIN)
                 self._kill()
@@ -254,7 +257,8 @@ class WorkerLink:
 
     async def _reap(self, process: asyncio.subprocess.Process) -> int | None:
         try:
-            return await asyncio.wait_for(process.wait(), 5.0)
+            async with asyncio.timeout(5.0):
+                return await process.wait()
         except TimeoutError:
             process.kill()
             return await process.wait()

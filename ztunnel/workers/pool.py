@@ -72,7 +72,8 @@ class WorkerPool:
     async def wait_draining(self, *, within: float) -> None:
         """Returns when the drain begins, or after ``within`` seconds."""
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._draining.wait(), within)
+            async with asyncio.timeout(within):
+                await self._draining.wait()
 
     def live_links(self) -> list[WorkerLink]:
         """The workers that have the config now and take pods and changes."""

@@ -159,7 +159,8 @@ class HbonePool:
         for slot in slots:
             if slot.conn is not None:
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(asyncio.shield(slot.conn.closed), 1.0)
+                    async with asyncio.timeout(1.0):
+                        await asyncio.shield(slot.conn.closed)
 
     async def _acquire(self, key: PoolKey) -> _Slot:
         limit = self.config.max_streams_per_connection

@@ -400,7 +400,8 @@ async def list_once(
         )
     )  # fmt: skip
     try:
-        await asyncio.wait_for(done.wait(), within)
+        async with asyncio.timeout(within):
+            await done.wait()
     except TimeoutError:
         missing = ", ".join(sorted(wanted - listed.keys()))
         raise WatchError(
