@@ -1,5 +1,6 @@
 """Peers that misbehave at the transport level: a PING flood from a peer that never reads (catalogue
-16), more streams than allowed (17), and memory bounds when many streams stop reading."""
+16), more streams than allowed (17), memory bounds when many streams stop reading, and the
+retransmission timers that bound how long a lost segment stalls every stream of a connection."""
 
 from __future__ import annotations
 
@@ -118,3 +119,35 @@ async def test_socket_factory_marks_its_sockets() -> None:
             assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
         finally:
             sock.close()
+
+
+def _carrier_timers(sock: socket.socket) -> tuple[int, int]:
+    """(minimum retransmission timeout in µs, linear timeouts on) as the kernel holds them."""
+    return sock.getsockopt(socket.IPPROTO_TCP, 45), sock.getsockopt(socket.IPPROTO_TCP, 16)
+
+
+async def test_both_ends_of_an_hbone_connection_retransmit_early() -> None:
+    """One lost segment stalls every stream on the connection until it is retransmitted: both ends
+    wait at least 50 ms (not Linux's 200 ms) and do not double the first retries' timeouts."""
+    probe = socket.socket()
+    default_rto_min = _carrier_timers(probe)[0]
+    probe.close()
+    async with hbone_rig() as rig:
+        sock = socket.socket()
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, rig.address)
+        conn = await connect(
+            sock,
+            context=client_context(rig.client_material),
+            expected=frozenset({rig.server_material.identity}),
+        )
+        try:
+            await wait_until(lambda: bool(rig.server.connections), within=5)
+            (server_conn,) = rig.server.connections
+            assert server_conn.transport is not None and conn.transport is not None
+            for end in (conn.transport, server_conn.transport):
+                rto_min, linear = _carrier_timers(end.get_extra_info("socket"))
+                assert 50_000 <= rto_min < 60_000 < default_rto_min  # jiffies round it up
+                assert linear == 1
+        finally:
+            conn.close()

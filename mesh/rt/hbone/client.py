@@ -14,6 +14,7 @@ from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.errors import ConnectionClosedError, HandshakeError, StreamLimitError
 from mesh.rt.hbone.stream import HboneStream
+from mesh.rt.net.sockets import set_stream_carrier_timers
 from mesh.rt.net.timers import Scheduler
 from mesh.rt.tls import PeerRejectedError, verify_server_peer
 
@@ -129,6 +130,7 @@ async def connect(
     """
     config = config or HboneConfig()
     loop = asyncio.get_running_loop()
+    set_stream_carrier_timers(sock)
 
     def factory() -> HboneClientConnection:
         return HboneClientConnection(expected=expected, config=config, scheduler=scheduler, log=log)

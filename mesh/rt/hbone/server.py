@@ -23,7 +23,7 @@ from mesh.rt.hbone.config import HboneConfig
 from mesh.rt.hbone.connection import HboneConnection
 from mesh.rt.hbone.stream import HboneStream
 from mesh.rt.net.relay import RelayEnd, splice
-from mesh.rt.net.sockets import set_keepalive
+from mesh.rt.net.sockets import set_keepalive, set_stream_carrier_timers
 from mesh.rt.net.timers import LoopScheduler, Scheduler
 from mesh.rt.tls import ContextCache, TlsMaterial, verify_client_peer
 
@@ -251,6 +251,7 @@ class HboneServer:
                 await asyncio.sleep(0.05)
                 continue
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_stream_carrier_timers(sock)
             task = loop.create_task(self._handshake(sock))
             self._handshakes.add(task)
             task.add_done_callback(self._handshakes.discard)

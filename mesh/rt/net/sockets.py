@@ -15,10 +15,19 @@ from typing import Protocol
 
 from mesh.errors import MeshError
 
-__all__ = ["ConnectError", "PlainSocketFactory", "SocketFactory", "set_keepalive"]
+__all__ = [
+    "ConnectError",
+    "PlainSocketFactory",
+    "SocketFactory",
+    "set_keepalive",
+    "set_stream_carrier_timers",
+]
 
 _IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 _KEEPALIVE = ((socket.TCP_KEEPIDLE, 180), (socket.TCP_KEEPINTVL, 180), (socket.TCP_KEEPCNT, 9))
+_TCP_THIN_LINEAR_TIMEOUTS = 16  # linux/tcp.h; Python's socket module does not name these two
+_TCP_RTO_MIN_US = 45
+_CARRIER_TIMERS = ((_TCP_RTO_MIN_US, 50_000), (_TCP_THIN_LINEAR_TIMEOUTS, 1))
 
 
 def set_keepalive(sock: socket.socket) -> None:
@@ -27,6 +36,20 @@ def set_keepalive(sock: socket.socket) -> None:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
     for option, value in _KEEPALIVE:
         sock.setsockopt(socket.IPPROTO_TCP, option, value)
+
+
+def set_stream_carrier_timers(sock: socket.socket) -> None:
+    """Retransmission timers for a TCP connection that carries many streams (an HBONE connection).
+
+    One lost segment stalls every stream on it until it is retransmitted, and when no later segment
+    reveals the loss that takes the retransmission timeout: at least 200 ms on Linux, doubled per
+    lost retry, while a round trip inside a cluster takes well under a millisecond. Here the
+    minimum is 50 ms (``TCP_RTO_MIN_US``, recent kernels) and, while few segments are in flight,
+    the timeout is not doubled for the first retries (``TCP_THIN_LINEAR_TIMEOUTS``). A kernel
+    without an option keeps its default for it."""
+    for option, value in _CARRIER_TIMERS:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.IPPROTO_TCP, option, value)
 
 
 class ConnectError(MeshError):
